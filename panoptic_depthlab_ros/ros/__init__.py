@@ -1,0 +1,1 @@
+"""ROS 2 glue: the node, message conversion. The only place that imports rclpy."""

@@ -1,0 +1,28 @@
+"""pip install of the ROS-free core (model, checkpoints, post-processing,
+predictor, visualization, CLI) for machines without ROS, e.g. a training server.
+
+ROS users build this directory with colcon instead (package.xml + CMakeLists.txt),
+which also generates the messages and installs the node.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="panoptic-depthlab-ros",
+    version="0.1.0",
+    description="Panoptic segmentation with metric depth per segment (Panoptic-DeepLab + depth branch)",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["panoptic_depthlab_ros", "panoptic_depthlab_ros.*"]),
+    package_data={"panoptic_depthlab_ros": ["data/*"]},
+    install_requires=[
+        "torch>=2.3",
+        "numpy>=1.26",
+        "opencv-python-headless>=4.8",
+        "safetensors>=0.4",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "rosbags>=0.10",
+    ],
+    extras_require={"onnx": ["onnx>=1.16", "onnxruntime>=1.18"]},
+    entry_points={"console_scripts": ["panoptic-depthlab=panoptic_depthlab_ros.cli:main"]},
+)
