@@ -1,0 +1,291 @@
+"""Checkpoints: Detectron2 weights in, our self-describing format in and out.
+
+* Detectron2 model-zoo ``.pkl`` (a pickled dict whose ``"model"`` maps state-dict
+  names to numpy arrays) is read with a restricted unpickler that can rebuild
+  numpy arrays and plain containers and nothing else: a pickle that would import
+  or call anything more is refused.  Detectron2 ``.pth`` files go through
+  ``torch.load(weights_only=True)``.
+* Our format is one ``.safetensors`` file: the weights, plus in its metadata the
+  model config, the class metadata (names, trainIds, colours, thing ids, label
+  divisor) and the post-processing defaults, so the file alone rebuilds the model.
+
+Every failure is a :class:`CheckpointError` naming the file (and the offending keys);
+weights are checked completely before anything is copied into a model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+from .metadata import ClassMetadata, cityscapes_metadata
+from .model import ModelConfig, PanopticDepthLab, build_model
+from .model.config import load_detectron2_yaml
+from .postprocess import PostprocessConfig
+
+FORMAT_NAME = "panoptic-depthlab"
+FORMAT_VERSION = "1"
+DEPTH_PREFIX = "depth_head."
+
+# (module, name) pairs a numpy-array pickle legitimately needs: array and dtype
+# reconstruction (numpy 1.x and 2.x module paths), and latin-1 bytes from
+# protocol-2 pickles.  Nothing here can run arbitrary code.
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals needed to rebuild numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        if module.startswith("numpy") and name.endswith("DType"):  # numpy 2 dtype classes
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (not numpy array data)")
+
+    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
+        raise pickle.UnpicklingError("refusing persistent ids (not a numpy-array pickle)")
+
+
+@dataclass
+class LoadReport:
+    """What loading weights into a model did.
+
+    initialized: keys not in the file, freshly initialised (the depth branch
+    when starting from Detectron2).  loaded: keys copied from the file.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    initialized: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Checkpoint:
+    """Our checkpoint: everything needed to rebuild and run the model."""
+
+    model_config: ModelConfig
+    classes: ClassMetadata
+    postprocess: PostprocessConfig
+    state_dict: dict[str, Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> PanopticDepthLab:
+        """The model with these weights, in eval mode."""
+        model = build_model(self.model_config)
+        load_state_dict_checked(model, self.state_dict, source="checkpoint", allow_missing_prefix=None)
+        return model.eval()
+
+
+def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:
+    """State dict of a Detectron2 ``.pkl`` (model zoo) or ``.pth`` checkpoint, as tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "file not found")
+    raw: Any
+    if path.suffix == ".pkl":
+        try:
+            with path.open("rb") as f:
+                raw = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(path, f"unsafe or corrupt pickle: {exc}") from exc
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise CheckpointError(path, f"truncated or corrupt pickle ({type(exc).__name__}: {exc})") from exc
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            raise CheckpointError(path, f"cannot read as a weights-only torch file: {exc}") from exc
+    if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
+        raw = raw["model"]
+    if not isinstance(raw, dict) or not raw:
+        raise CheckpointError(path, "no state dict found (expected a dict with a 'model' mapping)")
+    weights: dict[str, Tensor] = {}
+    bad: list[str] = []
+    for key, value in raw.items():
+        name = key[len("module."):] if key.startswith("module.") else key
+        if isinstance(value, np.ndarray):
+            weights[name] = torch.from_numpy(value.copy(order="C"))  # ascontiguousarray would make 0-d 1-d
+        elif isinstance(value, Tensor):
+            weights[name] = value
+        elif isinstance(value, (int, np.integer)) and name.endswith("num_batches_tracked"):
+            weights[name] = torch.tensor(int(value))
+        else:
+            bad.append(key)
+    if bad:
+        raise CheckpointError(path, "entries that are not arrays", bad)
+    return weights
+
+
+def load_state_dict_checked(
+    model: nn.Module, weights: dict[str, Tensor], *, source: str | Path, allow_missing_prefix: str | None,
+) -> LoadReport:
+    """Copy ``weights`` into ``model`` only if every key and shape fits.
+
+    Keys starting with ``allow_missing_prefix`` may be absent (they keep their
+    fresh initialisation and are reported); anything else missing, unexpected or
+    of the wrong shape raises :class:`CheckpointError` listing the keys, before
+    any parameter is touched.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    tolerated = [k for k in missing if allow_missing_prefix and k.startswith(allow_missing_prefix)]
+    missing = [k for k in missing if k not in tolerated]
+    unexpected = [k for k in weights if k not in expected]
+    mismatched = [
+        f"{k} (file {tuple(weights[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items() if k in weights and tuple(weights[k].shape) != tuple(v.shape)
+    ]
+    if missing:
+        raise CheckpointError(source, "missing keys", missing)
+    if unexpected:
+        raise CheckpointError(source, "unexpected keys (not in this model)", unexpected)
+    if mismatched:
+        raise CheckpointError(source, "shape mismatch", mismatched)
+    merged = {k: weights.get(k, v).to(v.dtype) for k, v in expected.items()}
+    model.load_state_dict(merged, strict=True)
+    return LoadReport(loaded=[k for k in expected if k in weights], initialized=tolerated)
+
+
+def load_detectron2(
+    weights_path: str | Path, config: str | Path | dict[str, Any] | ModelConfig,
+) -> tuple[PanopticDepthLab, ModelConfig, PostprocessConfig, LoadReport]:
+    """Build our model from a Detectron2 config and load its Panoptic-DeepLab weights.
+
+    The depth branch is not in Detectron2 files: it keeps its initialisation and
+    its keys are listed in ``LoadReport.initialized``.
+    """
+    if isinstance(config, ModelConfig):
+        model_config, post = config, PostprocessConfig()
+    else:
+        d = load_detectron2_yaml(config) if isinstance(config, (str, Path)) else config
+        model_config = ModelConfig.from_detectron2(d)
+        post = postprocess_from_detectron2(d)
+    model = build_model(model_config)
+    weights = read_detectron2_weights(weights_path)
+    report = load_state_dict_checked(model, weights, source=weights_path, allow_missing_prefix=DEPTH_PREFIX)
+    return model.eval(), model_config, post, report
+
+
+def postprocess_from_detectron2(cfg: dict[str, Any]) -> PostprocessConfig:
+    """Fusion settings of a Detectron2 config (``MODEL.PANOPTIC_DEEPLAB``)."""
+    pdl = cfg.get("MODEL", {}).get("PANOPTIC_DEEPLAB", {})
+    return PostprocessConfig(
+        center_threshold=float(pdl.get("CENTER_THRESHOLD", 0.1)),
+        nms_kernel=int(pdl.get("NMS_KERNEL", 7)),
+        top_k=int(pdl.get("TOP_K_INSTANCE", 200)),
+        stuff_area=int(pdl.get("STUFF_AREA", 2048)),
+    )
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, *, model_config: ModelConfig, classes: ClassMetadata,
+    postprocess: PostprocessConfig, info: dict[str, Any] | None = None,
+) -> Path:
+    """Write our format atomically (temporary file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_config": json.dumps(model_config.to_dict()),
+        "classes": json.dumps(classes.to_dict()),
+        "postprocess": json.dumps(postprocess.to_dict()),
+        "info": json.dumps(info or {}),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint_header(path: str | Path) -> dict[str, str]:
+    """The metadata of one of our files without reading the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "file not found")
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if size <= 0 or size > 100_000_000 or size + 8 > path.stat().st_size:
+                raise CheckpointError(path, "not a safetensors file (bad header length)")
+            header = json.loads(f.read(size))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(path, f"corrupt safetensors header: {exc}") from exc
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(path, f"not a {FORMAT_NAME} checkpoint (metadata format={meta.get('format')!r})")
+    return meta
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read one of our checkpoints completely, validating every part."""
+    path = Path(path)
+    meta = read_checkpoint_header(path)
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(path, f"corrupt or truncated weights: {exc}") from exc
+    try:
+        model_config = ModelConfig.from_dict(json.loads(meta["model_config"]))
+        classes = ClassMetadata.from_dict(json.loads(meta["classes"]))
+        post = PostprocessConfig.from_dict(json.loads(meta.get("postprocess", "{}")))
+        info = json.loads(meta.get("info", "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(path, f"invalid metadata: {exc}") from exc
+    if classes.num_classes != model_config.num_classes:
+        raise CheckpointError(
+            path, f"{classes.num_classes} class names for a {model_config.num_classes}-class model"
+        )
+    # Check keys and shapes against the architecture now, so nothing half-loads later.
+    skeleton = {k: v.shape for k, v in build_model(model_config).state_dict().items()}
+    missing = [k for k in skeleton if k not in state]
+    unexpected = [k for k in state if k not in skeleton]
+    mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(s)})" for k, s in skeleton.items()
+                  if k in state and tuple(state[k].shape) != tuple(s)]
+    for reason, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
+        if keys:
+            raise CheckpointError(path, reason, keys)
+    return Checkpoint(model_config=model_config, classes=classes, postprocess=post, state_dict=state, info=info)
+
+
+def convert_detectron2(
+    weights_path: str | Path, config_yaml: str | Path, out_path: str | Path,
+    *, classes: ClassMetadata | None = None,
+) -> LoadReport:
+    """Detectron2 weights + config -> our checkpoint (depth branch initialised)."""
+    model, model_config, post, report = load_detectron2(weights_path, config_yaml)
+    save_checkpoint(
+        out_path, model, model_config=model_config, classes=classes or cityscapes_metadata(),
+        postprocess=post,
+        info={"source": str(weights_path), "config": str(config_yaml), "initialized_keys": report.initialized},
+    )
+    return report
+

@@ -1,0 +1,214 @@
+"""One dataclass that describes the whole network, including tiny test widths.
+
+``from_detectron2`` reads a Detectron2 Panoptic-DeepLab config (a merged
+``cfg.dump()`` or a project YAML with ``_BASE_``) so its checkpoints load as is.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """Widths of one decoder branch (semantic, instance or depth).
+
+    project_channels: 1x1 projection widths of res2 and res3.
+    aspp_channels: ASPP output width.  convs_dim: decoder fuse width.
+    head_channels: width of the head's last conv before the 1x1 predictor.
+    """
+
+    project_channels: tuple[int, int] = (32, 64)
+    aspp_channels: int = 256
+    convs_dim: int = 256
+    head_channels: int = 256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Panoptic-DeepLab (Detectron2 layout) + a depth branch.
+
+    Defaults = Detectron2's ``panoptic_deeplab_R_52_os16_mg124_poly_90k_bs32_crop_512_1024``
+    (ResNet-50 body with the DeepLab stem, res5 dilation 2 with multi-grid 1,2,4,
+    output stride 16) with a depth branch shaped like the semantic one.
+    """
+
+    # Backbone
+    resnet_depth: int = 50
+    stem_channels: int = 128
+    res2_channels: int = 256
+    bottleneck_channels: int = 64
+    res4_dilation: int = 1
+    res5_dilation: int = 2
+    res5_multi_grid: tuple[int, ...] = (1, 2, 4)
+    # Branches
+    num_classes: int = 19
+    semantic: BranchConfig = field(default_factory=BranchConfig)
+    instance: BranchConfig = field(default_factory=lambda: BranchConfig(convs_dim=128, head_channels=32))
+    depth: BranchConfig = field(default_factory=BranchConfig)
+    aspp_dilations: tuple[int, ...] = (6, 12, 18)
+    aspp_dropout: float = 0.1
+    # Detectron2 pools ASPP features with a window of train crop / 16, also at test time.
+    aspp_pool_kernel_size: tuple[int, int] | None = (32, 64)
+    aspp_strict_pool_size: bool = True
+    depthwise_separable: bool = False
+    common_stride: int = 4
+    # Depth head range in meters (see DepthHead for the parameterisation).
+    min_depth: float = 0.5
+    max_depth: float = 80.0
+    # Input: channel order the network expects, normalisation and padding.
+    input_format: str = "RGB"
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    size_divisibility: int = 0
+
+    def __post_init__(self) -> None:
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
+        if self.size_divisibility < 0:
+            raise ValueError(f"size_divisibility must be >= 0, got {self.size_divisibility}")
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of res5 (16 with a dilated res5)."""
+        return 16 if self.res5_dilation > 1 else 32
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML-able)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"model config has unknown keys: {unknown}")
+        kw: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in ("semantic", "instance", "depth"):
+                value = BranchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            elif isinstance(value, list):
+                value = tuple(value)
+            kw[key] = value
+        return cls(**kw)
+
+    def with_(self, **changes: Any) -> ModelConfig:
+        """A copy with fields replaced."""
+        return replace(self, **changes)
+
+    @classmethod
+    def tiny(cls, **changes: Any) -> ModelConfig:
+        """The tiny width of Detectron2's test fixture (~1M parameters), for tests."""
+        tiny = cls(
+            stem_channels=16, res2_channels=32, bottleneck_channels=8,
+            semantic=BranchConfig(project_channels=(8, 16), aspp_channels=32, convs_dim=24, head_channels=16),
+            instance=BranchConfig(project_channels=(8, 16), aspp_channels=32, convs_dim=16, head_channels=8),
+            depth=BranchConfig(project_channels=(8, 16), aspp_channels=32, convs_dim=16, head_channels=16),
+            aspp_pool_kernel_size=(4, 8),
+        )
+        return replace(tiny, **changes)
+
+    @classmethod
+    def from_detectron2(cls, cfg: dict[str, Any] | str | Path, **changes: Any) -> ModelConfig:
+        """Build from a Detectron2 config (dict or YAML path; ``_BASE_`` files are merged).
+
+        Keys absent from the file take Detectron2's Panoptic-DeepLab Cityscapes
+        values; the depth branch (not in Detectron2) mirrors the semantic widths.
+        """
+        d = load_detectron2_yaml(cfg) if isinstance(cfg, (str, Path)) else cfg
+        model = d.get("MODEL", {})
+        res = model.get("RESNETS", {})
+        sem = model.get("SEM_SEG_HEAD", {})
+        ins = model.get("INS_EMBED_HEAD", {})
+        pdl = model.get("PANOPTIC_DEEPLAB", {})
+        crop = d.get("INPUT", {}).get("CROP", {})
+        base = cls()
+        if res.get("STEM_TYPE", "deeplab") != "deeplab":
+            raise ValueError(f"Detectron2 config: RESNETS.STEM_TYPE {res.get('STEM_TYPE')!r} is not 'deeplab'")
+        if res.get("STRIDE_IN_1X1", False):
+            raise ValueError("Detectron2 config: RESNETS.STRIDE_IN_1X1=True is not supported")
+        if int(res.get("NUM_GROUPS", 1)) != 1:
+            raise ValueError("Detectron2 config: RESNETS.NUM_GROUPS != 1 is not supported")
+        if any(res.get("DEFORM_ON_PER_STAGE", [False])):
+            raise ValueError("Detectron2 config: deformable convolutions are not supported")
+        dsconv = bool(pdl.get("USE_DEPTHWISE_SEPARABLE_CONV", False))
+        if bool(sem.get("USE_DEPTHWISE_SEPARABLE_CONV", dsconv)) != dsconv:
+            raise ValueError(
+                "Detectron2 config: SEM_SEG_HEAD and PANOPTIC_DEEPLAB disagree on USE_DEPTHWISE_SEPARABLE_CONV"
+            )
+        output_stride = 16 if int(res.get("RES5_DILATION", 2)) > 1 else 32
+        pool: tuple[int, int] | None = None
+        if crop.get("ENABLED", True):
+            size = crop.get("SIZE", [512, 1024])
+            if size[0] % output_stride or size[1] % output_stride:
+                raise ValueError(f"Detectron2 config: INPUT.CROP.SIZE {size} not divisible by {output_stride}")
+            pool = (int(size[0]) // output_stride, int(size[1]) // output_stride)
+        semantic = BranchConfig(
+            project_channels=tuple(sem.get("PROJECT_CHANNELS", [32, 64])),  # type: ignore[arg-type]
+            aspp_channels=int(sem.get("ASPP_CHANNELS", 256)),
+            convs_dim=int(sem.get("CONVS_DIM", 256)),
+            head_channels=int(sem.get("HEAD_CHANNELS", 256)),
+        )
+        instance = BranchConfig(
+            project_channels=tuple(ins.get("PROJECT_CHANNELS", [32, 64])),  # type: ignore[arg-type]
+            aspp_channels=int(ins.get("ASPP_CHANNELS", 256)),
+            convs_dim=int(ins.get("CONVS_DIM", 128)),
+            head_channels=int(ins.get("HEAD_CHANNELS", 32)),
+        )
+        divisibility = int(pdl.get("SIZE_DIVISIBILITY", -1))
+        config = cls(
+            resnet_depth=int(res.get("DEPTH", 50)),
+            stem_channels=int(res.get("STEM_OUT_CHANNELS", 128)),
+            res2_channels=int(res.get("RES2_OUT_CHANNELS", 256)),
+            bottleneck_channels=int(res.get("WIDTH_PER_GROUP", 64)) * int(res.get("NUM_GROUPS", 1)),
+            res4_dilation=int(res.get("RES4_DILATION", 1)),
+            res5_dilation=int(res.get("RES5_DILATION", 2)),
+            res5_multi_grid=tuple(int(g) for g in res.get("RES5_MULTI_GRID", [1, 2, 4])),
+            num_classes=int(sem.get("NUM_CLASSES", 19)),
+            semantic=semantic,
+            instance=instance,
+            depth=semantic,
+            aspp_dilations=tuple(int(r) for r in sem.get("ASPP_DILATIONS", [6, 12, 18])),
+            aspp_dropout=float(sem.get("ASPP_DROPOUT", 0.1)),
+            aspp_pool_kernel_size=pool,
+            aspp_strict_pool_size=True,
+            depthwise_separable=dsconv,
+            common_stride=int(sem.get("COMMON_STRIDE", 4)),
+            input_format=str(d.get("INPUT", {}).get("FORMAT", "RGB")),
+            pixel_mean=tuple(float(v) for v in model.get("PIXEL_MEAN", base.pixel_mean)),  # type: ignore[arg-type]
+            pixel_std=tuple(float(v) for v in model.get("PIXEL_STD", base.pixel_std)),  # type: ignore[arg-type]
+            # -1 means "the backbone's", which is 0 (no padding) for this ResNet.
+            size_divisibility=max(divisibility, 0),
+        )
+        return replace(config, **changes)
+
+
+def load_detectron2_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a Detectron2 YAML config, merging ``_BASE_`` files (relative paths) first."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"Detectron2 config not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"Detectron2 config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"Detectron2 config {path} does not hold a mapping")
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+    merged = load_detectron2_yaml(path.parent / base)
+    _merge(merged, data)
+    return merged
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

@@ -1,0 +1,174 @@
+"""The public entry point: one BGR image in, panoptic + depth + segment records out.
+
+    predictor = Predictor.from_checkpoint("model.safetensors")        # or from_detectron2(...)
+    result = predictor.predict(image_bgr, camera_k=K)                 # PanopticDepthResult
+
+Stages (each timed): preprocess -> network -> fusion -> segment depth.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import load_checkpoint, load_detectron2
+from .errors import InputError, PanopticDepthLabError
+from .metadata import ClassMetadata, cityscapes_metadata
+from .model import ModelConfig
+from .postprocess import PostprocessConfig, crop_and_resize, panoptic_fusion, segment_depth_statistics
+from .preprocess import Prepared, prepare_image
+from .result import PanopticDepthResult
+
+# A network backend: normalised padded [1, 3, Hp, Wp] -> dict of [1, ...] outputs at [Hp, Wp]
+# (sem_seg, center, offset, depth), as PanopticDepthLab.forward returns them.
+Network = Callable[[Tensor], dict[str, Tensor]]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA is an error."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PanopticDepthLabError(f"device {name!r} requested but CUDA is not available on this machine")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise PanopticDepthLabError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+class Predictor:
+    """Runs the network and the fusion for single images.
+
+    Args:
+        network: the model (an ``nn.Module`` in eval mode) or another backend
+            with the same call signature (see ``Network``).
+        model_config: input format, normalisation and padding of the network.
+        classes: what the semantic channels mean.
+        postprocess: fusion / segment-depth settings (mutable via ``postprocess=``).
+        device: where tensors live.
+        fp16: autocast the network to float16 (CUDA only).
+        max_input_width: downscale wider images before the network (0 = never);
+            outputs are returned at the input size.
+    """
+
+    def __init__(
+        self, network: Network, *, model_config: ModelConfig, classes: ClassMetadata,
+        postprocess: PostprocessConfig | None = None, device: torch.device | str = "cpu",
+        fp16: bool = False, max_input_width: int = 0,
+    ) -> None:
+        self.network = network
+        self.model_config = model_config
+        self.classes = classes
+        self.postprocess = postprocess or PostprocessConfig()
+        self.device = torch.device(device)
+        self.fp16 = bool(fp16) and self.device.type == "cuda"
+        self.max_input_width = int(max_input_width)
+        if model_config.num_classes != classes.num_classes:
+            raise PanopticDepthLabError(
+                f"{classes.num_classes} class names for a {model_config.num_classes}-class network"
+            )
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "auto", *, backend: str = "torch", **kwargs: Any,
+    ) -> Predictor:
+        """Load our checkpoint (``backend="torch"``) or an exported ``.onnx`` (``"onnxruntime"``)."""
+        dev = resolve_device(device)
+        if backend == "onnxruntime":
+            from .onnx_backend import load_onnx_network  # noqa: PLC0415 - optional dependency
+
+            network, model_config, classes, post = load_onnx_network(path, device=dev)
+            return cls(network, model_config=model_config, classes=classes, postprocess=post, device=dev, **kwargs)
+        if backend != "torch":
+            raise PanopticDepthLabError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        ckpt = load_checkpoint(path)
+        model = ckpt.build().to(dev)
+        return cls(model, model_config=ckpt.model_config, classes=ckpt.classes, postprocess=ckpt.postprocess,
+                   device=dev, **kwargs)
+
+    @classmethod
+    def from_detectron2(
+        cls, weights_path: str | Path, config_yaml_path: str | Path, device: str | torch.device = "auto",
+        **kwargs: Any,
+    ) -> Predictor:
+        """Detectron2 Panoptic-DeepLab weights + config (depth branch untrained)."""
+        dev = resolve_device(device)
+        model, model_config, post, _report = load_detectron2(weights_path, config_yaml_path)
+        return cls(model.to(dev), model_config=model_config, classes=cityscapes_metadata(), postprocess=post,
+                   device=dev, **kwargs)
+
+    # ---------------------------------------------------------------- running
+    def _prepare(self, image: np.ndarray) -> Prepared:
+        return prepare_image(image, self.model_config, device=self.device, max_input_width=self.max_input_width,
+                             pin_memory=self.device.type == "cuda")
+
+    def _network(self, x: Tensor) -> dict[str, Tensor]:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            out = self.network(x)
+        return {k: v.float() for k, v in out.items()}
+
+    def _to_input_size(self, out: dict[str, Tensor], prep: Prepared) -> dict[str, Tensor]:
+        """Crop the padding and resize back to the caller's image size (Detectron2's
+        ``sem_seg_postprocess``); offsets are rescaled when the image was resized."""
+        res = {k: crop_and_resize(v[0], prep.network_size, prep.input_size) for k, v in out.items()}
+        if prep.resized:
+            sy = prep.input_size[0] / prep.network_size[0]
+            sx = prep.input_size[1] / prep.network_size[1]
+            res["offset"] = res["offset"] * torch.tensor([sy, sx], device=self.device).view(2, 1, 1)
+        return res
+
+    def raw(self, image: np.ndarray) -> dict[str, Tensor]:
+        """Network outputs at the input resolution: ``sem_seg`` [C,H,W] logits,
+        ``center`` [1,H,W], ``offset`` [2,H,W] (dy, dx) pixels, ``depth`` [1,H,W] meters."""
+        prep = self._prepare(image)
+        with torch.inference_mode():
+            return self._to_input_size(self._network(prep.tensor), prep)
+
+    def predict(self, image: np.ndarray, *, camera_k: np.ndarray | None = None) -> PanopticDepthResult:
+        """Segment one image and measure each segment's depth.
+
+        Args:
+            image: [H, W, 3] uint8 in **BGR** order (as OpenCV reads it).
+            camera_k: optional 3x3 pinhole intrinsics for the 3D segment centroids.
+        """
+        if camera_k is not None:
+            camera_k = np.asarray(camera_k, dtype=np.float64)
+            if camera_k.shape not in ((3, 3), (9,)) or not np.all(np.isfinite(camera_k)):
+                raise InputError(f"camera_k must be a finite 3x3 matrix, got shape {camera_k.shape}")
+            camera_k = camera_k.reshape(3, 3)
+            if camera_k[0, 0] <= 0 or camera_k[1, 1] <= 0:
+                raise InputError(f"camera_k focal lengths must be > 0, got fx={camera_k[0, 0]}, fy={camera_k[1, 1]}")
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        prep = self._prepare(image)
+        sync()
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            out = self._network(prep.tensor)
+            sync()
+            t2 = time.perf_counter()
+            out = self._to_input_size(out, prep)
+            fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=self.classes,
+                                    config=self.postprocess)
+            sync()
+            t3 = time.perf_counter()
+            segments = segment_depth_statistics(
+                fused.panoptic, out["depth"][0], classes=self.classes, config=self.postprocess,
+                sem_logits=out["sem_seg"], center=out["center"], camera_k=camera_k,
+            )
+            panoptic = fused.panoptic.cpu().numpy()
+            semantic = fused.semantic.to(torch.uint8).cpu().numpy()
+            depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False)
+            t4 = time.perf_counter()
+        return PanopticDepthResult(
+            panoptic=panoptic, semantic=semantic, depth=depth, segments=segments,
+            label_divisor=self.classes.label_divisor,
+            timings={"preprocess": t1 - t0, "network": t2 - t1, "fusion": t3 - t2, "segment_depth": t4 - t3,
+                     "total": t4 - t0},
+        )

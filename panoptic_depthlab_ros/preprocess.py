@@ -1,0 +1,83 @@
+"""Image -> network input tensor, as Detectron2 feeds Panoptic-DeepLab.
+
+Channel order to the model's ``input_format``, optional downscale, then
+``(x - mean) / std`` and zero padding (in normalised space) at the bottom and
+right up to ``size_divisibility``: normalisation happens before padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import InputError
+from .model import ModelConfig
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A preprocessed image.
+
+    tensor: [1, 3, Hp, Wp] float32 normalised and padded, on the target device.
+    network_size: (h, w) of the image inside the padding (after any resize).
+    input_size: (H, W) of the caller's image; outputs are returned at this size.
+    """
+
+    tensor: Tensor
+    network_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def resized(self) -> bool:
+        """Whether the image was scaled before the network."""
+        return self.network_size != self.input_size
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise :class:`InputError` unless ``image`` is a non-empty [H, W, 3] uint8 array."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must be [H, W, 3] (BGR), got shape {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"image is empty: shape {tuple(image.shape)}")
+
+
+def network_size_for(height: int, width: int, max_input_width: int) -> tuple[int, int]:
+    """(h, w) the network sees: the input, or scaled down to ``max_input_width`` wide."""
+    if max_input_width <= 0 or width <= max_input_width:
+        return height, width
+    scale = max_input_width / width
+    return max(1, round(height * scale)), max_input_width
+
+
+def prepare_image(
+    image_bgr: np.ndarray, config: ModelConfig, *, device: torch.device | str = "cpu",
+    max_input_width: int = 0, pin_memory: bool = False,
+) -> Prepared:
+    """BGR uint8 [H, W, 3] (OpenCV order) -> :class:`Prepared` for ``config``'s network."""
+    check_image(image_bgr)
+    height, width = image_bgr.shape[:2]
+    h, w = network_size_for(height, width, max_input_width)
+    img = image_bgr if (h, w) == (height, width) else cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_AREA)
+    if config.input_format == "RGB":
+        img = img[:, :, ::-1]
+    host = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # [3, h, w] uint8
+    if pin_memory:
+        host = host.pin_memory()
+    x = host.to(device, non_blocking=pin_memory).to(torch.float32)
+    mean = torch.tensor(config.pixel_mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.tensor(config.pixel_std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    x = (x - mean) / std
+    d = config.size_divisibility
+    if d > 1:
+        ph, pw = (-h) % d, (-w) % d
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), value=0.0)
+    return Prepared(tensor=x[None], network_size=(h, w), input_size=(height, width))
