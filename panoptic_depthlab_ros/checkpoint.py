@@ -55,6 +55,10 @@ _SAFE_GLOBALS = {
 }
 
 
+class _UnsafePickleError(pickle.UnpicklingError):
+    """The pickle asks for something beyond numpy array data."""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the globals needed to rebuild numpy arrays."""
 
@@ -63,10 +67,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module.startswith("numpy") and name.endswith("DType"):  # numpy 2 dtype classes
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (not numpy array data)")
+        raise _UnsafePickleError(f"refusing to load global {module}.{name} (not numpy array data)")
 
     def persistent_load(self, pid: Any) -> Any:  # noqa: D102
-        raise pickle.UnpicklingError("refusing persistent ids (not a numpy-array pickle)")
+        raise _UnsafePickleError("refusing persistent ids (not a numpy-array pickle)")
 
 
 @dataclass
@@ -108,8 +112,10 @@ def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:
         try:
             with path.open("rb") as f:
                 raw = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        except _UnsafePickleError as exc:
+            raise CheckpointError(path, f"unsafe pickle: {exc}") from exc
         except pickle.UnpicklingError as exc:
-            raise CheckpointError(path, f"unsafe or corrupt pickle: {exc}") from exc
+            raise CheckpointError(path, f"truncated or corrupt pickle: {exc}") from exc
         except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise CheckpointError(path, f"truncated or corrupt pickle ({type(exc).__name__}: {exc})") from exc
     else:

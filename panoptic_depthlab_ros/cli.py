@@ -1,17 +1,46 @@
-"""Command line ``panoptic-depthlab``."""
+"""Command line ``panoptic-depthlab``: convert weights (more subcommands join here)."""
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from .errors import PanopticDepthLabError
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .checkpoint import convert_detectron2
+
+    report = convert_detectron2(args.weights, args.config, args.out)
+    print(f"wrote {args.out}: loaded {len(report.loaded)} keys from {args.weights}, "
+          f"initialized {len(report.initialized)} depth-branch keys (not in Detectron2 files)")
+    return 0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Build the argument parser (subcommands are added as they land)."""
+    """The argument parser (one subparser per job)."""
     parser = argparse.ArgumentParser(prog="panoptic-depthlab", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("convert", help="Detectron2 Panoptic-DeepLab weights -> our checkpoint (+ depth branch)")
+    p.add_argument("weights", type=Path, help="Detectron2 .pkl (model zoo) or .pth")
+    p.add_argument("--config", type=Path, required=True, help="the Detectron2 YAML config of those weights")
+    p.add_argument("out", type=Path, help="output .safetensors")
+    p.set_defaults(func=_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    get_args_parser().parse_args(argv)
-    return 0
+    """Entry point; domain errors print one clear line and exit 2."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PanopticDepthLabError as exc:
+        print(f"panoptic-depthlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"panoptic-depthlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

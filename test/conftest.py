@@ -46,3 +46,30 @@ def spin_until(executor, condition: Callable[[], bool], timeout: float = 10.0) -
             return True
         executor.spin_once(timeout_sec=0.02)
     return condition()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-weight model in our checkpoint format (any input size works:
+    padding to 32 and a non-strict ASPP pool)."""
+    import torch
+
+    from panoptic_depthlab_ros.checkpoint import save_checkpoint
+    from panoptic_depthlab_ros.metadata import cityscapes_metadata
+    from panoptic_depthlab_ros.model import ModelConfig, build_model
+    from panoptic_depthlab_ros.postprocess import PostprocessConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(aspp_strict_pool_size=False, size_divisibility=32)
+    model = build_model(config).eval()
+    # Spread the predictors so the random model produces several classes, centers and depths.
+    with torch.no_grad():
+        model.sem_seg_head.predictor.weight.normal_(0, 0.5)
+        model.ins_embed_head.center_predictor.weight.normal_(0, 0.3)
+        model.ins_embed_head.center_predictor.bias.fill_(0.05)
+        model.ins_embed_head.offset_predictor.weight.normal_(0, 0.5)
+        model.depth_head.predictor.weight.normal_(0, 0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, model, model_config=config, classes=cityscapes_metadata(),
+                    postprocess=PostprocessConfig(stuff_area=64), info={"purpose": "tests"})
+    return path

@@ -23,6 +23,7 @@ References:
   ``cityscapes-dvps/eval_dvpq.py``; see :func:`dpq_void_mask`.
 
 """
+
 from __future__ import annotations
 
 import math
@@ -423,7 +424,13 @@ class SemanticIoU:
 
 # --------------------------------------------------------------------------- depth
 DEPTH_METRICS: tuple[str, ...] = (
-    "AbsRel", "SqRel", "RMSE", "RMSElog", "delta1", "delta2", "delta3",
+    "AbsRel",
+    "SqRel",
+    "RMSE",
+    "RMSElog",
+    "delta1",
+    "delta2",
+    "delta3",
 )
 
 
@@ -620,6 +627,8 @@ class PanopticDepthEvaluator:
             pred_semantic = self._semantic_from_panoptic(pred_panoptic)
         if gt_semantic is None:
             gt_semantic = self._semantic_from_panoptic(gt_panoptic)
+        _check_map("pred_semantic", pred_semantic, shape, "iu")
+        _check_map("gt_semantic", gt_semantic, shape, "iu")
 
         num_classes = self.metadata.num_classes
         gt = _index_panoptic(gt_panoptic, self.metadata, "gt_panoptic")
@@ -723,7 +732,5 @@ def format_table(summary: Mapping[str, Any]) -> str:
         f"mIoU {summary['mIoU']:.1f} | DPQ {summary['DPQ']:.1f} (0.1: {summary['DPQ_0.1']:.1f},"
         f" 0.25: {summary['DPQ_0.25']:.1f}, 0.5: {summary['DPQ_0.5']:.1f})"
     )
-    lines.append(
-        "depth | " + " ".join(f"{key} {summary[key]:.4f}" for key in DEPTH_METRICS)
-    )
+    lines.append("depth | " + " ".join(f"{key} {summary[key]:.4f}" for key in DEPTH_METRICS))
     return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""Checkpoints: our format round-trips; Detectron2 pickles load without running code;
+broken files fail with a named error and nothing half-loaded."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from panoptic_depthlab_ros.checkpoint import (
+    convert_detectron2,
+    load_checkpoint,
+    load_state_dict_checked,
+    read_detectron2_weights,
+    save_checkpoint,
+)
+from panoptic_depthlab_ros.errors import CheckpointError
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
+from panoptic_depthlab_ros.model import BranchConfig, ModelConfig, build_model
+from panoptic_depthlab_ros.predictor import Predictor
+
+
+class _RunsCode:
+    """Unpickling this would call os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "model_final.pkl"
+    bad.write_bytes(pickle.dumps({"model": {"w": _RunsCode(marker)}, "__author__": "x"}))
+    with pytest.raises(CheckpointError, match=r"refusing to load global (posix|os)\.system"):
+        read_detectron2_weights(bad)
+    assert not marker.exists()
+    # The same file with the plain unpickler would have run the command (the test is real).
+    pickle.loads(bad.read_bytes())
+    assert marker.exists()
+
+
+def test_detectron2_pkl_reads_numpy_arrays() -> None:
+    weights = read_detectron2_weights(FIXTURES / "tiny_model.pkl")
+    assert len(weights) == 508
+    assert weights["backbone.stem.conv1.norm.num_batches_tracked"].shape == ()
+    assert weights["sem_seg_head.predictor.weight"].shape == (19, 16, 1, 1)
+
+
+def test_detectron2_pth_weights_only(tmp_path: Path) -> None:
+    weights = read_detectron2_weights(FIXTURES / "tiny_model.pkl")
+    pth = tmp_path / "model.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in weights.items()}}, pth)
+    again = read_detectron2_weights(pth)
+    assert again.keys() == weights.keys()
+    assert all(torch.equal(again[k], weights[k]) for k in weights)
+
+
+def test_truncated_pickle(tmp_path: Path) -> None:
+    data = (FIXTURES / "tiny_model.pkl").read_bytes()
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pkl: truncated or corrupt"):
+        read_detectron2_weights(cut)
+
+
+def test_shape_mismatch_lists_keys_and_leaves_model_untouched() -> None:
+    model = build_model(ModelConfig.tiny())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = read_detectron2_weights(FIXTURES / "tiny_model.pkl")
+    weights["sem_seg_head.predictor.weight"] = torch.zeros(7, 16, 1, 1)
+    weights.pop("backbone.stem.conv1.weight")
+    with pytest.raises(CheckpointError, match="missing keys: backbone.stem.conv1.weight"):
+        load_state_dict_checked(model, weights, source="w.pkl", allow_missing_prefix="depth_head.")
+    weights["backbone.stem.conv1.weight"] = before["backbone.stem.conv1.weight"]
+    with pytest.raises(CheckpointError, match=r"shape mismatch: sem_seg_head.predictor.weight \(file \(7, 16, 1, 1\)"):
+        load_state_dict_checked(model, weights, source="w.pkl", allow_missing_prefix="depth_head.")
+    weights["sem_seg_head.predictor.weight"] = before["sem_seg_head.predictor.weight"]
+    weights["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="unexpected keys .*extra.weight"):
+        load_state_dict_checked(model, weights, source="w.pkl", allow_missing_prefix="depth_head.")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_our_format_roundtrip_is_self_describing(tiny_checkpoint: Path) -> None:
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt.model_config == ModelConfig.tiny(aspp_strict_pool_size=False, size_divisibility=32)
+    assert ckpt.classes == cityscapes_metadata()
+    assert ckpt.postprocess.stuff_area == 64
+    assert ckpt.info == {"purpose": "tests"}
+    model = ckpt.build()
+    assert all(torch.equal(v, ckpt.state_dict[k].to(v.dtype)) for k, v in model.state_dict().items())
+
+
+def test_corrupt_and_truncated_ours(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    data = tiny_checkpoint.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointError, match="cut.safetensors: corrupt or truncated weights"):
+        load_checkpoint(cut)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="garbage.safetensors: not a safetensors file"):
+        load_checkpoint(garbage)
+    with pytest.raises(CheckpointError, match="missing.safetensors: file not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_wrong_shapes_in_our_format_named(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    # Same weights, but the header claims a wider depth decoder: its convs mismatch.
+    with safe_open(str(tiny_checkpoint), "pt") as f:
+        meta = dict(f.metadata())
+    config = ModelConfig.from_dict(json.loads(meta["model_config"]))
+    wider = config.with_(depth=BranchConfig(project_channels=(8, 16), aspp_channels=32, convs_dim=20, head_channels=16))
+    meta["model_config"] = json.dumps(wider.to_dict())
+    path = tmp_path / "wider.safetensors"
+    save_file(load_file(tiny_checkpoint), path, metadata=meta)
+    with pytest.raises(CheckpointError, match=r"wider.safetensors: shape mismatch: depth_head\.decoder\.res2"):
+        load_checkpoint(path)
+
+
+def test_convert_cli_writes_loadable_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "converted.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "panoptic_depthlab_ros.cli", "convert", str(FIXTURES / "tiny_model.pkl"),
+         "--config", str(FIXTURES / "tiny_config.yaml"), str(out)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "initialized 82 depth-branch keys" in proc.stdout
+    ckpt = load_checkpoint(out)
+    assert ckpt.info["initialized_keys"][0].startswith("depth_head.")
+    case = np.load(FIXTURES / "tiny_case.npz")
+    bgr = np.ascontiguousarray(case["image"][:, :, ::-1])
+    ours = Predictor.from_checkpoint(out, device="cpu").predict(bgr)
+    outside = ~case["near_tie_mask"]
+    np.testing.assert_array_equal(ours.panoptic[outside], case["panoptic_seg"][outside])
+
+
+def test_convert_direct_report(tmp_path: Path) -> None:
+    report = convert_detectron2(FIXTURES / "tiny_model.pkl", FIXTURES / "tiny_config.yaml", tmp_path / "c.safetensors")
+    assert len(report.loaded) == 508 and len(report.initialized) == 82

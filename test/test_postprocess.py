@@ -1,0 +1,196 @@
+"""Fusion and segment statistics against straightforward reference implementations.
+
+The references below are written the slow, obvious way (Detectron2's dense
+distance matrix and per-instance loops; per-segment numpy masks), so they can be
+trusted by reading them.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
+from panoptic_depthlab_ros.postprocess import (
+    PostprocessConfig,
+    erode_labels,
+    find_instance_centers,
+    group_pixels,
+    merge_semantic_and_instance,
+    panoptic_fusion,
+    segment_depth_statistics,
+)
+
+CLASSES = cityscapes_metadata()
+
+
+def ref_group(centers: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Detectron2's grouping: a [K, H*W] distance tensor and argmin."""
+    h, w = offset.shape[1:]
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=offset.dtype), torch.arange(w, dtype=offset.dtype), indexing="ij")
+    loc = (torch.stack((yy, xx)) + offset).flatten(1).T[None]  # [1, HW, 2]
+    dist = torch.norm(centers[:, None, :].to(offset.dtype) - loc, dim=-1)
+    return (dist.argmin(0).reshape(h, w) + 1) * mask
+
+
+def ref_merge(sem, ins, thing_ids, div, stuff_area):
+    """Detectron2's merge loop."""
+    pan = torch.full_like(sem, -1)
+    thing_seg = torch.zeros_like(sem)
+    for t in thing_ids:
+        thing_seg[sem == t] = 1
+    is_thing = (ins > 0) & (thing_seg > 0)
+    tracker: Counter = Counter()
+    for i in torch.unique(ins):
+        if i == 0:
+            continue
+        m = (ins == i) & is_thing
+        if m.sum() == 0:
+            continue
+        c, _ = torch.mode(sem[m].view(-1))
+        tracker[int(c)] += 1
+        pan[m] = c * div + tracker[int(c)]
+    for c in torch.unique(sem):
+        if int(c) in thing_ids:
+            continue
+        m = (sem == c) & (ins == 0)
+        if m.sum() >= stuff_area:
+            pan[m] = c * div
+    return pan
+
+
+def test_centers_threshold_nms_plateau_and_topk() -> None:
+    heat = torch.zeros(1, 20, 20)
+    heat[0, 2, 2] = 0.9
+    heat[0, 2, 4] = 0.5  # within 7x7 of the 0.9 peak: suppressed
+    heat[0, 15, 15] = heat[0, 15, 16] = 0.4  # plateau: both kept
+    heat[0, 10, 2] = 0.1  # not above the threshold
+    centers = find_instance_centers(heat, threshold=0.1, nms_kernel=7, top_k=200)
+    assert centers.tolist() == [[2, 2], [15, 15], [15, 16]]
+    # top_k=2: keep scores strictly above max(2nd best, 0) = 0.4 -> only the 0.9 peak.
+    assert find_instance_centers(heat, threshold=0.1, nms_kernel=7, top_k=2).tolist() == [[2, 2]]
+
+
+@pytest.mark.parametrize("seed,num_centers", [(0, 3), (1, 40), (2, 199)])
+def test_group_pixels_equals_dense_argmin(seed: int, num_centers: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    h, w = 96, 160
+    centers = torch.stack((torch.randint(0, h, (num_centers,), generator=g),
+                           torch.randint(0, w, (num_centers,), generator=g)), 1)
+    offset = torch.randn(2, h, w, generator=g) * 25
+    mask = torch.rand(h, w, generator=g) < 0.7
+    ours = group_pixels(centers, offset, mask)
+    ref = ref_group(centers, offset, mask)
+    # Only exact distance ties may differ (none expected with random float offsets).
+    assert torch.equal(ours, ref)
+
+
+def test_group_pixels_tie_goes_to_lowest_index() -> None:
+    centers = torch.tensor([[0, 4], [0, 0]])
+    offset = torch.zeros(2, 1, 5)
+    ours = group_pixels(centers, offset, torch.ones(1, 5, dtype=torch.bool))
+    # x=2 is equidistant from both: Detectron2's argmin takes center 0 -> id 1.
+    assert ours.tolist() == [[2, 2, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merge_equals_detectron2_loop(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    h, w = 64, 96
+    sem = torch.randint(0, 19, (h, w), generator=g)
+    sem[:32] = torch.randint(11, 19, (32, w), generator=g)  # many thing pixels
+    sem[40:, :50] = 0  # one large stuff region
+    thing = torch.isin(sem, torch.tensor(CLASSES.thing_ids))
+    ins = torch.randint(1, 9, (h, w), generator=g) * thing
+    ours = merge_semantic_and_instance(sem, ins, thing_ids=CLASSES.thing_ids, num_classes=19,
+                                       label_divisor=1000, stuff_area=100)
+    ref = ref_merge(sem, ins, CLASSES.thing_ids, 1000, 100)
+    assert torch.equal(ours.long(), ref)
+    assert (ours[40:, :50] == 0).all()  # the large road region is kept as stuff id 0
+
+
+def test_fusion_without_centers_leaves_things_void() -> None:
+    logits = torch.zeros(19, 8, 8)
+    logits[13, :4] = 5.0  # car on top half
+    logits[0, 4:] = 5.0  # road below
+    out = panoptic_fusion(logits, torch.zeros(1, 8, 8), torch.zeros(2, 8, 8), classes=CLASSES,
+                          config=PostprocessConfig(stuff_area=10))
+    assert out.centers.shape == (0, 2)
+    assert (out.panoptic[:4] == -1).all() and (out.panoptic[4:] == 0).all()
+
+
+def ref_stats(pan, depth, k, erosion):
+    """Per segment, with numpy masks."""
+    out = {}
+    eroded = erode_labels(torch.from_numpy(pan), erosion).numpy()
+    for sid in np.unique(pan[pan >= 0]):
+        m = pan == sid
+        valid = np.isfinite(depth) & (depth > 0)
+        use = m & valid & eroded
+        if erosion and not use.any():
+            use = m & valid
+        ys, xs = np.nonzero(m)
+        d = np.sort(depth[use].astype(np.float64))
+        rec = {"area": int(m.sum()), "bbox": (xs.min(), ys.min(), xs.max(), ys.max()), "n": len(d)}
+        if len(d):
+            cut = int(math.floor(len(d) * 0.1))
+            uy, ux = np.nonzero(use)
+            z = depth[use].astype(np.float64)
+            rec.update(mean=d.mean(), median=d[(len(d) - 1) // 2], min=d[0], std=d.std(),
+                       robust=d[cut:len(d) - cut].mean(),
+                       centroid=(((ux - k[0, 2]) * z / k[0, 0]).mean(), ((uy - k[1, 2]) * z / k[1, 1]).mean(), z.mean()))
+        out[int(sid)] = rec
+    return out
+
+
+@pytest.mark.parametrize("seed,erosion", [(0, 0), (1, 0), (2, 1), (3, 2)])
+def test_segment_statistics_equal_brute_force(seed: int, erosion: int) -> None:
+    rng = np.random.default_rng(seed)
+    h, w = 60, 80
+    # Blocky random segments (some stuff, some things), some void.
+    coarse = rng.choice([-1, 0, 2000, 8000, 13001, 13002, 11001, 18001], size=(h // 4, w // 4))
+    pan = np.kron(coarse, np.ones((4, 4), dtype=np.int64)).astype(np.int32)
+    pan[rng.random((h, w)) < 0.03] = 13002  # scattered pixels: erosion wipes that segment's interior
+    depth = rng.uniform(1, 70, (h, w)).astype(np.float32)
+    depth[rng.random((h, w)) < 0.1] = np.nan
+    depth[rng.random((h, w)) < 0.02] = 0.0
+    k = np.array([[100.0, 0, 40.0], [0, 110.0, 30.0], [0, 0, 1]])
+    segs = segment_depth_statistics(torch.from_numpy(pan), torch.from_numpy(depth), classes=CLASSES,
+                                    config=PostprocessConfig(depth_erosion_px=erosion), camera_k=k)
+    ref = ref_stats(pan, depth, k, erosion)
+    assert [s.id for s in segs] == sorted(ref)
+    for s in segs:
+        r = ref[s.id]
+        assert s.category_id == s.id // 1000 and s.label == CLASSES.names[s.category_id]
+        assert s.is_thing == (s.category_id in CLASSES.thing_ids)
+        assert (s.area, (s.x_min, s.y_min, s.x_max, s.y_max), s.depth_valid_pixels) == (r["area"], r["bbox"], r["n"])
+        for name in ("mean", "median", "min", "std", "robust"):
+            assert getattr(s, f"depth_{name}") == pytest.approx(r[name], rel=1e-6, abs=1e-6), name
+        assert s.centroid == pytest.approx(r["centroid"], rel=1e-6, abs=1e-6)
+
+
+def test_segment_statistics_without_valid_depth_or_camera_are_nan() -> None:
+    pan = np.zeros((4, 4), np.int32)
+    pan[:2] = 13001
+    depth = np.full((4, 4), np.nan, np.float32)
+    depth[2:] = 5.0
+    segs = segment_depth_statistics(torch.from_numpy(pan), torch.from_numpy(depth), classes=CLASSES,
+                                    config=PostprocessConfig())
+    road, car = segs
+    assert road.depth_valid_pixels == 8 and road.depth_mean == 5.0 and road.depth_std == 0.0
+    assert all(math.isnan(v) for v in road.centroid)
+    assert car.depth_valid_pixels == 0
+    assert all(math.isnan(getattr(car, f"depth_{n}")) for n in ("mean", "median", "min", "std", "robust"))
+    assert math.isnan(car.score)  # no logits given
+
+
+def test_erosion_shrinks_by_radius_but_not_at_image_border() -> None:
+    lab = torch.zeros(9, 9, dtype=torch.int64)
+    lab[2:7, 2:7] = 5
+    er = erode_labels(lab, 1)
+    assert er[3:6, 3:6].all() and not er[2, 2:7].any()
+    assert not er[1, 1:8].any()  # background next to the square erodes too
+    assert er[0, :].all() and er[1, 0]  # the image border is not a boundary
