@@ -1,4 +1,4 @@
-"""Command line ``panoptic-depthlab``: convert weights (more subcommands join here)."""
+"""Command line ``panoptic-depthlab``: convert, export, infer, bag."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,15 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    side = export_model(args.checkpoint, args.out, fmt=args.format, height=args.height, width=args.width,
+                        dynamic=args.dynamic)
+    print(f"wrote {args.out} ({args.format}) and its description {side}")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser (one subparser per job)."""
     parser = argparse.ArgumentParser(prog="panoptic-depthlab", description=__doc__)
@@ -26,6 +35,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="the Detectron2 YAML config of those weights")
     p.add_argument("out", type=Path, help="output .safetensors")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("export", help="export the network to ONNX or TorchScript (+ a JSON description)")
+    p.add_argument("checkpoint", type=Path, help="our .safetensors checkpoint")
+    p.add_argument("out", type=Path, help="output file (.onnx or .pt)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--height", type=int, help="fixed input height (multiple of 32)")
+    p.add_argument("--width", type=int, help="fixed input width (multiple of 32)")
+    p.add_argument("--dynamic", action="store_true", help="free height/width (multiples of 32; ONNX only)")
+    p.set_defaults(func=_export)
     return parser
 
 

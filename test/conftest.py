@@ -62,13 +62,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = ModelConfig.tiny(aspp_strict_pool_size=False, size_divisibility=32)
     model = build_model(config).eval()
-    # Spread the predictors so the random model produces several classes, centers and depths.
+    # Scale the predictors so the random model gives several classes and centers, logits
+    # within +-10, offsets of a few pixels and depths of ~5-12 m (no saturated sigmoid).
     with torch.no_grad():
-        model.sem_seg_head.predictor.weight.normal_(0, 0.5)
-        model.ins_embed_head.center_predictor.weight.normal_(0, 0.3)
+        model.sem_seg_head.predictor.weight.normal_(0, 0.005)
+        model.ins_embed_head.center_predictor.weight.normal_(0, 0.002)
         model.ins_embed_head.center_predictor.bias.fill_(0.05)
-        model.ins_embed_head.offset_predictor.weight.normal_(0, 0.5)
-        model.depth_head.predictor.weight.normal_(0, 0.5)
+        model.ins_embed_head.offset_predictor.weight.normal_(0, 0.003)
+        model.depth_head.predictor.weight.normal_(0, 0.0003)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_checkpoint(path, model, model_config=config, classes=cityscapes_metadata(),
                     postprocess=PostprocessConfig(stuff_area=64), info={"purpose": "tests"})

@@ -83,7 +83,7 @@ class SampleFiles:
 
 
 def sample_files(root: Path | str, split: str, city: str, stem: str) -> SampleFiles:
-    """The paths of frame ``stem`` (e.g. ``aachen_000000_000019``)."""
+    """Return the paths of frame ``stem`` (e.g. ``aachen_000000_000019``)."""
     root = Path(root)
     paths = {key: root / folder / split / city / f"{stem}{suffix}"
              for key, (folder, suffix) in _SUFFIX.items()}
@@ -261,13 +261,15 @@ def depth_from_disparity(disparity_png: np.ndarray, baseline: float, fx: float, 
 
     Args:
         disparity_png: [H, W] uint16, ``p = d * 256 + 1`` for disparity ``d`` px, ``0`` invalid.
-        baseline: stereo baseline in metres; fx: focal length in pixels.
+        baseline: stereo baseline in metres.
+        fx: focal length in pixels.
         max_depth: optionally also mark depths beyond it invalid.
 
     Returns:
         ``(depth, valid)``: [H, W] float32 metres ``baseline * fx / d`` and [H, W] bool.
         ``p == 0`` (no measurement) and ``p == 1`` (``d = 0``, infinitely far) are
         invalid; invalid pixels hold ``0.0`` (never inf or NaN).
+
     """
     if disparity_png.ndim != 2 or disparity_png.dtype != np.uint16:
         raise ValueError(f"disparity must be [H, W] uint16, got {disparity_png.shape} "
@@ -295,6 +297,7 @@ def panoptic_from_instance_ids(instance_ids: np.ndarray
         ``panoptic`` [H, W] int32 (see the module docstring) and ``segments``: one dict
         per segment ``{"id", "category_id" (trainId), "iscrowd", "area", "is_thing"}``.
         Labels ignored in evaluation (trainId 255) become void ``-1`` with no segment.
+
     """
     ids, inverse = np.unique(instance_ids.astype(np.int64), return_inverse=True)
     areas = np.bincount(inverse.ravel(), minlength=len(ids))

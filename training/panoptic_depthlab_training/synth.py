@@ -26,11 +26,12 @@ Conventions
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +242,14 @@ class _PrimitiveList:
         )
 
 
-def _rgb(hex_or_tuple: tuple[int, int, int]) -> np.ndarray:
-    return np.asarray(hex_or_tuple, np.float32) / 255.0
+def _rgb(rgb: tuple[int, int, int]) -> np.ndarray:
+    """[3] float32 colour in 0..1 from 0..255 RGB."""
+    return np.asarray(rgb, np.float32) / 255.0
+
+
+def _f32(r: float, g: float, b: float) -> np.ndarray:
+    """[3] float32 colour in 0..1."""
+    return np.array([r, g, b], np.float32)
 
 
 _CAR_COLORS = [_rgb(c) for c in (
@@ -352,8 +359,10 @@ class SceneGenerator:
         lane_w = rng.uniform(3.0, 3.6)
         n_fwd = int(rng.integers(1, 3))
         n_onc = int(rng.integers(1, 3))
-        edge_types = [rng.choice(["parking", "bike", "none"], p=[0.55, 0.3, 0.15]) for _ in range(2)]
-        edge_w = [rng.uniform(2.2, 2.7) if t != "none" else rng.uniform(0.3, 0.8) for t in edge_types]
+        edge_types = [str(rng.choice(["parking", "bike", "none"], p=[0.55, 0.3, 0.15]))
+                      for _ in range(2)]
+        edge_w = [rng.uniform(2.2, 2.7) if t != "none" else rng.uniform(0.3, 0.8)
+                  for t in edge_types]
         x_left = -n_onc * lane_w - edge_w[0]
         x_right = n_fwd * lane_w + edge_w[1]
         ego_lane = int(rng.integers(0, n_fwd))
@@ -448,7 +457,7 @@ class SceneGenerator:
         k = counter.next(label)
         kw: dict[str, Any] = {"instance": k, "velocity": vel, "lane": lane}
         add = prims.add_part
-        dark = np.float32([0.06, 0.06, 0.07])
+        dark = _f32(0.06, 0.06, 0.07)
         if kind == "car":
             width = rng.uniform(1.65, 1.9)
             clear, hb, hc = rng.uniform(0.22, 0.3), rng.uniform(0.6, 0.8), rng.uniform(0.45, 0.6)
@@ -468,7 +477,8 @@ class SceneGenerator:
                 hb = rng.uniform(2.7, 3.1)
                 color = _jitter(rng, _CAR_COLORS[rng.integers(len(_CAR_COLORS))], 0.1)
                 add(KIND_BOX, pos, yaw, (0, -(clear + hb / 2), 0), (width / 2, hb / 2, length / 2),
-                    color, label, material=MAT_BUS, tex=(clear + 0.9, clear + hb - 0.35, 0, 0), **kw)
+                    color, label, material=MAT_BUS, tex=(clear + 0.9, clear + hb - 0.35, 0, 0),
+                    **kw)
             else:
                 hb = rng.uniform(2.6, 3.4)
                 cab_l = 2.0
@@ -488,9 +498,9 @@ class SceneGenerator:
         # tail light bar (red) and head light bar (warm white), emissive
         ly = -(clear + min(hb, 1.0) * 0.75)
         add(KIND_BOX, pos, yaw, (0, ly, -length / 2 - 0.01), (width / 2 - 0.15, 0.05, 0.02),
-            np.float32([0.75, 0.05, 0.05]), label, material=MAT_EMISSIVE, **kw)
+            _f32(0.75, 0.05, 0.05), label, material=MAT_EMISSIVE, **kw)
         add(KIND_BOX, pos, yaw, (0, ly, length / 2 + 0.01), (width / 2 - 0.2, 0.05, 0.02),
-            np.float32([0.95, 0.92, 0.8]), label, material=MAT_EMISSIVE, **kw)
+            _f32(0.95, 0.92, 0.8), label, material=MAT_EMISSIVE, **kw)
         footprints.append(Footprint((pos[0], pos[2]), (width / 2 + 0.15, length / 2 + 0.2),
                                     yaw, (vel[0], vel[2]), lane, 0.7))
 
@@ -499,7 +509,7 @@ class SceneGenerator:
                     rng: np.random.Generator, pos: tuple[float, float, float], yaw: float,
                     vel: tuple[float, float, float], *, label: str = "person",
                     seated_at: float | None = None, lane: int = -1) -> None:
-        """A person standing on the ground at ``pos``, or seated on a saddle ``seated_at`` m high."""
+        """Add a person standing at ``pos``, or seated on a saddle ``seated_at`` m high."""
         k = counter.next(label)
         kw: dict[str, Any] = {"instance": k, "velocity": vel, "lane": lane}
         height = rng.uniform(1.55, 1.95)
@@ -540,12 +550,12 @@ class SceneGenerator:
     def _add_bicycle(prims: _PrimitiveList, footprints: list[Footprint], counter: _Counter,
                      rng: np.random.Generator, pos: tuple[float, float, float], yaw: float,
                      vel: tuple[float, float, float], lane: int = -1) -> float:
-        """A bicycle along its yaw direction; returns the saddle height."""
+        """Add a bicycle along its yaw direction; returns the saddle height."""
         k = counter.next("bicycle")
         kw: dict[str, Any] = {"instance": k, "velocity": vel, "lane": lane}
         r = rng.uniform(0.32, 0.36)
         frame = _jitter(rng, _CAR_COLORS[rng.integers(len(_CAR_COLORS))], 0.1)
-        dark = np.float32([0.05, 0.05, 0.05])
+        dark = _f32(0.05, 0.05, 0.05)
         add = prims.add_part
         for wz in (-0.52, 0.52):
             add(KIND_CYL_X, pos, yaw, (0, -r, wz), (0.025, r, r), dark, "bicycle", **kw)
@@ -620,10 +630,10 @@ class SceneGenerator:
             elif u < 0.65 and pole_h > 4.5:
                 ly = -top - pole_h + 0.5
                 prims.add(KIND_BOX, (x, ly, z - r - 0.16), (0.16, 0.45, 0.14),
-                          np.float32([0.08, 0.08, 0.08]), "traffic light")
+                          _f32(0.08, 0.08, 0.08), "traffic light")
                 lamp = rng.integers(3)
-                lamp_col = [np.float32([1, 0.1, 0.1]), np.float32([1, 0.75, 0.1]),
-                            np.float32([0.1, 1, 0.4])][lamp]
+                lamp_col = [_f32(1, 0.1, 0.1), _f32(1, 0.75, 0.1),
+                            _f32(0.1, 1, 0.4)][lamp]
                 prims.add(KIND_ELLIPSOID, (x, ly - 0.28 + 0.28 * lamp, z - r - 0.31),
                           (0.09, 0.09, 0.03), lamp_col, "traffic light", material=MAT_EMISSIVE)
             z += rng.uniform(12, 35)
@@ -688,8 +698,8 @@ class SceneGenerator:
                 if u < 0.35:
                     h = rng.uniform(0.8, 2.5)
                     col = _jitter(rng, _FACADE_COLORS[rng.integers(len(_FACADE_COLORS))], 0.1)
-                    prims.add(KIND_BOX, (x + sign * 0.15, -h / 2, z + gap / 2), (0.15, h / 2, gap / 2),
-                              col, "wall")
+                    prims.add(KIND_BOX, (x + sign * 0.15, -h / 2, z + gap / 2),
+                              (0.15, h / 2, gap / 2), col, "wall")
                 elif u < 0.6:
                     h = rng.uniform(1.0, 2.0)
                     col = _jitter(rng, _rgb((150, 140, 120)), 0.2)
@@ -699,8 +709,9 @@ class SceneGenerator:
                 elif u < 0.85:
                     h = rng.uniform(0.8, 2.2)
                     col = _jitter(rng, _rgb((60, 100, 40)), 0.2)
-                    prims.add(KIND_BOX, (x + sign * 0.5, -h / 2, z + gap / 2), (0.5, h / 2, gap / 2),
-                              col, "vegetation", material=MAT_FOLIAGE, tex=(rng.uniform(0, 6), 0, 0, 0))
+                    prims.add(KIND_BOX, (x + sign * 0.5, -h / 2, z + gap / 2),
+                              (0.5, h / 2, gap / 2), col, "vegetation", material=MAT_FOLIAGE,
+                              tex=(rng.uniform(0, 6), 0, 0, 0))
                 if rng.random() < 0.5:
                     self._add_tree(prims, rng, (x + sign * rng.uniform(2, 6), 0.0, z + gap / 2))
                 z += gap
@@ -763,7 +774,8 @@ class SceneGenerator:
         instance_ids = np.where(sky, SKY_ID, p.instance_id[safe]).astype(np.int32)
 
         rng = np.random.default_rng([scene.seed, frame_index])
-        image = self._shade(scene, p, centers, vel, time_s, cam, rays, depth, pid, sky, rng)
+        image = self._shade(scene, p, centers, time_s, ego_speed_mps, cam, rays, depth, pid, sky,
+                            rng)
 
         valid = ~sky & (depth <= self.max_depth) & (depth >= self.min_depth)
         depth = np.where(valid, depth, 0.0).astype(np.float32)
@@ -845,13 +857,15 @@ class SceneGenerator:
             dz = (s * rays[0] + c * rays[2]) * np.float32(1 / hz)
         dy = rays[1] * np.float32(1 / hy)
         kind = p.kind[i]
+        t_in: np.ndarray | None = None
+        t_out: np.ndarray | None = None
+        slabs: tuple[tuple[np.ndarray, float], ...] = ()
         with np.errstate(divide="ignore", invalid="ignore"):
             if kind == KIND_ELLIPSOID:
                 t_in, t_out = _quadratic(dx, dy, dz, ox, oy, oz)
             else:
                 if kind == KIND_BOX:
                     slabs = ((dx, ox), (dy, oy), (dz, oz))
-                    t_in = t_out = None
                 elif kind == KIND_CYL_Y:
                     t_in, t_out = _quadratic(dx, None, dz, ox, 0.0, oz)
                     slabs = ((dy, oy),)
@@ -869,8 +883,8 @@ class SceneGenerator:
         np.copyto(zbuf, t_in, where=hit, casting="unsafe")
         pid[hit] = i
 
-    def _shade(self, scene: Scene, p: Primitives, centers: np.ndarray, vel: np.ndarray,
-               time_s: float, cam: np.ndarray, rays: np.ndarray, depth: np.ndarray,
+    def _shade(self, scene: Scene, p: Primitives, centers: np.ndarray, time_s: float,
+               ego_speed_mps: float, cam: np.ndarray, rays: np.ndarray, depth: np.ndarray,
                pid: np.ndarray, sky: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Colour every pixel from its hit (normal, material, fog); returns [H, W, 3] uint8."""
         light = scene.lighting
@@ -915,19 +929,19 @@ class SceneGenerator:
             along = np.where(np.abs(normal[0][m]) > 0.5, z[m], x[m])
             height = -y[m]
             in_floor = np.mod(height, floor_h)
-            window = ((np.mod(along, spacing) < win_w) & (in_floor > 0.9) & (in_floor < floor_h - 0.5)
-                      & (height > 2.5) & (normal[1][m] > -0.5))
+            window = ((np.mod(along, spacing) < win_w) & (in_floor > 0.9)
+                      & (in_floor < floor_h - 0.5) & (height > 2.5) & (normal[1][m] > -0.5))
             glass = np.stack([0.12 + 0.1 * tint, 0.15 + 0.08 * tint, 0.2 + 0.05 * tint])
             color[:, m] = np.where(window, glass, color[:, m])
         m = mat == MAT_GLASS
         if m.any():
             side = normal[1][m] > -0.7  # cabin roof keeps the body colour
-            color[:, m] = np.where(side, np.float32([[0.07], [0.09], [0.12]]) + 0.15 * (
+            color[:, m] = np.where(side, _f32(0.07, 0.09, 0.12)[:, None] + 0.15 * (
                 1 + normal[1][m]) * 0.2, color[:, m])
         m = mat == MAT_BUS
         if m.any():
             band = (-y[m] > tex[..., 0][m]) & (-y[m] < tex[..., 1][m]) & (normal[1][m] > -0.5)
-            color[:, m] = np.where(band, np.float32([[0.08], [0.1], [0.13]]), color[:, m])
+            color[:, m] = np.where(band, _f32(0.08, 0.1, 0.13)[:, None], color[:, m])
         m = mat == MAT_FENCE
         if m.any():
             along = np.where(np.abs(normal[0][m]) > 0.5, z[m], x[m])
@@ -938,7 +952,7 @@ class SceneGenerator:
         lambert = np.maximum(0.0, (normal * sun).sum(axis=0))
         sky_light = 0.85 + 0.15 * -normal[1]  # up-facing surfaces see more sky
         shade = light.ambient * sky_light + light.diffuse * lambert
-        shade = shade * self._contact_shadows(scene, vel, time_s, x, z, mat, normal)
+        shade = shade * self._contact_shadows(scene, time_s, ego_speed_mps, x, z, mat, normal)
         emissive = mat == MAT_EMISSIVE
         color = np.where(emissive, color, color * shade)
 
@@ -956,33 +970,35 @@ class SceneGenerator:
         image = np.clip(color.transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return cv2.GaussianBlur(image, (3, 3), 0.6)
 
-    def _contact_shadows(self, scene: Scene, vel: np.ndarray, time_s: float, x: np.ndarray,
+    @staticmethod
+    def _contact_shadows(scene: Scene, time_s: float, ego_speed_mps: float, x: np.ndarray,
                          z: np.ndarray, mat: np.ndarray, normal: np.ndarray) -> np.ndarray:
         """Multiplicative darkening [H, W] of ground pixels under vehicles and people."""
         factor = np.ones(x.shape, np.float32)
-        ground = (normal[1] < -0.9) & ((mat == MAT_ROAD) | (mat == MAT_SIDEWALK)
-                                       | (mat == MAT_TERRAIN))
-        rows = np.flatnonzero(ground.any(axis=1))
-        if rows.size == 0:
+        ground = np.flatnonzero((normal[1] < -0.9) & ((mat == MAT_ROAD) | (mat == MAT_SIDEWALK)
+                                                      | (mat == MAT_TERRAIN)))
+        if ground.size == 0:
             return factor
-        ego_speed = float(vel[scene.prims.lane == scene.ego_lane, 2].min()) if (
-            scene.prims.lane == scene.ego_lane).any() else 0.0
-        gy = np.flatnonzero(ground)
-        gx, gz = x.ravel()[gy], z.ravel()[gy]
+        # ground pixels sorted by world z: each footprint only looks at its z slice
+        gz_all = z.ravel()[ground]
+        order = np.argsort(gz_all, kind="stable")
+        gz_sorted = gz_all[order]
+        flat = factor.ravel()
         for fp in scene.footprints:
-            vz = max(fp.velocity[1], ego_speed) if fp.lane == scene.ego_lane else fp.velocity[1]
+            vz = fp.velocity[1]
+            if fp.lane == scene.ego_lane:
+                vz = max(vz, ego_speed_mps)  # as the primitives in render()
             cx, cz = fp.center[0] + fp.velocity[0] * time_s, fp.center[1] + vz * time_s
-            near = (np.abs(gx - cx) < fp.half[0] + fp.half[1] + 1) & (
-                np.abs(gz - cz) < fp.half[0] + fp.half[1] + 1)
-            if not near.any():
+            reach = fp.half[0] + fp.half[1] + 0.5
+            lo, hi = np.searchsorted(gz_sorted, [cz - reach, cz + reach])
+            if hi <= lo:
                 continue
-            idx = gy[near]
+            idx = ground[order[lo:hi]]
+            dx, dz = x.ravel()[idx] - cx, z.ravel()[idx] - cz
             c, s = math.cos(fp.yaw), math.sin(fp.yaw)
-            dx, dz = gx[near] - cx, gz[near] - cz
             lx, lz = c * dx - s * dz, s * dx + c * dz
             out = np.maximum(np.abs(lx) - fp.half[0], 0) + np.maximum(np.abs(lz) - fp.half[1], 0)
             dark = fp.strength * np.clip(1.0 - out / 0.35, 0, 1)
-            flat = factor.ravel()
             flat[idx] = np.minimum(flat[idx], 1.0 - dark)
         return factor
 
@@ -1008,31 +1024,41 @@ def _quadratic(dx: np.ndarray | None, dy: np.ndarray | None, dz: np.ndarray | No
 
 
 def _normals(p: Primitives, centers: np.ndarray, pid: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """World-frame unit normals [3, H, W] at the hit points ``pts`` of primitives ``pid``."""
-    kind = p.kind[pid]
-    yaw = p.yaw[pid].astype(np.float32)
-    c, s = np.cos(yaw), np.sin(yaw)
-    half = p.half[pid].astype(np.float32).transpose(2, 0, 1)  # [3, H, W]
-    rel = pts - centers[pid].astype(np.float32).transpose(2, 0, 1)
+    """World-frame unit normals [3, H, W] at the hit points ``pts`` of primitives ``pid``.
+
+    Ground-plane pixels (and whatever ``pid`` maps to a plane) get the up vector.
+    """
+    normal = np.zeros((3,) + pid.shape, np.float32)
+    normal[1] = -1.0
+    flat = pid.ravel()
+    idx = np.flatnonzero(p.kind[flat] != KIND_PLANE)
+    if idx.size == 0:
+        return normal
+    ids = flat[idx]
+    kind = p.kind[ids]
+    c, s = np.cos(p.yaw[ids]).astype(np.float32), np.sin(p.yaw[ids]).astype(np.float32)
+    half = p.half[ids].T.astype(np.float32)  # [3, M]
+    rel = pts.reshape(3, -1)[:, idx] - centers[ids].T.astype(np.float32)
     q = np.stack([c * rel[0] - s * rel[2], rel[1], s * rel[0] + c * rel[2]]) / half  # unit space
     aq = np.abs(q)
-    # box: the face whose unit coordinate is largest in magnitude
-    axis = np.argmax(aq, axis=0)
-    box = np.where(np.arange(3)[:, None, None] == axis[None], np.sign(q), 0.0)
-    # cylinders: cap if the axial coordinate dominates, else the radial direction
-    ry = np.hypot(q[0], q[2])
-    cyl_y = np.where(aq[1] > ry, np.stack([0 * q[0], np.sign(q[1]), 0 * q[0]]),
-                     np.stack([q[0], 0 * q[0], q[2]]) / half)
-    rx = np.hypot(q[1], q[2])
-    cyl_x = np.where(aq[0] > rx, np.stack([np.sign(q[0]), 0 * q[0], 0 * q[0]]),
-                     np.stack([0 * q[0], q[1], q[2]]) / half)
-    ell = q / half
-    plane = np.stack([0 * q[0], -np.ones_like(q[0]), 0 * q[0]])
-    n_local = np.select([kind == KIND_BOX, kind == KIND_CYL_Y, kind == KIND_CYL_X,
-                         kind == KIND_ELLIPSOID], [box, cyl_y, cyl_x, ell], plane)
+    n_local = q / half  # ellipsoid: gradient of |q|^2
+    box = kind == KIND_BOX  # the face whose unit coordinate is largest in magnitude
+    axis = np.argmax(aq[:, box], axis=0)
+    n_local[:, box] = np.where(np.arange(3)[:, None] == axis[None], np.sign(q[:, box]), 0.0)
+    for cyl_kind, ax in ((KIND_CYL_Y, 1), (KIND_CYL_X, 0)):
+        # cap if the axial coordinate dominates, else the radial direction
+        m = kind == cyl_kind
+        radial = np.sqrt(np.maximum((q[:, m] ** 2).sum(axis=0) - q[ax, m] ** 2, 0.0))
+        cap = aq[ax, m] > radial
+        side = n_local[:, m]
+        side[ax] = 0.0
+        capped = np.zeros_like(side)
+        capped[ax] = np.sign(q[ax, m])
+        n_local[:, m] = np.where(cap, capped, side)
     n = np.stack([c * n_local[0] + s * n_local[2], n_local[1], -s * n_local[0] + c * n_local[2]])
     n /= np.maximum(np.sqrt((n * n).sum(axis=0)), 1e-6)
-    return n.astype(np.float32)
+    normal.reshape(3, -1)[:, idx] = n
+    return normal
 
 
 def encode_disparity(depth: np.ndarray, valid: np.ndarray, *, baseline: float, fx: float
@@ -1109,6 +1135,9 @@ def write_frame(root: Path, split: str, city: str, stem: str, frame: SynthFrame)
     path("camera", "camera.json").write_text(json.dumps(frame.camera, indent=4))
 
 
+DATASET_FRAME_NUMBER = 19  # Cityscapes annotates the 20th frame of each snippet
+
+
 @dataclass(frozen=True)
 class _Job:
     out: Path
@@ -1118,26 +1147,30 @@ class _Job:
     seed: int
     height: int
     width: int
-    split_key: int = field(default=0)
+
+
+_SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
+
+
+def dataset_frame(seed: int, split: str, index: int, *, height: int = 256, width: int = 512
+                  ) -> SynthFrame:
+    """Frame ``index`` of ``split`` exactly as :func:`generate_dataset` renders it."""
+    gen = _generator(height, width)
+    rng = np.random.default_rng([seed, _SPLIT_KEYS[split], index])
+    return gen.render(gen.make_scene(rng))
 
 
 def _render_job(job: _Job) -> str:
-    gen = _generator(job.height, job.width)
-    rng = np.random.default_rng([job.seed, job.split_key, job.index])
-    frame = gen.render(gen.make_scene(rng))
-    stem = cityscapes_stem(job.city, job.index, 19)
+    frame = dataset_frame(job.seed, job.split, job.index, height=job.height, width=job.width)
+    stem = cityscapes_stem(job.city, job.index, DATASET_FRAME_NUMBER)
     write_frame(job.out, job.split, job.city, stem, frame)
     return stem
 
 
-_GENERATORS: dict[tuple[int, int], SceneGenerator] = {}
-
-
+@functools.lru_cache(maxsize=4)
 def _generator(height: int, width: int) -> SceneGenerator:
-    key = (height, width)
-    if key not in _GENERATORS:
-        _GENERATORS[key] = SceneGenerator(height, width)
-    return _GENERATORS[key]
+    """One generator per image size and process (it caches the per-pixel rays)."""
+    return SceneGenerator(height, width)
 
 
 def generate_dataset(out: Path, *, train: int, val: int, seed: int, height: int = 256,
@@ -1151,8 +1184,8 @@ def generate_dataset(out: Path, *, train: int, val: int, seed: int, height: int 
     if train < 0 or val < 0:
         raise ValueError(f"frame counts must be >= 0, got train={train} val={val}")
     jobs = [
-        _Job(Path(out), split, city, i, seed, height, width, key)
-        for split, n, key in (("train", train, 0), ("val", val, 1))
+        _Job(Path(out), split, city, i, seed, height, width)
+        for split, n in (("train", train), ("val", val))
         for i in range(n)
     ]
     bar = tqdm(total=len(jobs), desc="synth", unit="frame", disable=not progress)

@@ -39,6 +39,7 @@ class PanopticTargetGenerator:
     semantic label (unless ``ignore_crowd_in_semantic``), gets center and offset weight 0,
     but a thing crowd region still gets a center Gaussian and offsets (only masked by the
     weights). Pixels of ids absent from ``segments`` are void: ignore label, weights 0.
+
     """
 
     def __init__(self, thing_ids: Iterable[int], *, ignore_label: int = 255, sigma: int = 8,
@@ -68,6 +69,7 @@ class PanopticTargetGenerator:
             ``offset`` [2, H, W] float32 (offset_y, offset_x), center minus pixel
             coordinate; ``offset_weights`` [1, H, W] float32 0/1; ``center_points`` list of
             (y, x) float centers of the thing segments present.
+
         """
         if panoptic.ndim != 2:
             raise ValueError(f"panoptic must be [H, W], got shape {panoptic.shape}")
@@ -108,9 +110,10 @@ class PanopticTargetGenerator:
 
         center = np.zeros((height, width), np.float32)
         points: list[tuple[float, float]] = []
-        for k in np.flatnonzero(thing & (area > 0)):
-            points.append((float(center_y[k]), float(center_x[k])))
-            self._paste_gaussian(center, center_y[k], center_x[k])
+        for j in np.flatnonzero(thing & (area > 0)).tolist():
+            cy, cx = float(center_y[j]), float(center_x[j])
+            points.append((cy, cx))
+            self._paste_gaussian(center, cy, cx)
 
         return {
             "sem_seg": sem_lut[inverse],

@@ -1,0 +1,85 @@
+"""Run an exported ONNX network with onnxruntime behind the Predictor's network interface.
+
+CUDA / TensorRT execution providers are used when the installed onnxruntime has
+them (and the device is CUDA); otherwise the CPU provider.  Fusion and segment
+depth stay in torch, exactly as with the torch backend.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError
+from .export import SIDECAR_FORMAT, sidecar_path
+from .metadata import ClassMetadata
+from .model import OUTPUT_NAMES, ModelConfig
+from .postprocess import PostprocessConfig
+
+
+def read_export_description(path: str | Path) -> dict[str, Any]:
+    """The export description: the ONNX file's own metadata, else its ``.json`` sidecar."""
+    import onnx  # noqa: PLC0415 - optional dependency
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "file not found")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for garbage
+        raise CheckpointError(path, f"not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+    meta = {p.key: p.value for p in graph.metadata_props}
+    if "panoptic_depthlab" in meta:
+        desc = json.loads(meta["panoptic_depthlab"])
+    elif sidecar_path(path).is_file():
+        desc = json.loads(sidecar_path(path).read_text())
+    else:
+        raise CheckpointError(path, "no panoptic-depthlab export description (metadata or .json sidecar)")
+    if desc.get("format") != SIDECAR_FORMAT:
+        raise CheckpointError(path, f"export description has format {desc.get('format')!r}")
+    return desc
+
+
+class OnnxNetwork:
+    """Callable ``[1,3,H,W] tensor -> {sem_seg, center, offset, depth}`` over an ORT session."""
+
+    def __init__(self, path: str | Path, *, device: torch.device) -> None:
+        import onnxruntime as ort  # noqa: PLC0415 - optional dependency
+
+        available = ort.get_available_providers()
+        wanted = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + wanted
+        try:
+            self.session = ort.InferenceSession(str(path), providers=wanted)
+        except Exception as exc:  # onnxruntime's own exception types are not importable portably
+            raise CheckpointError(path, f"onnxruntime cannot load it: {exc}") from exc
+        names = [o.name for o in self.session.get_outputs()]
+        if names != list(OUTPUT_NAMES):
+            raise CheckpointError(path, f"outputs are {names}, expected {list(OUTPUT_NAMES)}")
+        self.input_name = self.session.get_inputs()[0].name
+        self.device = device
+        self.providers = self.session.get_providers()
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:  # noqa: D102
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy())})
+        return {n: torch.from_numpy(o).to(self.device) for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
+
+
+def load_onnx_network(
+    path: str | Path, *, device: torch.device,
+) -> tuple[OnnxNetwork, ModelConfig, ClassMetadata, PostprocessConfig]:
+    """Session + the description needed to feed it and fuse its outputs."""
+    desc = read_export_description(path)
+    try:
+        config = ModelConfig.from_dict(desc["model_config"])
+        config = config.with_(size_divisibility=int(desc["preprocessing"]["size_divisibility"]))
+        classes = ClassMetadata.from_dict(desc["classes"])
+        post = PostprocessConfig.from_dict(desc.get("postprocess", {}))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(path, f"invalid export description: {exc}") from exc
+    return OnnxNetwork(path, device=device), config, classes, post
