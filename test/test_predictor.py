@@ -1,0 +1,119 @@
+"""The Predictor's public behaviour: shapes, dtypes, resizing, intrinsics, input errors."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
+from panoptic_depthlab_ros.model.fuse import fold_batchnorm
+from panoptic_depthlab_ros.predictor import Predictor, resolve_device
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint: Path) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+
+
+def _image(h: int = 96, w: int = 160, seed: int = 0) -> np.ndarray:
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img[: h // 3] = (200, 160, 120)
+    return img
+
+
+def test_result_layout(predictor: Predictor) -> None:
+    img = _image(100, 170)  # not a multiple of 32: padded, then cropped back
+    r = predictor.predict(img)
+    assert r.panoptic.shape == r.semantic.shape == r.depth.shape == (100, 170)
+    assert (r.panoptic.dtype, r.semantic.dtype, r.depth.dtype) == (np.int32, np.uint8, np.float32)
+    assert r.label_divisor == 1000 and (r.height, r.width) == (100, 170)
+    assert set(r.timings) == {"preprocess", "network", "fusion", "segment_depth", "total"}
+    ids = sorted(set(np.unique(r.panoptic).tolist()) - {-1})
+    assert [s.id for s in r.segments] == ids
+    for s in r.segments:
+        mask = r.panoptic == s.id
+        assert s.area == int(mask.sum())
+        assert s.depth_mean == pytest.approx(float(r.depth[mask].astype(np.float64).mean()), rel=1e-5)
+        assert all(math.isnan(c) for c in s.centroid)
+    raw = predictor.raw(img)
+    assert {k: tuple(v.shape) for k, v in raw.items()} == {
+        "sem_seg": (19, 100, 170), "center": (1, 100, 170), "offset": (2, 100, 170), "depth": (1, 100, 170)}
+    np.testing.assert_array_equal(raw["sem_seg"].argmax(0).numpy(), r.semantic)
+
+
+def test_bgr_order_matters(predictor: Predictor) -> None:
+    img = _image()
+    a = predictor.raw(img)["sem_seg"]
+    b = predictor.raw(np.ascontiguousarray(img[:, :, ::-1]))["sem_seg"]
+    assert float((a - b).abs().max()) > 1e-3  # the predictor really reads channel order
+
+
+def test_centroids_follow_intrinsics(predictor: Predictor) -> None:
+    img = _image()
+    k = np.array([[120.0, 0, 80.0], [0, 125.0, 48.0], [0, 0, 1]])
+    r = predictor.predict(img, camera_k=k)
+    ys, xs = np.mgrid[0:96, 0:160]
+    for s in r.segments:
+        m = r.panoptic == s.id
+        z = r.depth[m].astype(np.float64)
+        expected = (((xs[m] - 80.0) * z / 120.0).mean(), ((ys[m] - 48.0) * z / 125.0).mean(), z.mean())
+        assert s.centroid == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_max_input_width_resizes_and_scales_offsets(tiny_checkpoint: Path) -> None:
+    img = _image(128, 256)
+    full = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    half = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", max_input_width=128)
+    r = half.predict(img)
+    assert r.panoptic.shape == (128, 256)
+    raw_half = half.raw(img)
+    # Offsets are in input pixels: the network saw a half-size image, so they are doubled.
+    net = half.network(half._prepare(img).tensor)
+    assert float(raw_half["offset"].abs().max()) == pytest.approx(2 * float(net["offset"].abs().max()), rel=0.05)
+    assert full.raw(img)["offset"].shape == raw_half["offset"].shape
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((10, 10), np.uint8), r"\[H, W, 3\]"),
+    (np.zeros((10, 10, 4), np.uint8), r"\[H, W, 3\]"),
+    (np.zeros((10, 10, 3), np.float32), "uint8"),
+    (np.zeros((0, 10, 3), np.uint8), "empty"),
+])
+def test_bad_images_are_named(predictor: Predictor, bad: np.ndarray, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        predictor.predict(bad)
+
+
+def test_bad_camera_matrix(predictor: Predictor) -> None:
+    with pytest.raises(InputError, match="3x3"):
+        predictor.predict(_image(), camera_k=np.eye(2))
+    with pytest.raises(InputError, match="focal"):
+        predictor.predict(_image(), camera_k=np.diag([0.0, 1.0, 1.0]))
+
+
+def test_devices() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PanopticDepthLabError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(PanopticDepthLabError, match="auto, cpu or cuda"):
+        resolve_device("tpu")
+
+
+def test_folded_batchnorm_matches(tiny_checkpoint: Path) -> None:
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    model = predictor.network
+    for m in model.modules():  # give BN non-trivial statistics first
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(1.7)
+    folded = fold_batchnorm(model)
+    x = predictor._prepare(_image()).tensor
+    with torch.no_grad():
+        a, b = model(x), folded(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    for k in a:
+        assert float((a[k] - b[k]).abs().max()) < 1e-4 * max(1.0, float(a[k].abs().max())), k
