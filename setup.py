@@ -14,6 +14,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["panoptic_depthlab_ros", "panoptic_depthlab_ros.*"]),
     package_data={"panoptic_depthlab_ros": ["data/*"]},
+    # The message definitions, where the ROS-free bag tools look for them (as colcon installs them).
+    data_files=[("share/panoptic_depthlab_ros/msg", ["msg/SegmentDepth.msg", "msg/SegmentDepthArray.msg"])],
     install_requires=[
         "torch>=2.3",
         "numpy>=1.26",

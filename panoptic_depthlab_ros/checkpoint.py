@@ -34,6 +34,7 @@ from .model import ModelConfig, PanopticDepthLab, build_model
 from .model.config import load_detectron2_yaml
 from .postprocess import PostprocessConfig
 
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "data" / "demo.safetensors"
 FORMAT_NAME = "panoptic-depthlab"
 FORMAT_VERSION = "1"
 DEPTH_PREFIX = "depth_head."
@@ -100,6 +101,13 @@ class Checkpoint:
         model = build_model(self.model_config)
         load_state_dict_checked(model, self.state_dict, source="checkpoint", allow_missing_prefix=None)
         return model.eval()
+
+
+def bundled_checkpoint() -> Path:
+    """The demo model shipped in the package (trained on our synthetic scenes)."""
+    if not BUNDLED_CHECKPOINT.is_file():
+        raise CheckpointError(BUNDLED_CHECKPOINT, "the bundled demo checkpoint is missing from this install")
+    return BUNDLED_CHECKPOINT
 
 
 def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:

@@ -26,6 +26,44 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictor(args: argparse.Namespace):
+    from .checkpoint import bundled_checkpoint
+    from .predictor import Predictor
+
+    path = args.checkpoint or bundled_checkpoint()
+    backend = "onnxruntime" if str(path).endswith(".onnx") else "torch"
+    return Predictor.from_checkpoint(path, device=args.device, backend=backend)
+
+
+def _bag(args: argparse.Namespace) -> int:
+    from .bag import replay_bag
+
+    summary = replay_bag(args.input, args.output, predictor=_predictor(args), image_topic=args.image_topic,
+                         camera_info_topic=args.camera_info_topic, overwrite=args.overwrite,
+                         near=args.near, far=args.far)
+    for line in summary.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    print(f"wrote {args.output}: {summary.frames} frames, outputs on {', '.join(summary.output_topics)}")
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from .infer import run_infer
+
+    summary = run_infer(args.inputs, args.out, predictor=_predictor(args), near=args.near, far=args.far)
+    for line in summary.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    print(f"wrote {len(summary.written)} files for {summary.frames} frames to {args.out}")
+    return 0 if summary.frames or not summary.skipped else 1
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, help="our .safetensors or an exported .onnx (default: bundled demo)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--near", type=float, default=5.0, help="overlay: red at this depth (m)")
+    p.add_argument("--far", type=float, default=60.0, help="overlay: blue at this depth (m)")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser (one subparser per job)."""
     parser = argparse.ArgumentParser(prog="panoptic-depthlab", description=__doc__)
@@ -44,6 +82,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="fixed input width (multiple of 32)")
     p.add_argument("--dynamic", action="store_true", help="free height/width (multiples of 32; ONNX only)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("bag", help="replay a rosbag2 (sqlite3/MCAP) through the model into a new bag")
+    p.add_argument("input", type=Path, help="input bag directory (or .mcap / .db3 file)")
+    p.add_argument("output", type=Path, help="output bag directory")
+    p.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic (default: the only one)")
+    p.add_argument("--camera-info-topic", help="sensor_msgs/CameraInfo topic for 3D centroids (default: the only one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    _add_model_args(p)
+    p.set_defaults(func=_bag)
+
+    p = sub.add_parser("infer", help="images, folders and videos -> overlay, depth, panoptic, segments files")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files, folders or videos")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_model_args(p)
+    p.set_defaults(func=_infer)
     return parser
 
 

@@ -1,0 +1,205 @@
+"""Bag to bag replay without ROS: every camera frame of a rosbag2 through the model.
+
+    panoptic-depthlab bag IN OUT [--image-topic T] [--camera-info-topic T]
+
+Reads sqlite3 or MCAP bags with the ``rosbags`` library and writes a new bag with
+all input topics plus the node's outputs (``/panoptic_depthlab/{panoptic,
+semantic,depth,segments,overlay}``), each stamped with its input image's header
+and written at the input's receive time.  Offline: every frame, in order.
+A corrupt or truncated input stops the replay with an error naming the bag; what
+was written until then is closed into a valid, readable bag.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.rosbag2.errors import ReaderError
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+from tqdm import tqdm
+
+from .errors import InputError, PanopticDepthLabError
+from .predictor import Predictor
+from .ros import conversions
+from .visualize import overlay
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+OUTPUT_NAMESPACE = "/panoptic_depthlab"
+PACKAGE = "panoptic_depthlab_ros"
+MSG_NAMES = ("SegmentDepth", "SegmentDepthArray")
+
+
+class BagError(PanopticDepthLabError):
+    """A bag that cannot be replayed as asked (names the bag and the reason)."""
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did."""
+
+    frames: int = 0
+    skipped: list[str] = field(default_factory=list)
+    segments_per_frame: list[int] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    output_topics: list[str] = field(default_factory=list)
+
+
+def msg_definition_dir() -> Path:
+    """Where ``SegmentDepth.msg`` lives: the source tree, or an install's share/ directory."""
+    candidates = [Path(__file__).resolve().parents[1] / "msg"]
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    candidates += [Path(p) / "share" / PACKAGE / "msg" for p in prefixes if p]
+    for c in candidates:
+        if (c / "SegmentDepthArray.msg").is_file():
+            return c
+    raise PanopticDepthLabError(f"cannot find {PACKAGE}'s msg/ definitions (looked in {[str(c) for c in candidates]})")
+
+
+def typestore_with_our_messages() -> Typestore:
+    """ROS 2 Jazzy types plus ``panoptic_depthlab_ros/msg/*`` registered from msg/."""
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    folder = msg_definition_dir()
+    types: dict[str, Any] = {}
+    for name in MSG_NAMES:
+        types.update(get_types_from_msg((folder / f"{name}.msg").read_text(), f"{PACKAGE}/msg/{name}"))
+    ts.register(types)
+    return ts
+
+
+def _pick_topic(reader: Reader, bag: Path, topic: str | None, types: tuple[str, ...], what: str,
+                required: bool) -> Connection | None:
+    listing = ", ".join(f"{c.topic} [{c.msgtype}]" for c in reader.connections) or "none"
+    if topic is not None:
+        matches = [c for c in reader.connections if c.topic == topic]
+        if not matches:
+            raise BagError(f"{bag}: no topic {topic!r}; the bag has: {listing}")
+        if matches[0].msgtype not in types:
+            raise BagError(f"{bag}: topic {topic!r} is {matches[0].msgtype}, not {' or '.join(types)}")
+        return matches[0]
+    candidates = [c for c in reader.connections if c.msgtype in types]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates and not required:
+        return None
+    reason = "several" if candidates else "no"
+    raise BagError(f"{bag}: {reason} {what} topics, choose one with --{what.replace(' ', '-')}-topic; "
+                   f"the bag has: {listing}")
+
+
+def _messages(reader: Reader, bag: Path) -> Iterator[tuple[Connection, int, bytes]]:
+    try:
+        yield from reader.messages()
+    except Exception as exc:  # noqa: BLE001 - storage layers raise their own types (apsw, struct, zstd...)
+        raise BagError(f"{bag}: corrupt or truncated bag ({type(exc).__name__}: {exc})") from exc
+
+
+def replay_bag(
+    bag_in: str | Path, bag_out: str | Path, *, predictor: Predictor, image_topic: str | None = None,
+    camera_info_topic: str | None = None, overwrite: bool = False, near: float = 5.0, far: float = 60.0,
+    progress: bool = True,
+) -> ReplaySummary:
+    """Replay ``bag_in`` through ``predictor`` into a new bag ``bag_out`` (see module docstring)."""
+    bag_in, bag_out = Path(bag_in), Path(bag_out)
+    if not bag_in.exists():
+        raise BagError(f"{bag_in}: no such bag")
+    if bag_out.resolve() == bag_in.resolve() or bag_in.resolve() in bag_out.resolve().parents:
+        raise BagError(f"{bag_out}: the output must not be the input bag (or inside it)")
+    if bag_out.exists():
+        if not overwrite:
+            raise BagError(f"{bag_out} exists; pass --overwrite to replace it")
+        shutil.rmtree(bag_out) if bag_out.is_dir() else bag_out.unlink()
+    ts = typestore_with_our_messages()
+    t = ts.types
+    image_cls, header_cls = t["sensor_msgs/msg/Image"], t["std_msgs/msg/Header"]
+    summary = ReplaySummary()
+    try:
+        reader = Reader(bag_in)
+        reader.open()
+    except (ReaderError, OSError, ValueError, KeyError) as exc:
+        raise BagError(f"{bag_in}: cannot open bag ({type(exc).__name__}: {exc})") from exc
+    try:
+        img_conn = _pick_topic(reader, bag_in, image_topic, IMAGE_TYPES, "image", True)
+        info_conn = _pick_topic(reader, bag_in, camera_info_topic, (CAMERA_INFO_TYPE,), "camera info", False)
+        assert img_conn is not None
+        writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
+        writer.open()
+        try:
+            out_conns = {c.id: _copy_connection(writer, c, ts) for c in reader.connections
+                         if not c.topic.startswith(OUTPUT_NAMESPACE + "/")}
+            names = {"panoptic": image_cls, "semantic": image_cls, "depth": image_cls, "overlay": image_cls,
+                     "segments": t[f"{PACKAGE}/msg/SegmentDepthArray"]}
+            outputs = {n: writer.add_connection(f"{OUTPUT_NAMESPACE}/{n}", cls.__msgtype__, typestore=ts)
+                       for n, cls in names.items()}
+            summary.output_topics = [f"{OUTPUT_NAMESPACE}/{n}" for n in names]
+            camera_k: np.ndarray | None = None
+            bar = tqdm(total=img_conn.msgcount, desc=f"replay {bag_in.name}", unit="frame", disable=not progress)
+            for conn, stamp_ns, raw in _messages(reader, bag_in):
+                if conn.id in out_conns:  # earlier outputs in the input are replaced, not doubled
+                    writer.write(out_conns[conn.id], stamp_ns, raw)
+                if info_conn is not None and conn.id == info_conn.id:
+                    try:
+                        camera_k = conversions.camera_k(ts.deserialize_cdr(raw, conn.msgtype))
+                    except InputError as exc:
+                        summary.skipped.append(f"camera_info at {stamp_ns}: {exc}")
+                    continue
+                if conn.id != img_conn.id:
+                    continue
+                bar.update(1)
+                msg = ts.deserialize_cdr(raw, conn.msgtype)
+                try:
+                    image = (conversions.compressed_to_bgr(msg) if conn.msgtype.endswith("CompressedImage")
+                             else conversions.image_to_bgr(msg))
+                    result = predictor.predict(image, camera_k=camera_k)
+                except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
+                    summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
+                    continue
+                header = header_cls(stamp=msg.header.stamp, frame_id=msg.header.frame_id)
+                out = {
+                    "panoptic": conversions.array_to_image(image_cls, result.panoptic, encoding="32SC1",
+                                                           header=header),
+                    "semantic": conversions.array_to_image(image_cls, result.semantic, encoding="mono8",
+                                                           header=header),
+                    "depth": conversions.array_to_image(image_cls, conversions.depth_for_rep118(result.depth),
+                                                        encoding="32FC1", header=header),
+                    "segments": conversions.segments_to_msg(
+                        result, header=header, array_cls=names["segments"],
+                        segment_cls=t[f"{PACKAGE}/msg/SegmentDepth"], point_cls=t["geometry_msgs/msg/Point"]),
+                    "overlay": conversions.array_to_image(image_cls, overlay(image, result, near=near, far=far),
+                                                          encoding="bgr8", header=header),
+                }
+                for name, m in out.items():
+                    writer.write(outputs[name], stamp_ns, ts.serialize_cdr(m, names[name].__msgtype__))
+                summary.frames += 1
+                summary.segments_per_frame.append(len(result.segments))
+                summary.latency_s.append(result.timings["total"])
+            bar.close()
+        finally:
+            writer.close()  # whatever happened, what was written is a complete bag
+    finally:
+        reader.close()
+    return summary
+
+
+def _storage_of(bag: Path) -> StoragePlugin:
+    """Keep the input's storage format (sqlite3 for ``.db3`` files, else MCAP)."""
+    files = [bag] if bag.is_file() else list(bag.iterdir())
+    return StoragePlugin.SQLITE3 if any(f.suffix == ".db3" for f in files) else StoragePlugin.MCAP
+
+
+def _copy_connection(writer: Writer, conn: Connection, ts: Typestore) -> Connection:
+    """Same topic, type, definition and QoS as the input connection."""
+    qos = conn.ext.offered_qos_profiles if hasattr(conn.ext, "offered_qos_profiles") else []
+    if conn.msgdef.data and conn.digest.startswith("RIHS01_"):
+        return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
+                                     offered_qos_profiles=qos)
+    return writer.add_connection(conn.topic, conn.msgtype, typestore=ts, offered_qos_profiles=qos)

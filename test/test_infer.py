@@ -1,0 +1,76 @@
+"""Offline CLI on a folder with images, a broken image and a short video."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from conftest import REPO
+
+from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm
+from panoptic_depthlab_ros.predictor import Predictor
+
+
+def _img(i: int) -> np.ndarray:
+    img = np.random.default_rng(i).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    img[:20] = (180, 140, 90)
+    return img
+
+
+def test_infer_folder_with_broken_image_and_video(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(src / f"frame{i}.png"), _img(i))
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    video = cv2.VideoWriter(str(src / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 64))
+    for i in range(3):
+        video.write(_img(10 + i))
+    video.release()
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "panoptic_depthlab_ros.cli", "infer", str(src), "--out", str(out),
+                           "--checkpoint", str(tiny_checkpoint), "--device", "cpu"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipped: {src / 'broken.png'}: unreadable image" in proc.stderr
+    assert "for 5 frames" in proc.stdout  # 2 images + 3 video frames
+    for stem in ("frame0", "frame1", "clip_000000", "clip_000002"):
+        for suffix in ("_overlay.png", "_depth.png", "_depth.npy", "_panoptic.png", "_segments.json"):
+            assert (out / f"{stem}{suffix}").is_file(), stem + suffix
+    cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+    # The files hold the predictor's result for that image.
+    pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    image = cv2.imread(str(src / "frame0.png"))
+    r = pred.predict(image)
+    np.testing.assert_allclose(np.load(out / "frame0_depth.npy"), r.depth)
+    mm = cv2.imread(str(out / "frame0_depth.png"), cv2.IMREAD_UNCHANGED)
+    assert mm.dtype == np.uint16 and np.abs(mm.astype(np.float64) / 1000 - r.depth).max() <= 0.0005 + 1e-6
+    rgb = cv2.imread(str(out / "frame0_panoptic.png"))[:, :, ::-1].astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    expected_ids, info = cityscapes_panoptic(r, pred.classes)
+    np.testing.assert_array_equal(ids, expected_ids)
+    doc = json.loads((out / "frame0_segments.json").read_text())
+    assert doc["segments_info"] == info
+    assert [s["id"] for s in doc["segments"]] == [s.id for s in r.segments]
+
+
+def test_cityscapes_ids_and_depth_png() -> None:
+    from panoptic_depthlab_ros.metadata import cityscapes_metadata
+    from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
+
+    pan = np.array([[0, 13001, -1], [13002, 0, 11001]], np.int32)
+    segs = [SegmentDepth(id=i, category_id=i // 1000, label="", is_thing=i >= 11000, score=1.0, area=1,
+                         x_min=0, y_min=0, x_max=0, y_max=0) for i in (0, 11001, 13001, 13002)]
+    r = PanopticDepthResult(panoptic=pan, semantic=np.zeros_like(pan, np.uint8), depth=np.zeros((2, 3), np.float32),
+                            segments=segs)
+    ids, info = cityscapes_panoptic(r, cityscapes_metadata())
+    # road labelId 7 (stuff), car labelId 26, person labelId 24; void 0.
+    assert ids.tolist() == [[7, 26001, 0], [26002, 7, 24001]]
+    assert [(d["id"], d["category_id"]) for d in info] == [(7, 7), (24001, 24), (26001, 26), (26002, 26)]
+    depth = np.array([1.2344, np.nan, -1.0, 70.0, 0.0], np.float32)  # 70 m > 65.535 m: not representable
+    assert depth_to_png_mm(depth).tolist() == [1234, 0, 0, 0, 0]
