@@ -1,0 +1,304 @@
+"""Messages <-> numpy, for the node and the ROS-free bag tools alike.
+
+Duck-typed on purpose: nothing here imports rclpy or a message package.  Functions
+read the standard field names (``height``, ``width``, ``encoding``, ``step``,
+``data``, ``k``, ...) of whatever object they get, and build messages from the
+classes they are given, always with every field as a keyword.  So the same code
+serves rclpy's generated classes and ``rosbags``' message dataclasses.
+
+PyPI's ``cv-bridge`` is a ROS 1 shim that breaks under numpy 2; this module
+replaces the few parts of it the package needs.
+"""
+
+from __future__ import annotations
+
+import array
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+from ..result import PanopticDepthResult, SegmentDepth
+
+# 8-bit input encodings -> (channels, cv2 conversion to BGR or None when already BGR).
+INPUT_ENCODINGS: dict[str, tuple[int, int | None]] = {
+    "bgr8": (3, None),
+    "rgb8": (3, cv2.COLOR_RGB2BGR),
+    "bgra8": (4, cv2.COLOR_BGRA2BGR),
+    "rgba8": (4, cv2.COLOR_RGBA2BGR),
+    "mono8": (1, cv2.COLOR_GRAY2BGR),
+}
+
+# Output encodings -> (numpy dtype, channels).
+OUTPUT_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "32SC1": (np.dtype(np.int32), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+    "mono8": (np.dtype(np.uint8), 1),
+    "bgr8": (np.dtype(np.uint8), 3),
+}
+
+_NATIVE_BIG_ENDIAN = int(sys.byteorder == "big")
+
+
+class ImageConversionError(InputError):
+    """A message that cannot become an image (or intrinsics), with the reason.
+
+    ``kind`` names the class of problem (``encoding``, ``layout``, ``data``,
+    ``empty``, ``too_large``, ``decode``, ``camera_info``) so callers can
+    count and throttle warnings per kind rather than per message.
+    """
+
+    def __init__(self, reason: str, *, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+# ----------------------------------------------------------------- images in
+def check_image(msg: Any, *, max_pixels: int = 0) -> int:
+    """Validate a ``sensor_msgs/Image``'s layout without touching its pixels.
+
+    O(1): reads only the header fields and ``len(msg.data)``, so it is cheap
+    enough for a subscription callback.  Returns the number of channels.
+    ``max_pixels`` > 0 rejects larger images.  Raises :class:`ImageConversionError`.
+    """
+    encoding = str(msg.encoding)
+    if encoding not in INPUT_ENCODINGS:
+        raise ImageConversionError(
+            f"unsupported encoding {encoding!r} (supported: {', '.join(INPUT_ENCODINGS)})",
+            kind="encoding",
+        )
+    channels = INPUT_ENCODINGS[encoding][0]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"zero-size image ({width}x{height})", kind="empty")
+    if max_pixels > 0 and height * width > max_pixels:
+        raise ImageConversionError(
+            f"image {width}x{height} has {height * width} pixels, "
+            f"above the limit max_input_pixels={max_pixels}",
+            kind="too_large",
+        )
+    if int(msg.is_bigendian) not in (0, 1):
+        raise ImageConversionError(
+            f"is_bigendian must be 0 or 1, got {int(msg.is_bigendian)}", kind="layout"
+        )
+    # 8-bit data: byte order does not matter, but the flag must still be a valid one.
+    if step < width * channels:
+        raise ImageConversionError(
+            f"step {step} is smaller than width*channels = {width}*{channels} for {encoding}",
+            kind="layout",
+        )
+    if len(msg.data) < step * height:
+        raise ImageConversionError(
+            f"data has {len(msg.data)} bytes, fewer than step*height = "
+            f"{step}*{height} = {step * height}",
+            kind="data",
+        )
+    return channels
+
+
+def image_to_bgr(msg: Any, *, max_pixels: int = 0) -> np.ndarray:
+    """``sensor_msgs/Image`` -> [H, W, 3] uint8 BGR.
+
+    ``bgr8`` comes back as a read-only-by-contract view of ``msg.data`` (no copy,
+    even with padded rows: the view has a row stride of ``step``); the other
+    encodings take one OpenCV conversion pass.  Do not modify the result in place.
+    """
+    channels = check_image(msg, max_pixels=max_pixels)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    buf = np.frombuffer(msg.data, dtype=np.uint8, count=step * height)  # zero copy
+    rows = buf.reshape(height, step)[:, : width * channels]  # drop row padding (still a view)
+    code = INPUT_ENCODINGS[str(msg.encoding)][1]
+    pixels = rows if channels == 1 else rows.reshape(height, width, channels)
+    return pixels if code is None else cv2.cvtColor(pixels, code)
+
+
+def check_compressed(msg: Any) -> None:
+    """O(1) validation of a ``sensor_msgs/CompressedImage`` (before decoding)."""
+    fmt = str(msg.format).lower()
+    if "compresseddepth" in fmt:
+        raise ImageConversionError(
+            f"compressed depth images are not camera images (format {msg.format!r})",
+            kind="encoding",
+        )
+    if len(msg.data) == 0:
+        raise ImageConversionError("compressed image has no data", kind="empty")
+
+
+def compressed_to_bgr(msg: Any, *, max_pixels: int = 0) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (JPEG or PNG) -> [H, W, 3] uint8 BGR."""
+    check_compressed(msg)
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageConversionError(
+            f"cannot decode compressed image (format {msg.format!r}, {len(msg.data)} bytes)",
+            kind="decode",
+        )
+    height, width = image.shape[:2]
+    if max_pixels > 0 and height * width > max_pixels:
+        raise ImageConversionError(
+            f"image {width}x{height} has {height * width} pixels, "
+            f"above the limit max_input_pixels={max_pixels}",
+            kind="too_large",
+        )
+    return image
+
+
+# ---------------------------------------------------------------- images out
+def _byte_buffer(image_cls: type, contiguous: np.ndarray) -> Any:
+    """Build the ``data`` value ``image_cls`` wants, with one copy.
+
+    rclpy's generated classes store ``array.array('B')`` (anything else goes
+    through a slow per-element check); rosbags' dataclasses store a uint8 ndarray.
+    """
+    raw = contiguous.reshape(-1).view(np.uint8)
+    if hasattr(image_cls, "get_fields_and_field_types"):  # rclpy message class
+        out = array.array("B")
+        out.frombytes(raw.data)
+        return out
+    return raw.copy()
+
+
+def array_to_image(image_cls: type, data: np.ndarray, *, encoding: str, header: Any) -> Any:
+    """[H, W] or [H, W, C] array -> ``image_cls`` message (``sensor_msgs/Image``).
+
+    ``encoding`` is one of ``32SC1`` (int32), ``32FC1`` (float32), ``mono8``,
+    ``bgr8`` (uint8); the array's dtype and channels must match it.  Rows are
+    unpadded (``step = width * channels * itemsize``), native byte order.
+    """
+    if encoding not in OUTPUT_ENCODINGS:
+        raise ValueError(
+            f"output encoding must be one of {', '.join(OUTPUT_ENCODINGS)}, got {encoding!r}"
+        )
+    dtype, channels = OUTPUT_ENCODINGS[encoding]
+    expected_ndim = 2 if channels == 1 else 3
+    if (
+        data.dtype != dtype
+        or data.ndim != expected_ndim
+        or (channels > 1 and data.shape[2] != channels)
+    ):
+        raise ValueError(
+            f"{encoding} needs a {dtype} array with {channels} channel(s), "
+            f"got {data.dtype} of shape {tuple(data.shape)}"
+        )
+    height, width = data.shape[:2]
+    contiguous = np.ascontiguousarray(data)
+    return image_cls(
+        header=header,
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=_NATIVE_BIG_ENDIAN if dtype.itemsize > 1 else 0,
+        step=width * channels * dtype.itemsize,
+        data=_byte_buffer(image_cls, contiguous),
+    )
+
+
+def depth_for_rep118(depth: np.ndarray) -> np.ndarray:
+    """[H, W] float32 meters with every invalid value (non-finite or <= 0) as NaN (REP 118).
+
+    Returns the input itself when nothing needs changing (the common case).
+    """
+    with np.errstate(invalid="ignore"):
+        valid = depth > 0  # False for NaN too
+    if valid.all():
+        return depth
+    return np.where(valid & np.isfinite(depth), depth, np.float32(np.nan)).astype(
+        np.float32, copy=False
+    )
+
+
+# ---------------------------------------------------------------- camera info
+def camera_k(msg: Any) -> np.ndarray:
+    """``sensor_msgs/CameraInfo`` -> validated 3x3 float64 K.
+
+    Rejects (:class:`ImageConversionError`, kind ``camera_info``) a K that is not
+    9 values, has non-finite entries, or non-positive focal lengths (an all-zero
+    K is an uncalibrated camera).
+    """
+    try:
+        k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ImageConversionError(
+            f"CameraInfo.k is not numeric: {exc}", kind="camera_info"
+        ) from exc
+    if k.size != 9:
+        raise ImageConversionError(
+            f"CameraInfo.k must have 9 values, got {k.size}", kind="camera_info"
+        )
+    if not np.all(np.isfinite(k)):
+        raise ImageConversionError(
+            f"CameraInfo.k has non-finite values: {k.tolist()}", kind="camera_info"
+        )
+    fx, fy = k[0], k[4]
+    if fx <= 0 or fy <= 0:
+        raise ImageConversionError(
+            f"CameraInfo.k focal lengths must be > 0, got fx={fx:g}, fy={fy:g} "
+            "(uncalibrated camera?)",
+            kind="camera_info",
+        )
+    return k.reshape(3, 3)
+
+
+# ---------------------------------------------------------------- segments
+def segment_to_msg(seg: SegmentDepth, *, segment_cls: type, point_cls: type) -> Any:
+    """One :class:`SegmentDepth` -> ``segment_cls`` (``SegmentDepth.msg``), field for field."""
+    x, y, z = seg.centroid
+    return segment_cls(
+        id=int(seg.id),
+        category_id=int(seg.category_id),
+        label=str(seg.label),
+        is_thing=bool(seg.is_thing),
+        score=float(seg.score),
+        area=int(seg.area),
+        x_min=int(seg.x_min),
+        y_min=int(seg.y_min),
+        x_max=int(seg.x_max),
+        y_max=int(seg.y_max),
+        depth_valid_pixels=int(seg.depth_valid_pixels),
+        depth_mean=float(seg.depth_mean),
+        depth_median=float(seg.depth_median),
+        depth_min=float(seg.depth_min),
+        depth_std=float(seg.depth_std),
+        depth_robust=float(seg.depth_robust),
+        centroid=point_cls(x=float(x), y=float(y), z=float(z)),
+    )
+
+
+def segments_to_msg(
+    result: PanopticDepthResult | Sequence[SegmentDepth],
+    *,
+    header: Any,
+    array_cls: type,
+    segment_cls: type,
+    point_cls: type,
+    height: int | None = None,
+    width: int | None = None,
+    label_divisor: int | None = None,
+) -> Any:
+    """Segments -> ``array_cls`` (``SegmentDepthArray.msg``) with ``header``.
+
+    Give a :class:`PanopticDepthResult` (size and label divisor come from it), or
+    a plain list of segments plus ``height``, ``width`` and ``label_divisor``.
+    """
+    if isinstance(result, PanopticDepthResult):
+        segments = result.segments
+        height = result.height if height is None else height
+        width = result.width if width is None else width
+        label_divisor = result.label_divisor if label_divisor is None else label_divisor
+    else:
+        segments = list(result)
+        if height is None or width is None or label_divisor is None:
+            raise ValueError("a bare segment list needs height, width and label_divisor")
+    return array_cls(
+        header=header,
+        height=int(height),
+        width=int(width),
+        label_divisor=int(label_divisor),
+        segments=[
+            segment_to_msg(s, segment_cls=segment_cls, point_cls=point_cls) for s in segments
+        ],
+    )

@@ -1,0 +1,739 @@
+"""The ``panoptic_depthlab`` node: camera image in, panoptic + depth + segments out.
+
+Outputs: panoptic ids, semantic labels, metric depth, per-segment depth records
+and an overlay picture, each stamped with the input image's header.
+
+Threads (why the executor never blocks and no stale frame piles up):
+
+* The executor thread runs only thin callbacks: the image callback checks the
+  message's header fields (O(1), no pixel is read) and drops it into a one-slot
+  :class:`LatestFrameMailbox`, replacing (and counting) a frame still waiting;
+  camera_info stores the latest K; a timer publishes ``/diagnostics``.  All of
+  them share the node's default mutually exclusive callback group, so a
+  ``SingleThreadedExecutor`` is enough and the callbacks need no locks between
+  themselves.
+* One worker thread of our own takes the latest frame, converts it, runs the
+  :class:`~panoptic_depthlab_ros.predictor.Predictor` and publishes.  It is a
+  plain thread and not a reentrant callback group on a multi-threaded executor:
+  inference must be single-consumer for latest-frame-only semantics, and an
+  executor would queue callbacks instead of replacing frames.  torch releases
+  the GIL in its kernels, so the executor stays responsive meanwhile.
+
+The processing core (:class:`Pipeline`) is separate from the rclpy ``Node``
+subclass; the node's ``_configure`` / ``_activate`` / ``_deactivate`` /
+``_cleanup`` steps are the lifecycle transitions a managed mode will call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+
+from ..errors import CheckpointError, InputError, PanopticDepthLabError
+from ..msg import SegmentDepth, SegmentDepthArray
+from ..postprocess import PostprocessConfig
+from ..predictor import Predictor, resolve_device
+from ..visualize import overlay
+from .conversions import (
+    ImageConversionError,
+    array_to_image,
+    camera_k,
+    check_compressed,
+    check_image,
+    compressed_to_bgr,
+    depth_for_rep118,
+    image_to_bgr,
+    segments_to_msg,
+)
+from .parameters import (
+    PARAMETERS,
+    NodeSettings,
+    ParameterError,
+    check_update,
+    resolve_checkpoint,
+)
+
+NODE_NAME = "panoptic_depthlab"
+# Relative input names (users remap them); private outputs (/<node>/<name>).
+INPUT_IMAGE = "image"
+INPUT_COMPRESSED = "image/compressed"
+INPUT_CAMERA_INFO = "camera_info"
+# Publish order: the segment records first (the smallest, most used output), the overlay last.
+OUTPUTS = ("segments", "panoptic", "semantic", "depth", "overlay")
+COUNTERS = (
+    "received",
+    "processed",
+    "dropped_overload",
+    "dropped_bad_input",
+    "skipped_no_subscribers",
+    "errors",
+    "camera_info_received",
+)
+# Per-frame latency stages: wait (callback -> worker), convert (message -> BGR), the predictor's
+# own stages, publish (conversions, overlay drawing, publishing), total (callback -> published).
+STAGES = ("wait", "convert", "preprocess", "network", "fusion", "segment_depth", "publish", "total")
+
+
+class StartupError(PanopticDepthLabError):
+    """The node cannot start (bad parameter, checkpoint or device); the message says why."""
+
+
+# ------------------------------------------------------------------ plumbing
+@dataclass
+class Frame:
+    """An input message waiting for the worker; ``received`` is ``time.perf_counter()``."""
+
+    message: Any
+    compressed: bool
+    received: float
+
+
+class LatestFrameMailbox:
+    """One slot between the callback and the worker (latest-frame-only).
+
+    A newer frame replaces one still waiting, so the worker always gets the
+    latest and nothing queues up.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+
+    def put(self, frame: Frame) -> bool:
+        """Store ``frame``; True when it replaced an unprocessed one (a dropped frame)."""
+        with self._cond:
+            replaced = self._frame is not None
+            self._frame = frame
+            self._cond.notify()
+        return replaced
+
+    def take(self, timeout: float) -> Frame | None:
+        """Return the waiting frame (emptying the slot), or None after ``timeout`` s."""
+        with self._cond:
+            if self._frame is None:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+        return frame
+
+    def clear(self) -> int:
+        """Drop a waiting frame; returns how many were dropped (0 or 1)."""
+        with self._cond:
+            dropped = int(self._frame is not None)
+            self._frame = None
+        return dropped
+
+    def wake(self) -> None:
+        """Wake a waiting ``take`` (used to stop the worker promptly)."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Seconds over the recent window of one stage."""
+
+    last: float
+    mean: float
+    p95: float
+    max: float
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """Counters since start and latency summaries of the recent frames."""
+
+    counts: dict[str, int]
+    latency: dict[str, LatencySummary]
+
+
+class PipelineStats:
+    """Thread-safe counters (both threads write) and per-stage latency windows."""
+
+    def __init__(self, window: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._latency: dict[str, deque[float]] = {s: deque(maxlen=window) for s in STAGES}
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Increment counter ``name``."""
+        with self._lock:
+            self._counts[name] += n
+
+    def record(self, seconds: dict[str, float]) -> None:
+        """One processed frame's stage latencies."""
+        with self._lock:
+            for stage, value in seconds.items():
+                self._latency[stage].append(value)
+
+    def snapshot(self) -> StatsSnapshot:
+        """Return a consistent copy (percentiles computed here, off the hot path)."""
+        with self._lock:
+            counts = dict(self._counts)
+            windows = {s: np.array(v, dtype=np.float64) for s, v in self._latency.items() if v}
+        latency = {
+            s: LatencySummary(
+                last=float(v[-1]),
+                mean=float(v.mean()),
+                p95=float(np.percentile(v, 95)),
+                max=float(v.max()),
+            )
+            for s, v in windows.items()
+        }
+        return StatsSnapshot(counts=counts, latency=latency)
+
+
+class WarningThrottle:
+    """At most one warning per kind of problem per period.
+
+    Says how many were held back; a broken camera cannot flood the log, and one
+    kind of problem does not hide another.
+    """
+
+    def __init__(self, warn: Callable[[str], Any], period_s: float = 5.0) -> None:
+        self._warn = warn
+        self._period = period_s
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, kind: str, message: str) -> bool:
+        """Log ``message`` unless ``kind`` was logged less than a period ago; True if logged."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -float("inf")) < self._period:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return False
+            held = self._held.pop(kind, 0)
+            self._last[kind] = now
+        more = f" ({held} more like it in the last {self._period:g} s)" if held else ""
+        self._warn(message + more)
+        return True
+
+
+@dataclass
+class Outputs:
+    """The enabled outputs' publishers (a disabled output has none)."""
+
+    publishers: dict[str, Publisher] = field(default_factory=dict)
+
+    def wanted(self, name: str) -> bool:
+        """Tell whether ``name`` is enabled and subscribed (only then is it converted)."""
+        pub = self.publishers.get(name)
+        return pub is not None and pub.get_subscription_count() > 0
+
+    def any_wanted(self) -> bool:
+        """Whether any output has a subscriber (else inference is skipped)."""
+        return any(self.wanted(name) for name in self.publishers)
+
+
+# ------------------------------------------------------------------ the core
+class Pipeline:
+    """Convert -> predict -> publish, one frame at a time in its own worker thread.
+
+    Knows nothing about subscriptions or parameters: the node feeds it frames
+    (:meth:`submit`), intrinsics (:attr:`camera_k`) and settings (:meth:`update`).
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        outputs: Outputs,
+        settings: NodeSettings,
+        stats: PipelineStats,
+        warn_bad_input: WarningThrottle,
+        log_error: WarningThrottle,
+    ) -> None:
+        self.predictor = predictor
+        self.outputs = outputs
+        self.stats = stats
+        self.camera_k: np.ndarray | None = None  # replaced whole by the camera_info callback
+        self._base_postprocess: PostprocessConfig = predictor.postprocess
+        self._warn_bad_input = warn_bad_input
+        self._log_error = log_error
+        self._mailbox = LatestFrameMailbox()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.update(settings)
+
+    # Settings are swapped as one reference and applied by the worker between frames,
+    # so a frame never mixes old and new thresholds.
+    def update(self, settings: NodeSettings) -> None:
+        """Use ``settings`` (thresholds, colours, limits) from the next frame on."""
+        self._config = (settings, settings.postprocess(self._base_postprocess))
+
+    def submit(self, frame: Frame) -> None:
+        """Hand a frame to the worker (latest-frame-only; a replaced frame is counted)."""
+        if self._mailbox.put(frame):
+            self.stats.add("dropped_overload")
+
+    def reject(self, exc: ImageConversionError | InputError) -> None:
+        """Count a bad input and warn (throttled per kind of problem)."""
+        self.stats.add("dropped_bad_input")
+        kind = getattr(exc, "kind", "input")
+        self._warn_bad_input(kind, f"dropped bad input: {exc}")
+
+    # -------------------------------------------------------------- thread
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name="panoptic_depthlab_worker", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Stop the worker (after its current frame) and drop a waiting frame; returns drops."""
+        self._stop.set()
+        self._mailbox.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        dropped = self._mailbox.clear()
+        if dropped:
+            self.stats.add("dropped_overload", dropped)
+        return dropped
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            frame = self._mailbox.take(timeout=0.25)
+            if frame is None or self._stop.is_set():
+                continue
+            try:
+                self.process(frame)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything one frame does
+                if self._stop.is_set():
+                    break
+                self.stats.add("errors")
+                try:
+                    self._log_error(
+                        type(exc).__name__, f"frame failed: {type(exc).__name__}: {exc}"
+                    )
+                except Exception:  # noqa: BLE001 - logging gone at shutdown: keep the count
+                    pass
+
+    # -------------------------------------------------------------- one frame
+    def process(self, frame: Frame) -> None:
+        """Convert, predict and publish one frame (in the worker thread)."""
+        start = time.perf_counter()
+        settings, postprocess = self._config
+        if not self.outputs.any_wanted():
+            self.stats.add("skipped_no_subscribers")
+            return
+        try:
+            if frame.compressed:
+                image = compressed_to_bgr(frame.message, max_pixels=settings.max_input_pixels)
+            else:
+                image = image_to_bgr(frame.message, max_pixels=settings.max_input_pixels)
+        except ImageConversionError as exc:
+            self.reject(exc)
+            return
+        converted = time.perf_counter()
+        self.predictor.postprocess = postprocess  # only this thread touches the predictor
+        try:
+            result = self.predictor.predict(image, camera_k=self.camera_k)
+        except InputError as exc:
+            self.reject(exc)
+            return
+        predicted = time.perf_counter()
+        self._publish(frame.message.header, image, result, settings)
+        done = time.perf_counter()
+        t = result.timings
+        self.stats.record(
+            {
+                "wait": start - frame.received,
+                "convert": converted - start,
+                "preprocess": t["preprocess"],
+                "network": t["network"],
+                "fusion": t["fusion"],
+                "segment_depth": t["segment_depth"],
+                "publish": done - predicted,
+                "total": done - frame.received,
+            }
+        )
+        self.stats.add("processed")
+
+    def _publish(
+        self, header: Header, image: np.ndarray, result: Any, settings: NodeSettings
+    ) -> None:
+        """Every output with a subscriber, each stamped with the input's header."""
+        pubs, wanted = self.outputs.publishers, self.outputs.wanted
+        if wanted("segments"):
+            pubs["segments"].publish(
+                segments_to_msg(
+                    result,
+                    header=header,
+                    array_cls=SegmentDepthArray,
+                    segment_cls=SegmentDepth,
+                    point_cls=Point,
+                )
+            )
+        if wanted("panoptic"):
+            pubs["panoptic"].publish(
+                array_to_image(Image, result.panoptic, encoding="32SC1", header=header)
+            )
+        if wanted("semantic"):
+            pubs["semantic"].publish(
+                array_to_image(Image, result.semantic, encoding="mono8", header=header)
+            )
+        if wanted("depth"):
+            pubs["depth"].publish(
+                array_to_image(
+                    Image, depth_for_rep118(result.depth), encoding="32FC1", header=header
+                )
+            )
+        if wanted("overlay"):
+            picture = overlay(
+                image, result, near=settings.overlay_near_m, far=settings.overlay_far_m
+            )
+            pubs["overlay"].publish(array_to_image(Image, picture, encoding="bgr8", header=header))
+
+
+# ------------------------------------------------------------------ building
+def declare_settings(node: Node) -> NodeSettings:
+    """Declare every parameter of :data:`PARAMETERS` on ``node`` and read them once."""
+    values: dict[str, Any] = {}
+    for spec in PARAMETERS:
+        try:
+            values[spec.name] = node.declare_parameter(
+                spec.name, spec.default, spec.descriptor()
+            ).value
+        except InvalidParameterTypeException as exc:
+            kind = {
+                bool: "a bool",
+                int: "an integer",
+                float: "a double (e.g. 5.0, not 5)",
+                str: "a string",
+            }
+            raise ParameterError(
+                f"parameter {spec.name} must be {kind[type(spec.default)]}: {exc}"
+            ) from exc
+        except InvalidParameterValueException as exc:
+            raise ParameterError(
+                f"parameter {spec.name}: value out of range {spec.bounds}: {exc}"
+            ) from exc
+    return NodeSettings.from_values(values)
+
+
+def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Predictor:
+    """Load the predictor ``settings`` ask for; :class:`StartupError` names path and reason."""
+    path = resolve_checkpoint(settings.checkpoint)
+    try:
+        resolve_device(settings.device)
+    except PanopticDepthLabError as exc:
+        raise StartupError(str(exc)) from exc
+    if settings.device == "auto" and not torch.cuda.is_available():
+        log_info("device auto: CUDA is not available, running on the CPU")
+    if settings.num_threads > 0:
+        torch.set_num_threads(settings.num_threads)
+    try:
+        predictor = Predictor.from_checkpoint(
+            path,
+            settings.device,
+            backend=settings.backend,
+            fp16=settings.fp16,
+            max_input_width=settings.max_input_width,
+        )
+    except CheckpointError as exc:
+        raise StartupError(
+            f"cannot load checkpoint {exc.path!r}: {exc.reason}"
+            + (f" ({', '.join(exc.keys[:5])})" if exc.keys else "")
+        ) from exc
+    except PanopticDepthLabError as exc:  # device / backend problems
+        raise StartupError(f"cannot load checkpoint {str(path)!r}: {exc}") from exc
+    except ImportError as exc:
+        raise StartupError(
+            f"backend {settings.backend!r} is not available in this installation: {exc}"
+        ) from exc
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise StartupError(
+            f"cannot load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    log_info(f"loaded {path} on {predictor.device} (backend {settings.backend})")
+    return predictor
+
+
+def input_qos(settings: NodeSettings) -> QoSProfile:
+    """Sensor-data style QoS (keep last, volatile) with the configured reliability and depth."""
+    reliability = (
+        ReliabilityPolicy.RELIABLE
+        if settings.qos_reliability == "reliable"
+        else ReliabilityPolicy.BEST_EFFORT
+    )
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=settings.qos_depth,
+        reliability=reliability,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+# Outputs are reliable: that matches best-effort subscribers (rviz) and reliable ones alike;
+# keep-last never blocks the worker.
+_IMAGE_OUT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE
+)
+_SEGMENTS_OUT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE
+)
+
+
+class PanopticDepthLabNode(Node):
+    """The ROS side: parameters, subscriptions, publishers, diagnostics.
+
+    Keyword arguments go to ``rclpy.node.Node`` (``context``, ``parameter_overrides``,
+    ``cli_args``, ``namespace``, ...).  Raises :class:`StartupError` (or
+    :class:`~.parameters.ParameterError`) when it cannot start.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.stats = PipelineStats()
+        self.pipeline: Pipeline | None = None
+        self._inputs: list[Any] = []
+        self._destroyed = False
+        self._diagnostics_timer: Any = None
+        self._last_counts = dict.fromkeys(COUNTERS, 0)
+        self._last_report = time.monotonic()
+        try:
+            self.settings = declare_settings(self)
+            if self.settings.managed:
+                raise StartupError(
+                    "managed:=true (lifecycle mode) is not supported by this version yet; "
+                    "start with managed:=false"
+                )
+            self._configure()
+            self._activate()
+        except Exception:
+            self.destroy_node()
+            raise
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+    # ------------------------------------------------------------ lifecycle steps
+    def _configure(self) -> None:
+        """Load the model and create the publishers."""
+        logger = self.get_logger()
+        predictor = load_predictor(self.settings, logger.info)
+        s = self.settings
+        enabled = {
+            "segments": s.publish_segments,
+            "panoptic": s.publish_panoptic,
+            "semantic": s.publish_semantic,
+            "depth": s.publish_depth,
+            "overlay": s.publish_overlay,
+        }
+        outputs = Outputs()
+        for name in OUTPUTS:
+            if enabled[name]:
+                msg_type = SegmentDepthArray if name == "segments" else Image
+                qos = _SEGMENTS_OUT_QOS if name == "segments" else _IMAGE_OUT_QOS
+                outputs.publishers[name] = self.create_publisher(msg_type, f"~/{name}", qos)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pipeline = Pipeline(
+            predictor,
+            outputs=outputs,
+            settings=self.settings,
+            stats=self.stats,
+            warn_bad_input=WarningThrottle(logger.warning),
+            log_error=WarningThrottle(logger.error),
+        )
+
+    def _activate(self) -> None:
+        """Subscribe, start the worker and the diagnostics timer."""
+        assert self.pipeline is not None
+        qos = input_qos(self.settings)
+        if self.settings.image_transport == "compressed":
+            image_sub = self.create_subscription(
+                CompressedImage, INPUT_COMPRESSED, self._on_compressed, qos
+            )
+        else:
+            image_sub = self.create_subscription(Image, INPUT_IMAGE, self._on_image, qos)
+        info_sub = self.create_subscription(
+            CameraInfo, INPUT_CAMERA_INFO, self._on_camera_info, qos
+        )
+        self._inputs = [image_sub, info_sub]
+        self.pipeline.start()
+        self._diagnostics_timer = self.create_timer(
+            self.settings.diagnostics_period_s, self._publish_diagnostics
+        )
+
+    def _deactivate(self) -> None:
+        """Stop taking frames; a frame still waiting is dropped (and counted)."""
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        if self.pipeline is not None:
+            self.pipeline.stop()
+
+    def _cleanup(self) -> None:
+        """Free the model and the publishers."""
+        if self.pipeline is not None:
+            for pub in self.pipeline.outputs.publishers.values():
+                self.destroy_publisher(pub)
+            self.destroy_publisher(self._diagnostics_pub)
+            self.pipeline = None
+
+    def destroy_node(self) -> None:
+        """Stop the worker before the publishers it uses go away (safe to call twice)."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self._deactivate()
+        self._cleanup()
+        super().destroy_node()
+
+    # ------------------------------------------------------------ callbacks (thin)
+    def _on_image(self, msg: Image) -> None:
+        received = time.perf_counter()
+        self._accept(msg, compressed=False, received=received)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        received = time.perf_counter()
+        self._accept(msg, compressed=True, received=received)
+
+    def _accept(self, msg: Any, *, compressed: bool, received: float) -> None:
+        """Count, check the header fields (O(1)), hand over.
+
+        Checking here means a bad frame never displaces a good one waiting.
+        """
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        self.stats.add("received")
+        try:
+            if compressed:
+                check_compressed(msg)
+            else:
+                check_image(msg, max_pixels=self.settings.max_input_pixels)
+        except ImageConversionError as exc:
+            pipeline.reject(exc)
+            return
+        pipeline.submit(Frame(message=msg, compressed=compressed, received=received))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        try:
+            k = camera_k(msg)
+        except ImageConversionError as exc:
+            pipeline.reject(exc)  # the previous good K stays in use
+            return
+        self.stats.add("camera_info_received")
+        pipeline.camera_k = k
+
+    # ------------------------------------------------------------ parameters
+    def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Run-time changes: only thresholds and colours, consistent with each other."""
+        changes = {p.name: p.value for p in params}
+        reason = check_update(self.settings, changes)
+        if reason is None:
+            try:
+                self.settings.replace(changes).postprocess(PostprocessConfig())
+            except ValueError as exc:
+                reason = str(exc)
+        return SetParametersResult(successful=reason is None, reason=reason or "")
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        self.settings = self.settings.replace({p.name: p.value for p in params})
+        if self.pipeline is not None:
+            self.pipeline.update(self.settings)
+        self.get_logger().info(
+            "parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in params)
+        )
+
+    # ------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot()
+        counts = snap.counts
+        now = time.monotonic()
+        period = max(now - self._last_report, 1e-9)
+        delta = {k: counts[k] - self._last_counts[k] for k in counts}
+        self._last_counts, self._last_report = counts, now
+        rate = delta["processed"] / period
+        problems = []
+        if delta["dropped_bad_input"]:
+            problems.append(f"{delta['dropped_bad_input']} bad inputs dropped")
+        if delta["errors"]:
+            problems.append(f"{delta['errors']} frames failed")
+        if self.pipeline is not None and self.pipeline.camera_k is None:
+            camera = "no camera_info (centroids NaN)"
+        else:
+            camera = "camera_info ok"
+        message = f"{rate:.1f} Hz processed, {camera}" + (
+            f"; {', '.join(problems)}" if problems else ""
+        )
+        values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
+        values.append(KeyValue(key="processed_hz", value=f"{rate:.3f}"))
+        for stage, lat in snap.latency.items():
+            values += [
+                KeyValue(key=f"{stage}_ms_last", value=f"{lat.last * 1e3:.2f}"),
+                KeyValue(key=f"{stage}_ms_mean", value=f"{lat.mean * 1e3:.2f}"),
+                KeyValue(key=f"{stage}_ms_p95", value=f"{lat.p95 * 1e3:.2f}"),
+            ]
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
+            name=f"{self.get_fully_qualified_name()}: pipeline",
+            message=message,
+            hardware_id=str(self.pipeline.predictor.device) if self.pipeline else "",
+            values=values,
+        )
+        self._diagnostics_pub.publish(
+            DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
+        )
+        total = snap.latency.get("total")
+        self.get_logger().info(
+            f"{message}; received {counts['received']}, processed {counts['processed']}, dropped "
+            f"{counts['dropped_overload']} overload + {counts['dropped_bad_input']} bad input"
+            + (
+                f"; latency mean {total.mean * 1e3:.0f} ms, p95 {total.p95 * 1e3:.0f} ms"
+                if total
+                else ""
+            ),
+            throttle_duration_sec=10.0,
+        )
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until Ctrl-C; exit code 1 when it cannot start."""
+    # Jazzy's rclpy.init() is not yet a context manager: try/finally is its equivalent.
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PanopticDepthLabNode()
+        executor = SingleThreadedExecutor()  # thin callbacks only; inference has its own thread
+        executor.add_node(node)
+        executor.spin()
+    except PanopticDepthLabError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,374 @@
+"""Every parameter of the ``panoptic_depthlab`` node, declared in one place.
+
+:data:`PARAMETERS` is the single table (name, default, description, range or
+choices, run-time changeable or not); ``config/panoptic_depthlab.yaml`` holds the
+same keys with the same defaults (a test checks both ways).  The node declares
+the table, reads it once into a typed :class:`NodeSettings`, and only the
+``dynamic`` entries (fusion thresholds, overlay colours) change afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+from ..errors import PanopticDepthLabError
+from ..postprocess import PostprocessConfig
+
+Value = bool | int | float | str
+
+# Where ``checkpoint: ""`` points: the demo model shipped inside the package.
+DEMO_CHECKPOINT = ("data", "demo.safetensors")
+
+
+class ParameterError(PanopticDepthLabError, ValueError):
+    """A parameter value the node cannot start with (names the parameter and why)."""
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter.
+
+    ``bounds`` = (from, to) or (from, to, step) for numbers (step 0 = continuous;
+    an integer step s allows from + k*s); ``choices`` for strings.  ``dynamic``
+    parameters may change while running, all others are read-only after start-up.
+    """
+
+    name: str
+    default: Value
+    description: str
+    bounds: tuple[float, float] | tuple[float, float, float] | None = None
+    choices: tuple[str, ...] = ()
+    dynamic: bool = False
+
+    @property
+    def type(self) -> int:
+        """``rcl_interfaces/ParameterType`` of ``default`` (the node's static type)."""
+        if isinstance(self.default, bool):
+            return ParameterType.PARAMETER_BOOL
+        if isinstance(self.default, int):
+            return ParameterType.PARAMETER_INTEGER
+        if isinstance(self.default, float):
+            return ParameterType.PARAMETER_DOUBLE
+        return ParameterType.PARAMETER_STRING
+
+    def descriptor(self) -> ParameterDescriptor:
+        """Build the descriptor tools show (``ros2 param describe``) and rclpy enforces."""
+        d = ParameterDescriptor(
+            name=self.name, type=self.type, description=self.description, read_only=not self.dynamic
+        )
+        if self.choices:
+            d.additional_constraints = "one of: " + ", ".join(self.choices)
+        if self.bounds is not None:
+            lo, hi, *rest = self.bounds
+            step = rest[0] if rest else 0
+            if self.type == ParameterType.PARAMETER_INTEGER:
+                d.integer_range = [
+                    IntegerRange(from_value=int(lo), to_value=int(hi), step=int(step))
+                ]
+            else:
+                d.floating_point_range = [
+                    FloatingPointRange(from_value=float(lo), to_value=float(hi), step=float(step))
+                ]
+        return d
+
+
+_OUTPUT = "Publish ~/{0} ({1}); an output without subscribers costs nothing."
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    # Model
+    ParameterSpec(
+        "checkpoint",
+        "",
+        "Model file: our .safetensors checkpoint or an exported .onnx; "
+        "empty = the demo checkpoint bundled in the package "
+        "(panoptic_depthlab_ros/data/demo.safetensors).",
+    ),
+    ParameterSpec(
+        "backend",
+        "torch",
+        "Inference backend: torch (checkpoint) or onnxruntime (.onnx file).",
+        choices=("torch", "onnxruntime"),
+    ),
+    ParameterSpec(
+        "device",
+        "auto",
+        "auto (CUDA when available, else CPU), cpu or cuda; cuda without CUDA fails at start-up.",
+        choices=("auto", "cpu", "cuda"),
+    ),
+    ParameterSpec(
+        "fp16", False, "Run the network in float16 autocast (CUDA only, ignored on CPU)."
+    ),
+    ParameterSpec(
+        "num_threads",
+        0,
+        "CPU intra-op threads of the network (torch.set_num_threads); 0 = the library default.",
+        bounds=(0, 256),
+    ),
+    ParameterSpec(
+        "max_input_width",
+        0,
+        "Downscale images wider than this before the network "
+        "(0 = never); all outputs stay at the input size.",
+        bounds=(0, 16384),
+    ),
+    ParameterSpec(
+        "max_input_pixels",
+        16777216,
+        "Images with more pixels are dropped with a warning (0 = no limit).",
+        bounds=(0, 1 << 30),
+    ),
+    # Input
+    ParameterSpec(
+        "image_transport",
+        "raw",
+        "raw: sensor_msgs/Image on `image`; compressed: "
+        "sensor_msgs/CompressedImage (JPEG/PNG) on `image/compressed`.",
+        choices=("raw", "compressed"),
+    ),
+    ParameterSpec(
+        "qos_reliability",
+        "best_effort",
+        "Reliability of the image and camera_info "
+        "subscriptions (best_effort also matches reliable publishers).",
+        choices=("best_effort", "reliable"),
+    ),
+    ParameterSpec(
+        "qos_depth",
+        1,
+        "History depth of the image subscription; the node itself keeps only the latest frame.",
+        bounds=(1, 100),
+    ),
+    # Fusion
+    ParameterSpec(
+        "center_threshold",
+        0.1,
+        "Instance center heatmap values at or below this are not centers.",
+        bounds=(0.0, 1.0),
+        dynamic=True,
+    ),
+    ParameterSpec(
+        "nms_kernel",
+        7,
+        "Max-pool window (odd) of the center non-maximum suppression.",
+        bounds=(1, 31, 2),
+        dynamic=True,
+    ),
+    ParameterSpec(
+        "top_k",
+        200,
+        "At most top_k - 1 instance centers per image.",
+        bounds=(1, 1000),
+        dynamic=True,
+    ),
+    ParameterSpec(
+        "stuff_area",
+        2048,
+        "Stuff classes with fewer pixels become void (pixels at the input size).",
+        bounds=(0, 1 << 30),
+        dynamic=True,
+    ),
+    ParameterSpec(
+        "depth_erosion_px",
+        0,
+        "Erode each segment by this many pixels before its depth "
+        "statistics (edges bleed depth from neighbours).",
+        bounds=(0, 64),
+        dynamic=True,
+    ),
+    # Overlay
+    ParameterSpec(
+        "overlay_near_m",
+        5.0,
+        "Overlay colour scale: segments at or nearer than this are red "
+        "(must stay below overlay_far_m).",
+        bounds=(0.0, 1000.0),
+        dynamic=True,
+    ),
+    ParameterSpec(
+        "overlay_far_m",
+        60.0,
+        "Overlay colour scale: segments at or farther than this are blue; green in the middle.",
+        bounds=(0.0, 1000.0),
+        dynamic=True,
+    ),
+    # Outputs
+    ParameterSpec(
+        "publish_panoptic", True, _OUTPUT.format("panoptic", "32SC1 panoptic ids, void -1")
+    ),
+    ParameterSpec(
+        "publish_semantic", True, _OUTPUT.format("semantic", "mono8 Cityscapes trainIds, 255 void")
+    ),
+    ParameterSpec(
+        "publish_depth", True, _OUTPUT.format("depth", "32FC1 meters, NaN where invalid")
+    ),
+    ParameterSpec("publish_segments", True, _OUTPUT.format("segments", "SegmentDepthArray")),
+    ParameterSpec(
+        "publish_overlay", True, _OUTPUT.format("overlay", "bgr8 depth-tinted labelled picture")
+    ),
+    ParameterSpec(
+        "publish_markers",
+        True,
+        _OUTPUT.format("markers", "MarkerArray of segment labels and boxes"),
+    ),
+    ParameterSpec(
+        "publish_points",
+        True,
+        _OUTPUT.format("points", "PointCloud2 of the segments, needs camera_info"),
+    ),
+    ParameterSpec(
+        "points_stride", 4, "Take every n-th pixel in each direction for ~/points.", bounds=(1, 64)
+    ),
+    ParameterSpec(
+        "points_organized",
+        False,
+        "~/points as an organized cloud (NaN for invalid pixels) instead of only valid points.",
+    ),
+    ParameterSpec(
+        "points_color",
+        "class",
+        "Colour ~/points by class or by instance.",
+        choices=("class", "instance"),
+    ),
+    # Running
+    ParameterSpec(
+        "managed",
+        False,
+        "Run as a lifecycle (managed) node that waits for configure/activate "
+        "instead of starting active.",
+    ),
+    ParameterSpec(
+        "diagnostics_period_s",
+        1.0,
+        "Period of the /diagnostics status (counts and latencies).",
+        bounds=(0.1, 60.0),
+    ),
+)
+
+SPECS: dict[str, ParameterSpec] = {p.name: p for p in PARAMETERS}
+DYNAMIC: frozenset[str] = frozenset(p.name for p in PARAMETERS if p.dynamic)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The parameters' values, typed; one field per :data:`PARAMETERS` entry."""
+
+    checkpoint: str
+    backend: str
+    device: str
+    fp16: bool
+    num_threads: int
+    max_input_width: int
+    max_input_pixels: int
+    image_transport: str
+    qos_reliability: str
+    qos_depth: int
+    center_threshold: float
+    nms_kernel: int
+    top_k: int
+    stuff_area: int
+    depth_erosion_px: int
+    overlay_near_m: float
+    overlay_far_m: float
+    publish_panoptic: bool
+    publish_semantic: bool
+    publish_depth: bool
+    publish_segments: bool
+    publish_overlay: bool
+    publish_markers: bool
+    publish_points: bool
+    points_stride: int
+    points_organized: bool
+    points_color: str
+    managed: bool
+    diagnostics_period_s: float
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> NodeSettings:
+        """Build settings from ``{name: value}`` (all parameters), checked."""
+        missing = set(SPECS) - set(values)
+        if missing:
+            raise ParameterError(f"missing parameters: {', '.join(sorted(missing))}")
+        settings = cls(**{name: values[name] for name in SPECS})
+        problem = check_values(settings)
+        if problem:
+            raise ParameterError(problem)
+        return settings
+
+    def replace(self, changes: dict[str, Any]) -> NodeSettings:
+        """Return a copy with ``changes`` applied (no checks; see :func:`check_values`)."""
+        return dataclasses.replace(self, **changes)
+
+    def postprocess(self, base: PostprocessConfig) -> PostprocessConfig:
+        """Return ``base`` (the checkpoint's) with the node's fusion parameters on top."""
+        return dataclasses.replace(
+            base,
+            center_threshold=self.center_threshold,
+            nms_kernel=self.nms_kernel,
+            top_k=self.top_k,
+            stuff_area=self.stuff_area,
+            depth_erosion_px=self.depth_erosion_px,
+        )
+
+
+def check_values(settings: NodeSettings) -> str | None:
+    """Check what rclpy's descriptors cannot (choices, cross-parameter rules): reason or None."""
+    for spec in PARAMETERS:
+        value = getattr(settings, spec.name)
+        if spec.choices and value not in spec.choices:
+            return f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
+    if not (
+        math.isfinite(settings.overlay_near_m) and settings.overlay_far_m > settings.overlay_near_m
+    ):
+        return (
+            f"overlay_far_m ({settings.overlay_far_m:g}) must be greater than overlay_near_m "
+            f"({settings.overlay_near_m:g})"
+        )
+    return None
+
+
+def check_update(current: NodeSettings, changes: dict[str, Any]) -> str | None:
+    """Why a run-time change of ``changes`` is refused, or None when it is fine.
+
+    rclpy refuses read-only parameters and out-of-range values itself (with its
+    own reason); this adds the rules that involve several parameters.
+    """
+    fixed = sorted(set(changes) - DYNAMIC)
+    if fixed:
+        return (
+            f"{', '.join(fixed)} can only be set at start-up; at run time only "
+            f"{', '.join(sorted(DYNAMIC))} can change"
+        )
+    return check_values(current.replace(changes))
+
+
+def demo_checkpoint_path() -> Path:
+    """Return the bundled demo checkpoint's path (it may not exist)."""
+    return Path(str(resources.files("panoptic_depthlab_ros").joinpath(*DEMO_CHECKPOINT)))
+
+
+def resolve_checkpoint(value: str) -> Path:
+    """Return the model file to load: ``value``, or the bundled demo checkpoint when empty.
+
+    Fails fast (:class:`ParameterError` naming the path) when the file is missing,
+    so the node never starts half-way.
+    """
+    if value:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ParameterError(f"checkpoint {str(path)!r} does not exist or is not a file")
+        return path
+    path = demo_checkpoint_path()
+    if not path.is_file():
+        raise ParameterError(
+            f"checkpoint is empty, which selects the bundled demo checkpoint {str(path)!r}, "
+            "but that file does not exist in this installation; "
+            "set checkpoint:=/path/to/model.safetensors"
+        )
+    return path

@@ -1,0 +1,337 @@
+"""Launch file, YAML defaults and the parameter table agree with the real node;
+run-time parameter changes through the real parameter services; start-up
+failures are clear.  (``launch`` / ``launch_ros`` are not installable here, so
+the launch file is checked by compiling and reading its syntax tree.)"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO
+from node_utils import NodeHarness, image_msg, random_image
+
+from panoptic_depthlab_ros.ros.parameters import DYNAMIC, PARAMETERS, SPECS, NodeSettings
+
+LAUNCH = REPO / "launch" / "panoptic_depthlab.launch.py"
+YAML = REPO / "config" / "panoptic_depthlab.yaml"
+RVIZ = REPO / "rviz" / "panoptic_depthlab.rviz"
+BUILTIN = {"use_sim_time", "start_type_description_service"}  # declared by rclpy itself
+
+
+def _yaml_params() -> dict:
+    return yaml.safe_load(YAML.read_text())["panoptic_depthlab"]["ros__parameters"]
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == name
+    ]
+
+
+def _kw(call: ast.Call, name: str):
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    return None
+
+
+# --------------------------------------------------------------------- launch file
+def test_launch_file_compiles_and_declares_its_arguments() -> None:
+    source = LAUNCH.read_text()
+    compile(source, str(LAUNCH), "exec")
+    tree = ast.parse(source)
+    args = {c.args[0].value: c for c in _calls(tree, "DeclareLaunchArgument")}
+    assert {"params_file", "image", "camera_info", "namespace", "use_sim_time", "rviz"} <= set(args)
+    assert _kw(args["rviz"], "default_value").value == "false"
+    assert _kw(args["use_sim_time"], "default_value").value == "false"
+    for call in args.values():
+        assert _kw(call, "description") is not None
+    functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+    consts = {
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+    assert {
+        "panoptic_depthlab_node",
+        "panoptic_depthlab",
+        "rviz2",
+        "panoptic_depthlab.rviz",
+        "panoptic_depthlab.yaml",
+    } <= consts
+    assert RVIZ.is_file() and YAML.is_file()
+
+
+def _launch_remappings() -> dict[str, ast.AST]:
+    tree = ast.parse(LAUNCH.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "remappings":
+            return {elt.elts[0].value: elt.elts[1] for elt in node.value.elts}
+    raise AssertionError("no `remappings = [...]` in the launch file")
+
+
+def test_launch_remappings_are_the_node_inputs() -> None:
+    from panoptic_depthlab_ros.ros.node import INPUT_CAMERA_INFO, INPUT_COMPRESSED, INPUT_IMAGE
+
+    assert set(_launch_remappings()) == {INPUT_IMAGE, INPUT_COMPRESSED, INPUT_CAMERA_INFO}
+
+
+@pytest.mark.parametrize("transport", ["raw", "compressed"])
+def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transport: str) -> None:
+    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+
+    # What the launch file does with image:=/cam/front/image_raw camera_info:=/cam/front/camera_info
+    targets = {
+        "image": "/cam/front/image_raw",
+        "image/compressed": "/cam/front/image_raw/compressed",
+        "camera_info": "/cam/front/camera_info",
+    }
+    assert set(targets) == set(_launch_remappings())
+    cli = ["--ros-args"] + [a for k, v in targets.items() for a in ("-r", f"{k}:={v}")]
+    cli += [
+        "-p",
+        f"checkpoint:={tiny_checkpoint}",
+        "-p",
+        "device:=cpu",
+        "-p",
+        f"image_transport:={transport}",
+    ]
+    node = PanopticDepthLabNode(context=ros_context, cli_args=cli)
+    try:
+        subs = dict(node.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
+        pubs = dict(node.get_publisher_names_and_types_by_node("panoptic_depthlab", "/"))
+    finally:
+        node.destroy_node()
+    image_topic = targets["image/compressed" if transport == "compressed" else "image"]
+    expected_type = (
+        "sensor_msgs/msg/CompressedImage" if transport == "compressed" else "sensor_msgs/msg/Image"
+    )
+    assert subs[image_topic] == [expected_type]
+    assert subs["/cam/front/camera_info"] == ["sensor_msgs/msg/CameraInfo"]
+    assert "/image" not in subs and "/camera_info" not in subs
+    # The rviz layout's node topics are published (markers / points: a later issue).
+    rviz_topics = {
+        line.split("Value:")[1].strip()
+        for line in RVIZ.read_text().splitlines()
+        if "Value: /panoptic_depthlab/" in line
+    }
+    pending = {"/panoptic_depthlab/markers", "/panoptic_depthlab/points"}
+    assert rviz_topics - pending <= set(pubs), rviz_topics - set(pubs)
+    assert pubs["/panoptic_depthlab/segments"] == ["panoptic_depthlab_ros/msg/SegmentDepthArray"]
+    assert pubs["/diagnostics"] == ["diagnostic_msgs/msg/DiagnosticArray"]
+
+
+# --------------------------------------------------------------------- parameters
+def test_yaml_and_table_agree() -> None:
+    values = _yaml_params()
+    assert list(values) == [p.name for p in PARAMETERS]  # same keys, same order
+    for spec in PARAMETERS:
+        assert type(values[spec.name]) is type(spec.default), spec.name
+        assert values[spec.name] == spec.default, spec.name
+    assert {f.name for f in dataclasses.fields(NodeSettings)} == set(SPECS)
+
+
+def test_every_parameter_is_described_and_bounded() -> None:
+    from rcl_interfaces.msg import ParameterType
+
+    for spec in PARAMETERS:
+        d = spec.descriptor()
+        assert len(d.description) > 20, spec.name
+        assert d.read_only == (spec.name not in DYNAMIC)
+        if d.type in (ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE):
+            ranges = d.integer_range or d.floating_point_range
+            assert len(ranges) == 1, f"{spec.name} has no range"
+            assert ranges[0].from_value <= spec.default <= ranges[0].to_value, spec.name
+        if d.type == ParameterType.PARAMETER_STRING and spec.name != "checkpoint":
+            assert spec.default in spec.choices and "one of" in d.additional_constraints, spec.name
+    assert DYNAMIC == {
+        "center_threshold",
+        "nms_kernel",
+        "top_k",
+        "stuff_area",
+        "depth_erosion_px",
+        "overlay_near_m",
+        "overlay_far_m",
+    }
+
+
+def test_node_declares_exactly_the_yaml(ros_context, tiny_checkpoint) -> None:
+    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+
+    node = PanopticDepthLabNode(
+        context=ros_context,
+        cli_args=["--ros-args", "--params-file", str(YAML), "-p", f"checkpoint:={tiny_checkpoint}"],
+    )
+    try:
+        declared = set(node.list_parameters([], 0).names) - BUILTIN
+        values = _yaml_params()
+        assert declared == set(values)
+        for name, value in values.items():
+            if name != "checkpoint":
+                assert node.get_parameter(name).value == value, name
+        described = {d.name: d for d in node.describe_parameters(sorted(declared))}
+        assert described["center_threshold"].floating_point_range[0].to_value == 1.0
+        assert described["nms_kernel"].integer_range[0].step == 2
+        assert described["checkpoint"].read_only and not described["overlay_far_m"].read_only
+        assert node.settings.device == "auto" and str(node.pipeline.predictor.device) == "cpu"
+    finally:
+        node.destroy_node()
+
+
+# --------------------------------------------------------------------- run-time changes
+def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -> None:
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    from panoptic_depthlab_ros.predictor import Predictor
+    from panoptic_depthlab_ros.visualize import overlay
+
+    h = NodeHarness(
+        ros_context, tiny_checkpoint, params={"stuff_area": 64, "qos_reliability": "reliable"}
+    )
+    try:
+        client = AsyncParameterClient(h.probe, "panoptic_depthlab")
+        assert client.wait_for_services(timeout_sec=15.0)
+
+        def call(future):
+            h.wait_for(future.done, 15, "the parameter service")
+            return future.result()
+
+        def set_one(name, value):
+            return call(client.set_parameters([Parameter(name, value=value)])).results[0]
+
+        ok = call(
+            client.set_parameters_atomically(
+                [
+                    Parameter("center_threshold", value=0.3),
+                    Parameter("depth_erosion_px", value=1),
+                    Parameter("overlay_near_m", value=70.0),
+                    Parameter("overlay_far_m", value=90.0),
+                ]
+            )
+        ).result
+        assert ok.successful, ok.reason
+        for name, value, words in [
+            ("checkpoint", "/elsewhere.safetensors", "read-only"),
+            ("device", "cuda", "read-only"),
+            ("publish_overlay", False, "read-only"),
+            ("overlay_near_m", 95.0, "overlay_far_m (90) must be greater than overlay_near_m (95)"),
+            ("nms_kernel", 4, "nms_kernel"),
+            ("center_threshold", 1.5, "center_threshold"),
+        ]:
+            result = set_one(name, value)
+            assert not result.successful, name
+            assert words in result.reason, (name, result.reason)
+        got = call(
+            client.get_parameters(["center_threshold", "overlay_near_m", "checkpoint"])
+        ).values
+        assert (got[0].double_value, got[1].double_value, got[2].string_value) == (
+            0.3,
+            70.0,
+            str(tiny_checkpoint),
+        )
+
+        # The next frame uses the new thresholds and colours.
+        h.wait_connected()
+        bgr = random_image(21)
+        h.image_pub.publish(image_msg(bgr, stamp=(90, 0)))
+        h.wait_for(lambda: h.answered((90, 0)), 60, "answer")
+        reference = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
+        reference.postprocess = replace(
+            reference.postprocess, center_threshold=0.3, stuff_area=64, depth_erosion_px=1
+        )
+        want = reference.predict(bgr)
+        seg = h.answer("segments", (90, 0))
+        assert [s.id for s in seg.segments] == [s.id for s in want.segments]
+        assert [s.depth_valid_pixels for s in seg.segments] == [
+            s.depth_valid_pixels for s in want.segments
+        ]
+        picture = h.answer("overlay", (90, 0))
+        np.testing.assert_array_equal(
+            np.frombuffer(picture.data, np.uint8).reshape(64, 128, 3),
+            overlay(bgr, want, near=70.0, far=90.0),
+        )
+    finally:
+        h.close()
+
+
+# --------------------------------------------------------------------- start-up failures
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (
+            {"checkpoint": "{tmp}/missing.safetensors"},
+            ["{tmp}/missing.safetensors", "does not exist"],
+        ),
+        (
+            {"checkpoint": "{tmp}/garbage.safetensors"},
+            ["{tmp}/garbage.safetensors", "not a safetensors file"],
+        ),
+        ({"checkpoint": ""}, ["demo.safetensors", "does not exist", "checkpoint:="]),
+        ({"device": "cuda"}, ["CUDA is not available"]),
+        ({"device": "gpu"}, ["device must be one of auto, cpu, cuda, got 'gpu'"]),
+        ({"managed": True}, ["managed", "not supported"]),
+        ({"overlay_near_m": 5}, ["overlay_near_m must be a double"]),
+        ({"center_threshold": 2.0}, ["center_threshold", "out of range"]),
+        ({"overlay_near_m": 80.0}, ["overlay_far_m (60) must be greater than overlay_near_m (80)"]),
+        (
+            {"backend": "onnxruntime"},
+            ["cannot load checkpoint", "tiny.safetensors"],
+        ),  # not an .onnx file
+    ],
+)
+def test_startup_failures_are_clear(
+    ros_context, tiny_checkpoint, tmp_path: Path, overrides: dict, words: list[str]
+) -> None:
+    import torch
+    from rclpy.parameter import Parameter
+
+    from panoptic_depthlab_ros.errors import PanopticDepthLabError
+    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+    from panoptic_depthlab_ros.ros.parameters import demo_checkpoint_path
+
+    if overrides.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if overrides.get("checkpoint") == "" and demo_checkpoint_path().is_file():
+        pytest.skip("the demo checkpoint exists")
+    (tmp_path / "garbage.safetensors").write_bytes(b"this is not a model")
+    values = {"checkpoint": str(tiny_checkpoint), "device": "cpu", **overrides}
+    values = {
+        k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in values.items()
+    }
+    with pytest.raises(PanopticDepthLabError) as info:
+        PanopticDepthLabNode(
+            context=ros_context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in values.items()],
+        )
+    for w in words:
+        assert w.replace("{tmp}", str(tmp_path)) in str(info.value)
+
+
+def test_auto_device_falls_back_to_cpu(ros_context, tiny_checkpoint) -> None:
+    import torch
+    from rclpy.parameter import Parameter
+
+    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+
+    node = PanopticDepthLabNode(
+        context=ros_context,
+        parameter_overrides=[
+            Parameter("checkpoint", value=str(tiny_checkpoint)),
+            Parameter("device", value="auto"),
+        ],
+    )
+    try:
+        expected = "cuda" if torch.cuda.is_available() else "cpu"
+        assert node.pipeline.predictor.device.type == expected
+    finally:
+        node.destroy_node()
+    assert math.isfinite(node.settings.overlay_far_m)
