@@ -1,17 +1,93 @@
-"""Command line ``panoptic-depthlab-training``."""
+"""Command line ``panoptic-depthlab-training``: synth, verify-cityscapes, train, evaluate.
+
+Exit codes: 0 success; 1 a broken dataset (the verification report is printed);
+2 a bad config, checkpoint or argument.
+"""
+
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from panoptic_depthlab_ros.errors import PanopticDepthLabError
+
+from . import evaluate as evaluate_cmd
+from . import train as train_cmd
+from .cityscapes import GT_SPLITS, SPLITS, DatasetError, verify_cityscapes
+from .synth import synth_main
+
+
+def _synth(args: argparse.Namespace) -> int:
+    return synth_main(
+        args.out, args.train, args.val, args.seed, args.height, args.width, city=args.city, workers=args.workers
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = verify_cityscapes(args.root, args.splits, require_depth=not args.no_depth, workers=args.workers)
+    print(report.format())
+    return 0 if report.ok else 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Build the argument parser (subcommands are added as they land)."""
-    parser = argparse.ArgumentParser(prog="panoptic-depthlab-training", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    """Build the argument parser: one subcommand per job."""
+    parser = argparse.ArgumentParser(
+        prog="panoptic-depthlab-training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="render synthetic street scenes in the Cityscapes layout")
+    p.add_argument("out", type=Path, help="output root (gets leftImg8bit/, gtFine/, disparity/, camera/)")
+    p.add_argument("--train", type=int, default=100, help="train frames")
+    p.add_argument("--val", type=int, default=20, help="val frames")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--city", default="synthcity")
+    p.add_argument("--workers", type=int, default=1, help="rendering processes")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("verify-cityscapes", help="check that every file of a Cityscapes tree exists and reads")
+    p.add_argument("root", type=Path)
+    p.add_argument("--splits", nargs="+", default=list(GT_SPLITS), choices=SPLITS)
+    p.add_argument("--no-depth", action="store_true", help="do not require disparity/ and camera/")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser(
+        "train",
+        parents=[train_cmd.get_args_parser(add_help=False)],
+        help="train (depth-only as the write-up, or joint); torchrun for DDP",
+    )
+    p.set_defaults(func=train_cmd.main)
+
+    p = sub.add_parser(
+        "evaluate",
+        parents=[evaluate_cmd.get_args_parser(add_help=False)],
+        help="PQ/SQ/RQ, mIoU, depth errors, DPQ and segment depth of a checkpoint",
+    )
+    p.set_defaults(func=evaluate_cmd.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    get_args_parser().parse_args(argv)
-    return 0
+    """Entry point; returns the exit code."""
+    args = get_args_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except DatasetError as exc:
+        print(f"panoptic-depthlab-training {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (PanopticDepthLabError, FileNotFoundError) as exc:
+        print(f"panoptic-depthlab-training {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

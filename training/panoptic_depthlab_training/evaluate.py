@@ -1,0 +1,273 @@
+"""Evaluate a checkpoint on a Cityscapes split: PQ/SQ/RQ, mIoU, depth errors, DPQ, segment depth.
+
+    panoptic-depthlab-training evaluate --checkpoint CKPT --data ROOT --split val [--json OUT]
+
+Each frame goes through ``Predictor.predict`` (the product's own path: preprocessing,
+network, panoptic fusion) and into :class:`~.metrics.PanopticDepthEvaluator`, whose PQ
+matches cityscapesscripts' panoptic evaluation. Ground-truth depth beyond the model's
+``max_depth`` (what the depth head can output) is treated as invalid unless
+``--max-depth`` says otherwise (``0``: keep all). Under ``torchrun`` the frames are
+sharded over the processes and the statistics merged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
+from panoptic_depthlab_ros.predictor import Predictor, resolve_device
+
+from .cityscapes import CityscapesSample, DatasetError, SampleFiles, list_samples, load_sample, require_valid
+from .metrics import DEPTH_METRICS, DPQ_THRESHOLDS, PanopticDepthEvaluator, format_table
+
+SCALAR_METRICS: tuple[str, ...] = (
+    "PQ",
+    "SQ",
+    "RQ",
+    "PQ_th",
+    "SQ_th",
+    "RQ_th",
+    "PQ_st",
+    "SQ_st",
+    "RQ_st",
+    "mIoU",
+    *DEPTH_METRICS,
+    "DPQ",
+    *(f"DPQ_{t:g}" for t in DPQ_THRESHOLDS),
+    "DPQ_th",
+    "DPQ_st",
+    "segment_depth_mae",
+    "segment_depth_absrel",
+    "segment_depth_mae_th",
+    "segment_depth_absrel_th",
+    "segment_depth_mae_st",
+    "segment_depth_absrel_st",
+)
+
+
+@dataclass
+class Prediction:
+    """What is scored for one frame: [H, W] panoptic ids (-1 void), train ids, metres."""
+
+    panoptic: np.ndarray
+    semantic: np.ndarray
+    depth: np.ndarray
+
+
+PredictFn = Callable[[CityscapesSample], Prediction]
+
+
+def predictor_fn(predictor: Predictor) -> PredictFn:
+    """Score ``Predictor.predict`` on the frame's image (RGB on disk -> BGR for the predictor)."""
+
+    def predict(sample: CityscapesSample) -> Prediction:
+        result = predictor.predict(np.ascontiguousarray(sample.image[..., ::-1]))
+        return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=result.depth)
+
+    return predict
+
+
+def evaluate(
+    predict: PredictFn,
+    samples: Sequence[SampleFiles],
+    *,
+    evaluator: PanopticDepthEvaluator,
+    max_depth: float | None,
+    progress: bool = True,
+) -> PanopticDepthEvaluator:
+    """Predict and score every frame of ``samples`` into ``evaluator`` (returned).
+
+    ``max_depth``: ground truth farther than this is invalid (``None``: keep all).
+    """
+    with torch.no_grad():
+        for files in tqdm(samples, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True):
+            sample = load_sample(files, max_depth=max_depth)
+            pred = predict(sample)
+            evaluator.add(
+                pred.panoptic,
+                pred.semantic,
+                pred.depth,
+                sample.panoptic,
+                sample.semantic,
+                sample.depth,
+                sample.depth_valid,
+                sample.segments,
+            )
+    return evaluator
+
+
+def merge_evaluators(evaluators: Sequence[PanopticDepthEvaluator]) -> PanopticDepthEvaluator:
+    """One evaluator holding the sums of several (e.g. one per process)."""
+    out = PanopticDepthEvaluator(metadata=evaluators[0].metadata)
+    for ev in evaluators:
+        for mine, theirs in ((out.pq, ev.pq), *((out.dpq[t], ev.dpq[t]) for t in DPQ_THRESHOLDS)):
+            mine.tp += theirs.tp
+            mine.fp += theirs.fp
+            mine.fn += theirs.fn
+            mine.iou += theirs.iou
+        out.semantic.confusion += ev.semantic.confusion
+        out.depth.num_images += ev.depth.num_images
+        for key, value in ev.depth.sums.items():
+            out.depth.sums[key] += value
+        out.seg_abs_err += ev.seg_abs_err
+        out.seg_rel_err += ev.seg_rel_err
+        out.seg_count += ev.seg_count
+    return out
+
+
+def evaluate_split(
+    predictor: Predictor,
+    *,
+    data_root: str | Path,
+    split: str,
+    max_depth: float | None,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Summary of ``predictor`` on ``split``; frames sharded over ``world_size`` ranks.
+
+    Every rank must call it; every rank returns the merged summary (see
+    ``PanopticDepthEvaluator.summary``) plus ``num_images``.
+    """
+    samples = list_samples(data_root, split)
+    if limit:
+        samples = samples[:limit]
+    evaluator = evaluate(
+        predictor_fn(predictor),
+        samples[rank::world_size],
+        evaluator=PanopticDepthEvaluator(metadata=predictor.classes),
+        max_depth=max_depth,
+        progress=progress and rank == 0,
+    )
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, evaluator)
+        evaluator = merge_evaluators(gathered)
+    summary = evaluator.summary()
+    summary["num_images"] = len(samples)
+    return summary
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def flat_metrics(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    """Return the scalar metrics of a summary (``None`` where undefined)."""
+    return {k: _json_safe(summary[k]) for k in SCALAR_METRICS if k in summary}
+
+
+def summary_json(summary: Mapping[str, Any], **info: Any) -> dict[str, Any]:
+    """JSON document: metric keys at the top level, ``per_class``, and an ``info`` block."""
+    doc = dict(flat_metrics(summary))
+    doc["num_images"] = summary.get("num_images")
+    doc["per_class"] = _json_safe(summary.get("per_class", {}))
+    doc["info"] = _json_safe(info)
+    return doc
+
+
+def _training_iteration(path: Path) -> int | None:
+    info = json.loads(read_checkpoint_header(path).get("info", "{}"))
+    return info.get("training", {}).get("iteration")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """Arguments of ``evaluate`` (reused by the ``panoptic-depthlab-training`` CLI)."""
+    parser = argparse.ArgumentParser(description="Evaluate a Panoptic-DepthLab checkpoint", add_help=add_help)
+    parser.add_argument("--checkpoint", required=True, type=Path, help="our .safetensors checkpoint")
+    parser.add_argument("--data", required=True, type=Path, help="Cityscapes root (or a synthetic tree)")
+    parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument("--json", type=Path, help="write the metrics here")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument(
+        "--max-depth",
+        type=float,
+        default=None,
+        help="ground truth beyond this is invalid (default: the model's max_depth; 0: keep all)",
+    )
+    parser.add_argument("--limit", type=int, default=0, help="only the first N frames (0: all)")
+    parser.add_argument("--no-verify", action="store_true", help="skip checking the split's files first")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``evaluate`` from parsed arguments; prints the table, returns the exit code."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    owns_group = False
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        owns_group = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    try:
+        problem = None
+        if not args.no_verify and rank == 0:
+            try:
+                require_valid(args.data, [args.split], require_depth=True)
+            except DatasetError as exc:
+                problem = str(exc)
+        if world_size > 1:
+            box = [problem]
+            dist.broadcast_object_list(box, src=0)
+            problem = box[0]
+        if problem is not None:
+            raise DatasetError(problem)
+        device = resolve_device(args.device)
+        if device.type == "cuda" and world_size > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device)
+        max_depth = predictor.model_config.max_depth if args.max_depth is None else args.max_depth
+        summary = evaluate_split(
+            predictor,
+            data_root=args.data,
+            split=args.split,
+            max_depth=max_depth or None,
+            limit=args.limit or None,
+            rank=rank,
+            world_size=world_size,
+            progress=not args.no_progress,
+        )
+        if rank == 0:
+            print(format_table(summary))
+            if args.json is not None:
+                doc = summary_json(
+                    summary,
+                    checkpoint=str(args.checkpoint),
+                    data=str(args.data),
+                    split=args.split,
+                    gt_max_depth=max_depth or None,
+                    training_iteration=_training_iteration(args.checkpoint),
+                )
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(doc, indent=2) + "\n")
+                print(f"wrote {args.json}")
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+    return 0
