@@ -3,6 +3,12 @@
     ros2 launch panoptic_depthlab_ros panoptic_depthlab.launch.py image:=/camera/image_raw
 
 Arguments: params_file, image, camera_info, namespace, use_sim_time, rviz, managed.
+
+managed:=true starts a lifecycle node (launch_ros ``LifecycleNode``) that waits
+unconfigured until a lifecycle manager, or a person, drives it:
+
+    ros2 lifecycle set /panoptic_depthlab configure   # load the model, create publishers
+    ros2 lifecycle set /panoptic_depthlab activate    # start processing
 """
 import os
 
@@ -14,6 +20,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
 PACKAGE = "panoptic_depthlab_ros"
+NODE_NAME = "panoptic_depthlab"
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -40,7 +47,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="Use /clock (e.g. with ros2 bag play --clock)"),
         DeclareLaunchArgument("rviz", default_value="false", description="Also start rviz2"),
         DeclareLaunchArgument("managed", default_value="false",
-                              description="Run as a lifecycle (managed) node, starts unconfigured"),
+                              description="Run as a lifecycle (managed) node: starts unconfigured, "
+                                          "configure/activate through ~/change_state"),
     ]
 
     remappings = [
@@ -51,18 +59,22 @@ def generate_launch_description() -> LaunchDescription:
     common = dict(
         package=PACKAGE,
         executable="panoptic_depthlab_node",
-        name="panoptic_depthlab",
-        namespace=namespace,
         output="screen",
         remappings=remappings,
     )
     # The same executable either way; `managed` tells it which kind of node to be.
     node = Node(
         **common,
+        name=NODE_NAME,
+        namespace=namespace,
         parameters=[params_file, {"use_sim_time": use_sim_time, "managed": False}],
         condition=UnlessCondition(managed))
+    # Jazzy's launch_ros LifecycleNode requires name and namespace (keyword-only, no
+    # defaults) and has no autostart: the node stays unconfigured until told otherwise.
     lifecycle_node = LifecycleNode(
         **common,
+        name=NODE_NAME,
+        namespace=namespace,
         parameters=[params_file, {"use_sim_time": use_sim_time, "managed": True}],
         condition=IfCondition(managed))
 

@@ -3,6 +3,8 @@ to a probe node (inputs out, every output in) on one executor in a thread."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +13,20 @@ from typing import Any
 
 import numpy as np
 
+# The image-derived outputs (published for every frame); markers and points also need
+# camera_info, so a test asks for them explicitly.
 OUTPUT_NAMES = ("segments", "panoptic", "semantic", "depth", "overlay")
+
+
+def output_type(name: str):
+    """Message class of output ``name``."""
+    from panoptic_depthlab_ros.msg import SegmentDepthArray
+    from sensor_msgs.msg import Image, PointCloud2
+    from visualization_msgs.msg import MarkerArray
+
+    return {"segments": SegmentDepthArray, "markers": MarkerArray, "points": PointCloud2}.get(
+        name, Image
+    )
 
 
 def image_msg(
@@ -64,8 +79,30 @@ def random_image(seed: int, height: int = 64, width: int = 128) -> np.ndarray:
     return np.ascontiguousarray(np.clip(big.astype(np.int16) + noise, 0, 255).astype(np.uint8))
 
 
+def installed_executable() -> Path:
+    """The node's installed executable (skips the test when ``make setup`` has not run)."""
+    import pytest
+
+    exe = Path(sys.prefix) / "bin" / "panoptic_depthlab_node"
+    if not exe.is_file():
+        pytest.skip(f"{exe} is not installed (run make setup)")
+    return exe
+
+
+def child_env(ros_context) -> dict[str, str]:
+    """Environment for a child process on the test's ROS domain."""
+    return dict(
+        os.environ,
+        ROS_DOMAIN_ID=str(ros_context.get_domain_id()),
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        PYTHONUNBUFFERED="1",
+    )
+
+
 def stamp_of(msg) -> tuple[int, int]:
-    return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+    """Stamp of an output (a MarkerArray's is its markers' one; it always has the DELETEALL)."""
+    header = msg.header if hasattr(msg, "header") else msg.markers[0].header
+    return (header.stamp.sec, header.stamp.nanosec)
 
 
 class NodeHarness:
@@ -86,7 +123,6 @@ class NodeHarness:
         cli_args: list[str] | None = None,
     ) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from panoptic_depthlab_ros.msg import SegmentDepthArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.parameter import Parameter
@@ -106,9 +142,8 @@ class NodeHarness:
         self.received: dict[str, list] = {name: [] for name in (*outputs, "diagnostics")}
         keep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         for name in outputs:
-            msg_type = SegmentDepthArray if name == "segments" else Image
             self.probe.create_subscription(
-                msg_type, f"/panoptic_depthlab/{name}", self._recorder(name), keep
+                output_type(name), f"/panoptic_depthlab/{name}", self._recorder(name), keep
             )
         self.probe.create_subscription(
             DiagnosticArray, "/diagnostics", self._recorder("diagnostics"), keep
@@ -179,8 +214,64 @@ class NodeHarness:
         assert len(matches) == 1, f"{len(matches)} {name} messages with stamp {stamp}"
         return matches[0]
 
+    def lifecycle(self) -> LifecycleClient:
+        """A client of the node's lifecycle services, on the probe."""
+        return LifecycleClient(self, "/panoptic_depthlab")
+
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5.0)
         self._thread.join(timeout=10.0)
         self.node.destroy_node()
         self.probe.destroy_node()
+
+
+class LifecycleClient:
+    """The real ``lifecycle_msgs`` ChangeState / GetState services of a node, called
+    from the harness's probe (its executor thread answers them)."""
+
+    def __init__(self, harness: NodeHarness, node: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self._harness = harness
+        self._change = harness.probe.create_client(ChangeState, f"{node}/change_state")
+        self._get = harness.probe.create_client(GetState, f"{node}/get_state")
+        for client in (self._change, self._get):
+            assert client.wait_for_service(timeout_sec=15.0), client.srv_name
+
+    def _call(self, client, request, timeout: float):
+        future = client.call_async(request)
+        self._harness.wait_for(future.done, timeout, f"{client.srv_name} to answer")
+        return future.result()
+
+    def state(self) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        return self._call(self._get, GetState.Request(), 15.0).current_state.label
+
+    def change_async(self, transition: str):
+        """Request ``transition`` (configure, activate, deactivate, cleanup, shutdown)."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        ids = {
+            "configure": Transition.TRANSITION_CONFIGURE,
+            "activate": Transition.TRANSITION_ACTIVATE,
+            "deactivate": Transition.TRANSITION_DEACTIVATE,
+            "cleanup": Transition.TRANSITION_CLEANUP,
+        }
+        if transition == "shutdown":
+            shutdown = {
+                "unconfigured": Transition.TRANSITION_UNCONFIGURED_SHUTDOWN,
+                "inactive": Transition.TRANSITION_INACTIVE_SHUTDOWN,
+                "active": Transition.TRANSITION_ACTIVE_SHUTDOWN,
+            }
+            ids["shutdown"] = shutdown[self.state()]
+        request = ChangeState.Request()
+        request.transition.id = ids[transition]
+        return self._change.call_async(request)
+
+    def change(self, transition: str, timeout: float = 60.0) -> bool:
+        """Request ``transition`` and wait for the answer; True when it succeeded."""
+        future = self.change_async(transition)
+        self._harness.wait_for(future.done, timeout, f"the {transition} transition")
+        return future.result().success

@@ -50,9 +50,12 @@ def test_launch_file_compiles_and_declares_its_arguments() -> None:
     compile(source, str(LAUNCH), "exec")
     tree = ast.parse(source)
     args = {c.args[0].value: c for c in _calls(tree, "DeclareLaunchArgument")}
-    assert {"params_file", "image", "camera_info", "namespace", "use_sim_time", "rviz"} <= set(args)
+    assert {
+        "params_file", "image", "camera_info", "namespace", "use_sim_time", "rviz", "managed"
+    } <= set(args)
     assert _kw(args["rviz"], "default_value").value == "false"
     assert _kw(args["use_sim_time"], "default_value").value == "false"
+    assert _kw(args["managed"], "default_value").value == "false"
     for call in args.values():
         assert _kw(call, "description") is not None
     functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
@@ -68,6 +71,22 @@ def test_launch_file_compiles_and_declares_its_arguments() -> None:
         "panoptic_depthlab.yaml",
     } <= consts
     assert RVIZ.is_file() and YAML.is_file()
+
+
+def test_launch_managed_path_is_a_jazzy_lifecycle_node() -> None:
+    """Jazzy's launch_ros LifecycleNode takes name and namespace as required keywords
+    (a ``**dict`` would hide them) and has no autostart; each node gets its ``managed``."""
+    tree = ast.parse(LAUNCH.read_text())
+    (lifecycle,) = _calls(tree, "LifecycleNode")
+    (plain,) = [c for c in _calls(tree, "Node") if _kw(c, "package") is None]  # not rviz
+    for call, managed, condition in ((lifecycle, True, "IfCondition"), (plain, False, "UnlessCondition")):
+        assert _kw(call, "name") is not None and _kw(call, "namespace") is not None
+        assert _kw(call, "autostart") is None
+        params = _kw(call, "parameters").elts[1]
+        values = {k.value: v for k, v in zip(params.keys, params.values, strict=True)}
+        assert values["managed"].value is managed
+        cond = _kw(call, "condition")
+        assert cond.func.id == condition and cond.args[0].id == "managed"
 
 
 def _launch_remappings() -> dict[str, ast.AST]:
@@ -117,14 +136,16 @@ def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transpor
     assert subs[image_topic] == [expected_type]
     assert subs["/cam/front/camera_info"] == ["sensor_msgs/msg/CameraInfo"]
     assert "/image" not in subs and "/camera_info" not in subs
-    # The rviz layout's node topics are published (markers / points: a later issue).
+    # Every node topic of the rviz layout is published, with the type rviz shows it as.
     rviz_topics = {
         line.split("Value:")[1].strip()
         for line in RVIZ.read_text().splitlines()
         if "Value: /panoptic_depthlab/" in line
     }
-    pending = {"/panoptic_depthlab/markers", "/panoptic_depthlab/points"}
-    assert rviz_topics - pending <= set(pubs), rviz_topics - set(pubs)
+    assert {"/panoptic_depthlab/markers", "/panoptic_depthlab/points"} <= rviz_topics
+    assert rviz_topics <= set(pubs), rviz_topics - set(pubs)
+    assert pubs["/panoptic_depthlab/markers"] == ["visualization_msgs/msg/MarkerArray"]
+    assert pubs["/panoptic_depthlab/points"] == ["sensor_msgs/msg/PointCloud2"]
     assert pubs["/panoptic_depthlab/segments"] == ["panoptic_depthlab_ros/msg/SegmentDepthArray"]
     assert pubs["/diagnostics"] == ["diagnostic_msgs/msg/DiagnosticArray"]
 
@@ -182,6 +203,38 @@ def test_node_declares_exactly_the_yaml(ros_context, tiny_checkpoint) -> None:
         assert described["nms_kernel"].integer_range[0].step == 2
         assert described["checkpoint"].read_only and not described["overlay_far_m"].read_only
         assert node.settings.device == "auto" and str(node.pipeline.predictor.device) == "cpu"
+    finally:
+        node.destroy_node()
+
+
+def test_fusion_defaults_are_the_checkpoints(ros_context, tiny_checkpoint) -> None:
+    """At the YAML's -1 the checkpoint's own fusion settings apply (the tiny test model
+    is saved with stuff_area 64, not Detectron2's 2048); an explicit value overrides
+    them; setting -1 at run time goes back to the checkpoint's value."""
+    from rclpy.parameter import Parameter
+
+    from panoptic_depthlab_ros.checkpoint import load_checkpoint
+    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+    from panoptic_depthlab_ros.ros.parameters import FROM_CHECKPOINT, FUSION
+
+    saved = load_checkpoint(tiny_checkpoint).postprocess
+    assert saved.stuff_area == 64
+    assert all(_yaml_params()[name] == FROM_CHECKPOINT for name in FUSION)
+    assert all(SPECS[name].bounds[0] == FROM_CHECKPOINT for name in FUSION)
+    assert all("checkpoint" in SPECS[name].description for name in FUSION)
+    cli = ["--ros-args", "--params-file", str(YAML), "-p", f"checkpoint:={tiny_checkpoint}"]
+    node = PanopticDepthLabNode(context=ros_context, cli_args=[*cli, "-p", "nms_kernel:=5"])
+    try:
+        assert node.pipeline.postprocess == replace(saved, nms_kernel=5)
+        for name, value, expected in [
+            ("stuff_area", 100, replace(saved, nms_kernel=5, stuff_area=100)),
+            ("stuff_area", -1, replace(saved, nms_kernel=5)),
+            ("center_threshold", 0.0, replace(saved, nms_kernel=5, center_threshold=0.0)),
+            ("nms_kernel", -1, replace(saved, center_threshold=0.0)),
+        ]:
+            result = node.set_parameters([Parameter(name, value=value)])[0]
+            assert result.successful, result.reason
+            assert node.pipeline.postprocess == expected, name
     finally:
         node.destroy_node()
 
@@ -278,7 +331,7 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
         ({"checkpoint": ""}, ["demo.safetensors", "does not exist", "checkpoint:="]),
         ({"device": "cuda"}, ["CUDA is not available"]),
         ({"device": "gpu"}, ["device must be one of auto, cpu, cuda, got 'gpu'"]),
-        ({"managed": True}, ["managed", "not supported"]),
+        ({"top_k": 0}, ["top_k must be at least 1, or -1"]),
         ({"overlay_near_m": 5}, ["overlay_near_m must be a double"]),
         ({"center_threshold": 2.0}, ["center_threshold", "out of range"]),
         ({"overlay_near_m": 80.0}, ["overlay_far_m (60) must be greater than overlay_near_m (80)"]),
@@ -294,13 +347,13 @@ def test_startup_failures_are_clear(
     import torch
     from rclpy.parameter import Parameter
 
+    from panoptic_depthlab_ros.checkpoint import BUNDLED_CHECKPOINT
     from panoptic_depthlab_ros.errors import PanopticDepthLabError
     from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
-    from panoptic_depthlab_ros.ros.parameters import demo_checkpoint_path
 
     if overrides.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    if overrides.get("checkpoint") == "" and demo_checkpoint_path().is_file():
+    if overrides.get("checkpoint") == "" and BUNDLED_CHECKPOINT.is_file():
         pytest.skip("the demo checkpoint exists")
     (tmp_path / "garbage.safetensors").write_bytes(b"this is not a model")
     values = {"checkpoint": str(tiny_checkpoint), "device": "cpu", **overrides}

@@ -5,28 +5,35 @@ compressed transport, and the installed executable."""
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from node_utils import NodeHarness, camera_info_msg, image_msg, random_image, stamp_of
+from node_utils import (
+    NodeHarness,
+    camera_info_msg,
+    child_env,
+    image_msg,
+    installed_executable,
+    random_image,
+    stamp_of,
+)
 
 from panoptic_depthlab_ros.visualize import overlay
 
-# Richer segments on small images than the YAML default (2048 px of stuff).
-PARAMS = {"stuff_area": 64, "qos_reliability": "reliable", "qos_depth": 100}
+# The fusion parameters stay at -1: the tiny checkpoint's own settings apply (its
+# stuff_area of 64 gives richer segments on small images than Detectron2's 2048).
+PARAMS = {"qos_reliability": "reliable", "qos_depth": 100}
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
-    """The bare Predictor with the node's fusion settings, for same-image comparisons."""
+    """The bare Predictor with the node's fusion settings (the checkpoint's), spelled out."""
     from dataclasses import replace
 
     from panoptic_depthlab_ros.predictor import Predictor
@@ -433,20 +440,6 @@ def test_worker_stops_with_the_node(ros_context, tiny_checkpoint) -> None:
 
 
 # --------------------------------------------------------------------- the installed executable
-def _executable() -> Path:
-    exe = Path(sys.prefix) / "bin" / "panoptic_depthlab_node"
-    if not exe.is_file():
-        pytest.skip(f"{exe} is not installed (run make setup)")
-    return exe
-
-
-def _child_env(ros_context) -> dict[str, str]:
-    return dict(
-        os.environ,
-        ROS_DOMAIN_ID=str(ros_context.get_domain_id()),
-        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-        PYTHONUNBUFFERED="1",
-    )
 
 
 def test_installed_executable_answers_and_warns(ros_context, tiny_checkpoint) -> None:
@@ -458,18 +451,16 @@ def test_installed_executable_answers_and_warns(ros_context, tiny_checkpoint) ->
 
     proc = subprocess.Popen(
         [
-            str(_executable()),
+            str(installed_executable()),
             "--ros-args",
             "-p",
             f"checkpoint:={tiny_checkpoint}",
             "-p",
             "device:=cpu",
-            "-p",
-            "stuff_area:=64",
             "-r",
             "image:=/cam/image_raw",
         ],
-        env=_child_env(ros_context),
+        env=child_env(ros_context),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -519,8 +510,8 @@ def test_installed_executable_answers_and_warns(ros_context, tiny_checkpoint) ->
 def test_installed_executable_missing_checkpoint_fails_fast(ros_context, tmp_path) -> None:
     missing = tmp_path / "no_such_model.safetensors"
     out = subprocess.run(
-        [str(_executable()), "--ros-args", "-p", f"checkpoint:={missing}"],
-        env=_child_env(ros_context),
+        [str(installed_executable()), "--ros-args", "-p", f"checkpoint:={missing}"],
+        env=child_env(ros_context),
         capture_output=True,
         text=True,
         timeout=120,

@@ -4,7 +4,10 @@ Duck-typed on purpose: nothing here imports rclpy or a message package.  Functio
 read the standard field names (``height``, ``width``, ``encoding``, ``step``,
 ``data``, ``k``, ...) of whatever object they get, and build messages from the
 classes they are given, always with every field as a keyword.  So the same code
-serves rclpy's generated classes and ``rosbags``' message dataclasses.
+serves rclpy's generated classes and ``rosbags``' message dataclasses.  The one
+exception is :func:`markers_to_msg`: a ``Marker`` has a dozen nested message fields,
+so it fills a default-constructed ``marker_cls()`` (rclpy's classes; rosbags users
+build their own markers from :class:`~.geometry.MarkerSpec`).
 
 PyPI's ``cv-bridge`` is a ROS 1 shim that breaks under numpy 2; this module
 replaces the few parts of it the package needs.
@@ -22,6 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..result import PanopticDepthResult, SegmentDepth
+from .geometry import MarkerSpec, PointCloud
 
 # 8-bit input encodings -> (channels, cv2 conversion to BGR or None when already BGR).
 INPUT_ENCODINGS: dict[str, tuple[int, int | None]] = {
@@ -302,3 +306,116 @@ def segments_to_msg(
             segment_to_msg(s, segment_cls=segment_cls, point_cls=point_cls) for s in segments
         ],
     )
+
+
+# ---------------------------------------------------------------- 3D
+# numpy dtype -> sensor_msgs/PointField datatype constant (INT8 = 1 ... FLOAT64 = 8).
+_POINT_FIELD_TYPES = {
+    np.dtype(np.int8): 1,
+    np.dtype(np.uint8): 2,
+    np.dtype(np.int16): 3,
+    np.dtype(np.uint16): 4,
+    np.dtype(np.int32): 5,
+    np.dtype(np.uint32): 6,
+    np.dtype(np.float32): 7,
+    np.dtype(np.float64): 8,
+}
+# visualization_msgs/Marker constants.
+MARKER_CUBE = 1
+MARKER_TEXT_VIEW_FACING = 9
+MARKER_ADD = 0
+MARKER_DELETEALL = 3
+
+
+def _is_big_endian(dtype: np.dtype) -> bool | None:
+    """Byte order of a scalar dtype (None for single bytes, where it does not matter)."""
+    if dtype.byteorder == "|":
+        return None
+    return dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+
+
+def pointcloud_to_msg(cloud: PointCloud, *, header: Any, cloud_cls: type, field_cls: type) -> Any:
+    """:class:`~.geometry.PointCloud` -> ``cloud_cls`` (``sensor_msgs/PointCloud2``).
+
+    One ``field_cls`` (``PointField``) per field of the records' structured dtype, in
+    its byte order (little-endian); ``data`` is the records' bytes, one copy.
+    """
+    points = cloud.points
+    dtype = points.dtype
+    if dtype.names is None:
+        raise ValueError(f"a point cloud needs a structured dtype, got {dtype}")
+    fields = []
+    for name in dtype.names:
+        field_dtype, offset = dtype.fields[name][:2]
+        fields.append(
+            field_cls(
+                name=name,
+                offset=int(offset),
+                datatype=_POINT_FIELD_TYPES[field_dtype.newbyteorder("=")],
+                count=1,
+            )
+        )
+    orders = {_is_big_endian(dtype.fields[n][0]) for n in dtype.names} - {None}
+    if len(orders) > 1:
+        raise ValueError(f"point fields mix byte orders: {dtype}")
+    return cloud_cls(
+        header=header,
+        height=int(cloud.height),
+        width=int(cloud.width),
+        fields=fields,
+        is_bigendian=bool(orders and orders.pop()),
+        point_step=int(dtype.itemsize),
+        row_step=int(dtype.itemsize) * int(cloud.width),
+        data=_byte_buffer(cloud_cls, np.ascontiguousarray(points).view(np.uint8)),
+        is_dense=bool(cloud.dense),
+    )
+
+
+def pointcloud_to_array(msg: Any) -> np.ndarray:
+    """``sensor_msgs/PointCloud2`` -> [height, width] structured array (a view of ``data``).
+
+    Supports the scalar field types of ``PointField`` (count 1); the inverse of
+    :func:`pointcloud_to_msg` and enough to read the node's ``~/points``.
+    """
+    types = {v: k for k, v in _POINT_FIELD_TYPES.items()}
+    order = ">" if msg.is_bigendian else "<"
+    dtype = np.dtype(
+        {
+            "names": [f.name for f in msg.fields],
+            "formats": [types[int(f.datatype)].newbyteorder(order) for f in msg.fields],
+            "offsets": [int(f.offset) for f in msg.fields],
+            "itemsize": int(msg.point_step),
+        }
+    )
+    height, width = int(msg.height), int(msg.width)
+    rows = np.frombuffer(msg.data, np.uint8).reshape(height, int(msg.row_step))
+    return rows[:, : width * dtype.itemsize].copy().view(dtype).reshape(height, width)
+
+
+def markers_to_msg(
+    markers: Sequence[MarkerSpec], *, header: Any, array_cls: type, marker_cls: type
+) -> Any:
+    """Markers -> ``array_cls`` (``MarkerArray``): a DELETEALL marker, then ``markers``.
+
+    The DELETEALL first removes every marker of the previous frame, so rviz never shows
+    a stale one; the markers themselves have no lifetime.  All carry ``header`` (the
+    image's frame and stamp).  ``marker_cls`` must be default-constructible (rclpy).
+    """
+    clear = marker_cls()
+    clear.header = header
+    clear.action = MARKER_DELETEALL
+    out = [clear]
+    for spec in markers:
+        m = marker_cls()
+        m.header = header
+        m.ns = spec.namespace
+        m.id = int(spec.id)
+        m.type = MARKER_TEXT_VIEW_FACING if spec.kind == "text" else MARKER_CUBE
+        m.action = MARKER_ADD
+        m.pose.position.x, m.pose.position.y, m.pose.position.z = spec.position
+        m.pose.orientation.w = 1.0
+        m.scale.x, m.scale.y, m.scale.z = spec.scale
+        m.color.r, m.color.g, m.color.b, m.color.a = spec.rgba
+        m.text = spec.text
+        out.append(m)
+    return array_cls(markers=out)

@@ -1,7 +1,10 @@
 """The ``panoptic_depthlab`` node: camera image in, panoptic + depth + segments out.
 
 Outputs: panoptic ids, semantic labels, metric depth, per-segment depth records
-and an overlay picture, each stamped with the input image's header.
+and an overlay picture, each stamped with the input image's header; with
+camera_info also 3D ones: segment markers (labels at the 3D centroids, boxes around
+things) and the back-projected, labelled point cloud (:mod:`.geometry`).  Every
+output is computed only when someone subscribes to it.
 
 Threads (why the executor never blocks and no stale frame piles up):
 
@@ -19,13 +22,29 @@ Threads (why the executor never blocks and no stale frame piles up):
   executor would queue callbacks instead of replacing frames.  torch releases
   the GIL in its kernels, so the executor stays responsive meanwhile.
 
-The processing core (:class:`Pipeline`) is separate from the rclpy ``Node``
-subclass; the node's ``_configure`` / ``_activate`` / ``_deactivate`` /
-``_cleanup`` steps are the lifecycle transitions a managed mode will call.
+The processing core (:class:`Pipeline`) is separate from the rclpy node class.
+
+Lifecycle (``rclpy.lifecycle``): the node is always driven by the lifecycle state
+machine; ``managed`` only decides who drives it.
+
+* configure: load the checkpoint, create the (lifecycle) publishers;
+* activate: enable the publishers, subscribe, start the worker and diagnostics;
+* deactivate: disable the publishers (an in-flight frame publishes nothing),
+  unsubscribe, stop the worker (waits for the frame being inferred) and drop a
+  waiting frame;
+* cleanup: destroy the publishers and free the model (and cached GPU memory);
+* shutdown (from any primary state, also when the node is destroyed): all of it.
+
+``managed:=false`` (default) configures and activates at start-up, as a plain node
+(no lifecycle services; a start-up failure raises).  ``managed:=true`` starts
+unconfigured with the standard services (``~/change_state``, ``~/get_state``, ...);
+a failed configure (e.g. a missing checkpoint) is logged and leaves it unconfigured.
+Transitions run in the executor thread, like the other callbacks.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import deque
@@ -41,12 +60,15 @@ from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
+from visualization_msgs.msg import Marker, MarkerArray
 
 from ..errors import CheckpointError, InputError, PanopticDepthLabError
 from ..msg import SegmentDepth, SegmentDepthArray
@@ -62,8 +84,11 @@ from .conversions import (
     compressed_to_bgr,
     depth_for_rep118,
     image_to_bgr,
+    markers_to_msg,
+    pointcloud_to_msg,
     segments_to_msg,
 )
+from .geometry import point_cloud, segment_markers
 from .parameters import (
     PARAMETERS,
     NodeSettings,
@@ -78,7 +103,9 @@ INPUT_IMAGE = "image"
 INPUT_COMPRESSED = "image/compressed"
 INPUT_CAMERA_INFO = "camera_info"
 # Publish order: the segment records first (the smallest, most used output), the overlay last.
-OUTPUTS = ("segments", "panoptic", "semantic", "depth", "overlay")
+OUTPUTS = ("segments", "markers", "panoptic", "semantic", "depth", "points", "overlay")
+# Outputs that need the camera intrinsics (not published before a camera_info arrived).
+OUTPUTS_3D = frozenset({"markers", "points"})
 COUNTERS = (
     "received",
     "processed",
@@ -236,13 +263,20 @@ class Outputs:
     publishers: dict[str, Publisher] = field(default_factory=dict)
 
     def wanted(self, name: str) -> bool:
-        """Tell whether ``name`` is enabled and subscribed (only then is it converted)."""
-        pub = self.publishers.get(name)
-        return pub is not None and pub.get_subscription_count() > 0
+        """Tell whether ``name`` is enabled, active and subscribed (only then is it converted).
 
-    def any_wanted(self) -> bool:
-        """Whether any output has a subscriber (else inference is skipped)."""
-        return any(self.wanted(name) for name in self.publishers)
+        A lifecycle publisher of an inactive node is never wanted.
+        """
+        pub = self.publishers.get(name)
+        return (
+            pub is not None
+            and getattr(pub, "is_activated", True)
+            and pub.get_subscription_count() > 0
+        )
+
+    def wanted_names(self) -> set[str]:
+        """Names of the outputs to produce for the next frame (empty: skip inference)."""
+        return {name for name in self.publishers if self.wanted(name)}
 
 
 # ------------------------------------------------------------------ the core
@@ -262,24 +296,34 @@ class Pipeline:
         stats: PipelineStats,
         warn_bad_input: WarningThrottle,
         log_error: WarningThrottle,
+        log_info: Callable[[str], Any] = print,
     ) -> None:
         self.predictor = predictor
         self.outputs = outputs
         self.stats = stats
         self.camera_k: np.ndarray | None = None  # replaced whole by the camera_info callback
-        self._base_postprocess: PostprocessConfig = predictor.postprocess
+        # The checkpoint's own fusion settings: what parameters at -1 stand for.
+        self.base_postprocess: PostprocessConfig = predictor.postprocess
         self._warn_bad_input = warn_bad_input
         self._log_error = log_error
+        self._log_info = log_info
+        self._said_no_camera_info = False
         self._mailbox = LatestFrameMailbox()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stopped: threading.Thread | None = None  # the last stopped worker, for `running`
         self.update(settings)
 
     # Settings are swapped as one reference and applied by the worker between frames,
     # so a frame never mixes old and new thresholds.
     def update(self, settings: NodeSettings) -> None:
         """Use ``settings`` (thresholds, colours, limits) from the next frame on."""
-        self._config = (settings, settings.postprocess(self._base_postprocess))
+        self._config = (settings, settings.postprocess(self.base_postprocess))
+
+    @property
+    def postprocess(self) -> PostprocessConfig:
+        """The fusion settings in force: the checkpoint's, with the parameters set on top."""
+        return self._config[1]
 
     def submit(self, frame: Frame) -> None:
         """Hand a frame to the worker (latest-frame-only; a replaced frame is counted)."""
@@ -293,13 +337,20 @@ class Pipeline:
         self._warn_bad_input(kind, f"dropped bad input: {exc}")
 
     # -------------------------------------------------------------- thread
+    # Each worker has its own stop event: one that overran stop()'s timeout still ends
+    # after its frame even when a new worker starts (re-activation).
     def start(self) -> None:
         """Start the worker thread."""
-        self._stop.clear()
+        self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name="panoptic_depthlab_worker", daemon=True
+            target=self._run, args=(self._stop,), name="panoptic_depthlab_worker", daemon=True
         )
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether a worker thread of this pipeline (even a stopped one) is still alive."""
+        return any(t is not None and t.is_alive() for t in (self._thread, self._stopped))
 
     def stop(self, timeout: float = 30.0) -> int:
         """Stop the worker (after its current frame) and drop a waiting frame; returns drops."""
@@ -307,21 +358,21 @@ class Pipeline:
         self._mailbox.wake()
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
+            self._stopped, self._thread = self._thread, None
         dropped = self._mailbox.clear()
         if dropped:
             self.stats.add("dropped_overload", dropped)
         return dropped
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             frame = self._mailbox.take(timeout=0.25)
-            if frame is None or self._stop.is_set():
+            if frame is None or stop.is_set():
                 continue
             try:
                 self.process(frame)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything one frame does
-                if self._stop.is_set():
+                if stop.is_set():
                     break
                 self.stats.add("errors")
                 try:
@@ -336,7 +387,17 @@ class Pipeline:
         """Convert, predict and publish one frame (in the worker thread)."""
         start = time.perf_counter()
         settings, postprocess = self._config
-        if not self.outputs.any_wanted():
+        camera_k = self.camera_k  # one K for the centroids, markers and points of this frame
+        wanted = self.outputs.wanted_names()
+        if camera_k is None and wanted & OUTPUTS_3D:
+            wanted -= OUTPUTS_3D
+            if not self._said_no_camera_info:
+                self._said_no_camera_info = True
+                self._log_info(
+                    "markers and points are subscribed but no valid camera_info has arrived "
+                    "yet: they are published once it has (logged once)"
+                )
+        if not wanted:
             self.stats.add("skipped_no_subscribers")
             return
         try:
@@ -350,12 +411,12 @@ class Pipeline:
         converted = time.perf_counter()
         self.predictor.postprocess = postprocess  # only this thread touches the predictor
         try:
-            result = self.predictor.predict(image, camera_k=self.camera_k)
+            result = self.predictor.predict(image, camera_k=camera_k)
         except InputError as exc:
             self.reject(exc)
             return
         predicted = time.perf_counter()
-        self._publish(frame.message.header, image, result, settings)
+        self._publish(frame.message.header, image, result, settings, wanted, camera_k)
         done = time.perf_counter()
         t = result.timings
         self.stats.record(
@@ -373,11 +434,20 @@ class Pipeline:
         self.stats.add("processed")
 
     def _publish(
-        self, header: Header, image: np.ndarray, result: Any, settings: NodeSettings
+        self,
+        header: Header,
+        image: np.ndarray,
+        result: Any,
+        settings: NodeSettings,
+        wanted: set[str],
+        camera_k: np.ndarray | None,
     ) -> None:
-        """Every output with a subscriber, each stamped with the input's header."""
-        pubs, wanted = self.outputs.publishers, self.outputs.wanted
-        if wanted("segments"):
+        """The ``wanted`` outputs, each stamped with the input's header (frame and stamp).
+
+        Lifecycle publishers drop what a frame still in flight publishes after deactivate.
+        """
+        pubs = self.outputs.publishers
+        if "segments" in wanted:
             pubs["segments"].publish(
                 segments_to_msg(
                     result,
@@ -387,21 +457,42 @@ class Pipeline:
                     point_cls=Point,
                 )
             )
-        if wanted("panoptic"):
+        if "markers" in wanted and camera_k is not None:
+            specs = segment_markers(
+                result, camera_k, near=settings.overlay_near_m, far=settings.overlay_far_m
+            )
+            pubs["markers"].publish(
+                markers_to_msg(specs, header=header, array_cls=MarkerArray, marker_cls=Marker)
+            )
+        if "panoptic" in wanted:
             pubs["panoptic"].publish(
                 array_to_image(Image, result.panoptic, encoding="32SC1", header=header)
             )
-        if wanted("semantic"):
+        if "semantic" in wanted:
             pubs["semantic"].publish(
                 array_to_image(Image, result.semantic, encoding="mono8", header=header)
             )
-        if wanted("depth"):
+        if "depth" in wanted:
             pubs["depth"].publish(
                 array_to_image(
                     Image, depth_for_rep118(result.depth), encoding="32FC1", header=header
                 )
             )
-        if wanted("overlay"):
+        if "points" in wanted and camera_k is not None:
+            cloud = point_cloud(
+                result.depth,
+                result.panoptic,
+                camera_k,
+                class_colors=self.predictor.classes.colors,
+                label_divisor=result.label_divisor,
+                stride=settings.points_stride,
+                organized=settings.points_organized,
+                color_mode=settings.points_color,
+            )
+            pubs["points"].publish(
+                pointcloud_to_msg(cloud, header=header, cloud_cls=PointCloud2, field_cls=PointField)
+            )
+        if "overlay" in wanted:
             picture = overlay(
                 image, result, near=settings.overlay_near_m, far=settings.overlay_far_m
             )
@@ -495,41 +586,180 @@ _IMAGE_OUT_QOS = QoSProfile(
 _SEGMENTS_OUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE
 )
+# Message type and QoS of every output (markers are small records like the segments).
+OUTPUT_TYPES: dict[str, tuple[type, QoSProfile]] = {
+    "segments": (SegmentDepthArray, _SEGMENTS_OUT_QOS),
+    "markers": (MarkerArray, _SEGMENTS_OUT_QOS),
+    "panoptic": (Image, _IMAGE_OUT_QOS),
+    "semantic": (Image, _IMAGE_OUT_QOS),
+    "depth": (Image, _IMAGE_OUT_QOS),
+    "points": (PointCloud2, _IMAGE_OUT_QOS),
+    "overlay": (Image, _IMAGE_OUT_QOS),
+}
 
 
-class PanopticDepthLabNode(Node):
-    """The ROS side: parameters, subscriptions, publishers, diagnostics.
+class PanopticDepthLabNode(LifecycleNodeMixin, Node):
+    """The ROS side: parameters, subscriptions, publishers, diagnostics, lifecycle.
 
     Keyword arguments go to ``rclpy.node.Node`` (``context``, ``parameter_overrides``,
-    ``cli_args``, ``namespace``, ...).  Raises :class:`StartupError` (or
-    :class:`~.parameters.ParameterError`) when it cannot start.
+    ``cli_args``, ``namespace``, ...).  Raises :class:`~.parameters.ParameterError` for
+    bad parameters, and, unless ``managed``, :class:`StartupError` when it cannot start.
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
+        Node.__init__(self, NODE_NAME, **kwargs)
         self.stats = PipelineStats()
         self.pipeline: Pipeline | None = None
         self._inputs: list[Any] = []
         self._destroyed = False
+        self._diagnostics_pub: Publisher | None = None
         self._diagnostics_timer: Any = None
+        self._transition_error: Exception | None = None
+        self._raise_transition_errors = False  # True while an unmanaged node starts itself
         self._last_counts = dict.fromkeys(COUNTERS, 0)
         self._last_report = time.monotonic()
         try:
             self.settings = declare_settings(self)
-            if self.settings.managed:
-                raise StartupError(
-                    "managed:=true (lifecycle mode) is not supported by this version yet; "
-                    "start with managed:=false"
-                )
-            self._configure()
-            self._activate()
         except Exception:
-            self.destroy_node()
+            Node.destroy_node(self)
             raise
+        # The lifecycle state machine, with its services only when someone else drives it.
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=self.settings.managed)
+        if self.settings.managed:
+            self._refuse_invalid_transitions()
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
+        if not self.settings.managed:
+            self._raise_transition_errors = True
+            try:
+                for transition in (self.trigger_configure, self.trigger_activate):
+                    if transition() != TransitionCallbackReturn.SUCCESS:
+                        raise self._transition_error or StartupError("cannot start")
+            except Exception:
+                self.destroy_node()
+                raise
+            finally:
+                self._raise_transition_errors = False
 
-    # ------------------------------------------------------------ lifecycle steps
+    @property
+    def predictor(self) -> Predictor | None:
+        """The loaded model's predictor (None while unconfigured)."""
+        return self.pipeline.predictor if self.pipeline is not None else None
+
+    @property
+    def lifecycle_state(self) -> str:
+        """Label of the current lifecycle state (``unconfigured``, ``inactive``, ``active``...)."""
+        return str(self._state_machine.current_state[1])
+
+    # ------------------------------------------------------------ lifecycle transitions
+    def _refuse_invalid_transitions(self) -> None:
+        """Answer ``success: false`` to a transition the current state does not have.
+
+        rclpy 7.1.6 (Jazzy) raises out of the ChangeState service callback instead, which
+        ends the executor's spin and leaves the caller without an answer
+        (ros2/rclpy#1209, fixed upstream by ros2/rclpy#1319); rclcpp answers false.
+        """
+        service = self._service_change_state
+        handle = service.callback
+
+        def change_state(request: Any, response: Any) -> Any:
+            try:
+                return handle(request, response)
+            except _rclpy.RCLError as exc:
+                self.get_logger().warning(
+                    f"transition {request.transition.id} {request.transition.label!r} is not "
+                    f"possible from state {self.lifecycle_state}: {exc}"
+                )
+                response.success = False
+                return response
+
+        service.callback = change_state
+
+    def _transition(self, name: str, steps: Callable[[], None]) -> TransitionCallbackReturn:
+        """Run one transition's ``steps``; SUCCESS, or why not.
+
+        Our own errors (bad checkpoint, device) are a FAILURE: the transition is refused
+        and the node stays where it was.  Anything else is an ERROR, after which rclpy
+        calls :meth:`on_error`.  The reason is logged (managed) or raised by the
+        constructor (unmanaged); rclpy itself would swallow it without a word.
+        """
+        try:
+            steps()
+        except Exception as exc:  # noqa: BLE001 - see above
+            self._transition_error = exc
+            if not self._raise_transition_errors:
+                self.get_logger().error(f"{name} failed: {type(exc).__name__}: {exc}")
+            if isinstance(exc, PanopticDepthLabError):
+                return TransitionCallbackReturn.FAILURE
+            return TransitionCallbackReturn.ERROR
+        return TransitionCallbackReturn.SUCCESS
+
+    def _managed_entities_do(self, name: str, state: LifecycleState) -> None:
+        """The mixin's own transition: switches the lifecycle publishers on or off."""
+        result = getattr(LifecycleNodeMixin, f"on_{name}")(self, state)
+        if result != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError(f"{name} of the lifecycle publishers returned {result}")
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the checkpoint and create the publishers (inactive until activated)."""
+        self._transition_error = None
+
+        def steps() -> None:
+            try:
+                self._configure()
+                self._managed_entities_do("configure", state)
+            except Exception:
+                self._cleanup()  # nothing half-configured stays behind
+                raise
+
+        return self._transition("configure", steps)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Enable the publishers, then subscribe and start the worker."""
+
+        def steps() -> None:
+            self._managed_entities_do("activate", state)
+            try:
+                self._activate()
+            except Exception:
+                self._deactivate()
+                LifecycleNodeMixin.on_deactivate(self, state)
+                raise
+
+        return self._transition("activate", steps)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Disable the publishers first (an in-flight frame publishes nothing), then stop."""
+
+        def steps() -> None:
+            self._managed_entities_do("deactivate", state)
+            self._deactivate()
+
+        return self._transition("deactivate", steps)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy the publishers and free the model."""
+
+        def steps() -> None:
+            self._cleanup()
+            self._managed_entities_do("cleanup", state)
+
+        return self._transition("cleanup", steps)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything, from whichever primary state."""
+
+        def steps() -> None:
+            self._release()
+            self._managed_entities_do("shutdown", state)
+
+        return self._transition("shutdown", steps)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """After an unexpected error: release everything and go back to unconfigured."""
+        return self._transition("error recovery", self._release)
+
+    # ------------------------------------------------------------ the steps
     def _configure(self) -> None:
         """Load the model and create the publishers."""
         logger = self.get_logger()
@@ -537,18 +767,14 @@ class PanopticDepthLabNode(Node):
         s = self.settings
         enabled = {
             "segments": s.publish_segments,
+            "markers": s.publish_markers,
             "panoptic": s.publish_panoptic,
             "semantic": s.publish_semantic,
             "depth": s.publish_depth,
+            "points": s.publish_points,
             "overlay": s.publish_overlay,
         }
         outputs = Outputs()
-        for name in OUTPUTS:
-            if enabled[name]:
-                msg_type = SegmentDepthArray if name == "segments" else Image
-                qos = _SEGMENTS_OUT_QOS if name == "segments" else _IMAGE_OUT_QOS
-                outputs.publishers[name] = self.create_publisher(msg_type, f"~/{name}", qos)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.pipeline = Pipeline(
             predictor,
             outputs=outputs,
@@ -556,6 +782,16 @@ class PanopticDepthLabNode(Node):
             stats=self.stats,
             warn_bad_input=WarningThrottle(logger.warning),
             log_error=WarningThrottle(logger.error),
+            log_info=logger.info,
+        )
+        for name in OUTPUTS:
+            if enabled[name]:
+                msg_type, qos = OUTPUT_TYPES[name]
+                outputs.publishers[name] = self.create_lifecycle_publisher(
+                    msg_type, f"~/{name}", qos
+                )
+        self._diagnostics_pub = self.create_lifecycle_publisher(
+            DiagnosticArray, "/diagnostics", 10
         )
 
     def _activate(self) -> None:
@@ -578,7 +814,10 @@ class PanopticDepthLabNode(Node):
         )
 
     def _deactivate(self) -> None:
-        """Stop taking frames; a frame still waiting is dropped (and counted)."""
+        """Stop taking frames; a frame still waiting is dropped (and counted).
+
+        Waits for the frame being inferred, if any (its outputs go nowhere).
+        """
         for sub in self._inputs:
             self.destroy_subscription(sub)
         self._inputs = []
@@ -587,23 +826,46 @@ class PanopticDepthLabNode(Node):
             self._diagnostics_timer = None
         if self.pipeline is not None:
             self.pipeline.stop()
+            if self.pipeline.running:
+                self.get_logger().warning(
+                    "the worker is still inferring a frame after the stop timeout; it ends "
+                    "with that frame, whose outputs are dropped"
+                )
 
     def _cleanup(self) -> None:
-        """Free the model and the publishers."""
-        if self.pipeline is not None:
-            for pub in self.pipeline.outputs.publishers.values():
-                self.destroy_publisher(pub)
-            self.destroy_publisher(self._diagnostics_pub)
-            self.pipeline = None
+        """Destroy the publishers and free the model (and the GPU memory it cached)."""
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            for pub in pipeline.outputs.publishers.values():
+                self.destroy_lifecycle_publisher(pub)
+            pipeline.outputs.publishers.clear()
+            on_cuda = pipeline.predictor.device.type == "cuda"
+            del pipeline
+            gc.collect()  # the model's tensors go now, not at some later collection
+            if on_cuda:
+                torch.cuda.empty_cache()
+        if self._diagnostics_pub is not None:
+            self.destroy_lifecycle_publisher(self._diagnostics_pub)
+            self._diagnostics_pub = None
+
+    def _release(self) -> None:
+        """Deactivate and clean up, whatever the state (idempotent)."""
+        self._deactivate()
+        self._cleanup()
 
     def destroy_node(self) -> None:
-        """Stop the worker before the publishers it uses go away (safe to call twice)."""
+        """Shut down (stopping the worker before its publishers go); safe to call twice."""
         if self._destroyed:
             return
         self._destroyed = True
-        self._deactivate()
-        self._cleanup()
-        super().destroy_node()
+        machine = getattr(self, "_state_machine", None)
+        if machine is not None and machine.current_state[1] in ("unconfigured", "inactive", "active"):
+            try:
+                self.trigger_shutdown()
+            except Exception:  # noqa: BLE001 - e.g. the context is gone: release directly below
+                pass
+        self._release()
+        Node.destroy_node(self)
 
     # ------------------------------------------------------------ callbacks (thin)
     def _on_image(self, msg: Image) -> None:
@@ -651,8 +913,10 @@ class PanopticDepthLabNode(Node):
         changes = {p.name: p.value for p in params}
         reason = check_update(self.settings, changes)
         if reason is None:
+            pipeline = self.pipeline
+            base = pipeline.base_postprocess if pipeline is not None else PostprocessConfig()
             try:
-                self.settings.replace(changes).postprocess(PostprocessConfig())
+                self.settings.replace(changes).postprocess(base)
             except ValueError as exc:
                 reason = str(exc)
         return SetParametersResult(successful=reason is None, reason=reason or "")
@@ -680,7 +944,7 @@ class PanopticDepthLabNode(Node):
         if delta["errors"]:
             problems.append(f"{delta['errors']} frames failed")
         if self.pipeline is not None and self.pipeline.camera_k is None:
-            camera = "no camera_info (centroids NaN)"
+            camera = "no camera_info (centroids NaN, no markers or points)"
         else:
             camera = "camera_info ok"
         message = f"{rate:.1f} Hz processed, {camera}" + (
@@ -701,6 +965,8 @@ class PanopticDepthLabNode(Node):
             hardware_id=str(self.pipeline.predictor.device) if self.pipeline else "",
             values=values,
         )
+        if self._diagnostics_pub is None:
+            return
         self._diagnostics_pub.publish(
             DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
         )

@@ -5,6 +5,10 @@ choices, run-time changeable or not); ``config/panoptic_depthlab.yaml`` holds th
 same keys with the same defaults (a test checks both ways).  The node declares
 the table, reads it once into a typed :class:`NodeSettings`, and only the
 ``dynamic`` entries (fusion thresholds, overlay colours) change afterwards.
+
+The fusion parameters default to :data:`FROM_CHECKPOINT` (-1): the checkpoint's own
+post-processing settings (saved with the model, e.g. a small ``stuff_area`` for a
+model trained on small images) stay in force unless a value is given explicitly.
 """
 
 from __future__ import annotations
@@ -12,19 +16,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
-from ..errors import PanopticDepthLabError
+from ..checkpoint import bundled_checkpoint
+from ..errors import CheckpointError, PanopticDepthLabError
 from ..postprocess import PostprocessConfig
 
 Value = bool | int | float | str
 
-# Where ``checkpoint: ""`` points: the demo model shipped inside the package.
-DEMO_CHECKPOINT = ("data", "demo.safetensors")
+# A fusion parameter at this value (any negative value) uses the checkpoint's own setting.
+FROM_CHECKPOINT = -1
+# Parameters that map one to one onto PostprocessConfig fields of the same name.
+FUSION = ("center_threshold", "nms_kernel", "top_k", "stuff_area", "depth_erosion_px")
 
 
 class ParameterError(PanopticDepthLabError, ValueError):
@@ -80,6 +86,7 @@ class ParameterSpec:
 
 
 _OUTPUT = "Publish ~/{0} ({1}); an output without subscribers costs nothing."
+_CKPT = " -1 = the checkpoint's own value (saved with the model)."
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # Model
@@ -148,38 +155,38 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     # Fusion
     ParameterSpec(
         "center_threshold",
-        0.1,
-        "Instance center heatmap values at or below this are not centers.",
-        bounds=(0.0, 1.0),
+        -1.0,
+        "Instance center heatmap values at or below this (0..1) are not centers;" + _CKPT,
+        bounds=(-1.0, 1.0),
         dynamic=True,
     ),
     ParameterSpec(
         "nms_kernel",
-        7,
-        "Max-pool window (odd) of the center non-maximum suppression.",
-        bounds=(1, 31, 2),
+        -1,
+        "Max-pool window (odd) of the center non-maximum suppression;" + _CKPT,
+        bounds=(-1, 31, 2),
         dynamic=True,
     ),
     ParameterSpec(
         "top_k",
-        200,
-        "At most top_k - 1 instance centers per image.",
-        bounds=(1, 1000),
+        -1,
+        "At most top_k - 1 instance centers per image (top_k >= 1);" + _CKPT,
+        bounds=(-1, 1000),
         dynamic=True,
     ),
     ParameterSpec(
         "stuff_area",
-        2048,
-        "Stuff classes with fewer pixels become void (pixels at the input size).",
-        bounds=(0, 1 << 30),
+        -1,
+        "Stuff classes with fewer pixels become void (pixels at the input size);" + _CKPT,
+        bounds=(-1, 1 << 30),
         dynamic=True,
     ),
     ParameterSpec(
         "depth_erosion_px",
-        0,
+        -1,
         "Erode each segment by this many pixels before its depth "
-        "statistics (edges bleed depth from neighbours).",
-        bounds=(0, 64),
+        "statistics (edges bleed depth from neighbours);" + _CKPT,
+        bounds=(-1, 64),
         dynamic=True,
     ),
     # Overlay
@@ -215,33 +222,50 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "publish_markers",
         True,
-        _OUTPUT.format("markers", "MarkerArray of segment labels and boxes"),
+        _OUTPUT.format(
+            "markers",
+            "visualization_msgs/MarkerArray in the image's frame: per segment a text "
+            "'label 12.3 m' at its 3D centroid coloured on the overlay's near/far scale, "
+            "per thing a translucent box over its 5th-95th percentile 3D extent; a DELETEALL "
+            "first; only with camera_info",
+        ),
     ),
     ParameterSpec(
         "publish_points",
         True,
-        _OUTPUT.format("points", "PointCloud2 of the segments, needs camera_info"),
+        _OUTPUT.format(
+            "points",
+            "sensor_msgs/PointCloud2: the depth map back-projected through camera_info's K "
+            "(REP 103 optical frame), fields x y z float32, rgb packed float32, label int32 "
+            "panoptic id; only with camera_info",
+        ),
     ),
     ParameterSpec(
-        "points_stride", 4, "Take every n-th pixel in each direction for ~/points.", bounds=(1, 64)
+        "points_stride",
+        4,
+        "~/points uses every n-th pixel in each direction (1 = every pixel).",
+        bounds=(1, 64),
     ),
     ParameterSpec(
         "points_organized",
         False,
-        "~/points as an organized cloud (NaN for invalid pixels) instead of only valid points.",
+        "true: ~/points keeps the (strided) image grid with NaN x/y/z where depth is invalid; "
+        "false: only points with valid depth (height 1, is_dense).",
     ),
     ParameterSpec(
         "points_color",
         "class",
-        "Colour ~/points by class or by instance.",
+        "rgb of ~/points: class (the checkpoint's class colours) or instance (each thing a "
+        "fixed colour derived from its panoptic id, stuff in its class colour).",
         choices=("class", "instance"),
     ),
     # Running
     ParameterSpec(
         "managed",
         False,
-        "Run as a lifecycle (managed) node that waits for configure/activate "
-        "instead of starting active.",
+        "true: a lifecycle (managed) node that starts unconfigured and follows "
+        "~/change_state (configure, activate, deactivate, cleanup, shutdown); false: "
+        "configures and activates itself at start, without lifecycle services.",
     ),
     ParameterSpec(
         "diagnostics_period_s",
@@ -306,15 +330,13 @@ class NodeSettings:
         return dataclasses.replace(self, **changes)
 
     def postprocess(self, base: PostprocessConfig) -> PostprocessConfig:
-        """Return ``base`` (the checkpoint's) with the node's fusion parameters on top."""
-        return dataclasses.replace(
-            base,
-            center_threshold=self.center_threshold,
-            nms_kernel=self.nms_kernel,
-            top_k=self.top_k,
-            stuff_area=self.stuff_area,
-            depth_erosion_px=self.depth_erosion_px,
-        )
+        """Return ``base`` (the checkpoint's) with the fusion parameters that are set on top.
+
+        A parameter at :data:`FROM_CHECKPOINT` (negative) keeps ``base``'s value.
+        Raises ``ValueError`` for a combination PostprocessConfig refuses.
+        """
+        overrides = {name: getattr(self, name) for name in FUSION if getattr(self, name) >= 0}
+        return dataclasses.replace(base, **overrides)
 
 
 def check_values(settings: NodeSettings) -> str | None:
@@ -323,6 +345,8 @@ def check_values(settings: NodeSettings) -> str | None:
         value = getattr(settings, spec.name)
         if spec.choices and value not in spec.choices:
             return f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
+    if settings.top_k == 0:
+        return "top_k must be at least 1, or -1 for the checkpoint's value"
     if not (
         math.isfinite(settings.overlay_near_m) and settings.overlay_far_m > settings.overlay_near_m
     ):
@@ -348,11 +372,6 @@ def check_update(current: NodeSettings, changes: dict[str, Any]) -> str | None:
     return check_values(current.replace(changes))
 
 
-def demo_checkpoint_path() -> Path:
-    """Return the bundled demo checkpoint's path (it may not exist)."""
-    return Path(str(resources.files("panoptic_depthlab_ros").joinpath(*DEMO_CHECKPOINT)))
-
-
 def resolve_checkpoint(value: str) -> Path:
     """Return the model file to load: ``value``, or the bundled demo checkpoint when empty.
 
@@ -364,11 +383,11 @@ def resolve_checkpoint(value: str) -> Path:
         if not path.is_file():
             raise ParameterError(f"checkpoint {str(path)!r} does not exist or is not a file")
         return path
-    path = demo_checkpoint_path()
-    if not path.is_file():
+    try:
+        return bundled_checkpoint()
+    except CheckpointError as exc:
         raise ParameterError(
-            f"checkpoint is empty, which selects the bundled demo checkpoint {str(path)!r}, "
+            f"checkpoint is empty, which selects the bundled demo checkpoint {str(exc.path)!r}, "
             "but that file does not exist in this installation; "
             "set checkpoint:=/path/to/model.safetensors"
-        )
-    return path
+        ) from exc
