@@ -105,8 +105,9 @@ def test_devices() -> None:
 
 
 def test_folded_batchnorm_matches(tiny_checkpoint: Path) -> None:
-    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", optimize=False)
     model = predictor.network
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     for m in model.modules():  # give BN non-trivial statistics first
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.fill_(1.7)
@@ -117,3 +118,10 @@ def test_folded_batchnorm_matches(tiny_checkpoint: Path) -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     for k in a:
         assert float((a[k] - b[k]).abs().max()) < 1e-4 * max(1.0, float(a[k].abs().max())), k
+    # The default predictor runs the folded network and gives the same result as the plain one.
+    optimized = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in optimized.network.modules())
+    plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", optimize=False)
+    ra, rb = plain.predict(_image()), optimized.predict(_image())
+    np.testing.assert_array_equal(ra.panoptic, rb.panoptic)
+    np.testing.assert_allclose(ra.depth, rb.depth, rtol=1e-4)
