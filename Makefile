@@ -57,6 +57,10 @@ setup: $(BUILD_STAMP)
 test: setup
 	$(PY) -m pytest
 
+# The main job on the bundled default: the real node on the demo bag -> demo_output/.
+demo: setup
+	$(PY) -m panoptic_depthlab_ros.ros.demo --bag data/demo_bag --out demo_output
+
 lint: setup
 	$(PY) -m ruff check panoptic_depthlab_ros training bench test
 	$(PY) -m ruff format --check panoptic_depthlab_ros training bench test

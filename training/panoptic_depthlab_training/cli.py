@@ -1,4 +1,4 @@
-"""Command line ``panoptic-depthlab-training``: synth, verify-cityscapes, train, evaluate.
+"""Command line ``panoptic-depthlab-training``: synth, demo-bag, verify-cityscapes, train, evaluate.
 
 Exit codes: 0 success; 1 a broken dataset (the verification report is printed);
 2 a bad config, checkpoint or argument.
@@ -17,6 +17,7 @@ from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from . import evaluate as evaluate_cmd
 from . import train as train_cmd
 from .cityscapes import GT_SPLITS, SPLITS, DatasetError, verify_cityscapes
+from .demo_bag import write_demo_bag
 from .synth import synth_main
 
 
@@ -24,6 +25,13 @@ def _synth(args: argparse.Namespace) -> int:
     return synth_main(
         args.out, args.train, args.val, args.seed, args.height, args.width, city=args.city, workers=args.workers
     )
+
+
+def _demo_bag(args: argparse.Namespace) -> int:
+    out = write_demo_bag(args.out, frames=args.frames, fps=args.fps, seed=args.seed, height=args.height,
+                         width=args.width, speed_mps=args.speed, overwrite=args.overwrite)
+    print(f"wrote {out}: {args.frames} frames at {args.fps:g} Hz on /camera/image_raw + /camera/camera_info")
+    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -49,6 +57,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--city", default="synthcity")
     p.add_argument("--workers", type=int, default=1, help="rendering processes")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("demo-bag", help="a ROS 2 bag (MCAP) of a synthetic drive: Image + CameraInfo at 10 Hz")
+    p.add_argument("out", type=Path, help="output bag directory")
+    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--height", type=int, default=192)
+    p.add_argument("--width", type=int, default=384)
+    p.add_argument("--speed", type=float, default=8.0, help="ego speed, m/s")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_demo_bag)
 
     p = sub.add_parser("verify-cityscapes", help="check that every file of a Cityscapes tree exists and reads")
     p.add_argument("root", type=Path)
@@ -84,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         print(f"panoptic-depthlab-training {args.command}: {exc}", file=sys.stderr)
         return 1
-    except (PanopticDepthLabError, FileNotFoundError) as exc:
+    except (PanopticDepthLabError, FileNotFoundError, FileExistsError) as exc:
         print(f"panoptic-depthlab-training {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

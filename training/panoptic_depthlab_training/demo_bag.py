@@ -1,6 +1,6 @@
 """A short ROS 2 bag of a synthetic drive: the demo input (no ROS install needed).
 
-``panoptic-depthlab-training demo-bag OUT [--frames 40] [--fps 10] [--seed 7]``
+``panoptic-depthlab-training demo-bag OUT [--frames 30] [--fps 10] [--seed 7]``
 writes ``sensor_msgs/Image`` (rgb8) on ``/camera/image_raw`` and the matching
 ``sensor_msgs/CameraInfo`` on ``/camera/camera_info`` (same stamp and
 ``camera_optical_frame``), rendered by :mod:`synth` with the camera driving
@@ -27,8 +27,8 @@ START_NS = 1_767_225_600_000_000_000
 
 
 def write_demo_bag(
-    out: str | Path, *, frames: int = 40, fps: float = 10.0, seed: int = 7, height: int = 256,
-    width: int = 512, speed_mps: float = 8.0, overwrite: bool = False, progress: bool = True,
+    out: str | Path, *, frames: int = 30, fps: float = 10.0, seed: int = 7, height: int = 192,
+    width: int = 384, speed_mps: float = 8.0, overwrite: bool = False, progress: bool = True,
 ) -> Path:
     """Render ``frames`` frames of one synthetic street and write them as a bag directory ``out``."""
     out = Path(out)
