@@ -79,26 +79,29 @@ def message_stage(result, image_bgr: np.ndarray) -> float:
     from panoptic_depthlab_ros.visualize import overlay
 
     try:
-        from geometry_msgs.msg import Point
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import Header
+        from geometry_msgs import msg as geometry
+        from sensor_msgs import msg as sensor
+        from std_msgs import msg as std
 
-        from panoptic_depthlab_ros.msg import SegmentDepth, SegmentDepthArray
+        from panoptic_depthlab_ros import msg as ours
+
+        cls = {"image": sensor.Image, "header": std.Header, "point": geometry.Point,
+               "segment": ours.SegmentDepth, "array": ours.SegmentDepthArray}
     except ImportError:  # pip install without ROS: rosbags' classes behave the same
         from panoptic_depthlab_ros.bag import typestore_with_our_messages
 
         t = typestore_with_our_messages().types
-        Image, Header, Point = t["sensor_msgs/msg/Image"], t["std_msgs/msg/Header"], t["geometry_msgs/msg/Point"]
-        SegmentDepth = t["panoptic_depthlab_ros/msg/SegmentDepth"]
-        SegmentDepthArray = t["panoptic_depthlab_ros/msg/SegmentDepthArray"]
+        cls = {"image": t["sensor_msgs/msg/Image"], "header": t["std_msgs/msg/Header"],
+               "point": t["geometry_msgs/msg/Point"], "segment": t["panoptic_depthlab_ros/msg/SegmentDepth"],
+               "array": t["panoptic_depthlab_ros/msg/SegmentDepthArray"]}
     t0 = time.perf_counter()
-    header = Header()
-    conversions.array_to_image(Image, result.panoptic, encoding="32SC1", header=header)
-    conversions.array_to_image(Image, result.semantic, encoding="mono8", header=header)
-    conversions.array_to_image(Image, conversions.depth_for_rep118(result.depth), encoding="32FC1", header=header)
-    conversions.segments_to_msg(result, header=header, array_cls=SegmentDepthArray, segment_cls=SegmentDepth,
-                                point_cls=Point)
-    conversions.array_to_image(Image, overlay(image_bgr, result), encoding="bgr8", header=header)
+    header, image = cls["header"](), cls["image"]
+    conversions.array_to_image(image, result.panoptic, encoding="32SC1", header=header)
+    conversions.array_to_image(image, result.semantic, encoding="mono8", header=header)
+    conversions.array_to_image(image, conversions.depth_for_rep118(result.depth), encoding="32FC1", header=header)
+    conversions.segments_to_msg(result, header=header, array_cls=cls["array"], segment_cls=cls["segment"],
+                                point_cls=cls["point"])
+    conversions.array_to_image(image, overlay(image_bgr, result), encoding="bgr8", header=header)
     return time.perf_counter() - t0
 
 

@@ -106,11 +106,12 @@ class Probe:
 
     def __init__(self, context, outputs: tuple[str, ...]) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from panoptic_depthlab_ros.msg import SegmentDepthArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
+
+        from panoptic_depthlab_ros.msg import SegmentDepthArray
 
         self.node = Node("bench_probe", context=context)
         self.arrivals: dict[tuple[str, int], float] = {}

@@ -155,7 +155,7 @@ def replay_bag(
                 if conn.id != img_conn.id:
                     continue
                 bar.update(1)
-                msg = ts.deserialize_cdr(raw, conn.msgtype)
+                msg: Any = ts.deserialize_cdr(raw, conn.msgtype)
                 try:
                     image = (conversions.compressed_to_bgr(msg) if conn.msgtype.endswith("CompressedImage")
                              else conversions.image_to_bgr(msg))
@@ -198,7 +198,7 @@ def _storage_of(bag: Path) -> StoragePlugin:
 
 def _copy_connection(writer: Writer, conn: Connection, ts: Typestore) -> Connection:
     """Same topic, type, definition and QoS as the input connection."""
-    qos = conn.ext.offered_qos_profiles if hasattr(conn.ext, "offered_qos_profiles") else []
+    qos = getattr(conn.ext, "offered_qos_profiles", [])
     if conn.msgdef.data and conn.digest.startswith("RIHS01_"):
         return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
                                      offered_qos_profiles=qos)

@@ -156,7 +156,7 @@ def _video(path: Path, out: Path, predictor: Predictor, near: float, far: float,
                 written, ov = write_frame_outputs(out, f"{path.stem}_{index:06d}", frame, predictor.predict(frame),
                                                   predictor.classes, near=near, far=far)
                 if writer is None:
-                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter.fourcc(*"mp4v"), fps,
                                              (ov.shape[1], ov.shape[0]))
                 writer.write(ov)
                 summary.frames += 1

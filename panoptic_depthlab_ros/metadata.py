@@ -83,7 +83,7 @@ def cityscapes_metadata() -> ClassMetadata:
     train = sorted((lab for lab in _CITYSCAPES_LABELS if 0 <= lab.trainId < 255), key=lambda lab: lab.trainId)
     return ClassMetadata(
         names=tuple(lab.name for lab in train),
-        colors=tuple(tuple(lab.color) for lab in train),  # type: ignore[misc]
+        colors=tuple((int(lab.color[0]), int(lab.color[1]), int(lab.color[2])) for lab in train),
         thing_ids=tuple(lab.trainId for lab in train if lab.hasInstances),
         dataset_ids=tuple(lab.id for lab in train),
         label_divisor=1000,

@@ -70,7 +70,7 @@ class Predictor:
             network = fold_batchnorm(network)
             self.channels_last = self.device.type == "cuda"
             if self.channels_last:
-                network = network.to(memory_format=torch.channels_last)
+                network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = network
         self.model_config = model_config
         self.classes = classes
@@ -125,8 +125,10 @@ class Predictor:
         return {k: v.float() for k, v in out.items()}
 
     def _to_input_size(self, out: dict[str, Tensor], prep: Prepared) -> dict[str, Tensor]:
-        """Crop the padding and resize back to the caller's image size (Detectron2's
-        ``sem_seg_postprocess``); offsets are rescaled when the image was resized."""
+        """Crop the padding and resize back to the caller's image size.
+
+        Detectron2's ``sem_seg_postprocess``; offsets are also rescaled when the image was resized.
+        """
         res = {k: crop_and_resize(v[0], prep.network_size, prep.input_size) for k, v in out.items()}
         if prep.resized:
             sy = prep.input_size[0] / prep.network_size[0]
@@ -135,8 +137,11 @@ class Predictor:
         return res
 
     def raw(self, image: np.ndarray) -> dict[str, Tensor]:
-        """Network outputs at the input resolution: ``sem_seg`` [C,H,W] logits,
-        ``center`` [1,H,W], ``offset`` [2,H,W] (dy, dx) pixels, ``depth`` [1,H,W] meters."""
+        """Network outputs at the input resolution.
+
+        ``sem_seg`` [C,H,W] logits, ``center`` [1,H,W], ``offset`` [2,H,W] (dy, dx) pixels,
+        ``depth`` [1,H,W] meters.
+        """
         prep = self._prepare(image)
         with torch.inference_mode():
             return self._to_input_size(self._network(prep.tensor), prep)

@@ -108,7 +108,8 @@ def overlay(
             depth = "?" if math.isnan(seg.depth_mean) else f"{seg.depth_mean:.1f} m"
             text = f"{seg.label} {depth}"
             (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 1)
-            org = (int(np.clip(x - tw / 2, 0, max(0, image.shape[1] - tw))), int(np.clip(y + th / 2, th, image.shape[0] - 1)))
+            org = (int(np.clip(x - tw / 2, 0, max(0, image.shape[1] - tw))),
+                   int(np.clip(y + th / 2, th, image.shape[0] - 1)))
             _text(out, text, org, 0.45 * scale, (255, 255, 255))
     if legend:
         _legend(out, near, far, max(0.6, image.shape[1] / 1200.0))

@@ -20,9 +20,10 @@ OUTPUT_NAMES = ("segments", "panoptic", "semantic", "depth", "overlay")
 
 def output_type(name: str):
     """Message class of output ``name``."""
-    from panoptic_depthlab_ros.msg import SegmentDepthArray
     from sensor_msgs.msg import Image, PointCloud2
     from visualization_msgs.msg import MarkerArray
+
+    from panoptic_depthlab_ros.msg import SegmentDepthArray
 
     return {"segments": SegmentDepthArray, "markers": MarkerArray, "points": PointCloud2}.get(
         name, Image

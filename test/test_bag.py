@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from conftest import REPO
 from panoptic_depthlab_ros.bag import BagError, replay_bag, typestore_with_our_messages
 from panoptic_depthlab_ros.predictor import Predictor
 
@@ -104,7 +104,8 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
 
 def test_missing_topic_lists_topics(tmp_path: Path, predictor: Predictor) -> None:
     src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=1)
-    with pytest.raises(BagError, match=r"no topic '/camera/image_raw'; the bag has: /cam/image \[sensor_msgs/msg/Image\]"):
+    expected = r"no topic '/camera/image_raw'; the bag has: /cam/image \[sensor_msgs/msg/Image\]"
+    with pytest.raises(BagError, match=expected):
         replay_bag(src, tmp_path / "out", predictor=predictor, image_topic="/camera/image_raw", progress=False)
     assert not (tmp_path / "out").exists()
 

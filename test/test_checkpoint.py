@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import FIXTURES
 from panoptic_depthlab_ros.checkpoint import (
     convert_detectron2,
     load_checkpoint,
     load_state_dict_checked,
     read_detectron2_weights,
-    save_checkpoint,
 )
 from panoptic_depthlab_ros.errors import CheckpointError
 from panoptic_depthlab_ros.metadata import cityscapes_metadata

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+
 from conftest import REPO
 from node_utils import image_msg, random_image
-
 from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
 from panoptic_depthlab_ros.ros.conversions import (
@@ -275,9 +275,10 @@ def _assert_segment_equal(msg, seg: SegmentDepth) -> None:
 
 def test_segments_to_msg_rclpy() -> None:
     from geometry_msgs.msg import Point
+    from std_msgs.msg import Header
+
     from panoptic_depthlab_ros.msg import SegmentDepth as SegmentMsg
     from panoptic_depthlab_ros.msg import SegmentDepthArray
-    from std_msgs.msg import Header
 
     result = _result()
     header = Header(frame_id="cam")
@@ -316,10 +317,11 @@ def test_segments_to_msg_rosbags_classes_serialize_like_rclpy(rosbags_types) -> 
     """The bag tools' path: the same function fills rosbags dataclasses, and their
     CDR bytes deserialize in rclpy to the message rclpy's own classes give."""
     from geometry_msgs.msg import Point
-    from panoptic_depthlab_ros.msg import SegmentDepth as SegmentMsg
-    from panoptic_depthlab_ros.msg import SegmentDepthArray
     from rclpy.serialization import deserialize_message
     from std_msgs.msg import Header
+
+    from panoptic_depthlab_ros.msg import SegmentDepth as SegmentMsg
+    from panoptic_depthlab_ros.msg import SegmentDepthArray
 
     t = rosbags_types.types
     header = t["std_msgs/msg/Header"](

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import cv2
-from conftest import REPO
 from rosbags.rosbag2 import Reader
 
+from conftest import REPO
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint
 
 

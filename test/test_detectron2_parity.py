@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
 
+from conftest import FIXTURES
 from panoptic_depthlab_ros.checkpoint import DEPTH_PREFIX, load_detectron2
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.model import ModelConfig, build_model

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, REPO
 
+from conftest import FIXTURES, REPO
 from panoptic_depthlab_ros.checkpoint import convert_detectron2
 from panoptic_depthlab_ros.errors import CheckpointError
 from panoptic_depthlab_ros.export import ExportError, export_model

@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
-
 import panoptic_depthlab_ros
+from conftest import REPO
 
 
 def _core_modules() -> list[str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from conftest import REPO
 
+from conftest import REPO
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm
 from panoptic_depthlab_ros.predictor import Predictor
 

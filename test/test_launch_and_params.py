@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from conftest import REPO
 from node_utils import NodeHarness, image_msg, random_image
-
 from panoptic_depthlab_ros.ros.parameters import DYNAMIC, PARAMETERS, SPECS, NodeSettings
 
 LAUNCH = REPO / "launch" / "panoptic_depthlab.launch.py"

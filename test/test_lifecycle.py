@@ -11,6 +11,7 @@ import time
 import weakref
 
 import pytest
+
 from node_utils import (
     NodeHarness,
     child_env,
@@ -169,11 +170,12 @@ def test_installed_executable_managed_and_clean_shutdown(ros_context, tiny_check
     answer a frame, exit 0 on Ctrl-C."""
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState
-    from panoptic_depthlab_ros.msg import SegmentDepthArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
+
+    from panoptic_depthlab_ros.msg import SegmentDepthArray
 
     proc = subprocess.Popen(
         [str(installed_executable()), "--ros-args", "-p", f"checkpoint:={tiny_checkpoint}",

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from node_utils import NodeHarness, camera_info_msg, image_msg, random_image, stamp_of
 
+from node_utils import NodeHarness, camera_info_msg, image_msg, random_image, stamp_of
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.visualize import depth_to_bgr
 

@@ -3,11 +3,13 @@ real rclpy (loopback, test-unique domain) with every field intact."""
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
-from conftest import REPO, spin_until
-from rosbags.typesys import get_types_from_msg
 from rosbags.interfaces import Nodetype
+from rosbags.typesys import get_types_from_msg
+
+from conftest import REPO, spin_until
 
 # rosbags' parser names builtins the .msg way; rosidl's introspection another.
 _ROSIDL_NAME = {"float32": "float", "float64": "double", "bool": "boolean"}

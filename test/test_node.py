@@ -14,6 +14,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+
 from node_utils import (
     NodeHarness,
     camera_info_msg,
@@ -23,7 +24,6 @@ from node_utils import (
     random_image,
     stamp_of,
 )
-
 from panoptic_depthlab_ros.visualize import overlay
 
 # The fusion parameters stay at -1: the tiny checkpoint's own settings apply (its
@@ -443,11 +443,12 @@ def test_worker_stops_with_the_node(ros_context, tiny_checkpoint) -> None:
 
 
 def test_installed_executable_answers_and_warns(ros_context, tiny_checkpoint) -> None:
-    from panoptic_depthlab_ros.msg import SegmentDepthArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
+
+    from panoptic_depthlab_ros.msg import SegmentDepthArray
 
     proc = subprocess.Popen(
         [

@@ -141,7 +141,8 @@ def ref_stats(pan, depth, k, erosion):
             z = depth[use].astype(np.float64)
             rec.update(mean=d.mean(), median=d[(len(d) - 1) // 2], min=d[0], std=d.std(),
                        robust=d[cut:len(d) - cut].mean(),
-                       centroid=(((ux - k[0, 2]) * z / k[0, 0]).mean(), ((uy - k[1, 2]) * z / k[1, 1]).mean(), z.mean()))
+                       centroid=(((ux - k[0, 2]) * z / k[0, 0]).mean(), ((uy - k[1, 2]) * z / k[1, 1]).mean(),
+                                 z.mean()))
         out[int(sid)] = rec
     return out
 
@@ -194,3 +195,159 @@ def test_erosion_shrinks_by_radius_but_not_at_image_border() -> None:
     assert er[3:6, 3:6].all() and not er[2, 2:7].any()
     assert not er[1, 1:8].any()  # background next to the square erodes too
     assert er[0, :].all() and er[1, 0]  # the image border is not a boundary
+
+
+# --- The fast paths (issue 3): each is checked against the slow, obvious computation.
+
+
+def ref_centers(heat: torch.Tensor, threshold: float, nms_kernel: int, top_k: int | None) -> torch.Tensor:
+    """Detectron2's find_instance_center: threshold to -1, max-pool NMS, top-k."""
+    heat = torch.nn.functional.threshold(heat, threshold, -1.0)
+    pooled = torch.nn.functional.max_pool2d(heat[None], nms_kernel, stride=1, padding=nms_kernel // 2)[0]
+    heat = torch.where(heat == pooled, heat, torch.full_like(heat, -1.0))[0]
+    if top_k is None:
+        return torch.nonzero(heat > 0)
+    kth = torch.topk(heat.flatten(), min(top_k, heat.numel())).values[-1].clamp(min=0)
+    return torch.nonzero(heat > kth)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_centers_equal_detectron2_on_random_heatmaps(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    heat = torch.rand(1, 37, 53, generator=g)
+    if seed % 2:
+        heat = (heat * 4).round() / 4  # plateaus and exact ties
+    heat[0, 5, 5] = float("nan")
+    for threshold in (-0.5, 0.0, 0.3):
+        for kernel in (1, 3, 7, 9):
+            for top_k in (None, 1, 3, 200):
+                ours = find_instance_centers(heat, threshold=threshold, nms_kernel=kernel, top_k=top_k)
+                assert torch.equal(ours, ref_centers(heat, threshold, kernel, top_k)), (threshold, kernel, top_k)
+
+
+def test_semantic_is_torch_argmax_with_ties_and_nan() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(19, 40, 70, generator=g)
+    logits[4, :3] = logits[9, :3] = 50.0  # ties: the lower class wins
+    logits[2, 10, 10] = logits[7, 10, 10] = float("nan")  # NaN counts as the maximum (first NaN)
+    logits[:, 11, 11] = float("nan")
+    out = panoptic_fusion(logits, torch.zeros(1, 40, 70), torch.zeros(2, 40, 70), classes=CLASSES,
+                          config=PostprocessConfig(stuff_area=10))
+    assert out.semantic.dtype == torch.int64 and torch.equal(out.semantic, logits.argmax(0))
+
+
+def test_group_pixels_non_finite_location_goes_to_center_0() -> None:
+    # Detectron2's distance from a NaN/inf location is NaN/inf for every center; argmin -> 0.
+    g = torch.Generator().manual_seed(3)
+    centers = torch.tensor([[10, 10], [30, 40], [5, 60]])
+    offset = torch.randn(2, 40, 64, generator=g) * 10
+    offset[0, 3, 4] = float("nan")
+    offset[1, 20, 30] = float("inf")
+    offset[0, 21, 30] = -float("inf")
+    mask = torch.ones(40, 64, dtype=torch.bool)
+    ours = group_pixels(centers, offset, mask)
+    assert ours[3, 4] == 1 and ours[20, 30] == 1 and ours[21, 30] == 1
+    assert torch.equal(ours, ref_group(centers, offset, mask))
+
+
+def test_group_pixels_does_not_depend_on_the_cell_size() -> None:
+    g = torch.Generator().manual_seed(4)
+    centers = torch.stack((torch.randint(0, 60, (80,), generator=g), torch.randint(0, 90, (80,), generator=g)), 1)
+    offset = (torch.randn(2, 60, 90, generator=g) * 30).round()  # integer locations: many exact ties
+    mask = torch.rand(60, 90, generator=g) < 0.8
+    ref = ref_group(centers, offset, mask)
+    for cell in (1, 2, 8, 32, 1000):
+        assert torch.equal(group_pixels(centers, offset, mask, cell=cell), ref), cell
+
+
+@pytest.mark.parametrize("seed,trim", [(0, 0.0), (1, 0.1), (2, 0.3), (3, 0.49)])
+def test_order_statistics_with_ties_wide_range_and_tiny_segments(seed: int, trim: float) -> None:
+    # Depth buckets are runs of float bits: repeated values, a range wide enough to need
+    # coarse buckets, constant segments and single-pixel segments all stay exact.
+    rng = np.random.default_rng(seed)
+    h, w = 48, 64
+    pan = rng.choice([0, 2000, 8000, 13001, 13002, 11001, 11002], size=(h, w)).astype(np.int32)
+    pan[:8, :8] = 10000  # constant depth below
+    pan[40, 60] = 12001  # single pixel
+    depth = np.exp(rng.uniform(-7, 9, (h, w))).astype(np.float32)  # ~1e-3 .. 8e3 m
+    tie = rng.random((h, w)) < 0.3
+    depth[tie] = np.maximum(np.round(depth[tie]), 1.0)  # many equal values
+    depth[:8, :8] = 80.0
+    k = np.array([[50.0, 0, 32.0], [0, 50.0, 24.0], [0, 0, 1]])
+    segs = segment_depth_statistics(torch.from_numpy(pan), torch.from_numpy(depth), classes=CLASSES,
+                                    config=PostprocessConfig(robust_trim=trim), camera_k=k)
+    for s in segs:
+        d = np.sort(depth[pan == s.id].astype(np.float64))
+        cut = int(math.floor(len(d) * trim))
+        assert s.depth_valid_pixels == len(d)
+        assert s.depth_min == d[0] and s.depth_median == d[(len(d) - 1) // 2]
+        assert s.depth_robust == pytest.approx(d[cut:len(d) - cut].mean(), rel=1e-9)
+        assert s.depth_mean == pytest.approx(d.mean(), rel=1e-9)
+
+
+def test_results_do_not_depend_on_torch_threads() -> None:
+    # On CPU the post-processing runs its ops on one thread and spreads blocks over
+    # torch.get_num_threads() lanes; the lanes must not change any result, and the
+    # caller's thread setting is restored.
+    g = torch.Generator().manual_seed(5)
+    h, w = 120, 200
+    logits = torch.randn(19, h, w, generator=g) * 3
+    logits[13, 20:80, 30:120] += 8  # a car
+    center = torch.zeros(1, h, w)
+    center[0, 50, 75] = center[0, 30, 100] = 0.9
+    offset = torch.randn(2, h, w, generator=g) * 20
+    depth = torch.rand(h, w, generator=g) * 60
+    k = np.array([[100.0, 0, 100], [0, 100.0, 60], [0, 0, 1]])
+    config = PostprocessConfig(stuff_area=50, depth_erosion_px=1)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            fused = panoptic_fusion(logits, center, offset, classes=CLASSES, config=config)
+            segs = segment_depth_statistics(fused.panoptic, depth, classes=CLASSES, config=config,
+                                            sem_logits=logits, center=center, camera_k=k)
+            assert torch.get_num_threads() == threads
+            results.append((fused.panoptic, [tuple(vars(s).values()) for s in segs]))
+    finally:
+        torch.set_num_threads(before)
+    for panoptic, records in results[1:]:
+        assert torch.equal(panoptic, results[0][0])
+        assert records == results[0][1]
+
+
+def test_erosion_equals_max_pool_reference() -> None:
+    g = torch.Generator().manual_seed(6)
+    labels = torch.randint(-1, 4, (30, 40), generator=g) * 1000
+    labels = torch.repeat_interleave(torch.repeat_interleave(labels[::3, ::4], 3, 0), 4, 1)
+    for radius in (1, 2, 3):
+        x = labels.double()[None, None]
+        pad = (radius,) * 4
+        hi = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, pad, value=-math.inf), 2 * radius + 1, 1)
+        lo = -torch.nn.functional.max_pool2d(torch.nn.functional.pad(-x, pad, value=-math.inf), 2 * radius + 1, 1)
+        assert torch.equal(erode_labels(labels, radius), (hi == lo)[0, 0] & (labels >= 0))
+
+
+def test_statistics_with_many_segments_and_huge_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    # More segments than histogram bins (each bucket then spans a whole segment), ids
+    # too large for the id lookup table, and the scatter path for the bounding boxes.
+    import panoptic_depthlab_ros.postprocess as pp
+
+    monkeypatch.setattr(pp, "_HIST_BINS", 64)
+    rng = np.random.default_rng(7)
+    h, w = 30, 40
+    classes = type(CLASSES)(names=CLASSES.names, colors=CLASSES.colors, thing_ids=CLASSES.thing_ids,
+                            label_divisor=1 << 20)
+    pan = (rng.integers(11, 19, (h, w)) << 20) + np.arange(h * w).reshape(h, w)  # ~1200 ids >= 2**22
+    pan[:4] = -1
+    depth = rng.uniform(1, 70, (h, w)).astype(np.float32)
+    k = np.array([[40.0, 0, 20.0], [0, 40.0, 15.0], [0, 0, 1]])
+    segs = segment_depth_statistics(torch.from_numpy(pan.astype(np.int32)), torch.from_numpy(depth),
+                                    classes=classes, config=PostprocessConfig(), camera_k=k)
+    ref = ref_stats(pan, depth, k, 0)
+    assert [s.id for s in segs] == sorted(ref)
+    for s in segs:
+        r = ref[s.id]
+        assert (s.area, (s.x_min, s.y_min, s.x_max, s.y_max), s.depth_valid_pixels) == (r["area"], r["bbox"], r["n"])
+        assert (s.depth_min, s.depth_median) == (r["min"], r["median"])
+        assert s.depth_robust == pytest.approx(r["robust"], rel=1e-9)

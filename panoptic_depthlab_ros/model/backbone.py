@@ -67,6 +67,10 @@ class ResNetDeepLab(nn.Module):
     """
 
     out_features = ("res2", "res3", "res5")
+    res2: nn.Sequential
+    res3: nn.Sequential
+    res4: nn.Sequential
+    res5: nn.Sequential
 
     def __init__(
         self,

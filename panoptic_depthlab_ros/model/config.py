@@ -90,7 +90,8 @@ class ModelConfig:
         kw: dict[str, Any] = {}
         for key, value in d.items():
             if key in ("semantic", "instance", "depth"):
-                value = BranchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+                branch: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+                value = BranchConfig(**branch)
             elif isinstance(value, list):
                 value = tuple(value)
             kw[key] = value
@@ -148,13 +149,13 @@ class ModelConfig:
                 raise ValueError(f"Detectron2 config: INPUT.CROP.SIZE {size} not divisible by {output_stride}")
             pool = (int(size[0]) // output_stride, int(size[1]) // output_stride)
         semantic = BranchConfig(
-            project_channels=tuple(sem.get("PROJECT_CHANNELS", [32, 64])),  # type: ignore[arg-type]
+            project_channels=tuple(sem.get("PROJECT_CHANNELS", [32, 64])),
             aspp_channels=int(sem.get("ASPP_CHANNELS", 256)),
             convs_dim=int(sem.get("CONVS_DIM", 256)),
             head_channels=int(sem.get("HEAD_CHANNELS", 256)),
         )
         instance = BranchConfig(
-            project_channels=tuple(ins.get("PROJECT_CHANNELS", [32, 64])),  # type: ignore[arg-type]
+            project_channels=tuple(ins.get("PROJECT_CHANNELS", [32, 64])),
             aspp_channels=int(ins.get("ASPP_CHANNELS", 256)),
             convs_dim=int(ins.get("CONVS_DIM", 128)),
             head_channels=int(ins.get("HEAD_CHANNELS", 32)),
@@ -179,12 +180,18 @@ class ModelConfig:
             depthwise_separable=dsconv,
             common_stride=int(sem.get("COMMON_STRIDE", 4)),
             input_format=str(d.get("INPUT", {}).get("FORMAT", "RGB")),
-            pixel_mean=tuple(float(v) for v in model.get("PIXEL_MEAN", base.pixel_mean)),  # type: ignore[arg-type]
-            pixel_std=tuple(float(v) for v in model.get("PIXEL_STD", base.pixel_std)),  # type: ignore[arg-type]
+            pixel_mean=_three(model.get("PIXEL_MEAN", base.pixel_mean)),
+            pixel_std=_three(model.get("PIXEL_STD", base.pixel_std)),
             # -1 means "the backbone's", which is 0 (no padding) for this ResNet.
             size_divisibility=max(divisibility, 0),
         )
         return replace(config, **changes)
+
+
+def _three(values: Any) -> tuple[float, float, float]:
+    """Three floats (per-channel pixel statistics)."""
+    a, b, c = (float(v) for v in values)
+    return a, b, c
 
 
 def load_detectron2_yaml(path: str | Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ with a 1x1 conv, upsample the running feature to its size, concatenate
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,9 @@ class DeepLabDecoder(nn.ModuleDict):
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         """Features by name -> [N, decoder_channels, H/4, W/4]."""
-        y = self["res5"]["project_conv"](features["res5"])
+        y = cast(nn.ModuleDict, self["res5"])["project_conv"](features["res5"])
         for name in ("res3", "res2"):
-            stage = self[name]
+            stage = cast(nn.ModuleDict, self[name])
             proj = stage["project_conv"](features[name])
             y = F.interpolate(y, size=proj.shape[-2:], mode="bilinear", align_corners=False)
             y = stage["fuse_conv"](torch.cat([proj, y], dim=1))

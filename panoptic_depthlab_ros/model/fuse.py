@@ -26,6 +26,7 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     for module in target.modules():
         if isinstance(module, ConvNormAct) and module.norm is not None:
             bn = module.norm
+            assert bn.running_var is not None and bn.running_mean is not None  # eval-mode BatchNorm
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             module.weight.mul_(scale.view(-1, 1, 1, 1))
             bias = bn.bias - bn.running_mean * scale

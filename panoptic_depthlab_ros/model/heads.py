@@ -21,6 +21,7 @@ def _predictor(in_channels: int, out_channels: int) -> nn.Conv2d:
     """1x1 conv with bias (no norm), initialised small as Detectron2 does."""
     conv = nn.Conv2d(in_channels, out_channels, 1)
     nn.init.normal_(conv.weight, 0, 0.001)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -84,8 +85,7 @@ class DepthHead(nn.Module):
         self.predictor = _predictor(head_channels, 1)
         self.log_min = math.log(min_depth)
         self.log_range = math.log(max_depth) - math.log(min_depth)
-        # Start in the middle of the log range (a geometric-mean depth), not at a bound.
-        nn.init.zeros_(self.predictor.bias)
+        # _predictor starts the bias at 0: the middle of the log range (a geometric-mean depth).
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         """Features -> [N, 1, H/4, W/4] depth logits."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import array
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -310,7 +310,7 @@ def segments_to_msg(
 
 # ---------------------------------------------------------------- 3D
 # numpy dtype -> sensor_msgs/PointField datatype constant (INT8 = 1 ... FLOAT64 = 8).
-_POINT_FIELD_TYPES = {
+_POINT_FIELD_TYPES: dict[np.dtype, int] = {
     np.dtype(np.int8): 1,
     np.dtype(np.uint8): 2,
     np.dtype(np.int16): 3,
@@ -345,8 +345,10 @@ def pointcloud_to_msg(cloud: PointCloud, *, header: Any, cloud_cls: type, field_
     if dtype.names is None:
         raise ValueError(f"a point cloud needs a structured dtype, got {dtype}")
     fields = []
+    layout = dtype.fields
+    assert layout is not None  # structured, checked above
     for name in dtype.names:
-        field_dtype, offset = dtype.fields[name][:2]
+        field_dtype, offset = layout[name][:2]
         fields.append(
             field_cls(
                 name=name,
@@ -355,7 +357,7 @@ def pointcloud_to_msg(cloud: PointCloud, *, header: Any, cloud_cls: type, field_
                 count=1,
             )
         )
-    orders = {_is_big_endian(dtype.fields[n][0]) for n in dtype.names} - {None}
+    orders = {_is_big_endian(layout[n][0]) for n in dtype.names} - {None}
     if len(orders) > 1:
         raise ValueError(f"point fields mix byte orders: {dtype}")
     return cloud_cls(
@@ -377,8 +379,8 @@ def pointcloud_to_array(msg: Any) -> np.ndarray:
     Supports the scalar field types of ``PointField`` (count 1); the inverse of
     :func:`pointcloud_to_msg` and enough to read the node's ``~/points``.
     """
-    types = {v: k for k, v in _POINT_FIELD_TYPES.items()}
-    order = ">" if msg.is_bigendian else "<"
+    types: dict[int, np.dtype] = {v: k for k, v in _POINT_FIELD_TYPES.items()}
+    order: Literal[">", "<"] = ">" if msg.is_bigendian else "<"
     dtype = np.dtype(
         {
             "names": [f.name for f in msg.fields],

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -99,7 +99,9 @@ def run_demo(bag: Path, out: Path, *, checkpoint: Path, frames: int | None, rate
                                           "/camera/camera_info", params),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log_lines: list[str] = []
-    threading.Thread(target=lambda: log_lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    stdout = proc.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: log_lines.extend(iter(stdout.readline, "")), daemon=True).start()
 
     ts = typestore_with_our_messages()
     context = rclpy.Context()
@@ -126,7 +128,7 @@ def run_demo(bag: Path, out: Path, *, checkpoint: Path, frames: int | None, rate
                     writer.write(conns[topic], now, raw)
                     received[topic].append((now, raw))
                     if topic.endswith("/segments"):
-                        msg = ts.deserialize_cdr(raw, OUTPUTS[topic])
+                        msg: Any = ts.deserialize_cdr(raw, OUTPUTS[topic])
                         answered[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
             return on_raw
 
@@ -178,7 +180,7 @@ def run_demo(bag: Path, out: Path, *, checkpoint: Path, frames: int | None, rate
         time.sleep(0.5)  # trailing outputs of the last frame
         with lock:
             latencies = [answered[k] - sent[k] for k in sent if k in answered]
-            segments_per_frame = [len(ts.deserialize_cdr(raw, OUTPUTS[f"{NODE}/segments"]).segments)
+            segments_per_frame = [len(cast(Any, ts.deserialize_cdr(raw, OUTPUTS[f"{NODE}/segments"])).segments)
                                   for _, raw in received[f"{NODE}/segments"]]
             overlays = [raw for _, raw in received[f"{NODE}/overlay"]]
         video = None
@@ -186,7 +188,7 @@ def run_demo(bag: Path, out: Path, *, checkpoint: Path, frames: int | None, rate
             frame = conversions.image_to_bgr(ts.deserialize_cdr(raw, "sensor_msgs/msg/Image")).copy()
             cv2.imwrite(str(out / "overlay" / f"frame_{i:04d}.png"), frame)
             if video is None:
-                video = cv2.VideoWriter(str(out / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0,
+                video = cv2.VideoWriter(str(out / "overlay.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 10.0,
                                         (frame.shape[1], frame.shape[0]))
             video.write(frame)
         if video is not None:

@@ -329,7 +329,7 @@ def segment_markers(
                 namespace="labels",
                 id=2 * i,
                 kind="text",
-                position=position,  # type: ignore[arg-type] - three floats
+                position=(position[0], position[1], position[2]),
                 scale=(0.0, 0.0, _text_height(position[2])),
                 rgba=(r, g, b, 1.0),
                 text=f"{seg.label} {seg.depth_mean:.1f} m",

@@ -50,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import rclpy
@@ -61,7 +61,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
-from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNodeMixin, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
@@ -837,7 +837,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         pipeline, self.pipeline = self.pipeline, None
         if pipeline is not None:
             for pub in pipeline.outputs.publishers.values():
-                self.destroy_lifecycle_publisher(pub)
+                self.destroy_lifecycle_publisher(cast(LifecyclePublisher, pub))
             pipeline.outputs.publishers.clear()
             on_cuda = pipeline.predictor.device.type == "cuda"
             del pipeline
@@ -845,7 +845,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             if on_cuda:
                 torch.cuda.empty_cache()
         if self._diagnostics_pub is not None:
-            self.destroy_lifecycle_publisher(self._diagnostics_pub)
+            self.destroy_lifecycle_publisher(cast(LifecyclePublisher, self._diagnostics_pub))
             self._diagnostics_pub = None
 
     def _release(self) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from panoptic_depthlab_training.synth import generate_dataset
 
 

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from panoptic_depthlab_training.cityscapes import (
     LABEL_TO_TRAIN_ID,
     CityscapesPanopticDepth,

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from panoptic_depthlab_training import train as T
 
 from panoptic_depthlab_ros.predictor import Predictor
+from panoptic_depthlab_training import train as T
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_training import cli
 from panoptic_depthlab_training.cityscapes import CityscapesSample, list_samples, load_sample
 from panoptic_depthlab_training.evaluate import Prediction, evaluate, merge_evaluators
 from panoptic_depthlab_training.metrics import PanopticDepthEvaluator
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from panoptic_depthlab_ros.metadata import cityscapes_metadata
 
 METRIC_KEYS = (
     "PQ",

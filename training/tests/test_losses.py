@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from panoptic_depthlab_training.losses import (
     LossConfig,
     center_loss,

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
 from cityscapesscripts.helpers.labels import labels as cs_labels
+from PIL import Image
+
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_training.metrics import (
     DPQ_THRESHOLDS,
     DepthErrors,
@@ -25,9 +28,6 @@ from panoptic_depthlab_training.metrics import (
     format_table,
     match_panoptic,
 )
-from PIL import Image
-
-from panoptic_depthlab_ros.metadata import cityscapes_metadata
 
 META = cityscapes_metadata()
 ROAD, SKY, PERSON, CAR = 0, 10, 11, 13

@@ -11,6 +11,7 @@ from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.helpers.labels import id2label
 from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
+
 from panoptic_depthlab_training.cityscapes import (
     depth_from_disparity,
     list_samples,

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from panoptic_depthlab_training.cityscapes import panoptic_from_instance_ids
 from panoptic_depthlab_training.synth import SceneGenerator
 from panoptic_depthlab_training.targets import PanopticTargetGenerator, gaussian_kernel

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from panoptic_depthlab_training import train as T
-from panoptic_depthlab_training.cityscapes import CityscapesPanopticDepth, DatasetError, list_samples
 from safetensors.torch import load_file
 
 from panoptic_depthlab_ros.checkpoint import load_checkpoint
 from panoptic_depthlab_ros.predictor import Predictor
+from panoptic_depthlab_training import train as T
+from panoptic_depthlab_training.cityscapes import CityscapesPanopticDepth, DatasetError, list_samples
 
 REPO = Path(__file__).resolve().parents[2]
 D2_FIXTURES = REPO.parent / "shared" / "fixtures" / "detectron2"

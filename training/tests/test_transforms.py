@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
 from panoptic_depthlab_training.cityscapes import LABEL_TO_TRAIN_ID, panoptic_from_instance_ids
 from panoptic_depthlab_training.synth import SceneGenerator
 from panoptic_depthlab_training.targets import PanopticTargetGenerator
