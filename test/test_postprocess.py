@@ -334,6 +334,7 @@ def test_statistics_with_many_segments_and_huge_ids(monkeypatch: pytest.MonkeyPa
     import panoptic_depthlab_ros.postprocess as pp
 
     monkeypatch.setattr(pp, "_HIST_BINS", 64)
+    monkeypatch.setattr(pp, "_LINE_TABLE_LIMIT", 64)
     rng = np.random.default_rng(7)
     h, w = 30, 40
     classes = type(CLASSES)(names=CLASSES.names, colors=CLASSES.colors, thing_ids=CLASSES.thing_ids,
