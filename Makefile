@@ -1,6 +1,6 @@
 # Panoptic-DepthLab: one-command set-up, tests and demo.
 #   make setup   .venv with torch (CPU), ROS 2 Jazzy wheels, our messages and packages
-#   make test    setup, then the whole suite
+#   make test    setup, lint (ruff, ruff format --check, mypy), then the whole suite
 #   make demo    setup, then the node on the bundled demo bag -> demo_output/
 # Every step is a file target: a second run skips finished steps, a changed
 # source re-installs.
@@ -54,16 +54,18 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_FILES) $(CORE_FILES) $(TRAINING_FILES)
 
 setup: $(BUILD_STAMP)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest
 
 # The main job on the bundled default: the real node on the demo bag -> demo_output/.
 demo: setup
 	$(PY) -m panoptic_depthlab_ros.ros.demo --bag data/demo_bag --out demo_output
 
+# Linter, formatter check and type check on the core and training packages.
 lint: setup
-	$(PY) -m ruff check panoptic_depthlab_ros training bench test
+	$(PY) -m ruff check panoptic_depthlab_ros training bench test launch
 	$(PY) -m ruff format --check panoptic_depthlab_ros training bench test
+	$(PY) -m mypy panoptic_depthlab_ros training/panoptic_depthlab_training
 
 clean:
 	rm -rf build $(VENV) *.egg-info training/*.egg-info

@@ -35,14 +35,10 @@ CAMERA_HEIGHT_M = 1.2
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=5, help="runs of each 3D step (median)")
     p.add_argument("--network-repeat", type=int, default=1, help="predictor runs (median)")
-    p.add_argument(
-        "--num-threads", type=int, default=1, help="torch threads (0 = torch default)"
-    )
+    p.add_argument("--num-threads", type=int, default=1, help="torch threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -69,9 +65,9 @@ def street_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
     facade = (v > 150 + 80 * np.sin(u / 300.0)) & (v <= horizon + 2)
     panoptic[facade & (u < W * 0.45)] = 2000  # building, left
     panoptic[facade & (u >= W * 0.55)] = 2000  # building, right
-    depth[facade & ((u < W * 0.45) | (u >= W * 0.55))] = 25.0 + np.abs(u - W / 2)[
-        facade & ((u < W * 0.45) | (u >= W * 0.55))
-    ] / W * 20
+    depth[facade & ((u < W * 0.45) | (u >= W * 0.55))] = (
+        25.0 + np.abs(u - W / 2)[facade & ((u < W * 0.45) | (u >= W * 0.55))] / W * 20
+    )
     panoptic[(v > horizon - 120) & (v <= horizon + 2) & (np.abs(u - W / 2) < W * 0.05)] = 8000
     for x0, cls in ((300, 5), (900, 5), (1500, 7), (1750, 6), (120, 4)):  # poles, signs, fence
         panoptic[horizon - 250 : horizon + 60, x0 : x0 + 12] = cls * 1000
@@ -81,8 +77,16 @@ def street_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
     panoptic[horizon - 200 : horizon - 80, 1000:1040] = 3000  # wall
     panoptic[horizon + 10 : horizon + 30, 200:700] = 4000  # fence
     # Things, far to near so nearer ones occlude: (trainId, width m, height m).
-    kinds = [(13, 1.8, 1.5), (11, 0.6, 1.75), (12, 0.7, 1.8), (18, 0.6, 1.1), (14, 2.5, 3.2),
-             (13, 1.8, 1.5), (11, 0.6, 1.75), (17, 0.8, 1.2)]
+    kinds = [
+        (13, 1.8, 1.5),
+        (11, 0.6, 1.75),
+        (12, 0.7, 1.8),
+        (18, 0.6, 1.1),
+        (14, 2.5, 3.2),
+        (13, 1.8, 1.5),
+        (11, 0.6, 1.75),
+        (17, 0.8, 1.2),
+    ]
     distances = np.sort(rng.uniform(12.0, 75.0, 52))[::-1]
     counters: dict[int, int] = {}
     for i, d in enumerate(distances):
@@ -129,11 +133,16 @@ def main() -> None:
     classes = cityscapes_metadata()
     panoptic, depth = street_scene(args.seed)
     segments = segment_depth_statistics(
-        torch.from_numpy(panoptic), torch.from_numpy(depth), classes=classes,
-        config=PostprocessConfig(), camera_k=K,
+        torch.from_numpy(panoptic),
+        torch.from_numpy(depth),
+        classes=classes,
+        config=PostprocessConfig(),
+        camera_k=K,
     )
     result = PanopticDepthResult(
-        panoptic=panoptic, semantic=(panoptic // 1000).astype(np.uint8), depth=depth,
+        panoptic=panoptic,
+        semantic=(panoptic // 1000).astype(np.uint8),
+        depth=depth,
         segments=segments,
     )
     things = sum(s.is_thing for s in segments)
@@ -141,10 +150,8 @@ def main() -> None:
 
     def points(stride: int):
         def run():
-            cloud = point_cloud(depth, panoptic, K, class_colors=classes.colors,
-                                label_divisor=1000, stride=stride)
-            return pointcloud_to_msg(cloud, header=header, cloud_cls=PointCloud2,
-                                     field_cls=PointField)
+            cloud = point_cloud(depth, panoptic, K, class_colors=classes.colors, label_divisor=1000, stride=stride)
+            return pointcloud_to_msg(cloud, header=header, cloud_cls=PointCloud2, field_cls=PointField)
 
         return run
 
@@ -174,10 +181,11 @@ def main() -> None:
         e2e.append(time.perf_counter() - t)
     e2e_s = statistics.median(e2e)
 
-    print(f"scene {H}x{W}: {len(segments)} segments ({things} things), torch threads "
-          f"{torch.get_num_threads()}, 3D steps median of {args.repeat}")
-    print(f"end to end (Predictor.predict, R-52, CPU, {args.network_repeat} run(s)): "
-          f"{e2e_s:8.2f} s")
+    print(
+        f"scene {H}x{W}: {len(segments)} segments ({things} things), torch threads "
+        f"{torch.get_num_threads()}, 3D steps median of {args.repeat}"
+    )
+    print(f"end to end (Predictor.predict, R-52, CPU, {args.network_repeat} run(s)): {e2e_s:8.2f} s")
     print(f"{'step':32s} {'ms':>9s} {'% of e2e':>9s}  output")
     outputs = {
         "points, stride 1": f"{n1} points",
@@ -190,8 +198,10 @@ def main() -> None:
         name = f"points, stride {stride}" + (" (default)" if stride == 4 else "")
         total = rows[name] + rows["markers"]
         verdict = "ok" if total <= 0.05 * e2e_s else "OVER the 5 % goal"
-        print(f"markers + points at stride {stride}: {total * 1e3:.1f} ms = "
-              f"{100 * total / e2e_s:.2f}% of end to end ({verdict})")
+        print(
+            f"markers + points at stride {stride}: {total * 1e3:.1f} ms = "
+            f"{100 * total / e2e_s:.2f}% of end to end ({verdict})"
+        )
 
 
 if __name__ == "__main__":

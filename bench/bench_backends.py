@@ -16,6 +16,7 @@ autocast too on CUDA); ``onnxruntime`` = the network exported to ONNX at that si
 The R-52 model has random weights (nothing is downloadable here); ``demo`` is the
 bundled checkpoint.  On a CUDA machine add ``--device cuda`` for fp16 FPS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,11 +51,11 @@ def street_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = np.zeros((h, w, 3), np.uint8)
     img[: h // 3] = (200, 170, 120)
-    img[h // 3: h // 2] = (90, 90, 100)
-    img[h // 2:] = (70, 70, 75)
+    img[h // 3 : h // 2] = (90, 90, 100)
+    img[h // 2 :] = (70, 70, 75)
     for _ in range(12):
         y, x = int(rng.integers(h // 3, h - h // 8)), int(rng.integers(0, w - w // 10))
-        img[y: y + h // 10, x: x + w // 12] = rng.integers(0, 255, 3)
+        img[y : y + h // 10, x : x + w // 12] = rng.integers(0, 255, 3)
     noise = rng.integers(0, 20, (h, w, 3), dtype=np.uint8)
     return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
@@ -85,22 +86,32 @@ def message_stage(result, image_bgr: np.ndarray) -> float:
 
         from panoptic_depthlab_ros import msg as ours
 
-        cls = {"image": sensor.Image, "header": std.Header, "point": geometry.Point,
-               "segment": ours.SegmentDepth, "array": ours.SegmentDepthArray}
+        cls = {
+            "image": sensor.Image,
+            "header": std.Header,
+            "point": geometry.Point,
+            "segment": ours.SegmentDepth,
+            "array": ours.SegmentDepthArray,
+        }
     except ImportError:  # pip install without ROS: rosbags' classes behave the same
         from panoptic_depthlab_ros.bag import typestore_with_our_messages
 
         t = typestore_with_our_messages().types
-        cls = {"image": t["sensor_msgs/msg/Image"], "header": t["std_msgs/msg/Header"],
-               "point": t["geometry_msgs/msg/Point"], "segment": t["panoptic_depthlab_ros/msg/SegmentDepth"],
-               "array": t["panoptic_depthlab_ros/msg/SegmentDepthArray"]}
+        cls = {
+            "image": t["sensor_msgs/msg/Image"],
+            "header": t["std_msgs/msg/Header"],
+            "point": t["geometry_msgs/msg/Point"],
+            "segment": t["panoptic_depthlab_ros/msg/SegmentDepth"],
+            "array": t["panoptic_depthlab_ros/msg/SegmentDepthArray"],
+        }
     t0 = time.perf_counter()
     header, image = cls["header"](), cls["image"]
     conversions.array_to_image(image, result.panoptic, encoding="32SC1", header=header)
     conversions.array_to_image(image, result.semantic, encoding="mono8", header=header)
     conversions.array_to_image(image, conversions.depth_for_rep118(result.depth), encoding="32FC1", header=header)
-    conversions.segments_to_msg(result, header=header, array_cls=cls["array"], segment_cls=cls["segment"],
-                                point_cls=cls["point"])
+    conversions.segments_to_msg(
+        result, header=header, array_cls=cls["array"], segment_cls=cls["segment"], point_cls=cls["point"]
+    )
     conversions.array_to_image(image, overlay(image_bgr, result), encoding="bgr8", header=header)
     return time.perf_counter() - t0
 
@@ -114,8 +125,12 @@ def run_one(args: argparse.Namespace) -> None:
     if args.backend == "onnxruntime":
         pred = Predictor.from_checkpoint(args.onnx, device=args.device, backend="onnxruntime")
     else:
-        pred = Predictor.from_checkpoint(args.checkpoint, device=args.device, optimize=args.backend == "optimized",
-                                         fp16=args.backend == "optimized" and args.device == "cuda")
+        pred = Predictor.from_checkpoint(
+            args.checkpoint,
+            device=args.device,
+            optimize=args.backend == "optimized",
+            fp16=args.backend == "optimized" and args.device == "cuda",
+        )
     runs = []
     for i in range(args.repeat + 1):
         r = pred.predict(image)
@@ -155,8 +170,10 @@ def main() -> int:
         ckpt = r52_checkpoint(tmp) if model == "r52" else bundled_checkpoint()
         sizes = args.sizes.split(",") if model == "r52" else ["192x384"]
         plan += [(model, ckpt, size) for size in sizes]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
-          f"median of {args.repeat} runs after 1 warm-up; seconds\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"median of {args.repeat} runs after 1 warm-up; seconds\n"
+    )
     header = f"{'model':6} {'size':10} {'backend':12} " + " ".join(f"{s:>13}" for s in STAGES)
     header += f" {'peak MB':>8} {'vs eager':>8} {'max|raw diff|':>13} {'pan. diff px':>12}"
     print(header)
@@ -167,9 +184,27 @@ def main() -> int:
         results = {}
         for backend in BACKENDS:
             dump = tmp / f"{model}_{size}_{backend}.npy"
-            cmd = [sys.executable, __file__, "--child", "--backend", backend, "--checkpoint", str(ckpt),
-                   "--onnx", str(onnx), "--size", size, "--repeat", str(args.repeat), "--threads",
-                   str(args.threads), "--device", args.device, "--dump", str(dump)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--backend",
+                backend,
+                "--checkpoint",
+                str(ckpt),
+                "--onnx",
+                str(onnx),
+                "--size",
+                size,
+                "--repeat",
+                str(args.repeat),
+                "--threads",
+                str(args.threads),
+                "--device",
+                args.device,
+                "--dump",
+                str(dump),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             results[backend] = json.loads(out.stdout.strip().splitlines()[-1])
             results[backend]["dump"] = np.load(dump, allow_pickle=True).item()
@@ -177,15 +212,18 @@ def main() -> int:
         for backend in BACKENDS:
             r = results[backend]
             ratio = eager["times"]["total"] / r["times"]["total"]
-            diff = max(float(np.abs(r["dump"][k] - eager["dump"][k]).max()) for k in ("sem_seg", "center",
-                                                                                      "offset", "depth"))
+            diff = max(
+                float(np.abs(r["dump"][k] - eager["dump"][k]).max()) for k in ("sem_seg", "center", "offset", "depth")
+            )
             pan = int((r["dump"]["panoptic"] != eager["dump"]["panoptic"]).sum())
             row = f"{model:6} {size:10} {backend:12} " + " ".join(f"{r['times'][s]:13.4f}" for s in STAGES)
             print(row + f" {r['peak_mb']:8.0f} {ratio:7.2f}x {diff:13.2e} {pan:12d}")
         share = (eager["times"]["fusion"] + eager["times"]["segment_depth"]) / eager["times"]["total"]
         best = max(BACKENDS, key=lambda b: eager["times"]["total"] / results[b]["times"]["total"])
-        print(f"   -> fusion + segment depth = {100 * share:.1f}% of eager end to end; best backend: {best}; "
-              f"{1 / results[best]['times']['total']:.2f} FPS\n")
+        print(
+            f"   -> fusion + segment depth = {100 * share:.1f}% of eager end to end; best backend: {best}; "
+            f"{1 / results[best]['times']['total']:.2f} FPS\n"
+        )
     return 0
 
 

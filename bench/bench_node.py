@@ -39,19 +39,13 @@ BARE_STAGES: dict[str, list[float]] = {}  # the bare predictor's own stage timin
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--checkpoint", type=Path, help="model to use (default: random weights of --arch)"
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, help="model to use (default: random weights of --arch)")
     p.add_argument("--arch", choices=("tiny", "r52"), default="tiny")
     p.add_argument("--size", default="256x512", help="HxW of the test images")
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument(
-        "--num-threads", type=int, default=1, help="torch threads for both (0 = torch default)"
-    )
+    p.add_argument("--num-threads", type=int, default=1, help="torch threads for both (0 = torch default)")
     p.add_argument("--inprocess", action="store_true", help="run the node in this process")
     p.add_argument("--domain", type=int, default=1 + os.getpid() % 100, help="ROS domain id")
     return p
@@ -95,9 +89,7 @@ def make_images(n: int, height: int, width: int) -> list[np.ndarray]:
     out = []
     for _ in range(n):
         small = rng.integers(0, 256, size=(-(-height // 16), -(-width // 16), 3), dtype=np.uint8)
-        out.append(
-            np.ascontiguousarray(np.kron(small, np.ones((16, 16, 1), np.uint8))[:height, :width])
-        )
+        out.append(np.ascontiguousarray(np.kron(small, np.ones((16, 16, 1), np.uint8))[:height, :width]))
     return out
 
 
@@ -122,9 +114,7 @@ class Probe:
         for name in outputs:
             msg_type = SegmentDepthArray if name == "segments" else Image
             self.subs.append(
-                self.node.create_subscription(
-                    msg_type, f"/panoptic_depthlab/{name}", self._arrived(name), qos
-                )
+                self.node.create_subscription(msg_type, f"/panoptic_depthlab/{name}", self._arrived(name), qos)
             )
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 10)
         self.pub = self.node.create_publisher(Image, "image", qos)
@@ -272,9 +262,7 @@ def main() -> None:
             threading.Thread(target=node_executor.spin, daemon=True).start()
         else:
             exe = Path(sys.prefix) / "bin" / "panoptic_depthlab_node"
-            cmd = [str(exe), "--ros-args"] + [
-                a for k, v in node_params.items() for a in ("-p", f"{k}:={v}")
-            ]
+            cmd = [str(exe), "--ros-args"] + [a for k, v in node_params.items() for a in ("-p", f"{k}:={v}")]
             # The source tree first, as for the bare predictor here: both run the same code even
             # when the installed copy is older than the checkout.
             env = dict(
@@ -282,9 +270,7 @@ def main() -> None:
                 ROS_DOMAIN_ID=str(args.domain),
                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             )
-            proc = subprocess.Popen(
-                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-            )
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
         rows = []
         for phase, outputs in (("segments only", ("segments",)), ("all 5 outputs", OUTPUTS)):

@@ -13,11 +13,12 @@ unconfigured until a lifecycle manager, or a person, drives it:
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
+
+from launch import LaunchDescription
 
 PACKAGE = "panoptic_depthlab_ros"
 NODE_NAME = "panoptic_depthlab"

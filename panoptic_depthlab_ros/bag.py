@@ -9,6 +9,7 @@ and written at the input's receive time.  Offline: every frame, in order.
 A corrupt or truncated input stops the replay with an error naming the bag; what
 was written until then is closed into a valid, readable bag.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,9 @@ def typestore_with_our_messages() -> Typestore:
     return ts
 
 
-def _pick_topic(reader: Reader, bag: Path, topic: str | None, types: tuple[str, ...], what: str,
-                required: bool) -> Connection | None:
+def _pick_topic(
+    reader: Reader, bag: Path, topic: str | None, types: tuple[str, ...], what: str, required: bool
+) -> Connection | None:
     listing = ", ".join(f"{c.topic} [{c.msgtype}]" for c in reader.connections) or "none"
     if topic is not None:
         matches = [c for c in reader.connections if c.topic == topic]
@@ -92,8 +94,9 @@ def _pick_topic(reader: Reader, bag: Path, topic: str | None, types: tuple[str, 
     if not candidates and not required:
         return None
     reason = "several" if candidates else "no"
-    raise BagError(f"{bag}: {reason} {what} topics, choose one with --{what.replace(' ', '-')}-topic; "
-                   f"the bag has: {listing}")
+    raise BagError(
+        f"{bag}: {reason} {what} topics, choose one with --{what.replace(' ', '-')}-topic; the bag has: {listing}"
+    )
 
 
 def _messages(reader: Reader, bag: Path) -> Iterator[tuple[Connection, int, bytes]]:
@@ -104,8 +107,15 @@ def _messages(reader: Reader, bag: Path) -> Iterator[tuple[Connection, int, byte
 
 
 def replay_bag(
-    bag_in: str | Path, bag_out: str | Path, *, predictor: Predictor, image_topic: str | None = None,
-    camera_info_topic: str | None = None, overwrite: bool = False, near: float = 5.0, far: float = 60.0,
+    bag_in: str | Path,
+    bag_out: str | Path,
+    *,
+    predictor: Predictor,
+    image_topic: str | None = None,
+    camera_info_topic: str | None = None,
+    overwrite: bool = False,
+    near: float = 5.0,
+    far: float = 60.0,
     progress: bool = True,
 ) -> ReplaySummary:
     """Replay ``bag_in`` through ``predictor`` into a new bag ``bag_out`` (see module docstring)."""
@@ -134,12 +144,22 @@ def replay_bag(
         writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
         writer.open()
         try:
-            out_conns = {c.id: _copy_connection(writer, c, ts) for c in reader.connections
-                         if not c.topic.startswith(OUTPUT_NAMESPACE + "/")}
-            names = {"panoptic": image_cls, "semantic": image_cls, "depth": image_cls, "overlay": image_cls,
-                     "segments": t[f"{PACKAGE}/msg/SegmentDepthArray"]}
-            outputs = {n: writer.add_connection(f"{OUTPUT_NAMESPACE}/{n}", cls.__msgtype__, typestore=ts)
-                       for n, cls in names.items()}
+            out_conns = {
+                c.id: _copy_connection(writer, c, ts)
+                for c in reader.connections
+                if not c.topic.startswith(OUTPUT_NAMESPACE + "/")
+            }
+            names = {
+                "panoptic": image_cls,
+                "semantic": image_cls,
+                "depth": image_cls,
+                "overlay": image_cls,
+                "segments": t[f"{PACKAGE}/msg/SegmentDepthArray"],
+            }
+            outputs = {
+                n: writer.add_connection(f"{OUTPUT_NAMESPACE}/{n}", cls.__msgtype__, typestore=ts)
+                for n, cls in names.items()
+            }
             summary.output_topics = [f"{OUTPUT_NAMESPACE}/{n}" for n in names]
             camera_k: np.ndarray | None = None
             bar = tqdm(total=img_conn.msgcount, desc=f"replay {bag_in.name}", unit="frame", disable=not progress)
@@ -157,25 +177,32 @@ def replay_bag(
                 bar.update(1)
                 msg: Any = ts.deserialize_cdr(raw, conn.msgtype)
                 try:
-                    image = (conversions.compressed_to_bgr(msg) if conn.msgtype.endswith("CompressedImage")
-                             else conversions.image_to_bgr(msg))
+                    image = (
+                        conversions.compressed_to_bgr(msg)
+                        if conn.msgtype.endswith("CompressedImage")
+                        else conversions.image_to_bgr(msg)
+                    )
                     result = predictor.predict(image, camera_k=camera_k)
                 except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
                     summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
                     continue
                 header = header_cls(stamp=msg.header.stamp, frame_id=msg.header.frame_id)
                 out = {
-                    "panoptic": conversions.array_to_image(image_cls, result.panoptic, encoding="32SC1",
-                                                           header=header),
-                    "semantic": conversions.array_to_image(image_cls, result.semantic, encoding="mono8",
-                                                           header=header),
-                    "depth": conversions.array_to_image(image_cls, conversions.depth_for_rep118(result.depth),
-                                                        encoding="32FC1", header=header),
+                    "panoptic": conversions.array_to_image(image_cls, result.panoptic, encoding="32SC1", header=header),
+                    "semantic": conversions.array_to_image(image_cls, result.semantic, encoding="mono8", header=header),
+                    "depth": conversions.array_to_image(
+                        image_cls, conversions.depth_for_rep118(result.depth), encoding="32FC1", header=header
+                    ),
                     "segments": conversions.segments_to_msg(
-                        result, header=header, array_cls=names["segments"],
-                        segment_cls=t[f"{PACKAGE}/msg/SegmentDepth"], point_cls=t["geometry_msgs/msg/Point"]),
-                    "overlay": conversions.array_to_image(image_cls, overlay(image, result, near=near, far=far),
-                                                          encoding="bgr8", header=header),
+                        result,
+                        header=header,
+                        array_cls=names["segments"],
+                        segment_cls=t[f"{PACKAGE}/msg/SegmentDepth"],
+                        point_cls=t["geometry_msgs/msg/Point"],
+                    ),
+                    "overlay": conversions.array_to_image(
+                        image_cls, overlay(image, result, near=near, far=far), encoding="bgr8", header=header
+                    ),
                 }
                 for name, m in out.items():
                     writer.write(outputs[name], stamp_ns, ts.serialize_cdr(m, names[name].__msgtype__))
@@ -200,6 +227,7 @@ def _copy_connection(writer: Writer, conn: Connection, ts: Typestore) -> Connect
     """Same topic, type, definition and QoS as the input connection."""
     qos = getattr(conn.ext, "offered_qos_profiles", [])
     if conn.msgdef.data and conn.digest.startswith("RIHS01_"):
-        return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
-                                     offered_qos_profiles=qos)
+        return writer.add_connection(
+            conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest, offered_qos_profiles=qos
+        )
     return writer.add_connection(conn.topic, conn.msgtype, typestore=ts, offered_qos_profiles=qos)

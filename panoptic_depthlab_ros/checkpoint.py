@@ -12,6 +12,7 @@
 Every failure is a :class:`CheckpointError` naming the file (and the offending keys);
 weights are checked completely before anything is copied into a model.
 """
+
 from __future__ import annotations
 
 import json
@@ -138,7 +139,7 @@ def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:
     weights: dict[str, Tensor] = {}
     bad: list[str] = []
     for key, value in raw.items():
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key[len("module.") :] if key.startswith("module.") else key
         if isinstance(value, np.ndarray):
             weights[name] = torch.from_numpy(value.copy(order="C"))  # ascontiguousarray would make 0-d 1-d
         elif isinstance(value, Tensor):
@@ -153,7 +154,11 @@ def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_state_dict_checked(
-    model: nn.Module, weights: dict[str, Tensor], *, source: str | Path, allow_missing_prefix: str | None,
+    model: nn.Module,
+    weights: dict[str, Tensor],
+    *,
+    source: str | Path,
+    allow_missing_prefix: str | None,
 ) -> LoadReport:
     """Copy ``weights`` into ``model`` only if every key and shape fits.
 
@@ -169,7 +174,8 @@ def load_state_dict_checked(
     unexpected = [k for k in weights if k not in expected]
     mismatched = [
         f"{k} (file {tuple(weights[k].shape)}, model {tuple(v.shape)})"
-        for k, v in expected.items() if k in weights and tuple(weights[k].shape) != tuple(v.shape)
+        for k, v in expected.items()
+        if k in weights and tuple(weights[k].shape) != tuple(v.shape)
     ]
     if missing:
         raise CheckpointError(source, "missing keys", missing)
@@ -183,7 +189,8 @@ def load_state_dict_checked(
 
 
 def load_detectron2(
-    weights_path: str | Path, config: str | Path | dict[str, Any] | ModelConfig,
+    weights_path: str | Path,
+    config: str | Path | dict[str, Any] | ModelConfig,
 ) -> tuple[PanopticDepthLab, ModelConfig, PostprocessConfig, LoadReport]:
     """Build our model from a Detectron2 config and load its Panoptic-DeepLab weights.
 
@@ -214,8 +221,13 @@ def postprocess_from_detectron2(cfg: dict[str, Any]) -> PostprocessConfig:
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, *, model_config: ModelConfig, classes: ClassMetadata,
-    postprocess: PostprocessConfig, info: dict[str, Any] | None = None,
+    path: str | Path,
+    model: nn.Module,
+    *,
+    model_config: ModelConfig,
+    classes: ClassMetadata,
+    postprocess: PostprocessConfig,
+    info: dict[str, Any] | None = None,
 ) -> Path:
     """Write our format atomically (temporary file in the same directory, then rename)."""
     path = Path(path)
@@ -275,15 +287,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(path, f"invalid metadata: {exc}") from exc
     if classes.num_classes != model_config.num_classes:
-        raise CheckpointError(
-            path, f"{classes.num_classes} class names for a {model_config.num_classes}-class model"
-        )
+        raise CheckpointError(path, f"{classes.num_classes} class names for a {model_config.num_classes}-class model")
     # Check keys and shapes against the architecture now, so nothing half-loads later.
     skeleton = {k: v.shape for k, v in build_model(model_config).state_dict().items()}
     missing = [k for k in skeleton if k not in state]
     unexpected = [k for k in state if k not in skeleton]
-    mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(s)})" for k, s in skeleton.items()
-                  if k in state and tuple(state[k].shape) != tuple(s)]
+    mismatched = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(s)})"
+        for k, s in skeleton.items()
+        if k in state and tuple(state[k].shape) != tuple(s)
+    ]
     for reason, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
         if keys:
             raise CheckpointError(path, reason, keys)
@@ -291,15 +304,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def convert_detectron2(
-    weights_path: str | Path, config_yaml: str | Path, out_path: str | Path,
-    *, classes: ClassMetadata | None = None,
+    weights_path: str | Path,
+    config_yaml: str | Path,
+    out_path: str | Path,
+    *,
+    classes: ClassMetadata | None = None,
 ) -> LoadReport:
     """Detectron2 weights + config -> our checkpoint (depth branch initialised)."""
     model, model_config, post, report = load_detectron2(weights_path, config_yaml)
     save_checkpoint(
-        out_path, model, model_config=model_config, classes=classes or cityscapes_metadata(),
+        out_path,
+        model,
+        model_config=model_config,
+        classes=classes or cityscapes_metadata(),
         postprocess=post,
         info={"source": str(weights_path), "config": str(config_yaml), "initialized_keys": report.initialized},
     )
     return report
-

@@ -1,4 +1,5 @@
 """Command line ``panoptic-depthlab``: convert, export, infer, bag."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,16 +13,19 @@ def _convert(args: argparse.Namespace) -> int:
     from .checkpoint import convert_detectron2
 
     report = convert_detectron2(args.weights, args.config, args.out)
-    print(f"wrote {args.out}: loaded {len(report.loaded)} keys from {args.weights}, "
-          f"initialized {len(report.initialized)} depth-branch keys (not in Detectron2 files)")
+    print(
+        f"wrote {args.out}: loaded {len(report.loaded)} keys from {args.weights}, "
+        f"initialized {len(report.initialized)} depth-branch keys (not in Detectron2 files)"
+    )
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    side = export_model(args.checkpoint, args.out, fmt=args.format, height=args.height, width=args.width,
-                        dynamic=args.dynamic)
+    side = export_model(
+        args.checkpoint, args.out, fmt=args.format, height=args.height, width=args.width, dynamic=args.dynamic
+    )
     print(f"wrote {args.out} ({args.format}) and its description {side}")
     return 0
 
@@ -38,9 +42,16 @@ def _predictor(args: argparse.Namespace):
 def _bag(args: argparse.Namespace) -> int:
     from .bag import replay_bag
 
-    summary = replay_bag(args.input, args.output, predictor=_predictor(args), image_topic=args.image_topic,
-                         camera_info_topic=args.camera_info_topic, overwrite=args.overwrite,
-                         near=args.near, far=args.far)
+    summary = replay_bag(
+        args.input,
+        args.output,
+        predictor=_predictor(args),
+        image_topic=args.image_topic,
+        camera_info_topic=args.camera_info_topic,
+        overwrite=args.overwrite,
+        near=args.near,
+        far=args.far,
+    )
     for line in summary.skipped:
         print(f"skipped: {line}", file=sys.stderr)
     print(f"wrote {args.output}: {summary.frames} frames, outputs on {', '.join(summary.output_topics)}")

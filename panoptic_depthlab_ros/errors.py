@@ -1,4 +1,5 @@
 """The package's one domain exception family; library errors are wrapped in these."""
+
 from __future__ import annotations
 
 

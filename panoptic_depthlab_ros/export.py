@@ -7,6 +7,7 @@ input resolution.  Preprocessing (channel order, mean, std, padding) and the
 fusion stay outside, in :mod:`preprocess` and :mod:`postprocess`, and the sidecar
 ``<out>.json`` (also embedded as ONNX metadata) records everything they need.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,11 +62,19 @@ def _describe(ckpt: Checkpoint, *, fmt: str, height: int, width: int, dynamic: b
         "inputs": {"image": "[1, 3, H, W] float32, (x - pixel_mean) / pixel_std, zero-padded bottom/right"},
         "outputs": list(OUTPUT_NAMES),
         "preprocessing": {
-            "input_format": cfg.input_format, "pixel_mean": list(cfg.pixel_mean), "pixel_std": list(cfg.pixel_std),
+            "input_format": cfg.input_format,
+            "pixel_mean": list(cfg.pixel_mean),
+            "pixel_std": list(cfg.pixel_std),
             "size_divisibility": max(cfg.size_divisibility, 32),
         },
-        "shape": {"dynamic": dynamic, "height": None if dynamic else height, "width": None if dynamic else width,
-                  "multiple_of": 32, "min_height": min_h, "min_width": min_w},
+        "shape": {
+            "dynamic": dynamic,
+            "height": None if dynamic else height,
+            "width": None if dynamic else width,
+            "multiple_of": 32,
+            "min_height": min_h,
+            "min_width": min_w,
+        },
         "model_config": cfg.to_dict(),
         "classes": ckpt.classes.to_dict(),
         "postprocess": ckpt.postprocess.to_dict(),
@@ -73,8 +82,13 @@ def _describe(ckpt: Checkpoint, *, fmt: str, height: int, width: int, dynamic: b
 
 
 def export_model(
-    checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", height: int | None = None,
-    width: int | None = None, dynamic: bool = False,
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    height: int | None = None,
+    width: int | None = None,
+    dynamic: bool = False,
 ) -> Path:
     """Export our checkpoint to ``out`` (+ ``out.json``); returns the sidecar path.
 
@@ -131,8 +145,11 @@ def export_model(
 def _build_lenient(ckpt: Checkpoint) -> nn.Module:
     """The checkpoint's model with the ASPP divisibility check off (same weights, same window)."""
     lenient = Checkpoint(
-        model_config=ckpt.model_config.with_(aspp_strict_pool_size=False), classes=ckpt.classes,
-        postprocess=ckpt.postprocess, state_dict=ckpt.state_dict, info=ckpt.info,
+        model_config=ckpt.model_config.with_(aspp_strict_pool_size=False),
+        classes=ckpt.classes,
+        postprocess=ckpt.postprocess,
+        state_dict=ckpt.state_dict,
+        info=ckpt.info,
     )
     return lenient.build()
 
@@ -144,8 +161,15 @@ def _export_onnx(wrapper: nn.Module, example: Tensor, out: Path, *, dynamic: boo
     if axes:
         axes.update({name: {2: "height", 3: "width"} for name in OUTPUT_NAMES})
     torch.onnx.export(
-        wrapper, (example,), str(out), dynamo=False, input_names=["image"], output_names=list(OUTPUT_NAMES),
-        dynamic_axes=axes, opset_version=ONNX_OPSET, do_constant_folding=True,
+        wrapper,
+        (example,),
+        str(out),
+        dynamo=False,
+        input_names=["image"],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes=axes,
+        opset_version=ONNX_OPSET,
+        do_constant_folding=True,
     )
     graph = onnx.load(str(out))
     del graph.metadata_props[:]

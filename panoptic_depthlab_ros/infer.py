@@ -10,6 +10,7 @@ id = labelId * 1000 + k for things, labelId for stuff, 0 void) and
 Videos also get ``<name>_overlay.mp4``.  Unreadable inputs are reported by path
 and skipped; the run goes on.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,15 @@ def cityscapes_panoptic(result: PanopticDepthResult, classes: ClassMetadata) -> 
     for s in result.segments:
         label_id = int(lut[s.category_id])
         sid = label_id * 1000 + s.id % result.label_divisor if s.is_thing else label_id
-        info.append({"id": int(sid), "category_id": label_id, "iscrowd": 0, "area": s.area,
-                     "bbox": [s.x_min, s.y_min, s.x_max - s.x_min + 1, s.y_max - s.y_min + 1]})
+        info.append(
+            {
+                "id": int(sid),
+                "category_id": label_id,
+                "iscrowd": 0,
+                "area": s.area,
+                "bbox": [s.x_min, s.y_min, s.x_max - s.x_min + 1, s.y_max - s.y_min + 1],
+            }
+        )
     return ids, info
 
 
@@ -77,24 +85,41 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_frame_outputs(out_dir: Path, name: str, image: np.ndarray, result: PanopticDepthResult,
-                        classes: ClassMetadata, *, near: float, far: float) -> tuple[list[Path], np.ndarray]:
+def write_frame_outputs(
+    out_dir: Path,
+    name: str,
+    image: np.ndarray,
+    result: PanopticDepthResult,
+    classes: ClassMetadata,
+    *,
+    near: float,
+    far: float,
+) -> tuple[list[Path], np.ndarray]:
     """All per-frame files for one frame; returns the paths and the overlay image."""
     ov = overlay(image, result, near=near, far=far)
     ids, info = cityscapes_panoptic(result, classes)
     paths = {
-        "overlay": out_dir / f"{name}_overlay.png", "depth_png": out_dir / f"{name}_depth.png",
-        "depth_npy": out_dir / f"{name}_depth.npy", "panoptic": out_dir / f"{name}_panoptic.png",
+        "overlay": out_dir / f"{name}_overlay.png",
+        "depth_png": out_dir / f"{name}_depth.png",
+        "depth_npy": out_dir / f"{name}_depth.npy",
+        "panoptic": out_dir / f"{name}_panoptic.png",
         "segments": out_dir / f"{name}_segments.json",
     }
-    for key, data in (("overlay", ov), ("depth_png", depth_to_png_mm(result.depth)),
-                      ("panoptic", panoptic_to_rgb(ids)[:, :, ::-1])):
+    for key, data in (
+        ("overlay", ov),
+        ("depth_png", depth_to_png_mm(result.depth)),
+        ("panoptic", panoptic_to_rgb(ids)[:, :, ::-1]),
+    ):
         if not cv2.imwrite(str(paths[key]), data):
             raise OSError(f"cannot write {paths[key]}")
     np.save(paths["depth_npy"], result.depth)
     doc = {
-        "image": name, "height": result.height, "width": result.width, "label_divisor": result.label_divisor,
-        "panoptic_png": paths["panoptic"].name, "segments_info": info,
+        "image": name,
+        "height": result.height,
+        "width": result.width,
+        "label_divisor": result.label_divisor,
+        "panoptic_png": paths["panoptic"].name,
+        "segments_info": info,
         "segments": [{k: _json_safe(v) for k, v in asdict(s).items()} for s in result.segments],
         "timings": result.timings,
     }
@@ -115,8 +140,15 @@ def _expand(inputs: Sequence[str | Path], summary: InferSummary) -> Iterator[Pat
             summary.skipped.append(f"{item}: no such file or folder")
 
 
-def run_infer(inputs: Sequence[str | Path], out_dir: str | Path, *, predictor: Predictor,
-              near: float = 5.0, far: float = 60.0, progress: bool = True) -> InferSummary:
+def run_infer(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    predictor: Predictor,
+    near: float = 5.0,
+    far: float = 60.0,
+    progress: bool = True,
+) -> InferSummary:
     """Predict every image and video frame under ``inputs``; write files to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,15 +161,17 @@ def run_infer(inputs: Sequence[str | Path], out_dir: str | Path, *, predictor: P
         if image is None:
             summary.skipped.append(f"{path}: unreadable image")
             continue
-        written, _ = write_frame_outputs(out, path.stem, image, predictor.predict(image), predictor.classes,
-                                         near=near, far=far)
+        written, _ = write_frame_outputs(
+            out, path.stem, image, predictor.predict(image), predictor.classes, near=near, far=far
+        )
         summary.frames += 1
         summary.written += [str(p) for p in written]
     return summary
 
 
-def _video(path: Path, out: Path, predictor: Predictor, near: float, far: float, summary: InferSummary,
-           progress: bool) -> None:
+def _video(
+    path: Path, out: Path, predictor: Predictor, near: float, far: float, summary: InferSummary, progress: bool
+) -> None:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         summary.skipped.append(f"{path}: unreadable video")
@@ -153,11 +187,19 @@ def _video(path: Path, out: Path, predictor: Predictor, near: float, far: float,
                 ok, frame = cap.read()
                 if not ok:
                     break
-                written, ov = write_frame_outputs(out, f"{path.stem}_{index:06d}", frame, predictor.predict(frame),
-                                                  predictor.classes, near=near, far=far)
+                written, ov = write_frame_outputs(
+                    out,
+                    f"{path.stem}_{index:06d}",
+                    frame,
+                    predictor.predict(frame),
+                    predictor.classes,
+                    near=near,
+                    far=far,
+                )
                 if writer is None:
-                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter.fourcc(*"mp4v"), fps,
-                                             (ov.shape[1], ov.shape[0]))
+                    writer = cv2.VideoWriter(
+                        str(video_path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (ov.shape[1], ov.shape[0])
+                    )
                 writer.write(ov)
                 summary.frames += 1
                 summary.written += [str(p) for p in written]

@@ -4,6 +4,7 @@ Stored inside our checkpoints so a model file describes itself; the Cityscapes
 table (the default, and what Detectron2's Cityscapes models predict) comes from
 ``cityscapesscripts``, the dataset's own label definitions.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

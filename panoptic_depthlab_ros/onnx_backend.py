@@ -4,6 +4,7 @@ CUDA / TensorRT execution providers are used when the installed onnxruntime has
 them (and the device is CUDA); otherwise the CPU provider.  Fusion and segment
 depth stay in torch, exactly as with the torch backend.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,9 @@ class OnnxNetwork:
 
 
 def load_onnx_network(
-    path: str | Path, *, device: torch.device,
+    path: str | Path,
+    *,
+    device: torch.device,
 ) -> tuple[OnnxNetwork, ModelConfig, ClassMetadata, PostprocessConfig]:
     """Session + the description needed to feed it and fuse its outputs."""
     desc = read_export_description(path)

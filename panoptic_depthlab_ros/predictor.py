@@ -5,6 +5,7 @@
 
 Stages (each timed): preprocess -> network -> fusion -> segment depth.
 """
+
 from __future__ import annotations
 
 import time
@@ -60,9 +61,16 @@ class Predictor:
     """
 
     def __init__(
-        self, network: Network, *, model_config: ModelConfig, classes: ClassMetadata,
-        postprocess: PostprocessConfig | None = None, device: torch.device | str = "cpu",
-        fp16: bool = False, max_input_width: int = 0, optimize: bool = True,
+        self,
+        network: Network,
+        *,
+        model_config: ModelConfig,
+        classes: ClassMetadata,
+        postprocess: PostprocessConfig | None = None,
+        device: torch.device | str = "cpu",
+        fp16: bool = False,
+        max_input_width: int = 0,
+        optimize: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.channels_last = False
@@ -85,7 +93,12 @@ class Predictor:
     # ----------------------------------------------------------------- building
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device = "auto", *, backend: str = "torch", **kwargs: Any,
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        *,
+        backend: str = "torch",
+        **kwargs: Any,
     ) -> Predictor:
         """Load our checkpoint (``backend="torch"``) or an exported ``.onnx`` (``"onnxruntime"``)."""
         dev = resolve_device(device)
@@ -98,24 +111,44 @@ class Predictor:
             raise PanopticDepthLabError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         ckpt = load_checkpoint(path)
         model = ckpt.build().to(dev)
-        return cls(model, model_config=ckpt.model_config, classes=ckpt.classes, postprocess=ckpt.postprocess,
-                   device=dev, **kwargs)
+        return cls(
+            model,
+            model_config=ckpt.model_config,
+            classes=ckpt.classes,
+            postprocess=ckpt.postprocess,
+            device=dev,
+            **kwargs,
+        )
 
     @classmethod
     def from_detectron2(
-        cls, weights_path: str | Path, config_yaml_path: str | Path, device: str | torch.device = "auto",
+        cls,
+        weights_path: str | Path,
+        config_yaml_path: str | Path,
+        device: str | torch.device = "auto",
         **kwargs: Any,
     ) -> Predictor:
         """Detectron2 Panoptic-DeepLab weights + config (depth branch untrained)."""
         dev = resolve_device(device)
         model, model_config, post, _report = load_detectron2(weights_path, config_yaml_path)
-        return cls(model.to(dev), model_config=model_config, classes=cityscapes_metadata(), postprocess=post,
-                   device=dev, **kwargs)
+        return cls(
+            model.to(dev),
+            model_config=model_config,
+            classes=cityscapes_metadata(),
+            postprocess=post,
+            device=dev,
+            **kwargs,
+        )
 
     # ---------------------------------------------------------------- running
     def _prepare(self, image: np.ndarray) -> Prepared:
-        return prepare_image(image, self.model_config, device=self.device, max_input_width=self.max_input_width,
-                             pin_memory=self.device.type == "cuda")
+        return prepare_image(
+            image,
+            self.model_config,
+            device=self.device,
+            max_input_width=self.max_input_width,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def _network(self, x: Tensor) -> dict[str, Tensor]:
         if self.channels_last:
@@ -170,21 +203,35 @@ class Predictor:
             sync()
             t2 = time.perf_counter()
             out = self._to_input_size(out, prep)
-            fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=self.classes,
-                                    config=self.postprocess)
+            fused = panoptic_fusion(
+                out["sem_seg"], out["center"], out["offset"], classes=self.classes, config=self.postprocess
+            )
             sync()
             t3 = time.perf_counter()
             segments = segment_depth_statistics(
-                fused.panoptic, out["depth"][0], classes=self.classes, config=self.postprocess,
-                sem_logits=out["sem_seg"], center=out["center"], camera_k=camera_k,
+                fused.panoptic,
+                out["depth"][0],
+                classes=self.classes,
+                config=self.postprocess,
+                sem_logits=out["sem_seg"],
+                center=out["center"],
+                camera_k=camera_k,
             )
             panoptic = fused.panoptic.cpu().numpy()
             semantic = fused.semantic.to(torch.uint8).cpu().numpy()
             depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False)
             t4 = time.perf_counter()
         return PanopticDepthResult(
-            panoptic=panoptic, semantic=semantic, depth=depth, segments=segments,
+            panoptic=panoptic,
+            semantic=semantic,
+            depth=depth,
+            segments=segments,
             label_divisor=self.classes.label_divisor,
-            timings={"preprocess": t1 - t0, "network": t2 - t1, "fusion": t3 - t2, "segment_depth": t4 - t3,
-                     "total": t4 - t0},
+            timings={
+                "preprocess": t1 - t0,
+                "network": t2 - t1,
+                "fusion": t3 - t2,
+                "segment_depth": t4 - t3,
+                "total": t4 - t0,
+            },
         )

@@ -4,6 +4,7 @@ Channel order to the model's ``input_format``, optional downscale, then
 ``(x - mean) / std`` and zero padding (in normalised space) at the bottom and
 right up to ``size_divisibility``: normalisation happens before padding.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,8 +59,12 @@ def network_size_for(height: int, width: int, max_input_width: int) -> tuple[int
 
 
 def prepare_image(
-    image_bgr: np.ndarray, config: ModelConfig, *, device: torch.device | str = "cpu",
-    max_input_width: int = 0, pin_memory: bool = False,
+    image_bgr: np.ndarray,
+    config: ModelConfig,
+    *,
+    device: torch.device | str = "cpu",
+    max_input_width: int = 0,
+    pin_memory: bool = False,
 ) -> Prepared:
     """BGR uint8 [H, W, 3] (OpenCV order) -> :class:`Prepared` for ``config``'s network."""
     check_image(image_bgr)

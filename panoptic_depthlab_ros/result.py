@@ -1,4 +1,5 @@
 """What the product returns for one image: plain numpy, no torch, no ROS."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

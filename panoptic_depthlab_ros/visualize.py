@@ -4,6 +4,7 @@ Colour scale (the Panoptic-DepthLab write-up's): near segments red, medium green
 far blue, interpolated linearly in between and clamped outside ``[near, far]``.
 All functions take and return BGR uint8 images (OpenCV's order).
 """
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,7 @@ def _legend(img: np.ndarray, near: float, far: float, scale: float) -> None:
     if x0 < 0 or y0 < 0:
         return
     ramp = depth_to_bgr(np.linspace(near, far, bar_w, dtype=np.float32)[None].repeat(bar_h, 0), near=near, far=far)
-    img[y0:y0 + bar_h, x0:x0 + bar_w] = ramp
+    img[y0 : y0 + bar_h, x0 : x0 + bar_w] = ramp
     cv2.rectangle(img, (x0 - 1, y0 - 1), (x0 + bar_w, y0 + bar_h), (255, 255, 255), 1)
     mid = (near + far) / 2
     for value, x in ((near, x0), (mid, x0 + bar_w // 2), (far, x0 + bar_w)):
@@ -68,8 +69,14 @@ def _legend(img: np.ndarray, near: float, far: float, scale: float) -> None:
 
 
 def overlay(
-    image: np.ndarray, result: PanopticDepthResult, *, near: float = 5.0, far: float = 60.0,
-    alpha: float = 0.5, min_label_area: int = 150, legend: bool = True,
+    image: np.ndarray,
+    result: PanopticDepthResult,
+    *,
+    near: float = 5.0,
+    far: float = 60.0,
+    alpha: float = 0.5,
+    min_label_area: int = 150,
+    legend: bool = True,
 ) -> np.ndarray:
     """The write-up's picture: each segment tinted by its mean depth and labelled.
 
@@ -108,8 +115,10 @@ def overlay(
             depth = "?" if math.isnan(seg.depth_mean) else f"{seg.depth_mean:.1f} m"
             text = f"{seg.label} {depth}"
             (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 1)
-            org = (int(np.clip(x - tw / 2, 0, max(0, image.shape[1] - tw))),
-                   int(np.clip(y + th / 2, th, image.shape[0] - 1)))
+            org = (
+                int(np.clip(x - tw / 2, 0, max(0, image.shape[1] - tw))),
+                int(np.clip(y + th / 2, th, image.shape[0] - 1)),
+            )
             _text(out, text, org, 0.45 * scale, (255, 255, 255))
     if legend:
         _legend(out, near, far, max(0.6, image.shape[1] / 1200.0))

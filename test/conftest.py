@@ -3,6 +3,7 @@
 Every test gets its own ROS domain (offset by the process id so parallel runs on
 one machine do not hear each other) and localhost-only discovery.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -71,6 +72,12 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         model.ins_embed_head.offset_predictor.weight.normal_(0, 0.003)
         model.depth_head.predictor.weight.normal_(0, 0.0003)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, model, model_config=config, classes=cityscapes_metadata(),
-                    postprocess=PostprocessConfig(stuff_area=64), info={"purpose": "tests"})
+    save_checkpoint(
+        path,
+        model,
+        model_config=config,
+        classes=cityscapes_metadata(),
+        postprocess=PostprocessConfig(stuff_area=64),
+        info={"purpose": "tests"},
+    )
     return path

@@ -25,9 +25,7 @@ def output_type(name: str):
 
     from panoptic_depthlab_ros.msg import SegmentDepthArray
 
-    return {"segments": SegmentDepthArray, "markers": MarkerArray, "points": PointCloud2}.get(
-        name, Image
-    )
+    return {"segments": SegmentDepthArray, "markers": MarkerArray, "points": PointCloud2}.get(name, Image)
 
 
 def image_msg(
@@ -143,12 +141,8 @@ class NodeHarness:
         self.received: dict[str, list] = {name: [] for name in (*outputs, "diagnostics")}
         keep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         for name in outputs:
-            self.probe.create_subscription(
-                output_type(name), f"/panoptic_depthlab/{name}", self._recorder(name), keep
-            )
-        self.probe.create_subscription(
-            DiagnosticArray, "/diagnostics", self._recorder("diagnostics"), keep
-        )
+            self.probe.create_subscription(output_type(name), f"/panoptic_depthlab/{name}", self._recorder(name), keep)
+        self.probe.create_subscription(DiagnosticArray, "/diagnostics", self._recorder("diagnostics"), keep)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.probe.create_publisher(Image, "image", qos)
         self.compressed_pub = self.probe.create_publisher(CompressedImage, "image/compressed", qos)
@@ -181,9 +175,7 @@ class NodeHarness:
     def counts(self) -> dict[str, int]:
         return self.node.stats.snapshot().counts
 
-    def wait_for(
-        self, condition: Callable[[], bool], timeout: float = 30.0, what: str = ""
-    ) -> None:
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if condition():

@@ -1,4 +1,5 @@
 """Bag replay without ROS: round trip in both storages, equal to the predictor; clear errors."""
+
 from __future__ import annotations
 
 import shutil
@@ -29,26 +30,43 @@ def _frame(i: int) -> np.ndarray:
 def make_bag(path: Path, storage: StoragePlugin, *, frames: int = 4, compressed: bool = False) -> Path:
     t = TS.types
     header = lambda i: t["std_msgs/msg/Header"](  # noqa: E731
-        stamp=t["builtin_interfaces/msg/Time"](sec=100 + i, nanosec=5), frame_id="cam_optical")
+        stamp=t["builtin_interfaces/msg/Time"](sec=100 + i, nanosec=5), frame_id="cam_optical"
+    )
     with Writer(path, version=9, storage_plugin=storage) as w:
-        cam = w.add_connection("/cam/image", "sensor_msgs/msg/CompressedImage" if compressed
-                               else "sensor_msgs/msg/Image", typestore=TS)
+        cam = w.add_connection(
+            "/cam/image", "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image", typestore=TS
+        )
         info = w.add_connection("/cam/info", "sensor_msgs/msg/CameraInfo", typestore=TS)
         other = w.add_connection("/chatter", "std_msgs/msg/String", typestore=TS)
         for i in range(frames):
             stamp = (1_000 + i) * 10**8
             ci = t["sensor_msgs/msg/CameraInfo"](
-                header=header(i), height=64, width=128, distortion_model="plumb_bob", d=np.zeros(5),
-                k=np.array(K), r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
-                roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
-                                                          do_rectify=False))
+                header=header(i),
+                height=64,
+                width=128,
+                distortion_model="plumb_bob",
+                d=np.zeros(5),
+                k=np.array(K),
+                r=np.eye(3).ravel(),
+                p=np.zeros(12),
+                binning_x=0,
+                binning_y=0,
+                roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+            )
             w.write(info, stamp - 1, TS.serialize_cdr(ci, ci.__msgtype__))
             if compressed:
                 ok, png = cv2.imencode(".png", _frame(i))
                 m = t["sensor_msgs/msg/CompressedImage"](header=header(i), format="png", data=png.ravel())
             else:
-                m = t["sensor_msgs/msg/Image"](header=header(i), height=64, width=128, encoding="bgr8",
-                                               is_bigendian=0, step=384, data=_frame(i).ravel())
+                m = t["sensor_msgs/msg/Image"](
+                    header=header(i),
+                    height=64,
+                    width=128,
+                    encoding="bgr8",
+                    is_bigendian=0,
+                    step=384,
+                    data=_frame(i).ravel(),
+                )
             w.write(cam, stamp, TS.serialize_cdr(m, m.__msgtype__))
             s = t["std_msgs/msg/String"](data=f"hello {i}")
             w.write(other, stamp + 1, TS.serialize_cdr(s, s.__msgtype__))
@@ -69,8 +87,9 @@ def _read(bag: Path) -> dict[str, list]:
     return out
 
 
-@pytest.mark.parametrize("storage,compressed", [(StoragePlugin.MCAP, False), (StoragePlugin.SQLITE3, False),
-                                                (StoragePlugin.MCAP, True)])
+@pytest.mark.parametrize(
+    "storage,compressed", [(StoragePlugin.MCAP, False), (StoragePlugin.SQLITE3, False), (StoragePlugin.MCAP, True)]
+)
 def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storage, compressed) -> None:
     src = make_bag(tmp_path / "in", storage, compressed=compressed)
     summary = replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
@@ -146,8 +165,18 @@ def test_corrupt_middle_keeps_a_readable_partial_bag(tmp_path: Path, predictor: 
 
 def test_bag_cli(tmp_path: Path, tiny_checkpoint: Path) -> None:
     src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=2)
-    cmd = [sys.executable, "-m", "panoptic_depthlab_ros.cli", "bag", str(src), str(tmp_path / "out"),
-           "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "panoptic_depthlab_ros.cli",
+        "bag",
+        str(src),
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "2 frames" in proc.stdout

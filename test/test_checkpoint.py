@@ -1,5 +1,6 @@
 """Checkpoints: our format round-trips; Detectron2 pickles load without running code;
 broken files fail with a named error and nothing half-loaded."""
+
 from __future__ import annotations
 
 import json
@@ -133,9 +134,19 @@ def test_wrong_shapes_in_our_format_named(tmp_path: Path, tiny_checkpoint: Path)
 def test_convert_cli_writes_loadable_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "converted.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "panoptic_depthlab_ros.cli", "convert", str(FIXTURES / "tiny_model.pkl"),
-         "--config", str(FIXTURES / "tiny_config.yaml"), str(out)],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+        [
+            sys.executable,
+            "-m",
+            "panoptic_depthlab_ros.cli",
+            "convert",
+            str(FIXTURES / "tiny_model.pkl"),
+            "--config",
+            str(FIXTURES / "tiny_config.yaml"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     assert proc.returncode == 0, proc.stderr
     assert "initialized 82 depth-branch keys" in proc.stdout

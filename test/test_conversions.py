@@ -94,9 +94,7 @@ def test_bad_images_are_named(changes: dict, kind: str, words: str) -> None:
 def test_pixel_limit() -> None:
     msg = image_msg(random_image(7, 8, 16), "bgr8")
     assert image_to_bgr(msg, max_pixels=128).shape == (8, 16, 3)
-    with pytest.raises(
-        ImageConversionError, match="128 pixels, above the limit max_input_pixels=127"
-    ):
+    with pytest.raises(ImageConversionError, match="128 pixels, above the limit max_input_pixels=127"):
         image_to_bgr(msg, max_pixels=127)
 
 
@@ -152,9 +150,7 @@ def test_array_to_image_roundtrip(encoding: str, array: np.ndarray) -> None:
     from std_msgs.msg import Header
 
     header = Header(frame_id="cam_optical")
-    msg = array_to_image(
-        Image, array[:, ::-1], encoding=encoding, header=header
-    )  # non-contiguous input
+    msg = array_to_image(Image, array[:, ::-1], encoding=encoding, header=header)  # non-contiguous input
     assert msg.header is header
     assert (msg.height, msg.width, msg.encoding) == (array.shape[0], array.shape[1], encoding)
     assert msg.step == array.shape[1] * array.itemsize * (3 if array.ndim == 3 else 1)
@@ -267,9 +263,7 @@ def _assert_segment_equal(msg, seg: SegmentDepth) -> None:
     ):
         assert getattr(msg, name) == getattr(seg, name), name
     for name in ("score", "depth_mean", "depth_median", "depth_min", "depth_std", "depth_robust"):
-        np.testing.assert_equal(
-            np.float32(getattr(msg, name)), np.float32(getattr(seg, name)), name
-        )
+        np.testing.assert_equal(np.float32(getattr(msg, name)), np.float32(getattr(seg, name)), name)
     np.testing.assert_equal([msg.centroid.x, msg.centroid.y, msg.centroid.z], list(seg.centroid))
 
 
@@ -282,9 +276,7 @@ def test_segments_to_msg_rclpy() -> None:
 
     result = _result()
     header = Header(frame_id="cam")
-    msg = segments_to_msg(
-        result, header=header, array_cls=SegmentDepthArray, segment_cls=SegmentMsg, point_cls=Point
-    )
+    msg = segments_to_msg(result, header=header, array_cls=SegmentDepthArray, segment_cls=SegmentMsg, point_cls=Point)
     assert (msg.height, msg.width, msg.label_divisor, msg.header) == (10, 20, 1000, header)
     assert len(msg.segments) == 2
     for m, s in zip(msg.segments, result.segments, strict=True):
@@ -306,9 +298,7 @@ def rosbags_types():
     store = get_typestore(Stores.ROS2_JAZZY)
     for name in ("SegmentDepth", "SegmentDepthArray"):
         store.register(
-            get_types_from_msg(
-                (REPO / "msg" / f"{name}.msg").read_text(), f"panoptic_depthlab_ros/msg/{name}"
-            )
+            get_types_from_msg((REPO / "msg" / f"{name}.msg").read_text(), f"panoptic_depthlab_ros/msg/{name}")
         )
     return store
 
@@ -324,9 +314,7 @@ def test_segments_to_msg_rosbags_classes_serialize_like_rclpy(rosbags_types) -> 
     from panoptic_depthlab_ros.msg import SegmentDepthArray
 
     t = rosbags_types.types
-    header = t["std_msgs/msg/Header"](
-        stamp=t["builtin_interfaces/msg/Time"](sec=3, nanosec=4), frame_id="cam"
-    )
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=3, nanosec=4), frame_id="cam")
     bag_msg = segments_to_msg(
         _result(),
         header=header,
@@ -355,9 +343,7 @@ def test_rosbags_images_both_ways(rosbags_types) -> None:
     from sensor_msgs.msg import Image
 
     t = rosbags_types.types
-    header = t["std_msgs/msg/Header"](
-        stamp=t["builtin_interfaces/msg/Time"](sec=1, nanosec=2), frame_id="c"
-    )
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=1, nanosec=2), frame_id="c")
     bgr = random_image(11, 6, 10)
     rgb_rows = np.concatenate([bgr[..., ::-1].reshape(6, 30), np.zeros((6, 2), np.uint8)], axis=1)
     bag_in = t["sensor_msgs/msg/Image"](
@@ -374,9 +360,7 @@ def test_rosbags_images_both_ways(rosbags_types) -> None:
     depth = np.array([[1.0, 2.0], [np.nan, 4.0]], np.float32)
     bag_out = array_to_image(t["sensor_msgs/msg/Image"], depth, encoding="32FC1", header=header)
     assert isinstance(bag_out.data, np.ndarray) and bag_out.data.dtype == np.uint8
-    got = deserialize_message(
-        bytes(rosbags_types.serialize_cdr(bag_out, "sensor_msgs/msg/Image")), Image
-    )
+    got = deserialize_message(bytes(rosbags_types.serialize_cdr(bag_out, "sensor_msgs/msg/Image")), Image)
     assert (got.encoding, got.step, got.height, got.width) == ("32FC1", 8, 2, 2)
     np.testing.assert_array_equal(np.frombuffer(got.data, np.float32).reshape(2, 2), depth)
 

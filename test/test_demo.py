@@ -1,4 +1,5 @@
 """A shortened ``make demo``: the real node executable on the bundled bag and model."""
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,21 @@ def test_bundled_assets_are_small_and_loadable() -> None:
     with Reader(bag) as r:
         counts = {c.topic: (c.msgtype, c.msgcount) for c in r.connections}
         assert 3.0 <= r.duration / 1e9 <= 6.0  # 30-60 frames at 10 Hz
-    assert counts == {"/camera/image_raw": ("sensor_msgs/msg/Image", 30),
-                      "/camera/camera_info": ("sensor_msgs/msg/CameraInfo", 30)}
+    assert counts == {
+        "/camera/image_raw": ("sensor_msgs/msg/Image", 30),
+        "/camera/camera_info": ("sensor_msgs/msg/CameraInfo", 30),
+    }
 
 
 def test_demo_three_frames(tmp_path: Path) -> None:
     out = tmp_path / "demo_output"
-    proc = subprocess.run([sys.executable, "-m", "panoptic_depthlab_ros.ros.demo", "--frames", "3", "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "panoptic_depthlab_ros.ros.demo", "--frames", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "3/3 frames" in proc.stdout and "overlay.mp4" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())

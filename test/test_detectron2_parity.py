@@ -3,6 +3,7 @@
 Tolerances are the fixture README's; panoptic ids must match exactly outside
 the near-tie pixels it marks.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,25 +45,34 @@ def _bgr(case):
 @pytest.mark.parametrize("name,dsconv", [("keys_R52_os16.json", False), ("keys_R52_os16_dsconv.json", True)])
 def test_state_dict_keys_equal_detectron2(name: str, dsconv: bool) -> None:
     ref = json.loads((FIXTURES / name).read_text())
-    config = ModelConfig.from_detectron2({
-        "MODEL": {"PANOPTIC_DEEPLAB": {"USE_DEPTHWISE_SEPARABLE_CONV": dsconv},
-                  "SEM_SEG_HEAD": {"USE_DEPTHWISE_SEPARABLE_CONV": dsconv}}})
+    config = ModelConfig.from_detectron2(
+        {
+            "MODEL": {
+                "PANOPTIC_DEEPLAB": {"USE_DEPTHWISE_SEPARABLE_CONV": dsconv},
+                "SEM_SEG_HEAD": {"USE_DEPTHWISE_SEPARABLE_CONV": dsconv},
+            }
+        }
+    )
     sd = build_model(config).state_dict()
-    ours = [[k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in sd.items()
-            if not k.startswith(DEPTH_PREFIX)]
+    ours = [
+        [k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in sd.items() if not k.startswith(DEPTH_PREFIX)
+    ]
     assert ours == ref["state_dict"]  # names, order, shapes and dtypes
     n_params = sum(p.numel() for k, p in build_model(config).named_parameters() if not k.startswith(DEPTH_PREFIX))
     assert n_params == ref["num_parameters"]
     # The depth branch exists and mirrors the semantic decoder's structure.
-    depth_keys = [k[len(DEPTH_PREFIX):] for k in sd if k.startswith(DEPTH_PREFIX)]
-    sem_keys = [k[len("sem_seg_head."):] for k in sd if k.startswith("sem_seg_head.")]
+    depth_keys = [k[len(DEPTH_PREFIX) :] for k in sd if k.startswith(DEPTH_PREFIX)]
+    sem_keys = [k[len("sem_seg_head.") :] for k in sd if k.startswith("sem_seg_head.")]
     assert [k for k in depth_keys if not k.startswith("predictor")] == [
-        k for k in sem_keys if not k.startswith("predictor")]
+        k for k in sem_keys if not k.startswith("predictor")
+    ]
 
 
 def test_full_config_files_build_the_listed_models() -> None:
-    for yaml_name, keys_name in (("full_config_R52_os16.yaml", "keys_R52_os16.json"),
-                                 ("full_config_R52_os16_dsconv.yaml", "keys_R52_os16_dsconv.json")):
+    for yaml_name, keys_name in (
+        ("full_config_R52_os16.yaml", "keys_R52_os16.json"),
+        ("full_config_R52_os16_dsconv.yaml", "keys_R52_os16_dsconv.json"),
+    ):
         config = ModelConfig.from_detectron2(FIXTURES / yaml_name)
         ref = json.loads((FIXTURES / keys_name).read_text())
         shapes = {k: list(v.shape) for k, v in build_model(config).state_dict().items()}
@@ -90,9 +100,12 @@ def test_features_and_raw_outputs(loaded, case) -> None:
     for name, tol in (("res2", 2e-4), ("res3", 2e-4), ("res5", 2e-3)):
         np.testing.assert_allclose(feats[name][0].numpy(), case[f"feat_{name}"], atol=tol, rtol=0)
     pairs = [
-        (s4["sem_seg"], "raw_sem_logits_stride4", 5e-3), (s4["center"], "raw_center_stride4", 3e-4),
-        (s4["offset"], "raw_offsets_stride4_unscaled", 5e-3), (out["sem_seg"], "raw_sem_logits", 5e-3),
-        (out["center"], "raw_center_heatmap", 3e-4), (out["offset"], "raw_offsets", 5e-3),
+        (s4["sem_seg"], "raw_sem_logits_stride4", 5e-3),
+        (s4["center"], "raw_center_stride4", 3e-4),
+        (s4["offset"], "raw_offsets_stride4_unscaled", 5e-3),
+        (out["sem_seg"], "raw_sem_logits", 5e-3),
+        (out["center"], "raw_center_heatmap", 3e-4),
+        (out["offset"], "raw_offsets", 5e-3),
     ]
     for ours, key, tol in pairs:
         np.testing.assert_allclose(ours[0].numpy(), case[key], atol=tol, rtol=0, err_msg=key)
@@ -106,8 +119,9 @@ def test_predictor_raw_is_sem_seg_output(predictor, case) -> None:
 
 def test_centers_and_panoptic_exact(predictor, case) -> None:
     raw = predictor.raw(_bgr(case))
-    fused = panoptic_fusion(raw["sem_seg"], raw["center"], raw["offset"], classes=predictor.classes,
-                            config=predictor.postprocess)
+    fused = panoptic_fusion(
+        raw["sem_seg"], raw["center"], raw["offset"], classes=predictor.classes, config=predictor.postprocess
+    )
     np.testing.assert_array_equal(fused.centers.numpy(), case["center_points_yx"])
     result = predictor.predict(_bgr(case))
     outside = ~case["near_tie_mask"]

@@ -1,4 +1,5 @@
 """Export round trips (ONNX through onnxruntime, TorchScript) with parity, and clear errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -32,8 +33,9 @@ def case():
 
 def _center_set(pred: Predictor, raw: dict) -> set[tuple[int, int]]:
     post = pred.postprocess
-    centers = find_instance_centers(raw["center"], threshold=post.center_threshold, nms_kernel=post.nms_kernel,
-                                    top_k=post.top_k)
+    centers = find_instance_centers(
+        raw["center"], threshold=post.center_threshold, nms_kernel=post.nms_kernel, top_k=post.top_k
+    )
     return {(int(y), int(x)) for y, x in centers.tolist()}
 
 
@@ -47,8 +49,9 @@ def _assert_result_parity(pa: Predictor, pb: Predictor, img: np.ndarray, tie_mas
     raw_a, raw_b = pa.raw(img), pb.raw(img)
     ca, cb = _center_set(pa, raw_a), _center_set(pb, raw_b)
     heat = raw_a["center"][0]
-    pooled = torch.nn.functional.max_pool2d(heat[None, None], pa.postprocess.nms_kernel, 1,
-                                            pa.postprocess.nms_kernel // 2)[0, 0]
+    pooled = torch.nn.functional.max_pool2d(
+        heat[None, None], pa.postprocess.nms_kernel, 1, pa.postprocess.nms_kernel // 2
+    )[0, 0]
     for y, x in ca ^ cb:
         plateau = abs(float(pooled[y, x] - heat[y, x])) < 1e-4
         at_threshold = abs(float(heat[y, x]) - pa.postprocess.center_threshold) < 1e-4
@@ -116,7 +119,7 @@ def test_torchscript_roundtrip(tmp_path: Path, tiny_checkpoint: Path) -> None:
         assert float((got - ref[key]).abs().max()) < 1e-4, key
     extra = {"panoptic_depthlab.json": ""}
     torch.jit.load(str(out), _extra_files=extra)
-    assert b"\"export_format\": \"torchscript\"" in extra["panoptic_depthlab.json"]
+    assert b'"export_format": "torchscript"' in extra["panoptic_depthlab.json"]
 
 
 def test_export_errors_name_the_cause(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -141,12 +144,42 @@ def test_malformed_onnx_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_export_cli(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "cli.onnx"
-    proc = subprocess.run([sys.executable, "-m", "panoptic_depthlab_ros.cli", "export", str(tiny_checkpoint), str(out),
-                           "--format", "onnx", "--height", "128", "--width", "256"],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "panoptic_depthlab_ros.cli",
+            "export",
+            str(tiny_checkpoint),
+            str(out),
+            "--format",
+            "onnx",
+            "--height",
+            "128",
+            "--width",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and (tmp_path / "cli.onnx.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "panoptic_depthlab_ros.cli", "export", str(tiny_checkpoint),
-                          str(tmp_path / "b.onnx"), "--height", "130", "--width", "256"],
-                         capture_output=True, text=True, cwd=REPO)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "panoptic_depthlab_ros.cli",
+            "export",
+            str(tiny_checkpoint),
+            str(tmp_path / "b.onnx"),
+            "--height",
+            "130",
+            "--width",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert bad.returncode == 2 and "not a positive multiple of 32" in bad.stderr

@@ -1,6 +1,7 @@
 """The package shape: the core imports without ROS, and a colcon build of this
 directory (the ROS users' path) installs messages, Python package, node and
 launch/config files."""
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,20 @@ def test_source_tree_package_sees_generated_messages() -> None:
 
 
 _COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", "build", "install", "log", ".git", "__pycache__", "*.egg-info", "demo_output",
-    ".pytest_cache", ".ruff_cache", ".mypy_cache", "training", "bench", "test",
+    ".venv",
+    "build",
+    "install",
+    "log",
+    ".git",
+    "__pycache__",
+    "*.egg-info",
+    "demo_output",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    "training",
+    "bench",
+    "test",
 )
 
 
@@ -70,9 +83,20 @@ def test_colcon_build_install_space(tmp_path: Path) -> None:
     env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), CMAKE_PREFIX_PATH=str(venv))
     env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
     build = subprocess.run(
-        [str(venv / "bin" / "colcon"), "build", "--event-handlers", "console_direct-",
-         "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
-        cwd=ws, env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(venv / "bin" / "colcon"),
+            "build",
+            "--event-handlers",
+            "console_direct-",
+            "--cmake-args",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            "-DBUILD_TESTING=OFF",
+        ],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
 
@@ -85,8 +109,13 @@ def test_colcon_build_install_space(tmp_path: Path) -> None:
     assert node.is_file() and os.access(node, os.X_OK)
     assert node.read_text().splitlines()[0] == f"#!{sys.executable}"
     share = prefix / "share" / "panoptic_depthlab_ros"
-    for rel in ("launch/panoptic_depthlab.launch.py", "config/panoptic_depthlab.yaml",
-                "rviz/panoptic_depthlab.rviz", "package.xml", "msg/SegmentDepth.msg"):
+    for rel in (
+        "launch/panoptic_depthlab.launch.py",
+        "config/panoptic_depthlab.yaml",
+        "rviz/panoptic_depthlab.rviz",
+        "package.xml",
+        "msg/SegmentDepth.msg",
+    ):
         assert (share / rel).is_file(), rel
     index = prefix / "share" / "ament_index" / "resource_index" / "packages" / "panoptic_depthlab_ros"
     assert index.is_file()
@@ -99,7 +128,6 @@ def test_colcon_build_install_space(tmp_path: Path) -> None:
         "print(panoptic_depthlab_ros.__file__)\n"
     )
     run_env = dict(env, PYTHONPATH=str(site), LD_LIBRARY_PATH=f"{prefix / 'lib'}:{env.get('LD_LIBRARY_PATH', '')}")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=run_env,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=run_env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(pkg / "__init__.py")

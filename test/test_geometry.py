@@ -74,7 +74,12 @@ def test_point_cloud_matches_back_projection_at_stride(stride: int, organized: b
     depth[0, 0] = -1.0
     panoptic = rng.choice([-1, 0, 2000, 11001, 11002, 13005], size=depth.shape).astype(np.int32)
     cloud = point_cloud(
-        depth, panoptic, K, class_colors=COLORS, label_divisor=1000, stride=stride,
+        depth,
+        panoptic,
+        K,
+        class_colors=COLORS,
+        label_divisor=1000,
+        stride=stride,
         organized=organized,
     )
     x, y, z, valid, labels = _reference_points(depth, panoptic, K, stride)
@@ -100,19 +105,22 @@ def test_point_cloud_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="same size"):
         point_cloud(depth, np.zeros((3, 2), np.int32), K, class_colors=COLORS, label_divisor=1000)
     with pytest.raises(ValueError, match="fx, fy > 0"):
-        point_cloud(depth, np.zeros((2, 3), np.int32), np.zeros((3, 3)), class_colors=COLORS,
-                    label_divisor=1000)
+        point_cloud(depth, np.zeros((2, 3), np.int32), np.zeros((3, 3)), class_colors=COLORS, label_divisor=1000)
     with pytest.raises(ValueError, match="stride"):
-        point_cloud(depth, np.zeros((2, 3), np.int32), K, class_colors=COLORS, label_divisor=1000,
-                    stride=0)
+        point_cloud(depth, np.zeros((2, 3), np.int32), K, class_colors=COLORS, label_divisor=1000, stride=0)
 
 
 def test_point_colors_class_and_instance() -> None:
     labels = np.array([-1, 0, 2000, 11001, 11002, 11001, 13000], np.int32)
     by_class = point_colors(labels, class_colors=COLORS, label_divisor=1000, mode="class")
     assert by_class.tolist() == [
-        _packed(VOID_RGB), _packed(COLORS[0]), _packed(COLORS[2]), _packed(COLORS[11]),
-        _packed(COLORS[11]), _packed(COLORS[11]), _packed(COLORS[13]),
+        _packed(VOID_RGB),
+        _packed(COLORS[0]),
+        _packed(COLORS[2]),
+        _packed(COLORS[11]),
+        _packed(COLORS[11]),
+        _packed(COLORS[11]),
+        _packed(COLORS[13]),
     ]
     by_instance = point_colors(labels, class_colors=COLORS, label_divisor=1000, mode="instance")
     # Void and stuff (instance 0, also a thing class's 13000) keep the class colour.
@@ -135,8 +143,7 @@ def test_pointcloud_msg_round_trip() -> None:
     depth = np.array([[2.0, NAN, 4.0], [1.0, 8.0, 3.0]], np.float32)
     panoptic = np.array([[0, 0, 11001], [-1, 13002, 13002]], np.int32)
     for organized in (False, True):
-        cloud = point_cloud(depth, panoptic, K, class_colors=COLORS, label_divisor=1000,
-                            organized=organized)
+        cloud = point_cloud(depth, panoptic, K, class_colors=COLORS, label_divisor=1000, organized=organized)
         header = Header(frame_id="cam_optical")
         msg = pointcloud_to_msg(cloud, header=header, cloud_cls=PointCloud2, field_cls=PointField)
         assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
@@ -193,9 +200,19 @@ def test_segment_extents_equal_per_segment_percentiles() -> None:
 # --------------------------------------------------------------------- markers
 def _segment(sid: int, label: str, is_thing: bool, depth: float, centroid) -> SegmentDepth:
     return SegmentDepth(
-        id=sid, category_id=sid // 1000, label=label, is_thing=is_thing, score=1.0, area=1,
-        x_min=0, y_min=0, x_max=0, y_max=0, depth_valid_pixels=0 if math.isnan(depth) else 1,
-        depth_mean=depth, centroid=centroid,
+        id=sid,
+        category_id=sid // 1000,
+        label=label,
+        is_thing=is_thing,
+        score=1.0,
+        area=1,
+        x_min=0,
+        y_min=0,
+        x_max=0,
+        y_max=0,
+        depth_valid_pixels=0 if math.isnan(depth) else 1,
+        depth_mean=depth,
+        centroid=centroid,
     )
 
 
@@ -208,8 +225,7 @@ def test_segment_markers_labels_and_boxes() -> None:
         _segment(7000, "sign", False, NAN, (NAN, NAN, NAN)),  # no depth: nowhere to put it
         _segment(13001, "car", True, 30.0, (75.0, 0.0, 30.0)),
     ]
-    result = PanopticDepthResult(panoptic=panoptic, semantic=panoptic.astype(np.uint8),
-                                 depth=depth, segments=segments)
+    result = PanopticDepthResult(panoptic=panoptic, semantic=panoptic.astype(np.uint8), depth=depth, segments=segments)
     markers = segment_markers(result, k, near=5.0, far=60.0)
     assert [(m.namespace, m.id, m.kind) for m in markers] == [
         ("labels", 0, "text"),
@@ -247,7 +263,12 @@ def test_markers_msg_deleteall_first() -> None:
     assert clear.action == Marker.DELETEALL
     assert all(m.header.frame_id == "cam" and m.header.stamp.sec == 42 for m in msg.markers)
     assert (text.type, text.action, text.ns, text.id, text.text) == (
-        Marker.TEXT_VIEW_FACING, Marker.ADD, "labels", 0, "car 3.0 m")
+        Marker.TEXT_VIEW_FACING,
+        Marker.ADD,
+        "labels",
+        0,
+        "car 3.0 m",
+    )
     assert (box.type, box.ns, box.id) == (Marker.CUBE, "boxes", 1)
     assert (box.scale.x, box.scale.y, box.scale.z) == (4.0, 5.0, 6.0)
     assert (box.pose.position.x, box.pose.position.y, box.pose.position.z) == (1.0, 2.0, 3.0)

@@ -1,4 +1,5 @@
 """Offline CLI on a folder with images, a broken image and a short video."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,24 @@ def test_infer_folder_with_broken_image_and_video(tmp_path: Path, tiny_checkpoin
         video.write(_img(10 + i))
     video.release()
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "panoptic_depthlab_ros.cli", "infer", str(src), "--out", str(out),
-                           "--checkpoint", str(tiny_checkpoint), "--device", "cpu"],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "panoptic_depthlab_ros.cli",
+            "infer",
+            str(src),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"skipped: {src / 'broken.png'}: unreadable image" in proc.stderr
     assert "for 5 frames" in proc.stdout  # 2 images + 3 video frames
@@ -64,10 +80,24 @@ def test_cityscapes_ids_and_depth_png() -> None:
     from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
 
     pan = np.array([[0, 13001, -1], [13002, 0, 11001]], np.int32)
-    segs = [SegmentDepth(id=i, category_id=i // 1000, label="", is_thing=i >= 11000, score=1.0, area=1,
-                         x_min=0, y_min=0, x_max=0, y_max=0) for i in (0, 11001, 13001, 13002)]
-    r = PanopticDepthResult(panoptic=pan, semantic=np.zeros_like(pan, np.uint8), depth=np.zeros((2, 3), np.float32),
-                            segments=segs)
+    segs = [
+        SegmentDepth(
+            id=i,
+            category_id=i // 1000,
+            label="",
+            is_thing=i >= 11000,
+            score=1.0,
+            area=1,
+            x_min=0,
+            y_min=0,
+            x_max=0,
+            y_max=0,
+        )
+        for i in (0, 11001, 13001, 13002)
+    ]
+    r = PanopticDepthResult(
+        panoptic=pan, semantic=np.zeros_like(pan, np.uint8), depth=np.zeros((2, 3), np.float32), segments=segs
+    )
     ids, info = cityscapes_panoptic(r, cityscapes_metadata())
     # road labelId 7 (stuff), car labelId 26, person labelId 24; void 0.
     assert ids.tolist() == [[7, 26001, 0], [26002, 7, 24001]]

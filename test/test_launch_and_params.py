@@ -50,9 +50,7 @@ def test_launch_file_compiles_and_declares_its_arguments() -> None:
     compile(source, str(LAUNCH), "exec")
     tree = ast.parse(source)
     args = {c.args[0].value: c for c in _calls(tree, "DeclareLaunchArgument")}
-    assert {
-        "params_file", "image", "camera_info", "namespace", "use_sim_time", "rviz", "managed"
-    } <= set(args)
+    assert {"params_file", "image", "camera_info", "namespace", "use_sim_time", "rviz", "managed"} <= set(args)
     assert _kw(args["rviz"], "default_value").value == "false"
     assert _kw(args["use_sim_time"], "default_value").value == "false"
     assert _kw(args["managed"], "default_value").value == "false"
@@ -60,9 +58,7 @@ def test_launch_file_compiles_and_declares_its_arguments() -> None:
         assert _kw(call, "description") is not None
     functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert "generate_launch_description" in functions
-    consts = {
-        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-    }
+    consts = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert {
         "panoptic_depthlab_node",
         "panoptic_depthlab",
@@ -130,9 +126,7 @@ def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transpor
     finally:
         node.destroy_node()
     image_topic = targets["image/compressed" if transport == "compressed" else "image"]
-    expected_type = (
-        "sensor_msgs/msg/CompressedImage" if transport == "compressed" else "sensor_msgs/msg/Image"
-    )
+    expected_type = "sensor_msgs/msg/CompressedImage" if transport == "compressed" else "sensor_msgs/msg/Image"
     assert subs[image_topic] == [expected_type]
     assert subs["/cam/front/camera_info"] == ["sensor_msgs/msg/CameraInfo"]
     assert "/image" not in subs and "/camera_info" not in subs
@@ -247,9 +241,7 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
     from panoptic_depthlab_ros.predictor import Predictor
     from panoptic_depthlab_ros.visualize import overlay
 
-    h = NodeHarness(
-        ros_context, tiny_checkpoint, params={"stuff_area": 64, "qos_reliability": "reliable"}
-    )
+    h = NodeHarness(ros_context, tiny_checkpoint, params={"stuff_area": 64, "qos_reliability": "reliable"})
     try:
         client = AsyncParameterClient(h.probe, "panoptic_depthlab")
         assert client.wait_for_services(timeout_sec=15.0)
@@ -283,9 +275,7 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
             result = set_one(name, value)
             assert not result.successful, name
             assert words in result.reason, (name, result.reason)
-        got = call(
-            client.get_parameters(["center_threshold", "overlay_near_m", "checkpoint"])
-        ).values
+        got = call(client.get_parameters(["center_threshold", "overlay_near_m", "checkpoint"])).values
         assert (got[0].double_value, got[1].double_value, got[2].string_value) == (
             0.3,
             70.0,
@@ -298,15 +288,11 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
         h.image_pub.publish(image_msg(bgr, stamp=(90, 0)))
         h.wait_for(lambda: h.answered((90, 0)), 60, "answer")
         reference = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
-        reference.postprocess = replace(
-            reference.postprocess, center_threshold=0.3, stuff_area=64, depth_erosion_px=1
-        )
+        reference.postprocess = replace(reference.postprocess, center_threshold=0.3, stuff_area=64, depth_erosion_px=1)
         want = reference.predict(bgr)
         seg = h.answer("segments", (90, 0))
         assert [s.id for s in seg.segments] == [s.id for s in want.segments]
-        assert [s.depth_valid_pixels for s in seg.segments] == [
-            s.depth_valid_pixels for s in want.segments
-        ]
+        assert [s.depth_valid_pixels for s in seg.segments] == [s.depth_valid_pixels for s in want.segments]
         picture = h.answer("overlay", (90, 0))
         np.testing.assert_array_equal(
             np.frombuffer(picture.data, np.uint8).reshape(64, 128, 3),
@@ -357,9 +343,7 @@ def test_startup_failures_are_clear(
         pytest.skip("the demo checkpoint exists")
     (tmp_path / "garbage.safetensors").write_bytes(b"this is not a model")
     values = {"checkpoint": str(tiny_checkpoint), "device": "cpu", **overrides}
-    values = {
-        k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in values.items()
-    }
+    values = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in values.items()}
     with pytest.raises(PanopticDepthLabError) as info:
         PanopticDepthLabNode(
             context=ros_context,

@@ -61,12 +61,10 @@ class GatedPredictor:
 
 
 def test_unmanaged_node_starts_active_without_lifecycle_services(ros_context, tiny_checkpoint):
-    h = NodeHarness(ros_context, tiny_checkpoint, params={**PARAMS, "managed": False},
-                    outputs=OUTPUTS)
+    h = NodeHarness(ros_context, tiny_checkpoint, params={**PARAMS, "managed": False}, outputs=OUTPUTS)
     try:
         assert h.node.lifecycle_state == "active" and h.node.predictor is not None
-        services = {n for n, _ in h.node.get_service_names_and_types_by_node(
-            "panoptic_depthlab", "/")}
+        services = {n for n, _ in h.node.get_service_names_and_types_by_node("panoptic_depthlab", "/")}
         assert not {s for s in services if s.endswith(("change_state", "get_state"))}
         _answer_frame(h, 1)
     finally:
@@ -147,9 +145,7 @@ def test_managed_node_through_the_lifecycle_services(ros_context, tiny_checkpoin
         h.close()
 
 
-def test_managed_configure_failure_is_reported_and_retryable(
-    ros_context, tiny_checkpoint, tmp_path
-) -> None:
+def test_managed_configure_failure_is_reported_and_retryable(ros_context, tiny_checkpoint, tmp_path) -> None:
     missing = tmp_path / "later.safetensors"
     h = NodeHarness(ros_context, missing, params=PARAMS, outputs=OUTPUTS)
     try:
@@ -178,16 +174,33 @@ def test_installed_executable_managed_and_clean_shutdown(ros_context, tiny_check
     from panoptic_depthlab_ros.msg import SegmentDepthArray
 
     proc = subprocess.Popen(
-        [str(installed_executable()), "--ros-args", "-p", f"checkpoint:={tiny_checkpoint}",
-         "-p", "device:=cpu", "-p", "managed:=true", "-p", "qos_reliability:=reliable"],
-        env=child_env(ros_context), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(installed_executable()),
+            "--ros-args",
+            "-p",
+            f"checkpoint:={tiny_checkpoint}",
+            "-p",
+            "device:=cpu",
+            "-p",
+            "managed:=true",
+            "-p",
+            "qos_reliability:=reliable",
+        ],
+        env=child_env(ros_context),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     probe = Node("lifecycle_probe", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(probe)
     got: list = []
-    probe.create_subscription(SegmentDepthArray, "/panoptic_depthlab/segments", got.append,
-                              QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    probe.create_subscription(
+        SegmentDepthArray,
+        "/panoptic_depthlab/segments",
+        got.append,
+        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
+    )
     pub = probe.create_publisher(Image, "/image", 10)
     client = probe.create_client(ChangeState, "/panoptic_depthlab/change_state")
 
@@ -206,9 +219,7 @@ def test_installed_executable_managed_and_clean_shutdown(ros_context, tiny_check
         assert change(Transition.TRANSITION_ACTIVATE)
         deadline = time.monotonic() + 60
         while not got and time.monotonic() < deadline and proc.poll() is None:
-            if pub.get_subscription_count() and probe.count_subscribers(
-                "/panoptic_depthlab/segments"
-            ):
+            if pub.get_subscription_count() and probe.count_subscribers("/panoptic_depthlab/segments"):
                 pub.publish(image_msg(random_image(7), stamp=(7, 0)))
             executor.spin_once(timeout_sec=0.5)
         assert got and stamp_of(got[0]) == (7, 0)

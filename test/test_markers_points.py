@@ -79,7 +79,8 @@ def _check_markers(h: NodeHarness, stamp, sent_header) -> None:
         assert (p.x, p.y, p.z) == (s.centroid.x, s.centroid.y, s.centroid.z)
         b, g, r = depth_to_bgr(np.float32(s.depth_mean), near=5.0, far=60.0)
         np.testing.assert_allclose(
-            [m.color.r, m.color.g, m.color.b, m.color.a], [r / 255, g / 255, b / 255, 1.0],
+            [m.color.r, m.color.g, m.color.b, m.color.a],
+            [r / 255, g / 255, b / 255, 1.0],
             atol=1e-6,
         )
     # Boxes: one per thing, spanning the 5th..95th percentile of its back-projected pixels.
@@ -97,9 +98,7 @@ def _check_markers(h: NodeHarness, stamp, sent_header) -> None:
         assert box.type == Marker.CUBE and 0 < box.color.a < 1
         p, sc = box.pose.position, box.scale
         np.testing.assert_allclose([p.x, p.y, p.z], (lo + hi) / 2, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(
-            [sc.x, sc.y, sc.z], np.maximum(hi - lo, 0.05), rtol=1e-5, atol=1e-6
-        )
+        np.testing.assert_allclose([sc.x, sc.y, sc.z], np.maximum(hi - lo, 0.05), rtol=1e-5, atol=1e-6)
 
 
 def test_markers_and_points_need_camera_info_then_match_the_maps(harness) -> None:
@@ -146,9 +145,7 @@ def test_markers_and_points_need_camera_info_then_match_the_maps(harness) -> Non
     _check_markers(h, (3, 0), sent.header)
 
 
-@pytest.mark.parametrize(
-    "harness", [{"points_organized": True, "points_color": "instance"}], indirect=True
-)
+@pytest.mark.parametrize("harness", [{"points_organized": True, "points_color": "instance"}], indirect=True)
 def test_organized_cloud_with_instance_colours(harness) -> None:
     h = harness
     h.wait_connected()
@@ -201,12 +198,8 @@ def test_unsubscribed_3d_outputs_cost_nothing(ros_context, tiny_checkpoint, monk
 
         got = {"markers": [], "points": []}
         keep = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        h.probe.create_subscription(
-            MarkerArray, "/panoptic_depthlab/markers", got["markers"].append, keep
-        )
-        h.probe.create_subscription(
-            PointCloud2, "/panoptic_depthlab/points", got["points"].append, keep
-        )
+        h.probe.create_subscription(MarkerArray, "/panoptic_depthlab/markers", got["markers"].append, keep)
+        h.probe.create_subscription(PointCloud2, "/panoptic_depthlab/points", got["points"].append, keep)
         pubs = h.node.pipeline.outputs.publishers
         h.wait_for(
             lambda: all(pubs[n].get_subscription_count() >= 1 for n in ("markers", "points")),

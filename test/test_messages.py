@@ -1,5 +1,6 @@
 """Our messages: definitions match what rosidl generated, and they travel over
 real rclpy (loopback, test-unique domain) with every field intact."""
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,11 @@ def test_required_fields_present() -> None:
     ).split()
     assert set(required) <= set(SegmentDepth.get_fields_and_field_types())
     assert list(SegmentDepthArray.get_fields_and_field_types()) == [
-        "header", "height", "width", "label_divisor", "segments",
+        "header",
+        "height",
+        "width",
+        "label_divisor",
+        "segments",
     ]
 
 
@@ -61,9 +66,22 @@ def _segment(i: int, nan_centroid: bool):
 
     nan = float("nan")
     return SegmentDepth(
-        id=13000 + i, category_id=13, label="car", is_thing=True, score=0.5 + 0.125 * i,  # float32-exact
-        area=1000 + i, x_min=1, y_min=2, x_max=30 + i, y_max=40, depth_valid_pixels=900,
-        depth_mean=12.5, depth_median=12.25, depth_min=10.0, depth_std=1.5, depth_robust=12.375,
+        id=13000 + i,
+        category_id=13,
+        label="car",
+        is_thing=True,
+        score=0.5 + 0.125 * i,  # float32-exact
+        area=1000 + i,
+        x_min=1,
+        y_min=2,
+        x_max=30 + i,
+        y_max=40,
+        depth_valid_pixels=900,
+        depth_mean=12.5,
+        depth_median=12.25,
+        depth_min=10.0,
+        depth_std=1.5,
+        depth_robust=12.375,
         centroid=Point(x=nan, y=nan, z=nan) if nan_centroid else Point(x=1.0, y=-0.5, z=12.5),
     )
 
@@ -98,7 +116,10 @@ def test_segment_depth_array_roundtrip(ros_context) -> None:
     from panoptic_depthlab_ros.msg import SegmentDepthArray
 
     sent = SegmentDepthArray(
-        header=Header(frame_id="camera_optical"), height=480, width=640, label_divisor=1000,
+        header=Header(frame_id="camera_optical"),
+        height=480,
+        width=640,
+        label_divisor=1000,
         segments=[_segment(1, nan_centroid=False), _segment(2, nan_centroid=True)],
     )
     sent.header.stamp.sec, sent.header.stamp.nanosec = 1234, 5678

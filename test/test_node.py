@@ -62,9 +62,7 @@ def harness(ros_context, tiny_checkpoint, request):
 
 
 def _image(msg) -> np.ndarray:
-    dtype = {"32SC1": np.int32, "32FC1": np.float32, "mono8": np.uint8, "bgr8": np.uint8}[
-        msg.encoding
-    ]
+    dtype = {"32SC1": np.int32, "32FC1": np.float32, "mono8": np.uint8, "bgr8": np.uint8}[msg.encoding]
     channels = 3 if msg.encoding == "bgr8" else 1
     itemsize = np.dtype(dtype).itemsize
     assert msg.step == msg.width * channels * itemsize
@@ -109,9 +107,7 @@ def _assert_segments_equal(msg, expected) -> None:
             s.depth_robust,
             *s.centroid,
         ]
-        np.testing.assert_allclose(
-            np.float32(got), np.float32(want), rtol=1e-5, atol=1e-6, equal_nan=True
-        )
+        np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 # --------------------------------------------------------------------- outputs
@@ -127,16 +123,9 @@ def test_frames_in_all_five_outputs_out(harness, reference) -> None:
         harness.image_pub.publish(sent)
         harness.wait_for(lambda s=stamp: harness.answered(s), 60, f"all outputs for {stamp}")
 
-        seen = (
-            bgr
-            if encoding != "mono8"
-            else cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-        )
+        seen = bgr if encoding != "mono8" else cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
         want = reference.predict(seen)
-        outs = {
-            name: harness.answer(name, stamp)
-            for name in ("segments", "panoptic", "semantic", "depth", "overlay")
-        }
+        outs = {name: harness.answer(name, stamp) for name in ("segments", "panoptic", "semantic", "depth", "overlay")}
         for msg in outs.values():
             assert msg.header == sent.header
         for name, encoding_out in (
@@ -160,9 +149,7 @@ def test_frames_in_all_five_outputs_out(harness, reference) -> None:
         assert (seg.height, seg.width, seg.label_divisor) == (64, 128, 1000)
         _assert_segments_equal(seg, want.segments)
         # No camera_info: every centroid is unknown.
-        assert all(
-            math.isnan(v) for s in seg.segments for v in (s.centroid.x, s.centroid.y, s.centroid.z)
-        )
+        assert all(math.isnan(v) for s in seg.segments for v in (s.centroid.x, s.centroid.y, s.centroid.z))
         assert set(np.unique(_image(outs["panoptic"]))) == {s.id for s in seg.segments} | (
             {-1} if (want.panoptic == -1).any() else set()
         )
@@ -201,9 +188,7 @@ def test_diagnostics_every_period(harness) -> None:
     ):
         assert key in values, key
     assert float(values["total_ms_last"]) >= float(values["network_ms_last"]) > 0
-    stamps = [
-        d.header.stamp.sec + d.header.stamp.nanosec * 1e-9 for d in harness.messages("diagnostics")
-    ]
+    stamps = [d.header.stamp.sec + d.header.stamp.nanosec * 1e-9 for d in harness.messages("diagnostics")]
     time.sleep(2.2)
     assert len(harness.messages("diagnostics")) >= len(stamps) + 2  # about one per second
 
@@ -220,9 +205,7 @@ def test_overload_latest_frame_only(harness) -> None:
     last = (100 + n - 1, 0)
     harness.wait_for(lambda: harness.answered(last), 60, "the last frame's answer")
     harness.wait_for(
-        lambda: (lambda c: c["received"] == c["processed"] + c["dropped_overload"])(
-            harness.counts()
-        ),
+        lambda: (lambda c: c["received"] == c["processed"] + c["dropped_overload"])(harness.counts()),
         10,
         "counts to settle",
     )
@@ -231,9 +214,7 @@ def test_overload_latest_frame_only(harness) -> None:
     assert counts["received"] == n
     assert counts["dropped_overload"] > 0 and counts["processed"] < n
     assert counts["processed"] == len(answered)
-    assert (
-        answered == sorted(answered) and answered[-1] == last[0]
-    )  # in order, ending with the latest
+    assert answered == sorted(answered) and answered[-1] == last[0]  # in order, ending with the latest
     for name in ("panoptic", "semantic", "depth", "overlay"):
         assert [stamp_of(m)[0] for m in harness.messages(name)] == answered
     # No queue: a frame waits at most for the one frame being processed when it arrived.
@@ -302,9 +283,7 @@ def test_thousand_bad_frames_interleaved(harness) -> None:
         harness.image_pub.publish(frame)
         sent_images += 1
         harness.wait_for(lambda s=stamp: harness.answered(s), 60, f"good frame {stamp}")
-    harness.wait_for(
-        lambda: harness.counts()["dropped_bad_input"] >= n_bad, 20, "every bad frame counted"
-    )
+    harness.wait_for(lambda: harness.counts()["dropped_bad_input"] >= n_bad, 20, "every bad frame counted")
     counts = harness.counts()
     assert counts["dropped_bad_input"] == n_bad
     assert counts["processed"] == n_good
@@ -312,9 +291,7 @@ def test_thousand_bad_frames_interleaved(harness) -> None:
     assert counts["dropped_overload"] == 0 and counts["errors"] == 0
     assert counts["camera_info_received"] == 0 and sent_info > 0  # all camera infos were malformed
     assert harness.node.pipeline.camera_k is None
-    assert [stamp_of(m)[0] for m in harness.messages("segments")] == list(
-        range(1000, 1000 + n_good)
-    )
+    assert [stamp_of(m)[0] for m in harness.messages("segments")] == list(range(1000, 1000 + n_good))
 
 
 def test_predictor_failure_does_not_kill_the_worker(harness) -> None:
@@ -363,9 +340,7 @@ def test_camera_info_gives_consistent_centroids(harness, reference) -> None:
         z = depth[mask]
         x = ((u[mask] - k[0, 2]) * z / k[0, 0]).mean()
         y = ((v[mask] - k[1, 2]) * z / k[1, 1]).mean()
-        np.testing.assert_allclose(
-            [s.centroid.x, s.centroid.y, s.centroid.z], [x, y, z.mean()], rtol=1e-4, atol=1e-4
-        )
+        np.testing.assert_allclose([s.centroid.x, s.centroid.y, s.centroid.z], [x, y, z.mean()], rtol=1e-4, atol=1e-4)
         assert s.centroid.z == pytest.approx(s.depth_mean, rel=1e-6)
         checked += 1
     assert checked > 0
@@ -387,9 +362,7 @@ def test_compressed_transport(harness, reference) -> None:
     broken = CompressedImage(format="jpeg", data=b"\xff\xd8 definitely not a jpeg")
     broken.header.stamp.sec = 51
     harness.compressed_pub.publish(broken)
-    harness.wait_for(
-        lambda: harness.counts()["dropped_bad_input"] == 1, 30, "the corrupt frame to be dropped"
-    )
+    harness.wait_for(lambda: harness.counts()["dropped_bad_input"] == 1, 30, "the corrupt frame to be dropped")
     msg.header.stamp.sec = 52
     harness.compressed_pub.publish(msg)
     harness.wait_for(lambda: harness.answered((52, 0)), 60, "answer after the corrupt frame")
@@ -403,9 +376,7 @@ def test_switched_off_and_unsubscribed_outputs(ros_context, tiny_checkpoint) -> 
     try:
         topics = dict(h.node.get_publisher_names_and_types_by_node("panoptic_depthlab", "/"))
         assert "/panoptic_depthlab/panoptic" in topics and "/panoptic_depthlab/overlay" in topics
-        assert (
-            "/panoptic_depthlab/depth" not in topics and "/panoptic_depthlab/semantic" not in topics
-        )
+        assert "/panoptic_depthlab/depth" not in topics and "/panoptic_depthlab/semantic" not in topics
         h.wait_for(lambda: h.image_pub.get_subscription_count() == 1, 15, "discovery")
         h.image_pub.publish(image_msg(random_image(11, 128, 256), stamp=(60, 0)))
         h.wait_for(lambda: h.counts()["skipped_no_subscribers"] == 1, 30, "the frame to be skipped")
@@ -433,9 +404,7 @@ def test_worker_stops_with_the_node(ros_context, tiny_checkpoint) -> None:
     h = NodeHarness(ros_context, tiny_checkpoint, params=PARAMS)
     assert any(t.name == "panoptic_depthlab_worker" for t in threading.enumerate())
     h.close()
-    assert not any(
-        t.name == "panoptic_depthlab_worker" and t.is_alive() for t in threading.enumerate()
-    )
+    assert not any(t.name == "panoptic_depthlab_worker" and t.is_alive() for t in threading.enumerate())
     h.node.destroy_node()  # a second destroy is harmless
 
 
@@ -483,9 +452,7 @@ def test_installed_executable_answers_and_warns(ros_context, tiny_checkpoint) ->
         bad.encoding = "yuv422"
         deadline = time.monotonic() + 90
         while not got and time.monotonic() < deadline and proc.poll() is None:
-            if pub.get_subscription_count() and probe.count_subscribers(
-                "/panoptic_depthlab/segments"
-            ):
+            if pub.get_subscription_count() and probe.count_subscribers("/panoptic_depthlab/segments"):
                 # Default QoS of the node: best effort, depth 1, so one message at a time.
                 pub.publish(bad)
                 executor.spin_once(timeout_sec=0.3)

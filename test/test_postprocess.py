@@ -4,6 +4,7 @@ The references below are written the slow, obvious way (Detectron2's dense
 distance matrix and per-instance loops; per-segment numpy masks), so they can be
 trusted by reading them.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,9 @@ def test_centers_threshold_nms_plateau_and_topk() -> None:
 def test_group_pixels_equals_dense_argmin(seed: int, num_centers: int) -> None:
     g = torch.Generator().manual_seed(seed)
     h, w = 96, 160
-    centers = torch.stack((torch.randint(0, h, (num_centers,), generator=g),
-                           torch.randint(0, w, (num_centers,), generator=g)), 1)
+    centers = torch.stack(
+        (torch.randint(0, h, (num_centers,), generator=g), torch.randint(0, w, (num_centers,), generator=g)), 1
+    )
     offset = torch.randn(2, h, w, generator=g) * 25
     mask = torch.rand(h, w, generator=g) < 0.7
     ours = group_pixels(centers, offset, mask)
@@ -105,8 +107,9 @@ def test_merge_equals_detectron2_loop(seed: int) -> None:
     sem[40:, :50] = 0  # one large stuff region
     thing = torch.isin(sem, torch.tensor(CLASSES.thing_ids))
     ins = torch.randint(1, 9, (h, w), generator=g) * thing
-    ours = merge_semantic_and_instance(sem, ins, thing_ids=CLASSES.thing_ids, num_classes=19,
-                                       label_divisor=1000, stuff_area=100)
+    ours = merge_semantic_and_instance(
+        sem, ins, thing_ids=CLASSES.thing_ids, num_classes=19, label_divisor=1000, stuff_area=100
+    )
     ref = ref_merge(sem, ins, CLASSES.thing_ids, 1000, 100)
     assert torch.equal(ours.long(), ref)
     assert (ours[40:, :50] == 0).all()  # the large road region is kept as stuff id 0
@@ -116,8 +119,9 @@ def test_fusion_without_centers_leaves_things_void() -> None:
     logits = torch.zeros(19, 8, 8)
     logits[13, :4] = 5.0  # car on top half
     logits[0, 4:] = 5.0  # road below
-    out = panoptic_fusion(logits, torch.zeros(1, 8, 8), torch.zeros(2, 8, 8), classes=CLASSES,
-                          config=PostprocessConfig(stuff_area=10))
+    out = panoptic_fusion(
+        logits, torch.zeros(1, 8, 8), torch.zeros(2, 8, 8), classes=CLASSES, config=PostprocessConfig(stuff_area=10)
+    )
     assert out.centers.shape == (0, 2)
     assert (out.panoptic[:4] == -1).all() and (out.panoptic[4:] == 0).all()
 
@@ -139,10 +143,14 @@ def ref_stats(pan, depth, k, erosion):
             cut = int(math.floor(len(d) * 0.1))
             uy, ux = np.nonzero(use)
             z = depth[use].astype(np.float64)
-            rec.update(mean=d.mean(), median=d[(len(d) - 1) // 2], min=d[0], std=d.std(),
-                       robust=d[cut:len(d) - cut].mean(),
-                       centroid=(((ux - k[0, 2]) * z / k[0, 0]).mean(), ((uy - k[1, 2]) * z / k[1, 1]).mean(),
-                                 z.mean()))
+            rec.update(
+                mean=d.mean(),
+                median=d[(len(d) - 1) // 2],
+                min=d[0],
+                std=d.std(),
+                robust=d[cut : len(d) - cut].mean(),
+                centroid=(((ux - k[0, 2]) * z / k[0, 0]).mean(), ((uy - k[1, 2]) * z / k[1, 1]).mean(), z.mean()),
+            )
         out[int(sid)] = rec
     return out
 
@@ -159,8 +167,13 @@ def test_segment_statistics_equal_brute_force(seed: int, erosion: int) -> None:
     depth[rng.random((h, w)) < 0.1] = np.nan
     depth[rng.random((h, w)) < 0.02] = 0.0
     k = np.array([[100.0, 0, 40.0], [0, 110.0, 30.0], [0, 0, 1]])
-    segs = segment_depth_statistics(torch.from_numpy(pan), torch.from_numpy(depth), classes=CLASSES,
-                                    config=PostprocessConfig(depth_erosion_px=erosion), camera_k=k)
+    segs = segment_depth_statistics(
+        torch.from_numpy(pan),
+        torch.from_numpy(depth),
+        classes=CLASSES,
+        config=PostprocessConfig(depth_erosion_px=erosion),
+        camera_k=k,
+    )
     ref = ref_stats(pan, depth, k, erosion)
     assert [s.id for s in segs] == sorted(ref)
     for s in segs:
@@ -178,8 +191,9 @@ def test_segment_statistics_without_valid_depth_or_camera_are_nan() -> None:
     pan[:2] = 13001
     depth = np.full((4, 4), np.nan, np.float32)
     depth[2:] = 5.0
-    segs = segment_depth_statistics(torch.from_numpy(pan), torch.from_numpy(depth), classes=CLASSES,
-                                    config=PostprocessConfig())
+    segs = segment_depth_statistics(
+        torch.from_numpy(pan), torch.from_numpy(depth), classes=CLASSES, config=PostprocessConfig()
+    )
     road, car = segs
     assert road.depth_valid_pixels == 8 and road.depth_mean == 5.0 and road.depth_std == 0.0
     assert all(math.isnan(v) for v in road.centroid)
@@ -231,8 +245,9 @@ def test_semantic_is_torch_argmax_with_ties_and_nan() -> None:
     logits[4, :3] = logits[9, :3] = 50.0  # ties: the lower class wins
     logits[2, 10, 10] = logits[7, 10, 10] = float("nan")  # NaN counts as the maximum (first NaN)
     logits[:, 11, 11] = float("nan")
-    out = panoptic_fusion(logits, torch.zeros(1, 40, 70), torch.zeros(2, 40, 70), classes=CLASSES,
-                          config=PostprocessConfig(stuff_area=10))
+    out = panoptic_fusion(
+        logits, torch.zeros(1, 40, 70), torch.zeros(2, 40, 70), classes=CLASSES, config=PostprocessConfig(stuff_area=10)
+    )
     assert out.semantic.dtype == torch.int64 and torch.equal(out.semantic, logits.argmax(0))
 
 
@@ -274,14 +289,19 @@ def test_order_statistics_with_ties_wide_range_and_tiny_segments(seed: int, trim
     depth[tie] = np.maximum(np.round(depth[tie]), 1.0)  # many equal values
     depth[:8, :8] = 80.0
     k = np.array([[50.0, 0, 32.0], [0, 50.0, 24.0], [0, 0, 1]])
-    segs = segment_depth_statistics(torch.from_numpy(pan), torch.from_numpy(depth), classes=CLASSES,
-                                    config=PostprocessConfig(robust_trim=trim), camera_k=k)
+    segs = segment_depth_statistics(
+        torch.from_numpy(pan),
+        torch.from_numpy(depth),
+        classes=CLASSES,
+        config=PostprocessConfig(robust_trim=trim),
+        camera_k=k,
+    )
     for s in segs:
         d = np.sort(depth[pan == s.id].astype(np.float64))
         cut = int(math.floor(len(d) * trim))
         assert s.depth_valid_pixels == len(d)
         assert s.depth_min == d[0] and s.depth_median == d[(len(d) - 1) // 2]
-        assert s.depth_robust == pytest.approx(d[cut:len(d) - cut].mean(), rel=1e-9)
+        assert s.depth_robust == pytest.approx(d[cut : len(d) - cut].mean(), rel=1e-9)
         assert s.depth_mean == pytest.approx(d.mean(), rel=1e-9)
 
 
@@ -305,8 +325,9 @@ def test_results_do_not_depend_on_torch_threads() -> None:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             fused = panoptic_fusion(logits, center, offset, classes=CLASSES, config=config)
-            segs = segment_depth_statistics(fused.panoptic, depth, classes=CLASSES, config=config,
-                                            sem_logits=logits, center=center, camera_k=k)
+            segs = segment_depth_statistics(
+                fused.panoptic, depth, classes=CLASSES, config=config, sem_logits=logits, center=center, camera_k=k
+            )
             assert torch.get_num_threads() == threads
             results.append((fused.panoptic, [tuple(vars(s).values()) for s in segs]))
     finally:
@@ -337,14 +358,20 @@ def test_statistics_with_many_segments_and_huge_ids(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(pp, "_LINE_TABLE_LIMIT", 64)
     rng = np.random.default_rng(7)
     h, w = 30, 40
-    classes = type(CLASSES)(names=CLASSES.names, colors=CLASSES.colors, thing_ids=CLASSES.thing_ids,
-                            label_divisor=1 << 20)
+    classes = type(CLASSES)(
+        names=CLASSES.names, colors=CLASSES.colors, thing_ids=CLASSES.thing_ids, label_divisor=1 << 20
+    )
     pan = (rng.integers(11, 19, (h, w)) << 20) + np.arange(h * w).reshape(h, w)  # ~1200 ids >= 2**22
     pan[:4] = -1
     depth = rng.uniform(1, 70, (h, w)).astype(np.float32)
     k = np.array([[40.0, 0, 20.0], [0, 40.0, 15.0], [0, 0, 1]])
-    segs = segment_depth_statistics(torch.from_numpy(pan.astype(np.int32)), torch.from_numpy(depth),
-                                    classes=classes, config=PostprocessConfig(), camera_k=k)
+    segs = segment_depth_statistics(
+        torch.from_numpy(pan.astype(np.int32)),
+        torch.from_numpy(depth),
+        classes=classes,
+        config=PostprocessConfig(),
+        camera_k=k,
+    )
     ref = ref_stats(pan, depth, k, 0)
     assert [s.id for s in segs] == sorted(ref)
     for s in segs:

@@ -1,4 +1,5 @@
 """The Predictor's public behaviour: shapes, dtypes, resizing, intrinsics, input errors."""
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,11 @@ def test_result_layout(predictor: Predictor) -> None:
         assert all(math.isnan(c) for c in s.centroid)
     raw = predictor.raw(img)
     assert {k: tuple(v.shape) for k, v in raw.items()} == {
-        "sem_seg": (19, 100, 170), "center": (1, 100, 170), "offset": (2, 100, 170), "depth": (1, 100, 170)}
+        "sem_seg": (19, 100, 170),
+        "center": (1, 100, 170),
+        "offset": (2, 100, 170),
+        "depth": (1, 100, 170),
+    }
     np.testing.assert_array_equal(raw["sem_seg"].argmax(0).numpy(), r.semantic)
 
 
@@ -76,12 +81,15 @@ def test_max_input_width_resizes_and_scales_offsets(tiny_checkpoint: Path) -> No
     assert full.raw(img)["offset"].shape == raw_half["offset"].shape
 
 
-@pytest.mark.parametrize("bad,match", [
-    (np.zeros((10, 10), np.uint8), r"\[H, W, 3\]"),
-    (np.zeros((10, 10, 4), np.uint8), r"\[H, W, 3\]"),
-    (np.zeros((10, 10, 3), np.float32), "uint8"),
-    (np.zeros((0, 10, 3), np.uint8), "empty"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.zeros((10, 10), np.uint8), r"\[H, W, 3\]"),
+        (np.zeros((10, 10, 4), np.uint8), r"\[H, W, 3\]"),
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+    ],
+)
 def test_bad_images_are_named(predictor: Predictor, bad: np.ndarray, match: str) -> None:
     with pytest.raises(InputError, match=match):
         predictor.predict(bad)

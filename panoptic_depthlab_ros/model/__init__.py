@@ -1,4 +1,5 @@
 """The network: Panoptic-DeepLab (Detectron2 layout and keys) + a depth branch."""
+
 from .config import BranchConfig, ModelConfig
 from .panoptic_depthlab import OUTPUT_NAMES, PanopticDepthLab, build_model
 

@@ -3,6 +3,7 @@
 Branch order (and so the concatenation order Detectron2 weights expect): 1x1,
 dilated 3x3 per rate, image pooling; then a 1x1 projection.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

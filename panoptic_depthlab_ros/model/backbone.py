@@ -4,6 +4,7 @@ Layout and names follow Detectron2's ``build_resnet_deeplab_backbone`` (used by
 Panoptic-DeepLab, Cheng et al. CVPR 2020): ``stem.conv{1,2,3}``, then stages
 ``res2..res5`` of bottleneck blocks ``resN.<i>.{conv1,conv2,conv3,shortcut}``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -96,14 +97,15 @@ class ResNetDeepLab(nn.Module):
         for index, name in enumerate(("res2", "res3", "res4", "res5")):
             dilation = {"res4": res4_dilation, "res5": res5_dilation}.get(name, 1)
             first_stride = 1 if index == 0 or dilation > 1 else 2
-            dilations = (
-                [dilation * g for g in res5_multi_grid] if name == "res5" else [dilation] * blocks[index]
-            )
+            dilations = [dilation * g for g in res5_multi_grid] if name == "res5" else [dilation] * blocks[index]
             stage = nn.Sequential(
                 *(
                     Bottleneck(
-                        channels_in if i == 0 else channels_out, channels_out,
-                        bottleneck_channels=mid, stride=first_stride if i == 0 else 1, dilation=d,
+                        channels_in if i == 0 else channels_out,
+                        channels_out,
+                        bottleneck_channels=mid,
+                        stride=first_stride if i == 0 else 1,
+                        dilation=d,
                     )
                     for i, d in enumerate(dilations)
                 )

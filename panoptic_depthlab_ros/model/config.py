@@ -3,6 +3,7 @@
 ``from_detectron2`` reads a Detectron2 Panoptic-DeepLab config (a merged
 ``cfg.dump()`` or a project YAML with ``_BASE_``) so its checkpoints load as is.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -105,7 +106,9 @@ class ModelConfig:
     def tiny(cls, **changes: Any) -> ModelConfig:
         """The tiny width of Detectron2's test fixture (~1M parameters), for tests."""
         tiny = cls(
-            stem_channels=16, res2_channels=32, bottleneck_channels=8,
+            stem_channels=16,
+            res2_channels=32,
+            bottleneck_channels=8,
             semantic=BranchConfig(project_channels=(8, 16), aspp_channels=32, convs_dim=24, head_channels=16),
             instance=BranchConfig(project_channels=(8, 16), aspp_channels=32, convs_dim=16, head_channels=8),
             depth=BranchConfig(project_channels=(8, 16), aspp_channels=32, convs_dim=16, head_channels=16),

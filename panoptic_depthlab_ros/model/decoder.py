@@ -5,6 +5,7 @@ with a 1x1 conv, upsample the running feature to its size, concatenate
 ``[projection, upsampled]`` and fuse.  Keys: ``decoder.<res>.project_conv`` and
 ``decoder.<res>.fuse_conv``, as in Detectron2's ``DeepLabV3PlusHead``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -52,9 +53,13 @@ class DeepLabDecoder(nn.ModuleDict):
         self["res5"] = nn.ModuleDict(
             {
                 "project_conv": ASPP(
-                    in_channels["res5"], aspp_channels, aspp_dilations,
-                    pool_kernel_size=aspp_pool_kernel_size, strict_pool_size=aspp_strict_pool_size,
-                    dropout=aspp_dropout, depthwise_separable=depthwise_separable,
+                    in_channels["res5"],
+                    aspp_channels,
+                    aspp_dilations,
+                    pool_kernel_size=aspp_pool_kernel_size,
+                    strict_pool_size=aspp_strict_pool_size,
+                    dropout=aspp_dropout,
+                    depthwise_separable=depthwise_separable,
                 )
             }
         )

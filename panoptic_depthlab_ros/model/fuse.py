@@ -4,6 +4,7 @@
 output channel, so it folds into the convolution's weight and bias, saving one
 full pass over every feature map.
 """
+
 from __future__ import annotations
 
 import copy

@@ -5,6 +5,7 @@ returns stride-4 outputs; upsampling to the input size is the model's job.
 Names follow Detectron2 (``sem_seg_head``, ``ins_embed_head``); the depth branch
 (``depth_head``) is ours and mirrors the semantic one.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,15 @@ def _predictor(in_channels: int, out_channels: int) -> nn.Conv2d:
 class SemanticHead(nn.Module):
     """Decoder -> head -> ``num_classes`` logits at stride 4."""
 
-    def __init__(self, decoder: DeepLabDecoder, *, decoder_channels: int, head_channels: int,
-                 num_classes: int, depthwise_separable: bool) -> None:
+    def __init__(
+        self,
+        decoder: DeepLabDecoder,
+        *,
+        decoder_channels: int,
+        head_channels: int,
+        num_classes: int,
+        depthwise_separable: bool,
+    ) -> None:
         super().__init__()
         self.decoder = decoder
         self.head = head_convs(decoder_channels, head_channels, depthwise_separable=depthwise_separable)
@@ -48,8 +56,9 @@ class InstanceHead(nn.Module):
     depthwise-separable in the ``_dsconv`` variant (as in Detectron2).
     """
 
-    def __init__(self, decoder: DeepLabDecoder, *, decoder_channels: int, head_channels: int,
-                 depthwise_separable: bool) -> None:
+    def __init__(
+        self, decoder: DeepLabDecoder, *, decoder_channels: int, head_channels: int, depthwise_separable: bool
+    ) -> None:
         super().__init__()
         self.decoder = decoder
         self.center_head = head_convs(decoder_channels, head_channels, depthwise_separable=False)
@@ -75,8 +84,16 @@ class DepthHead(nn.Module):
     bilinear blending happens in log-depth space.
     """
 
-    def __init__(self, decoder: DeepLabDecoder, *, decoder_channels: int, head_channels: int,
-                 depthwise_separable: bool, min_depth: float, max_depth: float) -> None:
+    def __init__(
+        self,
+        decoder: DeepLabDecoder,
+        *,
+        decoder_channels: int,
+        head_channels: int,
+        depthwise_separable: bool,
+        min_depth: float,
+        max_depth: float,
+    ) -> None:
         super().__init__()
         if not 0 < min_depth < max_depth:
             raise ValueError(f"depth range needs 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
@@ -94,4 +111,3 @@ class DepthHead(nn.Module):
     def to_meters(self, logit: Tensor) -> Tensor:
         """Depth logits -> meters in (min_depth, max_depth)."""
         return torch.exp(self.log_min + self.log_range * torch.sigmoid(logit))
-

@@ -4,6 +4,7 @@ Detectron2 attaches the norm layer to the convolution (``conv.norm``), so its
 state-dict keys read ``...conv1.weight`` / ``...conv1.norm.running_mean``.
 Keeping that shape lets a Detectron2 checkpoint load key for key.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -33,8 +34,14 @@ class ConvNormAct(nn.Conv2d):
         bias: bool | None = None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            dilation=dilation, groups=groups, bias=(not norm) if bias is None else bias,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=(not norm) if bias is None else bias,
         )
         self.norm = nn.BatchNorm2d(out_channels) if norm else None
         self.relu = relu

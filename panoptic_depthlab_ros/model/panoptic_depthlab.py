@@ -4,6 +4,7 @@ Composition only: a backbone and three branches built elsewhere, and the
 upsampling of their stride-4 outputs to the (padded) input size.  Normalisation
 and padding happen before (``preprocess``), fusion after (``postprocess``).
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -27,8 +28,15 @@ class PanopticDepthLab(nn.Module):
     align_corners=False and offsets are multiplied by the stride, as Detectron2.
     """
 
-    def __init__(self, backbone: nn.Module, sem_seg_head: SemanticHead, ins_embed_head: InstanceHead,
-                 depth_head: DepthHead, *, common_stride: int = 4) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        sem_seg_head: SemanticHead,
+        ins_embed_head: InstanceHead,
+        depth_head: DepthHead,
+        *,
+        common_stride: int = 4,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
@@ -65,30 +73,52 @@ class PanopticDepthLab(nn.Module):
 def build_model(config: ModelConfig) -> PanopticDepthLab:
     """Build the network described by ``config`` (weights freshly initialised)."""
     backbone = ResNetDeepLab(
-        depth=config.resnet_depth, stem_channels=config.stem_channels, res2_channels=config.res2_channels,
-        bottleneck_channels=config.bottleneck_channels, res4_dilation=config.res4_dilation,
-        res5_dilation=config.res5_dilation, res5_multi_grid=config.res5_multi_grid,
+        depth=config.resnet_depth,
+        stem_channels=config.stem_channels,
+        res2_channels=config.res2_channels,
+        bottleneck_channels=config.bottleneck_channels,
+        res4_dilation=config.res4_dilation,
+        res5_dilation=config.res5_dilation,
+        res5_multi_grid=config.res5_multi_grid,
     )
 
     def decoder(branch_convs_dim: int, branch) -> DeepLabDecoder:
         return DeepLabDecoder(
-            backbone.out_channels, project_channels=branch.project_channels,
-            aspp_channels=branch.aspp_channels, aspp_dilations=config.aspp_dilations,
-            aspp_dropout=config.aspp_dropout, aspp_pool_kernel_size=config.aspp_pool_kernel_size,
-            aspp_strict_pool_size=config.aspp_strict_pool_size, decoder_channels=branch_convs_dim,
+            backbone.out_channels,
+            project_channels=branch.project_channels,
+            aspp_channels=branch.aspp_channels,
+            aspp_dilations=config.aspp_dilations,
+            aspp_dropout=config.aspp_dropout,
+            aspp_pool_kernel_size=config.aspp_pool_kernel_size,
+            aspp_strict_pool_size=config.aspp_strict_pool_size,
+            decoder_channels=branch_convs_dim,
             depthwise_separable=config.depthwise_separable,
         )
 
     sem, ins, dep = config.semantic, config.instance, config.depth
     model = PanopticDepthLab(
         backbone,
-        SemanticHead(decoder(sem.convs_dim, sem), decoder_channels=sem.convs_dim, head_channels=sem.head_channels,
-                     num_classes=config.num_classes, depthwise_separable=config.depthwise_separable),
-        InstanceHead(decoder(ins.convs_dim, ins), decoder_channels=ins.convs_dim, head_channels=ins.head_channels,
-                     depthwise_separable=config.depthwise_separable),
-        DepthHead(decoder(dep.convs_dim, dep), decoder_channels=dep.convs_dim, head_channels=dep.head_channels,
-                  depthwise_separable=config.depthwise_separable, min_depth=config.min_depth,
-                  max_depth=config.max_depth),
+        SemanticHead(
+            decoder(sem.convs_dim, sem),
+            decoder_channels=sem.convs_dim,
+            head_channels=sem.head_channels,
+            num_classes=config.num_classes,
+            depthwise_separable=config.depthwise_separable,
+        ),
+        InstanceHead(
+            decoder(ins.convs_dim, ins),
+            decoder_channels=ins.convs_dim,
+            head_channels=ins.head_channels,
+            depthwise_separable=config.depthwise_separable,
+        ),
+        DepthHead(
+            decoder(dep.convs_dim, dep),
+            decoder_channels=dep.convs_dim,
+            head_channels=dep.head_channels,
+            depthwise_separable=config.depthwise_separable,
+            min_depth=config.min_depth,
+            max_depth=config.max_depth,
+        ),
         common_stride=config.common_stride,
     )
     _init_weights(model)

@@ -80,14 +80,11 @@ def check_image(msg: Any, *, max_pixels: int = 0) -> int:
         raise ImageConversionError(f"zero-size image ({width}x{height})", kind="empty")
     if max_pixels > 0 and height * width > max_pixels:
         raise ImageConversionError(
-            f"image {width}x{height} has {height * width} pixels, "
-            f"above the limit max_input_pixels={max_pixels}",
+            f"image {width}x{height} has {height * width} pixels, above the limit max_input_pixels={max_pixels}",
             kind="too_large",
         )
     if int(msg.is_bigendian) not in (0, 1):
-        raise ImageConversionError(
-            f"is_bigendian must be 0 or 1, got {int(msg.is_bigendian)}", kind="layout"
-        )
+        raise ImageConversionError(f"is_bigendian must be 0 or 1, got {int(msg.is_bigendian)}", kind="layout")
     # 8-bit data: byte order does not matter, but the flag must still be a valid one.
     if step < width * channels:
         raise ImageConversionError(
@@ -96,8 +93,7 @@ def check_image(msg: Any, *, max_pixels: int = 0) -> int:
         )
     if len(msg.data) < step * height:
         raise ImageConversionError(
-            f"data has {len(msg.data)} bytes, fewer than step*height = "
-            f"{step}*{height} = {step * height}",
+            f"data has {len(msg.data)} bytes, fewer than step*height = {step}*{height} = {step * height}",
             kind="data",
         )
     return channels
@@ -144,8 +140,7 @@ def compressed_to_bgr(msg: Any, *, max_pixels: int = 0) -> np.ndarray:
     height, width = image.shape[:2]
     if max_pixels > 0 and height * width > max_pixels:
         raise ImageConversionError(
-            f"image {width}x{height} has {height * width} pixels, "
-            f"above the limit max_input_pixels={max_pixels}",
+            f"image {width}x{height} has {height * width} pixels, above the limit max_input_pixels={max_pixels}",
             kind="too_large",
         )
     return image
@@ -174,16 +169,10 @@ def array_to_image(image_cls: type, data: np.ndarray, *, encoding: str, header: 
     unpadded (``step = width * channels * itemsize``), native byte order.
     """
     if encoding not in OUTPUT_ENCODINGS:
-        raise ValueError(
-            f"output encoding must be one of {', '.join(OUTPUT_ENCODINGS)}, got {encoding!r}"
-        )
+        raise ValueError(f"output encoding must be one of {', '.join(OUTPUT_ENCODINGS)}, got {encoding!r}")
     dtype, channels = OUTPUT_ENCODINGS[encoding]
     expected_ndim = 2 if channels == 1 else 3
-    if (
-        data.dtype != dtype
-        or data.ndim != expected_ndim
-        or (channels > 1 and data.shape[2] != channels)
-    ):
+    if data.dtype != dtype or data.ndim != expected_ndim or (channels > 1 and data.shape[2] != channels):
         raise ValueError(
             f"{encoding} needs a {dtype} array with {channels} channel(s), "
             f"got {data.dtype} of shape {tuple(data.shape)}"
@@ -210,9 +199,7 @@ def depth_for_rep118(depth: np.ndarray) -> np.ndarray:
         valid = depth > 0  # False for NaN too
     if valid.all():
         return depth
-    return np.where(valid & np.isfinite(depth), depth, np.float32(np.nan)).astype(
-        np.float32, copy=False
-    )
+    return np.where(valid & np.isfinite(depth), depth, np.float32(np.nan)).astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------- camera info
@@ -226,22 +213,15 @@ def camera_k(msg: Any) -> np.ndarray:
     try:
         k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
-        raise ImageConversionError(
-            f"CameraInfo.k is not numeric: {exc}", kind="camera_info"
-        ) from exc
+        raise ImageConversionError(f"CameraInfo.k is not numeric: {exc}", kind="camera_info") from exc
     if k.size != 9:
-        raise ImageConversionError(
-            f"CameraInfo.k must have 9 values, got {k.size}", kind="camera_info"
-        )
+        raise ImageConversionError(f"CameraInfo.k must have 9 values, got {k.size}", kind="camera_info")
     if not np.all(np.isfinite(k)):
-        raise ImageConversionError(
-            f"CameraInfo.k has non-finite values: {k.tolist()}", kind="camera_info"
-        )
+        raise ImageConversionError(f"CameraInfo.k has non-finite values: {k.tolist()}", kind="camera_info")
     fx, fy = k[0], k[4]
     if fx <= 0 or fy <= 0:
         raise ImageConversionError(
-            f"CameraInfo.k focal lengths must be > 0, got fx={fx:g}, fy={fy:g} "
-            "(uncalibrated camera?)",
+            f"CameraInfo.k focal lengths must be > 0, got fx={fx:g}, fy={fy:g} (uncalibrated camera?)",
             kind="camera_info",
         )
     return k.reshape(3, 3)
@@ -302,9 +282,7 @@ def segments_to_msg(
         height=int(height),
         width=int(width),
         label_divisor=int(label_divisor),
-        segments=[
-            segment_to_msg(s, segment_cls=segment_cls, point_cls=point_cls) for s in segments
-        ],
+        segments=[segment_to_msg(s, segment_cls=segment_cls, point_cls=point_cls) for s in segments],
     )
 
 
@@ -394,9 +372,7 @@ def pointcloud_to_array(msg: Any) -> np.ndarray:
     return rows[:, : width * dtype.itemsize].copy().view(dtype).reshape(height, width)
 
 
-def markers_to_msg(
-    markers: Sequence[MarkerSpec], *, header: Any, array_cls: type, marker_cls: type
-) -> Any:
+def markers_to_msg(markers: Sequence[MarkerSpec], *, header: Any, array_cls: type, marker_cls: type) -> Any:
     """Markers -> ``array_cls`` (``MarkerArray``): a DELETEALL marker, then ``markers``.
 
     The DELETEALL first removes every marker of the previous frame, so rviz never shows

@@ -13,6 +13,7 @@ SegmentDepthArray came back), so every frame is processed, as offline replay
 should be; ``--rate`` plays at the bag's timing instead (the node then drops
 stale frames, as on a vehicle).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,16 +67,40 @@ def _msg_class(msgtype: str) -> Any:
 
 def _node_command(checkpoint: Path, image_topic: str, info_topic: str, params: Path) -> list[str]:
     exe = shutil.which("panoptic_depthlab_node", path=str(Path(sys.executable).parent)) or shutil.which(
-        "panoptic_depthlab_node")
+        "panoptic_depthlab_node"
+    )
     if exe is None:
         raise SystemExit("panoptic_depthlab_node is not installed: run `make setup` first")
-    return [exe, "--ros-args", "--params-file", str(params), "-p", f"checkpoint:={checkpoint}",
-            "-p", "device:=cpu", "-p", "qos_reliability:=reliable", "-p", "qos_depth:=5",
-            "-r", f"image:={image_topic}", "-r", f"camera_info:={info_topic}"]
+    return [
+        exe,
+        "--ros-args",
+        "--params-file",
+        str(params),
+        "-p",
+        f"checkpoint:={checkpoint}",
+        "-p",
+        "device:=cpu",
+        "-p",
+        "qos_reliability:=reliable",
+        "-p",
+        "qos_depth:=5",
+        "-r",
+        f"image:={image_topic}",
+        "-r",
+        f"camera_info:={info_topic}",
+    ]
 
 
-def run_demo(bag: Path, out: Path, *, checkpoint: Path, frames: int | None, rate: float | None,
-             timeout_s: float = 120.0, params: Path | None = None) -> dict[str, Any]:
+def run_demo(
+    bag: Path,
+    out: Path,
+    *,
+    checkpoint: Path,
+    frames: int | None,
+    rate: float | None,
+    timeout_s: float = 120.0,
+    params: Path | None = None,
+) -> dict[str, Any]:
     """Play ``bag`` through the node, record everything into ``out``; returns the summary."""
     params = params or REPO / "config" / "panoptic_depthlab.yaml"
     if out.exists():
@@ -85,19 +110,27 @@ def run_demo(bag: Path, out: Path, *, checkpoint: Path, frames: int | None, rate
         image_conn = next((c for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image"), None)
         info_conn = next((c for c in reader.connections if c.msgtype == "sensor_msgs/msg/CameraInfo"), None)
         if image_conn is None:
-            raise SystemExit(f"{bag}: no sensor_msgs/Image topic; the bag has "
-                             f"{[(c.topic, c.msgtype) for c in reader.connections]}")
-        inputs = [(c.topic, stamp, raw) for c, stamp, raw in reader.messages()
-                  if c.id in {image_conn.id, getattr(info_conn, 'id', -1)}]
+            raise SystemExit(
+                f"{bag}: no sensor_msgs/Image topic; the bag has {[(c.topic, c.msgtype) for c in reader.connections]}"
+            )
+        inputs = [
+            (c.topic, stamp, raw)
+            for c, stamp, raw in reader.messages()
+            if c.id in {image_conn.id, getattr(info_conn, "id", -1)}
+        ]
     images = [m for m in inputs if m[0] == image_conn.topic][: frames or None]
     last_stamp = images[-1][1]
     inputs = [m for m in inputs if m[1] <= last_stamp]
 
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    proc = subprocess.Popen(_node_command(checkpoint, image_conn.topic, info_conn.topic if info_conn else
-                                          "/camera/camera_info", params),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _node_command(checkpoint, image_conn.topic, info_conn.topic if info_conn else "/camera/camera_info", params),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log_lines: list[str] = []
     stdout = proc.stdout
     assert stdout is not None
@@ -130,14 +163,14 @@ def run_demo(bag: Path, out: Path, *, checkpoint: Path, frames: int | None, rate
                     if topic.endswith("/segments"):
                         msg: Any = ts.deserialize_cdr(raw, OUTPUTS[topic])
                         answered[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+
             return on_raw
 
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         for topic, msgtype in OUTPUTS.items():
             node.create_subscription(_msg_class(msgtype), topic, recorder(topic), reliable, raw=True)
         image_pub = node.create_publisher(Image, image_conn.topic, reliable)
-        info_pub = node.create_publisher(CameraInfo, info_conn.topic if info_conn else "/camera/camera_info",
-                                         reliable)
+        info_pub = node.create_publisher(CameraInfo, info_conn.topic if info_conn else "/camera/camera_info", reliable)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
 
@@ -180,26 +213,37 @@ def run_demo(bag: Path, out: Path, *, checkpoint: Path, frames: int | None, rate
         time.sleep(0.5)  # trailing outputs of the last frame
         with lock:
             latencies = [answered[k] - sent[k] for k in sent if k in answered]
-            segments_per_frame = [len(cast(Any, ts.deserialize_cdr(raw, OUTPUTS[f"{NODE}/segments"])).segments)
-                                  for _, raw in received[f"{NODE}/segments"]]
+            segments_per_frame = [
+                len(cast(Any, ts.deserialize_cdr(raw, OUTPUTS[f"{NODE}/segments"])).segments)
+                for _, raw in received[f"{NODE}/segments"]
+            ]
             overlays = [raw for _, raw in received[f"{NODE}/overlay"]]
         video = None
         for i, raw in enumerate(overlays):
             frame = conversions.image_to_bgr(ts.deserialize_cdr(raw, "sensor_msgs/msg/Image")).copy()
             cv2.imwrite(str(out / "overlay" / f"frame_{i:04d}.png"), frame)
             if video is None:
-                video = cv2.VideoWriter(str(out / "overlay.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 10.0,
-                                        (frame.shape[1], frame.shape[0]))
+                video = cv2.VideoWriter(
+                    str(out / "overlay.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, (frame.shape[1], frame.shape[0])
+                )
             video.write(frame)
         if video is not None:
             video.release()
         lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
         summary = {
-            "bag": str(bag), "checkpoint": str(checkpoint), "mode": "lock-step" if rate is None else f"rate {rate}",
-            "frames_sent": len(sent), "frames_answered": len(latencies),
+            "bag": str(bag),
+            "checkpoint": str(checkpoint),
+            "mode": "lock-step" if rate is None else f"rate {rate}",
+            "frames_sent": len(sent),
+            "frames_answered": len(latencies),
             "segments_per_frame": segments_per_frame,
-            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
-                           "p99": float(np.percentile(lat, 99)), "max": float(lat.max()), "mean": float(lat.mean())},
+            "latency_ms": {
+                "p50": float(np.percentile(lat, 50)),
+                "p90": float(np.percentile(lat, 90)),
+                "p99": float(np.percentile(lat, 99)),
+                "max": float(lat.max()),
+                "mean": float(lat.mean()),
+            },
             "messages_recorded": {t: len(v) for t, v in received.items()},
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -229,20 +273,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_output"))
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled demo model")
     parser.add_argument("--frames", type=int, default=None, help="only the first N frames")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="play at N x the bag's timing (the node may drop frames); default lock-step")
-    parser.add_argument("--domain-id", type=int, default=None,
-                        help="ROS domain for the demo (default: a random one, so it disturbs nobody)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="play at N x the bag's timing (the node may drop frames); default lock-step",
+    )
+    parser.add_argument(
+        "--domain-id",
+        type=int,
+        default=None,
+        help="ROS domain for the demo (default: a random one, so it disturbs nobody)",
+    )
     args = parser.parse_args(argv)
     os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else random.randint(1, 100))
     checkpoint = args.checkpoint or bundled_checkpoint()
     t0 = time.monotonic()
     summary = run_demo(args.bag, args.out, checkpoint=checkpoint, frames=args.frames, rate=args.rate)
     out = args.out
-    print(f"\nDemo done in {time.monotonic() - t0:.0f} s: {summary['frames_answered']}/{summary['frames_sent']} "
-          f"frames, latency p50 {summary['latency_ms']['p50']:.0f} ms, p90 {summary['latency_ms']['p90']:.0f} ms")
-    print(f"  {out / 'bag'}/           all topics (MCAP): ros2 bag info {out / 'bag'}; "
-          f"ros2 bag play {out / 'bag'} + rviz2 -d rviz/panoptic_depthlab.rviz")
+    print(
+        f"\nDemo done in {time.monotonic() - t0:.0f} s: {summary['frames_answered']}/{summary['frames_sent']} "
+        f"frames, latency p50 {summary['latency_ms']['p50']:.0f} ms, p90 {summary['latency_ms']['p90']:.0f} ms"
+    )
+    print(
+        f"  {out / 'bag'}/           all topics (MCAP): ros2 bag info {out / 'bag'}; "
+        f"ros2 bag play {out / 'bag'} + rviz2 -d rviz/panoptic_depthlab.rviz"
+    )
     print(f"  {out / 'overlay.mp4'}      the overlay stream (any video player)")
     print(f"  {out / 'overlay'}/         one PNG per frame")
     print(f"  {out / 'summary.json'}     frames, segments per frame, latency percentiles")

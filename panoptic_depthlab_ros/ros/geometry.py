@@ -84,9 +84,7 @@ def _intrinsics(camera_k: np.ndarray) -> tuple[float, float, float, float]:
 
 def _check_maps(depth: np.ndarray, panoptic: np.ndarray) -> None:
     if depth.ndim != 2 or depth.shape != panoptic.shape:
-        raise ValueError(
-            f"depth {depth.shape} and panoptic {panoptic.shape} must be [H, W] of the same size"
-        )
+        raise ValueError(f"depth {depth.shape} and panoptic {panoptic.shape} must be [H, W] of the same size")
 
 
 def valid_depth(depth: np.ndarray) -> np.ndarray:
@@ -165,12 +163,8 @@ def point_cloud(
     pan = panoptic[::stride, ::stride]
     h, w = z.shape
     # Per-column and per-row factors: x = z * ax[u], y = z * ay[v].
-    ax = ((np.arange(w, dtype=np.float32) * stride - np.float32(cx)) / np.float32(fx)).astype(
-        np.float32
-    )
-    ay = ((np.arange(h, dtype=np.float32) * stride - np.float32(cy)) / np.float32(fy)).astype(
-        np.float32
-    )
+    ax = ((np.arange(w, dtype=np.float32) * stride - np.float32(cx)) / np.float32(fx)).astype(np.float32)
+    ay = ((np.arange(h, dtype=np.float32) * stride - np.float32(cy)) / np.float32(fy)).astype(np.float32)
     valid = valid_depth(z)
     if organized:
         zz = np.where(valid, z, np.float32(np.nan)).astype(np.float32, copy=False)
@@ -193,9 +187,7 @@ def point_cloud(
         labels = pan.reshape(-1)[flat]
         h, w, dense = 1, n, True
     bits = buf.view(np.uint32)  # rgb and label are stored bit for bit, not converted
-    bits[:, 3] = point_colors(
-        labels, class_colors=class_colors, label_divisor=label_divisor, mode=color_mode
-    )
+    bits[:, 3] = point_colors(labels, class_colors=class_colors, label_divisor=label_divisor, mode=color_mode)
     bits[:, 4] = labels.astype(np.int32).view(np.uint32)
     return PointCloud(points=buf.view(POINT_DTYPE).reshape(-1), height=h, width=w, dense=dense)
 

@@ -268,11 +268,7 @@ class Outputs:
         A lifecycle publisher of an inactive node is never wanted.
         """
         pub = self.publishers.get(name)
-        return (
-            pub is not None
-            and getattr(pub, "is_activated", True)
-            and pub.get_subscription_count() > 0
-        )
+        return pub is not None and getattr(pub, "is_activated", True) and pub.get_subscription_count() > 0
 
     def wanted_names(self) -> set[str]:
         """Names of the outputs to produce for the next frame (empty: skip inference)."""
@@ -376,9 +372,7 @@ class Pipeline:
                     break
                 self.stats.add("errors")
                 try:
-                    self._log_error(
-                        type(exc).__name__, f"frame failed: {type(exc).__name__}: {exc}"
-                    )
+                    self._log_error(type(exc).__name__, f"frame failed: {type(exc).__name__}: {exc}")
                 except Exception:  # noqa: BLE001 - logging gone at shutdown: keep the count
                     pass
 
@@ -458,25 +452,15 @@ class Pipeline:
                 )
             )
         if "markers" in wanted and camera_k is not None:
-            specs = segment_markers(
-                result, camera_k, near=settings.overlay_near_m, far=settings.overlay_far_m
-            )
-            pubs["markers"].publish(
-                markers_to_msg(specs, header=header, array_cls=MarkerArray, marker_cls=Marker)
-            )
+            specs = segment_markers(result, camera_k, near=settings.overlay_near_m, far=settings.overlay_far_m)
+            pubs["markers"].publish(markers_to_msg(specs, header=header, array_cls=MarkerArray, marker_cls=Marker))
         if "panoptic" in wanted:
-            pubs["panoptic"].publish(
-                array_to_image(Image, result.panoptic, encoding="32SC1", header=header)
-            )
+            pubs["panoptic"].publish(array_to_image(Image, result.panoptic, encoding="32SC1", header=header))
         if "semantic" in wanted:
-            pubs["semantic"].publish(
-                array_to_image(Image, result.semantic, encoding="mono8", header=header)
-            )
+            pubs["semantic"].publish(array_to_image(Image, result.semantic, encoding="mono8", header=header))
         if "depth" in wanted:
             pubs["depth"].publish(
-                array_to_image(
-                    Image, depth_for_rep118(result.depth), encoding="32FC1", header=header
-                )
+                array_to_image(Image, depth_for_rep118(result.depth), encoding="32FC1", header=header)
             )
         if "points" in wanted and camera_k is not None:
             cloud = point_cloud(
@@ -489,13 +473,9 @@ class Pipeline:
                 organized=settings.points_organized,
                 color_mode=settings.points_color,
             )
-            pubs["points"].publish(
-                pointcloud_to_msg(cloud, header=header, cloud_cls=PointCloud2, field_cls=PointField)
-            )
+            pubs["points"].publish(pointcloud_to_msg(cloud, header=header, cloud_cls=PointCloud2, field_cls=PointField))
         if "overlay" in wanted:
-            picture = overlay(
-                image, result, near=settings.overlay_near_m, far=settings.overlay_far_m
-            )
+            picture = overlay(image, result, near=settings.overlay_near_m, far=settings.overlay_far_m)
             pubs["overlay"].publish(array_to_image(Image, picture, encoding="bgr8", header=header))
 
 
@@ -505,9 +485,7 @@ def declare_settings(node: Node) -> NodeSettings:
     values: dict[str, Any] = {}
     for spec in PARAMETERS:
         try:
-            values[spec.name] = node.declare_parameter(
-                spec.name, spec.default, spec.descriptor()
-            ).value
+            values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
         except InvalidParameterTypeException as exc:
             kind = {
                 bool: "a bool",
@@ -515,13 +493,9 @@ def declare_settings(node: Node) -> NodeSettings:
                 float: "a double (e.g. 5.0, not 5)",
                 str: "a string",
             }
-            raise ParameterError(
-                f"parameter {spec.name} must be {kind[type(spec.default)]}: {exc}"
-            ) from exc
+            raise ParameterError(f"parameter {spec.name} must be {kind[type(spec.default)]}: {exc}") from exc
         except InvalidParameterValueException as exc:
-            raise ParameterError(
-                f"parameter {spec.name}: value out of range {spec.bounds}: {exc}"
-            ) from exc
+            raise ParameterError(f"parameter {spec.name}: value out of range {spec.bounds}: {exc}") from exc
     return NodeSettings.from_values(values)
 
 
@@ -546,19 +520,14 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
         )
     except CheckpointError as exc:
         raise StartupError(
-            f"cannot load checkpoint {exc.path!r}: {exc.reason}"
-            + (f" ({', '.join(exc.keys[:5])})" if exc.keys else "")
+            f"cannot load checkpoint {exc.path!r}: {exc.reason}" + (f" ({', '.join(exc.keys[:5])})" if exc.keys else "")
         ) from exc
     except PanopticDepthLabError as exc:  # device / backend problems
         raise StartupError(f"cannot load checkpoint {str(path)!r}: {exc}") from exc
     except ImportError as exc:
-        raise StartupError(
-            f"backend {settings.backend!r} is not available in this installation: {exc}"
-        ) from exc
+        raise StartupError(f"backend {settings.backend!r} is not available in this installation: {exc}") from exc
     except (OSError, RuntimeError, ValueError) as exc:
-        raise StartupError(
-            f"cannot load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise StartupError(f"cannot load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     log_info(f"loaded {path} on {predictor.device} (backend {settings.backend})")
     return predictor
 
@@ -566,9 +535,7 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
 def input_qos(settings: NodeSettings) -> QoSProfile:
     """Sensor-data style QoS (keep last, volatile) with the configured reliability and depth."""
     reliability = (
-        ReliabilityPolicy.RELIABLE
-        if settings.qos_reliability == "reliable"
-        else ReliabilityPolicy.BEST_EFFORT
+        ReliabilityPolicy.RELIABLE if settings.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
     )
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
@@ -580,12 +547,8 @@ def input_qos(settings: NodeSettings) -> QoSProfile:
 
 # Outputs are reliable: that matches best-effort subscribers (rviz) and reliable ones alike;
 # keep-last never blocks the worker.
-_IMAGE_OUT_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE
-)
-_SEGMENTS_OUT_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE
-)
+_IMAGE_OUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+_SEGMENTS_OUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
 # Message type and QoS of every output (markers are small records like the segments).
 OUTPUT_TYPES: dict[str, tuple[type, QoSProfile]] = {
     "segments": (SegmentDepthArray, _SEGMENTS_OUT_QOS),
@@ -787,31 +750,21 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         for name in OUTPUTS:
             if enabled[name]:
                 msg_type, qos = OUTPUT_TYPES[name]
-                outputs.publishers[name] = self.create_lifecycle_publisher(
-                    msg_type, f"~/{name}", qos
-                )
-        self._diagnostics_pub = self.create_lifecycle_publisher(
-            DiagnosticArray, "/diagnostics", 10
-        )
+                outputs.publishers[name] = self.create_lifecycle_publisher(msg_type, f"~/{name}", qos)
+        self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def _activate(self) -> None:
         """Subscribe, start the worker and the diagnostics timer."""
         assert self.pipeline is not None
         qos = input_qos(self.settings)
         if self.settings.image_transport == "compressed":
-            image_sub = self.create_subscription(
-                CompressedImage, INPUT_COMPRESSED, self._on_compressed, qos
-            )
+            image_sub = self.create_subscription(CompressedImage, INPUT_COMPRESSED, self._on_compressed, qos)
         else:
             image_sub = self.create_subscription(Image, INPUT_IMAGE, self._on_image, qos)
-        info_sub = self.create_subscription(
-            CameraInfo, INPUT_CAMERA_INFO, self._on_camera_info, qos
-        )
+        info_sub = self.create_subscription(CameraInfo, INPUT_CAMERA_INFO, self._on_camera_info, qos)
         self._inputs = [image_sub, info_sub]
         self.pipeline.start()
-        self._diagnostics_timer = self.create_timer(
-            self.settings.diagnostics_period_s, self._publish_diagnostics
-        )
+        self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
 
     def _deactivate(self) -> None:
         """Stop taking frames; a frame still waiting is dropped (and counted).
@@ -925,9 +878,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         self.settings = self.settings.replace({p.name: p.value for p in params})
         if self.pipeline is not None:
             self.pipeline.update(self.settings)
-        self.get_logger().info(
-            "parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in params)
-        )
+        self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in params))
 
     # ------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
@@ -947,9 +898,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             camera = "no camera_info (centroids NaN, no markers or points)"
         else:
             camera = "camera_info ok"
-        message = f"{rate:.1f} Hz processed, {camera}" + (
-            f"; {', '.join(problems)}" if problems else ""
-        )
+        message = f"{rate:.1f} Hz processed, {camera}" + (f"; {', '.join(problems)}" if problems else "")
         values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
         values.append(KeyValue(key="processed_hz", value=f"{rate:.3f}"))
         for stage, lat in snap.latency.items():
@@ -974,11 +923,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         self.get_logger().info(
             f"{message}; received {counts['received']}, processed {counts['processed']}, dropped "
             f"{counts['dropped_overload']} overload + {counts['dropped_bad_input']} bad input"
-            + (
-                f"; latency mean {total.mean * 1e3:.0f} ms, p95 {total.p95 * 1e3:.0f} ms"
-                if total
-                else ""
-            ),
+            + (f"; latency mean {total.mean * 1e3:.0f} ms, p95 {total.p95 * 1e3:.0f} ms" if total else ""),
             throttle_duration_sec=10.0,
         )
 

@@ -75,9 +75,7 @@ class ParameterSpec:
             lo, hi, *rest = self.bounds
             step = rest[0] if rest else 0
             if self.type == ParameterType.PARAMETER_INTEGER:
-                d.integer_range = [
-                    IntegerRange(from_value=int(lo), to_value=int(hi), step=int(step))
-                ]
+                d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=int(step))]
             else:
                 d.floating_point_range = [
                     FloatingPointRange(from_value=float(lo), to_value=float(hi), step=float(step))
@@ -109,9 +107,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "auto (CUDA when available, else CPU), cpu or cuda; cuda without CUDA fails at start-up.",
         choices=("auto", "cpu", "cuda"),
     ),
-    ParameterSpec(
-        "fp16", False, "Run the network in float16 autocast (CUDA only, ignored on CPU)."
-    ),
+    ParameterSpec("fp16", False, "Run the network in float16 autocast (CUDA only, ignored on CPU)."),
     ParameterSpec(
         "num_threads",
         0,
@@ -121,8 +117,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "max_input_width",
         0,
-        "Downscale images wider than this before the network "
-        "(0 = never); all outputs stay at the input size.",
+        "Downscale images wider than this before the network (0 = never); all outputs stay at the input size.",
         bounds=(0, 16384),
     ),
     ParameterSpec(
@@ -135,15 +130,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "image_transport",
         "raw",
-        "raw: sensor_msgs/Image on `image`; compressed: "
-        "sensor_msgs/CompressedImage (JPEG/PNG) on `image/compressed`.",
+        "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (JPEG/PNG) on `image/compressed`.",
         choices=("raw", "compressed"),
     ),
     ParameterSpec(
         "qos_reliability",
         "best_effort",
-        "Reliability of the image and camera_info "
-        "subscriptions (best_effort also matches reliable publishers).",
+        "Reliability of the image and camera_info subscriptions (best_effort also matches reliable publishers).",
         choices=("best_effort", "reliable"),
     ),
     ParameterSpec(
@@ -193,8 +186,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "overlay_near_m",
         5.0,
-        "Overlay colour scale: segments at or nearer than this are red "
-        "(must stay below overlay_far_m).",
+        "Overlay colour scale: segments at or nearer than this are red (must stay below overlay_far_m).",
         bounds=(0.0, 1000.0),
         dynamic=True,
     ),
@@ -206,19 +198,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         dynamic=True,
     ),
     # Outputs
-    ParameterSpec(
-        "publish_panoptic", True, _OUTPUT.format("panoptic", "32SC1 panoptic ids, void -1")
-    ),
-    ParameterSpec(
-        "publish_semantic", True, _OUTPUT.format("semantic", "mono8 Cityscapes trainIds, 255 void")
-    ),
-    ParameterSpec(
-        "publish_depth", True, _OUTPUT.format("depth", "32FC1 meters, NaN where invalid")
-    ),
+    ParameterSpec("publish_panoptic", True, _OUTPUT.format("panoptic", "32SC1 panoptic ids, void -1")),
+    ParameterSpec("publish_semantic", True, _OUTPUT.format("semantic", "mono8 Cityscapes trainIds, 255 void")),
+    ParameterSpec("publish_depth", True, _OUTPUT.format("depth", "32FC1 meters, NaN where invalid")),
     ParameterSpec("publish_segments", True, _OUTPUT.format("segments", "SegmentDepthArray")),
-    ParameterSpec(
-        "publish_overlay", True, _OUTPUT.format("overlay", "bgr8 depth-tinted labelled picture")
-    ),
+    ParameterSpec("publish_overlay", True, _OUTPUT.format("overlay", "bgr8 depth-tinted labelled picture")),
     ParameterSpec(
         "publish_markers",
         True,
@@ -347,9 +331,7 @@ def check_values(settings: NodeSettings) -> str | None:
             return f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
     if settings.top_k == 0:
         return "top_k must be at least 1, or -1 for the checkpoint's value"
-    if not (
-        math.isfinite(settings.overlay_near_m) and settings.overlay_far_m > settings.overlay_near_m
-    ):
+    if not (math.isfinite(settings.overlay_near_m) and settings.overlay_far_m > settings.overlay_near_m):
         return (
             f"overlay_far_m ({settings.overlay_far_m:g}) must be greater than overlay_near_m "
             f"({settings.overlay_near_m:g})"
@@ -366,8 +348,7 @@ def check_update(current: NodeSettings, changes: dict[str, Any]) -> str | None:
     fixed = sorted(set(changes) - DYNAMIC)
     if fixed:
         return (
-            f"{', '.join(fixed)} can only be set at start-up; at run time only "
-            f"{', '.join(sorted(DYNAMIC))} can change"
+            f"{', '.join(fixed)} can only be set at start-up; at run time only {', '.join(sorted(DYNAMIC))} can change"
         )
     return check_values(current.replace(changes))
 

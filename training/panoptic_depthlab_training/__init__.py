@@ -2,4 +2,5 @@
 
 Imports the model from the ROS-free core ``panoptic_depthlab_ros``; never imports ROS.
 """
+
 __version__ = "0.1.0"

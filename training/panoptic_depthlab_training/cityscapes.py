@@ -16,6 +16,7 @@ of a thing class, ``trainId * 1000`` for stuff and for crowd regions of thing cl
 ``-1`` for void (labels ignored in evaluation). Invalid depth is ``0.0`` with
 ``depth_valid`` false; depth is never NaN or inf.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,7 @@ class SampleFiles:
 def sample_files(root: Path | str, split: str, city: str, stem: str) -> SampleFiles:
     """Return the paths of frame ``stem`` (e.g. ``aachen_000000_000019``)."""
     root = Path(root)
-    paths = {key: root / folder / split / city / f"{stem}{suffix}"
-             for key, (folder, suffix) in _SUFFIX.items()}
+    paths = {key: root / folder / split / city / f"{stem}{suffix}" for key, (folder, suffix) in _SUFFIX.items()}
     return SampleFiles(split=split, city=city, stem=stem, **paths)
 
 
@@ -122,8 +122,7 @@ class VerifyReport:
 
     def format(self) -> str:
         """Multi-line human-readable summary listing every problem."""
-        head = "OK" if self.ok else (
-            f"{len(self.missing)} missing, {len(self.unreadable)} unreadable file(s)")
+        head = "OK" if self.ok else (f"{len(self.missing)} missing, {len(self.unreadable)} unreadable file(s)")
         counts = ", ".join(f"{split}: {n}" for split, n in self.counts.items())
         lines = [f"Cityscapes at {self.root}: {head} ({counts or 'no splits'})"]
         lines += [f"  missing: {p}" for p in sorted(self.missing)]
@@ -131,16 +130,16 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _read_png(path: Path, *, dtype: type, channels: int, size: tuple[int, int] | None
-              ) -> np.ndarray:
+def _read_png(path: Path, *, dtype: type, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """Decode a PNG and check dtype, channel count and (H, W); raises DatasetError."""
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise DatasetError(f"{path}: not a decodable image")
     got_channels = 1 if array.ndim == 2 else array.shape[2]
     if array.dtype != dtype or got_channels != channels:
-        raise DatasetError(f"{path}: expected {channels}-channel {np.dtype(dtype).name}, got "
-                           f"{got_channels}-channel {array.dtype.name}")
+        raise DatasetError(
+            f"{path}: expected {channels}-channel {np.dtype(dtype).name}, got {got_channels}-channel {array.dtype.name}"
+        )
     if size is not None and array.shape[:2] != size:
         raise DatasetError(f"{path}: size {array.shape[:2]} differs from the image's {size}")
     return array
@@ -175,8 +174,7 @@ def read_camera(path: Path) -> dict[str, float]:
     return cam
 
 
-def _check_sample(files: SampleFiles, *, with_gt: bool, with_depth: bool
-                  ) -> tuple[list[Path], list[tuple[Path, str]]]:
+def _check_sample(files: SampleFiles, *, with_gt: bool, with_depth: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Read every file of one frame; returns (missing, unreadable)."""
     missing: list[Path] = []
     bad: list[tuple[Path, str]] = []
@@ -191,30 +189,31 @@ def _check_sample(files: SampleFiles, *, with_gt: bool, with_depth: bool
             bad.append((path, str(exc).removeprefix(f"{path}: ")))
             return None
 
-    image = attempt(files.image, lambda: _read_png(files.image, dtype=np.uint8, channels=3,
-                                                   size=None))
+    image = attempt(files.image, lambda: _read_png(files.image, dtype=np.uint8, channels=3, size=None))
     size = None if image is None else image.shape[:2]
     if with_gt:
-        label_ids = attempt(files.label_ids, lambda: _read_png(
-            files.label_ids, dtype=np.uint8, channels=1, size=size))
+        label_ids = attempt(files.label_ids, lambda: _read_png(files.label_ids, dtype=np.uint8, channels=1, size=size))
         if label_ids is not None and int(label_ids.max()) > max(id2label):
             bad.append((files.label_ids, f"labelId {int(label_ids.max())} is not a Cityscapes id"))
-        attempt(files.instance_ids, lambda: _read_png(files.instance_ids, dtype=np.uint16,
-                                                      channels=1, size=size))
-        poly = attempt(files.polygons, lambda: _read_json(
-            files.polygons, ("imgHeight", "imgWidth", "objects")))
+        attempt(files.instance_ids, lambda: _read_png(files.instance_ids, dtype=np.uint16, channels=1, size=size))
+        poly = attempt(files.polygons, lambda: _read_json(files.polygons, ("imgHeight", "imgWidth", "objects")))
         if poly is not None and size is not None and (poly["imgHeight"], poly["imgWidth"]) != size:
-            bad.append((files.polygons, f"imgHeight/imgWidth {poly['imgHeight']}x"
-                        f"{poly['imgWidth']} differ from the image's {size[0]}x{size[1]}"))
+            bad.append(
+                (
+                    files.polygons,
+                    f"imgHeight/imgWidth {poly['imgHeight']}x"
+                    f"{poly['imgWidth']} differ from the image's {size[0]}x{size[1]}",
+                )
+            )
     if with_depth:
-        attempt(files.disparity, lambda: _read_png(files.disparity, dtype=np.uint16, channels=1,
-                                                   size=size))
+        attempt(files.disparity, lambda: _read_png(files.disparity, dtype=np.uint16, channels=1, size=size))
         attempt(files.camera, lambda: read_camera(files.camera))
     return missing, bad
 
 
-def verify_cityscapes(root: Path | str, splits: Sequence[str] = GT_SPLITS, *,
-                      require_depth: bool = True, workers: int | None = None) -> VerifyReport:
+def verify_cityscapes(
+    root: Path | str, splits: Sequence[str] = GT_SPLITS, *, require_depth: bool = True, workers: int | None = None
+) -> VerifyReport:
     """Check that every frame of ``splits`` has all its files and that each one reads.
 
     Every PNG is decoded (dtype, channels and size checked against the frame's image),
@@ -237,16 +236,14 @@ def verify_cityscapes(root: Path | str, splits: Sequence[str] = GT_SPLITS, *,
         jobs += [(s, split in GT_SPLITS) for s in samples]
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda job: _check_sample(job[0], with_gt=job[1],
-                                                     with_depth=require_depth), jobs)
+        results = pool.map(lambda job: _check_sample(job[0], with_gt=job[1], with_depth=require_depth), jobs)
         for missing, bad in results:
             report.missing += missing
             report.unreadable += bad
     return report
 
 
-def require_valid(root: Path | str, splits: Sequence[str] = GT_SPLITS, *,
-                  require_depth: bool = True) -> VerifyReport:
+def require_valid(root: Path | str, splits: Sequence[str] = GT_SPLITS, *, require_depth: bool = True) -> VerifyReport:
     """:func:`verify_cityscapes`, raising :class:`DatasetError` (the report) if not ok."""
     report = verify_cityscapes(root, splits, require_depth=require_depth)
     if not report.ok:
@@ -255,8 +252,9 @@ def require_valid(root: Path | str, splits: Sequence[str] = GT_SPLITS, *,
 
 
 # ----------------------------------------------------------------------------- loading
-def depth_from_disparity(disparity_png: np.ndarray, baseline: float, fx: float, *,
-                         max_depth: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def depth_from_disparity(
+    disparity_png: np.ndarray, baseline: float, fx: float, *, max_depth: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Metric z-depth from a Cityscapes disparity PNG.
 
     Args:
@@ -272,8 +270,7 @@ def depth_from_disparity(disparity_png: np.ndarray, baseline: float, fx: float, 
 
     """
     if disparity_png.ndim != 2 or disparity_png.dtype != np.uint16:
-        raise ValueError(f"disparity must be [H, W] uint16, got {disparity_png.shape} "
-                         f"{disparity_png.dtype}")
+        raise ValueError(f"disparity must be [H, W] uint16, got {disparity_png.shape} {disparity_png.dtype}")
     if baseline <= 0 or fx <= 0:
         raise ValueError(f"baseline and fx must be positive, got {baseline}, {fx}")
     p = disparity_png.astype(np.float64)
@@ -286,8 +283,7 @@ def depth_from_disparity(disparity_png: np.ndarray, baseline: float, fx: float, 
     return depth.astype(np.float32), valid
 
 
-def panoptic_from_instance_ids(instance_ids: np.ndarray
-                               ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def panoptic_from_instance_ids(instance_ids: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Our panoptic map and segments from Cityscapes instanceIds, as ``createPanopticImgs``.
 
     Args:
@@ -321,8 +317,9 @@ def panoptic_from_instance_ids(instance_ids: np.ndarray
         else:
             pan_id = train_id * LABEL_DIVISOR
         pan_of[k] = pan_id
-        segments.append({"id": pan_id, "category_id": train_id, "iscrowd": iscrowd,
-                         "area": int(areas[k]), "is_thing": is_thing})
+        segments.append(
+            {"id": pan_id, "category_id": train_id, "iscrowd": iscrowd, "area": int(areas[k]), "is_thing": is_thing}
+        )
     # contract: labelId -> trainId is one-to-one over evaluated labels, so stuff ids are unique
     panoptic = pan_of[inverse].reshape(instance_ids.shape).astype(np.int32)
     return panoptic, segments
@@ -353,8 +350,7 @@ def load_sample(files: SampleFiles, *, max_depth: float | None = None) -> Citysc
 
     Raises :class:`DatasetError` naming the path of a missing or unreadable file.
     """
-    for path in (files.image, files.label_ids, files.instance_ids, files.disparity,
-                 files.camera):
+    for path in (files.image, files.label_ids, files.instance_ids, files.disparity, files.camera):
         if not path.is_file():
             raise DatasetError(f"missing {path}")
     bgr = _read_png(files.image, dtype=np.uint8, channels=3, size=None)
@@ -364,8 +360,7 @@ def load_sample(files: SampleFiles, *, max_depth: float | None = None) -> Citysc
     disparity = _read_png(files.disparity, dtype=np.uint16, channels=1, size=size)
     camera = read_camera(files.camera)
     panoptic, segments = panoptic_from_instance_ids(instance_ids)
-    depth, valid = depth_from_disparity(disparity, camera["baseline"], camera["fx"],
-                                        max_depth=max_depth)
+    depth, valid = depth_from_disparity(disparity, camera["baseline"], camera["fx"], max_depth=max_depth)
     return CityscapesSample(
         stem=files.stem,
         image=np.ascontiguousarray(bgr[..., ::-1]),
@@ -400,9 +395,16 @@ class CityscapesPanopticDepth(Dataset):
         ``panoptic`` [H, W] int64 (our convention, -1 void); ``stem`` str.
     """
 
-    def __init__(self, root: Path | str, split: str, transform: Transform | None = None,
-                 target_generator: PanopticTargetGenerator | None = None, *, seed: int = 0,
-                 max_depth: float | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        split: str,
+        transform: Transform | None = None,
+        target_generator: PanopticTargetGenerator | None = None,
+        *,
+        seed: int = 0,
+        max_depth: float | None = None,
+    ) -> None:
         self.root = Path(root)
         self.split = split
         self.samples = list_samples(self.root, split)
@@ -411,8 +413,7 @@ class CityscapesPanopticDepth(Dataset):
         self.transform = transform
         if target_generator is None:
             meta = cityscapes_metadata()
-            target_generator = PanopticTargetGenerator(thing_ids=meta.thing_ids,
-                                                       ignore_label=meta.ignore_label)
+            target_generator = PanopticTargetGenerator(thing_ids=meta.thing_ids, ignore_label=meta.ignore_label)
         self.target_generator = target_generator
         self.seed = seed
         self.epoch = 0
@@ -432,14 +433,12 @@ class CityscapesPanopticDepth(Dataset):
             sample = self.transform(sample, rng)
         targets = self.target_generator(sample.panoptic, sample.segments)
         item: dict[str, Any] = {
-            "image": torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
-            .float(),
+            "image": torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1))).float(),
             "depth": torch.from_numpy(sample.depth[None].astype(np.float32)),
             "depth_valid": torch.from_numpy(sample.depth_valid[None].copy()),
             "panoptic": torch.from_numpy(sample.panoptic.astype(np.int64)),
             "stem": sample.stem,
         }
-        for key in ("sem_seg", "sem_seg_weights", "center", "center_weights", "offset",
-                    "offset_weights"):
+        for key in ("sem_seg", "sem_seg_weights", "center", "center_weights", "offset", "offset_weights"):
             item[key] = torch.from_numpy(targets[key])
         return item

@@ -28,8 +28,16 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _demo_bag(args: argparse.Namespace) -> int:
-    out = write_demo_bag(args.out, frames=args.frames, fps=args.fps, seed=args.seed, height=args.height,
-                         width=args.width, speed_mps=args.speed, overwrite=args.overwrite)
+    out = write_demo_bag(
+        args.out,
+        frames=args.frames,
+        fps=args.fps,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        speed_mps=args.speed,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {out}: {args.frames} frames at {args.fps:g} Hz on /camera/image_raw + /camera/camera_info")
     return 0
 

@@ -6,6 +6,7 @@ writes ``sensor_msgs/Image`` (rgb8) on ``/camera/image_raw`` and the matching
 ``camera_optical_frame``), rendered by :mod:`synth` with the camera driving
 forward, as an MCAP bag with zstd chunks (what ``ros2 bag play`` reads).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -27,8 +28,16 @@ START_NS = 1_767_225_600_000_000_000
 
 
 def write_demo_bag(
-    out: str | Path, *, frames: int = 30, fps: float = 10.0, seed: int = 7, height: int = 192,
-    width: int = 384, speed_mps: float = 8.0, overwrite: bool = False, progress: bool = True,
+    out: str | Path,
+    *,
+    frames: int = 30,
+    fps: float = 10.0,
+    seed: int = 7,
+    height: int = 192,
+    width: int = 384,
+    speed_mps: float = 8.0,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Render ``frames`` frames of one synthetic street and write them as a bag directory ``out``."""
     out = Path(out)
@@ -55,15 +64,28 @@ def write_demo_bag(
         frames_iter = gen.render_sequence(scene, frames, speed_mps, fps)
         for i, frame in enumerate(tqdm(frames_iter, total=frames, desc="demo bag", disable=not progress)):
             t_ns = START_NS + round(i * 1e9 / fps)
-            header = header_t(stamp=time_t(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000),
-                              frame_id=FRAME_ID)
+            header = header_t(stamp=time_t(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000), frame_id=FRAME_ID)
             img = np.ascontiguousarray(frame.image_rgb)
-            msg = image_t(header=header, height=height, width=width, encoding="rgb8", is_bigendian=0,
-                          step=width * 3, data=img.reshape(-1))
+            msg = image_t(
+                header=header,
+                height=height,
+                width=width,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=width * 3,
+                data=img.reshape(-1),
+            )
             info = info_t(
-                header=header, height=height, width=width, distortion_model="plumb_bob",
-                d=np.zeros(5), k=k.reshape(-1), r=np.eye(3).reshape(-1), p=p.reshape(-1),
-                binning_x=0, binning_y=0,
+                header=header,
+                height=height,
+                width=width,
+                distortion_model="plumb_bob",
+                d=np.zeros(5),
+                k=k.reshape(-1),
+                r=np.eye(3).reshape(-1),
+                p=p.reshape(-1),
+                binning_x=0,
+                binning_y=0,
                 roi=roi_t(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
             )
             writer.write(info_conn, t_ns, ts.serialize_cdr(info, info_t.__msgtype__))

@@ -167,9 +167,7 @@ class PanopticMatch:
     pair_iou: FloatArray
 
 
-def _match(
-    gt: _Indexed, info: _GtInfo, pred: _Indexed, pred_pixels: IntArray, num_classes: int
-) -> PanopticMatch:
+def _match(gt: _Indexed, info: _GtInfo, pred: _Indexed, pred_pixels: IntArray, num_classes: int) -> PanopticMatch:
     """Cityscapes PQ counting for one image (``pq_compute_single_core``), vectorised.
 
     ``pred_pixels`` is ``pred.pixels`` possibly with some pixels set to 0 (void).
@@ -398,8 +396,7 @@ class SemanticIoU:
         if gt.size and (gt.min() < 0 or gt.max() >= self.num_classes):
             bad = int(gt[(gt < 0) | (gt >= self.num_classes)][0])
             raise ValueError(
-                f"gt_semantic holds {bad}, neither a train id < {self.num_classes} "
-                f"nor ignore_label {self.ignore_label}"
+                f"gt_semantic holds {bad}, neither a train id < {self.num_classes} nor ignore_label {self.ignore_label}"
             )
         pred = pred_semantic.reshape(-1)[keep].astype(np.int64)
         pred = np.where((pred >= 0) & (pred < self.num_classes), pred, self.num_classes)
@@ -434,22 +431,12 @@ DEPTH_METRICS: tuple[str, ...] = (
 )
 
 
-def depth_valid_mask(
-    pred_depth: np.ndarray, gt_depth: np.ndarray, gt_depth_valid: np.ndarray
-) -> BoolArray:
+def depth_valid_mask(pred_depth: np.ndarray, gt_depth: np.ndarray, gt_depth_valid: np.ndarray) -> BoolArray:
     """``[H, W]`` pixels that score depth: GT valid, finite and > 0, prediction finite and > 0."""
-    return (
-        gt_depth_valid
-        & np.isfinite(gt_depth)
-        & (gt_depth > 0)
-        & np.isfinite(pred_depth)
-        & (pred_depth > 0)
-    )
+    return gt_depth_valid & np.isfinite(gt_depth) & (gt_depth > 0) & np.isfinite(pred_depth) & (pred_depth > 0)
 
 
-def depth_errors(
-    pred_depth: np.ndarray, gt_depth: np.ndarray, gt_depth_valid: np.ndarray
-) -> dict[str, float] | None:
+def depth_errors(pred_depth: np.ndarray, gt_depth: np.ndarray, gt_depth_valid: np.ndarray) -> dict[str, float] | None:
     """Eigen et al. depth errors of one image over :func:`depth_valid_mask` pixels.
 
     Returns ``AbsRel = mean(|d - d*| / d*)``, ``SqRel = mean((d - d*)^2 / d*)``,
@@ -488,9 +475,7 @@ class DepthErrors:
         self.sums = dict.fromkeys(DEPTH_METRICS, 0.0)
         self.num_images = 0
 
-    def add(
-        self, pred_depth: np.ndarray, gt_depth: np.ndarray, gt_depth_valid: np.ndarray
-    ) -> dict[str, float] | None:
+    def add(self, pred_depth: np.ndarray, gt_depth: np.ndarray, gt_depth_valid: np.ndarray) -> dict[str, float] | None:
         """Score one image, accumulate and return its errors (``None`` if nothing scored)."""
         _check_map("gt_depth", gt_depth, None, "f")
         _check_map("pred_depth", pred_depth, gt_depth.shape, "f")
@@ -533,9 +518,7 @@ def _relative_depth_error(
 
 
 # --------------------------------------------------------------------------- segment depth
-def _segment_mean(
-    pixels: IntArray, num_segments: int, depth: np.ndarray, valid: np.ndarray
-) -> FloatArray:
+def _segment_mean(pixels: IntArray, num_segments: int, depth: np.ndarray, valid: np.ndarray) -> FloatArray:
     """``[S]`` mean of ``depth`` over each segment's ``valid`` pixels; NaN if none."""
     v = valid.reshape(-1)
     idx = pixels[v]
@@ -576,18 +559,14 @@ class PanopticDepthEvaluator:
         num_classes = self.metadata.num_classes
         self.pq = PanopticQuality(metadata=self.metadata)
         self.dpq = {t: PanopticQuality(metadata=self.metadata) for t in DPQ_THRESHOLDS}
-        self.semantic = SemanticIoU(
-            num_classes=num_classes, ignore_label=self.metadata.ignore_label
-        )
+        self.semantic = SemanticIoU(num_classes=num_classes, ignore_label=self.metadata.ignore_label)
         self.depth = DepthErrors()
         self.seg_abs_err = np.zeros(num_classes, dtype=np.float64)  # [C] sum of |d - d*| [m]
         self.seg_rel_err = np.zeros(num_classes, dtype=np.float64)  # [C] sum of |d - d*| / d*
         self.seg_count = np.zeros(num_classes, dtype=np.int64)  # [C] scored pairs
 
     def _semantic_from_panoptic(self, panoptic: np.ndarray) -> np.ndarray:
-        return np.where(
-            panoptic == VOID, self.metadata.ignore_label, panoptic // self.metadata.label_divisor
-        )
+        return np.where(panoptic == VOID, self.metadata.ignore_label, panoptic // self.metadata.label_divisor)
 
     def add(
         self,
@@ -668,8 +647,7 @@ class PanopticDepthEvaluator:
         """
         pq = self.pq.result()
         out: dict[str, Any] = {
-            key: pq[key]
-            for key in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+            key: pq[key] for key in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
         }
         out["mIoU"] = self.semantic.miou()
         out.update(self.depth.result())
@@ -718,9 +696,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
             f" {row['segment_depth_absrel']:6.3f} {row['TP']:5d} {row['FP']:5d} {row['FN']:5d}"
         )
     lines.append("-" * len(lines[0]))
-    lines.append(
-        f"{'':14s}| {'PQ':>5s} {'SQ':>5s} {'RQ':>5s} {'DPQ':>5s} {'segMAE':>7s} {'segRel':>6s}"
-    )
+    lines.append(f"{'':14s}| {'PQ':>5s} {'SQ':>5s} {'RQ':>5s} {'DPQ':>5s} {'segMAE':>7s} {'segRel':>6s}")
     for label, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
         lines.append(
             f"{label:14s}| {summary['PQ' + suffix]:5.1f} {summary['SQ' + suffix]:5.1f}"

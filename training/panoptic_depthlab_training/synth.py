@@ -24,6 +24,7 @@ Conventions
   (as ``cityscapesscripts.preparation.json2instanceImg`` numbers them), stable over the
   frames of a sequence; stuff pixels hold their ``labelId``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -202,8 +203,7 @@ class _PrimitiveList:
         label_id = _ID[label]
         inst = label_id if instance is None else label_id * 1000 + instance
         self.rows.append(
-            (kind, center, half, yaw, tuple(np.clip(color, 0.0, 1.0)), material, label_id, inst,
-             velocity, lane, tex)
+            (kind, center, half, yaw, tuple(np.clip(color, 0.0, 1.0)), material, label_id, inst, velocity, lane, tex)
         )
 
     def add_part(
@@ -252,18 +252,50 @@ def _f32(r: float, g: float, b: float) -> np.ndarray:
     return np.array([r, g, b], np.float32)
 
 
-_CAR_COLORS = [_rgb(c) for c in (
-    (235, 235, 235), (20, 20, 24), (160, 163, 168), (110, 112, 118), (150, 20, 25),
-    (25, 45, 110), (40, 70, 50), (190, 170, 140), (200, 120, 30), (70, 100, 150),
-)]
-_FACADE_COLORS = [_rgb(c) for c in (
-    (196, 180, 160), (170, 160, 150), (150, 80, 60), (210, 205, 195), (120, 115, 110),
-    (185, 150, 110), (140, 150, 160), (225, 215, 180), (100, 90, 85),
-)]
-_CLOTH_COLORS = [_rgb(c) for c in (
-    (30, 30, 35), (50, 60, 90), (120, 30, 30), (200, 200, 200), (70, 90, 60),
-    (150, 120, 80), (40, 40, 110), (170, 60, 120), (210, 170, 40), (90, 90, 95),
-)]
+_CAR_COLORS = [
+    _rgb(c)
+    for c in (
+        (235, 235, 235),
+        (20, 20, 24),
+        (160, 163, 168),
+        (110, 112, 118),
+        (150, 20, 25),
+        (25, 45, 110),
+        (40, 70, 50),
+        (190, 170, 140),
+        (200, 120, 30),
+        (70, 100, 150),
+    )
+]
+_FACADE_COLORS = [
+    _rgb(c)
+    for c in (
+        (196, 180, 160),
+        (170, 160, 150),
+        (150, 80, 60),
+        (210, 205, 195),
+        (120, 115, 110),
+        (185, 150, 110),
+        (140, 150, 160),
+        (225, 215, 180),
+        (100, 90, 85),
+    )
+]
+_CLOTH_COLORS = [
+    _rgb(c)
+    for c in (
+        (30, 30, 35),
+        (50, 60, 90),
+        (120, 30, 30),
+        (200, 200, 200),
+        (70, 90, 60),
+        (150, 120, 80),
+        (40, 40, 110),
+        (170, 60, 120),
+        (210, 170, 40),
+        (90, 90, 95),
+    )
+]
 _SKIN_COLORS = [_rgb(c) for c in ((240, 200, 170), (200, 150, 110), (140, 95, 65), (90, 60, 40))]
 
 
@@ -282,8 +314,7 @@ class _Counter:
 
 
 def _jitter(rng: np.random.Generator, color: np.ndarray, amount: float) -> np.ndarray:
-    return np.clip(color * rng.uniform(1 - amount, 1 + amount) + rng.normal(0, amount / 4, 3),
-                   0, 1).astype(np.float32)
+    return np.clip(color * rng.uniform(1 - amount, 1 + amount) + rng.normal(0, amount / 4, 3), 0, 1).astype(np.float32)
 
 
 class SceneGenerator:
@@ -317,8 +348,7 @@ class SceneGenerator:
         self._rng = np.random.default_rng(seed)
         v, u = np.mgrid[0:height, 0:width].astype(np.float64)
         # camera-frame ray directions with z = 1, so a ray parameter t IS the z-depth
-        self._rays_cam = np.stack([(u - self.u0) / self.fx, (v - self.v0) / self.fy,
-                                   np.ones_like(u)])  # [3, H, W]
+        self._rays_cam = np.stack([(u - self.u0) / self.fx, (v - self.v0) / self.fy, np.ones_like(u)])  # [3, H, W]
 
     @property
     def K(self) -> np.ndarray:  # noqa: N802 - the conventional name of the matrix
@@ -341,8 +371,9 @@ class SceneGenerator:
         }
 
     # ------------------------------------------------------------------ scene layout
-    def make_scene(self, rng: np.random.Generator | None = None, *, length_m: float = 180.0,
-                   behind_m: float = 30.0) -> Scene:
+    def make_scene(
+        self, rng: np.random.Generator | None = None, *, length_m: float = 180.0, behind_m: float = 30.0
+    ) -> Scene:
         """Lay out a random street from ``-behind_m`` to ``length_m`` metres along Z."""
         rng = self._rng if rng is None else rng
         prims = _PrimitiveList()
@@ -359,10 +390,8 @@ class SceneGenerator:
         lane_w = rng.uniform(3.0, 3.6)
         n_fwd = int(rng.integers(1, 3))
         n_onc = int(rng.integers(1, 3))
-        edge_types = [str(rng.choice(["parking", "bike", "none"], p=[0.55, 0.3, 0.15]))
-                      for _ in range(2)]
-        edge_w = [rng.uniform(2.2, 2.7) if t != "none" else rng.uniform(0.3, 0.8)
-                  for t in edge_types]
+        edge_types = [str(rng.choice(["parking", "bike", "none"], p=[0.55, 0.3, 0.15])) for _ in range(2)]
+        edge_w = [rng.uniform(2.2, 2.7) if t != "none" else rng.uniform(0.3, 0.8) for t in edge_types]
         x_left = -n_onc * lane_w - edge_w[0]
         x_right = n_fwd * lane_w + edge_w[1]
         ego_lane = int(rng.integers(0, n_fwd))
@@ -382,15 +411,17 @@ class SceneGenerator:
             z = z0 + rng.uniform(0, 15)
             while z < z1:
                 kind = rng.choice(["car", "truck", "bus"], p=[0.9, 0.05, 0.05])
-                length = {"car": rng.uniform(3.8, 4.9), "truck": rng.uniform(6.5, 9),
-                          "bus": rng.uniform(10.5, 12.5)}[kind]
+                length = {"car": rng.uniform(3.8, 4.9), "truck": rng.uniform(6.5, 9), "bus": rng.uniform(10.5, 12.5)}[
+                    kind
+                ]
                 zc = z + length / 2
                 ego_clear = lane != ego_lane or zc - length / 2 > 7.0
                 if ego_clear and rng.random() < 0.75:
                     yaw = (0.0 if lane >= 0 else math.pi) + rng.normal(0, 0.02)
                     vel = (0.0, 0.0, lane_speed[lane])
-                    self._add_vehicle(prims, footprints, counter, rng, kind,
-                                      (x + rng.normal(0, 0.2), 0.0, zc), yaw, length, vel, lane)
+                    self._add_vehicle(
+                        prims, footprints, counter, rng, kind, (x + rng.normal(0, 0.2), 0.0, zc), yaw, length, vel, lane
+                    )
                 z += length + rng.exponential(14) + 3
 
         sidewalk_h = rng.uniform(0.1, 0.16)
@@ -400,13 +431,16 @@ class SceneGenerator:
             curb = x_left if side == 0 else x_right
             outer = curb + sign * sidewalk_w[side]
             xc, hx = (curb + outer) / 2, sidewalk_w[side] / 2
-            prims.add(KIND_BOX, (xc, -sidewalk_h / 2, (z0 + z1 + 200) / 2),
-                      (hx, sidewalk_h / 2, (z1 + 200 - z0) / 2), sidewalk_col, "sidewalk",
-                      material=MAT_SIDEWALK)
-            self._add_edge_lane(prims, footprints, counter, rng, edge_types[side], curb, sign,
-                                edge_w[side], z0, z1)
-            self._add_sidewalk_life(prims, footprints, counter, rng, curb, sign,
-                                    sidewalk_w[side], sidewalk_h, z0, z1)
+            prims.add(
+                KIND_BOX,
+                (xc, -sidewalk_h / 2, (z0 + z1 + 200) / 2),
+                (hx, sidewalk_h / 2, (z1 + 200 - z0) / 2),
+                sidewalk_col,
+                "sidewalk",
+                material=MAT_SIDEWALK,
+            )
+            self._add_edge_lane(prims, footprints, counter, rng, edge_types[side], curb, sign, edge_w[side], z0, z1)
+            self._add_sidewalk_life(prims, footprints, counter, rng, curb, sign, sidewalk_w[side], sidewalk_h, z0, z1)
             self._add_buildings(prims, rng, outer, sign, z0, z1)
 
         lighting = self._make_lighting(rng)
@@ -441,7 +475,9 @@ class SceneGenerator:
             ambient, diffuse = rng.uniform(0.4, 0.55), rng.uniform(0.45, 0.7)
         gains = rng.uniform(0.8, 1.15) * rng.uniform(0.93, 1.07, 3)
         return Lighting(
-            sun_dir=sun, ambient=float(ambient), diffuse=float(diffuse),
+            sun_dir=sun,
+            ambient=float(ambient),
+            diffuse=float(diffuse),
             sky_horizon=tuple(float(c) for c in horizon),  # type: ignore[arg-type]
             sky_zenith=tuple(float(c) for c in zenith),  # type: ignore[arg-type]
             fog_distance=float(rng.uniform(250, 900)),
@@ -450,9 +486,18 @@ class SceneGenerator:
         )
 
     @staticmethod
-    def _add_vehicle(prims: _PrimitiveList, footprints: list[Footprint], counter: _Counter,
-                     rng: np.random.Generator, kind: str, pos: tuple[float, float, float],
-                     yaw: float, length: float, vel: tuple[float, float, float], lane: int) -> None:
+    def _add_vehicle(
+        prims: _PrimitiveList,
+        footprints: list[Footprint],
+        counter: _Counter,
+        rng: np.random.Generator,
+        kind: str,
+        pos: tuple[float, float, float],
+        yaw: float,
+        length: float,
+        vel: tuple[float, float, float],
+        lane: int,
+    ) -> None:
         label = str(kind)
         k = counter.next(label)
         kw: dict[str, Any] = {"instance": k, "velocity": vel, "lane": lane}
@@ -464,10 +509,18 @@ class SceneGenerator:
             rw = rng.uniform(0.3, 0.35)
             color = _jitter(rng, _CAR_COLORS[rng.integers(len(_CAR_COLORS))], 0.08)
             lc = rng.uniform(0.45, 0.6) * length
-            add(KIND_BOX, pos, yaw, (0, -(clear + hb / 2), 0), (width / 2, hb / 2, length / 2),
-                color, label, **kw)
-            add(KIND_BOX, pos, yaw, (0, -(clear + hb + hc / 2), -0.08 * length),
-                (width / 2 - 0.09, hc / 2, lc / 2), color, label, material=MAT_GLASS, **kw)
+            add(KIND_BOX, pos, yaw, (0, -(clear + hb / 2), 0), (width / 2, hb / 2, length / 2), color, label, **kw)
+            add(
+                KIND_BOX,
+                pos,
+                yaw,
+                (0, -(clear + hb + hc / 2), -0.08 * length),
+                (width / 2 - 0.09, hc / 2, lc / 2),
+                color,
+                label,
+                material=MAT_GLASS,
+                **kw,
+            )
             wheel_x, wheel_z = width / 2 - 0.13, length / 2 - 0.75
             wheels = [(sx * wheel_x, sz * wheel_z) for sx in (-1, 1) for sz in (-1, 1)]
         else:
@@ -476,39 +529,100 @@ class SceneGenerator:
             if kind == "bus":
                 hb = rng.uniform(2.7, 3.1)
                 color = _jitter(rng, _CAR_COLORS[rng.integers(len(_CAR_COLORS))], 0.1)
-                add(KIND_BOX, pos, yaw, (0, -(clear + hb / 2), 0), (width / 2, hb / 2, length / 2),
-                    color, label, material=MAT_BUS, tex=(clear + 0.9, clear + hb - 0.35, 0, 0),
-                    **kw)
+                add(
+                    KIND_BOX,
+                    pos,
+                    yaw,
+                    (0, -(clear + hb / 2), 0),
+                    (width / 2, hb / 2, length / 2),
+                    color,
+                    label,
+                    material=MAT_BUS,
+                    tex=(clear + 0.9, clear + hb - 0.35, 0, 0),
+                    **kw,
+                )
             else:
                 hb = rng.uniform(2.6, 3.4)
                 cab_l = 2.0
                 color = _jitter(rng, _CAR_COLORS[rng.integers(len(_CAR_COLORS))], 0.1)
                 cargo = _jitter(rng, _rgb((200, 200, 195)), 0.15)
-                add(KIND_BOX, pos, yaw, (0, -(clear + 1.1), length / 2 - cab_l / 2),
-                    (width / 2, 1.1, cab_l / 2), color, label, **kw)
-                add(KIND_BOX, pos, yaw, (0, -(clear + 2.2 + 0.25), length / 2 - cab_l / 2 + 0.2),
-                    (width / 2 - 0.1, 0.25, cab_l / 2 - 0.3), color, label, material=MAT_GLASS,
-                    **kw)
-                add(KIND_BOX, pos, yaw, (0, -(clear + hb / 2 + 0.1), -cab_l / 2 - 0.15),
-                    (width / 2, hb / 2, length / 2 - cab_l / 2 - 0.15), cargo, label, **kw)
+                add(
+                    KIND_BOX,
+                    pos,
+                    yaw,
+                    (0, -(clear + 1.1), length / 2 - cab_l / 2),
+                    (width / 2, 1.1, cab_l / 2),
+                    color,
+                    label,
+                    **kw,
+                )
+                add(
+                    KIND_BOX,
+                    pos,
+                    yaw,
+                    (0, -(clear + 2.2 + 0.25), length / 2 - cab_l / 2 + 0.2),
+                    (width / 2 - 0.1, 0.25, cab_l / 2 - 0.3),
+                    color,
+                    label,
+                    material=MAT_GLASS,
+                    **kw,
+                )
+                add(
+                    KIND_BOX,
+                    pos,
+                    yaw,
+                    (0, -(clear + hb / 2 + 0.1), -cab_l / 2 - 0.15),
+                    (width / 2, hb / 2, length / 2 - cab_l / 2 - 0.15),
+                    cargo,
+                    label,
+                    **kw,
+                )
             wheel_x, wheel_z = width / 2 - 0.2, length / 2 - 1.3
             wheels = [(sx * wheel_x, sz * wheel_z) for sx in (-1, 1) for sz in (-1, 1)]
         for wx, wz in wheels:
             add(KIND_CYL_X, pos, yaw, (wx, -rw, wz), (0.11, rw, rw), dark, label, **kw)
         # tail light bar (red) and head light bar (warm white), emissive
         ly = -(clear + min(hb, 1.0) * 0.75)
-        add(KIND_BOX, pos, yaw, (0, ly, -length / 2 - 0.01), (width / 2 - 0.15, 0.05, 0.02),
-            _f32(0.75, 0.05, 0.05), label, material=MAT_EMISSIVE, **kw)
-        add(KIND_BOX, pos, yaw, (0, ly, length / 2 + 0.01), (width / 2 - 0.2, 0.05, 0.02),
-            _f32(0.95, 0.92, 0.8), label, material=MAT_EMISSIVE, **kw)
-        footprints.append(Footprint((pos[0], pos[2]), (width / 2 + 0.15, length / 2 + 0.2),
-                                    yaw, (vel[0], vel[2]), lane, 0.7))
+        add(
+            KIND_BOX,
+            pos,
+            yaw,
+            (0, ly, -length / 2 - 0.01),
+            (width / 2 - 0.15, 0.05, 0.02),
+            _f32(0.75, 0.05, 0.05),
+            label,
+            material=MAT_EMISSIVE,
+            **kw,
+        )
+        add(
+            KIND_BOX,
+            pos,
+            yaw,
+            (0, ly, length / 2 + 0.01),
+            (width / 2 - 0.2, 0.05, 0.02),
+            _f32(0.95, 0.92, 0.8),
+            label,
+            material=MAT_EMISSIVE,
+            **kw,
+        )
+        footprints.append(
+            Footprint((pos[0], pos[2]), (width / 2 + 0.15, length / 2 + 0.2), yaw, (vel[0], vel[2]), lane, 0.7)
+        )
 
     @staticmethod
-    def _add_person(prims: _PrimitiveList, footprints: list[Footprint], counter: _Counter,
-                    rng: np.random.Generator, pos: tuple[float, float, float], yaw: float,
-                    vel: tuple[float, float, float], *, label: str = "person",
-                    seated_at: float | None = None, lane: int = -1) -> None:
+    def _add_person(
+        prims: _PrimitiveList,
+        footprints: list[Footprint],
+        counter: _Counter,
+        rng: np.random.Generator,
+        pos: tuple[float, float, float],
+        yaw: float,
+        vel: tuple[float, float, float],
+        *,
+        label: str = "person",
+        seated_at: float | None = None,
+        lane: int = -1,
+    ) -> None:
         """Add a person standing at ``pos``, or seated on a saddle ``seated_at`` m high."""
         k = counter.next(label)
         kw: dict[str, Any] = {"instance": k, "velocity": vel, "lane": lane}
@@ -523,33 +637,52 @@ class SceneGenerator:
         if seated_at is None:
             stride = rng.uniform(-0.15, 0.15) if vel != (0.0, 0.0, 0.0) else 0.0
             for sx, sz in ((-1, stride), (1, -stride)):
-                add(KIND_CYL_Y, pos, yaw, (sx * 0.09, -leg / 2, sz), (0.075, leg / 2, 0.075), pants,
-                    label, **kw)
+                add(KIND_CYL_Y, pos, yaw, (sx * 0.09, -leg / 2, sz), (0.075, leg / 2, 0.075), pants, label, **kw)
         else:
             # legs from the saddle down to the pedals, slightly forward
             for sx in (-1, 1):
-                add(KIND_CYL_Y, pos, yaw, (sx * 0.13, -(hip - 0.2) / 2 - 0.2, 0.12),
-                    (0.07, (hip - 0.2) / 2, 0.07), pants, label, **kw)
+                add(
+                    KIND_CYL_Y,
+                    pos,
+                    yaw,
+                    (sx * 0.13, -(hip - 0.2) / 2 - 0.2, 0.12),
+                    (0.07, (hip - 0.2) / 2, 0.07),
+                    pants,
+                    label,
+                    **kw,
+                )
         lean = 0.0 if seated_at is None else 0.18
-        add(KIND_CYL_Y, pos, yaw, (0, -(hip + torso / 2), lean), (0.2, torso / 2, 0.12), shirt,
-            label, **kw)
+        add(KIND_CYL_Y, pos, yaw, (0, -(hip + torso / 2), lean), (0.2, torso / 2, 0.12), shirt, label, **kw)
         if seated_at is None:
             for sx in (-1, 1):
-                add(KIND_CYL_Y, pos, yaw, (sx * 0.25, -(hip + torso - 0.29), 0),
-                    (0.05, 0.29, 0.05), shirt, label, **kw)
+                add(KIND_CYL_Y, pos, yaw, (sx * 0.25, -(hip + torso - 0.29), 0), (0.05, 0.29, 0.05), shirt, label, **kw)
         else:
             for sx in (-1, 1):  # arms reaching forward to the handlebar
-                add(KIND_CYL_X, pos, yaw, (sx * 0.22, -(hip + torso - 0.1), lean + 0.25),
-                    (0.27, 0.05, 0.05), shirt, label, part_yaw=math.pi / 2, **kw)
-        add(KIND_ELLIPSOID, pos, yaw, (0, -(hip + torso + 0.14), lean + 0.02),
-            (0.095, 0.125, 0.11), skin, label, **kw)
-        footprints.append(Footprint((pos[0], pos[2]), (0.3, 0.3), yaw, (vel[0], vel[2]), lane,
-                                    0.35))
+                add(
+                    KIND_CYL_X,
+                    pos,
+                    yaw,
+                    (sx * 0.22, -(hip + torso - 0.1), lean + 0.25),
+                    (0.27, 0.05, 0.05),
+                    shirt,
+                    label,
+                    part_yaw=math.pi / 2,
+                    **kw,
+                )
+        add(KIND_ELLIPSOID, pos, yaw, (0, -(hip + torso + 0.14), lean + 0.02), (0.095, 0.125, 0.11), skin, label, **kw)
+        footprints.append(Footprint((pos[0], pos[2]), (0.3, 0.3), yaw, (vel[0], vel[2]), lane, 0.35))
 
     @staticmethod
-    def _add_bicycle(prims: _PrimitiveList, footprints: list[Footprint], counter: _Counter,
-                     rng: np.random.Generator, pos: tuple[float, float, float], yaw: float,
-                     vel: tuple[float, float, float], lane: int = -1) -> float:
+    def _add_bicycle(
+        prims: _PrimitiveList,
+        footprints: list[Footprint],
+        counter: _Counter,
+        rng: np.random.Generator,
+        pos: tuple[float, float, float],
+        yaw: float,
+        vel: tuple[float, float, float],
+        lane: int = -1,
+    ) -> float:
         """Add a bicycle along its yaw direction; returns the saddle height."""
         k = counter.next("bicycle")
         kw: dict[str, Any] = {"instance": k, "velocity": vel, "lane": lane}
@@ -561,29 +694,51 @@ class SceneGenerator:
             add(KIND_CYL_X, pos, yaw, (0, -r, wz), (0.025, r, r), dark, "bicycle", **kw)
         saddle = 2 * r + 0.25
         add(KIND_BOX, pos, yaw, (0, -(r + 0.2), 0.05), (0.02, 0.025, 0.45), frame, "bicycle", **kw)
-        add(KIND_BOX, pos, yaw, (0, -(r + saddle) / 2, -0.2), (0.02, (saddle - r) / 2, 0.02),
-            frame, "bicycle", **kw)
-        add(KIND_BOX, pos, yaw, (0, -(r + saddle + 0.1) / 2, 0.45),
-            (0.02, (saddle + 0.1 - r) / 2, 0.02), frame, "bicycle", **kw)
-        add(KIND_BOX, pos, yaw, (0, -(saddle + 0.1), 0.45), (0.27, 0.02, 0.02), dark, "bicycle",
-            **kw)
+        add(KIND_BOX, pos, yaw, (0, -(r + saddle) / 2, -0.2), (0.02, (saddle - r) / 2, 0.02), frame, "bicycle", **kw)
+        add(
+            KIND_BOX,
+            pos,
+            yaw,
+            (0, -(r + saddle + 0.1) / 2, 0.45),
+            (0.02, (saddle + 0.1 - r) / 2, 0.02),
+            frame,
+            "bicycle",
+            **kw,
+        )
+        add(KIND_BOX, pos, yaw, (0, -(saddle + 0.1), 0.45), (0.27, 0.02, 0.02), dark, "bicycle", **kw)
         add(KIND_BOX, pos, yaw, (0, -saddle, -0.2), (0.07, 0.03, 0.12), dark, "bicycle", **kw)
         footprints.append(Footprint((pos[0], pos[2]), (0.2, 0.8), yaw, (vel[0], vel[2]), lane, 0.3))
         return saddle
 
-    def _add_rider(self, prims: _PrimitiveList, footprints: list[Footprint], counter: _Counter,
-                   rng: np.random.Generator, pos: tuple[float, float, float], yaw: float,
-                   vel: tuple[float, float, float]) -> None:
+    def _add_rider(
+        self,
+        prims: _PrimitiveList,
+        footprints: list[Footprint],
+        counter: _Counter,
+        rng: np.random.Generator,
+        pos: tuple[float, float, float],
+        yaw: float,
+        vel: tuple[float, float, float],
+    ) -> None:
         saddle = self._add_bicycle(prims, footprints, counter, rng, pos, yaw, vel)
         # the rider's origin is over the saddle (0.2 m behind the bicycle centre)
         c, s = math.cos(yaw), math.sin(yaw)
         origin = (pos[0] - s * 0.2, 0.0, pos[2] - c * 0.2)
-        self._add_person(prims, footprints, counter, rng, origin, yaw, vel, label="rider",
-                         seated_at=saddle)
+        self._add_person(prims, footprints, counter, rng, origin, yaw, vel, label="rider", seated_at=saddle)
 
-    def _add_edge_lane(self, prims: _PrimitiveList, footprints: list[Footprint],
-                       counter: _Counter, rng: np.random.Generator, kind: str, curb: float,
-                       sign: float, width: float, z0: float, z1: float) -> None:
+    def _add_edge_lane(
+        self,
+        prims: _PrimitiveList,
+        footprints: list[Footprint],
+        counter: _Counter,
+        rng: np.random.Generator,
+        kind: str,
+        curb: float,
+        sign: float,
+        width: float,
+        z0: float,
+        z1: float,
+    ) -> None:
         """Parked cars or cyclists in the lane along the curb."""
         x = curb - sign * width / 2
         z = z0 + rng.uniform(0, 6)
@@ -592,24 +747,42 @@ class SceneGenerator:
                 length = rng.uniform(3.8, 4.8)
                 if rng.random() < 0.7:
                     yaw = (0.0 if rng.random() < 0.5 else math.pi) + rng.normal(0, 0.03)
-                    self._add_vehicle(prims, footprints, counter, rng, "car",
-                                      (x + rng.normal(0, 0.1), 0.0, z + length / 2), yaw, length,
-                                      (0.0, 0.0, 0.0), -1)
+                    self._add_vehicle(
+                        prims,
+                        footprints,
+                        counter,
+                        rng,
+                        "car",
+                        (x + rng.normal(0, 0.1), 0.0, z + length / 2),
+                        yaw,
+                        length,
+                        (0.0, 0.0, 0.0),
+                        -1,
+                    )
                 z += length + rng.uniform(0.6, 3.0)
             elif kind == "bike":
                 if rng.random() < 0.35:
                     forward = sign > 0
                     yaw = (0.0 if forward else math.pi) + rng.normal(0, 0.04)
                     vel = (0.0, 0.0, (1 if forward else -1) * rng.uniform(3.5, 6.5))
-                    self._add_rider(prims, footprints, counter, rng,
-                                    (x + rng.normal(0, 0.2), 0.0, z), yaw, vel)
+                    self._add_rider(prims, footprints, counter, rng, (x + rng.normal(0, 0.2), 0.0, z), yaw, vel)
                 z += rng.uniform(8, 20)
             else:
                 return
 
-    def _add_sidewalk_life(self, prims: _PrimitiveList, footprints: list[Footprint],
-                           counter: _Counter, rng: np.random.Generator, curb: float, sign: float,
-                           width: float, top: float, z0: float, z1: float) -> None:
+    def _add_sidewalk_life(
+        self,
+        prims: _PrimitiveList,
+        footprints: list[Footprint],
+        counter: _Counter,
+        rng: np.random.Generator,
+        curb: float,
+        sign: float,
+        width: float,
+        top: float,
+        z0: float,
+        z1: float,
+    ) -> None:
         """Poles (with signs / lights) at the curb, trees outside, pedestrians in between."""
         grey = _jitter(rng, _rgb((120, 122, 125)), 0.1)
         z = z0 + rng.uniform(0, 10)
@@ -621,21 +794,26 @@ class SceneGenerator:
             u = rng.random()
             if u < 0.45:
                 sy = -top - rng.uniform(2.0, min(3.0, pole_h - 0.4))
-                sign_col = [_rgb((200, 30, 30)), _rgb((30, 70, 170)), _rgb((230, 230, 230)),
-                            _rgb((230, 190, 20))][rng.integers(4)]
+                sign_col = [_rgb((200, 30, 30)), _rgb((30, 70, 170)), _rgb((230, 230, 230)), _rgb((230, 190, 20))][
+                    rng.integers(4)
+                ]
                 shape = KIND_CYL_X if rng.random() < 0.5 else KIND_BOX
                 half = (0.02, 0.3, 0.3) if shape == KIND_CYL_X else (0.3, 0.3, 0.02)
                 yaw = math.pi / 2 if shape == KIND_CYL_X else 0.0
                 prims.add(shape, (x, sy, z - r - 0.03), half, sign_col, "traffic sign", yaw=yaw)
             elif u < 0.65 and pole_h > 4.5:
                 ly = -top - pole_h + 0.5
-                prims.add(KIND_BOX, (x, ly, z - r - 0.16), (0.16, 0.45, 0.14),
-                          _f32(0.08, 0.08, 0.08), "traffic light")
+                prims.add(KIND_BOX, (x, ly, z - r - 0.16), (0.16, 0.45, 0.14), _f32(0.08, 0.08, 0.08), "traffic light")
                 lamp = rng.integers(3)
-                lamp_col = [_f32(1, 0.1, 0.1), _f32(1, 0.75, 0.1),
-                            _f32(0.1, 1, 0.4)][lamp]
-                prims.add(KIND_ELLIPSOID, (x, ly - 0.28 + 0.28 * lamp, z - r - 0.31),
-                          (0.09, 0.09, 0.03), lamp_col, "traffic light", material=MAT_EMISSIVE)
+                lamp_col = [_f32(1, 0.1, 0.1), _f32(1, 0.75, 0.1), _f32(0.1, 1, 0.4)][lamp]
+                prims.add(
+                    KIND_ELLIPSOID,
+                    (x, ly - 0.28 + 0.28 * lamp, z - r - 0.31),
+                    (0.09, 0.09, 0.03),
+                    lamp_col,
+                    "traffic light",
+                    material=MAT_EMISSIVE,
+                )
             z += rng.uniform(12, 35)
 
         if width > 3.0 and rng.random() < 0.8:
@@ -656,23 +834,33 @@ class SceneGenerator:
                 vel = (0.0, 0.0, direction * rng.uniform(0.9, 1.7)) if walking else (0.0, 0.0, 0.0)
                 self._add_person(prims, footprints, counter, rng, (x, -top, z), yaw, vel)
                 if rng.random() < 0.3:  # a companion walking alongside
-                    self._add_person(prims, footprints, counter, rng,
-                                     (x + rng.uniform(0.55, 0.8) * -sign, -top,
-                                      z + rng.normal(0, 0.3)), yaw, vel)
+                    self._add_person(
+                        prims,
+                        footprints,
+                        counter,
+                        rng,
+                        (x + rng.uniform(0.55, 0.8) * -sign, -top, z + rng.normal(0, 0.3)),
+                        yaw,
+                        vel,
+                    )
             elif u < 0.9:
                 yaw = rng.choice([0.0, math.pi]) + rng.normal(0, 0.1)
-                self._add_bicycle(prims, footprints, counter, rng, (x, -top, z), yaw,
-                                  (0.0, 0.0, 0.0))
+                self._add_bicycle(prims, footprints, counter, rng, (x, -top, z), yaw, (0.0, 0.0, 0.0))
             else:
                 direction = 1.0 if rng.random() < 0.5 else -1.0
-                self._add_rider(prims, footprints, counter, rng, (x, -top, z),
-                                0.0 if direction > 0 else math.pi,
-                                (0.0, 0.0, direction * rng.uniform(2.5, 4.5)))
+                self._add_rider(
+                    prims,
+                    footprints,
+                    counter,
+                    rng,
+                    (x, -top, z),
+                    0.0 if direction > 0 else math.pi,
+                    (0.0, 0.0, direction * rng.uniform(2.5, 4.5)),
+                )
             z += rng.exponential(9) + 1.5
 
     @staticmethod
-    def _add_tree(prims: _PrimitiveList, rng: np.random.Generator,
-                  base: tuple[float, float, float]) -> None:
+    def _add_tree(prims: _PrimitiveList, rng: np.random.Generator, base: tuple[float, float, float]) -> None:
         x, y, z = base
         trunk_h = rng.uniform(1.8, 3.5)
         r = rng.uniform(0.1, 0.22)
@@ -681,11 +869,19 @@ class SceneGenerator:
         prims.add(KIND_CYL_Y, (x, y - trunk_h / 2, z), (r, trunk_h / 2, r), bark, "vegetation")
         cr = rng.uniform(1.3, 3.0)
         crh = cr * rng.uniform(0.9, 1.4)
-        prims.add(KIND_ELLIPSOID, (x, y - trunk_h - crh * 0.8, z), (cr, crh, cr), leaves,
-                  "vegetation", material=MAT_FOLIAGE, tex=(rng.uniform(0, 6.28), 0, 0, 0))
+        prims.add(
+            KIND_ELLIPSOID,
+            (x, y - trunk_h - crh * 0.8, z),
+            (cr, crh, cr),
+            leaves,
+            "vegetation",
+            material=MAT_FOLIAGE,
+            tex=(rng.uniform(0, 6.28), 0, 0, 0),
+        )
 
-    def _add_buildings(self, prims: _PrimitiveList, rng: np.random.Generator, outer: float,
-                       sign: float, z0: float, z1: float) -> None:
+    def _add_buildings(
+        self, prims: _PrimitiveList, rng: np.random.Generator, outer: float, sign: float, z0: float, z1: float
+    ) -> None:
         """Blocks of facades behind the sidewalk, with gaps holding walls, fences, hedges."""
         z = z0 - 20
         while z < z1 + 40:
@@ -698,20 +894,31 @@ class SceneGenerator:
                 if u < 0.35:
                     h = rng.uniform(0.8, 2.5)
                     col = _jitter(rng, _FACADE_COLORS[rng.integers(len(_FACADE_COLORS))], 0.1)
-                    prims.add(KIND_BOX, (x + sign * 0.15, -h / 2, z + gap / 2),
-                              (0.15, h / 2, gap / 2), col, "wall")
+                    prims.add(KIND_BOX, (x + sign * 0.15, -h / 2, z + gap / 2), (0.15, h / 2, gap / 2), col, "wall")
                 elif u < 0.6:
                     h = rng.uniform(1.0, 2.0)
                     col = _jitter(rng, _rgb((150, 140, 120)), 0.2)
-                    prims.add(KIND_BOX, (x + sign * 0.03, -h / 2, z + gap / 2),
-                              (0.03, h / 2, gap / 2), col, "fence", material=MAT_FENCE,
-                              tex=(rng.uniform(0.1, 0.25), 0, 0, 0))
+                    prims.add(
+                        KIND_BOX,
+                        (x + sign * 0.03, -h / 2, z + gap / 2),
+                        (0.03, h / 2, gap / 2),
+                        col,
+                        "fence",
+                        material=MAT_FENCE,
+                        tex=(rng.uniform(0.1, 0.25), 0, 0, 0),
+                    )
                 elif u < 0.85:
                     h = rng.uniform(0.8, 2.2)
                     col = _jitter(rng, _rgb((60, 100, 40)), 0.2)
-                    prims.add(KIND_BOX, (x + sign * 0.5, -h / 2, z + gap / 2),
-                              (0.5, h / 2, gap / 2), col, "vegetation", material=MAT_FOLIAGE,
-                              tex=(rng.uniform(0, 6), 0, 0, 0))
+                    prims.add(
+                        KIND_BOX,
+                        (x + sign * 0.5, -h / 2, z + gap / 2),
+                        (0.5, h / 2, gap / 2),
+                        col,
+                        "vegetation",
+                        material=MAT_FOLIAGE,
+                        tex=(rng.uniform(0, 6), 0, 0, 0),
+                    )
                 if rng.random() < 0.5:
                     self._add_tree(prims, rng, (x + sign * rng.uniform(2, 6), 0.0, z + gap / 2))
                 z += gap
@@ -724,14 +931,27 @@ class SceneGenerator:
             floor_h = rng.uniform(2.8, 3.6)
             window_w = rng.uniform(1.0, 1.8)
             spacing = window_w + rng.uniform(0.8, 2.5)
-            prims.add(KIND_BOX, (x_front + sign * depth / 2, -height / 2, z + length / 2),
-                      (depth / 2, height / 2, length / 2), col, "building", material=MAT_FACADE,
-                      tex=(floor_h, spacing, window_w, rng.uniform(0, 1)))
+            prims.add(
+                KIND_BOX,
+                (x_front + sign * depth / 2, -height / 2, z + length / 2),
+                (depth / 2, height / 2, length / 2),
+                col,
+                "building",
+                material=MAT_FACADE,
+                tex=(floor_h, spacing, window_w, rng.uniform(0, 1)),
+            )
             z += length
 
     # ---------------------------------------------------------------------- rendering
-    def render(self, scene: Scene, camera_z_offset: float = 0.0, *, time_s: float = 0.0,
-               ego_speed_mps: float = 0.0, frame_index: int = 0) -> SynthFrame:
+    def render(
+        self,
+        scene: Scene,
+        camera_z_offset: float = 0.0,
+        *,
+        time_s: float = 0.0,
+        ego_speed_mps: float = 0.0,
+        frame_index: int = 0,
+    ) -> SynthFrame:
         """Render ``scene`` with the camera moved ``camera_z_offset`` m along the street.
 
         Agents move by ``velocity * time_s``; traffic in the ego lane moves at least at
@@ -764,8 +984,9 @@ class SceneGenerator:
         for i, z_near, (r0, r1, c0, c1) in self._screen_rects(p, centers, cam, rot):
             if zbuf[r0:r1, c0:c1].max() < z_near:
                 continue  # everything in its rectangle is already nearer: fully occluded
-            self._raycast_primitive(p, i, centers[i] - cam, rays[:, r0:r1, c0:c1],
-                                    zbuf[r0:r1, c0:c1], pid[r0:r1, c0:c1])
+            self._raycast_primitive(
+                p, i, centers[i] - cam, rays[:, r0:r1, c0:c1], zbuf[r0:r1, c0:c1], pid[r0:r1, c0:c1]
+            )
 
         sky = pid < 0
         safe = np.where(sky, 0, pid)
@@ -774,8 +995,7 @@ class SceneGenerator:
         instance_ids = np.where(sky, SKY_ID, p.instance_id[safe]).astype(np.int32)
 
         rng = np.random.default_rng([scene.seed, frame_index])
-        image = self._shade(scene, p, centers, time_s, ego_speed_mps, cam, rays, depth, pid, sky,
-                            rng)
+        image = self._shade(scene, p, centers, time_s, ego_speed_mps, cam, rays, depth, pid, sky, rng)
 
         valid = ~sky & (depth <= self.max_depth) & (depth >= self.min_depth)
         depth = np.where(valid, depth, 0.0).astype(np.float32)
@@ -791,8 +1011,7 @@ class SceneGenerator:
             K=self.K,
         )
 
-    def render_sequence(self, scene: Scene, n_frames: int, speed_mps: float, fps: float
-                        ) -> Iterator[SynthFrame]:
+    def render_sequence(self, scene: Scene, n_frames: int, speed_mps: float, fps: float) -> Iterator[SynthFrame]:
         """Frames of ``scene`` with the camera driving forward at ``speed_mps``.
 
         Make the scene long enough: ``length_m >= speed_mps * n_frames / fps + 100``.
@@ -801,23 +1020,25 @@ class SceneGenerator:
             raise ValueError(f"fps must be positive, got {fps}")
         for i in range(n_frames):
             t = i / fps
-            yield self.render(scene, speed_mps * t, time_s=t, ego_speed_mps=speed_mps,
-                              frame_index=i)
+            yield self.render(scene, speed_mps * t, time_s=t, ego_speed_mps=speed_mps, frame_index=i)
 
-    def _screen_rects(self, p: Primitives, centers: np.ndarray, cam: np.ndarray,
-                      rot: np.ndarray
-                      ) -> Iterator[tuple[int, float, tuple[int, int, int, int]]]:
+    def _screen_rects(
+        self, p: Primitives, centers: np.ndarray, cam: np.ndarray, rot: np.ndarray
+    ) -> Iterator[tuple[int, float, tuple[int, int, int, int]]]:
         """Visible primitives near to far: index, nearest camera z, pixel rectangle.
 
         The rectangle (rows r0:r1, cols c0:c1) conservatively bounds the projection of the
         primitive's camera-frame bounding box clipped to the near plane.
         """
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)],
-                         np.float64)  # [8, 3]
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], np.float64)  # [8, 3]
         local = signs[None] * p.half[:, None, :]  # [N, 8, 3]
         c, s = np.cos(p.yaw)[:, None], np.sin(p.yaw)[:, None]
-        world = np.stack([c * local[..., 0] + s * local[..., 2], local[..., 1],
-                          -s * local[..., 0] + c * local[..., 2]], axis=-1) + centers[:, None, :]
+        world = (
+            np.stack(
+                [c * local[..., 0] + s * local[..., 2], local[..., 1], -s * local[..., 0] + c * local[..., 2]], axis=-1
+            )
+            + centers[:, None, :]
+        )
         cam_pts = (world - cam) @ rot  # [N, 8, 3]: world -> camera is rot^T
         lo, hi = cam_pts.min(axis=1), cam_pts.max(axis=1)  # [N, 3] camera-frame AABB
         visible = (hi[:, 2] > NEAR_PLANE) & (p.kind != KIND_PLANE)
@@ -836,8 +1057,9 @@ class SceneGenerator:
             yield int(i), float(zlo[i]), (int(r0[i]), int(r1[i]), int(c0[i]), int(c1[i]))
 
     @staticmethod
-    def _raycast_primitive(p: Primitives, i: int, rel: np.ndarray, rays: np.ndarray,
-                           zbuf: np.ndarray, pid: np.ndarray) -> None:
+    def _raycast_primitive(
+        p: Primitives, i: int, rel: np.ndarray, rays: np.ndarray, zbuf: np.ndarray, pid: np.ndarray
+    ) -> None:
         """Intersect rays [3, h, w] with primitive ``i``; update zbuf/pid views in place.
 
         The ray ``cam + t * d`` is mapped to the primitive's unit space (rotate by -yaw,
@@ -883,9 +1105,20 @@ class SceneGenerator:
         np.copyto(zbuf, t_in, where=hit, casting="unsafe")
         pid[hit] = i
 
-    def _shade(self, scene: Scene, p: Primitives, centers: np.ndarray, time_s: float,
-               ego_speed_mps: float, cam: np.ndarray, rays: np.ndarray, depth: np.ndarray,
-               pid: np.ndarray, sky: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _shade(
+        self,
+        scene: Scene,
+        p: Primitives,
+        centers: np.ndarray,
+        time_s: float,
+        ego_speed_mps: float,
+        cam: np.ndarray,
+        rays: np.ndarray,
+        depth: np.ndarray,
+        pid: np.ndarray,
+        sky: np.ndarray,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
         """Colour every pixel from its hit (normal, material, fog); returns [H, W, 3] uint8."""
         light = scene.lighting
         safe = np.where(sky, 0, pid)
@@ -920,8 +1153,9 @@ class SceneGenerator:
         if m.any():
             ph = tex[..., 0][m]
             xs, ys, zs = x[m], y[m], z[m]
-            n = (np.sin(5.1 * xs + ph) * np.sin(4.3 * ys + 2 * ph) * np.sin(4.7 * zs - ph)
-                 + 0.5 * np.sin(11.0 * (xs + zs) + 3 * ph) * np.sin(9.0 * ys))
+            n = np.sin(5.1 * xs + ph) * np.sin(4.3 * ys + 2 * ph) * np.sin(4.7 * zs - ph) + 0.5 * np.sin(
+                11.0 * (xs + zs) + 3 * ph
+            ) * np.sin(9.0 * ys)
             color[:, m] *= 1.0 + 0.25 * n
         m = mat == MAT_FACADE
         if m.any():
@@ -929,15 +1163,19 @@ class SceneGenerator:
             along = np.where(np.abs(normal[0][m]) > 0.5, z[m], x[m])
             height = -y[m]
             in_floor = np.mod(height, floor_h)
-            window = ((np.mod(along, spacing) < win_w) & (in_floor > 0.9)
-                      & (in_floor < floor_h - 0.5) & (height > 2.5) & (normal[1][m] > -0.5))
+            window = (
+                (np.mod(along, spacing) < win_w)
+                & (in_floor > 0.9)
+                & (in_floor < floor_h - 0.5)
+                & (height > 2.5)
+                & (normal[1][m] > -0.5)
+            )
             glass = np.stack([0.12 + 0.1 * tint, 0.15 + 0.08 * tint, 0.2 + 0.05 * tint])
             color[:, m] = np.where(window, glass, color[:, m])
         m = mat == MAT_GLASS
         if m.any():
             side = normal[1][m] > -0.7  # cabin roof keeps the body colour
-            color[:, m] = np.where(side, _f32(0.07, 0.09, 0.12)[:, None] + 0.15 * (
-                1 + normal[1][m]) * 0.2, color[:, m])
+            color[:, m] = np.where(side, _f32(0.07, 0.09, 0.12)[:, None] + 0.15 * (1 + normal[1][m]) * 0.2, color[:, m])
         m = mat == MAT_BUS
         if m.any():
             band = (-y[m] > tex[..., 0][m]) & (-y[m] < tex[..., 1][m]) & (normal[1][m] > -0.5)
@@ -971,12 +1209,18 @@ class SceneGenerator:
         return cv2.GaussianBlur(image, (3, 3), 0.6)
 
     @staticmethod
-    def _contact_shadows(scene: Scene, time_s: float, ego_speed_mps: float, x: np.ndarray,
-                         z: np.ndarray, mat: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    def _contact_shadows(
+        scene: Scene,
+        time_s: float,
+        ego_speed_mps: float,
+        x: np.ndarray,
+        z: np.ndarray,
+        mat: np.ndarray,
+        normal: np.ndarray,
+    ) -> np.ndarray:
         """Multiplicative darkening [H, W] of ground pixels under vehicles and people."""
         factor = np.ones(x.shape, np.float32)
-        ground = np.flatnonzero((normal[1] < -0.9) & ((mat == MAT_ROAD) | (mat == MAT_SIDEWALK)
-                                                      | (mat == MAT_TERRAIN)))
+        ground = np.flatnonzero((normal[1] < -0.9) & ((mat == MAT_ROAD) | (mat == MAT_SIDEWALK) | (mat == MAT_TERRAIN)))
         if ground.size == 0:
             return factor
         # ground pixels sorted by world z: each footprint only looks at its z slice
@@ -1003,8 +1247,9 @@ class SceneGenerator:
         return factor
 
 
-def _quadratic(dx: np.ndarray | None, dy: np.ndarray | None, dz: np.ndarray | None,
-               ox: float, oy: float, oz: float) -> tuple[np.ndarray, np.ndarray]:
+def _quadratic(
+    dx: np.ndarray | None, dy: np.ndarray | None, dz: np.ndarray | None, ox: float, oy: float, oz: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Entry/exit t of a ray with the unit sphere (or circle, skipping ``None`` axes)."""
     a = b = None
     cc = -1.0
@@ -1061,8 +1306,7 @@ def _normals(p: Primitives, centers: np.ndarray, pid: np.ndarray, pts: np.ndarra
     return normal
 
 
-def encode_disparity(depth: np.ndarray, valid: np.ndarray, *, baseline: float, fx: float
-                     ) -> np.ndarray:
+def encode_disparity(depth: np.ndarray, valid: np.ndarray, *, baseline: float, fx: float) -> np.ndarray:
     """Cityscapes disparity PNG [H, W] uint16 from z-depth [H, W] metres.
 
     ``p = round(baseline * fx / depth * 256) + 1`` where ``valid``, else 0.
@@ -1117,6 +1361,7 @@ def cityscapes_stem(city: str, seq: int, frame: int) -> str:
 
 def write_frame(root: Path, split: str, city: str, stem: str, frame: SynthFrame) -> None:
     """Write ``frame`` as the Cityscapes files of ``stem`` under ``root``."""
+
     def path(folder: str, suffix: str) -> Path:
         d = root / folder / split / city
         d.mkdir(parents=True, exist_ok=True)
@@ -1152,8 +1397,7 @@ class _Job:
 _SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
 
 
-def dataset_frame(seed: int, split: str, index: int, *, height: int = 256, width: int = 512
-                  ) -> SynthFrame:
+def dataset_frame(seed: int, split: str, index: int, *, height: int = 256, width: int = 512) -> SynthFrame:
     """Frame ``index`` of ``split`` exactly as :func:`generate_dataset` renders it."""
     gen = _generator(height, width)
     rng = np.random.default_rng([seed, _SPLIT_KEYS[split], index])
@@ -1173,9 +1417,18 @@ def _generator(height: int, width: int) -> SceneGenerator:
     return SceneGenerator(height, width)
 
 
-def generate_dataset(out: Path, *, train: int, val: int, seed: int, height: int = 256,
-                     width: int = 512, city: str = "synthcity", workers: int = 1,
-                     progress: bool = True) -> dict[str, int]:
+def generate_dataset(
+    out: Path,
+    *,
+    train: int,
+    val: int,
+    seed: int,
+    height: int = 256,
+    width: int = 512,
+    city: str = "synthcity",
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, int]:
     """Render ``train`` + ``val`` independent scenes into a Cityscapes tree at ``out``.
 
     Frame ``i`` of a split depends only on ``(seed, split, i)``: the same arguments give
@@ -1201,10 +1454,20 @@ def generate_dataset(out: Path, *, train: int, val: int, seed: int, height: int 
     return {"train": train, "val": val}
 
 
-def synth_main(out: Path, train: int, val: int, seed: int, height: int = 256, width: int = 512,
-               *, city: str = "synthcity", workers: int = 1) -> int:
+def synth_main(
+    out: Path,
+    train: int,
+    val: int,
+    seed: int,
+    height: int = 256,
+    width: int = 512,
+    *,
+    city: str = "synthcity",
+    workers: int = 1,
+) -> int:
     """CLI body of ``panoptic-depthlab-training synth``; returns the exit code."""
-    counts = generate_dataset(out, train=train, val=val, seed=seed, height=height, width=width,
-                              city=city, workers=workers)
+    counts = generate_dataset(
+        out, train=train, val=val, seed=seed, height=height, width=width, city=city, workers=workers
+    )
     print(f"wrote {counts['train']} train + {counts['val']} val frames ({height}x{width}) to {out}")
     return 0

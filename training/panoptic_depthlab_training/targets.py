@@ -6,6 +6,7 @@ Reference: Detectron2 ``projects/Panoptic-DeepLab/panoptic_deeplab/target_genera
 ``np.unique`` + ``np.bincount`` pass instead of one full-image mask per segment; only the
 Gaussian pasting loops over thing instances (a (6 sigma + 3)^2 patch each).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -42,10 +43,17 @@ class PanopticTargetGenerator:
 
     """
 
-    def __init__(self, thing_ids: Iterable[int], *, ignore_label: int = 255, sigma: int = 8,
-                 ignore_stuff_in_offset: bool = True, small_instance_area: int = 4096,
-                 small_instance_weight: float = 3.0, ignore_crowd_in_semantic: bool = False
-                 ) -> None:
+    def __init__(
+        self,
+        thing_ids: Iterable[int],
+        *,
+        ignore_label: int = 255,
+        sigma: int = 8,
+        ignore_stuff_in_offset: bool = True,
+        small_instance_area: int = 4096,
+        small_instance_weight: float = 3.0,
+        ignore_crowd_in_semantic: bool = False,
+    ) -> None:
         self.thing_ids = frozenset(int(t) for t in thing_ids)
         self.ignore_label = ignore_label
         self.sigma = sigma
@@ -55,8 +63,7 @@ class PanopticTargetGenerator:
         self.ignore_crowd_in_semantic = ignore_crowd_in_semantic
         self.gaussian = gaussian_kernel(sigma)
 
-    def __call__(self, panoptic: np.ndarray, segments: Sequence[dict[str, Any]]
-                 ) -> dict[str, Any]:
+    def __call__(self, panoptic: np.ndarray, segments: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Targets for one image.
 
         Args:
@@ -96,12 +103,10 @@ class PanopticTargetGenerator:
         center_y = np.bincount(flat, weights=yy.ravel(), minlength=n) / np.maximum(area, 1)
         center_x = np.bincount(flat, weights=xx.ravel(), minlength=n) / np.maximum(area, 1)
 
-        sem_lut = np.where(known & ~(crowd & self.ignore_crowd_in_semantic), category,
-                           self.ignore_label)
+        sem_lut = np.where(known & ~(crowd & self.ignore_crowd_in_semantic), category, self.ignore_label)
         center_w_lut = known & ~crowd
         offset_w_lut = center_w_lut & (thing | (not self.ignore_stuff_in_offset))
-        sem_w_lut = np.where(thing & (area < self.small_instance_area),
-                             self.small_instance_weight, 1.0)
+        sem_w_lut = np.where(thing & (area < self.small_instance_area), self.small_instance_weight, 1.0)
 
         offset = np.zeros((2, height, width), np.float32)
         has_offset = thing[inverse]
@@ -137,5 +142,5 @@ class PanopticTargetGenerator:
         ye, xe = min(height, y0 + size), min(width, x0 + size)
         if ye <= ys or xe <= xs:
             return
-        patch = self.gaussian[ys - y0: ye - y0, xs - x0: xe - x0]
+        patch = self.gaussian[ys - y0 : ye - y0, xs - x0 : xe - x0]
         np.maximum(heatmap[ys:ye, xs:xe], patch, out=heatmap[ys:ye, xs:xe])

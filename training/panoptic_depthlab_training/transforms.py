@@ -27,6 +27,7 @@ Depth under scale augmentation (README paragraph)
     far away, which is false for the test camera. (The random crop moves the principal
     point, so the horizon row varies between crops; that is inherent to crop training.)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -85,8 +86,9 @@ def rescale(sample: S, scale: float) -> S:
     )
 
 
-def crop(sample: S, top: int, left: int, height: int, width: int, *,
-         image_pad: tuple[int, int, int] = IMAGE_PAD_RGB) -> S:
+def crop(
+    sample: S, top: int, left: int, height: int, width: int, *, image_pad: tuple[int, int, int] = IMAGE_PAD_RGB
+) -> S:
     """Cut the window rows ``top:top+height``, cols ``left:left+width`` (may extend outside).
 
     Outside the image: image ``image_pad``, semantic 255, panoptic -1, depth 0 invalid.
@@ -100,7 +102,7 @@ def crop(sample: S, top: int, left: int, height: int, width: int, *,
         out = np.empty((height, width) + array.shape[2:], array.dtype)
         out[...] = fill
         if ye > ys and xe > xs:
-            out[dy: dy + ye - ys, dx: dx + xe - xs] = array[ys:ye, xs:xe]
+            out[dy : dy + ye - ys, dx : dx + xe - xs] = array[ys:ye, xs:xe]
         return out
 
     return _replace(

@@ -1,4 +1,5 @@
 """Shared fixtures: one small synthetic Cityscapes tree per test session."""
+
 from __future__ import annotations
 
 import shutil
@@ -28,9 +29,15 @@ def synth_spec() -> SynthSpec:
 def synth_root(tmp_path_factory: pytest.TempPathFactory, synth_spec: SynthSpec) -> Path:
     """A read-only synthetic dataset (3 train + 2 val frames, 64x128)."""
     root = tmp_path_factory.mktemp("synth") / "cityscapes"
-    generate_dataset(root, train=synth_spec.counts["train"], val=synth_spec.counts["val"],
-                     seed=synth_spec.seed, height=synth_spec.size[0], width=synth_spec.size[1],
-                     progress=False)
+    generate_dataset(
+        root,
+        train=synth_spec.counts["train"],
+        val=synth_spec.counts["val"],
+        seed=synth_spec.seed,
+        height=synth_spec.size[0],
+        width=synth_spec.size[1],
+        progress=False,
+    )
     return root
 
 

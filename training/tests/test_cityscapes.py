@@ -31,8 +31,7 @@ def test_depth_from_disparity_hand_values():
     # 0 (no measurement) and 1 (d = 0) are invalid and hold 0
     depth, valid = depth_from_disparity(p, 0.2, 1000.0)
     np.testing.assert_array_equal(valid, [[False, False, True, True], [True, True, True, True]])
-    np.testing.assert_allclose(depth, [[0, 0, 200, 100], [51200, 400, 50, 200 / 255.9921875]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(depth, [[0, 0, 200, 100], [51200, 400, 50, 200 / 255.9921875]], rtol=1e-6)
     assert depth.dtype == np.float32 and np.isfinite(depth).all()
     depth, valid = depth_from_disparity(p, 0.2, 1000.0, max_depth=300.0)
     np.testing.assert_array_equal(valid, [[False, False, True, True], [False, False, True, True]])
@@ -51,18 +50,21 @@ def _write_fabricated(root: Path) -> None:
     files = sample_files(root, "val", "handcity", "handcity_000000_000019")
     for path in (files.image, files.label_ids, files.disparity, files.camera):
         path.parent.mkdir(parents=True, exist_ok=True)
-    image = np.array([[[10, 20, 30], [40, 50, 60], [70, 80, 90]],
-                      [[1, 2, 3], [4, 5, 6], [7, 8, 9]]], np.uint8)  # RGB
+    image = np.array([[[10, 20, 30], [40, 50, 60], [70, 80, 90]], [[1, 2, 3], [4, 5, 6], [7, 8, 9]]], np.uint8)  # RGB
     cv2.imwrite(str(files.image), image[..., ::-1])
     # road, car, car / sidewalk, person, unlabeled
     cv2.imwrite(str(files.label_ids), np.array([[7, 26, 26], [8, 24, 0]], np.uint8))
     cv2.imwrite(str(files.instance_ids), np.array([[7, 26000, 26001], [8, 24000, 0]], np.uint16))
     files.polygons.write_text(json.dumps({"imgHeight": 2, "imgWidth": 3, "objects": []}))
     cv2.imwrite(str(files.disparity), np.array([[513, 1025, 0], [129, 1, 257]], np.uint16))
-    files.camera.write_text(json.dumps({
-        "extrinsic": {"baseline": 0.25, "pitch": 0.0, "roll": 0.0, "x": 1.7, "y": 0.0,
-                      "yaw": 0.0, "z": 1.2},
-        "intrinsic": {"fx": 800.0, "fy": 800.0, "u0": 1.0, "v0": 0.5}}))
+    files.camera.write_text(
+        json.dumps(
+            {
+                "extrinsic": {"baseline": 0.25, "pitch": 0.0, "roll": 0.0, "x": 1.7, "y": 0.0, "yaw": 0.0, "z": 1.2},
+                "intrinsic": {"fx": 800.0, "fy": 800.0, "u0": 1.0, "v0": 0.5},
+            }
+        )
+    )
 
 
 def test_load_sample_on_fabricated_files(tmp_path: Path):
@@ -81,24 +83,28 @@ def test_load_sample_on_fabricated_files(tmp_path: Path):
 
 
 def test_panoptic_from_instance_ids_matches_create_panoptic_imgs_rules():
-    inst = np.array([
-        [7, 7, 11, 11],
-        [26000, 26000, 26002, 26],   # two cars and a car crowd region (26 < 1000)
-        [24005, 0, 5, 29000],        # person, unlabeled, dynamic, caravan (ignored in eval)
-    ], np.int32)
+    inst = np.array(
+        [
+            [7, 7, 11, 11],
+            [26000, 26000, 26002, 26],  # two cars and a car crowd region (26 < 1000)
+            [24005, 0, 5, 29000],  # person, unlabeled, dynamic, caravan (ignored in eval)
+        ],
+        np.int32,
+    )
     pan, segments = panoptic_from_instance_ids(inst)
-    np.testing.assert_array_equal(pan, [
-        [0, 0, 2000, 2000],
-        [13001, 13001, 13002, 13000],
-        [11001, -1, -1, -1],
-    ])
+    np.testing.assert_array_equal(
+        pan,
+        [
+            [0, 0, 2000, 2000],
+            [13001, 13001, 13002, 13000],
+            [11001, -1, -1, -1],
+        ],
+    )
     by_id = {s["id"]: s for s in segments}
     assert set(by_id) == {0, 2000, 13000, 13001, 13002, 11001}
-    assert by_id[13000] == {"id": 13000, "category_id": 13, "iscrowd": 1, "area": 1,
-                            "is_thing": True}
+    assert by_id[13000] == {"id": 13000, "category_id": 13, "iscrowd": 1, "area": 1, "is_thing": True}
     assert by_id[13001]["area"] == 2 and by_id[13001]["iscrowd"] == 0
-    assert by_id[2000] == {"id": 2000, "category_id": 2, "iscrowd": 0, "area": 2,
-                           "is_thing": False}
+    assert by_id[2000] == {"id": 2000, "category_id": 2, "iscrowd": 0, "area": 2, "is_thing": False}
 
 
 def test_label_to_train_id_table():
@@ -171,11 +177,16 @@ def test_dataset_items(synth_spec, synth_root: Path):
     item = ds[0]
     h, w = synth_spec.size
     expected = {
-        "image": ((3, h, w), torch.float32), "sem_seg": ((h, w), torch.int64),
-        "sem_seg_weights": ((h, w), torch.float32), "center": ((1, h, w), torch.float32),
-        "center_weights": ((1, h, w), torch.float32), "offset": ((2, h, w), torch.float32),
-        "offset_weights": ((1, h, w), torch.float32), "depth": ((1, h, w), torch.float32),
-        "depth_valid": ((1, h, w), torch.bool), "panoptic": ((h, w), torch.int64),
+        "image": ((3, h, w), torch.float32),
+        "sem_seg": ((h, w), torch.int64),
+        "sem_seg_weights": ((h, w), torch.float32),
+        "center": ((1, h, w), torch.float32),
+        "center_weights": ((1, h, w), torch.float32),
+        "offset": ((2, h, w), torch.float32),
+        "offset_weights": ((1, h, w), torch.float32),
+        "depth": ((1, h, w), torch.float32),
+        "depth_valid": ((1, h, w), torch.bool),
+        "panoptic": ((h, w), torch.int64),
     }
     for key, (shape, dtype) in expected.items():
         assert tuple(item[key].shape) == shape and item[key].dtype == dtype, key

@@ -363,9 +363,7 @@ def test_bad_inputs_raise_value_error() -> None:
     with pytest.raises(ValueError, match="19000"):
         match_panoptic(np.full_like(gt, 19000), gt, metadata=META)
     with pytest.raises(ValueError, match="not in gt_segments"):
-        match_panoptic(
-            gt, gt, metadata=META, gt_segments=[{"id": 0, "category_id": 0, "iscrowd": 0}]
-        )
+        match_panoptic(gt, gt, metadata=META, gt_segments=[{"id": 0, "category_id": 0, "iscrowd": 0}])
     with pytest.raises(ValueError, match="not both"):
         match_panoptic(gt, gt, metadata=META, gt_segments=[], gt_crowd_ids=set())
     with pytest.raises(ValueError, match="gt_semantic holds 33"):
@@ -381,9 +379,7 @@ def test_format_table_lists_every_class_and_the_totals() -> None:
 
 
 # --------------------------------------------------------------------------- cityscapesscripts
-def random_scene(
-    rng: np.random.Generator, h: int = 48, w: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
+def random_scene(rng: np.random.Generator, h: int = 48, w: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """GT and a noisy prediction with stuff blocks, instances, crowds, void, spurious segments."""
     stuff = rng.integers(0, 11, size=(h // 8, w // 8)).repeat(8, 0).repeat(8, 1)
     gt = (stuff * 1000).astype(np.int32)
@@ -454,9 +450,7 @@ def default_segments(panoptic: np.ndarray) -> list[dict]:
         if sid == -1:
             continue
         cat, inst = divmod(sid, META.label_divisor)
-        out.append(
-            {"id": sid, "category_id": cat, "iscrowd": int(META.is_thing(cat) and inst == 0)}
-        )
+        out.append({"id": sid, "category_id": cat, "iscrowd": int(META.is_thing(cat) and inst == 0)})
     return out
 
 
@@ -496,9 +490,7 @@ def test_pq_equals_cityscapesscripts(tmp_path: Path, capsys: pytest.CaptureFixtu
         for lab in cs_labels
         if not lab.ignoreInEval
     ]
-    (tmp_path / "gt.json").write_text(
-        json.dumps({"annotations": gt_anns, "categories": categories})
-    )
+    (tmp_path / "gt.json").write_text(json.dumps({"annotations": gt_anns, "categories": categories}))
     (tmp_path / "pred.json").write_text(json.dumps({"annotations": pred_anns}))
 
     # runs cityscapesscripts' multiprocessing pool with cpu_count() workers
@@ -515,9 +507,7 @@ def test_pq_equals_cityscapesscripts(tmp_path: Path, capsys: pytest.CaptureFixtu
     for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
         assert ref[group]["n"] == mine[f"n{suffix}"]
         for metric in ("pq", "sq", "rq"):
-            assert mine[metric.upper() + suffix] / 100 == pytest.approx(
-                ref[group][metric], abs=1e-9
-            )
+            assert mine[metric.upper() + suffix] / 100 == pytest.approx(ref[group][metric], abs=1e-9)
     assert ref["All"]["n"] >= 12 and ref["Things"]["n"] >= 4  # the data exercise both kinds
     for train_id, name in enumerate(META.names):
         theirs = ref["per_class"][META.dataset_ids[train_id]]

@@ -112,16 +112,14 @@ def test_encode_disparity_hand_values():
     depth = np.array([[0.0, 10.0, 40.0]], np.float32)
     valid = np.array([[False, True, True]])
     # baseline * fx = 0.25 * 800 = 200: d = 20 px -> 5121; d = 5 px -> 1281
-    np.testing.assert_array_equal(encode_disparity(depth, valid, baseline=0.25, fx=800.0),
-                                  [[0, 5121, 1281]])
+    np.testing.assert_array_equal(encode_disparity(depth, valid, baseline=0.25, fx=800.0), [[0, 5121, 1281]])
 
 
 def test_sequence_moves_camera_towards_static_objects(gen):
     scene = gen.make_scene(np.random.default_rng(5), length_m=200.0)
     frames = list(gen.render_sequence(scene, 3, speed_mps=10.0, fps=10.0))  # 1 m per frame
     assert len(frames) == 3
-    still = scene.prims.instance_id[(np.abs(scene.prims.velocity).sum(axis=1) == 0)
-                                    & (scene.prims.instance_id >= 1000)]
+    still = scene.prims.instance_id[(np.abs(scene.prims.velocity).sum(axis=1) == 0) & (scene.prims.instance_id >= 1000)]
     deltas = []
     for inst in np.unique(still):
         a, b = frames[0].instance_ids == inst, frames[2].instance_ids == inst
@@ -134,26 +132,28 @@ def test_sequence_moves_camera_towards_static_objects(gen):
     assert np.median(deltas) == pytest.approx(2.0, abs=0.15)
     # the ego lane's traffic is never approached: no thing nearer than 4 m straight ahead
     for f in frames:
-        centre = f.depth[H // 3: H // 2, W // 2 - 4: W // 2 + 4]
+        centre = f.depth[H // 3 : H // 2, W // 2 - 4 : W // 2 + 4]
         assert centre[centre > 0].min() > 4.0
 
 
 def test_written_files_have_cityscapes_layout(synth_spec, synth_root: Path):
     for split, n in synth_spec.counts.items():
-        stems = sorted(p.name[: -len("_leftImg8bit.png")]
-                       for p in (synth_root / "leftImg8bit" / split / "synthcity").iterdir())
+        stems = sorted(
+            p.name[: -len("_leftImg8bit.png")] for p in (synth_root / "leftImg8bit" / split / "synthcity").iterdir()
+        )
         assert stems == [f"synthcity_{i:06d}_000019" for i in range(n)]
         for stem in stems:
-            for rel in (f"gtFine/{split}/synthcity/{stem}_gtFine_labelIds.png",
-                        f"gtFine/{split}/synthcity/{stem}_gtFine_instanceIds.png",
-                        f"gtFine/{split}/synthcity/{stem}_gtFine_color.png",
-                        f"gtFine/{split}/synthcity/{stem}_gtFine_polygons.json",
-                        f"disparity/{split}/synthcity/{stem}_disparity.png",
-                        f"camera/{split}/synthcity/{stem}_camera.json"):
+            for rel in (
+                f"gtFine/{split}/synthcity/{stem}_gtFine_labelIds.png",
+                f"gtFine/{split}/synthcity/{stem}_gtFine_instanceIds.png",
+                f"gtFine/{split}/synthcity/{stem}_gtFine_color.png",
+                f"gtFine/{split}/synthcity/{stem}_gtFine_polygons.json",
+                f"disparity/{split}/synthcity/{stem}_disparity.png",
+                f"camera/{split}/synthcity/{stem}_camera.json",
+            ):
                 assert (synth_root / rel).is_file(), rel
     stem = "synthcity_000001_000019"
-    inst = cv2.imread(str(synth_root / f"gtFine/train/synthcity/{stem}_gtFine_instanceIds.png"),
-                      cv2.IMREAD_UNCHANGED)
+    inst = cv2.imread(str(synth_root / f"gtFine/train/synthcity/{stem}_gtFine_instanceIds.png"), cv2.IMREAD_UNCHANGED)
     assert inst.dtype == np.uint16 and inst.shape == synth_spec.size
 
 
@@ -161,13 +161,13 @@ def test_written_dataset_reads_back_exactly(synth_spec, synth_root: Path):
     samples = list_samples(synth_root, "train")
     assert len(samples) == synth_spec.counts["train"]
     for i, files in enumerate(samples):
-        frame = dataset_frame(synth_spec.seed, "train", i, height=synth_spec.size[0],
-                              width=synth_spec.size[1])
+        frame = dataset_frame(synth_spec.seed, "train", i, height=synth_spec.size[0], width=synth_spec.size[1])
         sample = load_sample(files)
         np.testing.assert_array_equal(sample.image, frame.image_rgb)  # RGB after the BGR write
         np.testing.assert_array_equal(sample.depth_valid, frame.depth_valid)
-        bound = frame.depth * sample.depth / (frame.camera["extrinsic"]["baseline"]
-                                              * frame.camera["intrinsic"]["fx"]) / 512
+        bound = (
+            frame.depth * sample.depth / (frame.camera["extrinsic"]["baseline"] * frame.camera["intrinsic"]["fx"]) / 512
+        )
         assert (np.abs(sample.depth - frame.depth) <= bound * 1.0001 + 1e-6).all()
         thing = np.isin(frame.label_ids, THING_LABEL_IDS)
         # one panoptic segment per rendered instance, and class-consistent
@@ -175,8 +175,7 @@ def test_written_dataset_reads_back_exactly(synth_spec, synth_root: Path):
         np.testing.assert_array_equal(sample.panoptic[thing] // 1000, sample.semantic[thing])
 
 
-def test_cityscapesscripts_reads_the_written_dataset(synth_spec, synth_root: Path,
-                                                     tmp_path: Path):
+def test_cityscapesscripts_reads_the_written_dataset(synth_spec, synth_root: Path, tmp_path: Path):
     convert2panoptic(str(synth_root / "gtFine"), str(tmp_path), True, ["train"])
     coco = json.loads((tmp_path / "cityscapes_panoptic_train_trainId.json").read_text())
     assert len(coco["annotations"]) == synth_spec.counts["train"]
@@ -204,11 +203,20 @@ def test_polygons_redraw_the_label_image(synth_spec, synth_root: Path):
     assert (redrawn == label_ids).mean() > 0.99
 
 
-def test_generation_is_independent_of_worker_count(synth_spec, synth_root: Path,
-                                                   tmp_path: Path):
-    generate_dataset(tmp_path, train=2, val=0, seed=synth_spec.seed, height=synth_spec.size[0],
-                     width=synth_spec.size[1], workers=2, progress=False)
+def test_generation_is_independent_of_worker_count(synth_spec, synth_root: Path, tmp_path: Path):
+    generate_dataset(
+        tmp_path,
+        train=2,
+        val=0,
+        seed=synth_spec.seed,
+        height=synth_spec.size[0],
+        width=synth_spec.size[1],
+        workers=2,
+        progress=False,
+    )
     for i in range(2):
-        for rel in (f"leftImg8bit/train/synthcity/synthcity_{i:06d}_000019_leftImg8bit.png",
-                    f"disparity/train/synthcity/synthcity_{i:06d}_000019_disparity.png"):
+        for rel in (
+            f"leftImg8bit/train/synthcity/synthcity_{i:06d}_000019_leftImg8bit.png",
+            f"disparity/train/synthcity/synthcity_{i:06d}_000019_disparity.png",
+        ):
             assert (tmp_path / rel).read_bytes() == (synth_root / rel).read_bytes()

@@ -16,9 +16,9 @@ THINGS = (11, 12, 13, 14, 15, 16, 17, 18)
 def tiny_case():
     """6x8 map: road stuff, a car (6 px), a person (3 px), a car crowd region, one void px."""
     pan = np.full((6, 8), ROAD, np.int32)
-    pan[1:3, 1:4] = CAR      # rows 1-2, cols 1-3: center (1.5, 2.0)
-    pan[3:6, 6] = PERSON     # rows 3-5, col 6:     center (4.0, 6.0)
-    pan[4:6, 0:2] = CROWD    # rows 4-5, cols 0-1:  center (4.5, 0.5)
+    pan[1:3, 1:4] = CAR  # rows 1-2, cols 1-3: center (1.5, 2.0)
+    pan[3:6, 6] = PERSON  # rows 3-5, col 6:     center (4.0, 6.0)
+    pan[4:6, 0:2] = CROWD  # rows 4-5, cols 0-1:  center (4.5, 0.5)
     pan[0, 7] = VOID
     segments = [
         {"id": ROAD, "category_id": 0, "iscrowd": 0},
@@ -72,14 +72,14 @@ def test_tiny_hand_built_targets():
 
     cw = np.ones((6, 8), np.float32)
     cw[4:6, 0:2] = 0  # crowd
-    cw[0, 7] = 0      # void
+    cw[0, 7] = 0  # void
     np.testing.assert_array_equal(t["center_weights"][0], cw)
     ow = np.zeros((6, 8), np.float32)
     ow[1:3, 1:4] = 1
-    ow[3:6, 6] = 1    # things only (ignore_stuff_in_offset), crowd excluded
+    ow[3:6, 6] = 1  # things only (ignore_stuff_in_offset), crowd excluded
     np.testing.assert_array_equal(t["offset_weights"][0], ow)
     sw = np.ones((6, 8), np.float32)
-    sw[3:6, 6] = 3    # person area 3 < 5; car area 6 is not small
+    sw[3:6, 6] = 3  # person area 3 < 5; car area 6 is not small
     sw[4:6, 0:2] = 3  # crowd thing area 4 < 5 (as Detectron2)
     np.testing.assert_array_equal(t["sem_seg_weights"], sw)
     assert t["center_points"] == [(4.0, 6.0), (4.5, 0.5), (1.5, 2.0)]  # sorted by id
@@ -87,8 +87,7 @@ def test_tiny_hand_built_targets():
 
 def test_options_ignore_crowd_and_keep_stuff_offsets():
     pan, segments = tiny_case()
-    gen = PanopticTargetGenerator(THINGS, sigma=1, ignore_stuff_in_offset=False,
-                                  ignore_crowd_in_semantic=True)
+    gen = PanopticTargetGenerator(THINGS, sigma=1, ignore_stuff_in_offset=False, ignore_crowd_in_semantic=True)
     t = gen(pan, segments)
     assert (t["sem_seg"][4:6, 0:2] == 255).all()
     assert t["offset_weights"][0, 0, 0] == 1 and t["offset_weights"][0, 5, 1] == 0

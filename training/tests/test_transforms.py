@@ -38,8 +38,13 @@ def coordinate_sample() -> Dense:
     index = (yy * W + xx).astype(np.int32)
     valid = xx % 7 != 3
     image = np.stack([8 * xx, 12 * yy, np.full_like(xx, 50)], axis=-1).astype(np.uint8)
-    return Dense(image=image, semantic=(index % 19).astype(np.uint8), panoptic=index,
-                 depth=np.where(valid, 1.0 + index, 0.0).astype(np.float32), depth_valid=valid)
+    return Dense(
+        image=image,
+        semantic=(index % 19).astype(np.uint8),
+        panoptic=index,
+        depth=np.where(valid, 1.0 + index, 0.0).astype(np.float32),
+        depth_valid=valid,
+    )
 
 
 def check_alignment(out: Dense, factor: float) -> None:
@@ -100,8 +105,13 @@ def synth_dense(seed: int = 4) -> tuple[Dense, list[dict]]:
     gen = SceneGenerator(64, 128)
     frame = gen.render(gen.make_scene(np.random.default_rng(seed)))
     pan, segments = panoptic_from_instance_ids(frame.instance_ids)
-    return Dense(image=frame.image_rgb, semantic=LABEL_TO_TRAIN_ID[frame.label_ids],
-                 panoptic=pan, depth=frame.depth, depth_valid=frame.depth_valid), segments
+    return Dense(
+        image=frame.image_rgb,
+        semantic=LABEL_TO_TRAIN_ID[frame.label_ids],
+        panoptic=pan,
+        depth=frame.depth,
+        depth_valid=frame.depth_valid,
+    ), segments
 
 
 def test_flip_before_targets_reverses_x_offsets():
