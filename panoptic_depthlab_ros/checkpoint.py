@@ -245,6 +245,9 @@ def save_checkpoint(
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a shared model unreadable to others
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

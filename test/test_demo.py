@@ -17,7 +17,7 @@ from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint
 def test_bundled_assets_are_small_and_loadable() -> None:
     ckpt = bundled_checkpoint()
     assert ckpt.stat().st_size < 25 * 1024 * 1024
-    assert load_checkpoint(ckpt).info.get("iteration", 0) > 0  # a trained model, not an initialisation
+    assert load_checkpoint(ckpt).info["training"]["iteration"] > 0  # a trained model, not an initialisation
     bag = REPO / "data" / "demo_bag"
     assert sum(p.stat().st_size for p in bag.iterdir()) < 6 * 1024 * 1024
     with Reader(bag) as r:
