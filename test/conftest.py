@@ -6,23 +6,13 @@ one machine do not hear each other) and localhost-only discovery.
 
 from __future__ import annotations
 
-import itertools
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "detectron2"
-
-_domain_counter = itertools.count()
-
-
-def next_domain_id() -> int:
-    """A ROS domain id (1..100) unlikely to be used by another test or run."""
-    return 1 + (os.getpid() * 7 + next(_domain_counter)) % 100
+from pdl_testing import next_domain_id
 
 
 @pytest.fixture
@@ -37,16 +27,6 @@ def ros_context() -> Iterator[object]:
         yield context
     finally:
         context.try_shutdown()
-
-
-def spin_until(executor, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Spin ``executor`` until ``condition()`` holds or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        executor.spin_once(timeout_sec=0.02)
-    return condition()
 
 
 @pytest.fixture(scope="session")

@@ -79,12 +79,9 @@ def random_image(seed: int, height: int = 64, width: int = 128) -> np.ndarray:
 
 
 def installed_executable() -> Path:
-    """The node's installed executable (skips the test when ``make setup`` has not run)."""
-    import pytest
-
+    """The node's installed executable (``make setup`` installs it; its absence is a failure)."""
     exe = Path(sys.prefix) / "bin" / "panoptic_depthlab_node"
-    if not exe.is_file():
-        pytest.skip(f"{exe} is not installed (run make setup)")
+    assert exe.is_file(), f"{exe} is not installed (run make setup)"
     return exe
 
 

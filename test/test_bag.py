@@ -13,9 +13,9 @@ import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from conftest import REPO
 from panoptic_depthlab_ros.bag import BagError, replay_bag, typestore_with_our_messages
 from panoptic_depthlab_ros.predictor import Predictor
+from pdl_testing import REPO
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 K = [100.0, 0.0, 64.0, 0.0, 100.0, 32.0, 0.0, 0.0, 1.0]

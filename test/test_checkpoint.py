@@ -16,7 +16,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURES
 from panoptic_depthlab_ros.checkpoint import (
     convert_detectron2,
     load_checkpoint,
@@ -27,6 +26,7 @@ from panoptic_depthlab_ros.errors import CheckpointError
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.model import BranchConfig, ModelConfig, build_model
 from panoptic_depthlab_ros.predictor import Predictor
+from pdl_testing import FIXTURES
 
 
 class _RunsCode:

@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO
 from node_utils import image_msg, random_image
 from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
@@ -25,6 +24,7 @@ from panoptic_depthlab_ros.ros.conversions import (
     image_to_bgr,
     segments_to_msg,
 )
+from pdl_testing import REPO
 
 ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8")
 

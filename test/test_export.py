@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, REPO
 from panoptic_depthlab_ros.checkpoint import convert_detectron2
 from panoptic_depthlab_ros.errors import CheckpointError
 from panoptic_depthlab_ros.export import ExportError, export_model
 from panoptic_depthlab_ros.postprocess import find_instance_centers
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.preprocess import prepare_image
+from pdl_testing import FIXTURES, REPO
 
 
 @pytest.fixture(scope="module")

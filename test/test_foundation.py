@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import panoptic_depthlab_ros
-from conftest import REPO
+from pdl_testing import REPO
 
 
 def _core_modules() -> list[str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from conftest import REPO
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm
 from panoptic_depthlab_ros.predictor import Predictor
+from pdl_testing import REPO
 
 
 def _img(i: int) -> np.ndarray:

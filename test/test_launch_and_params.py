@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
 from node_utils import NodeHarness, image_msg, random_image
 from panoptic_depthlab_ros.ros.parameters import DYNAMIC, PARAMETERS, SPECS, NodeSettings
+from pdl_testing import REPO
 
 LAUNCH = REPO / "launch" / "panoptic_depthlab.launch.py"
 YAML = REPO / "config" / "panoptic_depthlab.yaml"
@@ -314,7 +314,6 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
             {"checkpoint": "{tmp}/garbage.safetensors"},
             ["{tmp}/garbage.safetensors", "not a safetensors file"],
         ),
-        ({"checkpoint": ""}, ["demo.safetensors", "does not exist", "checkpoint:="]),
         ({"device": "cuda"}, ["CUDA is not available"]),
         ({"device": "gpu"}, ["device must be one of auto, cpu, cuda, got 'gpu'"]),
         ({"top_k": 0}, ["top_k must be at least 1, or -1"]),
@@ -333,14 +332,11 @@ def test_startup_failures_are_clear(
     import torch
     from rclpy.parameter import Parameter
 
-    from panoptic_depthlab_ros.checkpoint import BUNDLED_CHECKPOINT
     from panoptic_depthlab_ros.errors import PanopticDepthLabError
     from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
 
     if overrides.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    if overrides.get("checkpoint") == "" and BUNDLED_CHECKPOINT.is_file():
-        pytest.skip("the demo checkpoint exists")
     (tmp_path / "garbage.safetensors").write_bytes(b"this is not a model")
     values = {"checkpoint": str(tiny_checkpoint), "device": "cpu", **overrides}
     values = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in values.items()}
@@ -351,6 +347,13 @@ def test_startup_failures_are_clear(
         )
     for w in words:
         assert w.replace("{tmp}", str(tmp_path)) in str(info.value)
+
+
+def test_empty_checkpoint_selects_the_bundled_model() -> None:
+    from panoptic_depthlab_ros.checkpoint import BUNDLED_CHECKPOINT
+    from panoptic_depthlab_ros.ros.parameters import resolve_checkpoint
+
+    assert resolve_checkpoint("") == BUNDLED_CHECKPOINT and BUNDLED_CHECKPOINT.is_file()
 
 
 def test_auto_device_falls_back_to_cpu(ros_context, tiny_checkpoint) -> None:

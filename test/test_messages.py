@@ -10,7 +10,7 @@ import pytest
 from rosbags.interfaces import Nodetype
 from rosbags.typesys import get_types_from_msg
 
-from conftest import REPO, spin_until
+from pdl_testing import REPO, spin_until
 
 # rosbags' parser names builtins the .msg way; rosidl's introspection another.
 _ROSIDL_NAME = {"float32": "float", "float64": "double", "bool": "boolean"}
