@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -58,6 +58,11 @@ class Predictor:
             outputs are returned at the input size.
         optimize: inference rewrites of a torch network: BatchNorm folded into the
             convolutions, plus channels-last memory on CUDA (see README, "Speed").
+        compile_mode: ``torch.compile`` the network with this mode (``"default"``,
+            ``"reduce-overhead"`` = CUDA graphs, ``"max-autotune"``); None = eager.
+            Compiling takes minutes on a CPU; meant for GPUs.
+        compile_backend: the ``torch.compile`` backend (``"inductor"``; ``"eager"``
+            checks the wiring without code generation).
     """
 
     def __init__(
@@ -71,6 +76,8 @@ class Predictor:
         fp16: bool = False,
         max_input_width: int = 0,
         optimize: bool = True,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         self.device = torch.device(device)
         self.channels_last = False
@@ -79,6 +86,8 @@ class Predictor:
             self.channels_last = self.device.type == "cuda"
             if self.channels_last:
                 network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if compile_mode and isinstance(network, nn.Module):
+            network = cast(nn.Module, torch.compile(network, mode=compile_mode, backend=compile_backend, dynamic=True))
         self.network = network
         self.model_config = model_config
         self.classes = classes

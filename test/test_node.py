@@ -487,3 +487,24 @@ def test_installed_executable_missing_checkpoint_fails_fast(ros_context, tmp_pat
     assert out.returncode != 0
     assert str(missing) in out.stderr
     assert "does not exist" in out.stderr
+
+
+def test_onnxruntime_backend(ros_context, tiny_checkpoint, tmp_path) -> None:
+    """backend: onnxruntime with an exported .onnx answers like the ONNX predictor."""
+    from panoptic_depthlab_ros.export import export_model
+    from panoptic_depthlab_ros.predictor import Predictor
+
+    onnx_path = tmp_path / "tiny.onnx"
+    export_model(tiny_checkpoint, onnx_path, fmt="onnx", dynamic=True)
+    h = NodeHarness(ros_context, onnx_path, params={**PARAMS, "backend": "onnxruntime"})
+    try:
+        assert type(h.node.pipeline.predictor.network).__name__ == "OnnxNetwork"
+        h.wait_connected()
+        bgr = random_image(7)
+        h.image_pub.publish(image_msg(bgr, "bgr8", stamp=(40, 1)))
+        h.wait_for(lambda: h.answered((40, 1)), 60, "the ONNX backend's answer")
+        want = Predictor.from_checkpoint(onnx_path, "cpu", backend="onnxruntime").predict(bgr)
+        np.testing.assert_array_equal(_image(h.answer("panoptic", (40, 1))), want.panoptic)
+        _assert_segments_equal(h.answer("segments", (40, 1)), want.segments)
+    finally:
+        h.close()

@@ -133,3 +133,16 @@ def test_folded_batchnorm_matches(tiny_checkpoint: Path) -> None:
     ra, rb = plain.predict(_image()), optimized.predict(_image())
     np.testing.assert_array_equal(ra.panoptic, rb.panoptic)
     np.testing.assert_allclose(ra.depth, rb.depth, rtol=1e-4)
+
+
+def test_compile_mode_wraps_the_network(tiny_checkpoint: Path) -> None:
+    # Inductor code generation takes minutes on a CPU; the "eager" torch.compile backend
+    # exercises the same wrapping (dynamo tracing, dynamic shapes) without it.
+    compiled = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", compile_mode="default", compile_backend="eager")
+    plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    assert type(compiled.network).__name__ == "OptimizedModule"
+    for shape in ((96, 160), (128, 256)):  # dynamic: a second size without recompiling errors
+        img = _image(*shape)
+        a, b = plain.predict(img), compiled.predict(img)
+        np.testing.assert_array_equal(a.panoptic, b.panoptic)
+        np.testing.assert_allclose(a.depth, b.depth, rtol=1e-5)

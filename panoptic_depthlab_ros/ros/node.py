@@ -517,6 +517,7 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
             backend=settings.backend,
             fp16=settings.fp16,
             max_input_width=settings.max_input_width,
+            compile_mode=settings.compile_mode or None,
         )
     except CheckpointError as exc:
         raise StartupError(

@@ -109,6 +109,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec("fp16", False, "Run the network in float16 autocast (CUDA only, ignored on CPU)."),
     ParameterSpec(
+        "compile_mode",
+        "",
+        "torch.compile the network with this mode ('default', 'reduce-overhead' = CUDA graphs, 'max-autotune'); "
+        "empty = no compilation. Compiling takes minutes on a CPU: meant for GPUs.",
+        choices=("", "default", "reduce-overhead", "max-autotune"),
+    ),
+    ParameterSpec(
         "num_threads",
         0,
         "CPU intra-op threads of the network (torch.set_num_threads); 0 = the library default.",
@@ -271,6 +278,7 @@ class NodeSettings:
     backend: str
     device: str
     fp16: bool
+    compile_mode: str
     num_threads: int
     max_input_width: int
     max_input_pixels: int
