@@ -116,6 +116,16 @@ def message_stage(result, image_bgr: np.ndarray) -> float:
     return time.perf_counter() - t0
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not carry over exec)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(args: argparse.Namespace) -> None:
     """Child process: one backend, one model, one size; prints a JSON line."""
     if args.threads:
@@ -142,7 +152,7 @@ def run_one(args: argparse.Namespace) -> None:
     raw = {k: v.cpu().numpy() for k, v in pred.raw(image).items()}
     np.save(args.dump, {"panoptic": r.panoptic, **raw}, allow_pickle=True)
     med = {s: statistics.median(t[s] for t in runs) for s in STAGES}
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"times": med, "peak_mb": peak_mb, "segments": len(r.segments)}))
 
 
@@ -175,8 +185,9 @@ def main() -> int:
         f"median of {args.repeat} runs after 1 warm-up; seconds\n"
     )
     header = f"{'model':6} {'size':10} {'backend':12} " + " ".join(f"{s:>13}" for s in STAGES)
-    header += f" {'peak MB':>8} {'vs eager':>8} {'max|raw diff|':>13} {'pan. diff px':>12}"
+    header += f" {'peak MB':>8} {'vs eager':>8} {'max|raw diff|':>13} {'pan. diff px*':>13}"
     print(header)
+    print("(* panoptic pixels that differ from eager, outside semantic near-ties: top-2 logit margin < 1e-3)")
     for model, ckpt, size in plan:
         h, w = map(int, size.split("x"))
         onnx = tmp / f"{model}_{size}.onnx"
@@ -215,9 +226,12 @@ def main() -> int:
             diff = max(
                 float(np.abs(r["dump"][k] - eager["dump"][k]).max()) for k in ("sem_seg", "center", "offset", "depth")
             )
-            pan = int((r["dump"]["panoptic"] != eager["dump"]["panoptic"]).sum())
+            # Pixels whose top-2 semantic logits are within 1e-3 may flip between backends (ties).
+            top2 = np.sort(eager["dump"]["sem_seg"], axis=0)[-2:]
+            settled = (top2[1] - top2[0]) >= 1e-3
+            pan = int(((r["dump"]["panoptic"] != eager["dump"]["panoptic"]) & settled).sum())
             row = f"{model:6} {size:10} {backend:12} " + " ".join(f"{r['times'][s]:13.4f}" for s in STAGES)
-            print(row + f" {r['peak_mb']:8.0f} {ratio:7.2f}x {diff:13.2e} {pan:12d}")
+            print(row + f" {r['peak_mb']:8.0f} {ratio:7.2f}x {diff:13.2e} {pan:13d}")
         share = (eager["times"]["fusion"] + eager["times"]["segment_depth"]) / eager["times"]["total"]
         best = max(BACKENDS, key=lambda b: eager["times"]["total"] / results[b]["times"]["total"])
         print(
