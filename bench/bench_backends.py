@@ -153,7 +153,27 @@ def run_one(args: argparse.Namespace) -> None:
     np.save(args.dump, {"panoptic": r.panoptic, **raw}, allow_pickle=True)
     med = {s: statistics.median(t[s] for t in runs) for s in STAGES}
     peak_mb = peak_rss_mb()
-    print(json.dumps({"times": med, "peak_mb": peak_mb, "segments": len(r.segments)}))
+    post = {"center_threshold": pred.postprocess.center_threshold, "nms_kernel": pred.postprocess.nms_kernel}
+    print(json.dumps({"times": med, "peak_mb": peak_mb, "segments": len(r.segments), "postprocess": post}))
+
+
+def center_near_ties(center: np.ndarray, threshold: float, kernel: int, tol: float = 1e-4) -> int:
+    """Center-map pixels within ``tol`` of one of fusion's center decisions.
+
+    A candidate (value above threshold - tol) is fragile when it is within ``tol`` of the
+    threshold, or when another candidate within ``tol`` of the window maximum shares its NMS
+    window (a plateau or a near-peak: which of them becomes the center, or whether both do,
+    is decided by float noise). Backends that differ by ~1e-5 may then pick different centers.
+    """
+    c = torch.from_numpy(np.asarray(center, np.float32)).reshape(1, 1, *center.shape[-2:])
+    pad = kernel // 2
+    pooled = torch.nn.functional.max_pool2d(c, kernel, stride=1, padding=pad)
+    candidate = c > threshold - tol
+    near_threshold = (c - threshold).abs() < tol
+    near_max = (pooled - c < tol) & candidate
+    rivals = torch.nn.functional.avg_pool2d(near_max.float(), kernel, stride=1, padding=pad) * kernel * kernel
+    fragile = (near_threshold & candidate) | (near_max & (rivals > 1.5))
+    return int(fragile.sum())
 
 
 def main() -> int:
@@ -185,9 +205,10 @@ def main() -> int:
         f"median of {args.repeat} runs after 1 warm-up; seconds\n"
     )
     header = f"{'model':6} {'size':10} {'backend':12} " + " ".join(f"{s:>13}" for s in STAGES)
-    header += f" {'peak MB':>8} {'vs eager':>8} {'max|raw diff|':>13} {'pan. diff px*':>13}"
+    header += f" {'peak MB':>8} {'vs eager':>8} {'max|raw diff|':>13} {'pan. diff px*':>13} {'ctr ties**':>10}"
     print(header)
     print("(* panoptic pixels that differ from eager, outside semantic near-ties: top-2 logit margin < 1e-3)")
+    print("(** eager center-map pixels within 1e-4 of a center decision (threshold, NMS window max): center near-ties)")
     for model, ckpt, size in plan:
         h, w = map(int, size.split("x"))
         onnx = tmp / f"{model}_{size}.onnx"
@@ -231,7 +252,9 @@ def main() -> int:
             settled = (top2[1] - top2[0]) >= 1e-3
             pan = int(((r["dump"]["panoptic"] != eager["dump"]["panoptic"]) & settled).sum())
             row = f"{model:6} {size:10} {backend:12} " + " ".join(f"{r['times'][s]:13.4f}" for s in STAGES)
-            print(row + f" {r['peak_mb']:8.0f} {ratio:7.2f}x {diff:13.2e} {pan:13d}")
+            post = eager["postprocess"]
+            ties = center_near_ties(eager["dump"]["center"], post["center_threshold"], post["nms_kernel"])
+            print(row + f" {r['peak_mb']:8.0f} {ratio:7.2f}x {diff:13.2e} {pan:13d} {ties:10d}")
         share = (eager["times"]["fusion"] + eager["times"]["segment_depth"]) / eager["times"]["total"]
         best = max(BACKENDS, key=lambda b: eager["times"]["total"] / results[b]["times"]["total"])
         print(
