@@ -55,8 +55,11 @@ class OnnxNetwork:
         wanted = ["CPUExecutionProvider"]
         if device.type == "cuda":
             wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + wanted
+        options = ort.SessionOptions()
+        # One thread setting for both backends: the node's num_threads sets torch's, ORT follows.
+        options.intra_op_num_threads = torch.get_num_threads()
         try:
-            self.session = ort.InferenceSession(str(path), providers=wanted)
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime's own exception types are not importable portably
             raise CheckpointError(path, f"onnxruntime cannot load it: {exc}") from exc
         names = [o.name for o in self.session.get_outputs()]

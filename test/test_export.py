@@ -105,6 +105,19 @@ def test_onnx_dynamic_shape_and_tiny_model(tmp_path: Path, tiny_checkpoint: Path
         _assert_result_parity(pt, ox, img)
 
 
+def test_onnxruntime_follows_the_torch_thread_setting(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    onnx_path = tmp_path / "m.onnx"
+    export_model(tiny_checkpoint, onnx_path, fmt="onnx", height=64, width=128)
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)  # what the node's num_threads parameter does
+            ox = Predictor.from_checkpoint(onnx_path, device="cpu", backend="onnxruntime")
+            assert ox.network.session.get_session_options().intra_op_num_threads == n
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_torchscript_roundtrip(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "tiny.pt"
     export_model(tiny_checkpoint, out, fmt="torchscript", height=128, width=256)

@@ -118,7 +118,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "num_threads",
         0,
-        "CPU intra-op threads of the network (torch.set_num_threads); 0 = the library default.",
+        "CPU intra-op threads of the network (torch.set_num_threads; onnxruntime uses the same); 0 = the default.",
         bounds=(0, 256),
     ),
     ParameterSpec(
