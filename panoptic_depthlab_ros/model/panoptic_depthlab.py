@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import ResNetDeepLab
-from .config import ModelConfig
+from .config import BranchConfig, ModelConfig
 from .decoder import DeepLabDecoder
 from .heads import DepthHead, InstanceHead, SemanticHead
 
@@ -82,7 +82,7 @@ def build_model(config: ModelConfig) -> PanopticDepthLab:
         res5_multi_grid=config.res5_multi_grid,
     )
 
-    def decoder(branch_convs_dim: int, branch) -> DeepLabDecoder:
+    def decoder(branch: BranchConfig) -> DeepLabDecoder:
         return DeepLabDecoder(
             backbone.out_channels,
             project_channels=branch.project_channels,
@@ -91,7 +91,7 @@ def build_model(config: ModelConfig) -> PanopticDepthLab:
             aspp_dropout=config.aspp_dropout,
             aspp_pool_kernel_size=config.aspp_pool_kernel_size,
             aspp_strict_pool_size=config.aspp_strict_pool_size,
-            decoder_channels=branch_convs_dim,
+            decoder_channels=branch.convs_dim,
             depthwise_separable=config.depthwise_separable,
         )
 
@@ -99,20 +99,20 @@ def build_model(config: ModelConfig) -> PanopticDepthLab:
     model = PanopticDepthLab(
         backbone,
         SemanticHead(
-            decoder(sem.convs_dim, sem),
+            decoder(sem),
             decoder_channels=sem.convs_dim,
             head_channels=sem.head_channels,
             num_classes=config.num_classes,
             depthwise_separable=config.depthwise_separable,
         ),
         InstanceHead(
-            decoder(ins.convs_dim, ins),
+            decoder(ins),
             decoder_channels=ins.convs_dim,
             head_channels=ins.head_channels,
             depthwise_separable=config.depthwise_separable,
         ),
         DepthHead(
-            decoder(dep.convs_dim, dep),
+            decoder(dep),
             decoder_channels=dep.convs_dim,
             head_channels=dep.head_channels,
             depthwise_separable=config.depthwise_separable,
