@@ -61,7 +61,7 @@ def _bag(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     from .infer import run_infer
 
-    summary = run_infer(args.inputs, args.out, predictor=_predictor(args), near=args.near, far=args.far)
+    summary = run_infer(args.inputs, args.out, predictor=_predictor(args), near=args.near, far=args.far, fx=args.fx)
     for line in summary.skipped:
         print(f"skipped: {line}", file=sys.stderr)
     print(f"wrote {len(summary.written)} files for {summary.frames} frames to {args.out}")
@@ -106,6 +106,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="images, folders and videos -> overlay, depth, panoptic, segments files")
     p.add_argument("inputs", nargs="+", type=Path, help="image files, folders or videos")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--fx", type=float, help="the inputs' focal length in pixels: depth in their camera's metres, 3D centroids"
+    )
     _add_model_args(p)
     p.set_defaults(func=_infer)
     return parser

@@ -1,6 +1,6 @@
 """Offline inference on images, folders and videos: files in, files out.
 
-    panoptic-depthlab infer INPUT... --out DIR [--checkpoint CKPT] [--device auto]
+    panoptic-depthlab infer INPUT... --out DIR [--checkpoint CKPT] [--device auto] [--fx PX]
 
 Per frame ``<name>``: ``<name>_overlay.png``, ``<name>_depth.png`` (uint16
 millimetres, 0 = invalid, as REP 118 allows), ``<name>_depth.npy`` (float32
@@ -8,14 +8,16 @@ meters), ``<name>_panoptic.png`` (Cityscapes panoptic format: RGB = id with
 id = labelId * 1000 + k for things, labelId for stuff, 0 void) and
 ``<name>_segments.json`` (its ``segments_info`` plus every SegmentDepth field).
 Videos also get ``<name>_overlay.mp4``.  Unreadable inputs are reported by path
-and skipped; the run goes on.
+and skipped; the run goes on. ``--fx`` (the images' focal length in pixels) puts
+depth in that camera's metres and fills the segments' 3D centroids; without it depth
+is what the training camera would see.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .errors import InputError
 from .metadata import ClassMetadata
 from .predictor import Predictor
 from .result import PanopticDepthResult
@@ -147,30 +150,51 @@ def run_infer(
     predictor: Predictor,
     near: float = 5.0,
     far: float = 60.0,
+    fx: float | None = None,
     progress: bool = True,
 ) -> InferSummary:
-    """Predict every image and video frame under ``inputs``; write files to ``out_dir``."""
+    """Predict every image and video frame under ``inputs``; write files to ``out_dir``.
+
+    ``fx``: focal length (pixels) of the camera that took them (see module doc).
+    """
+    if fx is not None and not (math.isfinite(fx) and fx > 0):
+        raise InputError(f"--fx must be a positive focal length in pixels, got {fx}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = InferSummary()
+
+    def predict(image: np.ndarray) -> PanopticDepthResult:
+        return predictor.predict(image, camera_k=None if fx is None else pinhole_k(fx, image.shape[:2]))
+
     for path in tqdm(list(_expand(inputs, summary)), desc="infer", unit="file", disable=not progress):
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            _video(path, out, predictor, near, far, summary, progress)
+            _video(path, out, predict, predictor.classes, near, far, summary, progress)
             continue
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             summary.skipped.append(f"{path}: unreadable image")
             continue
-        written, _ = write_frame_outputs(
-            out, path.stem, image, predictor.predict(image), predictor.classes, near=near, far=far
-        )
+        written, _ = write_frame_outputs(out, path.stem, image, predict(image), predictor.classes, near=near, far=far)
         summary.frames += 1
         summary.written += [str(p) for p in written]
     return summary
 
 
+def pinhole_k(fx: float, size: tuple[int, int]) -> np.ndarray:
+    """3x3 K with square pixels and the principal point at the image centre."""
+    h, w = size
+    return np.array([[fx, 0.0, (w - 1) / 2], [0.0, fx, (h - 1) / 2], [0.0, 0.0, 1.0]])
+
+
 def _video(
-    path: Path, out: Path, predictor: Predictor, near: float, far: float, summary: InferSummary, progress: bool
+    path: Path,
+    out: Path,
+    predict: Callable[[np.ndarray], PanopticDepthResult],
+    classes: ClassMetadata,
+    near: float,
+    far: float,
+    summary: InferSummary,
+    progress: bool,
 ) -> None:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -191,8 +215,8 @@ def _video(
                     out,
                     f"{path.stem}_{index:06d}",
                     frame,
-                    predictor.predict(frame),
-                    predictor.classes,
+                    predict(frame),
+                    classes,
                     near=near,
                     far=far,
                 )

@@ -188,12 +188,27 @@ class Predictor:
         with torch.inference_mode():
             return self._to_input_size(self._network(prep.tensor), prep)
 
+    def depth_scale(self, camera_k: np.ndarray | None, prep: Prepared) -> float:
+        """Factor taking the network's metres (its training camera) to this camera's.
+
+        The network judges distance by apparent size, so a camera with a focal length
+        ``s`` times the training one makes everything look ``s`` times nearer; the
+        depth it outputs is then ``true / s``. Needs the image's K and the checkpoint's
+        ``depth_focal_px``; 1.0 when either is unknown.
+        """
+        f_train = self.model_config.depth_focal_px
+        if camera_k is None or f_train is None:
+            return 1.0
+        fx_network = float(camera_k[0, 0]) * prep.network_size[1] / prep.input_size[1]
+        return fx_network / f_train
+
     def predict(self, image: np.ndarray, *, camera_k: np.ndarray | None = None) -> PanopticDepthResult:
         """Segment one image and measure each segment's depth.
 
         Args:
             image: [H, W, 3] uint8 in **BGR** order (as OpenCV reads it).
-            camera_k: optional 3x3 pinhole intrinsics for the 3D segment centroids.
+            camera_k: optional 3x3 pinhole intrinsics of ``image``: 3D segment centroids,
+                and depth rescaled to this camera's focal length (see :meth:`depth_scale`).
         """
         if camera_k is not None:
             camera_k = np.asarray(camera_k, dtype=np.float64)
@@ -212,6 +227,9 @@ class Predictor:
             sync()
             t2 = time.perf_counter()
             out = self._to_input_size(out, prep)
+            depth_scale = self.depth_scale(camera_k, prep)
+            if depth_scale != 1.0:
+                out["depth"] = out["depth"] * depth_scale
             fused = panoptic_fusion(
                 out["sem_seg"], out["center"], out["offset"], classes=self.classes, config=self.postprocess
             )
@@ -236,6 +254,7 @@ class Predictor:
             depth=depth,
             segments=segments,
             label_divisor=self.classes.label_divisor,
+            depth_scale=depth_scale,
             timings={
                 "preprocess": t1 - t0,
                 "network": t2 - t1,

@@ -48,6 +48,8 @@ class PanopticDepthResult:
     segments: one :class:`SegmentDepth` per id in ``panoptic``, ascending id.
     timings:  seconds per stage (``preprocess``, ``network``, ``fusion``,
               ``segment_depth``, ``total``).
+    depth_scale: the factor already applied to the network's depth for this camera's
+              focal length (1.0: none; see ``Predictor.depth_scale``).
     """
 
     panoptic: np.ndarray
@@ -55,6 +57,7 @@ class PanopticDepthResult:
     depth: np.ndarray
     segments: list[SegmentDepth]
     label_divisor: int = 1000
+    depth_scale: float = 1.0
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -21,6 +21,7 @@ from panoptic_depthlab_ros.checkpoint import (
     load_checkpoint,
     load_state_dict_checked,
     read_detectron2_weights,
+    save_checkpoint,
 )
 from panoptic_depthlab_ros.errors import CheckpointError
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
@@ -102,6 +103,23 @@ def test_our_format_roundtrip_is_self_describing(tiny_checkpoint: Path) -> None:
     assert ckpt.info == {"purpose": "tests"}
     model = ckpt.build()
     assert all(torch.equal(v, ckpt.state_dict[k].to(v.dtype)) for k, v in model.state_dict().items())
+
+
+def test_depth_camera_travels_with_the_checkpoint(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    ckpt = load_checkpoint(tiny_checkpoint)
+    config = ckpt.model_config.with_(depth_focal_px=424.2)
+    path = save_checkpoint(
+        tmp_path / "cam.safetensors",
+        ckpt.build(),
+        model_config=config,
+        classes=ckpt.classes,
+        postprocess=ckpt.postprocess,
+    )
+    assert load_checkpoint(path).model_config.depth_focal_px == 424.2
+    older = {k: v for k, v in config.to_dict().items() if k != "depth_focal_px"}  # files from before the field
+    assert ModelConfig.from_dict(older).depth_focal_px is None
+    with pytest.raises(ValueError, match="depth_focal_px"):
+        ModelConfig.tiny(depth_focal_px=-1.0)
 
 
 def test_corrupt_and_truncated_ours(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
-from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm
+from panoptic_depthlab_ros.errors import InputError
+from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, run_infer
 from panoptic_depthlab_ros.predictor import Predictor
 from pdl_testing import REPO
 
@@ -73,6 +75,20 @@ def test_infer_folder_with_broken_image_and_video(tmp_path: Path, tiny_checkpoin
     doc = json.loads((out / "frame0_segments.json").read_text())
     assert doc["segments_info"] == info
     assert [s["id"] for s in doc["segments"]] == [s.id for s in r.segments]
+
+
+def test_fx_puts_depth_in_the_cameras_metres(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    cv2.imwrite(str(tmp_path / "frame.png"), _img(0))
+    pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    pred.model_config = pred.model_config.with_(depth_focal_px=100.0)
+    run_infer([tmp_path / "frame.png"], tmp_path / "plain", predictor=pred, progress=False)
+    run_infer([tmp_path / "frame.png"], tmp_path / "fx", predictor=pred, fx=150.0, progress=False)
+    plain, scaled = np.load(tmp_path / "plain" / "frame_depth.npy"), np.load(tmp_path / "fx" / "frame_depth.npy")
+    np.testing.assert_allclose(scaled, 1.5 * plain, rtol=1e-6)
+    segments = json.loads((tmp_path / "fx" / "frame_segments.json").read_text())["segments"]
+    assert segments and all(s["centroid"][2] > 0 for s in segments)  # K known: 3D centroids
+    with pytest.raises(InputError, match="--fx"):
+        run_infer([tmp_path / "frame.png"], tmp_path / "bad", predictor=pred, fx=0.0, progress=False)
 
 
 def test_cityscapes_ids_and_depth_png() -> None:

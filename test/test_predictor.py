@@ -81,6 +81,33 @@ def test_max_input_width_resizes_and_scales_offsets(tiny_checkpoint: Path) -> No
     assert full.raw(img)["offset"].shape == raw_half["offset"].shape
 
 
+def test_depth_follows_the_cameras_focal_length(tiny_checkpoint: Path) -> None:
+    """A camera with twice the training focal length sees things twice as large:
+    the network's metres are doubled, and so is every segment's depth; no K or no
+    recorded training camera leaves depth as the network gave it."""
+    img = _image(128, 256)
+    unknown = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    assert unknown.model_config.depth_focal_px is None
+    k = np.array([[200.0, 0, 128.0], [0, 200.0, 64.0], [0, 0, 1]])
+    plain = unknown.predict(img)
+    assert plain.depth_scale == 1.0
+    assert unknown.predict(img, camera_k=k).depth_scale == 1.0
+
+    known = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    known.model_config = known.model_config.with_(depth_focal_px=100.0)
+    assert known.predict(img).depth_scale == 1.0  # no K: the training camera is assumed
+    r = known.predict(img, camera_k=k)
+    assert r.depth_scale == pytest.approx(2.0)
+    np.testing.assert_allclose(r.depth, 2.0 * plain.depth, rtol=1e-6)
+    np.testing.assert_array_equal(r.panoptic, plain.panoptic)
+    assert [s.depth_median for s in r.segments] == pytest.approx([2.0 * s.depth_median for s in plain.segments])
+
+    # A downscaled input has a proportionally shorter focal length in network pixels.
+    half = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", max_input_width=128)
+    half.model_config = half.model_config.with_(depth_focal_px=100.0)
+    assert half.predict(img, camera_k=k).depth_scale == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(
     "bad,match",
     [

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,11 @@ class ModelConfig:
     # Depth head range in meters (see DepthHead for the parameterisation).
     min_depth: float = 0.5
     max_depth: float = 80.0
+    # Focal length (pixels, at the network's input scale) of the camera the depth branch
+    # learnt: a monocular network reads distance from apparent size, so its metres hold
+    # for that camera only. Given another camera's K, the predictor rescales depth by
+    # fx / depth_focal_px. None: unknown (no rescaling).
+    depth_focal_px: float | None = None
     # Input: channel order the network expects, normalisation and padding.
     input_format: str = "RGB"
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -71,6 +77,8 @@ class ModelConfig:
             raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
         if self.size_divisibility < 0:
             raise ValueError(f"size_divisibility must be >= 0, got {self.size_divisibility}")
+        if self.depth_focal_px is not None and not (math.isfinite(self.depth_focal_px) and self.depth_focal_px > 0):
+            raise ValueError(f"depth_focal_px must be a positive number or None, got {self.depth_focal_px}")
 
     @property
     def output_stride(self) -> int:

@@ -298,6 +298,7 @@ class Pipeline:
         self.outputs = outputs
         self.stats = stats
         self.camera_k: np.ndarray | None = None  # replaced whole by the camera_info callback
+        self.depth_scale = 1.0  # the last frame's focal-length correction (diagnostics)
         # The checkpoint's own fusion settings: what parameters at -1 stand for.
         self.base_postprocess: PostprocessConfig = predictor.postprocess
         self._warn_bad_input = warn_bad_input
@@ -410,6 +411,7 @@ class Pipeline:
             self.reject(exc)
             return
         predicted = time.perf_counter()
+        self.depth_scale = result.depth_scale
         self._publish(frame.message.header, image, result, settings, wanted, camera_k)
         done = time.perf_counter()
         t = result.timings
@@ -896,12 +898,14 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         if delta["errors"]:
             problems.append(f"{delta['errors']} frames failed")
         if self.pipeline is not None and self.pipeline.camera_k is None:
-            camera = "no camera_info (centroids NaN, no markers or points)"
+            camera = "no camera_info (depth for the training camera, centroids NaN, no markers or points)"
         else:
             camera = "camera_info ok"
         message = f"{rate:.1f} Hz processed, {camera}" + (f"; {', '.join(problems)}" if problems else "")
         values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
         values.append(KeyValue(key="processed_hz", value=f"{rate:.3f}"))
+        if self.pipeline is not None:
+            values.append(KeyValue(key="depth_scale", value=f"{self.pipeline.depth_scale:.4f}"))
         for stage, lat in snap.latency.items():
             values += [
                 KeyValue(key=f"{stage}_ms_last", value=f"{lat.last * 1e3:.2f}"),

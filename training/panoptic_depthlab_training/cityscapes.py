@@ -174,6 +174,19 @@ def read_camera(path: Path) -> dict[str, float]:
     return cam
 
 
+def focal_length(samples: Sequence[SampleFiles]) -> tuple[float, float]:
+    """Median and relative spread ``(max - min) / median`` of the cameras' ``fx``.
+
+    The depth a monocular network learns holds for the camera it saw: the trainer
+    records this median in the checkpoint (``ModelConfig.depth_focal_px``).
+    """
+    if not samples:
+        raise DatasetError("no frames to read camera focal lengths from")
+    fx = np.array([read_camera(files.camera)["fx"] for files in samples])
+    median = float(np.median(fx))
+    return median, float((fx.max() - fx.min()) / median)
+
+
 def _check_sample(files: SampleFiles, *, with_gt: bool, with_depth: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Read every file of one frame; returns (missing, unreadable)."""
     missing: list[Path] = []

@@ -71,10 +71,16 @@ PredictFn = Callable[[CityscapesSample], Prediction]
 
 
 def predictor_fn(predictor: Predictor) -> PredictFn:
-    """Score ``Predictor.predict`` on the frame's image (RGB on disk -> BGR for the predictor)."""
+    """Score ``Predictor.predict`` on the frame's image (RGB on disk -> BGR for the predictor).
+
+    The frame's camera goes along, as a calibrated vehicle camera would: depth is
+    then in that camera's metres (see ``Predictor.depth_scale``).
+    """
 
     def predict(sample: CityscapesSample) -> Prediction:
-        result = predictor.predict(np.ascontiguousarray(sample.image[..., ::-1]))
+        cam = sample.camera
+        camera_k = np.array([[cam["fx"], 0.0, cam["u0"]], [0.0, cam["fy"], cam["v0"]], [0.0, 0.0, 1.0]])
+        result = predictor.predict(np.ascontiguousarray(sample.image[..., ::-1]), camera_k=camera_k)
         return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=result.depth)
 
     return predict

@@ -66,7 +66,7 @@ from panoptic_depthlab_ros.postprocess import PostprocessConfig
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.visualize import depth_colormap
 
-from .cityscapes import CityscapesPanopticDepth, DatasetError, require_valid
+from .cityscapes import CityscapesPanopticDepth, DatasetError, focal_length, list_samples, require_valid
 from .evaluate import evaluate_split, flat_metrics
 from .losses import LossConfig, panoptic_depth_losses
 from .targets import PanopticTargetGenerator
@@ -404,6 +404,32 @@ def build_initialized_model(config: Mapping[str, Any]) -> Initialized:
     if unknown:
         raise TrainingError(f"unknown postprocess keys: {unknown}")
     return Initialized(model=model, model_config=model_config, classes=classes, postprocess=post, note=note)
+
+
+def record_depth_camera(init: Initialized, config: Mapping[str, Any], data_root: Path, info: DistInfo) -> None:
+    """Store the training cameras' focal length in the model config (``depth_focal_px``).
+
+    The depth branch learns metres for the cameras it sees (scale augmentation keeps
+    that camera, see ``transforms``); the predictor rescales for other cameras. A value
+    set in ``config['model']`` wins (e.g. images resized before training).
+    """
+    if "depth_focal_px" in config["model"]:
+        return
+    split = config["data"]["train_split"]
+    try:
+        fx, spread = focal_length(list_samples(data_root, split))
+    except DatasetError as exc:
+        raise TrainingError(f"training cameras: {exc}") from exc
+    init.model_config = init.model_config.with_(depth_focal_px=fx)
+    if info.is_main:
+        LOGGER.info("depth is learnt for fx = %.1f px (median of the %s cameras)", fx, split)
+        if spread > 0.05:
+            LOGGER.warning(
+                "the %s cameras' fx differ by %.0f%%: depth is learnt for a mix of cameras; "
+                "set model.depth_focal_px or train on one camera",
+                split,
+                100 * spread,
+            )
 
 
 def configure_trainable(model: PanopticDepthLab, mode: str) -> list[nn.Parameter]:
@@ -862,6 +888,7 @@ def _train(
         LOGGER.warning("data.verify=false: the dataset is not checked before training")
 
     init = build_initialized_model(config)
+    record_depth_camera(init, config, data_root, info)
     model = init.model
     if mode == "depth-only" and config["init"]["type"] == "none":
         LOGGER.warning("depth-only mode with init.type=none freezes a randomly initialised backbone")

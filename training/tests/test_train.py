@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from panoptic_depthlab_ros.checkpoint import load_checkpoint
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_training import train as T
-from panoptic_depthlab_training.cityscapes import CityscapesPanopticDepth, DatasetError, list_samples
+from panoptic_depthlab_training.cityscapes import CityscapesPanopticDepth, DatasetError, list_samples, read_camera
 
 REPO = Path(__file__).resolve().parents[2]
 D2_FIXTURES = REPO.parent / "shared" / "fixtures" / "detectron2"
@@ -128,6 +128,23 @@ def test_sampler_shards_epochs_and_resumes_mid_stream():
 
 
 # ----------------------------------------------------------------------------- training
+def test_depth_camera_comes_from_the_data_unless_configured(synth_root, synth_copy):
+    info = T.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_group=False)
+    config = _config()
+    init = T.build_initialized_model(config)
+    T.record_depth_camera(init, config, synth_root, info)
+    fx = read_camera(list_samples(synth_root, "train")[0].camera)["fx"]
+    assert init.model_config.depth_focal_px == pytest.approx(fx)
+    config = _config("model.depth_focal_px=500.0")
+    init = T.build_initialized_model(config)
+    T.record_depth_camera(init, config, synth_root, info)
+    assert init.model_config.depth_focal_px == 500.0
+    for camera in (synth_copy / "camera" / "train").rglob("*.json"):
+        camera.unlink()
+    with pytest.raises(T.TrainingError, match="training cameras: .*camera"):
+        T.record_depth_camera(T.build_initialized_model(_config()), _config(), synth_copy, info)
+
+
 def test_tiny_model_losses_fall(synth_root, tmp_path):
     # All train frames in every step, no augmentation, a large constant LR: every loss
     # must drop well below its first value within 30 steps (measured: 0.18-0.53 of it).
@@ -185,6 +202,9 @@ def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path):
     ckpt = load_checkpoint(tmp_path / "b" / T.FINAL_MODEL)
     assert ckpt.info["training"]["iteration"] == 4 and ckpt.info["training"]["mode"] == "joint"
     assert ckpt.postprocess.stuff_area == 32  # quick_cpu's postprocess override
+    # the depth branch's metres are tied to the training camera, recorded from the data
+    fx = {read_camera(f.camera)["fx"] for f in list_samples(synth_root, "train")}
+    assert len(fx) == 1 and ckpt.model_config.depth_focal_px == pytest.approx(fx.pop())
     predictor = Predictor.from_checkpoint(tmp_path / "b" / T.FINAL_MODEL, device="cpu")
     result = predictor.predict(np.zeros((64, 128, 3), np.uint8))
     assert result.depth.shape == (64, 128) and np.isfinite(result.depth).all()
