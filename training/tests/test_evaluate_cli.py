@@ -12,9 +12,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
+from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_training import cli
 from panoptic_depthlab_training.cityscapes import CityscapesSample, list_samples, load_sample
-from panoptic_depthlab_training.evaluate import Prediction, evaluate, merge_evaluators
+from panoptic_depthlab_training.evaluate import Prediction, evaluate, merge_evaluators, predictor_fn
 from panoptic_depthlab_training.metrics import PanopticDepthEvaluator
 
 METRIC_KEYS = (
@@ -173,6 +174,19 @@ def test_cli_evaluate_checkpoint_end_to_end(trained, synth_root, tmp_path, capsy
     assert doc["info"]["split"] == "val" and doc["info"]["gt_max_depth"] == 80.0
     printed = capsys.readouterr().out
     assert "Things" in printed and "AbsRel" in printed
+
+
+def test_evaluation_gives_the_predictor_each_frames_camera(trained, synth_root):
+    # The checkpoint records the training cameras (all one synthetic camera); telling the
+    # predictor it learnt at half that focal length must double the depth it is scored on.
+    predictor = Predictor.from_checkpoint(trained / "model_final.safetensors", device="cpu")
+    sample = load_sample(list_samples(synth_root, "val")[0])
+    assert predictor.model_config.depth_focal_px == pytest.approx(sample.camera["fx"])
+    same = predictor_fn(predictor)(sample).depth
+    bgr = np.ascontiguousarray(sample.image[..., ::-1])
+    np.testing.assert_allclose(same, predictor.predict(bgr).depth, rtol=1e-6)
+    predictor.model_config = predictor.model_config.with_(depth_focal_px=sample.camera["fx"] / 2)
+    np.testing.assert_allclose(predictor_fn(predictor)(sample).depth, 2 * same, rtol=1e-5)
 
 
 def test_cli_verify_and_refusals(synth_copy, trained, tmp_path, capsys):
