@@ -186,6 +186,10 @@ def test_camera_k() -> None:
     info.k = np.array([100.0, 0, 64, 0, 110.0, 32, 0, 0, 1])
     k = camera_k(info)
     assert k.shape == (3, 3) and k[1, 1] == 110.0 and k[0, 2] == 64
+    # A 2x-binned window starting at (20, 8) of that sensor: K of the pixels received.
+    info.binning_x = info.binning_y = 2
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 20, 8, 88, 48
+    np.testing.assert_allclose(camera_k(info), [[50.0, 0, 22.0], [0, 55.0, 12.0], [0, 0, 1]])
 
 
 @pytest.mark.parametrize(

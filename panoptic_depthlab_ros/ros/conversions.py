@@ -204,11 +204,14 @@ def depth_for_rep118(depth: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- camera info
 def camera_k(msg: Any) -> np.ndarray:
-    """``sensor_msgs/CameraInfo`` -> validated 3x3 float64 K.
+    """``sensor_msgs/CameraInfo`` -> validated 3x3 float64 K of the published image.
 
-    Rejects (:class:`ImageConversionError`, kind ``camera_info``) a K that is not
-    9 values, has non-finite entries, or non-positive focal lengths (an all-zero
-    K is an uncalibrated camera).
+    ``k`` describes the full-resolution sensor; a ``roi`` (in full-resolution pixels)
+    shifts the principal point and ``binning_x/y`` (0 = 1) divide focal lengths and
+    principal point, as the message definition says. Depth rescaling and 3D need the
+    K of the pixels actually received. Rejects (:class:`ImageConversionError`, kind
+    ``camera_info``) a K that is not 9 values, has non-finite entries, or non-positive
+    focal lengths (an all-zero K is an uncalibrated camera).
     """
     try:
         k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
@@ -224,7 +227,15 @@ def camera_k(msg: Any) -> np.ndarray:
             f"CameraInfo.k focal lengths must be > 0, got fx={fx:g}, fy={fy:g} (uncalibrated camera?)",
             kind="camera_info",
         )
-    return k.reshape(3, 3)
+    k = k.reshape(3, 3).copy()
+    roi = getattr(msg, "roi", None)
+    if roi is not None and (roi.width or roi.height or roi.x_offset or roi.y_offset):
+        k[0, 2] -= float(roi.x_offset)
+        k[1, 2] -= float(roi.y_offset)
+    bx, by = int(getattr(msg, "binning_x", 0) or 1), int(getattr(msg, "binning_y", 0) or 1)
+    k[0, :] /= bx
+    k[1, :] /= by
+    return k
 
 
 # ---------------------------------------------------------------- segments
