@@ -227,15 +227,15 @@ def camera_k(msg: Any) -> np.ndarray:
             f"CameraInfo.k focal lengths must be > 0, got fx={fx:g}, fy={fy:g} (uncalibrated camera?)",
             kind="camera_info",
         )
-    k = k.reshape(3, 3).copy()
+    matrix = k.reshape(3, 3).copy()
     roi = getattr(msg, "roi", None)
     if roi is not None and (roi.width or roi.height or roi.x_offset or roi.y_offset):
-        k[0, 2] -= float(roi.x_offset)
-        k[1, 2] -= float(roi.y_offset)
+        matrix[0, 2] -= float(roi.x_offset)
+        matrix[1, 2] -= float(roi.y_offset)
     bx, by = int(getattr(msg, "binning_x", 0) or 1), int(getattr(msg, "binning_y", 0) or 1)
-    k[0, :] /= bx
-    k[1, :] /= by
-    return k
+    matrix[0, :] /= bx
+    matrix[1, :] /= by
+    return matrix
 
 
 # ---------------------------------------------------------------- segments
