@@ -164,7 +164,8 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
             out = self.network(x)
-        return {k: v.float() for k, v in out.items()}
+        # NCHW for what follows: channels-last outputs (CUDA, or weights a trainer left NHWC) break flat views.
+        return {k: v.float().contiguous() for k, v in out.items()}
 
     def _to_input_size(self, out: dict[str, Tensor], prep: Prepared) -> dict[str, Tensor]:
         """Crop the padding and resize back to the caller's image size.

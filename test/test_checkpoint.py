@@ -26,6 +26,7 @@ from panoptic_depthlab_ros.checkpoint import (
 from panoptic_depthlab_ros.errors import CheckpointError
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.model import BranchConfig, ModelConfig, build_model
+from panoptic_depthlab_ros.postprocess import PostprocessConfig
 from panoptic_depthlab_ros.predictor import Predictor
 from pdl_testing import FIXTURES
 
@@ -120,6 +121,57 @@ def test_depth_camera_travels_with_the_checkpoint(tmp_path: Path, tiny_checkpoin
     assert ModelConfig.from_dict(older).depth_focal_px is None
     with pytest.raises(ValueError, match="depth_focal_px"):
         ModelConfig.tiny(depth_focal_px=-1.0)
+
+
+def test_stride2_instance_branch_travels_with_the_checkpoint(tmp_path: Path) -> None:
+    config = ModelConfig.tiny(
+        aspp_strict_pool_size=False,
+        instance=BranchConfig(
+            project_channels=(4, 8, 16),
+            aspp_channels=32,
+            convs_dim=16,
+            head_channels=8,
+            low_level=("stem", "res2", "res3"),
+        ),
+    )
+    model = build_model(config).eval()
+    assert model.strides == {"semantic": 4, "instance": 2, "depth": 4}
+    assert "ins_embed_head.decoder.stem.project_conv.weight" in dict(model.named_parameters())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        heads, out = model.forward_heads(x), model(x)
+    assert heads["center"].shape[-2:] == (32, 48) and heads["sem_seg"].shape[-2:] == (16, 24)
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {k: (64, 96) for k in out}
+    path = save_checkpoint(
+        tmp_path / "s2.safetensors",
+        model,
+        model_config=config,
+        classes=cityscapes_metadata(),
+        postprocess=PostprocessConfig(),
+    )
+    loaded = load_checkpoint(path)
+    assert loaded.model_config == config
+    with torch.no_grad():
+        again = loaded.build().eval()(x)
+    assert all(torch.equal(out[k], again[k]) for k in out)
+    # Files from before the field describe Detectron2's decoders.
+    older = config.to_dict()
+    for branch in ("semantic", "instance", "depth"):
+        older[branch] = {k: v for k, v in older[branch].items() if k != "low_level"}
+    older["instance"]["project_channels"] = [4, 8]
+    assert ModelConfig.from_dict(older).instance.low_level == ("res2", "res3")
+
+
+@pytest.mark.parametrize(
+    ("branch", "match"),
+    [
+        ({"low_level": ("res3", "res2")}, "low_level must be one of"),
+        ({"low_level": ("stem", "res2", "res3")}, "one width per low_level feature"),
+    ],
+)
+def test_bad_low_level_is_named(branch: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        BranchConfig(project_channels=(8, 16), **branch)
 
 
 def test_corrupt_and_truncated_ours(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -95,7 +95,7 @@ def test_features_and_raw_outputs(loaded, case) -> None:
     np.testing.assert_allclose(prep.tensor[0].numpy(), case["normalized_padded_input"], atol=1e-5, rtol=0)
     with torch.no_grad():
         feats = model.backbone(prep.tensor)
-        s4 = model.forward_stride4(prep.tensor)
+        s4 = model.forward_heads(prep.tensor)
         out = model(prep.tensor)
     for name, tol in (("res2", 2e-4), ("res3", 2e-4), ("res5", 2e-3)):
         np.testing.assert_allclose(feats[name][0].numpy(), case[f"feat_{name}"], atol=tol, rtol=0)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from panoptic_depthlab_ros.checkpoint import convert_detectron2
+from panoptic_depthlab_ros.checkpoint import convert_detectron2, load_checkpoint, save_checkpoint
 from panoptic_depthlab_ros.errors import CheckpointError
 from panoptic_depthlab_ros.export import ExportError, export_model
+from panoptic_depthlab_ros.model import BranchConfig, build_model
 from panoptic_depthlab_ros.postprocess import find_instance_centers
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.preprocess import prepare_image
@@ -103,6 +104,28 @@ def test_onnx_dynamic_shape_and_tiny_model(tmp_path: Path, tiny_checkpoint: Path
         for key in a:
             assert float((a[key] - b[key]).abs().max()) < 1e-3, (shape, key)
         _assert_result_parity(pt, ox, img)
+
+
+def test_onnx_export_of_a_stride2_instance_branch(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    # The demo model's instance branch fuses the stem and outputs at stride 2.
+    ckpt = load_checkpoint(tiny_checkpoint)
+    instance = BranchConfig(
+        project_channels=(4, 8, 16), aspp_channels=32, convs_dim=16, head_channels=8, low_level=("stem", "res2", "res3")
+    )
+    config = ckpt.model_config.with_(instance=instance)
+    torch.manual_seed(1)
+    model = build_model(config).eval()
+    ckpt_path = save_checkpoint(
+        tmp_path / "s2.safetensors", model, model_config=config, classes=ckpt.classes, postprocess=ckpt.postprocess
+    )
+    onnx_path = tmp_path / "s2.onnx"
+    export_model(ckpt_path, onnx_path, fmt="onnx", dynamic=True)
+    pt = Predictor.from_checkpoint(ckpt_path, device="cpu")
+    ox = Predictor.from_checkpoint(onnx_path, device="cpu", backend="onnxruntime")
+    img = np.random.default_rng(3).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    a, b = pt.raw(img), ox.raw(img)
+    for key in a:
+        assert float((a[key] - b[key]).abs().max()) < 1e-3, key
 
 
 def test_onnxruntime_follows_the_torch_thread_setting(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -162,6 +162,20 @@ def test_folded_batchnorm_matches(tiny_checkpoint: Path) -> None:
     np.testing.assert_allclose(ra.depth, rb.depth, rtol=1e-4)
 
 
+def test_channels_last_network_gives_the_same_result(tiny_checkpoint: Path) -> None:
+    # NHWC weights (CUDA's default here, or what a trainer with solver.channels_last leaves)
+    # make NHWC outputs; fusion takes flat views of them and needs NCHW.
+    plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    nhwc = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    nhwc.network = nhwc.network.to(memory_format=torch.channels_last)
+    nhwc.channels_last = True
+    a, b = plain.predict(_image()), nhwc.predict(_image())
+    assert len(a.segments) > 1
+    np.testing.assert_array_equal(a.panoptic, b.panoptic)
+    np.testing.assert_allclose(a.depth, b.depth, rtol=1e-4)
+    assert [s.score for s in a.segments] == pytest.approx([s.score for s in b.segments], rel=1e-4)
+
+
 def test_compile_mode_wraps_the_network(tiny_checkpoint: Path) -> None:
     # Inductor code generation takes minutes on a CPU; the "eager" torch.compile backend
     # exercises the same wrapping (dynamo tracing, dynamic shapes) without it.

@@ -19,7 +19,11 @@ BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 class DeepLabStem(nn.Module):
-    """Three 3x3 convs (the first with stride 2) and a 3x3/2 max pool: stride 4."""
+    """Three 3x3 convs, the first with stride 2: a stride-2 map.
+
+    Detectron2's stem ends with a 3x3/2 max pool (stride 4); here the body applies it,
+    so that a decoder can also fuse the stride-2 map.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -29,8 +33,7 @@ class DeepLabStem(nn.Module):
         self.conv3 = ConvNormAct(mid, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        x = self.conv3(self.conv2(self.conv1(x)))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return self.conv3(self.conv2(self.conv1(x)))
 
 
 class Bottleneck(nn.Module):
@@ -61,7 +64,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNetDeepLab(nn.Module):
-    """ResNet body returning ``{"res2": stride 4, "res3": stride 8, "res5": stride 16}``.
+    """ResNet body returning ``{"stem": stride 2, "res2": 4, "res3": 8, "res5": 16}``.
 
     res4 keeps stride 16 (stride 2, dilation 1 by default); res5 has stride 1 and
     dilation ``res5_dilation * multi_grid[i]`` for its blocks (1, 2, 4 -> 2, 4, 8).
@@ -93,7 +96,7 @@ class ResNetDeepLab(nn.Module):
             raise ValueError(f"res5_multi_grid needs {blocks[3]} entries, got {list(res5_multi_grid)}")
         self.stem = DeepLabStem(in_channels, stem_channels)
         channels_in, channels_out, mid = stem_channels, res2_channels, bottleneck_channels
-        self.out_channels: dict[str, int] = {}
+        self.out_channels: dict[str, int] = {"stem": stem_channels}
         for index, name in enumerate(("res2", "res3", "res4", "res5")):
             dilation = {"res4": res4_dilation, "res5": res5_dilation}.get(name, 1)
             first_stride = 1 if index == 0 or dilation > 1 else 2
@@ -116,8 +119,8 @@ class ResNetDeepLab(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: [N, 3, H, W] normalized image -> features by name."""
-        x = self.stem(x)
-        res2 = self.res2(x)
+        stem = self.stem(x)
+        res2 = self.res2(F.max_pool2d(stem, kernel_size=3, stride=2, padding=1))
         res3 = self.res3(res2)
         res5 = self.res5(self.res4(res3))
-        return {"res2": res2, "res3": res3, "res5": res5}
+        return {"stem": stem, "res2": res2, "res3": res3, "res5": res5}

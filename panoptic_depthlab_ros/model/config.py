@@ -13,20 +13,43 @@ from typing import Any
 
 import yaml
 
+# Strides of the backbone features a decoder can fuse.
+FEATURE_STRIDES = {"stem": 2, "res2": 4, "res3": 8}
+LOW_LEVEL_CHOICES = (("res2", "res3"), ("stem", "res2", "res3"))
+
 
 @dataclass(frozen=True)
 class BranchConfig:
     """Widths of one decoder branch (semantic, instance or depth).
 
-    project_channels: 1x1 projection widths of res2 and res3.
+    project_channels: 1x1 projection widths of the ``low_level`` features.
     aspp_channels: ASPP output width.  convs_dim: decoder fuse width.
     head_channels: width of the head's last conv before the 1x1 predictor.
+    low_level: backbone features the decoder fuses, finest first (Detectron2: res2, res3).
+        Starting at ``stem`` (stride 2) gives the branch a stride-2 output: at low input
+        resolutions, instance centers a few pixels apart then get separate peaks.
     """
 
-    project_channels: tuple[int, int] = (32, 64)
+    project_channels: tuple[int, ...] = (32, 64)
     aspp_channels: int = 256
     convs_dim: int = 256
     head_channels: int = 256
+    low_level: tuple[str, ...] = ("res2", "res3")
+
+    def __post_init__(self) -> None:
+        if self.low_level not in LOW_LEVEL_CHOICES:
+            choices = [list(c) for c in LOW_LEVEL_CHOICES]
+            raise ValueError(f"low_level must be one of {choices}, got {list(self.low_level)}")
+        if len(self.project_channels) != len(self.low_level):
+            raise ValueError(
+                f"project_channels needs one width per low_level feature {list(self.low_level)}, "
+                f"got {list(self.project_channels)}"
+            )
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of this branch's output (its finest fused feature)."""
+        return FEATURE_STRIDES[self.low_level[0]]
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
+        if self.common_stride != FEATURE_STRIDES["res2"]:
+            raise ValueError(f"common_stride must be 4 (the stride of res2), got {self.common_stride}")
         if self.size_divisibility < 0:
             raise ValueError(f"size_divisibility must be >= 0, got {self.size_divisibility}")
         if self.depth_focal_px is not None and not (math.isfinite(self.depth_focal_px) and self.depth_focal_px > 0):

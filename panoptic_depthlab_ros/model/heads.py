@@ -1,7 +1,7 @@
 """The three prediction branches on top of the shared backbone.
 
 Each branch = its own :class:`DeepLabDecoder` + a small head + a 1x1 predictor, and
-returns stride-4 outputs; upsampling to the input size is the model's job.
+returns outputs at its decoder's stride (4, or 2 with the stem); upsampling is the model's job.
 Names follow Detectron2 (``sem_seg_head``, ``ins_embed_head``); the depth branch
 (``depth_head``) is ours and mirrors the semantic one.
 """
@@ -28,7 +28,7 @@ def _predictor(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 class SemanticHead(nn.Module):
-    """Decoder -> head -> ``num_classes`` logits at stride 4."""
+    """Decoder -> head -> ``num_classes`` logits at the decoder's stride."""
 
     def __init__(
         self,
@@ -45,12 +45,12 @@ class SemanticHead(nn.Module):
         self.predictor = _predictor(head_channels, num_classes)
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
-        """Features -> [N, num_classes, H/4, W/4] logits."""
+        """Features -> [N, num_classes, H/s, W/s] logits (s: the decoder's stride)."""
         return self.predictor(self.head(self.decoder(features)))
 
 
 class InstanceHead(nn.Module):
-    """Decoder -> (center heatmap [N,1], offsets [N,2] in (dy, dx), stride-4 pixels).
+    """Decoder -> (center heatmap [N,1], offsets [N,2] in (dy, dx), in pixels of the decoder's stride).
 
     The center head is two plain 3x3 convs in both variants; the offset head is
     depthwise-separable in the ``_dsconv`` variant (as in Detectron2).
@@ -67,13 +67,13 @@ class InstanceHead(nn.Module):
         self.offset_predictor = _predictor(head_channels, 2)
 
     def forward(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Features -> (center [N,1,H/4,W/4], offset [N,2,H/4,W/4] unscaled)."""
+        """Features -> (center [N,1,H/s,W/s], offset [N,2,H/s,W/s] unscaled)."""
         y = self.decoder(features)
         return self.center_predictor(self.center_head(y)), self.offset_predictor(self.offset_head(y))
 
 
 class DepthHead(nn.Module):
-    """Decoder -> one depth logit per pixel at stride 4; :meth:`to_meters` bounds it.
+    """Decoder -> one depth logit per pixel at the decoder's stride; :meth:`to_meters` bounds it.
 
     Parameterisation: ``depth = min_depth * (max_depth / min_depth) ** sigmoid(logit)``,
     i.e. a sigmoid in log-depth.  It is always positive and bounded to
@@ -105,7 +105,7 @@ class DepthHead(nn.Module):
         # _predictor starts the bias at 0: the middle of the log range (a geometric-mean depth).
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
-        """Features -> [N, 1, H/4, W/4] depth logits."""
+        """Features -> [N, 1, H/s, W/s] depth logits."""
         return self.predictor(self.head(self.decoder(features)))
 
     def to_meters(self, logit: Tensor) -> Tensor:

@@ -1,11 +1,14 @@
 """Panoptic-DepthLab: Panoptic-DeepLab with a third decoder branch for depth.
 
 Composition only: a backbone and three branches built elsewhere, and the
-upsampling of their stride-4 outputs to the (padded) input size.  Normalisation
-and padding happen before (``preprocess``), fusion after (``postprocess``).
+upsampling of their outputs (stride 4, or 2 for a branch that also fuses the stem)
+to the (padded) input size.  Normalisation and padding happen before
+(``preprocess``), fusion after (``postprocess``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,17 +38,18 @@ class PanopticDepthLab(nn.Module):
         ins_embed_head: InstanceHead,
         depth_head: DepthHead,
         *,
-        common_stride: int = 4,
+        strides: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.ins_embed_head = ins_embed_head
         self.depth_head = depth_head
-        self.common_stride = common_stride
+        # Output stride per branch ("semantic", "instance", "depth"); Detectron2: all 4.
+        self.strides = {"semantic": 4, "instance": 4, "depth": 4, **(strides or {})}
 
-    def forward_stride4(self, x: Tensor) -> dict[str, Tensor]:
-        """Outputs before upsampling (offsets unscaled, depth as logits)."""
+    def forward_heads(self, x: Tensor) -> dict[str, Tensor]:
+        """Outputs at their branch's stride, before upsampling (offsets unscaled, depth as logits)."""
         features = self.backbone(x)
         center, offset = self.ins_embed_head(features)
         return {
@@ -56,18 +60,19 @@ class PanopticDepthLab(nn.Module):
         }
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # noqa: D102 - see class docstring
-        raw = self.forward_stride4(x)
-        s = self.common_stride
-
-        def up(t: Tensor) -> Tensor:
-            return F.interpolate(t, scale_factor=s, mode="bilinear", align_corners=False)
-
+        raw = self.forward_heads(x)
+        s_sem, s_ins, s_dep = (self.strides[k] for k in ("semantic", "instance", "depth"))
         return {
-            "sem_seg": up(raw["sem_seg"]),
-            "center": up(raw["center"]),
-            "offset": up(raw["offset"]) * s,
-            "depth": self.depth_head.to_meters(up(raw["depth_logit"])),
+            "sem_seg": upsample(raw["sem_seg"], s_sem),
+            "center": upsample(raw["center"], s_ins),
+            "offset": upsample(raw["offset"], s_ins) * s_ins,
+            "depth": self.depth_head.to_meters(upsample(raw["depth_logit"], s_dep)),
         }
+
+
+def upsample(t: Tensor, stride: int) -> Tensor:
+    """A branch output at ``stride`` -> input resolution (bilinear, align_corners=False as Detectron2)."""
+    return F.interpolate(t, scale_factor=stride, mode="bilinear", align_corners=False)
 
 
 def build_model(config: ModelConfig) -> PanopticDepthLab:
@@ -93,6 +98,7 @@ def build_model(config: ModelConfig) -> PanopticDepthLab:
             aspp_strict_pool_size=config.aspp_strict_pool_size,
             decoder_channels=branch.convs_dim,
             depthwise_separable=config.depthwise_separable,
+            low_level=branch.low_level,
         )
 
     sem, ins, dep = config.semantic, config.instance, config.depth
@@ -119,7 +125,7 @@ def build_model(config: ModelConfig) -> PanopticDepthLab:
             min_depth=config.min_depth,
             max_depth=config.max_depth,
         ),
-        common_stride=config.common_stride,
+        strides={"semantic": sem.output_stride, "instance": ins.output_stride, "depth": dep.output_stride},
     )
     _init_weights(model)
     return model

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 
-from .targets import PanopticTargetGenerator
+from .targets import PanopticTargetGenerator, unique_inverse
 
 SPLITS = ("train", "val", "test")
 LABEL_DIVISOR = 1000
@@ -308,7 +308,7 @@ def panoptic_from_instance_ids(instance_ids: np.ndarray) -> tuple[np.ndarray, li
         Labels ignored in evaluation (trainId 255) become void ``-1`` with no segment.
 
     """
-    ids, inverse = np.unique(instance_ids.astype(np.int64), return_inverse=True)
+    ids, inverse = unique_inverse(instance_ids.astype(np.int64))
     areas = np.bincount(inverse.ravel(), minlength=len(ids))
     pan_of = np.full(len(ids), VOID, np.int64)
     segments: list[dict[str, Any]] = []

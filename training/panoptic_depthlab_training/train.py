@@ -43,7 +43,6 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -62,6 +61,7 @@ from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.metadata import ClassMetadata, cityscapes_metadata
 from panoptic_depthlab_ros.model import ModelConfig, PanopticDepthLab, build_model
 from panoptic_depthlab_ros.model.config import load_detectron2_yaml
+from panoptic_depthlab_ros.model.panoptic_depthlab import upsample
 from panoptic_depthlab_ros.postprocess import PostprocessConfig
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.visualize import depth_colormap
@@ -124,6 +124,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "ims_per_batch": 32,  # images per optimizer step, over all devices and accumulation
         "clip_grad_norm": 0.0,  # 0 = off
         "amp": True,  # float16 autocast + GradScaler, CUDA only
+        "cpu_bf16": False,  # bfloat16 autocast on CPU: ~1.4x faster steps where the CPU has AVX512-BF16/AMX
+        "channels_last": False,  # NHWC weights and inputs: faster convolutions on CPU (oneDNN) and tensor cores
         "sync_bn": True,  # joint mode under multi-GPU DDP
     },
     "loss": LossConfig().to_dict(),
@@ -485,8 +487,7 @@ class TrainingNetwork(nn.Module):
         with torch.no_grad():
             features = self.model.backbone(x)
         logit = self.model.depth_head(features)
-        logit = F.interpolate(logit, scale_factor=self.model.common_stride, mode="bilinear", align_corners=False)
-        return {"depth": self.model.depth_head.to_meters(logit)}
+        return {"depth": self.model.depth_head.to_meters(upsample(logit, self.model.strides["depth"]))}
 
 
 def normalize_images(images: Tensor, model_config: ModelConfig) -> Tensor:
@@ -899,6 +900,8 @@ def _train(
         else:
             LOGGER.warning("SyncBatchNorm needs CUDA; per-process BatchNorm statistics on CPU")
     model.to(info.device)
+    if solver["channels_last"]:
+        model.to(memory_format=torch.channels_last)
     params = configure_trainable(model, mode)
     optimizer = build_optimizer(params, solver)
     scheduler = build_scheduler(optimizer, solver)
@@ -906,6 +909,11 @@ def _train(
     if solver["amp"] and not use_cuda and info.is_main:
         LOGGER.info("solver.amp needs CUDA; training in float32")
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp)
+    autocast_dtype = torch.float16 if amp else None
+    if solver["cpu_bf16"] and not use_cuda:
+        autocast_dtype = torch.bfloat16  # same exponent range as float32: no loss scaling needed
+        if info.is_main:
+            LOGGER.info("bfloat16 autocast on CPU (solver.cpu_bf16)")
     loss_config = LossConfig.from_dict(config["loss"])
     accum = accumulation_steps(int(solver["ims_per_batch"]), int(config["data"]["batch_per_device"]), info.world_size)
 
@@ -979,7 +987,8 @@ def _train(
                 scaler=scaler,
                 params=params,
                 accum=accum,
-                amp=amp,
+                autocast_dtype=autocast_dtype,
+                channels_last=bool(solver["channels_last"]),
                 loss_config=loss_config,
                 init=init,
                 solver=solver,
@@ -1056,7 +1065,8 @@ def _train_step(
     scaler: torch.amp.GradScaler,
     params: list[nn.Parameter],
     accum: int,
-    amp: bool,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
     loss_config: LossConfig,
     init: Initialized,
     solver: Mapping[str, Any],
@@ -1074,10 +1084,13 @@ def _train_step(
         batch = batch_to_device(next(batches), info.device)
         data_time += time.perf_counter() - t
         x = normalize_images(batch["image"], init.model_config)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         sync = micro == accum - 1 or not isinstance(net, DistributedDataParallel)
         with nullcontext() if sync else net.no_sync():  # type: ignore[operator]
-            with torch.autocast(info.device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 outputs = net(x)
+            outputs = {k: v.float() for k, v in outputs.items()}  # losses in float32
             losses = panoptic_depth_losses(
                 outputs,
                 batch,

@@ -7,7 +7,7 @@ import pytest
 
 from panoptic_depthlab_training.cityscapes import panoptic_from_instance_ids
 from panoptic_depthlab_training.synth import SceneGenerator
-from panoptic_depthlab_training.targets import PanopticTargetGenerator, gaussian_kernel
+from panoptic_depthlab_training.targets import PanopticTargetGenerator, gaussian_kernel, unique_inverse
 
 ROAD, CAR, PERSON, CROWD, VOID = 0, 13001, 11001, 13000, -1
 THINGS = (11, 12, 13, 14, 15, 16, 17, 18)
@@ -146,3 +146,19 @@ def test_matches_reference_on_a_synthetic_frame():
 def test_rejects_non_2d_panoptic():
     with pytest.raises(ValueError, match="shape"):
         PanopticTargetGenerator(THINGS)(np.zeros((1, 4, 4), np.int32), [])
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array([[26001, 7, 7], [24000, 26001, 33999]], np.int64),  # count-table path
+        np.array([[-1, 7], [11000, -1]], np.int32),  # negative ids: np.unique path
+        np.array([[1 << 23, 5]], np.int64),  # beyond the table's size: np.unique path
+    ],
+)
+def test_unique_inverse_matches_numpy(ids):
+    unique, inverse = unique_inverse(ids)
+    ref_unique, ref_inverse = np.unique(ids, return_inverse=True)
+    np.testing.assert_array_equal(unique, ref_unique)
+    np.testing.assert_array_equal(inverse, ref_inverse.reshape(ids.shape))
+    assert inverse.shape == ids.shape
