@@ -901,7 +901,7 @@ def _train(
             LOGGER.warning("SyncBatchNorm needs CUDA; per-process BatchNorm statistics on CPU")
     model.to(info.device)
     if solver["channels_last"]:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     params = configure_trainable(model, mode)
     optimizer = build_optimizer(params, solver)
     scheduler = build_scheduler(optimizer, solver)
