@@ -461,6 +461,11 @@ def test_installed_executable_answers_and_warns(ros_context, tiny_checkpoint) ->
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert got, "no SegmentDepthArray from the executable"
         assert stamp_of(got[0]) == (80, 0) and len(got[0].segments) > 0
+        # The node is spinning now; before its first answer, its depth-1 queue may have
+        # replaced the bad image by the good one (seen once in CI).
+        for _ in range(3):
+            pub.publish(bad)
+            executor.spin_once(timeout_sec=0.3)
     finally:
         executor.shutdown()
         probe.destroy_node()
