@@ -174,9 +174,14 @@ def run_demo(
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
 
-        # Wait for the node: its subscription to our image topic appears once it is configured.
+        # Wait for the node: its subscriptions to our inputs and its publishers of every output
+        # we record (it publishes only to topics with subscribers, so a late match loses frames).
+        def node_ready() -> bool:
+            inputs_matched = image_pub.get_subscription_count() > 0 and info_pub.get_subscription_count() > 0
+            return inputs_matched and all(node.count_publishers(t) > 0 for t in OUTPUTS if t.startswith(NODE))
+
         deadline = time.monotonic() + timeout_s
-        while image_pub.get_subscription_count() == 0 or node.count_publishers(f"{NODE}/segments") == 0:
+        while not node_ready():
             if proc.poll() is not None:
                 raise SystemExit("the node exited during start-up:\n" + "".join(log_lines[-30:]))
             if time.monotonic() > deadline:
