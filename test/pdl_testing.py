@@ -14,6 +14,15 @@ FIXTURES = REPO.parent / "shared" / "fixtures" / "detectron2"
 _domain_counter = itertools.count()
 
 
+def stride2_instance_branch():
+    """A tiny instance branch whose decoder also fuses the stem (stride-2 output), as the demo model's."""
+    from panoptic_depthlab_ros.model import BranchConfig  # noqa: PLC0415 - keep this module light
+
+    return BranchConfig(
+        project_channels=(4, 8, 16), aspp_channels=32, convs_dim=16, head_channels=8, low_level=("stem", "res2", "res3")
+    )
+
+
 def next_domain_id() -> int:
     """A ROS domain id (1..100) unlikely to be used by another test or run."""
     return 1 + (os.getpid() * 7 + next(_domain_counter)) % 100

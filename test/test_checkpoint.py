@@ -28,7 +28,7 @@ from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.model import BranchConfig, ModelConfig, build_model
 from panoptic_depthlab_ros.postprocess import PostprocessConfig
 from panoptic_depthlab_ros.predictor import Predictor
-from pdl_testing import FIXTURES
+from pdl_testing import FIXTURES, stride2_instance_branch
 
 
 class _RunsCode:
@@ -124,16 +124,7 @@ def test_depth_camera_travels_with_the_checkpoint(tmp_path: Path, tiny_checkpoin
 
 
 def test_stride2_instance_branch_travels_with_the_checkpoint(tmp_path: Path) -> None:
-    config = ModelConfig.tiny(
-        aspp_strict_pool_size=False,
-        instance=BranchConfig(
-            project_channels=(4, 8, 16),
-            aspp_channels=32,
-            convs_dim=16,
-            head_channels=8,
-            low_level=("stem", "res2", "res3"),
-        ),
-    )
+    config = ModelConfig.tiny(aspp_strict_pool_size=False, instance=stride2_instance_branch())
     model = build_model(config).eval()
     assert model.strides == {"semantic": 4, "instance": 2, "depth": 4}
     assert "ins_embed_head.decoder.stem.project_conv.weight" in dict(model.named_parameters())

@@ -13,11 +13,11 @@ import torch
 from panoptic_depthlab_ros.checkpoint import convert_detectron2, load_checkpoint, save_checkpoint
 from panoptic_depthlab_ros.errors import CheckpointError
 from panoptic_depthlab_ros.export import ExportError, export_model
-from panoptic_depthlab_ros.model import BranchConfig, build_model
+from panoptic_depthlab_ros.model import build_model
 from panoptic_depthlab_ros.postprocess import find_instance_centers
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.preprocess import prepare_image
-from pdl_testing import FIXTURES, REPO
+from pdl_testing import FIXTURES, REPO, stride2_instance_branch
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +109,7 @@ def test_onnx_dynamic_shape_and_tiny_model(tmp_path: Path, tiny_checkpoint: Path
 def test_onnx_export_of_a_stride2_instance_branch(tmp_path: Path, tiny_checkpoint: Path) -> None:
     # The demo model's instance branch fuses the stem and outputs at stride 2.
     ckpt = load_checkpoint(tiny_checkpoint)
-    instance = BranchConfig(
-        project_channels=(4, 8, 16), aspp_channels=32, convs_dim=16, head_channels=8, low_level=("stem", "res2", "res3")
-    )
-    config = ckpt.model_config.with_(instance=instance)
+    config = ckpt.model_config.with_(instance=stride2_instance_branch())
     torch.manual_seed(1)
     model = build_model(config).eval()
     ckpt_path = save_checkpoint(
