@@ -6,16 +6,24 @@ Reads sqlite3 or MCAP bags with the ``rosbags`` library and writes a new bag wit
 all input topics plus the node's outputs (``/panoptic_depthlab/{panoptic,
 semantic,depth,segments,overlay}``), each stamped with its input image's header
 and written at the input's receive time.  Offline: every frame, in order.
-A corrupt or truncated input stops the replay with an error naming the bag; what
-was written until then is closed into a valid, readable bag.
+A corrupt input stops the replay with an error naming the bag; what was written
+until then is closed into a valid, readable bag.  An MCAP cut short (a recorder that
+was killed or lost power: no summary, no footer, a half-written last record), which
+no reader opens, is salvaged instead: every complete record before the cut is copied
+into a temporary MCAP with a proper end, replayed, and the loss is reported in
+``ReplaySummary.damage``.  The same goes for a bag directory whose recorder died before
+writing ``metadata.yaml``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import struct
 import sys
+import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +61,7 @@ class ReplaySummary:
     segments_per_frame: list[int] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     output_topics: list[str] = field(default_factory=list)
+    damage: str | None = None  # set when a cut-short input was salvaged: what was lost
 
 
 def msg_definition_dir() -> Path:
@@ -99,6 +108,86 @@ def _pick_topic(
     )
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+_RECORD = struct.Struct("<BQ")  # MCAP record framing: opcode, content length
+_OP_FOOTER, _OP_DATA_END = 0x02, 0x0F
+
+
+@dataclass(frozen=True)
+class McapSalvage:
+    """What :func:`salvage_mcap` kept of a cut-short MCAP file."""
+
+    source: Path
+    kept_bytes: int  # of the source: everything before the first incomplete record
+    size: int
+    records: int
+
+
+def mcap_is_cut_short(path: Path) -> bool:
+    """True for an MCAP file that starts right but lacks the closing magic (no footer)."""
+    with path.open("rb") as f:
+        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            return False  # not MCAP at all: the reader's own error says so
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 2 * len(MCAP_MAGIC):
+            return True
+        f.seek(-len(MCAP_MAGIC), os.SEEK_END)
+        return f.read() != MCAP_MAGIC
+
+
+def salvage_mcap(src: Path, dst: Path, *, block: int = 1 << 20) -> McapSalvage:
+    """Copy the complete records of a cut-short MCAP ``src`` into a valid MCAP ``dst``.
+
+    Records are copied byte for byte (chunks stay compressed) up to the first one that
+    runs past the end of the file, or up to the data section's end if the cut fell in
+    the summary.  ``dst`` then gets a DataEnd record and a footer without a summary,
+    which readers answer by scanning the data: what ``mcap recover`` does, in Python.
+    """
+    size = src.stat().st_size
+    records = 0
+    with src.open("rb") as f, dst.open("wb") as out:
+        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            raise BagError(f"{src}: not an MCAP file (bad magic)")
+        out.write(MCAP_MAGIC)
+        kept = f.tell()
+        while True:
+            frame = f.read(_RECORD.size)
+            if len(frame) < _RECORD.size:
+                break
+            op, length = _RECORD.unpack(frame)
+            if op in (_OP_DATA_END, _OP_FOOTER) or kept + _RECORD.size + length > size:
+                break
+            out.write(frame)
+            left = length
+            while left:
+                piece = f.read(min(block, left))
+                out.write(piece)
+                left -= len(piece)
+            kept += _RECORD.size + length
+            records += 1
+        out.write(_RECORD.pack(_OP_DATA_END, 4) + struct.pack("<I", 0))  # no data CRC: 0 means unset
+        out.write(_RECORD.pack(_OP_FOOTER, 20) + struct.pack("<QQI", 0, 0, 0) + MCAP_MAGIC)
+    return McapSalvage(src, kept, size, records)
+
+
+def _readable_source(bag: Path, workdir: Path) -> tuple[Path, McapSalvage | None]:
+    """The path to open: the bag itself, or a salvaged copy of its one cut-short MCAP file."""
+    if bag.is_dir():
+        mcaps = sorted(bag.glob("*.mcap"))
+        no_metadata = not (bag / "metadata.yaml").exists()
+        if len(mcaps) != 1 or not (no_metadata or mcap_is_cut_short(mcaps[0])):
+            return bag, None
+        mcap = mcaps[0]
+    elif bag.suffix == ".mcap":
+        mcap = bag
+    else:
+        return bag, None
+    if not mcap_is_cut_short(mcap):
+        return mcap, None  # a directory that only lost its metadata.yaml: read the file itself
+    copy = workdir / "salvaged.mcap"
+    return copy, salvage_mcap(mcap, copy)
+
+
 def _messages(reader: Reader, bag: Path) -> Iterator[tuple[Connection, int, bytes]]:
     try:
         yield from reader.messages()
@@ -129,92 +218,128 @@ def replay_bag(
             raise BagError(f"{bag_out} exists; pass --overwrite to replace it")
         shutil.rmtree(bag_out) if bag_out.is_dir() else bag_out.unlink()
     ts = typestore_with_our_messages()
+    summary = ReplaySummary()
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
+        source, salvage = _readable_source(bag_in, workdir)
+        try:
+            reader = Reader(source)
+            reader.open()
+        except (ReaderError, OSError, ValueError, KeyError) as exc:
+            raise BagError(f"{bag_in}: cannot open bag ({type(exc).__name__}: {exc})") from exc
+        stack.callback(reader.close)
+        _replay(
+            reader,
+            bag_in,
+            bag_out,
+            ts,
+            summary,
+            predictor=predictor,
+            image_topic=image_topic,
+            camera_info_topic=camera_info_topic,
+            near=near,
+            far=far,
+            progress=progress,
+        )
+        if salvage is not None:
+            summary.damage = (
+                f"{salvage.source}: cut short (interrupted recording?): kept the {salvage.records} complete "
+                f"records in the first {salvage.kept_bytes} of {salvage.size} bytes; the rest is lost"
+            )
+    return summary
+
+
+def _replay(
+    reader: Reader,
+    bag_in: Path,
+    bag_out: Path,
+    ts: Typestore,
+    summary: ReplaySummary,
+    *,
+    predictor: Predictor,
+    image_topic: str | None,
+    camera_info_topic: str | None,
+    near: float,
+    far: float,
+    progress: bool,
+) -> None:
+    """Every input message copied, every image frame answered with the node's outputs."""
     t = ts.types
     image_cls, header_cls = t["sensor_msgs/msg/Image"], t["std_msgs/msg/Header"]
-    summary = ReplaySummary()
+    img_conn = _pick_topic(reader, bag_in, image_topic, IMAGE_TYPES, "image", True)
+    info_conn = _pick_topic(reader, bag_in, camera_info_topic, (CAMERA_INFO_TYPE,), "camera info", False)
+    assert img_conn is not None
+    writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
+    writer.open()
     try:
-        reader = Reader(bag_in)
-        reader.open()
-    except (ReaderError, OSError, ValueError, KeyError) as exc:
-        raise BagError(f"{bag_in}: cannot open bag ({type(exc).__name__}: {exc})") from exc
-    try:
-        img_conn = _pick_topic(reader, bag_in, image_topic, IMAGE_TYPES, "image", True)
-        info_conn = _pick_topic(reader, bag_in, camera_info_topic, (CAMERA_INFO_TYPE,), "camera info", False)
-        assert img_conn is not None
-        writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
-        writer.open()
-        try:
-            out_conns = {
-                c.id: _copy_connection(writer, c, ts)
-                for c in reader.connections
-                if not c.topic.startswith(OUTPUT_NAMESPACE + "/")
-            }
-            names = {
-                "panoptic": image_cls,
-                "semantic": image_cls,
-                "depth": image_cls,
-                "overlay": image_cls,
-                "segments": t[f"{PACKAGE}/msg/SegmentDepthArray"],
-            }
-            outputs = {
-                n: writer.add_connection(f"{OUTPUT_NAMESPACE}/{n}", cls.__msgtype__, typestore=ts)
-                for n, cls in names.items()
-            }
-            summary.output_topics = [f"{OUTPUT_NAMESPACE}/{n}" for n in names]
-            camera_k: np.ndarray | None = None
-            bar = tqdm(total=img_conn.msgcount, desc=f"replay {bag_in.name}", unit="frame", disable=not progress)
-            for conn, stamp_ns, raw in _messages(reader, bag_in):
-                if conn.id in out_conns:  # earlier outputs in the input are replaced, not doubled
-                    writer.write(out_conns[conn.id], stamp_ns, raw)
-                if info_conn is not None and conn.id == info_conn.id:
-                    try:
-                        camera_k = conversions.camera_k(ts.deserialize_cdr(raw, conn.msgtype))
-                    except InputError as exc:
-                        summary.skipped.append(f"camera_info at {stamp_ns}: {exc}")
-                    continue
-                if conn.id != img_conn.id:
-                    continue
-                bar.update(1)
-                msg: Any = ts.deserialize_cdr(raw, conn.msgtype)
+        out_conns = {
+            c.id: _copy_connection(writer, c, ts)
+            for c in reader.connections
+            if not c.topic.startswith(OUTPUT_NAMESPACE + "/")
+        }
+        names = {
+            "panoptic": image_cls,
+            "semantic": image_cls,
+            "depth": image_cls,
+            "overlay": image_cls,
+            "segments": t[f"{PACKAGE}/msg/SegmentDepthArray"],
+        }
+        outputs = {
+            n: writer.add_connection(f"{OUTPUT_NAMESPACE}/{n}", cls.__msgtype__, typestore=ts)
+            for n, cls in names.items()
+        }
+        summary.output_topics = [f"{OUTPUT_NAMESPACE}/{n}" for n in names]
+        camera_k: np.ndarray | None = None
+        bar = tqdm(total=img_conn.msgcount, desc=f"replay {bag_in.name}", unit="frame", disable=not progress)
+        for conn, stamp_ns, raw in _messages(reader, bag_in):
+            if conn.id in out_conns:  # earlier outputs in the input are replaced, not doubled
+                writer.write(out_conns[conn.id], stamp_ns, raw)
+            if info_conn is not None and conn.id == info_conn.id:
                 try:
-                    image = (
-                        conversions.compressed_to_bgr(msg)
-                        if conn.msgtype.endswith("CompressedImage")
-                        else conversions.image_to_bgr(msg)
-                    )
-                    result = predictor.predict(image, camera_k=camera_k)
-                except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
-                    summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
-                    continue
-                header = header_cls(stamp=msg.header.stamp, frame_id=msg.header.frame_id)
-                out = {
-                    "panoptic": conversions.array_to_image(image_cls, result.panoptic, encoding="32SC1", header=header),
-                    "semantic": conversions.array_to_image(image_cls, result.semantic, encoding="mono8", header=header),
-                    "depth": conversions.array_to_image(
-                        image_cls, conversions.depth_for_rep118(result.depth), encoding="32FC1", header=header
-                    ),
-                    "segments": conversions.segments_to_msg(
-                        result,
-                        header=header,
-                        array_cls=names["segments"],
-                        segment_cls=t[f"{PACKAGE}/msg/SegmentDepth"],
-                        point_cls=t["geometry_msgs/msg/Point"],
-                    ),
-                    "overlay": conversions.array_to_image(
-                        image_cls, overlay(image, result, near=near, far=far), encoding="bgr8", header=header
-                    ),
-                }
-                for name, m in out.items():
-                    writer.write(outputs[name], stamp_ns, ts.serialize_cdr(m, names[name].__msgtype__))
-                summary.frames += 1
-                summary.segments_per_frame.append(len(result.segments))
-                summary.latency_s.append(result.timings["total"])
-            bar.close()
-        finally:
-            writer.close()  # whatever happened, what was written is a complete bag
+                    camera_k = conversions.camera_k(ts.deserialize_cdr(raw, conn.msgtype))
+                except InputError as exc:
+                    summary.skipped.append(f"camera_info at {stamp_ns}: {exc}")
+                continue
+            if conn.id != img_conn.id:
+                continue
+            bar.update(1)
+            msg: Any = ts.deserialize_cdr(raw, conn.msgtype)
+            try:
+                image = (
+                    conversions.compressed_to_bgr(msg)
+                    if conn.msgtype.endswith("CompressedImage")
+                    else conversions.image_to_bgr(msg)
+                )
+                result = predictor.predict(image, camera_k=camera_k)
+            except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
+                summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
+                continue
+            header = header_cls(stamp=msg.header.stamp, frame_id=msg.header.frame_id)
+            out = {
+                "panoptic": conversions.array_to_image(image_cls, result.panoptic, encoding="32SC1", header=header),
+                "semantic": conversions.array_to_image(image_cls, result.semantic, encoding="mono8", header=header),
+                "depth": conversions.array_to_image(
+                    image_cls, conversions.depth_for_rep118(result.depth), encoding="32FC1", header=header
+                ),
+                "segments": conversions.segments_to_msg(
+                    result,
+                    header=header,
+                    array_cls=names["segments"],
+                    segment_cls=t[f"{PACKAGE}/msg/SegmentDepth"],
+                    point_cls=t["geometry_msgs/msg/Point"],
+                ),
+                "overlay": conversions.array_to_image(
+                    image_cls, overlay(image, result, near=near, far=far), encoding="bgr8", header=header
+                ),
+            }
+            for name, m in out.items():
+                writer.write(outputs[name], stamp_ns, ts.serialize_cdr(m, names[name].__msgtype__))
+            summary.frames += 1
+            summary.segments_per_frame.append(len(result.segments))
+            summary.latency_s.append(result.timings["total"])
+        bar.close()
     finally:
-        reader.close()
-    return summary
+        writer.close()  # whatever happened, what was written is a complete bag
 
 
 def _storage_of(bag: Path) -> StoragePlugin:
@@ -224,10 +349,19 @@ def _storage_of(bag: Path) -> StoragePlugin:
 
 
 def _copy_connection(writer: Writer, conn: Connection, ts: Typestore) -> Connection:
-    """Same topic, type, definition and QoS as the input connection."""
+    """Same topic, type, definition and QoS as the input connection.
+
+    A type the store does not know and the bag gives no hash for (a custom message in a
+    bare ``.mcap`` file, or a salvaged one) is registered from the bag's own definition.
+    """
     qos = getattr(conn.ext, "offered_qos_profiles", [])
     if conn.msgdef.data and conn.digest.startswith("RIHS01_"):
         return writer.add_connection(
             conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest, offered_qos_profiles=qos
         )
+    if conn.msgtype not in ts.types and conn.msgdef.data:
+        try:
+            ts.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
+        except Exception as exc:  # noqa: BLE001 - the parser raises its own grammar errors
+            raise BagError(f"topic {conn.topic!r}: cannot read the definition of {conn.msgtype} ({exc})") from exc
     return writer.add_connection(conn.topic, conn.msgtype, typestore=ts, offered_qos_profiles=qos)

@@ -55,6 +55,9 @@ def _bag(args: argparse.Namespace) -> int:
     for line in summary.skipped:
         print(f"skipped: {line}", file=sys.stderr)
     print(f"wrote {args.output}: {summary.frames} frames, outputs on {', '.join(summary.output_topics)}")
+    if summary.damage:  # the output is complete, the input was not: say so, and exit 1 for scripts
+        print(f"panoptic-depthlab bag: warning: {summary.damage}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,13 +11,21 @@ import cv2
 import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
+from rosbags.rosbag2.errors import ReaderError
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from panoptic_depthlab_ros.bag import BagError, replay_bag, typestore_with_our_messages
+from panoptic_depthlab_ros.bag import (
+    BagError,
+    mcap_is_cut_short,
+    replay_bag,
+    salvage_mcap,
+    typestore_with_our_messages,
+)
 from panoptic_depthlab_ros.predictor import Predictor
 from pdl_testing import REPO
 
 TS = get_typestore(Stores.ROS2_JAZZY)
+RUN = {"capture_output": True, "text": True, "cwd": REPO}
 K = [100.0, 0.0, 64.0, 0.0, 100.0, 32.0, 0.0, 0.0, 1.0]
 
 
@@ -87,6 +95,11 @@ def _read(bag: Path) -> dict[str, list]:
     return out
 
 
+def _read_raw(bag: Path, topic: str) -> list:
+    with Reader(bag) as r:
+        return [(c, raw) for c, _, raw in r.messages([c for c in r.connections if c.topic == topic])]
+
+
 @pytest.mark.parametrize(
     "storage,compressed", [(StoragePlugin.MCAP, False), (StoragePlugin.SQLITE3, False), (StoragePlugin.MCAP, True)]
 )
@@ -139,13 +152,72 @@ def test_output_rules(tmp_path: Path, predictor: Predictor) -> None:
     assert replay_bag(src, tmp_path / "out", predictor=predictor, overwrite=True, progress=False).frames == 1
 
 
-def test_truncated_bag_is_named(tmp_path: Path, predictor: Predictor) -> None:
-    src = make_bag(tmp_path / "in", StoragePlugin.MCAP)
+def test_cut_short_mcap_is_salvaged(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    # A recorder killed mid-drive: no summary, no footer, the last chunk half written.
+    # 48 frames make two chunks (rosbags closes one at 1 MiB); the cut falls in the second.
+    src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=48)
     mcap = next(src.glob("*.mcap"))
+    whole = mcap.read_bytes()
+    with Reader(src) as r:
+        first_chunk_end = r.storage.storages[0].chunks[1].chunk_start_offset
+    mcap.write_bytes(whole[: first_chunk_end + 5000])
+    with pytest.raises(ReaderError, match="File end magic is invalid"):
+        Reader(src).open()  # what every other reader says about such a bag
+    cmd = [sys.executable, "-m", "panoptic_depthlab_ros.cli", "bag", str(src), str(tmp_path / "out")]
+    proc = subprocess.run(cmd + ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"], **RUN)
+    assert proc.returncode == 1, proc.stderr  # complete output, damaged input: exit 1 and say why
+    assert f"warning: {mcap}: cut short" in proc.stderr and "the rest is lost" in proc.stderr
+    got = _read(tmp_path / "out")
+    n = len(got["/cam/image"])
+    assert f"{n} frames" in proc.stdout
+    assert 30 < n < 48  # the complete first chunk: every frame in it, none after the cut
+    assert len(got["/panoptic_depthlab/segments"]) == n
+    stamps = [m.header.stamp.sec for _, m in got["/panoptic_depthlab/segments"]]
+    assert stamps == list(range(100, 100 + n))  # in order, from the first frame
+
+
+def test_salvage_mcap_keeps_complete_records(tmp_path: Path) -> None:
+    src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=3)
+    mcap = next(src.glob("*.mcap"))
+    assert not mcap_is_cut_short(mcap)
     data = mcap.read_bytes()
-    mcap.write_bytes(data[: len(data) // 2])
-    with pytest.raises(BagError, match=r"in: cannot open bag .*File end magic is invalid"):
-        replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: len(data) - 30])  # the cut falls in the summary: every message survives
+    assert mcap_is_cut_short(cut)
+    report = salvage_mcap(cut, tmp_path / "fixed.mcap")
+    assert report.size == len(data) - 30 and report.kept_bytes < report.size
+    with Reader(tmp_path / "fixed.mcap") as r:
+        assert sorted((c.topic, c.msgcount) for c in r.connections) == [
+            ("/cam/image", 3),
+            ("/cam/info", 3),
+            ("/chatter", 3),
+        ]
+    (tmp_path / "junk.mcap").write_bytes(b"not an mcap at all")
+    with pytest.raises(BagError, match="junk.mcap: not an MCAP file"):
+        salvage_mcap(tmp_path / "junk.mcap", tmp_path / "x.mcap")
+
+
+def test_bag_without_metadata_and_custom_types(tmp_path: Path, predictor: Predictor) -> None:
+    # A recorder that died before writing metadata.yaml, holding a message type of the
+    # user's own that neither ROS 2's nor our type store knows: it is read from the bag.
+    src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=2)
+    store = get_typestore(Stores.ROS2_JAZZY)
+    store.register(get_types_from_msg("int32 lap\nstring note\n", "my_pkg/msg/Lap"))
+    extra = tmp_path / "extra"
+    with Reader(src) as r, Writer(extra, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        image = next(c for c in r.connections if c.topic == "/cam/image")
+        copy = w.add_connection(image.topic, image.msgtype, typestore=TS)
+        for _, stamp, raw in r.messages([image]):
+            w.write(copy, stamp, raw)
+        lap = w.add_connection("/lap", "my_pkg/msg/Lap", typestore=store)
+        w.write(lap, 7, store.serialize_cdr(store.types["my_pkg/msg/Lap"](lap=3, note="pit"), "my_pkg/msg/Lap"))
+    (src / "metadata.yaml").unlink()
+    summary = replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
+    assert summary.frames == 2 and summary.damage is None
+    summary = replay_bag(next(extra.glob("*.mcap")), tmp_path / "out2", predictor=predictor, progress=False)
+    assert summary.frames == 2 and summary.damage is None
+    laps = _read_raw(tmp_path / "out2", "/lap")
+    assert [(c.msgtype, store.deserialize_cdr(raw, c.msgtype).note) for c, raw in laps] == [("my_pkg/msg/Lap", "pit")]
 
 
 def test_corrupt_middle_keeps_a_readable_partial_bag(tmp_path: Path, predictor: Predictor) -> None:
