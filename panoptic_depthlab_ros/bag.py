@@ -12,7 +12,8 @@ was killed or lost power: no summary, no footer, a half-written last record), wh
 no reader opens, is salvaged instead: every complete record before the cut is copied
 into a temporary MCAP with a proper end, replayed, and the loss is reported in
 ``ReplaySummary.damage``.  The same goes for a bag directory whose recorder died before
-writing ``metadata.yaml``.
+writing ``metadata.yaml``, and for split bags (``<bag>_0.mcap``, ``<bag>_1.mcap``, ...):
+their files are read in split order, the cut-short last one salvaged.
 """
 
 from __future__ import annotations
@@ -87,17 +88,17 @@ def typestore_with_our_messages() -> Typestore:
 
 
 def _pick_topic(
-    reader: Reader, bag: Path, topic: str | None, types: tuple[str, ...], what: str, required: bool
+    connections: list[Connection], bag: Path, topic: str | None, types: tuple[str, ...], what: str, required: bool
 ) -> Connection | None:
-    listing = ", ".join(f"{c.topic} [{c.msgtype}]" for c in reader.connections) or "none"
+    listing = ", ".join(f"{c.topic} [{c.msgtype}]" for c in connections) or "none"
     if topic is not None:
-        matches = [c for c in reader.connections if c.topic == topic]
+        matches = [c for c in connections if c.topic == topic]
         if not matches:
             raise BagError(f"{bag}: no topic {topic!r}; the bag has: {listing}")
         if matches[0].msgtype not in types:
             raise BagError(f"{bag}: topic {topic!r} is {matches[0].msgtype}, not {' or '.join(types)}")
         return matches[0]
-    candidates = [c for c in reader.connections if c.msgtype in types]
+    candidates = [c for c in connections if c.msgtype in types]
     if len(candidates) == 1:
         return candidates[0]
     if not candidates and not required:
@@ -170,22 +171,35 @@ def salvage_mcap(src: Path, dst: Path, *, block: int = 1 << 20) -> McapSalvage:
     return McapSalvage(src, kept, size, records)
 
 
-def _readable_source(bag: Path, workdir: Path) -> tuple[Path, McapSalvage | None]:
-    """The path to open: the bag itself, or a salvaged copy of its one cut-short MCAP file."""
+def _split_index(path: Path) -> tuple[int, str]:
+    """rosbag2 names split files ``<bag>_0.mcap``, ``<bag>_1.mcap``, ...: order by that number."""
+    tail = path.stem.rsplit("_", 1)[-1]
+    return (int(tail) if tail.isdigit() else -1, path.name)
+
+
+def _readable_sources(bag: Path, workdir: Path) -> tuple[list[Path], list[McapSalvage]]:
+    """What to open, in order: the bag itself, or its MCAP files with cut-short ones salvaged.
+
+    A bag rosbags can read as it is (``metadata.yaml`` present, every MCAP file whole) is
+    one source.  Otherwise each MCAP file is its own source, in split order.
+    """
     if bag.is_dir():
-        mcaps = sorted(bag.glob("*.mcap"))
-        no_metadata = not (bag / "metadata.yaml").exists()
-        if len(mcaps) != 1 or not (no_metadata or mcap_is_cut_short(mcaps[0])):
-            return bag, None
-        mcap = mcaps[0]
+        mcaps = sorted(bag.glob("*.mcap"), key=_split_index)
+        whole = (bag / "metadata.yaml").exists() and not any(mcap_is_cut_short(m) for m in mcaps)
+        if not mcaps or whole:
+            return [bag], []
     elif bag.suffix == ".mcap":
-        mcap = bag
+        mcaps = [bag]
     else:
-        return bag, None
-    if not mcap_is_cut_short(mcap):
-        return mcap, None  # a directory that only lost its metadata.yaml: read the file itself
-    copy = workdir / "salvaged.mcap"
-    return copy, salvage_mcap(mcap, copy)
+        return [bag], []
+    sources, salvages = [], []
+    for i, mcap in enumerate(mcaps):
+        if mcap_is_cut_short(mcap):
+            copy = workdir / f"salvaged_{i}.mcap"
+            salvages.append(salvage_mcap(mcap, copy))
+            mcap = copy
+        sources.append(mcap)
+    return sources, salvages
 
 
 def _messages(reader: Reader, bag: Path) -> Iterator[tuple[Connection, int, bytes]]:
@@ -221,15 +235,19 @@ def replay_bag(
     summary = ReplaySummary()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
-        source, salvage = _readable_source(bag_in, workdir)
-        try:
-            reader = Reader(source)
-            reader.open()
-        except (ReaderError, OSError, ValueError, KeyError) as exc:
-            raise BagError(f"{bag_in}: cannot open bag ({type(exc).__name__}: {exc})") from exc
-        stack.callback(reader.close)
+        sources, salvages = _readable_sources(bag_in, workdir)
+        readers = []
+        for source in sources:
+            try:
+                reader = Reader(source)
+                reader.open()
+            except (ReaderError, OSError, ValueError, KeyError) as exc:
+                name = bag_in if source == bag_in else f"{bag_in} ({source.name})"
+                raise BagError(f"{name}: cannot open bag ({type(exc).__name__}: {exc})") from exc
+            stack.callback(reader.close)
+            readers.append(reader)
         _replay(
-            reader,
+            readers,
             bag_in,
             bag_out,
             ts,
@@ -241,16 +259,17 @@ def replay_bag(
             far=far,
             progress=progress,
         )
-        if salvage is not None:
-            summary.damage = (
-                f"{salvage.source}: cut short (interrupted recording?): kept the {salvage.records} complete "
-                f"records in the first {salvage.kept_bytes} of {salvage.size} bytes; the rest is lost"
+        if salvages:
+            summary.damage = "; ".join(
+                f"{v.source}: cut short (interrupted recording?): kept the {v.records} complete "
+                f"records in the first {v.kept_bytes} of {v.size} bytes; the rest is lost"
+                for v in salvages
             )
     return summary
 
 
 def _replay(
-    reader: Reader,
+    readers: list[Reader],
     bag_in: Path,
     bag_out: Path,
     ts: Typestore,
@@ -263,18 +282,24 @@ def _replay(
     far: float,
     progress: bool,
 ) -> None:
-    """Every input message copied, every image frame answered with the node's outputs."""
+    """Every input message copied, every image frame answered with the node's outputs.
+
+    ``readers`` are the bag's files in order (one reader for a bag rosbags opens whole);
+    topics are matched by name across them, as a split bag's connection ids are per file.
+    """
     t = ts.types
     image_cls, header_cls = t["sensor_msgs/msg/Image"], t["std_msgs/msg/Header"]
-    img_conn = _pick_topic(reader, bag_in, image_topic, IMAGE_TYPES, "image", True)
-    info_conn = _pick_topic(reader, bag_in, camera_info_topic, (CAMERA_INFO_TYPE,), "camera info", False)
+    connections = list({c.topic: c for r in reversed(readers) for c in r.connections}.values())
+    img_conn = _pick_topic(connections, bag_in, image_topic, IMAGE_TYPES, "image", True)
+    info_conn = _pick_topic(connections, bag_in, camera_info_topic, (CAMERA_INFO_TYPE,), "camera info", False)
     assert img_conn is not None
+    info_topic = info_conn.topic if info_conn is not None else None
     writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
     writer.open()
     try:
         out_conns = {
-            c.id: _copy_connection(writer, c, ts)
-            for c in reader.connections
+            c.topic: _copy_connection(writer, c, ts)
+            for c in connections
             if not c.topic.startswith(OUTPUT_NAMESPACE + "/")
         }
         names = {
@@ -290,17 +315,18 @@ def _replay(
         }
         summary.output_topics = [f"{OUTPUT_NAMESPACE}/{n}" for n in names]
         camera_k: np.ndarray | None = None
-        bar = tqdm(total=img_conn.msgcount, desc=f"replay {bag_in.name}", unit="frame", disable=not progress)
-        for conn, stamp_ns, raw in _messages(reader, bag_in):
-            if conn.id in out_conns:  # earlier outputs in the input are replaced, not doubled
-                writer.write(out_conns[conn.id], stamp_ns, raw)
-            if info_conn is not None and conn.id == info_conn.id:
+        total = sum(c.msgcount for r in readers for c in r.connections if c.topic == img_conn.topic)
+        bar = tqdm(total=total, desc=f"replay {bag_in.name}", unit="frame", disable=not progress)
+        for conn, stamp_ns, raw in (m for r in readers for m in _messages(r, bag_in)):
+            if conn.topic in out_conns:  # earlier outputs in the input are replaced, not doubled
+                writer.write(out_conns[conn.topic], stamp_ns, raw)
+            if conn.topic == info_topic:
                 try:
                     camera_k = conversions.camera_k(ts.deserialize_cdr(raw, conn.msgtype))
                 except InputError as exc:
                     summary.skipped.append(f"camera_info at {stamp_ns}: {exc}")
                 continue
-            if conn.id != img_conn.id:
+            if conn.topic != img_conn.topic:
                 continue
             bar.update(1)
             msg: Any = ts.deserialize_cdr(raw, conn.msgtype)

@@ -35,7 +35,7 @@ def _frame(i: int) -> np.ndarray:
     return img
 
 
-def make_bag(path: Path, storage: StoragePlugin, *, frames: int = 4, compressed: bool = False) -> Path:
+def make_bag(path: Path, storage: StoragePlugin, *, frames: int = 4, compressed: bool = False, first: int = 0) -> Path:
     t = TS.types
     header = lambda i: t["std_msgs/msg/Header"](  # noqa: E731
         stamp=t["builtin_interfaces/msg/Time"](sec=100 + i, nanosec=5), frame_id="cam_optical"
@@ -46,7 +46,7 @@ def make_bag(path: Path, storage: StoragePlugin, *, frames: int = 4, compressed:
         )
         info = w.add_connection("/cam/info", "sensor_msgs/msg/CameraInfo", typestore=TS)
         other = w.add_connection("/chatter", "std_msgs/msg/String", typestore=TS)
-        for i in range(frames):
+        for i in range(first, first + frames):
             stamp = (1_000 + i) * 10**8
             ci = t["sensor_msgs/msg/CameraInfo"](
                 header=header(i),
@@ -218,6 +218,24 @@ def test_bag_without_metadata_and_custom_types(tmp_path: Path, predictor: Predic
     assert summary.frames == 2 and summary.damage is None
     laps = _read_raw(tmp_path / "out2", "/lap")
     assert [(c.msgtype, store.deserialize_cdr(raw, c.msgtype).note) for c, raw in laps] == [("my_pkg/msg/Lap", "pit")]
+
+
+def test_split_bag_with_cut_short_last_file(tmp_path: Path, predictor: Predictor) -> None:
+    # A long recording split into files, the recorder killed while writing the last one,
+    # before it wrote metadata.yaml. Split order is numeric: rec_9 comes before rec_10.
+    bag = tmp_path / "rec"
+    bag.mkdir()
+    for name, first in (("rec_9", 0), ("rec_10", 3)):
+        part = make_bag(tmp_path / name, StoragePlugin.MCAP, frames=3, first=first)
+        next(part.glob("*.mcap")).rename(bag / f"{name}.mcap")
+    last = bag / "rec_10.mcap"
+    last.write_bytes(last.read_bytes()[:-30])  # the cut falls in the summary: its messages survive
+    summary = replay_bag(bag, tmp_path / "out", predictor=predictor, progress=False)
+    assert summary.frames == 6 and summary.damage is not None
+    assert summary.damage.startswith(f"{last}: cut short") and "rec_9" not in summary.damage
+    got = _read(tmp_path / "out")
+    assert [m.header.stamp.sec for _, m in got["/panoptic_depthlab/segments"]] == list(range(100, 106))
+    assert [m.data for _, m in got["/chatter"]] == [f"hello {i}" for i in range(6)]
 
 
 def test_corrupt_middle_keeps_a_readable_partial_bag(tmp_path: Path, predictor: Predictor) -> None:
