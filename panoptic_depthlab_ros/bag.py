@@ -185,16 +185,16 @@ def _readable_sources(bag: Path, workdir: Path) -> tuple[list[Path], list[McapSa
     """
     if bag.is_dir():
         mcaps = sorted(bag.glob("*.mcap"), key=_split_index)
-        whole = (bag / "metadata.yaml").exists() and not any(mcap_is_cut_short(m) for m in mcaps)
-        if not mcaps or whole:
-            return [bag], []
     elif bag.suffix == ".mcap":
         mcaps = [bag]
     else:
         return [bag], []
+    cut = [mcap_is_cut_short(m) for m in mcaps]
+    if bag.is_dir() and (not mcaps or ((bag / "metadata.yaml").exists() and not any(cut))):
+        return [bag], []
     sources, salvages = [], []
-    for i, mcap in enumerate(mcaps):
-        if mcap_is_cut_short(mcap):
+    for i, (mcap, is_cut) in enumerate(zip(mcaps, cut, strict=True)):
+        if is_cut:
             copy = workdir / f"salvaged_{i}.mcap"
             salvages.append(salvage_mcap(mcap, copy))
             mcap = copy
