@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from node_utils import (
+    OUTPUT_NAMES,
     NodeHarness,
     camera_info_msg,
     child_env,
@@ -188,6 +189,7 @@ def test_diagnostics_every_period(harness) -> None:
     ):
         assert key in values, key
     assert float(values["total_ms_last"]) >= float(values["network_ms_last"]) > 0
+    assert values["outputs_subscribed"] == ",".join(sorted(OUTPUT_NAMES))  # what the probe subscribes to
     stamps = [d.header.stamp.sec + d.header.stamp.nanosec * 1e-9 for d in harness.messages("diagnostics")]
     time.sleep(2.2)
     assert len(harness.messages("diagnostics")) >= len(stamps) + 2  # about one per second

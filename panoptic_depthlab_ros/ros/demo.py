@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -146,6 +147,7 @@ def run_demo(
     lock = threading.Lock()
     received: dict[str, list[tuple[int, bytes]]] = {t: [] for t in OUTPUTS}
     answered: dict[tuple[int, int], float] = {}
+    node_status: dict[str, str] = {}  # key -> value of the node's latest /diagnostics report
     summary: dict[str, Any] = {}
     try:
         writer.open()
@@ -163,35 +165,54 @@ def run_demo(
                     if topic.endswith("/segments"):
                         msg: Any = ts.deserialize_cdr(raw, OUTPUTS[topic])
                         answered[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+                    elif topic == "/diagnostics":
+                        report: Any = ts.deserialize_cdr(raw, OUTPUTS[topic])
+                        for status in report.status:
+                            if status.name == f"{NODE}: pipeline":
+                                node_status.update({kv.key: kv.value for kv in status.values})
 
             return on_raw
 
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        for topic, msgtype in OUTPUTS.items():
+        subscriptions = [
             node.create_subscription(_msg_class(msgtype), topic, recorder(topic), reliable, raw=True)
+            for topic, msgtype in OUTPUTS.items()
+        ]
         image_pub = node.create_publisher(Image, image_conn.topic, reliable)
         info_pub = node.create_publisher(CameraInfo, info_conn.topic if info_conn else "/camera/camera_info", reliable)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
 
-        # Wait for the node: its subscriptions to our inputs and its publishers of every output
-        # we record (it publishes only to topics with subscribers, so a late match loses frames).
+        # Wait until both sides of every connection have matched: the node only produces the
+        # outputs it sees subscribers for, and discovery finishes at different times per topic
+        # and per side, so our view alone is not enough; the node's /diagnostics say its view.
         def node_ready() -> bool:
             inputs_matched = image_pub.get_subscription_count() > 0 and info_pub.get_subscription_count() > 0
-            return inputs_matched and all(node.count_publishers(t) > 0 for t in OUTPUTS if t.startswith(NODE))
+            outputs_matched = all(sub.get_publisher_count() > 0 for sub in subscriptions)
+            with lock:
+                subscribed = set(node_status.get("outputs_subscribed", "").split(","))
+            node_side = {t.rsplit("/", 1)[1] for t in OUTPUTS if t.startswith(NODE)} <= subscribed
+            return inputs_matched and outputs_matched and node_side
 
-        deadline = time.monotonic() + timeout_s
-        while not node_ready():
-            if proc.poll() is not None:
-                raise SystemExit("the node exited during start-up:\n" + "".join(log_lines[-30:]))
-            if time.monotonic() > deadline:
-                raise SystemExit("the node did not come up in time:\n" + "".join(log_lines[-30:]))
-            time.sleep(0.1)
-        time.sleep(0.5)  # let discovery settle both ways
+        def wait_until(condition: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + timeout_s
+            while not condition():
+                if proc.poll() is not None:
+                    raise SystemExit(f"the node exited while we waited for {what}:\n" + "".join(log_lines[-30:]))
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"timed out waiting for {what}:\n" + "".join(log_lines[-30:]))
+                time.sleep(0.02)
+
+        def has_camera_info() -> bool:
+            with lock:
+                return int(node_status.get("camera_info_received", "0")) > 0
+
+        wait_until(node_ready, "the node to come up and match every topic")
 
         latencies: list[float] = []
         sent: dict[tuple[int, int], float] = {}
         t0_wall, t0_bag = time.monotonic(), inputs[0][1]
+        infos_sent = 0
         for topic, stamp, raw in inputs:
             if rate:
                 wait = (stamp - t0_bag) / 1e9 / rate - (time.monotonic() - t0_wall)
@@ -201,7 +222,13 @@ def run_demo(
                 writer.write(conns[topic], time.time_ns(), raw)
             if topic != image_conn.topic:
                 info_pub.publish(deserialize_message(raw, CameraInfo))
+                infos_sent += 1
                 continue
+            if not sent and infos_sent:
+                # The node takes images and camera_info on separate subscriptions: make sure the
+                # first frame already has its intrinsics (markers and points need them).
+                wait_until(has_camera_info, "the node to take the first camera_info")
+                t0_wall = time.monotonic() - (stamp - t0_bag) / 1e9 / (rate or 1.0)  # the clock starts now
             msg = deserialize_message(raw, Image)
             key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
             sent[key] = time.perf_counter()
@@ -212,10 +239,19 @@ def run_demo(
                     time.sleep(0.002)
                 if key not in answered:
                     raise SystemExit(f"no answer for the frame stamped {key}:\n" + "".join(log_lines[-30:]))
+        # Trailing outputs: a reliable sample lost on the way is only re-sent after the writer's
+        # next heartbeat (Fast DDS: every 3 s), so wait for the counts rather than a fixed time.
+        needs_k = {f"{NODE}/markers", f"{NODE}/points"}
+        expected = [t for t in OUTPUTS if t.startswith(NODE) and (infos_sent or t not in needs_k)]
+
+        def outputs_complete() -> bool:
+            with lock:
+                return len(answered) >= len(sent) and all(len(received[t]) >= len(answered) for t in expected)
+
         end = time.monotonic() + 10.0
-        while time.monotonic() < end and len(answered) < len(sent) and rate is not None:
+        while time.monotonic() < end and not outputs_complete():
             time.sleep(0.05)
-        time.sleep(0.5)  # trailing outputs of the last frame
+        time.sleep(0.2)
         with lock:
             latencies = [answered[k] - sent[k] for k in sent if k in answered]
             segments_per_frame = [

@@ -906,6 +906,10 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         values.append(KeyValue(key="processed_hz", value=f"{rate:.3f}"))
         if self.pipeline is not None:
             values.append(KeyValue(key="depth_scale", value=f"{self.pipeline.depth_scale:.4f}"))
+            # Which outputs this node sees subscribers for (only those are produced): answers
+            # "why is nothing on ~/markers" from the outside, and lets a player wait for its match.
+            subscribed = ",".join(sorted(self.pipeline.outputs.wanted_names()))
+            values.append(KeyValue(key="outputs_subscribed", value=subscribed))
         for stage, lat in snap.latency.items():
             values += [
                 KeyValue(key=f"{stage}_ms_last", value=f"{lat.last * 1e3:.2f}"),
