@@ -7,20 +7,18 @@ all input topics plus the node's outputs (``/panoptic_depthlab/{panoptic,
 semantic,depth,segments,overlay}``), each stamped with its input image's header
 and written at the input's receive time.  Offline: every frame, in order.
 A corrupt input stops the replay with an error naming the bag; what was written
-until then is closed into a valid, readable bag.  An MCAP cut short (a recorder that
-was killed or lost power: no summary, no footer, a half-written last record), which
-no reader opens, is salvaged instead: every complete record before the cut is copied
-into a temporary MCAP with a proper end, replayed, and the loss is reported in
-``ReplaySummary.damage``.  The same goes for a bag directory whose recorder died before
-writing ``metadata.yaml``, and for split bags (``<bag>_0.mcap``, ``<bag>_1.mcap``, ...):
-their files are read in split order, the cut-short last one salvaged.
+until then is closed into a valid, readable bag.  A bag file cut short (a recorder
+that was killed or lost power), which no reader opens, is salvaged instead (see
+``salvage``): every complete message before the cut is replayed and the loss is
+reported in ``ReplaySummary.damage``.  The same goes for a bag directory whose
+recorder died before writing ``metadata.yaml``, and for split bags (``<bag>_0.mcap``,
+``<bag>_1.mcap``, ... or ``.db3``): their files are read in split order.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import struct
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -37,9 +35,10 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
-from .errors import InputError, PanopticDepthLabError
+from .errors import BagError, InputError, PanopticDepthLabError
 from .predictor import Predictor
 from .ros import conversions
+from .salvage import Salvage, is_cut_short, salvage
 from .visualize import overlay
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -47,10 +46,6 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 OUTPUT_NAMESPACE = "/panoptic_depthlab"
 PACKAGE = "panoptic_depthlab_ros"
 MSG_NAMES = ("SegmentDepth", "SegmentDepthArray")
-
-
-class BagError(PanopticDepthLabError):
-    """A bag that cannot be replayed as asked (names the bag and the reason)."""
 
 
 @dataclass
@@ -109,96 +104,37 @@ def _pick_topic(
     )
 
 
-MCAP_MAGIC = b"\x89MCAP0\r\n"
-_RECORD = struct.Struct("<BQ")  # MCAP record framing: opcode, content length
-_OP_FOOTER, _OP_DATA_END = 0x02, 0x0F
-
-
-@dataclass(frozen=True)
-class McapSalvage:
-    """What :func:`salvage_mcap` kept of a cut-short MCAP file."""
-
-    source: Path
-    kept_bytes: int  # of the source: everything before the first incomplete record
-    size: int
-    records: int
-
-
-def mcap_is_cut_short(path: Path) -> bool:
-    """True for an MCAP file that starts right but lacks the closing magic (no footer)."""
-    with path.open("rb") as f:
-        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
-            return False  # not MCAP at all: the reader's own error says so
-        f.seek(0, os.SEEK_END)
-        if f.tell() < 2 * len(MCAP_MAGIC):
-            return True
-        f.seek(-len(MCAP_MAGIC), os.SEEK_END)
-        return f.read() != MCAP_MAGIC
-
-
-def salvage_mcap(src: Path, dst: Path, *, block: int = 1 << 20) -> McapSalvage:
-    """Copy the complete records of a cut-short MCAP ``src`` into a valid MCAP ``dst``.
-
-    Records are copied byte for byte (chunks stay compressed) up to the first one that
-    runs past the end of the file, or up to the data section's end if the cut fell in
-    the summary.  ``dst`` then gets a DataEnd record and a footer without a summary,
-    which readers answer by scanning the data: what ``mcap recover`` does, in Python.
-    """
-    size = src.stat().st_size
-    records = 0
-    with src.open("rb") as f, dst.open("wb") as out:
-        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
-            raise BagError(f"{src}: not an MCAP file (bad magic)")
-        out.write(MCAP_MAGIC)
-        kept = f.tell()
-        while True:
-            frame = f.read(_RECORD.size)
-            if len(frame) < _RECORD.size:
-                break
-            op, length = _RECORD.unpack(frame)
-            if op in (_OP_DATA_END, _OP_FOOTER) or kept + _RECORD.size + length > size:
-                break
-            out.write(frame)
-            left = length
-            while left:
-                piece = f.read(min(block, left))
-                out.write(piece)
-                left -= len(piece)
-            kept += _RECORD.size + length
-            records += 1
-        out.write(_RECORD.pack(_OP_DATA_END, 4) + struct.pack("<I", 0))  # no data CRC: 0 means unset
-        out.write(_RECORD.pack(_OP_FOOTER, 20) + struct.pack("<QQI", 0, 0, 0) + MCAP_MAGIC)
-    return McapSalvage(src, kept, size, records)
-
-
 def _split_index(path: Path) -> tuple[int, str]:
     """rosbag2 names split files ``<bag>_0.mcap``, ``<bag>_1.mcap``, ...: order by that number."""
     tail = path.stem.rsplit("_", 1)[-1]
     return (int(tail) if tail.isdigit() else -1, path.name)
 
 
-def _readable_sources(bag: Path, workdir: Path) -> tuple[list[Path], list[McapSalvage]]:
-    """What to open, in order: the bag itself, or its MCAP files with cut-short ones salvaged.
+BAG_FILE_SUFFIXES = (".mcap", ".db3")
 
-    A bag rosbags can read as it is (``metadata.yaml`` present, every MCAP file whole) is
-    one source.  Otherwise each MCAP file is its own source, in split order.
+
+def _readable_sources(bag: Path, workdir: Path) -> tuple[list[Path], list[Salvage]]:
+    """What to open, in order: the bag itself, or its files with cut-short ones salvaged.
+
+    A bag rosbags can read as it is (``metadata.yaml`` present, every file whole) is
+    one source.  Otherwise each MCAP or sqlite3 file is its own source, in split order.
     """
     if bag.is_dir():
-        mcaps = sorted(bag.glob("*.mcap"), key=_split_index)
-    elif bag.suffix == ".mcap":
-        mcaps = [bag]
+        files = sorted((f for f in bag.iterdir() if f.suffix in BAG_FILE_SUFFIXES), key=_split_index)
+    elif bag.suffix in BAG_FILE_SUFFIXES:
+        files = [bag]
     else:
         return [bag], []
-    cut = [mcap_is_cut_short(m) for m in mcaps]
-    if bag.is_dir() and (not mcaps or ((bag / "metadata.yaml").exists() and not any(cut))):
+    cut = [is_cut_short(f) for f in files]
+    if bag.is_dir() and (not files or ((bag / "metadata.yaml").exists() and not any(cut))):
         return [bag], []
     sources, salvages = [], []
-    for i, (mcap, is_cut) in enumerate(zip(mcaps, cut, strict=True)):
+    for i, (file, is_cut) in enumerate(zip(files, cut, strict=True)):
         if is_cut:
-            copy = workdir / f"salvaged_{i}.mcap"
-            salvages.append(salvage_mcap(mcap, copy))
-            mcap = copy
-        sources.append(mcap)
+            copy = workdir / f"salvaged_{i}{file.suffix}"
+            salvages.append(salvage(file, copy))
+            file = copy
+        sources.append(file)
     return sources, salvages
 
 
@@ -298,7 +234,7 @@ def _replay(
     writer.open()
     try:
         out_conns = {
-            c.topic: _copy_connection(writer, c, ts)
+            c.topic: _copy_connection(writer, c, ts, bag_in)
             for c in connections
             if not c.topic.startswith(OUTPUT_NAMESPACE + "/")
         }
@@ -374,7 +310,7 @@ def _storage_of(bag: Path) -> StoragePlugin:
     return StoragePlugin.SQLITE3 if any(f.suffix == ".db3" for f in files) else StoragePlugin.MCAP
 
 
-def _copy_connection(writer: Writer, conn: Connection, ts: Typestore) -> Connection:
+def _copy_connection(writer: Writer, conn: Connection, ts: Typestore, bag: Path) -> Connection:
     """Same topic, type, definition and QoS as the input connection.
 
     A type the store does not know and the bag gives no hash for (a custom message in a
@@ -389,5 +325,6 @@ def _copy_connection(writer: Writer, conn: Connection, ts: Typestore) -> Connect
         try:
             ts.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
         except Exception as exc:  # noqa: BLE001 - the parser raises its own grammar errors
-            raise BagError(f"topic {conn.topic!r}: cannot read the definition of {conn.msgtype} ({exc})") from exc
+            what = f"topic {conn.topic!r}: cannot read the definition of {conn.msgtype}"
+            raise BagError(f"{bag}: {what} ({exc})") from exc
     return writer.add_connection(conn.topic, conn.msgtype, typestore=ts, offered_qos_profiles=qos)

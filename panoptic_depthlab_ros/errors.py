@@ -27,3 +27,7 @@ class CheckpointError(PanopticDepthLabError, ValueError):
 
 class InputError(PanopticDepthLabError, ValueError):
     """An image (or camera model) the predictor cannot take, with the reason."""
+
+
+class BagError(PanopticDepthLabError):
+    """A bag that cannot be replayed or salvaged as asked (names the bag and the reason)."""

@@ -14,14 +14,9 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from panoptic_depthlab_ros.bag import (
-    BagError,
-    mcap_is_cut_short,
-    replay_bag,
-    salvage_mcap,
-    typestore_with_our_messages,
-)
+from panoptic_depthlab_ros.bag import BagError, replay_bag, typestore_with_our_messages
 from panoptic_depthlab_ros.predictor import Predictor
+from panoptic_depthlab_ros.salvage import db3_is_cut_short, mcap_is_cut_short, salvage_db3, salvage_mcap
 from pdl_testing import REPO
 
 TS = get_typestore(Stores.ROS2_JAZZY)
@@ -195,6 +190,52 @@ def test_salvage_mcap_keeps_complete_records(tmp_path: Path) -> None:
     (tmp_path / "junk.mcap").write_bytes(b"not an mcap at all")
     with pytest.raises(BagError, match="junk.mcap: not an MCAP file"):
         salvage_mcap(tmp_path / "junk.mcap", tmp_path / "x.mcap")
+
+
+def test_cut_short_db3_is_salvaged(tmp_path: Path, predictor: Predictor) -> None:
+    # A sqlite3 recorder killed mid-drive: the file is shorter than its header says, so
+    # SQLite refuses all of it, and metadata.yaml was never written.
+    src = make_bag(tmp_path / "in", StoragePlugin.SQLITE3, frames=12)
+    (src / "metadata.yaml").unlink()
+    db = next(src.glob("*.db3"))
+    whole = db.read_bytes()
+    db.write_bytes(whole[: int(len(whole) * 0.6) + 100])  # not even whole pages
+    with pytest.raises(ReaderError, match="malformed"):
+        Reader(db).open()  # what every other reader says about such a bag
+    summary = replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
+    assert summary.damage is not None and summary.damage.startswith(f"{db}: cut short")
+    assert 2 < summary.frames < 12
+    assert f"in the first {len(whole) * 6 // 10 // 4096 * 4096} of {len(whole) * 6 // 10 + 100} bytes" in (
+        summary.damage
+    )
+    got = _read(tmp_path / "out")
+    assert {p.suffix for p in (tmp_path / "out").iterdir()} == {".db3", ".yaml"}  # same storage as the input
+    n = summary.frames
+    assert [m.header.stamp.sec for _, m in got["/panoptic_depthlab/segments"]] == list(range(100, 100 + n))
+    assert [m.header.stamp.sec for _, m in got["/cam/image"]] == list(range(100, 100 + n))
+    assert [m.data for _, m in got["/chatter"]][: n - 1] == [f"hello {i}" for i in range(n - 1)]
+
+
+def test_salvage_db3(tmp_path: Path) -> None:
+    src = make_bag(tmp_path / "in", StoragePlugin.SQLITE3, frames=6)
+    db = next(src.glob("*.db3"))
+    assert not db3_is_cut_short(db)
+    with Reader(src) as r:
+        whole = {c.topic: c.msgcount for c in r.connections}
+    cut = tmp_path / "cut.db3"
+    cut.write_bytes(db.read_bytes()[: db.stat().st_size - 4096])  # the last page lost
+    assert db3_is_cut_short(cut)
+    report = salvage_db3(cut, tmp_path / "fixed.db3")
+    assert (report.source, report.size, report.kept_bytes) == (cut, cut.stat().st_size, cut.stat().st_size)
+    with Reader(tmp_path / "fixed.db3") as r:
+        kept = {c.topic: c.msgcount for c in r.connections}
+        assert sum(kept.values()) == report.records
+        stamps = [stamp for _, stamp, _ in r.messages()]
+    assert set(kept) == set(whole) and 0 < report.records < sum(whole.values())
+    assert stamps == sorted(stamps)
+    (tmp_path / "junk.db3").write_bytes(b"not sqlite at all")
+    with pytest.raises(BagError, match="junk.db3: not a sqlite3 file"):
+        salvage_db3(tmp_path / "junk.db3", tmp_path / "x.db3")
 
 
 def test_bag_without_metadata_and_custom_types(tmp_path: Path, predictor: Predictor) -> None:
