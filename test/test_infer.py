@@ -77,6 +77,20 @@ def test_infer_folder_with_broken_image_and_video(tmp_path: Path, tiny_checkpoin
     assert [s["id"] for s in doc["segments"]] == [s.id for s in r.segments]
 
 
+def test_infer_flip_average(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    cv2.imwrite(str(tmp_path / "frame.png"), _img(0))
+    cmd = [sys.executable, "-m", "panoptic_depthlab_ros.cli", "infer", str(tmp_path / "frame.png")]
+    cmd += ["--out", str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--flip-average"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    image = cv2.imread(str(tmp_path / "frame.png"))
+    expected = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", flip_average=True).predict(image).depth
+    plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu").predict(image).depth
+    got = np.load(tmp_path / "out" / "frame_depth.npy")
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert np.abs(got - plain).max() > 1e-3  # the flag reached the predictor
+
+
 def test_fx_puts_depth_in_the_cameras_metres(tmp_path: Path, tiny_checkpoint: Path) -> None:
     cv2.imwrite(str(tmp_path / "frame.png"), _img(0))
     pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")

@@ -11,7 +11,7 @@ import torch
 
 from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.model.fuse import fold_batchnorm
-from panoptic_depthlab_ros.predictor import Predictor, resolve_device
+from panoptic_depthlab_ros.predictor import Predictor, average_with_mirrored, resolve_device
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,37 @@ def test_max_input_width_resizes_and_scales_offsets(tiny_checkpoint: Path) -> No
     net = half.network(half._prepare(img).tensor)
     assert float(raw_half["offset"].abs().max()) == pytest.approx(2 * float(net["offset"].abs().max()), rel=0.05)
     assert full.raw(img)["offset"].shape == raw_half["offset"].shape
+
+
+def test_average_with_mirrored_undoes_the_mirror() -> None:
+    g = torch.Generator().manual_seed(0)
+    out = {k: torch.randn(1, c, 4, 6, generator=g) for k, c in (("sem_seg", 3), ("center", 1), ("offset", 2), ("depth", 1))}
+    # What a perfectly mirror-consistent network says about the mirrored image: the same
+    # maps flipped, with every offset's dx pointing the other way.
+    mirrored = {k: v.flip(-1) for k, v in out.items()}
+    mirrored["offset"] = torch.stack([mirrored["offset"][:, 0], -mirrored["offset"][:, 1]], dim=1)
+    for k, v in average_with_mirrored(out, mirrored).items():
+        torch.testing.assert_close(v, out[k])
+    # Mirrored maps whose dx was left unflipped: dx cancels, dy stays.
+    avg = average_with_mirrored(out, {k: v.flip(-1) for k, v in out.items()})
+    torch.testing.assert_close(avg["offset"][:, 1], torch.zeros_like(avg["offset"][:, 1]))
+    torch.testing.assert_close(avg["offset"][:, 0], out["offset"][:, 0])
+
+
+def test_flip_average_runs_both_images(tiny_checkpoint: Path) -> None:
+    img = _image(96, 160)  # multiples of 32: no padding, so the mirrored pass sees the mirrored image
+    plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    both = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", flip_average=True)
+    expected = average_with_mirrored(
+        {k: v[None] for k, v in plain.raw(img).items()},
+        {k: v[None] for k, v in plain.raw(np.ascontiguousarray(img[:, ::-1])).items()},
+    )
+    got = both.raw(img)
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got["sem_seg"], plain.raw(img)["sem_seg"])  # the random net is not symmetric
+    r = both.predict(img)
+    assert r.panoptic.shape == (96, 160) and r.segments
 
 
 def test_depth_follows_the_cameras_focal_length(tiny_checkpoint: Path) -> None:

@@ -218,6 +218,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=0, help="only the first N frames (0: all)")
     parser.add_argument("--no-verify", action="store_true", help="skip checking the split's files first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--flip-average", action="store_true", help="score the predictor's mirrored-input averaging (offline option)"
+    )
     return parser
 
 
@@ -247,7 +250,7 @@ def main(args: argparse.Namespace) -> int:
         if device.type == "cuda" and world_size > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=device)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, flip_average=args.flip_average)
         max_depth = predictor.model_config.max_depth if args.max_depth is None else args.max_depth
         summary = evaluate_split(
             predictor,
@@ -269,6 +272,7 @@ def main(args: argparse.Namespace) -> int:
                     split=args.split,
                     gt_max_depth=max_depth or None,
                     training_iteration=_training_iteration(args.checkpoint),
+                    flip_average=args.flip_average,
                 )
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(doc, indent=2) + "\n")

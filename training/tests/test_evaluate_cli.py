@@ -174,6 +174,16 @@ def test_cli_evaluate_checkpoint_end_to_end(trained, synth_root, tmp_path, capsy
     assert doc["info"]["split"] == "val" and doc["info"]["gt_max_depth"] == 80.0
     printed = capsys.readouterr().out
     assert "Things" in printed and "AbsRel" in printed
+    assert doc["info"]["flip_average"] is False
+
+    flipped = tmp_path / "flipped.json"
+    args = ["evaluate", "--checkpoint", str(trained / "model_final.safetensors"), "--data", str(synth_root)]
+    assert cli.main([*args, "--json", str(flipped), "--no-progress", "--limit", "1", "--flip-average"]) == 0
+    one = tmp_path / "one.json"
+    assert cli.main([*args, "--json", str(one), "--no-progress", "--limit", "1"]) == 0
+    with_flip, without = json.loads(flipped.read_text()), json.loads(one.read_text())
+    assert with_flip["info"]["flip_average"] is True
+    assert with_flip["AbsRel"] != pytest.approx(without["AbsRel"], rel=1e-6)  # the mirrored pass was averaged in
 
 
 def test_evaluation_gives_the_predictor_each_frames_camera(trained, synth_root):
