@@ -83,7 +83,8 @@ def test_max_input_width_resizes_and_scales_offsets(tiny_checkpoint: Path) -> No
 
 def test_average_with_mirrored_undoes_the_mirror() -> None:
     g = torch.Generator().manual_seed(0)
-    out = {k: torch.randn(1, c, 4, 6, generator=g) for k, c in (("sem_seg", 3), ("center", 1), ("offset", 2), ("depth", 1))}
+    channels = {"sem_seg": 3, "center": 1, "offset": 2, "depth": 1}
+    out = {k: torch.randn(1, c, 4, 6, generator=g) for k, c in channels.items()}
     # What a perfectly mirror-consistent network says about the mirrored image: the same
     # maps flipped, with every offset's dx pointing the other way.
     mirrored = {k: v.flip(-1) for k, v in out.items()}
