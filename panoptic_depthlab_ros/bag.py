@@ -6,11 +6,13 @@ Reads sqlite3 or MCAP bags with the ``rosbags`` library and writes a new bag wit
 all input topics plus the node's outputs (``/panoptic_depthlab/{panoptic,
 semantic,depth,segments,overlay}``), each stamped with its input image's header
 and written at the input's receive time.  Offline: every frame, in order.
-A corrupt input stops the replay with an error naming the bag; what was written
-until then is closed into a valid, readable bag.  A bag file cut short (a recorder
-that was killed or lost power), which no reader opens, is salvaged instead (see
-``salvage``): every complete message before the cut is replayed and the loss is
-reported in ``ReplaySummary.damage``.  The same goes for a bag directory whose
+A bag file cut short (a recorder that was killed or lost power), which no reader
+opens, is salvaged (see ``salvage``): every complete message before the cut is
+replayed.  Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
+found while reading switches to salvaged copies of the bag's files and the replay
+goes on after the last message handled.  Either way the loss is reported in
+``ReplaySummary.damage``.  What cannot be salvaged stops the replay with an error
+naming the bag, and what was written until then is closed into a valid bag.  The same goes for a bag directory whose
 recorder died before writing ``metadata.yaml``, and for split bags (``<bag>_0.mcap``,
 ``<bag>_1.mcap``, ... or ``.db3``): their files are read in split order.
 """
@@ -21,7 +23,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,21 +116,27 @@ def _split_index(path: Path) -> tuple[int, str]:
 BAG_FILE_SUFFIXES = (".mcap", ".db3")
 
 
-def _readable_sources(bag: Path, workdir: Path) -> tuple[list[Path], list[Salvage]]:
+def _bag_files(bag: Path) -> list[Path]:
+    """The MCAP / sqlite3 files of a bag, in split order (none: not a bag we can salvage)."""
+    if bag.is_dir():
+        return sorted((f for f in bag.iterdir() if f.suffix in BAG_FILE_SUFFIXES), key=_split_index)
+    return [bag] if bag.suffix in BAG_FILE_SUFFIXES else []
+
+
+def _readable_sources(bag: Path, workdir: Path, *, salvage_all: bool = False) -> tuple[list[Path], list[Salvage]]:
     """What to open, in order: the bag itself, or its files with cut-short ones salvaged.
 
     A bag rosbags can read as it is (``metadata.yaml`` present, every file whole) is
     one source.  Otherwise each MCAP or sqlite3 file is its own source, in split order.
+    ``salvage_all`` salvages every file (damage was found inside one while reading).
     """
-    if bag.is_dir():
-        files = sorted((f for f in bag.iterdir() if f.suffix in BAG_FILE_SUFFIXES), key=_split_index)
-    elif bag.suffix in BAG_FILE_SUFFIXES:
-        files = [bag]
-    else:
+    files = _bag_files(bag)
+    if not files:
         return [bag], []
-    cut = [is_cut_short(f) for f in files]
+    cut = [salvage_all or is_cut_short(f) for f in files]
     if bag.is_dir() and (not files or ((bag / "metadata.yaml").exists() and not any(cut))):
         return [bag], []
+    workdir.mkdir(parents=True, exist_ok=True)
     sources, salvages = [], []
     for i, (file, is_cut) in enumerate(zip(files, cut, strict=True)):
         if is_cut:
@@ -136,6 +145,20 @@ def _readable_sources(bag: Path, workdir: Path) -> tuple[list[Path], list[Salvag
             file = copy
         sources.append(file)
     return sources, salvages
+
+
+def _open_readers(sources: list[Path], bag: Path, stack: ExitStack) -> list[Reader]:
+    readers = []
+    for source in sources:
+        try:
+            reader = Reader(source)
+            reader.open()
+        except (ReaderError, OSError, ValueError, KeyError) as exc:
+            name = bag if source == bag else f"{bag} ({source.name})"
+            raise BagError(f"{name}: cannot open bag ({type(exc).__name__}: {exc})") from exc
+        stack.callback(reader.close)
+        readers.append(reader)
+    return readers
 
 
 def _messages(reader: Reader, bag: Path) -> Iterator[tuple[Connection, int, bytes]]:
@@ -172,18 +195,31 @@ def replay_bag(
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
         sources, salvages = _readable_sources(bag_in, workdir)
-        readers = []
-        for source in sources:
+
+        recovered: list[BagError] = []
+
+        def recover(problem: BagError) -> list[Reader]:
+            """Damage found: salvage every file of the bag and read the copies instead (once)."""
+            if recovered or not _bag_files(bag_in):
+                raise problem
+            recovered.append(problem)
             try:
-                reader = Reader(source)
-                reader.open()
-            except (ReaderError, OSError, ValueError, KeyError) as exc:
-                name = bag_in if source == bag_in else f"{bag_in} ({source.name})"
-                raise BagError(f"{name}: cannot open bag ({type(exc).__name__}: {exc})") from exc
-            stack.callback(reader.close)
-            readers.append(reader)
+                sources, found = _readable_sources(bag_in, workdir / "recovered", salvage_all=True)
+                readers = _open_readers(sources, bag_in, stack)
+            except BagError as again:
+                raise BagError(f"{problem}; salvaging it failed too: {again}") from again
+            salvages[:] = found
+            return readers
+
+        try:
+            readers = _open_readers(sources, bag_in, stack)
+        except BagError as exc:
+            readers = recover(exc)
+            summary.damage = f"{exc}; read a salvaged copy"
+
         _replay(
             readers,
+            recover,
             bag_in,
             bag_out,
             ts,
@@ -195,17 +231,15 @@ def replay_bag(
             far=far,
             progress=progress,
         )
-        if salvages:
-            summary.damage = "; ".join(
-                f"{v.source}: cut short (interrupted recording?): kept the {v.records} complete "
-                f"records in the first {v.kept_bytes} of {v.size} bytes; the rest is lost"
-                for v in salvages
-            )
+        damaged = [v.describe() for v in salvages if v.dropped or v.cut_short]
+        if summary.damage or damaged:
+            summary.damage = "; ".join(filter(None, [summary.damage, *damaged]))
     return summary
 
 
 def _replay(
     readers: list[Reader],
+    recover: Callable[[BagError], list[Reader]],
     bag_in: Path,
     bag_out: Path,
     ts: Typestore,
@@ -222,6 +256,8 @@ def _replay(
 
     ``readers`` are the bag's files in order (one reader for a bag rosbags opens whole);
     topics are matched by name across them, as a split bag's connection ids are per file.
+    Damage found while reading calls ``recover`` once for salvaged readers, and the
+    replay goes on after the last message handled (messages come in time order).
     """
     t = ts.types
     image_cls, header_cls = t["sensor_msgs/msg/Image"], t["std_msgs/msg/Header"]
@@ -253,7 +289,14 @@ def _replay(
         camera_k: np.ndarray | None = None
         total = sum(c.msgcount for r in readers for c in r.connections if c.topic == img_conn.topic)
         bar = tqdm(total=total, desc=f"replay {bag_in.name}", unit="frame", disable=not progress)
-        for conn, stamp_ns, raw in (m for r in readers for m in _messages(r, bag_in)):
+        last_stamp, at_last = -1, Counter[str]()  # where the replay is: for going on after damage
+
+        def handle(conn: Connection, stamp_ns: int, raw: bytes) -> None:
+            nonlocal camera_k, last_stamp
+            if stamp_ns != last_stamp:
+                last_stamp = stamp_ns
+                at_last.clear()
+            at_last[conn.topic] += 1
             if conn.topic in out_conns:  # earlier outputs in the input are replaced, not doubled
                 writer.write(out_conns[conn.topic], stamp_ns, raw)
             if conn.topic == info_topic:
@@ -261,9 +304,9 @@ def _replay(
                     camera_k = conversions.camera_k(ts.deserialize_cdr(raw, conn.msgtype))
                 except InputError as exc:
                     summary.skipped.append(f"camera_info at {stamp_ns}: {exc}")
-                continue
+                return
             if conn.topic != img_conn.topic:
-                continue
+                return
             bar.update(1)
             msg: Any = ts.deserialize_cdr(raw, conn.msgtype)
             try:
@@ -275,7 +318,7 @@ def _replay(
                 result = predictor.predict(image, camera_k=camera_k)
             except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
                 summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
-                continue
+                return
             header = header_cls(stamp=msg.header.stamp, frame_id=msg.header.frame_id)
             out = {
                 "panoptic": conversions.array_to_image(image_cls, result.panoptic, encoding="32SC1", header=header),
@@ -299,6 +342,20 @@ def _replay(
             summary.frames += 1
             summary.segments_per_frame.append(len(result.segments))
             summary.latency_s.append(result.timings["total"])
+
+        try:
+            for conn, stamp_ns, raw in (m for r in readers for m in _messages(r, bag_in)):
+                handle(conn, stamp_ns, raw)
+        except BagError as exc:  # damage inside the bag: go on with what the salvaged copies hold
+            summary.damage = f"{exc}; went on after {last_stamp} with the salvaged rest"
+            done_at_last = Counter(at_last)
+            for conn, stamp_ns, raw in (m for r in recover(exc) for m in _messages(r, bag_in)):
+                if stamp_ns < last_stamp:
+                    continue  # handled before the damage (messages come in time order)
+                if stamp_ns == last_stamp and done_at_last[conn.topic] > 0:
+                    done_at_last[conn.topic] -= 1
+                    continue
+                handle(conn, stamp_ns, raw)
         bar.close()
     finally:
         writer.close()  # whatever happened, what was written is a complete bag

@@ -1,10 +1,13 @@
-"""Recover what a killed recorder left: bag files cut short, which no reader opens.
+"""Recover what a damaged bag file still holds: cut short, or corrupt in the middle.
 
 A recorder that is killed or loses power stops mid-file.  An MCAP then has no
 summary, no footer and a half-written last record; a sqlite3 ``.db3`` is shorter than
 its header says, and SQLite refuses the whole file ("database disk image is
-malformed").  Both are salvaged into a new, valid file holding every complete message
-written before the cut; nothing is repaired in place.
+malformed").  A disk or a copy can also damage bytes in the middle: an MCAP chunk
+that no longer decompresses or fails its checksum, sqlite3 pages that no longer
+parse.  Either way the file is salvaged into a new, valid file holding every message
+that is still whole (damaged chunks or rows are left out and counted); nothing is
+repaired in place.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ import os
 import shutil
 import sqlite3
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from rosbags.rosbag2.storage_mcap import decompress
 
 from .errors import BagError
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 _RECORD = struct.Struct("<BQ")  # MCAP record framing: opcode, content length
-_OP_FOOTER, _OP_DATA_END = 0x02, 0x0F
+_OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_CHUNK, _OP_MESSAGE_INDEX, _OP_DATA_END = 0x02, 0x03, 0x04, 0x06, 0x07, 0x0F
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # A lookup of a message id that is gone fails on its own; this many in a row ends the search.
 _DB3_MISSES_TO_STOP = 64
@@ -34,6 +40,19 @@ class Salvage:
     kept_bytes: int  # of the source: the prefix the kept records come from
     size: int
     records: int  # MCAP records, or sqlite3 messages
+    dropped: int = 0  # damaged MCAP chunks, or sqlite3 messages, left out before the end
+    cut_short: bool = False  # the file ends early (else damaged inside only)
+
+    def describe(self) -> str:
+        """One line for the user: what was kept and what was lost."""
+        what = "chunks" if self.source.suffix == ".mcap" else "messages"
+        damaged = f"{self.dropped} damaged {what} left out; " if self.dropped else ""
+        if self.cut_short:
+            return (
+                f"{self.source}: cut short (interrupted recording?): {damaged}kept the {self.records} complete "
+                f"records in the first {self.kept_bytes} of {self.size} bytes; the rest is lost"
+            )
+        return f"{self.source}: damaged: {damaged}kept the {self.records} sound records"
 
 
 def is_cut_short(path: Path) -> bool:
@@ -63,21 +82,67 @@ def mcap_is_cut_short(path: Path) -> bool:
         return f.read() != MCAP_MAGIC
 
 
+def _chunk_records(content: bytes, *, check: bool) -> bytes:
+    """A chunk record's decompressed inner records (checked against its size and crc)."""
+    _, _, uncompressed_size, crc, name_len = struct.unpack_from("<QQQII", content)
+    compression = content[32 : 32 + name_len].decode()
+    (data_len,) = struct.unpack_from("<Q", content, 32 + name_len)
+    data = content[40 + name_len : 40 + name_len + data_len]
+    if len(data) != data_len:
+        raise ValueError("chunk data runs past its record")
+    return decompress(data, compression, uncompressed_size, crc if check else 0)
+
+
+def _walk(records: bytes) -> Iterator[tuple[int, bytes]]:
+    """(opcode, whole record) for each record whose framing holds; stops at the first that does not."""
+    at = 0
+    while at + _RECORD.size <= len(records):
+        op, length = _RECORD.unpack_from(records, at)
+        end = at + _RECORD.size + length
+        if end > len(records):
+            return
+        yield op, records[at:end]
+        at = end
+
+
+def _chunk_is_sound(content: bytes) -> bool:
+    """Whether a chunk decompresses to its stated size and checksum, and its records' framing holds.
+
+    Without a checksum (crc 0, as rosbags writes) the framing is all there is to check.
+    """
+    try:
+        records = _chunk_records(content, check=True)
+    except Exception:  # noqa: BLE001 - struct, unicode, lz4 and zstd each raise their own types on garbage
+        return False
+    return sum(len(r) for _, r in _walk(records)) == len(records)
+
+
+def _definitions_in(content: bytes) -> bytes:
+    """The schema and channel records a damaged chunk still holds (later chunks need them)."""
+    try:
+        records = _chunk_records(content, check=False)
+    except Exception:  # noqa: BLE001 - as above
+        return b""
+    return b"".join(r for op, r in _walk(records) if op in (_OP_SCHEMA, _OP_CHANNEL))
+
+
 def salvage_mcap(src: Path, dst: Path, *, block: int = 1 << 20) -> Salvage:
-    """Copy the complete records of a cut-short MCAP ``src`` into a valid MCAP ``dst``.
+    """Copy the sound records of a damaged MCAP ``src`` into a valid MCAP ``dst``.
 
     Records are copied byte for byte (chunks stay compressed) up to the first one that
     runs past the end of the file, or up to the data section's end if the cut fell in
-    the summary.  ``dst`` then gets a DataEnd record and a footer without a summary,
-    which readers answer by scanning the data: what ``mcap recover`` does, in Python.
+    the summary.  A chunk that fails to decompress or its checksum is left out, with
+    its message indexes.  ``dst`` then gets a DataEnd record and a footer without a
+    summary, which readers answer by scanning the data: what ``mcap recover`` does.
     """
     size = src.stat().st_size
-    records = 0
+    records = dropped = 0
     with src.open("rb") as f, dst.open("wb") as out:
         if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
             raise BagError(f"{src}: not an MCAP file (bad magic)")
         out.write(MCAP_MAGIC)
         kept = f.tell()
+        skipping_indexes = False
         while True:
             frame = f.read(_RECORD.size)
             if len(frame) < _RECORD.size:
@@ -85,17 +150,30 @@ def salvage_mcap(src: Path, dst: Path, *, block: int = 1 << 20) -> Salvage:
             op, length = _RECORD.unpack(frame)
             if op in (_OP_DATA_END, _OP_FOOTER) or kept + _RECORD.size + length > size:
                 break
-            out.write(frame)
-            left = length
-            while left:
-                piece = f.read(min(block, left))
-                out.write(piece)
-                left -= len(piece)
             kept += _RECORD.size + length
+            if op == _OP_CHUNK:  # read whole to check it: chunks are ~1 MiB
+                content = f.read(length)
+                skipping_indexes = not _chunk_is_sound(content)
+                if skipping_indexes:
+                    dropped += 1
+                    out.write(_definitions_in(content))
+                    continue
+                out.write(frame + content)
+            elif op == _OP_MESSAGE_INDEX and skipping_indexes:
+                f.seek(length, os.SEEK_CUR)
+                continue
+            else:
+                skipping_indexes = False
+                out.write(frame)
+                left = length
+                while left:
+                    piece = f.read(min(block, left))
+                    out.write(piece)
+                    left -= len(piece)
             records += 1
         out.write(_RECORD.pack(_OP_DATA_END, 4) + struct.pack("<I", 0))  # no data CRC: 0 means unset
         out.write(_RECORD.pack(_OP_FOOTER, 20) + struct.pack("<QQI", 0, 0, 0) + MCAP_MAGIC)
-    return Salvage(src, kept, size, records)
+    return Salvage(src, kept, size, records, dropped, cut_short=mcap_is_cut_short(src))
 
 
 # --------------------------------------------------------------------- sqlite3
@@ -124,13 +202,13 @@ def db3_is_cut_short(path: Path) -> bool:
 
 
 def salvage_db3(src: Path, dst: Path) -> Salvage:
-    """Copy every readable message of a cut-short rosbag2 ``.db3`` into a new ``dst``.
+    """Copy every readable message of a cut-short or damaged rosbag2 ``.db3`` into ``dst``.
 
     A copy of ``src`` is trimmed to whole pages and its header told the true page
     count, so SQLite reads what is there; tables and indexes are re-created in ``dst``
     from the file's own schema, the small tables copied whole, and ``messages`` row by
-    row in id order: a row whose pages are past the cut fails alone, and the search
-    ends after a run of such failures.
+    row in id order: a row whose pages are damaged or past the cut fails alone, and
+    the search ends after a run of failures past the largest id the table still knows.
     """
     header = _db3_header(src)
     if header is None:
@@ -146,10 +224,10 @@ def salvage_db3(src: Path, dst: Path) -> Salvage:
         out.seek(28)
         out.write(struct.pack(">I", pages))
     try:
-        records = _copy_db3(trimmed, dst, src)
+        records, dropped = _copy_db3(trimmed, dst, src)
     finally:
         trimmed.unlink(missing_ok=True)
-    return Salvage(src, pages * page_size, size, records)
+    return Salvage(src, pages * page_size, size, records, dropped, cut_short=db3_is_cut_short(src))
 
 
 def _columns_and_insert(db: sqlite3.Connection, table: str) -> tuple[str, str]:
@@ -158,7 +236,20 @@ def _columns_and_insert(db: sqlite3.Connection, table: str) -> tuple[str, str]:
     return ", ".join(names), f'INSERT INTO "{table}" ({", ".join(names)}) VALUES ({", ".join("?" * len(names))})'
 
 
-def _copy_db3(old_path: Path, dst: Path, src: Path) -> int:
+def _id_range(db: sqlite3.Connection) -> tuple[int, int]:
+    """First message id and the largest one the table's b-tree still knows (0 if unknown)."""
+    first, last = 1, 0
+    for query in ("SELECT min(id) FROM messages", "SELECT max(id) FROM messages"):
+        try:
+            value = db.execute(query).fetchone()[0]
+        except sqlite3.DatabaseError:
+            continue
+        if value is not None:
+            first, last = (int(value), last) if "min" in query else (first, int(value))
+    return first, last
+
+
+def _copy_db3(old_path: Path, dst: Path, src: Path) -> tuple[int, int]:
     old = sqlite3.connect(f"file:{old_path}?mode=ro", uri=True)
     new = sqlite3.connect(dst)
     try:
@@ -182,25 +273,21 @@ def _copy_db3(old_path: Path, dst: Path, src: Path) -> int:
             new.executemany(insert, rows)
         columns, insert = _columns_and_insert(old, "messages")
         select = f"SELECT {columns} FROM messages WHERE id = ?"
-        records, misses, msg_id = 0, 0, 1
-        try:
-            first = old.execute("SELECT min(id) FROM messages").fetchone()[0]
-            msg_id = int(first) if first is not None else 1
-        except sqlite3.DatabaseError:
-            pass
-        while misses < _DB3_MISSES_TO_STOP:
+        msg_id, last_id = _id_range(old)
+        records = dropped = failed = misses = 0
+        while misses < _DB3_MISSES_TO_STOP or msg_id <= last_id:
             try:
                 row = old.execute(select, (msg_id,)).fetchone()
             except sqlite3.DatabaseError:
-                row = None
+                row, failed = None, failed + 1
             if row is None:
                 misses += 1
             else:
                 new.execute(insert, row)
-                records, misses = records + 1, 0
+                records, misses, dropped, failed = records + 1, 0, dropped + failed, 0
             msg_id += 1
         new.commit()
-        return records
+        return records, dropped
     finally:
         old.close()
         new.close()

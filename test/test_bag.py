@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -238,6 +239,29 @@ def test_salvage_db3(tmp_path: Path) -> None:
         salvage_db3(tmp_path / "junk.db3", tmp_path / "x.db3")
 
 
+def test_salvage_mcap_checks_the_framing_inside_chunks_without_checksum(tmp_path: Path) -> None:
+    # rosbags writes chunks with crc 0 (unset): a broken record length inside is what shows.
+    src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=48)
+    mcap = next(src.glob("*.mcap"))
+    with Reader(src) as r:
+        chunks = list(r.storage.storages[0].chunks)
+        whole = sum(c.msgcount for c in r.connections)
+    assert len(chunks) == 2 and chunks[0].compression == ""
+    data = bytearray(mcap.read_bytes())
+    at = chunks[0].chunk_start_offset + 9 + 8 + 8 + 8 + 4 + 4 + 8  # ...crc, "" compression, data length
+    messages = 0
+    while messages < 10:  # walk to the 10th message record (schemas and channels come first)
+        op, length = struct.unpack_from("<BQ", data, at)
+        messages += op == 0x05
+        at += 9 + length if messages < 10 else 0
+    data[at + 1 : at + 9] = (10**9).to_bytes(8, "little")  # its length, now past the chunk's end
+    mcap.write_bytes(bytes(data))
+    report = salvage_mcap(mcap, tmp_path / "fixed.mcap")
+    assert report.dropped == 1 and not report.cut_short
+    with Reader(tmp_path / "fixed.mcap") as r:
+        assert sum(c.msgcount for c in r.connections) == whole - sum(chunks[0].channel_count.values())
+
+
 def test_bag_without_metadata_and_custom_types(tmp_path: Path, predictor: Predictor) -> None:
     # A recorder that died before writing metadata.yaml, holding a message type of the
     # user's own that neither ROS 2's nor our type store knows: it is read from the bag.
@@ -279,19 +303,51 @@ def test_split_bag_with_cut_short_last_file(tmp_path: Path, predictor: Predictor
     assert [m.data for _, m in got["/chatter"]] == [f"hello {i}" for i in range(6)]
 
 
-def test_corrupt_middle_keeps_a_readable_partial_bag(tmp_path: Path, predictor: Predictor) -> None:
+def test_corrupt_middle_of_a_db3_the_replay_goes_on(tmp_path: Path, predictor: Predictor) -> None:
+    # Bytes smashed in the middle of the file (a bad disk block): SQLite refuses the bag
+    # from its first query, so the replay reads a salvaged copy and goes on.
     src = make_bag(tmp_path / "in", StoragePlugin.SQLITE3, frames=12)
     db = next(src.glob("*.db3"))
     data = bytearray(db.read_bytes())
-    # Smash the last pages (message blobs written last): the header pages stay readable.
-    start = len(data) - 3 * 4096
-    data[start:] = b"\xff" * (len(data) - start)
+    start = int(len(data) * 0.45)
+    data[start : start + 3000] = b"\xff" * 3000
     db.write_bytes(bytes(data))
-    with pytest.raises(BagError, match=r"in: corrupt or truncated bag \(CorruptError"):
-        replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
-    got = _read(tmp_path / "out")  # what was written before the damage is a complete, readable bag
-    n = len(got["/panoptic_depthlab/segments"])
-    assert 0 < n < 12 and len(got["/cam/image"]) >= n
+    with pytest.raises(ReaderError, match="malformed"):
+        Reader(src).open()  # what every other reader says about such a bag
+    summary = replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
+    assert summary.damage is not None
+    assert summary.damage.startswith(f"{src}: cannot open bag") and f"{db}: damaged: " in summary.damage
+    got = _read(tmp_path / "out")
+    stamps = [m.header.stamp.sec for _, m in got["/panoptic_depthlab/segments"]]
+    assert 0 < summary.frames == len(stamps) < 12
+    assert stamps == sorted(stamps) and stamps[-1] == 111  # frames after the damage are replayed
+    assert [m.header.stamp.sec for _, m in got["/cam/image"]] == stamps
+
+
+def test_damaged_mcap_chunk_is_left_out_and_the_replay_goes_on(tmp_path: Path, predictor: Predictor) -> None:
+    # 96 frames make three chunks; the middle one fails its checksum (as a bad block would
+    # make it in a rosbag2 MCAP, whose chunks carry CRCs). rosbags stops there.
+    src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=96)
+    mcap = next(src.glob("*.mcap"))
+    with Reader(src) as r:
+        chunks = list(r.storage.storages[0].chunks)
+    assert len(chunks) == 3
+    data = bytearray(mcap.read_bytes())
+    crc_at = chunks[1].chunk_start_offset + 9 + 24  # opcode, length, start, end, uncompressed size
+    data[crc_at : crc_at + 4] = b"\xef\xbe\xad\xde"
+    mcap.write_bytes(bytes(data))
+    summary = replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
+    assert summary.damage is not None and "checksum mismatch" in summary.damage
+    assert f"{mcap}: damaged: 1 damaged chunks left out" in summary.damage
+    got = _read(tmp_path / "out")
+    stamps = [m.header.stamp.sec for _, m in got["/panoptic_depthlab/segments"]]
+    first, second, third = (
+        {100 + i for i in range(96) if c.message_start_time <= (1_000 + i) * 10**8 <= c.message_end_time}
+        for c in chunks
+    )
+    assert set(stamps) == first | third and not set(stamps) & second  # the sound chunks, each frame once
+    assert stamps == sorted(stamps) and summary.frames == len(stamps)
+    assert len(got["/chatter"]) == sum(c.channel_count[3] for c in (chunks[0], chunks[2]))
 
 
 def test_bag_cli(tmp_path: Path, tiny_checkpoint: Path) -> None:
