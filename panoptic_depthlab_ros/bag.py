@@ -195,7 +195,6 @@ def replay_bag(
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
         sources, salvages = _readable_sources(bag_in, workdir)
-
         recovered: list[BagError] = []
 
         def recover(problem: BagError) -> list[Reader]:
@@ -204,8 +203,8 @@ def replay_bag(
                 raise problem
             recovered.append(problem)
             try:
-                sources, found = _readable_sources(bag_in, workdir / "recovered", salvage_all=True)
-                readers = _open_readers(sources, bag_in, stack)
+                copies, found = _readable_sources(bag_in, workdir / "recovered", salvage_all=True)
+                readers = _open_readers(copies, bag_in, stack)
             except BagError as again:
                 raise BagError(f"{problem}; salvaging it failed too: {again}") from again
             salvages[:] = found
