@@ -34,7 +34,7 @@ _DB3_MISSES_TO_STOP = 64
 
 @dataclass(frozen=True)
 class Salvage:
-    """What a salvage kept of a cut-short bag file."""
+    """What a salvage kept of a damaged (cut-short or corrupt) bag file."""
 
     source: Path
     kept_bytes: int  # of the source: the prefix the kept records come from
