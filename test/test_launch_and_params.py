@@ -197,8 +197,18 @@ def test_node_declares_exactly_the_yaml(ros_context, tiny_checkpoint) -> None:
         assert described["nms_kernel"].integer_range[0].step == 2
         assert described["checkpoint"].read_only and not described["overlay_far_m"].read_only
         assert node.settings.device == "auto" and str(node.pipeline.predictor.device) == "cpu"
+        assert node.pipeline.predictor.flip_average is False  # one network pass per frame unless asked
     finally:
         node.destroy_node()
+    flipping = PanopticDepthLabNode(
+        context=ros_context,
+        cli_args=["--ros-args", "--params-file", str(YAML), "-p", f"checkpoint:={tiny_checkpoint}"]
+        + ["-p", "flip_average:=true"],
+    )
+    try:
+        assert flipping.pipeline.predictor.flip_average is True
+    finally:
+        flipping.destroy_node()
 
 
 def test_fusion_defaults_are_the_checkpoints(ros_context, tiny_checkpoint) -> None:

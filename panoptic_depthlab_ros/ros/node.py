@@ -520,6 +520,7 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
             fp16=settings.fp16,
             max_input_width=settings.max_input_width,
             compile_mode=settings.compile_mode or None,
+            flip_average=settings.flip_average,
         )
     except CheckpointError as exc:
         raise StartupError(
