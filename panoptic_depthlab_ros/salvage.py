@@ -65,7 +65,7 @@ def is_cut_short(path: Path) -> bool:
 
 
 def salvage(src: Path, dst: Path) -> Salvage:
-    """Salvage a cut-short ``src`` (``.mcap`` or ``.db3``) into ``dst`` of the same kind."""
+    """Salvage a damaged ``src`` (``.mcap`` or ``.db3``) into ``dst`` of the same kind."""
     return salvage_mcap(src, dst) if src.suffix == ".mcap" else salvage_db3(src, dst)
 
 
@@ -131,8 +131,8 @@ def salvage_mcap(src: Path, dst: Path, *, block: int = 1 << 20) -> Salvage:
 
     Records are copied byte for byte (chunks stay compressed) up to the first one that
     runs past the end of the file, or up to the data section's end if the cut fell in
-    the summary.  A chunk that fails to decompress or its checksum is left out, with
-    its message indexes.  ``dst`` then gets a DataEnd record and a footer without a
+    the summary.  A chunk that fails to decompress, its checksum or its records'
+    framing is left out with its message indexes (its schemas and channels are kept).  ``dst`` then gets a DataEnd record and a footer without a
     summary, which readers answer by scanning the data: what ``mcap recover`` does.
     """
     size = src.stat().st_size
