@@ -132,8 +132,9 @@ def salvage_mcap(src: Path, dst: Path, *, block: int = 1 << 20) -> Salvage:
     Records are copied byte for byte (chunks stay compressed) up to the first one that
     runs past the end of the file, or up to the data section's end if the cut fell in
     the summary.  A chunk that fails to decompress, its checksum or its records'
-    framing is left out with its message indexes (its schemas and channels are kept).  ``dst`` then gets a DataEnd record and a footer without a
-    summary, which readers answer by scanning the data: what ``mcap recover`` does.
+    framing is left out with its message indexes (its schemas and channels are kept).
+    ``dst`` then gets a DataEnd record and a footer without a summary, which readers
+    answer by scanning the data: what ``mcap recover`` does.
     """
     size = src.stat().st_size
     records = dropped = 0
