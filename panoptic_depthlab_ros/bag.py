@@ -11,10 +11,11 @@ opens, is salvaged (see ``salvage``): every complete message before the cut is
 replayed.  Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
 found while reading switches to salvaged copies of the bag's files and the replay
 goes on after the last message handled.  Either way the loss is reported in
-``ReplaySummary.damage``.  What cannot be salvaged stops the replay with an error
-naming the bag, and what was written until then is closed into a valid bag.  The same goes for a bag directory whose
-recorder died before writing ``metadata.yaml``, and for split bags (``<bag>_0.mcap``,
-``<bag>_1.mcap``, ... or ``.db3``): their files are read in split order.
+``ReplaySummary.damage``.  A bag directory whose recorder died before writing
+``metadata.yaml``, and a split bag (``<bag>_0.mcap``, ``<bag>_1.mcap``, ... or
+``.db3``) with such a file, are read file by file in split order.  What cannot be
+salvaged stops the replay with an error naming the bag, and what was written until
+then is closed into a valid bag.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class ReplaySummary:
     segments_per_frame: list[int] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     output_topics: list[str] = field(default_factory=list)
-    damage: str | None = None  # set when a cut-short input was salvaged: what was lost
+    damage: str | None = None  # set when a cut-short or damaged input was salvaged: what was lost
 
 
 def msg_definition_dir() -> Path:
@@ -134,7 +135,7 @@ def _readable_sources(bag: Path, workdir: Path, *, salvage_all: bool = False) ->
     if not files:
         return [bag], []
     cut = [salvage_all or is_cut_short(f) for f in files]
-    if bag.is_dir() and (not files or ((bag / "metadata.yaml").exists() and not any(cut))):
+    if bag.is_dir() and (bag / "metadata.yaml").exists() and not any(cut):
         return [bag], []
     workdir.mkdir(parents=True, exist_ok=True)
     sources, salvages = [], []
@@ -195,13 +196,14 @@ def replay_bag(
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
         sources, salvages = _readable_sources(bag_in, workdir)
-        recovered: list[BagError] = []
+        recovered = False
 
         def recover(problem: BagError) -> list[Reader]:
             """Damage found: salvage every file of the bag and read the copies instead (once)."""
+            nonlocal recovered
             if recovered or not _bag_files(bag_in):
                 raise problem
-            recovered.append(problem)
+            recovered = True
             try:
                 copies, found = _readable_sources(bag_in, workdir / "recovered", salvage_all=True)
                 readers = _open_readers(copies, bag_in, stack)

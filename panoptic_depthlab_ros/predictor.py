@@ -48,7 +48,7 @@ def average_with_mirrored(out: dict[str, Tensor], mirrored: dict[str, Tensor]) -
 
     The mirrored outputs are flipped back first; an offset's dx changes sign under a
     mirror (the center is on the other side), dy does not.  Logits, center heatmap
-    and depth are averaged as they are.  On the demo model: PQ +0.5, DPQ +0.9.
+    and depth are averaged as they are.  On the demo model: PQ +0.5 to +0.7, DPQ +0.8.
     """
     back = {k: v.flip(-1) for k, v in mirrored.items()}
     back["offset"] = back["offset"] * torch.tensor([1.0, -1.0], device=back["offset"].device).view(1, 2, 1, 1)
@@ -77,7 +77,7 @@ class Predictor:
             checks the wiring without code generation).
         flip_average: also run the mirrored image and average the two (see
             :func:`average_with_mirrored`): a little more accurate for twice the
-            network time, so meant for offline runs, not the node.
+            network time, so off by default; meant for offline runs or spare GPU time.
     """
 
     def __init__(
