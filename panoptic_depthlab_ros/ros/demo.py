@@ -194,14 +194,14 @@ def run_demo(
             node_side = {t.rsplit("/", 1)[1] for t in OUTPUTS if t.startswith(NODE)} <= subscribed
             return inputs_matched and outputs_matched and node_side
 
-        def wait_until(condition: Callable[[], bool], what: str) -> None:
+        def wait_until(condition: Callable[[], bool], what: str, poll_s: float = 0.02) -> None:
             deadline = time.monotonic() + timeout_s
             while not condition():
                 if proc.poll() is not None:
                     raise SystemExit(f"the node exited while we waited for {what}:\n" + "".join(log_lines[-30:]))
                 if time.monotonic() > deadline:
                     raise SystemExit(f"timed out waiting for {what}:\n" + "".join(log_lines[-30:]))
-                time.sleep(0.02)
+                time.sleep(poll_s)
 
         def has_camera_info() -> bool:
             with lock:
@@ -233,12 +233,13 @@ def run_demo(
             key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
             sent[key] = time.perf_counter()
             image_pub.publish(msg)
-            if rate is None:  # lock-step: wait for this frame's answer
-                end = time.monotonic() + timeout_s
-                while key not in answered and time.monotonic() < end and proc.poll() is None:
-                    time.sleep(0.002)
-                if key not in answered:
-                    raise SystemExit(f"no answer for the frame stamped {key}:\n" + "".join(log_lines[-30:]))
+            if rate is None:  # lock-step: wait for this frame's answer (polled finely: it paces the replay)
+
+                def has_answer(key: tuple[int, int] = key) -> bool:
+                    with lock:
+                        return key in answered
+
+                wait_until(has_answer, f"the answer to the frame stamped {key}", poll_s=0.002)
         # Trailing outputs: a reliable sample lost on the way is only re-sent after the writer's
         # next heartbeat (Fast DDS: every 3 s), so wait for the counts rather than a fixed time.
         needs_k = {f"{NODE}/markers", f"{NODE}/points"}
