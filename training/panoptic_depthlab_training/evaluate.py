@@ -31,7 +31,14 @@ from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 
 from .cityscapes import CityscapesSample, DatasetError, SampleFiles, list_samples, load_sample, require_valid
-from .metrics import DEPTH_METRICS, DPQ_THRESHOLDS, PanopticDepthEvaluator, format_table
+from .metrics import (
+    DEPTH_METRICS,
+    DISTANCE_BANDS_M,
+    DPQ_THRESHOLDS,
+    PanopticDepthEvaluator,
+    distance_band_edges,
+    format_table,
+)
 
 SCALAR_METRICS: tuple[str, ...] = (
     "PQ",
@@ -117,20 +124,9 @@ def evaluate(
 
 def merge_evaluators(evaluators: Sequence[PanopticDepthEvaluator]) -> PanopticDepthEvaluator:
     """One evaluator holding the sums of several (e.g. one per process)."""
-    out = PanopticDepthEvaluator(metadata=evaluators[0].metadata)
+    out = PanopticDepthEvaluator(metadata=evaluators[0].metadata, distance_bands=evaluators[0].distance_bands)
     for ev in evaluators:
-        for mine, theirs in ((out.pq, ev.pq), *((out.dpq[t], ev.dpq[t]) for t in DPQ_THRESHOLDS)):
-            mine.tp += theirs.tp
-            mine.fp += theirs.fp
-            mine.fn += theirs.fn
-            mine.iou += theirs.iou
-        out.semantic.confusion += ev.semantic.confusion
-        out.depth.num_images += ev.depth.num_images
-        for key, value in ev.depth.sums.items():
-            out.depth.sums[key] += value
-        out.seg_abs_err += ev.seg_abs_err
-        out.seg_rel_err += ev.seg_rel_err
-        out.seg_count += ev.seg_count
+        out.merge(ev)
     return out
 
 
@@ -144,8 +140,11 @@ def evaluate_split(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    distance_bands: Sequence[float] | None = DISTANCE_BANDS_M,
 ) -> dict[str, Any]:
     """Summary of ``predictor`` on ``split``; frames sharded over ``world_size`` ranks.
+
+    ``distance_bands``: edges [m] for the things-by-distance rows (``None``: none).
 
     Every rank must call it; every rank returns the merged summary (see
     ``PanopticDepthEvaluator.summary``) plus ``num_images``.
@@ -156,7 +155,7 @@ def evaluate_split(
     evaluator = evaluate(
         predictor_fn(predictor),
         samples[rank::world_size],
-        evaluator=PanopticDepthEvaluator(metadata=predictor.classes),
+        evaluator=PanopticDepthEvaluator(metadata=predictor.classes, distance_bands=distance_bands),
         max_depth=max_depth,
         progress=progress and rank == 0,
     )
@@ -192,6 +191,8 @@ def summary_json(summary: Mapping[str, Any], **info: Any) -> dict[str, Any]:
     doc = dict(flat_metrics(summary))
     doc["num_images"] = summary.get("num_images")
     doc["per_class"] = _json_safe(summary.get("per_class", {}))
+    if "by_distance" in summary:
+        doc["by_distance"] = _json_safe(summary["by_distance"])
     doc["info"] = _json_safe(info)
     return doc
 
@@ -221,7 +222,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--flip-average", action="store_true", help="score the predictor's mirrored-input averaging (offline option)"
     )
+    parser.add_argument(
+        "--distance-bands",
+        type=_distance_bands,
+        default=DISTANCE_BANDS_M,
+        metavar="M,M,...",
+        help="band edges in metres for things PQ and depth errors by distance, the last band open"
+        f" (default: {','.join(f'{e:g}' for e in DISTANCE_BANDS_M)}; 'none': no bands)",
+    )
     return parser
+
+
+def _distance_bands(text: str) -> tuple[float, ...]:
+    """``--distance-bands``: increasing metres, comma-separated, or ``none``."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return distance_band_edges(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected increasing metres like 0,20,40,80 or 'none' ({exc})") from None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -261,6 +280,7 @@ def main(args: argparse.Namespace) -> int:
             rank=rank,
             world_size=world_size,
             progress=not args.no_progress,
+            distance_bands=args.distance_bands,
         )
         if rank == 0:
             print(format_table(summary))

@@ -173,15 +173,24 @@ def test_cli_evaluate_checkpoint_end_to_end(trained, synth_root, tmp_path, capsy
     assert set(doc["per_class"]) == set(cityscapes_metadata().names)
     assert doc["info"]["split"] == "val" and doc["info"]["gt_max_depth"] == 80.0
     printed = capsys.readouterr().out
-    assert "Things" in printed and "AbsRel" in printed
+    assert "Things" in printed and "AbsRel" in printed and "things at" in printed
     assert doc["info"]["flip_average"] is False
+    bands = doc["by_distance"]
+    assert [(r["min_m"], r["max_m"]) for r in bands] == [(0, 20), (20, 40), (40, 80), (80, None)]  # inf -> null
+    things = [n for n in cityscapes_metadata().names if doc["per_class"][n]["is_thing"]]
+    for key in ("TP", "FP", "FN"):  # GT things beyond gt_max_depth (80 m) have no depth, so no band
+        assert sum(r[key] for r in bands) <= sum(doc["per_class"][n][key] for n in things)
+    assert sum(r["FN"] for r in bands) > 0
+    assert bands[-1]["TP"] == bands[-1]["FN"] == bands[-1]["pixels"] == 0
+    assert sum(r["pixels"] for r in bands) > 0
 
     flipped = tmp_path / "flipped.json"
     args = ["evaluate", "--checkpoint", str(trained / "model_final.safetensors"), "--data", str(synth_root)]
     assert cli.main([*args, "--json", str(flipped), "--no-progress", "--limit", "1", "--flip-average"]) == 0
     one = tmp_path / "one.json"
-    assert cli.main([*args, "--json", str(one), "--no-progress", "--limit", "1"]) == 0
+    assert cli.main([*args, "--json", str(one), "--no-progress", "--limit", "1", "--distance-bands", "0,30"]) == 0
     with_flip, without = json.loads(flipped.read_text()), json.loads(one.read_text())
+    assert [(r["min_m"], r["max_m"]) for r in without["by_distance"]] == [(0, 30), (30, None)]
     assert with_flip["info"]["flip_average"] is True
     assert with_flip["AbsRel"] != pytest.approx(without["AbsRel"], rel=1e-6)  # the mirrored pass was averaged in
 
@@ -254,6 +263,11 @@ def test_cli_verify_and_refusals(synth_copy, trained, tmp_path, capsys):
         == 2
     )
     assert "solver.lrr" in capsys.readouterr().err
+    evaluate = ["evaluate", "--checkpoint", str(trained / "model_final.safetensors"), "--data", str(synth_copy)]
+    for bad in ("20,10", "0,near"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*evaluate, "--distance-bands", bad])
+        assert exc.value.code == 2 and "--distance-bands" in capsys.readouterr().err
 
 
 def test_cli_synth(tmp_path, capsys):

@@ -23,6 +23,7 @@ from panoptic_depthlab_training.metrics import (
     PanopticDepthEvaluator,
     PanopticQuality,
     SemanticIoU,
+    ThingsByDistance,
     depth_errors,
     dpq_void_mask,
     format_table,
@@ -114,6 +115,7 @@ EXPECTED_KEYS = {
     "segment_depth_mae_st",
     "segment_depth_absrel_st",
     "per_class",
+    "by_distance",
 }
 
 
@@ -376,6 +378,82 @@ def test_format_table_lists_every_class_and_the_totals() -> None:
     text = format_table(evaluate([(pred, depth, s)]))
     assert all(name in text for name in META.names)
     assert "Things" in text and "DPQ" in text and "AbsRel" in text
+
+
+# --------------------------------------------------------------------------- by distance
+def scene_by_distance() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Road at 10 m with a near car found, a far car missed and a spurious person.
+
+    * car 1 rows 6-9 x cols 0-3 (16 px), GT 10 m, predicted exactly at 11 m: TP at 0-20 m,
+      segment depth error 0.1;
+    * car 2 rows 1-2 x cols 8-11 (8 px), GT 50 m, predicted road at 40 m: FN at 40-80 m;
+    * a person predicted on road rows 6-7 x cols 6-7 (4 px) at 30 m: FP at 20-40 m (its
+      own depth), pixel error 2.0 at 0-20 m (the road's GT depth).
+    GT depth is valid everywhere but row 0 (road only).
+    """
+    gt = np.full((10, 12), pid(ROAD), np.int32)
+    gt[6:10, 0:4] = pid(CAR, 1)
+    gt[1:3, 8:12] = pid(CAR, 2)
+    gt_depth = np.full((10, 12), 10.0, np.float32)
+    gt_depth[1:3, 8:12] = 50.0
+    valid = np.ones((10, 12), bool)
+    valid[0] = False
+    pred = np.full_like(gt, pid(ROAD))
+    pred[6:10, 0:4] = pid(CAR, 1)
+    pred[6:8, 6:8] = pid(PERSON, 1)
+    depth = gt_depth.copy()
+    depth[6:10, 0:4] = 11.0
+    depth[1:3, 8:12] = 40.0
+    depth[6:8, 6:8] = 30.0
+    return {"gt": gt, "gt_depth": gt_depth, "valid": valid}, pred, depth
+
+
+def test_things_by_distance_hand_computed() -> None:
+    s, pred, depth = scene_by_distance()
+    out = evaluate([(pred, depth, s)])
+    near, mid, far, beyond = out["by_distance"]
+    assert [(r["min_m"], r["max_m"]) for r in out["by_distance"]] == [(0, 20), (20, 40), (40, 80), (80, math.inf)]
+    assert (near["TP"], near["FP"], near["FN"]) == (1, 0, 0)
+    assert near["PQ_th"] == pytest.approx(100.0) and near["SQ_th"] == pytest.approx(100.0)
+    assert near["segment_depth_absrel_th"] == pytest.approx(0.1) and near["segment_count_th"] == 1
+    # 120 - 12 (row 0) - 8 (car 2) valid pixels below 20 m: 16 car px off by 0.1, 4 person px by 2.0
+    assert near["pixels"] == 100 and near["AbsRel"] == pytest.approx((16 * 0.1 + 4 * 2.0) / 100)
+    assert (mid["TP"], mid["FP"], mid["FN"]) == (0, 1, 0) and mid["PQ_th"] == 0.0
+    assert mid["pixels"] == 0 and math.isnan(mid["AbsRel"])
+    assert (far["TP"], far["FP"], far["FN"]) == (0, 0, 1) and far["PQ_th"] == 0.0
+    assert far["pixels"] == 8 and far["AbsRel"] == pytest.approx(0.2)
+    assert (beyond["TP"], beyond["FP"], beyond["FN"]) == (0, 0, 0) and math.isnan(beyond["PQ_th"])
+    # the bands split the split-wide thing counts
+    per_class = out["per_class"]
+    for key in ("TP", "FP", "FN"):
+        assert sum(r[key] for r in out["by_distance"]) == sum(per_class[n][key] for n in ("car", "person"))
+    assert "things at" in format_table(out) and "40-80 m" in format_table(out)
+
+
+def test_things_by_distance_edges_merge_and_segments_without_depth() -> None:
+    s, pred, depth = scene_by_distance()
+    s["valid"][:] = False  # no GT depth: GT things fall in no band; the FP keeps its own depth
+    ev = PanopticDepthEvaluator(metadata=META, distance_bands=(5.0, 35.0))
+    ev.add(pred, None, depth, s["gt"], None, s["gt_depth"], s["valid"])
+    low, high = ev.summary()["by_distance"]
+    assert (low["TP"], low["FP"], low["FN"], low["pixels"]) == (0, 1, 0, 0)
+    assert (high["TP"], high["FP"], high["FN"]) == (0, 0, 0)
+    other = PanopticDepthEvaluator(metadata=META, distance_bands=(5.0, 35.0))
+    other.add(pred, None, depth, s["gt"], None, s["gt_depth"], s["valid"])
+    ev.merge(other)
+    merged = ev.summary()
+    assert merged["by_distance"][0]["FP"] == 2 and merged["per_class"]["car"]["TP"] == 2  # matched, in no band
+    assert sum(r["TP"] for r in merged["by_distance"]) == 0
+    with pytest.raises(ValueError, match="different edges"):
+        ev.merge(PanopticDepthEvaluator(metadata=META, distance_bands=(0.0, 35.0)))
+    with pytest.raises(ValueError, match="without"):
+        ev.merge(PanopticDepthEvaluator(metadata=META, distance_bands=None))
+    assert "by_distance" not in PanopticDepthEvaluator(metadata=META, distance_bands=()).summary()
+    bands = ThingsByDistance((5.0, 35.0), num_classes=19, thing_ids=META.thing_ids)
+    assert bands.band_of(np.array([1.0, 5.0, 34.9, 35.0, 1e6, np.nan, np.inf])).tolist() == [-1, 0, 0, 1, 1, -1, -1]
+    for bad in ((), (20.0, 10.0), (-1.0, 5.0), (0.0, math.inf)):
+        with pytest.raises(ValueError, match="distance band edges"):
+            ThingsByDistance(bad, num_classes=19, thing_ids=META.thing_ids)
 
 
 # --------------------------------------------------------------------------- cityscapesscripts
