@@ -186,6 +186,17 @@ def flat_metrics(summary: Mapping[str, Any]) -> dict[str, float | None]:
     return {k: _json_safe(summary[k]) for k in SCALAR_METRICS if k in summary}
 
 
+def band_metrics(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    """Things PQ and RQ of each distance band as flat scalars (``PQ_th_0-20m``, ``RQ_th_80m+``)."""
+    out: dict[str, float | None] = {}
+    for row in summary.get("by_distance", ()):
+        low, high = row["min_m"], row["max_m"]
+        span = f"{low:g}-{high:g}m" if math.isfinite(high) else f"{low:g}m+"
+        out[f"PQ_th_{span}"] = _json_safe(row["PQ_th"])
+        out[f"RQ_th_{span}"] = _json_safe(row["RQ_th"])
+    return out
+
+
 def summary_json(summary: Mapping[str, Any], **info: Any) -> dict[str, Any]:
     """JSON document: metric keys at the top level, ``per_class``, and an ``info`` block."""
     doc = dict(flat_metrics(summary))

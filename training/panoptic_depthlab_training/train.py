@@ -67,7 +67,7 @@ from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.visualize import depth_colormap
 
 from .cityscapes import CityscapesPanopticDepth, DatasetError, focal_length, list_samples, require_valid
-from .evaluate import evaluate_split, flat_metrics
+from .evaluate import band_metrics, evaluate_split, flat_metrics
 from .losses import LossConfig, panoptic_depth_losses
 from .targets import PanopticTargetGenerator
 from .transforms import TrainAugmentation
@@ -1186,7 +1186,7 @@ def _evaluate_during_training(
         set_training_mode(model, config["mode"])
     if not info.is_main:
         return
-    metrics = flat_metrics(summary)
+    metrics = {**flat_metrics(summary), **band_metrics(summary)}
     if writer is not None:
         for k, v in metrics.items():
             if v is not None:

@@ -61,6 +61,7 @@ def test_two_process_ddp_trains_saves_and_resumes(synth_root, tmp_path):
     # the evaluation at iteration 3 was sharded over both ranks and merged
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["iteration"] for e in evals] == [3] and evals[0]["AbsRel"] > 0
+    assert {"PQ_th_0-20m", "RQ_th_20-40m", "PQ_th_80m+"} <= set(evals[0])  # things by distance, merged too
     # a second launch continues the same run
     again = _torchrun(synth_root, out, "--iters", "4", "--resume")
     assert again.returncode == 0, again.stdout + again.stderr

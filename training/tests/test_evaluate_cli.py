@@ -15,7 +15,7 @@ from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_training import cli
 from panoptic_depthlab_training.cityscapes import CityscapesSample, list_samples, load_sample
-from panoptic_depthlab_training.evaluate import Prediction, evaluate, merge_evaluators, predictor_fn
+from panoptic_depthlab_training.evaluate import Prediction, band_metrics, evaluate, merge_evaluators, predictor_fn
 from panoptic_depthlab_training.metrics import PanopticDepthEvaluator
 
 METRIC_KEYS = (
@@ -68,6 +68,10 @@ def test_ground_truth_as_prediction_scores_perfectly(synth_root):
     for key in ("AbsRel", "SqRel", "RMSE", "RMSElog", "segment_depth_mae"):
         assert s[key] == pytest.approx(0.0, abs=1e-7), key
     assert s["delta1"] == s["delta2"] == s["delta3"] == 1.0
+    bands = band_metrics(s)
+    assert set(bands) == {f"{m}_th_{span}" for m in ("PQ", "RQ") for span in ("0-20m", "20-40m", "40-80m", "80m+")}
+    present = [v for k, v in bands.items() if v is not None]  # a band without things has no PQ
+    assert present and all(v == pytest.approx(100.0) for v in present)
 
 
 def test_known_perturbation_gives_computed_metrics(synth_root):
