@@ -73,6 +73,8 @@ class PostprocessConfig:
     top_k: at most ``top_k - 1`` centers survive (Detectron2 keeps scores strictly
         above the top_k-th one).
     stuff_area: stuff classes with fewer unassigned pixels become void.
+    thing_area: thing segments with fewer pixels become void (0: keep all, as Detectron2);
+        at low resolution most few-pixel instances are false positives.
     depth_erosion_px: erode each segment by this many pixels before its depth
         statistics (edges bleed depth from neighbours); a segment that erosion
         would erase keeps its uneroded pixels.
@@ -83,6 +85,7 @@ class PostprocessConfig:
     nms_kernel: int = 7
     top_k: int = 200
     stuff_area: int = 2048
+    thing_area: int = 0
     depth_erosion_px: int = 0
     robust_trim: float = 0.1
 
@@ -91,8 +94,8 @@ class PostprocessConfig:
             raise ValueError(f"nms_kernel must be odd and >= 1, got {self.nms_kernel}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.stuff_area < 0 or self.depth_erosion_px < 0:
-            raise ValueError("stuff_area and depth_erosion_px must be >= 0")
+        if self.stuff_area < 0 or self.thing_area < 0 or self.depth_erosion_px < 0:
+            raise ValueError("stuff_area, thing_area and depth_erosion_px must be >= 0")
         if not 0.0 <= self.robust_trim < 0.5:
             raise ValueError(f"robust_trim must be in [0, 0.5), got {self.robust_trim}")
 
@@ -467,6 +470,7 @@ def merge_semantic_and_instance(
     num_classes: int,
     label_divisor: int,
     stuff_area: int,
+    thing_area: int = 0,
     void_label: int = VOID,
 ) -> Tensor:
     """Panoptic ids from semantic labels and instance assignment (Detectron2's merge).
@@ -474,9 +478,10 @@ def merge_semantic_and_instance(
     ``semantic`` [H, W] int64 class per pixel; ``instance`` [H, W] int64 (0 = none).
     Each instance takes the most frequent class of its pixels (lowest class on
     ties, like ``torch.mode``); instances are numbered from 1 per class in
-    ascending instance order, skipping empty ones.  Each stuff class with at
-    least ``stuff_area`` unassigned pixels becomes ``class * label_divisor``;
-    everything else is ``void_label``.  Returns [H, W] int32.
+    ascending instance order, skipping empty ones and those under ``thing_area``
+    pixels (which become void).  Each stuff class with at least ``stuff_area``
+    unassigned pixels becomes ``class * label_divisor``; everything else is
+    ``void_label``.  Returns [H, W] int32.
     """
     flat = instance.reshape(-1)
     with _cpu_lanes(flat.device):
@@ -490,6 +495,7 @@ def merge_semantic_and_instance(
             num_classes=num_classes,
             label_divisor=label_divisor,
             stuff_area=stuff_area,
+            thing_area=thing_area,
             void_label=void_label,
         )
     return panoptic.view(semantic.shape)
@@ -529,6 +535,7 @@ def _merge(
     num_classes: int,
     label_divisor: int,
     stuff_area: int,
+    thing_area: int,
     void_label: int,
 ) -> Tensor:
     """:func:`merge_semantic_and_instance` on flat maps -> [P] int32.
@@ -544,11 +551,11 @@ def _merge(
         num_inst = int(member.max()) + 1
         counts = torch.bincount(member * num_classes + sem_at, minlength=num_inst * num_classes)
         counts = counts.view(num_inst, num_classes)
-        present = counts.sum(1) > 0
+        present = counts.sum(1) >= max(thing_area, 1)
         cls = counts.argmax(1)  # first maximum = lowest class on ties
         per_class = F.one_hot(cls, num_classes) * present[:, None]
         number = per_class.cumsum(0).gather(1, cls[:, None])[:, 0]
-        thing_value = (cls * label_divisor + number).to(torch.int32)
+        thing_value = torch.where(present, cls * label_divisor + number, void_label).to(torch.int32)
         area = area - torch.bincount(sem_at, minlength=num_classes)[:num_classes]  # unassigned
     keep = (area >= stuff_area) & ~is_thing_class
     stuff_value = torch.arange(num_classes, device=device) * label_divisor
@@ -600,6 +607,7 @@ def panoptic_fusion(
             num_classes=num_classes,
             label_divisor=classes.label_divisor,
             stuff_area=config.stuff_area,
+            thing_area=config.thing_area,
             void_label=VOID,
         )
     return FusionOutput(panoptic=panoptic.view(labels.shape), semantic=labels.long(), centers=centers)

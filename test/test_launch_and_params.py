@@ -172,6 +172,7 @@ def test_every_parameter_is_described_and_bounded() -> None:
         "nms_kernel",
         "top_k",
         "stuff_area",
+        "thing_area",
         "depth_erosion_px",
         "overlay_near_m",
         "overlay_far_m",
@@ -233,6 +234,8 @@ def test_fusion_defaults_are_the_checkpoints(ros_context, tiny_checkpoint) -> No
         for name, value, expected in [
             ("stuff_area", 100, replace(saved, nms_kernel=5, stuff_area=100)),
             ("stuff_area", -1, replace(saved, nms_kernel=5)),
+            ("thing_area", 9, replace(saved, nms_kernel=5, thing_area=9)),
+            ("thing_area", -1, replace(saved, nms_kernel=5)),
             ("center_threshold", 0.0, replace(saved, nms_kernel=5, center_threshold=0.0)),
             ("nms_kernel", -1, replace(saved, center_threshold=0.0)),
         ]:

@@ -37,8 +37,8 @@ def ref_group(centers: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -
     return (dist.argmin(0).reshape(h, w) + 1) * mask
 
 
-def ref_merge(sem, ins, thing_ids, div, stuff_area):
-    """Detectron2's merge loop."""
+def ref_merge(sem, ins, thing_ids, div, stuff_area, thing_area=0):
+    """Detectron2's merge loop (plus ``thing_area``: smaller instances stay void)."""
     pan = torch.full_like(sem, -1)
     thing_seg = torch.zeros_like(sem)
     for t in thing_ids:
@@ -49,7 +49,7 @@ def ref_merge(sem, ins, thing_ids, div, stuff_area):
         if i == 0:
             continue
         m = (ins == i) & is_thing
-        if m.sum() == 0:
+        if m.sum() == 0 or m.sum() < thing_area:
             continue
         c, _ = torch.mode(sem[m].view(-1))
         tracker[int(c)] += 1
@@ -113,6 +113,36 @@ def test_merge_equals_detectron2_loop(seed: int) -> None:
     ref = ref_merge(sem, ins, CLASSES.thing_ids, 1000, 100)
     assert torch.equal(ours.long(), ref)
     assert (ours[40:, :50] == 0).all()  # the large road region is kept as stuff id 0
+
+
+def test_thing_area_voids_small_instances_and_numbers_the_rest() -> None:
+    g = torch.Generator().manual_seed(3)
+    h, w = 48, 64
+    sem = torch.randint(11, 19, (h, w), generator=g)
+    sem[32:] = 0
+    ins = torch.zeros(h, w, dtype=torch.long)
+    sizes = {}
+    for i, (y, x, side) in enumerate([(0, 0, 2), (0, 10, 3), (0, 20, 4), (8, 0, 6), (8, 20, 10), (20, 40, 12)], 1):
+        ins[y : y + side, x : x + side] = i
+        sizes[i] = side * side
+    kwargs = {"thing_ids": CLASSES.thing_ids, "num_classes": 19, "label_divisor": 1000, "stuff_area": 10}
+    for thing_area in (0, 9, 16, 17, 200):
+        ours = merge_semantic_and_instance(sem, ins, thing_area=thing_area, **kwargs)
+        assert torch.equal(ours.long(), ref_merge(sem, ins, CLASSES.thing_ids, 1000, 10, thing_area)), thing_area
+        kept = {i for i, a in sizes.items() if a >= thing_area}
+        assert all((ours[ins == i] >= 11000).all() == (i in kept) for i in sizes), thing_area
+    # through the whole fusion: a 4-pixel car and a 36-pixel car, one center each
+    logits = torch.zeros(19, 20, 20)
+    logits[0] = 1.0
+    logits[13, 2:4, 2:4] = logits[13, 10:16, 10:16] = 5.0
+    center = torch.zeros(1, 20, 20)
+    center[0, 2, 2] = center[0, 12, 12] = 0.9
+    offset = torch.zeros(2, 20, 20)
+    config = PostprocessConfig(stuff_area=10, thing_area=5)
+    out = panoptic_fusion(logits, center, offset, classes=CLASSES, config=config)
+    assert (out.panoptic[2:4, 2:4] == -1).all() and (out.panoptic[10:16, 10:16] == 13001).all()
+    with pytest.raises(ValueError, match="thing_area"):
+        PostprocessConfig(thing_area=-1)
 
 
 def test_fusion_without_centers_leaves_things_void() -> None:

@@ -30,7 +30,7 @@ Value = bool | int | float | str
 # A fusion parameter at this value (any negative value) uses the checkpoint's own setting.
 FROM_CHECKPOINT = -1
 # Parameters that map one to one onto PostprocessConfig fields of the same name.
-FUSION = ("center_threshold", "nms_kernel", "top_k", "stuff_area", "depth_erosion_px")
+FUSION = ("center_threshold", "nms_kernel", "top_k", "stuff_area", "thing_area", "depth_erosion_px")
 
 
 class ParameterError(PanopticDepthLabError, ValueError):
@@ -188,6 +188,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         dynamic=True,
     ),
     ParameterSpec(
+        "thing_area",
+        -1,
+        "Thing segments with fewer pixels become void (pixels at the input size; 0 keeps "
+        "every instance, as Detectron2);" + _CKPT,
+        bounds=(-1, 1 << 30),
+        dynamic=True,
+    ),
+    ParameterSpec(
         "depth_erosion_px",
         -1,
         "Erode each segment by this many pixels before its depth "
@@ -296,6 +304,7 @@ class NodeSettings:
     nms_kernel: int
     top_k: int
     stuff_area: int
+    thing_area: int
     depth_erosion_px: int
     overlay_near_m: float
     overlay_far_m: float
