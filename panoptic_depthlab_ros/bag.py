@@ -133,6 +133,10 @@ def _readable_sources(bag: Path, workdir: Path, *, salvage_all: bool = False) ->
     """
     files = _bag_files(bag)
     if not files:
+        if bag.is_dir() and not (bag / "metadata.yaml").exists():
+            raise BagError(f"{bag}: not a bag: the folder holds no metadata.yaml and no .mcap or .db3 file")
+        if bag.is_file():
+            raise BagError(f"{bag}: not a bag: a ROS 2 bag is a folder or an .mcap or .db3 file")
         return [bag], []
     cut = [salvage_all or is_cut_short(f) for f in files]
     if bag.is_dir() and (bag / "metadata.yaml").exists() and not any(cut):

@@ -146,6 +146,15 @@ def test_output_rules(tmp_path: Path, predictor: Predictor) -> None:
     with pytest.raises(BagError, match="exists; pass --overwrite"):
         replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
     assert replay_bag(src, tmp_path / "out", predictor=predictor, overwrite=True, progress=False).frames == 1
+    with pytest.raises(BagError, match="no such bag"):
+        replay_bag(tmp_path / "nowhere", tmp_path / "o1", predictor=predictor, progress=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a bag")
+    with pytest.raises(BagError, match=r"empty: not a bag: the folder holds no metadata.yaml and no \.mcap"):
+        replay_bag(tmp_path / "empty", tmp_path / "o2", predictor=predictor, progress=False)
+    with pytest.raises(BagError, match=r"notes.txt: not a bag: a ROS 2 bag is a folder or an \.mcap or \.db3 file"):
+        replay_bag(tmp_path / "empty" / "notes.txt", tmp_path / "o3", predictor=predictor, progress=False)
+    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))  # nothing half-written
 
 
 def test_cut_short_mcap_is_salvaged(tmp_path: Path, tiny_checkpoint: Path) -> None:
