@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +172,18 @@ def read_camera(path: Path) -> dict[str, float]:
     if cam["fx"] <= 0 or cam["fy"] <= 0 or cam["baseline"] <= 0:
         raise DatasetError(f"{path}: fx, fy and baseline must be positive, got {cam}")
     return cam
+
+
+def camera_matrix(camera: Mapping[str, float]) -> np.ndarray:
+    """[3, 3] intrinsics K from :func:`read_camera`'s dict."""
+    return np.array([[camera["fx"], 0.0, camera["u0"]], [0.0, camera["fy"], camera["v0"]], [0.0, 0.0, 1.0]])
+
+
+def read_image(path: Path) -> np.ndarray:
+    """[H, W, 3] uint8 **BGR** (OpenCV's order); raises DatasetError naming the file."""
+    if not path.is_file():
+        raise DatasetError(f"missing {path}")
+    return _read_png(path, dtype=np.uint8, channels=3, size=None)
 
 
 def focal_length(samples: Sequence[SampleFiles]) -> tuple[float, float]:
@@ -366,7 +378,7 @@ def load_sample(files: SampleFiles, *, max_depth: float | None = None) -> Citysc
     for path in (files.image, files.label_ids, files.instance_ids, files.disparity, files.camera):
         if not path.is_file():
             raise DatasetError(f"missing {path}")
-    bgr = _read_png(files.image, dtype=np.uint8, channels=3, size=None)
+    bgr = read_image(files.image)
     size = bgr.shape[:2]
     label_ids = _read_png(files.label_ids, dtype=np.uint8, channels=1, size=size)
     instance_ids = _read_png(files.instance_ids, dtype=np.uint16, channels=1, size=size)

@@ -1,4 +1,4 @@
-"""Command line ``panoptic-depthlab-training``: synth, demo-bag, verify-cityscapes, train, evaluate.
+"""Command line ``panoptic-depthlab-training``: synth, demo-bag, verify-cityscapes, train, evaluate, predict.
 
 Exit codes: 0 success; 1 a broken dataset (the verification report is printed);
 2 a bad config, checkpoint or argument.
@@ -15,6 +15,7 @@ from pathlib import Path
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
 
 from . import evaluate as evaluate_cmd
+from . import predict as predict_cmd
 from . import train as train_cmd
 from .cityscapes import GT_SPLITS, SPLITS, DatasetError, verify_cityscapes
 from .demo_bag import write_demo_bag
@@ -97,6 +98,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="PQ/SQ/RQ, mIoU, depth errors, DPQ and segment depth of a checkpoint",
     )
     p.set_defaults(func=evaluate_cmd.main)
+
+    p = sub.add_parser(
+        "predict",
+        parents=[predict_cmd.get_args_parser(add_help=False)],
+        help="panoptic + depth files of a split in the Cityscapes benchmark's format (test needs no ground truth)",
+    )
+    p.set_defaults(func=predict_cmd.main)
     return parser
 
 

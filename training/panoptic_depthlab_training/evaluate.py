@@ -30,7 +30,15 @@ from tqdm import tqdm
 from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 
-from .cityscapes import CityscapesSample, DatasetError, SampleFiles, list_samples, load_sample, require_valid
+from .cityscapes import (
+    CityscapesSample,
+    DatasetError,
+    SampleFiles,
+    camera_matrix,
+    list_samples,
+    load_sample,
+    require_valid,
+)
 from .metrics import (
     DEPTH_METRICS,
     DISTANCE_BANDS_M,
@@ -85,8 +93,7 @@ def predictor_fn(predictor: Predictor) -> PredictFn:
     """
 
     def predict(sample: CityscapesSample) -> Prediction:
-        cam = sample.camera
-        camera_k = np.array([[cam["fx"], 0.0, cam["u0"]], [0.0, cam["fy"], cam["v0"]], [0.0, 0.0, 1.0]])
+        camera_k = camera_matrix(sample.camera)
         result = predictor.predict(np.ascontiguousarray(sample.image[..., ::-1]), camera_k=camera_k)
         return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=result.depth)
 

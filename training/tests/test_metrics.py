@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
-from cityscapesscripts.helpers.labels import labels as cs_labels
 from PIL import Image
 
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
@@ -29,6 +28,7 @@ from panoptic_depthlab_training.metrics import (
     format_table,
     match_panoptic,
 )
+from panoptic_depthlab_training.predict import panoptic_categories
 
 META = cityscapes_metadata()
 ROAD, SKY, PERSON, CAR = 0, 10, 11, 13
@@ -557,17 +557,7 @@ def test_pq_equals_cityscapesscripts(tmp_path: Path, capsys: pytest.CaptureFixtu
             del s["iscrowd"], s["area"], s["bbox"]
         gt_anns.append({"image_id": name, "file_name": f"{name}.png", "segments_info": gt_info})
         pred_anns.append({"image_id": name, "file_name": f"{name}.png", "segments_info": pred_info})
-    categories = [
-        {
-            "id": lab.id,
-            "name": lab.name,
-            "color": list(lab.color),
-            "supercategory": lab.category,
-            "isthing": int(lab.hasInstances),
-        }
-        for lab in cs_labels
-        if not lab.ignoreInEval
-    ]
+    categories = panoptic_categories()
     (tmp_path / "gt.json").write_text(json.dumps({"annotations": gt_anns, "categories": categories}))
     (tmp_path / "pred.json").write_text(json.dumps({"annotations": pred_anns}))
 
