@@ -255,9 +255,8 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint_header(path: str | Path) -> dict[str, str]:
-    """The metadata of one of our files without reading the weights."""
-    path = Path(path)
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The whole JSON header of one of our files: tensor entries and ``__metadata__``."""
     if not path.is_file():
         raise CheckpointError(path, "file not found")
     try:
@@ -271,7 +270,78 @@ def read_checkpoint_header(path: str | Path) -> dict[str, str]:
     meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(path, f"not a {FORMAT_NAME} checkpoint (metadata format={meta.get('format')!r})")
-    return meta
+    return header
+
+
+def read_checkpoint_header(path: str | Path) -> dict[str, str]:
+    """The metadata of one of our files without reading the weights."""
+    return _safetensors_header(Path(path))["__metadata__"]
+
+
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def describe_checkpoint(path: str | Path) -> dict[str, Any]:
+    """What one of our checkpoints says about itself, from its header (no weights are read).
+
+    Keys: ``file``, ``bytes``, ``format_version``, ``parameters`` and their ``dtypes``
+    (learnt values; BatchNorm statistics not counted), ``model_config``, ``classes``,
+    ``postprocess``, ``info`` (how it was trained, notes).
+    """
+    path = Path(path)
+    header = _safetensors_header(path)
+    meta = header["__metadata__"]
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    try:
+        parsed = {key: json.loads(meta.get(key, "{}")) for key in ("model_config", "classes", "postprocess", "info")}
+        learnt = [t for k, t in tensors.items() if not k.endswith(_BUFFER_SUFFIXES)]
+        parameters = sum(int(np.prod(t["shape"])) for t in learnt)
+        dtypes = sorted({str(t["dtype"]) for t in learnt})
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(path, f"invalid metadata or tensor entries: {exc}") from exc
+    return {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "format_version": meta.get("format_version"),
+        "parameters": parameters,
+        "dtypes": dtypes,
+        **parsed,
+    }
+
+
+def format_description(desc: dict[str, Any]) -> str:
+    """:func:`describe_checkpoint` (or an export description) as lines for a terminal."""
+    cfg = ModelConfig.from_dict(desc["model_config"])
+    classes = ClassMetadata.from_dict(desc["classes"])
+    head = f"{desc['file']}: {desc.get('kind', FORMAT_NAME + ' checkpoint')}, {desc['bytes'] / 1e6:.1f} MB"
+    if "parameters" in desc:
+        head += f", {desc['parameters'] / 1e6:.2f} M parameters ({'/'.join(desc['dtypes'])})"
+    fused = " / ".join(
+        f"{name} [{', '.join(branch.low_level)}]"
+        for name, branch in (("semantic", cfg.semantic), ("instance", cfg.instance), ("depth", cfg.depth))
+    )
+    focal = f", learnt for fx = {cfg.depth_focal_px:.1f} px" if cfg.depth_focal_px else " (no training camera recorded)"
+    things = ", ".join(classes.names[i] for i in classes.thing_ids)
+    lines = [
+        head,
+        f"  network: ResNet-{cfg.resnet_depth} layout (stem {cfg.stem_channels}, res2 {cfg.res2_channels},"
+        f" bottleneck {cfg.bottleneck_channels}), output stride {cfg.output_stride}",
+        f"  decoders fuse: {fused}",
+        f"  depth: {cfg.min_depth:g}-{cfg.max_depth:g} m{focal}",
+        f"  input: {cfg.input_format}, padded to multiples of {max(cfg.size_divisibility, 1)}",
+        f"  classes: {classes.num_classes} (things: {things})",
+        "  fusion: " + ", ".join(f"{k} {v}" for k, v in desc["postprocess"].items()),
+    ]
+    training = desc.get("info", {}).get("training") or {}
+    if training:
+        lines.append(
+            "  training: "
+            + ", ".join(f"{k} {training[k]}" for k in ("iteration", "mode", "dataset", "init") if k in training)
+        )
+    for key, value in desc.get("info", {}).items():
+        if key.endswith("note"):
+            lines.append(f"  {key.replace('_', ' ')}: {value}")
+    return "\n".join(lines)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -1,8 +1,9 @@
-"""Command line ``panoptic-depthlab``: convert, export, infer, bag."""
+"""Command line ``panoptic-depthlab``: convert, export, infer, bag, info."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -71,6 +72,28 @@ def _infer(args: argparse.Namespace) -> int:
     return 0 if summary.frames or not summary.skipped else 1
 
 
+def _info(args: argparse.Namespace) -> int:
+    from .checkpoint import bundled_checkpoint, describe_checkpoint, format_description
+
+    path = args.checkpoint or bundled_checkpoint()
+    if str(path).endswith(".onnx"):
+        from .onnx_backend import read_export_description
+
+        export = read_export_description(path)
+        shape = export["shape"]
+        size = "any size" if shape["dynamic"] else f"{shape['height']}x{shape['width']}"
+        desc = {
+            "file": str(path),
+            "bytes": Path(path).stat().st_size,
+            "kind": f"ONNX export ({size})",
+            **{k: export[k] for k in ("model_config", "classes", "postprocess")},
+        }
+    else:
+        desc = describe_checkpoint(path)
+    print(json.dumps(desc, indent=2) if args.json else format_description(desc))
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, help="our .safetensors or an exported .onnx (default: bundled demo)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -119,6 +142,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(p)
     p.set_defaults(func=_infer)
+
+    p = sub.add_parser("info", help="what a checkpoint or export says about itself: network, classes, fusion, training")
+    p.add_argument("checkpoint", type=Path, nargs="?", help="our .safetensors or an exported .onnx (default: bundled)")
+    p.add_argument("--json", action="store_true", help="the whole description as JSON")
+    p.set_defaults(func=_info)
     return parser
 
 

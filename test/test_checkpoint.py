@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from panoptic_depthlab_ros.checkpoint import (
     convert_detectron2,
+    describe_checkpoint,
     load_checkpoint,
     load_state_dict_checked,
     read_detectron2_weights,
@@ -104,6 +105,27 @@ def test_our_format_roundtrip_is_self_describing(tiny_checkpoint: Path) -> None:
     assert ckpt.info == {"purpose": "tests"}
     model = ckpt.build()
     assert all(torch.equal(v, ckpt.state_dict[k].to(v.dtype)) for k, v in model.state_dict().items())
+
+
+def test_info_describes_a_checkpoint_from_its_header(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from panoptic_depthlab_ros.cli import main
+
+    desc = describe_checkpoint(tiny_checkpoint)
+    model = load_checkpoint(tiny_checkpoint).build()
+    assert desc["parameters"] == sum(p.numel() for p in model.parameters())  # BatchNorm statistics not counted
+    assert desc["dtypes"] == ["F32"] and desc["format_version"] == "1"
+    assert desc["postprocess"]["stuff_area"] == 64 and desc["info"] == {"purpose": "tests"}
+    assert main(["info", str(tiny_checkpoint), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == desc
+    assert main(["info"]) == 0  # the bundled model
+    text = capsys.readouterr().out
+    assert "demo.safetensors" in text and "output stride 16" in text and "instance [stem, res2, res3]" in text
+    assert "learnt for fx = 424.2 px" in text and "thing_area 16" in text and "iteration 2500" in text
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"not json")
+    assert main(["info", str(tmp_path / "junk.safetensors")]) == 2
+    assert "junk.safetensors: corrupt safetensors header" in capsys.readouterr().err
 
 
 def test_depth_camera_travels_with_the_checkpoint(tmp_path: Path, tiny_checkpoint: Path) -> None:

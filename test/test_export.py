@@ -125,9 +125,15 @@ def test_onnx_export_of_a_stride2_instance_branch(tmp_path: Path, tiny_checkpoin
         assert float((a[key] - b[key]).abs().max()) < 1e-3, key
 
 
-def test_onnxruntime_follows_the_torch_thread_setting(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_onnxruntime_follows_the_torch_thread_setting(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     onnx_path = tmp_path / "m.onnx"
     export_model(tiny_checkpoint, onnx_path, fmt="onnx", height=64, width=128)
+    from panoptic_depthlab_ros.cli import main
+
+    assert main(["info", str(onnx_path)]) == 0  # an export describes itself too
+    assert "m.onnx: ONNX export (64x128)" in capsys.readouterr().out
     before = torch.get_num_threads()
     try:
         for n in (1, 2):
