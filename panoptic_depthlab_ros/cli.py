@@ -37,7 +37,9 @@ def _predictor(args: argparse.Namespace):
 
     path = args.checkpoint or bundled_checkpoint()
     backend = "onnxruntime" if str(path).endswith(".onnx") else "torch"
-    return Predictor.from_checkpoint(path, device=args.device, backend=backend, flip_average=args.flip_average)
+    return Predictor.from_checkpoint(
+        path, device=args.device, backend=backend, flip_average=args.flip_average, scales=args.scales
+    )
 
 
 def _bag(args: argparse.Namespace) -> int:
@@ -99,10 +101,33 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--near", type=float, default=5.0, help="overlay: red at this depth (m)")
     p.add_argument("--far", type=float, default=60.0, help="overlay: blue at this depth (m)")
+    add_averaging_args(p)
+
+
+def scales_argument(text: str) -> tuple[float, ...]:
+    """``--scales``: comma-separated input scales, including 1."""
+    from .predictor import check_scales
+
+    try:
+        return check_scales(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected scales like 1,1.25,1.5,1.75 ({exc})") from None
+
+
+def add_averaging_args(p: argparse.ArgumentParser) -> None:
+    """The offline test-time averaging options (shared with the training package's commands)."""
     p.add_argument(
         "--flip-average",
         action="store_true",
         help="also run each frame mirrored and average: slightly better segments and depth, twice the time",
+    )
+    p.add_argument(
+        "--scales",
+        type=scales_argument,
+        default=(1.0,),
+        metavar="S,S,...",
+        help="multi-scale inference: average the segmentation over these input scales (with 1; e.g."
+        " 1,1.25,1.5,1.75: better segments, ~8x the network time; depth stays scale 1's)",
     )
 
 

@@ -91,6 +91,17 @@ def test_infer_flip_average(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert np.abs(got - plain).max() > 1e-3  # the flag reached the predictor
 
 
+def test_scales_option_reaches_the_predictor(tiny_checkpoint: Path) -> None:
+    from panoptic_depthlab_ros.cli import _predictor, get_args_parser
+
+    args = get_args_parser().parse_args(["infer", "x.png", "--out", "o", "--checkpoint", str(tiny_checkpoint)])
+    assert args.scales == (1.0,) and _predictor(args).scales == (1.0,)
+    args = get_args_parser().parse_args(
+        ["bag", "in", "out", "--checkpoint", str(tiny_checkpoint), "--scales", "1.25,1", "--device", "cpu"]
+    )
+    assert _predictor(args).scales == (1.0, 1.25)
+
+
 def test_fx_puts_depth_in_the_cameras_metres(tmp_path: Path, tiny_checkpoint: Path) -> None:
     cv2.imwrite(str(tmp_path / "frame.png"), _img(0))
     pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")

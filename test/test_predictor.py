@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
+from panoptic_depthlab_ros.model import ModelConfig
 from panoptic_depthlab_ros.model.fuse import fold_batchnorm
-from panoptic_depthlab_ros.predictor import Predictor, average_with_mirrored, resolve_device
+from panoptic_depthlab_ros.predictor import (
+    Predictor,
+    average_with_mirrored,
+    check_scales,
+    resolve_device,
+    zoomed_input,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +119,47 @@ def test_flip_average_runs_both_images(tiny_checkpoint: Path) -> None:
     assert not torch.allclose(got["sem_seg"], plain.raw(img)["sem_seg"])  # the random net is not symmetric
     r = both.predict(img)
     assert r.panoptic.shape == (96, 160) and r.segments
+
+
+class SizeReportingNetwork(torch.nn.Module):
+    """Outputs whose values say what input the network saw: logits = the input's mean
+    colour per pixel plus its width, offsets a constant (2, -3) of its own pixels, depth
+    its height. Exact answers for the multi-scale averaging."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, _, h, w = x.shape
+        logits = x.mean(1, keepdim=True).repeat(1, 19, 1, 1) + w
+        offset = torch.tensor([2.0, -3.0]).view(1, 2, 1, 1).expand(n, 2, h, w)
+        depth = torch.full((n, 1, h, w), float(h))
+        return {"sem_seg": logits, "center": torch.zeros(n, 1, h, w), "offset": offset, "depth": depth}
+
+
+def test_multi_scale_averages_segmentation_and_keeps_scale_one_depth() -> None:
+    config = ModelConfig.tiny(size_divisibility=32)
+    net = SizeReportingNetwork()
+    kwargs = {"model_config": config, "classes": cityscapes_metadata(), "optimize": False}
+    one = Predictor(net, **kwargs)
+    three = Predictor(net, scales=(1.5, 1.0, 2.0), **kwargs)
+    assert three.scales == (1.0, 1.5, 2.0)
+    y, x = np.mgrid[0:64, 0:96]
+    img = np.stack([(y * 3) % 256, (x * 2) % 256, (x + y) % 256], -1).astype(np.uint8)  # smooth ramps
+    base, avg = one.raw(img), three.raw(img)
+    # offsets in each scale's pixels, divided back: (2, -3) * (1 + 1/1.5 + 1/2) / 3
+    factor = (1 + 1 / 1.5 + 1 / 2) / 3
+    torch.testing.assert_close(avg["offset"][:, 10, 10], torch.tensor([2.0, -3.0]) * factor)
+    assert torch.equal(avg["depth"], base["depth"]) and float(base["depth"].max()) == 64.0  # scale 1's depth
+    # width term: the network saw 96, 160 (1.5 x 96 = 144, padded to 32) and 192 columns
+    colour = base["sem_seg"] - 96
+    expected = colour + (96 + 160 + 192) / 3
+    torch.testing.assert_close(avg["sem_seg"][:, 8:-8, 8:-8], expected[:, 8:-8, 8:-8], atol=0.05, rtol=0)
+    # a zoomed canvas keeps the image where it was: 1.5x of 64x96 is 96x144, padded to 96x160
+    x1 = torch.zeros(1, 3, 64, 96)
+    zoomed, size = zoomed_input(x1, 1.5, 32)
+    assert size == (96, 144) and zoomed.shape[-2:] == (96, 160)
+    with pytest.raises(ValueError, match="include 1.0"):
+        check_scales([1.5, 2.0])
+    with pytest.raises(PanopticDepthLabError, match="0.25..4"):
+        Predictor(net, scales=(1.0, 8.0), **kwargs)
 
 
 def test_depth_follows_the_cameras_focal_length(tiny_checkpoint: Path) -> None:

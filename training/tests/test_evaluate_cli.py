@@ -197,6 +197,15 @@ def test_cli_evaluate_checkpoint_end_to_end(trained, synth_root, tmp_path, capsy
     assert [(r["min_m"], r["max_m"]) for r in without["by_distance"]] == [(0, 30), (30, None)]
     assert with_flip["info"]["flip_average"] is True
     assert with_flip["AbsRel"] != pytest.approx(without["AbsRel"], rel=1e-6)  # the mirrored pass was averaged in
+    zoomed = tmp_path / "zoomed.json"
+    assert cli.main([*args, "--json", str(zoomed), "--no-progress", "--limit", "1", "--scales", "1.5,1"]) == 0
+    multi = json.loads(zoomed.read_text())
+    assert multi["info"]["scales"] == [1.0, 1.5] and without["info"]["scales"] == [1.0]
+    assert multi["AbsRel"] == without["AbsRel"]  # depth is read at scale 1 only
+    assert multi["mIoU"] != without["mIoU"]  # the segmentation was averaged over both scales
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--scales", "1.5,2"])
+    assert "include 1.0" in capsys.readouterr().err
 
 
 def test_evaluation_gives_the_predictor_each_frames_camera(trained, synth_root):
