@@ -127,7 +127,7 @@ def add_averaging_args(p: argparse.ArgumentParser) -> None:
         default=(1.0,),
         metavar="S,S,...",
         help="multi-scale inference: average the segmentation over these input scales (with 1; e.g."
-        " 1,1.25,1.5,1.75: better segments, ~8x the network time; depth stays scale 1's)",
+        " 1,1.25,1.5,1.75: better segments, ~5x the time; depth stays scale 1's)",
     )
 
 

@@ -130,7 +130,7 @@ class Predictor:
         scales: input scales whose segmentation outputs are averaged (see
             :func:`average_over_scales`; must include 1.0). Multi-scale inference as in
             the Panoptic-DeepLab paper: on the demo model (1, 1.25, 1.5, 1.75) gives PQ
-            +4 for 8x the network time; offline, or an exported ONNX with ``--dynamic``.
+            +4 for 4.8x the time per frame; offline, or an exported ONNX with ``--dynamic``.
     """
 
     def __init__(
