@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .export import SIDECAR_FORMAT, sidecar_path
 from .metadata import ClassMetadata
 from .model import OUTPUT_NAMES, ModelConfig
@@ -46,9 +46,15 @@ def read_export_description(path: str | Path) -> dict[str, Any]:
 
 
 class OnnxNetwork:
-    """Callable ``[1,3,H,W] tensor -> {sem_seg, center, offset, depth}`` over an ORT session."""
+    """Callable ``[1,3,H,W] tensor -> {sem_seg, center, offset, depth}`` over an ORT session.
 
-    def __init__(self, path: str | Path, *, device: torch.device) -> None:
+    ``fixed_size``: the (padded) input size of an export without ``--dynamic``; other
+    sizes are refused with an :class:`InputError` naming both.
+    """
+
+    def __init__(self, path: str | Path, *, device: torch.device, fixed_size: tuple[int, int] | None = None) -> None:
+        self.path = Path(path)
+        self.fixed_size = fixed_size
         import onnxruntime as ort  # noqa: PLC0415 - optional dependency
 
         available = ort.get_available_providers()
@@ -70,6 +76,12 @@ class OnnxNetwork:
         self.providers = self.session.get_providers()
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:  # noqa: D102
+        if self.fixed_size is not None and tuple(x.shape[-2:]) != self.fixed_size:
+            h, w = self.fixed_size
+            raise InputError(
+                f"{self.path} was exported for {h}x{w} inputs, this frame needs {x.shape[-2]}x{x.shape[-1]}"
+                " (after padding): export it with --dynamic, or at this size"
+            )
         outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy())})
         return {n: torch.from_numpy(o).to(self.device) for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
 
@@ -86,6 +98,8 @@ def load_onnx_network(
         config = config.with_(size_divisibility=int(desc["preprocessing"]["size_divisibility"]))
         classes = ClassMetadata.from_dict(desc["classes"])
         post = PostprocessConfig.from_dict(desc.get("postprocess", {}))
+        shape = desc.get("shape", {})
+        fixed = None if shape.get("dynamic", True) else (int(shape["height"]), int(shape["width"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(path, f"invalid export description: {exc}") from exc
-    return OnnxNetwork(path, device=device), config, classes, post
+    return OnnxNetwork(path, device=device, fixed_size=fixed), config, classes, post

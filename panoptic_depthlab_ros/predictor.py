@@ -169,6 +169,11 @@ class Predictor:
             self.scales = check_scales(scales)
         except ValueError as exc:
             raise PanopticDepthLabError(str(exc)) from None
+        if len(self.scales) > 1 and getattr(network, "fixed_size", None) is not None:
+            raise PanopticDepthLabError(
+                f"multi-scale inference needs an input of any size; {getattr(network, 'path', 'this network')}"
+                " was exported for one size (export it with --dynamic)"
+            )
         if model_config.num_classes != classes.num_classes:
             raise PanopticDepthLabError(
                 f"{classes.num_classes} class names for a {model_config.num_classes}-class network"

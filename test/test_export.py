@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from panoptic_depthlab_ros.checkpoint import convert_detectron2, load_checkpoint, save_checkpoint
-from panoptic_depthlab_ros.errors import CheckpointError
+from panoptic_depthlab_ros.errors import CheckpointError, InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.export import ExportError, export_model
 from panoptic_depthlab_ros.model import build_model
 from panoptic_depthlab_ros.postprocess import find_instance_centers
@@ -134,6 +134,13 @@ def test_onnxruntime_follows_the_torch_thread_setting(
 
     assert main(["info", str(onnx_path)]) == 0  # an export describes itself too
     assert "m.onnx: ONNX export (64x128)" in capsys.readouterr().out
+    # a fixed-size export refuses other sizes by name, not with onnxruntime's shape dump
+    fixed = Predictor.from_checkpoint(onnx_path, device="cpu", backend="onnxruntime")
+    assert fixed.predict(np.zeros((64, 128, 3), np.uint8)).panoptic.shape == (64, 128)
+    with pytest.raises(InputError, match=r"m.onnx was exported for 64x128 inputs, this frame needs 96x160"):
+        fixed.predict(np.zeros((90, 150, 3), np.uint8))
+    with pytest.raises(PanopticDepthLabError, match="multi-scale inference needs an input of any size"):
+        Predictor.from_checkpoint(onnx_path, device="cpu", backend="onnxruntime", scales=(1.0, 1.5))
     before = torch.get_num_threads()
     try:
         for n in (1, 2):
