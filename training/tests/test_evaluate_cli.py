@@ -205,7 +205,7 @@ def test_cli_evaluate_checkpoint_end_to_end(trained, synth_root, tmp_path, capsy
     assert multi["mIoU"] != without["mIoU"]  # the segmentation was averaged over both scales
     with pytest.raises(SystemExit):
         cli.main([*args, "--scales", "1.5,2"])
-    assert "include 1.0" in capsys.readouterr().err
+    assert "include 1.0 (depth is read at 1.0), got [1.5, 2.0]" in capsys.readouterr().err
 
 
 def test_evaluation_gives_the_predictor_each_frames_camera(trained, synth_root):
