@@ -780,7 +780,7 @@ class PanopticDepthEvaluator:
             bands.add_segments(bands.fn, gt_seg_depth[fn_index], info.category[fn_index])
             fp_index = np.searchsorted(pred.ids, match.fp_ids)
             bands.add_segments(bands.fp, pred_seg_depth[fp_index], pred.category[fp_index])
-            scored = depth_valid_mask(pred_depth, gt_depth, gt_depth_valid)
+            scored = depth_ok & pred_ok  # depth_valid_mask, from the masks at hand
             bands.add_pixels(gt_depth[scored].astype(np.float64), rel[scored])
 
     def merge(self, other: PanopticDepthEvaluator) -> None:
