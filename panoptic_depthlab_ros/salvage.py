@@ -237,17 +237,13 @@ def _columns_and_insert(db: sqlite3.Connection, table: str) -> tuple[str, str]:
     return ", ".join(names), f'INSERT INTO "{table}" ({", ".join(names)}) VALUES ({", ".join("?" * len(names))})'
 
 
-def _id_range(db: sqlite3.Connection) -> tuple[int, int]:
-    """First message id and the largest one the table's b-tree still knows (0 if unknown)."""
-    first, last = 1, 0
-    for query in ("SELECT min(id) FROM messages", "SELECT max(id) FROM messages"):
-        try:
-            value = db.execute(query).fetchone()[0]
-        except sqlite3.DatabaseError:
-            continue
-        if value is not None:
-            first, last = (int(value), last) if "min" in query else (first, int(value))
-    return first, last
+def _id_bound(db: sqlite3.Connection, query: str, default: int) -> int:
+    """``min(id)`` or ``max(id)`` of ``messages`` as far as its b-tree still says, else ``default``."""
+    try:
+        value = db.execute(query).fetchone()[0]
+    except sqlite3.DatabaseError:
+        return default
+    return default if value is None else int(value)
 
 
 def _copy_db3(old_path: Path, dst: Path, src: Path) -> tuple[int, int]:
@@ -274,7 +270,8 @@ def _copy_db3(old_path: Path, dst: Path, src: Path) -> tuple[int, int]:
             new.executemany(insert, rows)
         columns, insert = _columns_and_insert(old, "messages")
         select = f"SELECT {columns} FROM messages WHERE id = ?"
-        msg_id, last_id = _id_range(old)
+        msg_id = _id_bound(old, "SELECT min(id) FROM messages", 1)
+        last_id = _id_bound(old, "SELECT max(id) FROM messages", 0)  # 0: unknown, search by misses
         records = dropped = failed = misses = 0
         while misses < _DB3_MISSES_TO_STOP or msg_id <= last_id:
             try:
