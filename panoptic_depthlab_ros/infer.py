@@ -72,6 +72,12 @@ def cityscapes_panoptic(result: PanopticDepthResult, classes: ClassMetadata) -> 
     return ids, info
 
 
+def write_image(path: Path, image: np.ndarray) -> None:
+    """``cv2.imwrite`` that raises (OpenCV only returns False) naming the file."""
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"cannot write {path}")
+
+
 def depth_to_png_mm(depth: np.ndarray) -> np.ndarray:
     """Meters -> uint16 millimetres; invalid or out of range (> 65.535 m) -> 0."""
     with np.errstate(invalid="ignore"):
@@ -113,8 +119,7 @@ def write_frame_outputs(
         ("depth_png", depth_to_png_mm(result.depth)),
         ("panoptic", panoptic_to_rgb(ids)[:, :, ::-1]),
     ):
-        if not cv2.imwrite(str(paths[key]), data):
-            raise OSError(f"cannot write {paths[key]}")
+        write_image(paths[key], data)
     np.save(paths["depth_npy"], result.depth)
     doc = {
         "image": name,

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from tqdm import tqdm
 
 from panoptic_depthlab_ros.cli import add_averaging_args
-from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm
+from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, write_image
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 from panoptic_depthlab_ros.visualize import panoptic_to_rgb
 
@@ -90,12 +89,8 @@ def write_predictions(
             result = predictor.predict(bgr, camera_k=None if camera is None else camera_matrix(camera))
             ids, segments_info = cityscapes_panoptic(result, predictor.classes)
             name = f"{files.stem}_panoptic.png"
-            for path, data in (
-                (pan_dir / name, panoptic_to_rgb(ids)[:, :, ::-1]),
-                (depth_dir / f"{files.stem}_depth.png", depth_to_png_mm(result.depth)),
-            ):
-                if not cv2.imwrite(str(path), data):
-                    raise OSError(f"cannot write {path}")
+            write_image(pan_dir / name, panoptic_to_rgb(ids)[:, :, ::-1])
+            write_image(depth_dir / f"{files.stem}_depth.png", depth_to_png_mm(result.depth))
             annotations.append({"image_id": files.stem, "file_name": name, "segments_info": segments_info})
             summary.frames += 1
     doc = {"annotations": annotations, "categories": panoptic_categories()}
