@@ -79,17 +79,9 @@ def _info(args: argparse.Namespace) -> int:
 
     path = args.checkpoint or bundled_checkpoint()
     if str(path).endswith(".onnx"):
-        from .onnx_backend import read_export_description
+        from .onnx_backend import describe_export
 
-        export = read_export_description(path)
-        shape = export["shape"]
-        size = "any size" if shape["dynamic"] else f"{shape['height']}x{shape['width']}"
-        desc = {
-            "file": str(path),
-            "bytes": Path(path).stat().st_size,
-            "kind": f"ONNX export ({size})",
-            **{k: export[k] for k in ("model_config", "classes", "postprocess")},
-        }
+        desc = describe_export(path)
     else:
         desc = describe_checkpoint(path)
     print(json.dumps(desc, indent=2) if args.json else format_description(desc))

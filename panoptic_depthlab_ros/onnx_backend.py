@@ -45,6 +45,19 @@ def read_export_description(path: str | Path) -> dict[str, Any]:
     return desc
 
 
+def describe_export(path: str | Path) -> dict[str, Any]:
+    """An export's description in :func:`~.checkpoint.describe_checkpoint`'s shape (for ``info``)."""
+    desc = read_export_description(path)
+    shape = desc["shape"]
+    size = "any size" if shape["dynamic"] else f"{shape['height']}x{shape['width']}"
+    return {
+        "file": str(path),
+        "bytes": Path(path).stat().st_size,
+        "kind": f"ONNX export ({size})",
+        **{k: desc[k] for k in ("model_config", "classes", "postprocess")},
+    }
+
+
 class OnnxNetwork:
     """Callable ``[1,3,H,W] tensor -> {sem_seg, center, offset, depth}`` over an ORT session.
 
