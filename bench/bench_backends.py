@@ -37,12 +37,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout, not an install
 
-from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, save_checkpoint  # noqa: E402
+from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from panoptic_depthlab_ros.export import export_model  # noqa: E402
 from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: E402
 from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: E402
 from panoptic_depthlab_ros.postprocess import PostprocessConfig  # noqa: E402
 from panoptic_depthlab_ros.predictor import Predictor  # noqa: E402
+from panoptic_depthlab_ros.preprocess import network_size_for  # noqa: E402
 
 BACKENDS = ("eager", "optimized", "onnxruntime")
 STAGES = ("preprocess", "network", "fusion", "segment_depth", "messages", "total")
@@ -214,7 +215,9 @@ def main() -> int:
     print("(** eager center-map pixels within 1e-4 of a center decision (threshold, NMS window max): center near-ties)")
     verdicts = []
     for model, ckpt, size in plan:
-        h, w = map(int, size.split("x"))
+        # The export's size is what the network sees: the frame after the model's input_scale.
+        fh, fw = map(int, size.split("x"))
+        h, w = network_size_for(fh, fw, 0, load_checkpoint(ckpt).model_config.input_scale)
         onnx = tmp / f"{model}_{size}.onnx"
         export_model(ckpt, onnx, fmt="onnx", height=-(-h // 32) * 32, width=-(-w // 32) * 32)
         results = {}

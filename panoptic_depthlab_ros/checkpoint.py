@@ -328,7 +328,9 @@ def format_description(desc: dict[str, Any]) -> str:
         f" bottleneck {cfg.bottleneck_channels}), output stride {cfg.output_stride}",
         f"  decoders fuse: {fused}",
         f"  depth: {cfg.min_depth:g}-{cfg.max_depth:g} m{focal}",
-        f"  input: {cfg.input_format}, padded to multiples of {max(cfg.size_divisibility, 1)}",
+        f"  input: {cfg.input_format}, "
+        + (f"enlarged {cfg.input_scale:g}x, " if cfg.input_scale != 1.0 else "")
+        + f"padded to multiples of {max(cfg.size_divisibility, 1)}",
         f"  classes: {classes.num_classes} (things: {things})",
         "  fusion: " + ", ".join(f"{k} {v}" for k, v in desc["postprocess"].items()),
     ]

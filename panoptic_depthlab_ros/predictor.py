@@ -131,6 +131,11 @@ class Predictor:
             :func:`average_over_scales`; must include 1.0). Multi-scale inference as in
             the Panoptic-DeepLab paper: on the demo model (1, 1.25, 1.5, 1.75) gives PQ
             +4 for 4.8x the time per frame; offline, or an exported ONNX with ``--dynamic``.
+            Scales are relative to the input scale.
+        input_scale: resize every image by this before the network, replacing the
+            checkpoint's ``model_config.input_scale`` (None: keep it). One enlarged pass
+            finds smaller things: the demo model at 1.5 gains PQ +2.7 (things +3.8) for
+            2.25x the pixels, and its depth is less exact (AbsRel 0.087 against 0.063).
     """
 
     def __init__(
@@ -148,7 +153,13 @@ class Predictor:
         compile_backend: str = "inductor",
         flip_average: bool = False,
         scales: tuple[float, ...] = (1.0,),
+        input_scale: float | None = None,
     ) -> None:
+        if input_scale is not None:
+            try:
+                model_config = model_config.with_(input_scale=float(input_scale))
+            except ValueError as exc:
+                raise PanopticDepthLabError(str(exc)) from None
         self.device = torch.device(device)
         self.channels_last = False
         if optimize and isinstance(network, nn.Module):
@@ -287,16 +298,18 @@ class Predictor:
     def depth_scale(self, camera_k: np.ndarray | None, prep: Prepared) -> float:
         """Factor taking the network's metres (its training camera) to this camera's.
 
-        The network judges distance by apparent size, so a camera with a focal length
-        ``s`` times the training one makes everything look ``s`` times nearer; the
-        depth it outputs is then ``true / s``. Needs the image's K and the checkpoint's
-        ``depth_focal_px``; 1.0 when either is unknown.
+        The network judges distance by apparent size, so a camera whose focal length, in
+        the pixels the network sees, is ``s`` times the training one makes everything look
+        ``s`` times nearer; the depth it outputs is then ``true / s``. Without a K the
+        image is taken to come from the training camera, so only a resize before the
+        network (``input_scale``, ``max_input_width``) counts. 1.0 when the checkpoint
+        does not record its training camera (``depth_focal_px``).
         """
         f_train = self.model_config.depth_focal_px
-        if camera_k is None or f_train is None:
+        if f_train is None:
             return 1.0
-        fx_network = float(camera_k[0, 0]) * prep.network_size[1] / prep.input_size[1]
-        return fx_network / f_train
+        fx_image = f_train if camera_k is None else float(camera_k[0, 0])
+        return fx_image * prep.network_size[1] / prep.input_size[1] / f_train
 
     def predict(self, image: np.ndarray, *, camera_k: np.ndarray | None = None) -> PanopticDepthResult:
         """Segment one image and measure each segment's depth.

@@ -1,6 +1,7 @@
 """Image -> network input tensor, as Detectron2 feeds Panoptic-DeepLab.
 
-Channel order to the model's ``input_format``, optional downscale, then
+Channel order to the model's ``input_format``, resize (the model's ``input_scale``,
+an optional width limit), then
 ``(x - mean) / std`` and zero padding (in normalised space) at the bottom and
 right up to ``size_divisibility``: normalisation happens before padding.
 """
@@ -50,12 +51,12 @@ def check_image(image: np.ndarray) -> None:
         raise InputError(f"image is empty: shape {tuple(image.shape)}")
 
 
-def network_size_for(height: int, width: int, max_input_width: int) -> tuple[int, int]:
-    """(h, w) the network sees: the input, or scaled down to ``max_input_width`` wide."""
-    if max_input_width <= 0 or width <= max_input_width:
-        return height, width
-    scale = max_input_width / width
-    return max(1, round(height * scale)), max_input_width
+def network_size_for(height: int, width: int, max_input_width: int, input_scale: float = 1.0) -> tuple[int, int]:
+    """(h, w) the network sees: the input times ``input_scale``, narrowed to ``max_input_width`` (0: any)."""
+    h, w = max(1, round(height * input_scale)), max(1, round(width * input_scale))
+    if max_input_width <= 0 or w <= max_input_width:
+        return h, w
+    return max(1, round(height * max_input_width / width)), max_input_width
 
 
 def prepare_image(
@@ -69,8 +70,11 @@ def prepare_image(
     """BGR uint8 [H, W, 3] (OpenCV order) -> :class:`Prepared` for ``config``'s network."""
     check_image(image_bgr)
     height, width = image_bgr.shape[:2]
-    h, w = network_size_for(height, width, max_input_width)
-    img = image_bgr if (h, w) == (height, width) else cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_AREA)
+    h, w = network_size_for(height, width, max_input_width, config.input_scale)
+    img = image_bgr
+    if (h, w) != (height, width):
+        # Area averaging when shrinking (no aliasing); bilinear when enlarging, as training's rescale does.
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if w < width else cv2.INTER_LINEAR)
     if config.input_format == "RGB":
         img = img[:, :, ::-1]
     host = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # [3, h, w] uint8

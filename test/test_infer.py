@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from panoptic_depthlab_ros.errors import InputError
+from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, run_infer
 from panoptic_depthlab_ros.predictor import Predictor
 from pdl_testing import REPO
@@ -100,6 +100,18 @@ def test_scales_option_reaches_the_predictor(tiny_checkpoint: Path) -> None:
         ["bag", "in", "out", "--checkpoint", str(tiny_checkpoint), "--scales", "1.25,1", "--device", "cpu"]
     )
     assert _predictor(args).scales == (1.0, 1.25)
+
+
+def test_input_scale_option_reaches_the_predictor(tiny_checkpoint: Path) -> None:
+    from panoptic_depthlab_ros.cli import _predictor, get_args_parser
+
+    base = ["infer", "x.png", "--out", "o", "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    assert _predictor(get_args_parser().parse_args(base)).model_config.input_scale == 1.0  # the checkpoint's
+    zoomed = _predictor(get_args_parser().parse_args([*base, "--input-scale", "1.5"]))
+    assert zoomed.model_config.input_scale == 1.5
+    assert zoomed.predict(_img(0)).panoptic.shape == _img(0).shape[:2]
+    with pytest.raises(PanopticDepthLabError, match=r"input_scale must lie in 0.25..4, got 8.0"):
+        _predictor(get_args_parser().parse_args([*base, "--input-scale", "8"]))
 
 
 def test_fx_puts_depth_in_the_cameras_metres(tmp_path: Path, tiny_checkpoint: Path) -> None:

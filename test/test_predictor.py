@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from panoptic_depthlab_ros.checkpoint import load_checkpoint
 from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.model import ModelConfig
@@ -164,8 +165,8 @@ def test_multi_scale_averages_segmentation_and_keeps_scale_one_depth() -> None:
 
 def test_depth_follows_the_cameras_focal_length(tiny_checkpoint: Path) -> None:
     """A camera with twice the training focal length sees things twice as large:
-    the network's metres are doubled, and so is every segment's depth; no K or no
-    recorded training camera leaves depth as the network gave it."""
+    the network's metres are doubled, and so is every segment's depth; no recorded
+    training camera, or no K and no resize, leaves depth as the network gave it."""
     img = _image(128, 256)
     unknown = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
     assert unknown.model_config.depth_focal_px is None
@@ -187,6 +188,40 @@ def test_depth_follows_the_cameras_focal_length(tiny_checkpoint: Path) -> None:
     half = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", max_input_width=128)
     half.model_config = half.model_config.with_(depth_focal_px=100.0)
     assert half.predict(img, camera_k=k).depth_scale == pytest.approx(1.0)
+    assert half.predict(img).depth_scale == pytest.approx(0.5)  # the training camera, halved
+
+
+def test_input_scale_runs_the_network_on_the_enlarged_image(tiny_checkpoint: Path) -> None:
+    """A model trained at ``input_scale`` 1.5 sees every frame enlarged 1.5x; results
+    come back at the frame's size, offsets in frame pixels, depth for the enlarged
+    focal length (training camera assumed without a K)."""
+    img = _image(128, 256)
+    ckpt = load_checkpoint(tiny_checkpoint)
+    net = ckpt.build()
+    zoom = ckpt.model_config.with_(input_scale=1.5, depth_focal_px=100.0)
+    pred = Predictor(net, model_config=zoom, classes=ckpt.classes, postprocess=ckpt.postprocess)
+    prep = pred._prepare(img)
+    assert prep.network_size == (192, 384)
+    assert tuple(prep.tensor.shape[-2:]) == (192, 384)
+    r = pred.predict(img)
+    assert r.panoptic.shape == r.depth.shape == (128, 256)
+    assert r.depth_scale == pytest.approx(1.5)
+    k = np.array([[50.0, 0, 128.0], [0, 50.0, 64.0], [0, 0, 1]])
+    assert pred.predict(img, camera_k=k).depth_scale == pytest.approx(0.75)
+    # Offsets: the network's (enlarged) pixels divided by 1.5.
+    net_offset = pred.network(prep.tensor)["offset"]
+    raw_offset = pred.raw(img)["offset"]
+    assert float(raw_offset.abs().max()) == pytest.approx(float(net_offset.abs().max()) / 1.5, rel=0.05)
+    # The width limit applies after the scale.
+    capped = Predictor(net, model_config=zoom, classes=ckpt.classes, max_input_width=320)
+    assert capped._prepare(img).network_size == (160, 320)
+    assert capped.predict(img).depth_scale == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.2, 5.0, float("nan")])
+def test_input_scale_out_of_range_is_refused(scale: float) -> None:
+    with pytest.raises(ValueError, match="input_scale must lie in 0.25..4"):
+        ModelConfig.tiny(input_scale=scale)
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,10 @@ class ModelConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisibility: int = 0
+    # The network runs on the image resized by this factor: the scale its weights were
+    # trained for (the trainer multiplies ``data.scale_range`` by it). A small model at a
+    # low resolution finds few-pixel things only when they are enlarged (the demo: 1.5).
+    input_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.input_format not in ("RGB", "BGR"):
@@ -104,6 +108,8 @@ class ModelConfig:
             raise ValueError(f"size_divisibility must be >= 0, got {self.size_divisibility}")
         if self.depth_focal_px is not None and not (math.isfinite(self.depth_focal_px) and self.depth_focal_px > 0):
             raise ValueError(f"depth_focal_px must be a positive number or None, got {self.depth_focal_px}")
+        if not (math.isfinite(self.input_scale) and 0.25 <= self.input_scale <= 4.0):
+            raise ValueError(f"input_scale must lie in 0.25..4, got {self.input_scale}")
 
     @property
     def output_stride(self) -> int:

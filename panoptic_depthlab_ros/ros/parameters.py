@@ -128,6 +128,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         bounds=(0, 16384),
     ),
     ParameterSpec(
+        "input_scale",
+        0.0,
+        "Resize each frame by this before the network; 0 = the checkpoint's own (the demo model: 1). "
+        "On the demo model 1.5 finds smaller things (PQ +2.7, things +3.8) for 2.25x the network time, "
+        "with less exact depth (AbsRel 0.087 against 0.063). Allowed: 0 or 0.25..4.",
+        bounds=(0.0, 4.0),
+    ),
+    ParameterSpec(
         "flip_average",
         False,
         "Also run each frame mirrored and average the two: on the demo model +0.7 PQ and +0.8 DPQ, "
@@ -295,6 +303,7 @@ class NodeSettings:
     compile_mode: str
     num_threads: int
     max_input_width: int
+    input_scale: float
     flip_average: bool
     max_input_pixels: int
     image_transport: str
@@ -355,6 +364,8 @@ def check_values(settings: NodeSettings) -> str | None:
             return f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
     if settings.top_k == 0:
         return "top_k must be at least 1, or -1 for the checkpoint's value"
+    if settings.input_scale and not 0.25 <= settings.input_scale <= 4.0:
+        return f"input_scale must be 0 (the checkpoint's) or in 0.25..4, got {settings.input_scale:g}"
     if not (math.isfinite(settings.overlay_near_m) and settings.overlay_far_m > settings.overlay_near_m):
         return (
             f"overlay_far_m ({settings.overlay_far_m:g}) must be greater than overlay_near_m "

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
-from panoptic_depthlab_ros.cli import add_averaging_args
+from panoptic_depthlab_ros.cli import add_inference_args, inference_options
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 
 from .cityscapes import (
@@ -238,7 +238,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=0, help="only the first N frames (0: all)")
     parser.add_argument("--no-verify", action="store_true", help="skip checking the split's files first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_averaging_args(parser)
+    add_inference_args(parser)
     parser.add_argument(
         "--distance-bands",
         type=_distance_bands,
@@ -286,9 +286,7 @@ def main(args: argparse.Namespace) -> int:
         if device.type == "cuda" and world_size > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint, device=device, flip_average=args.flip_average, scales=args.scales
-        )
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **inference_options(args))
         max_depth = predictor.model_config.max_depth if args.max_depth is None else args.max_depth
         summary = evaluate_split(
             predictor,
@@ -313,6 +311,7 @@ def main(args: argparse.Namespace) -> int:
                     training_iteration=_training_iteration(args.checkpoint),
                     flip_average=args.flip_average,
                     scales=list(args.scales),
+                    input_scale=predictor.model_config.input_scale,
                 )
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(doc, indent=2) + "\n")

@@ -31,7 +31,7 @@ import torch
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from tqdm import tqdm
 
-from panoptic_depthlab_ros.cli import add_averaging_args
+from panoptic_depthlab_ros.cli import add_inference_args, inference_options
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, write_image
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 from panoptic_depthlab_ros.visualize import panoptic_to_rgb
@@ -108,7 +108,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--limit", type=int, default=0, help="only the first N frames (0: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_averaging_args(parser)
+    add_inference_args(parser)
     return parser
 
 
@@ -120,9 +120,7 @@ def main(args: argparse.Namespace) -> int:
     if not samples:
         raise DatasetError(f"no images in {args.data / 'leftImg8bit' / args.split}")
     device = resolve_device(args.device)
-    predictor = Predictor.from_checkpoint(
-        args.checkpoint, device=device, flip_average=args.flip_average, scales=args.scales
-    )
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **inference_options(args))
     summary = write_predictions(predictor, samples, args.out, split=args.split, progress=not args.no_progress)
     for problem in summary.skipped:
         print(f"skipped: {problem}")

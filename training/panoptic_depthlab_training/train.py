@@ -614,10 +614,21 @@ class RobustTrainSet(Dataset):
 
 
 def build_train_loader(
-    config: Mapping[str, Any], data_root: Path, classes: ClassMetadata, info: DistInfo, *, start: int
+    config: Mapping[str, Any],
+    data_root: Path,
+    classes: ClassMetadata,
+    info: DistInfo,
+    *,
+    start: int,
+    input_scale: float = 1.0,
 ) -> DataLoader:
-    """Endless loader of this rank's augmented crops, from sample position ``start``."""
+    """Endless loader of this rank's augmented crops, from sample position ``start``.
+
+    ``data.scale_range`` is relative to the model's ``input_scale`` (the scale the
+    predictor will show it frames at), so the augmentation is centred where it will run.
+    """
     data, targets = config["data"], config["targets"]
+    lo, hi = (input_scale * float(s) for s in data["scale_range"])
     generator = PanopticTargetGenerator(
         classes.thing_ids,
         ignore_label=classes.ignore_label,
@@ -629,7 +640,7 @@ def build_train_loader(
     )
     augment = TrainAugmentation(
         crop_size=(int(data["crop_size"][0]), int(data["crop_size"][1])),
-        scale_range=(float(data["scale_range"][0]), float(data["scale_range"][1])),
+        scale_range=(lo, hi),
         flip_prob=float(data["flip_prob"]),
     )
     dataset = CityscapesPanopticDepth(
@@ -958,7 +969,9 @@ def _train(
     if use_cuda:
         torch.backends.cudnn.benchmark = True  # fixed crop size
     per_step = accum * int(config["data"]["batch_per_device"])
-    loader = build_train_loader(config, data_root, init.classes, info, start=start_iter * per_step)
+    loader = build_train_loader(
+        config, data_root, init.classes, info, start=start_iter * per_step, input_scale=init.model_config.input_scale
+    )
     batches = iter(loader)
     if rng_states is not None:
         restore_rng_state(rng_states)  # last: nothing above may draw from the restored streams

@@ -6,6 +6,7 @@ import logging
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -143,6 +144,27 @@ def test_depth_camera_comes_from_the_data_unless_configured(synth_root, synth_co
         camera.unlink()
     with pytest.raises(T.TrainingError, match="training cameras: .*camera"):
         T.record_depth_camera(T.build_initialized_model(_config()), _config(), synth_copy, info)
+
+
+def test_scale_range_is_relative_to_the_input_scale(synth_root):
+    """A model that will see frames enlarged 1.5x (``input_scale``) trains on crops drawn
+    around 1.5x: with ``scale_range`` [1, 1] every crop is the whole frame at 1.5x, depth
+    divided by 1.5 (the enlarged camera)."""
+    info = T.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_group=False)
+    config = _config("data.crop_size=[96,192]", "data.scale_range=[1.0,1.0]", "data.flip_prob=0.0")
+    init = T.build_initialized_model(config)
+    loader = T.build_train_loader(config, synth_root, init.classes, info, start=0, input_scale=1.5)
+    batch = next(iter(loader))
+    plain = CityscapesPanopticDepth(synth_root, "train")
+    raw = plain[[s.stem for s in plain.samples].index(batch["stem"][0])]
+    assert tuple(raw["image"].shape[-2:]) == (64, 128)
+    image = raw["image"].permute(1, 2, 0).numpy().astype(np.uint8)
+    expected = cv2.resize(image, (192, 96), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    np.testing.assert_array_equal(batch["image"][0].numpy(), expected.astype(np.float32))
+    valid = batch["depth_valid"][0]
+    assert bool(valid.any())
+    depth = batch["depth"][0][valid]
+    assert float(depth.max()) == pytest.approx(float(raw["depth"][raw["depth_valid"]].max()) / 1.5, rel=1e-5)
 
 
 FAST_CPU = (  # what training/configs/demo.yaml trains with
