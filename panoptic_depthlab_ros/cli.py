@@ -120,7 +120,7 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="S",
         help="resize each frame by S before the network (default: the checkpoint's; e.g. 1.5 finds"
-        " smaller things for 2.25x the time, with less exact depth)",
+        " smaller things for ~1.8x the time, with less exact depth)",
     )
     p.add_argument(
         "--flip-average",

@@ -199,7 +199,7 @@ def test_node_declares_exactly_the_yaml(ros_context, tiny_checkpoint) -> None:
         assert described["checkpoint"].read_only and not described["overlay_far_m"].read_only
         assert node.settings.device == "auto" and str(node.pipeline.predictor.device) == "cpu"
         assert node.pipeline.predictor.flip_average is False  # one network pass per frame unless asked
-        assert node.pipeline.predictor.model_config.input_scale == 1.0  # 0 = the checkpoint's
+        assert node.pipeline.predictor.model_config.input_scale == 1.0  # -1 = the checkpoint's
     finally:
         node.destroy_node()
     flipping = PanopticDepthLabNode(
@@ -332,7 +332,7 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
         ({"device": "cuda"}, ["CUDA is not available"]),
         ({"device": "gpu"}, ["device must be one of auto, cpu, cuda, got 'gpu'"]),
         ({"top_k": 0}, ["top_k must be at least 1, or -1"]),
-        ({"input_scale": 0.1}, ["input_scale must be 0 (the checkpoint's) or in 0.25..4, got 0.1"]),
+        ({"input_scale": 0.1}, ["input_scale must be in 0.25..4, or -1 for the checkpoint's value, got 0.1"]),
         ({"overlay_near_m": 5}, ["overlay_near_m must be a double"]),
         ({"center_threshold": 2.0}, ["center_threshold", "out of range"]),
         ({"overlay_near_m": 80.0}, ["overlay_far_m (60) must be greater than overlay_near_m (80)"]),

@@ -519,7 +519,7 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
             backend=settings.backend,
             fp16=settings.fp16,
             max_input_width=settings.max_input_width,
-            input_scale=settings.input_scale or None,
+            input_scale=settings.input_scale if settings.input_scale >= 0 else None,
             compile_mode=settings.compile_mode or None,
             flip_average=settings.flip_average,
         )
