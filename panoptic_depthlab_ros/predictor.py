@@ -49,7 +49,7 @@ def average_with_mirrored(out: dict[str, Tensor], mirrored: dict[str, Tensor]) -
 
     The mirrored outputs are flipped back first; an offset's dx changes sign under a
     mirror (the center is on the other side), dy does not.  Logits, center heatmap
-    and depth are averaged as they are.  On the demo model: PQ +0.5 to +0.7, DPQ +0.8.
+    and depth are averaged as they are.  On the demo model: PQ +0.5 to +1.1, DPQ +0.8 to +1.0.
     """
     back = {k: v.flip(-1) for k, v in mirrored.items()}
     back["offset"] = back["offset"] * torch.tensor([1.0, -1.0], device=back["offset"].device).view(1, 2, 1, 1)
@@ -81,7 +81,7 @@ def average_over_scales(base: dict[str, Tensor], zoomed: list[tuple[float, dict[
     ``base``'s size, offsets divided by the scale (they are in the zoomed pixels), and
     logits, centers and offsets averaged with ``base``'s. Depth stays the scale-1
     prediction: a zoomed image looks like a longer lens, and the network's depth for it
-    was measured worse (AbsRel 0.063 -> 0.087 at 1.5x on the demo model).
+    was measured worse (AbsRel 0.063 -> 0.087 at 1.5x on the previous demo model).
     """
     size = base["sem_seg"].shape[-2:]
     total = {k: base[k].clone() for k in SEGMENTATION_OUTPUTS}
@@ -129,13 +129,13 @@ class Predictor:
             network time, so off by default; meant for offline runs or spare GPU time.
         scales: input scales whose segmentation outputs are averaged (see
             :func:`average_over_scales`; must include 1.0). Multi-scale inference as in
-            the Panoptic-DeepLab paper: on the demo model (1, 1.25, 1.5, 1.75) gives PQ
+            the Panoptic-DeepLab paper: on the previous demo model (1, 1.25, 1.5, 1.75) gave PQ
             +4 for 4.8x the time per frame; offline, or an exported ONNX with ``--dynamic``.
             Scales are relative to the input scale.
         input_scale: resize every image by this before the network, replacing the
-            checkpoint's ``model_config.input_scale`` (None: keep it). One enlarged pass
-            finds smaller things: the demo model at 1.5 gains PQ +2.7 (things +3.8) for
-            1.8x the time per frame, and its depth is less exact (AbsRel 0.087 against 0.063).
+            checkpoint's ``model_config.input_scale`` (None: keep it). An enlarged pass
+            finds smaller things for more time per frame; a model should be trained at the
+            scale it runs at (the demo model: 1.5, where it scores PQ 49.7; 44.4 at 1).
     """
 
     def __init__(
