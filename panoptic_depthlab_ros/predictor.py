@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .checkpoint import load_checkpoint, load_detectron2
 from .errors import InputError, PanopticDepthLabError
 from .metadata import ClassMetadata, cityscapes_metadata
-from .model import ModelConfig
+from .model import SCALE_RANGE, SCALE_RANGE_TEXT, ModelConfig
 from .model.fuse import fold_batchnorm
 from .postprocess import PostprocessConfig, crop_and_resize, panoptic_fusion, segment_depth_statistics
 from .preprocess import Prepared, prepare_image
@@ -99,8 +99,10 @@ def check_scales(scales: Any) -> tuple[float, ...]:
         out = tuple(sorted({float(s) for s in scales}))
     except (TypeError, ValueError):
         raise ValueError(f"scales must be numbers, got {scales!r}") from None
-    if not all(0.25 <= s <= 4.0 for s in out) or 1.0 not in out:  # NaN fails the range test
-        raise ValueError(f"scales must lie in 0.25..4 and include 1.0 (depth is read at 1.0), got {list(out)}")
+    if not all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in out) or 1.0 not in out:  # NaN fails the range test
+        raise ValueError(
+            f"scales must lie in {SCALE_RANGE_TEXT} and include 1.0 (depth is read at 1.0), got {list(out)}"
+        )
     return out
 
 

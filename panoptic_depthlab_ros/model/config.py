@@ -16,6 +16,9 @@ import yaml
 # Strides of the backbone features a decoder can fuse.
 FEATURE_STRIDES = {"stem": 2, "res2": 4, "res3": 8}
 LOW_LEVEL_CHOICES = (("res2", "res3"), ("stem", "res2", "res3"))
+# Factors a frame may be resized by before the network (input_scale, multi-scale inference).
+SCALE_RANGE = (0.25, 4.0)
+SCALE_RANGE_TEXT = f"{SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}"
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,8 @@ class ModelConfig:
             raise ValueError(f"size_divisibility must be >= 0, got {self.size_divisibility}")
         if self.depth_focal_px is not None and not (math.isfinite(self.depth_focal_px) and self.depth_focal_px > 0):
             raise ValueError(f"depth_focal_px must be a positive number or None, got {self.depth_focal_px}")
-        if not (math.isfinite(self.input_scale) and 0.25 <= self.input_scale <= 4.0):
-            raise ValueError(f"input_scale must lie in 0.25..4, got {self.input_scale}")
+        if not (math.isfinite(self.input_scale) and SCALE_RANGE[0] <= self.input_scale <= SCALE_RANGE[1]):
+            raise ValueError(f"input_scale must lie in {SCALE_RANGE_TEXT}, got {self.input_scale}")
 
     @property
     def output_stride(self) -> int:

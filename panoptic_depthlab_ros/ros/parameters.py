@@ -23,6 +23,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from ..checkpoint import bundled_checkpoint
 from ..errors import CheckpointError, PanopticDepthLabError
+from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
 from ..postprocess import PostprocessConfig
 
 Value = bool | int | float | str
@@ -130,10 +131,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "input_scale",
         -1.0,
-        "Resize each frame by this (0.25..4) before the network: larger finds smaller things, for more "
+        f"Resize each frame by this ({SCALE_RANGE_TEXT}) before the network: larger finds smaller things, for more "
         "time per frame. The demo model is trained for and saved with 1.5 (PQ 49.7; at 1: 44.4, 1.8x "
         "faster);" + _CKPT,
-        bounds=(-1.0, 4.0),
+        bounds=(-1.0, SCALE_RANGE[1]),
     ),
     ParameterSpec(
         "flip_average",
@@ -364,8 +365,10 @@ def check_values(settings: NodeSettings) -> str | None:
             return f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
     if settings.top_k == 0:
         return "top_k must be at least 1, or -1 for the checkpoint's value"
-    if 0 <= settings.input_scale < 0.25:
-        return f"input_scale must be in 0.25..4, or -1 for the checkpoint's value, got {settings.input_scale:g}"
+    if 0 <= settings.input_scale < SCALE_RANGE[0]:  # above: the descriptor's bound
+        return (
+            f"input_scale must be in {SCALE_RANGE_TEXT}, or -1 for the checkpoint's value, got {settings.input_scale:g}"
+        )
     if not (math.isfinite(settings.overlay_near_m) and settings.overlay_far_m > settings.overlay_near_m):
         return (
             f"overlay_far_m ({settings.overlay_far_m:g}) must be greater than overlay_near_m "
