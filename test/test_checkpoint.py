@@ -122,7 +122,7 @@ def test_info_describes_a_checkpoint_from_its_header(
     assert main(["info"]) == 0  # the bundled model
     text = capsys.readouterr().out
     assert "demo.safetensors" in text and "output stride 16" in text and "instance [stem, res2, res3]" in text
-    assert "learnt for fx = 424.2 px" in text and "thing_area 16" in text and "iteration 600" in text
+    assert "learnt for fx = 424.2 px" in text and "thing_area 16" in text and "iteration 700" in text
     assert (
         "input: RGB, enlarged 1.5x, padded to multiples of 32" in text and "input scale note: input_scale 1.5" in text
     )
