@@ -85,7 +85,8 @@ def test_max_input_width_resizes_and_scales_offsets(tiny_checkpoint: Path) -> No
     assert r.panoptic.shape == (128, 256)
     raw_half = half.raw(img)
     # Offsets are in input pixels: the network saw a half-size image, so they are doubled.
-    net = half.network(half._prepare(img).tensor)
+    with torch.no_grad():
+        net = half.network(half._prepare(img).tensor)
     assert float(raw_half["offset"].abs().max()) == pytest.approx(2 * float(net["offset"].abs().max()), rel=0.05)
     assert full.raw(img)["offset"].shape == raw_half["offset"].shape
 
