@@ -210,7 +210,8 @@ def test_input_scale_runs_the_network_on_the_enlarged_image(tiny_checkpoint: Pat
     k = np.array([[50.0, 0, 128.0], [0, 50.0, 64.0], [0, 0, 1]])
     assert pred.predict(img, camera_k=k).depth_scale == pytest.approx(0.75)
     # Offsets: the network's (enlarged) pixels divided by 1.5.
-    net_offset = pred.network(prep.tensor)["offset"]
+    with torch.no_grad():
+        net_offset = pred.network(prep.tensor)["offset"]
     raw_offset = pred.raw(img)["offset"]
     assert float(raw_offset.abs().max()) == pytest.approx(float(net_offset.abs().max()) / 1.5, rel=0.05)
     # The width limit applies after the scale.
