@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "detectron2"
+# Outputs of the real Detectron2 Panoptic-DeepLab (how they were made: fixtures/detectron2/README.md).
+FIXTURES = REPO / "test" / "fixtures" / "detectron2"
 
 _domain_counter = itertools.count()
 

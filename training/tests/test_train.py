@@ -18,7 +18,7 @@ from panoptic_depthlab_training import train as T
 from panoptic_depthlab_training.cityscapes import CityscapesPanopticDepth, DatasetError, list_samples, read_camera
 
 REPO = Path(__file__).resolve().parents[2]
-D2_FIXTURES = REPO.parent / "shared" / "fixtures" / "detectron2"
+D2_FIXTURES = REPO / "test" / "fixtures" / "detectron2"
 LOSS_KEYS = ("loss_sem_seg", "loss_center", "loss_offset", "loss_depth")
 
 
