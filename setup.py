@@ -24,6 +24,7 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "rosbags>=0.10",
+        "scipy>=1.11",
     ],
     extras_require={"onnx": ["onnx>=1.16", "onnxruntime>=1.18"]},
     entry_points={"console_scripts": ["panoptic-depthlab=panoptic_depthlab_ros.cli:main"]},
