@@ -132,7 +132,7 @@ class TrackerConfig:
     iou_weight: float = 1.0
     distance_weight: float = 1.0
     depth_weight: float = 0.5
-    mask_samples: int = 32768
+    mask_samples: int = 16384
     position_noise_m: float = 0.1
     depth_noise_rel: float = 0.03
     pixel_noise_px: float = 4.0
@@ -407,10 +407,7 @@ class Tracker:
         stride = max(1, math.isqrt(h * w // c.mask_samples))
         grid = result.panoptic[::stride, ::stride]
         n = ids.size
-        top = int(ids.max()) if n else -1
-        lut = np.full(top + 3, n, np.int32)  # index: id + 1 (void -1 -> 0); last: ids above
-        lut[ids + 1] = np.arange(n, dtype=np.int32)
-        labels = lut[np.clip(grid, -1, top + 1) + 1]
+        labels = _relabel(grid, ids, np.arange(n), n)
         area = np.bincount(labels.ravel(), minlength=n + 1)[:n]
         return _Detections(
             seg_index=seg_index,
@@ -437,20 +434,22 @@ class Tracker:
         t.since = t.since + dt
         t.unseen_s = t.unseen_s + dt
 
-    def _measurement_variance(self, meas: FloatArray) -> FloatArray:
-        """``[N, 5]`` variance of each measurement (NaN where not measured)."""
+    def _measurement_variance(self, depth: FloatArray) -> FloatArray:
+        """``[N, 5]`` variance of a measurement of each axis at ``depth`` [N] metres."""
         c = self.config
-        sigma = np.empty_like(meas)
-        sigma[:, :3] = c.position_noise_m + c.depth_noise_rel * np.abs(meas[:, _Z : _Z + 1])
+        sigma = np.empty((depth.size, _AXES))
+        sigma[:, :3] = (c.position_noise_m + c.depth_noise_rel * np.abs(depth))[:, None]
         sigma[:, 3:] = c.pixel_noise_px
         return np.square(sigma)
 
     def _correct(self, rows: IntArray, meas: FloatArray) -> None:
         """Kalman update of tracks ``rows`` with ``meas`` [N, 5] (NaN: axis not measured)."""
         t = self._tracks
-        r = self._measurement_variance(meas)
         valid = np.isfinite(meas)
         count = t.count[rows]
+        # The noise scales with the track's predicted depth, not the measured one: weighting
+        # by the measurement would favour the nearer (smaller-variance) draws, a bias to near.
+        r = self._measurement_variance(np.where(count[:, _Z] > 0, t.pos[rows, _Z], meas[:, _Z]))
         pos, vel = t.pos[rows], t.vel[rows]
         p00, p01, p11, since = t.p00[rows], t.p01[rows], t.p11[rows], t.since[rows]
         m = np.where(valid, meas, 0.0)
@@ -744,7 +743,16 @@ def track_panoptic(result: PanopticDepthResult, tracks: Sequence[SegmentTrack]) 
         np.int64,
         len(segments),
     )
-    top = int(ids.max())
-    lut = np.full(top + 3, -1, np.int32)  # index: id + 1 (void -1 -> 0); last: unknown ids above
-    lut[ids + 1] = value
+    return _relabel(panoptic, ids, value, -1)
+
+
+def _relabel(panoptic: np.ndarray, ids: IntArray, values: np.ndarray, fill: int) -> npt.NDArray[np.int32]:
+    """``panoptic`` with each of ``ids`` (>= 0) replaced by its ``values`` entry, all else by ``fill``.
+
+    One table lookup: the table spans -1 .. max(ids) + 1 and the map is clipped into it, so
+    void, ids absent from ``ids`` and stray large values all land on ``fill``.
+    """
+    top = int(ids.max()) if ids.size else -1
+    lut = np.full(top + 3, fill, np.int32)  # index: id + 1 (void -1 -> 0); last: anything above
+    lut[ids + 1] = values
     return lut[np.clip(panoptic, -1, top + 1) + 1]

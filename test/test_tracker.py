@@ -184,6 +184,13 @@ def test_two_crossing_cars_hidden_for_frames_keep_their_ids(centroid: str) -> No
     assert set(ids_a) == {2} and ids_b[16:] == [3] * 25
 
 
+def test_subsampled_masks_keep_the_crossing_ids() -> None:
+    # mask_samples 1024 on 128x256: the IoU grid has stride isqrt(32768 // 1024) = 5 (26 x 52
+    # samples); B (33 x 12 px at its smallest full view) still has ~15 samples.
+    ids_a, ids_b = _cross(Tracker(TrackerConfig(mask_samples=1024)), 16.0, 0.5, "visible")
+    assert set(ids_a) == {2} and {i for i in ids_b if i is not None} == {1}
+
+
 @pytest.mark.parametrize("centroid", ["true", "visible"])
 def test_two_crossing_cars_at_close_depths_never_swap(centroid: str) -> None:
     # B at 13 m, nearly A's depth, passes behind A: for a few frames only slivers of B show,
