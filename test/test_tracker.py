@@ -373,13 +373,14 @@ def test_without_intrinsics_only_vz_and_ttc_are_known() -> None:
 def test_velocity_waits_for_its_standard_deviation() -> None:
     # Default noise model at 20 m: sigma = 0.1 + 0.03 * 20 = 0.7 m per measurement. After the
     # two-point start at 10 Hz the velocity std is sqrt(2) * 0.7 / 0.1 = 9.9 m/s, far above
-    # velocity_max_std_mps (1.5): still NaN at frame velocity_min_frames; known later.
+    # velocity_max_std_mps (2): still NaN at frame velocity_min_frames (3). The filter's
+    # covariance then falls under 2 m/s at its 6th measurement (frame index 5): the
+    # recursion P <- predict(P) with accel_noise 2 m/s^2, then update with R = 0.49 m^2,
+    # gives sigma_v = 5.0, 3.2, 2.3, 1.9 m/s after measurements 3..6.
     tracker = Tracker()
     tracks = _drive(tracker, range(30), lambda t: (0.0, 1.0, 20.0))
     known = [not math.isnan(tr.velocity[2]) for _, tr in tracks]
-    assert not any(known[:3])
-    first = known.index(True)
-    assert 3 < first < 30 and all(known[first:])
+    assert known.index(True) == 5 and all(known[5:])
 
 
 # --------------------------------------------------------------------- depth smoothing
