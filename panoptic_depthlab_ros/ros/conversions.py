@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..image_io import decode_image
 from ..result import PanopticDepthResult, SegmentDepth
 from .geometry import MarkerSpec, PointCloud
 
@@ -56,8 +57,7 @@ class ImageConversionError(InputError):
     """
 
     def __init__(self, reason: str, *, kind: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
+        super().__init__(reason, kind=kind)
 
 
 # ----------------------------------------------------------------- images in
@@ -128,22 +128,17 @@ def check_compressed(msg: Any) -> None:
 
 
 def compressed_to_bgr(msg: Any, *, max_pixels: int = 0) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (JPEG or PNG) -> [H, W, 3] uint8 BGR."""
+    """``sensor_msgs/CompressedImage`` (JPEG or PNG) -> [H, W, 3] uint8 BGR.
+
+    The size the data declares is checked against ``max_pixels`` (> 0) before anything
+    is decoded: a small message can declare a huge image.
+    """
     check_compressed(msg)
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise ImageConversionError(
-            f"cannot decode compressed image (format {msg.format!r}, {len(msg.data)} bytes)",
-            kind="decode",
-        )
-    height, width = image.shape[:2]
-    if max_pixels > 0 and height * width > max_pixels:
-        raise ImageConversionError(
-            f"image {width}x{height} has {height * width} pixels, above the limit max_input_pixels={max_pixels}",
-            kind="too_large",
-        )
-    return image
+    what = f"compressed image (format {msg.format!r}, {len(msg.data)} bytes)"
+    try:
+        return decode_image(msg.data, max_pixels=max_pixels, what=what, limit_name="max_input_pixels")
+    except InputError as exc:
+        raise ImageConversionError(str(exc), kind=exc.kind) from exc
 
 
 # ---------------------------------------------------------------- images out
