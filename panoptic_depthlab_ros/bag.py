@@ -38,14 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
-
-import yaml
 
 from .errors import BagError, InputError, NothingDoneError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS
@@ -375,11 +374,12 @@ def _replay(
             bar.update(1)
             try:
                 msg: Any = _deserialize(ts, raw, conn)
-                image = (
-                    conversions.compressed_to_bgr(msg, max_pixels=max_pixels)
+                convert = (
+                    conversions.compressed_to_bgr
                     if conn.msgtype.endswith("CompressedImage")
-                    else conversions.image_to_bgr(msg, max_pixels=max_pixels)
+                    else conversions.image_to_bgr
                 )
+                image = convert(msg, max_pixels=max_pixels, limit_name="--max-pixels")
                 result = predictor.predict(image, camera_k=camera_k)
             except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
                 summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")

@@ -220,7 +220,9 @@ def load_detectron2(
         except FileNotFoundError as exc:
             raise CheckpointError(config, "config file not found") from exc
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-            raise CheckpointError(config if isinstance(config, (str, Path)) else "config", f"invalid config: {exc}") from exc
+            raise CheckpointError(
+                config if isinstance(config, (str, Path)) else "config", f"invalid config: {exc}"
+            ) from exc
     weights = read_detectron2_weights(weights_path)  # before the model: a bad file costs no allocation
     model = build_model(model_config)
     report = load_state_dict_checked(model, weights, source=weights_path, allow_missing_prefix=DEPTH_PREFIX)
@@ -292,6 +294,14 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(path, "corrupt safetensors header: __metadata__ must map names to strings")
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(path, f"not a {FORMAT_NAME} checkpoint (metadata format={meta.get('format')!r})")
+    ends = [
+        t["data_offsets"][1]
+        for k, t in header.items()
+        if k != "__metadata__" and isinstance(t, dict) and isinstance(t.get("data_offsets"), list) and t["data_offsets"]
+    ]
+    held = path.stat().st_size - 8 - size
+    if ends and all(isinstance(e, int) for e in ends) and max(ends) > held:
+        raise CheckpointError(path, f"corrupt or truncated weights: {max(ends)} bytes listed, the file holds {held}")
     header["__metadata__"] = meta
     return header
 
@@ -325,7 +335,8 @@ def parse_description(
                 raise ValueError(f"must be a mapping, got {value!r}")
             parts.append(parse(value))
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-            raise CheckpointError(path, f"invalid metadata: {section}: {exc}") from exc
+            reason = str(exc).removeprefix("metadata: ")
+            raise CheckpointError(path, f"invalid metadata: {section}: {reason}") from exc
     if info is not None and not isinstance(info, dict):
         raise CheckpointError(path, f"invalid metadata: info must be a mapping, got {info!r}")
     config, class_meta, post = parts
@@ -369,13 +380,15 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     meta = header["__metadata__"]
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     parsed = _decode_metadata(path, meta)
-    parse_description(path, **parsed)  # every field checked: info shows only what would load
+    config = parse_description(path, **parsed)[0]  # every field checked: info shows only what would load
     try:
+        shapes = {k: tuple(int(n) for n in t["shape"]) for k, t in tensors.items()}
         learnt = [t for k, t in tensors.items() if not k.endswith(_BUFFER_SUFFIXES)]
         parameters = sum(int(np.prod(t["shape"])) for t in learnt)
         dtypes = sorted({str(t["dtype"]) for t in learnt})
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(path, f"invalid tensor entries: {exc}") from exc
+    _check_tensors(path, config, shapes)
     return {
         "file": str(path),
         "bytes": path.stat().st_size,
@@ -423,6 +436,21 @@ def format_description(desc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_tensors(path: Path, config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Keys and shapes against the architecture, so nothing half-loads later.
+
+    The skeleton lives on the meta device: no memory, whatever widths the metadata declares.
+    """
+    with torch.device("meta"):
+        skeleton = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    missing = [k for k in skeleton if k not in shapes]
+    unexpected = [k for k in shapes if k not in skeleton]
+    mismatched = [f"{k} (file {shapes[k]}, model {s})" for k, s in skeleton.items() if k in shapes and shapes[k] != s]
+    for reason, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
+        if keys:
+            raise CheckpointError(path, reason, keys)
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read one of our checkpoints completely, validating every part."""
     path = Path(path)
@@ -432,28 +460,19 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = load_file(path)
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(path, f"corrupt or truncated weights: {exc}") from exc
-    # Check keys and shapes against the architecture now, so nothing half-loads later. The
-    # skeleton lives on the meta device: no memory, whatever widths the metadata declares.
-    with torch.device("meta"):
-        skeleton = {k: v.shape for k, v in build_model(model_config).state_dict().items()}
-    missing = [k for k in skeleton if k not in state]
-    unexpected = [k for k in state if k not in skeleton]
-    mismatched = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(s)})"
-        for k, s in skeleton.items()
-        if k in state and tuple(state[k].shape) != tuple(s)
-    ]
-    for reason, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
-        if keys:
-            raise CheckpointError(path, reason, keys)
+    _check_tensors(path, model_config, {k: tuple(v.shape) for k, v in state.items()})
     return Checkpoint(model_config=model_config, classes=classes, postprocess=post, state_dict=state, info=info)
 
 
 def checkpoint_output(out: str | Path, *, overwrite: bool, what: str, inputs: list[Path]) -> StagedOutput:
-    """Rules for writing a checkpoint to ``out``: a file already there is replaced only when
-    ``overwrite`` and it is one of ours (see :mod:`.output`)."""
+    """Rules for writing a checkpoint to ``out`` (see :mod:`.output`).
+
+    A file already there is replaced only with ``overwrite``, and only when it is one of ours.
+    """
     out = Path(out)
-    return StagedOutput(out.parent, [out.name], what=what, overwrite=overwrite, why_not_ours=checkpoint_says, inputs=inputs)
+    return StagedOutput(
+        out.parent, [out.name], what=what, overwrite=overwrite, why_not_ours=checkpoint_says, inputs=inputs
+    )
 
 
 def convert_detectron2(

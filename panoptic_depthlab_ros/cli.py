@@ -149,8 +149,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_inference_args(p)
 
 
-def max_pixels_argument(text: str) -> int:
-    """``--max-pixels``: an integer >= 0."""
+def _max_pixels(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -158,6 +157,11 @@ def max_pixels_argument(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected >= 0 (0: no limit), got {value}")
     return value
+
+
+def add_max_pixels_arg(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels N``: the pixel limit of decoded images (shared with the training package's commands)."""
+    p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
 
 
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,7 +209,7 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         help="multi-scale inference: average the segmentation over these input scales (with 1; e.g."
         " 1,1.25,1.5,1.75: better segments, ~5x the time; depth stays scale 1's)",
     )
-    p.add_argument("--max-pixels", type=max_pixels_argument, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
+    add_max_pixels_arg(p)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

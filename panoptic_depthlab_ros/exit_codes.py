@@ -33,20 +33,19 @@ def describe_os_error(exc: OSError) -> str:
     return str(exc)
 
 
-def run_command(
-    prog: str, func: Callable[[], int], *, expected: tuple[type[Exception], ...] = ()
-) -> int:
+def run_command(prog: str, func: Callable[[], int], *, expected: tuple[type[Exception], ...] = ()) -> int:
     """``func()``'s exit code; an expected failure prints ``<prog>: error: <what>`` and gives 2.
 
     Expected: this package's errors, ``OSError`` (a path that cannot be read or written),
     anything in ``expected``; Ctrl-C outside a loop that handles it gives 130.
     """
+    known: tuple[type[Exception], ...] = (PanopticDepthLabError, *expected)
     try:
         return int(func())
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return interrupted(2)
-    except (PanopticDepthLabError, *expected) as exc:
+    except known as exc:
         for line in exc.skipped if isinstance(exc, NothingDoneError) else []:
             print(f"skipped: {line}", file=sys.stderr)
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -41,7 +41,9 @@ def check_ints(name: str, values: Any, low: int, high: int, *, length: int | Non
 def check_numbers(name: str, values: Any, length: int, *, positive: bool = False) -> None:
     """``values`` is a tuple of ``length`` finite numbers (each > 0 with ``positive``)."""
     ok = isinstance(values, tuple) and len(values) == length
-    ok = ok and all((_is_int(v) or isinstance(v, float)) and math.isfinite(v) and (v > 0 or not positive) for v in values)
+    ok = ok and all(
+        (_is_int(v) or isinstance(v, float)) and math.isfinite(v) and (v > 0 or not positive) for v in values
+    )
     if not ok:
         what = "positive finite numbers" if positive else "finite numbers"
         raise ValueError(f"{name} must be {length} {what}, got {_shown(values)}")

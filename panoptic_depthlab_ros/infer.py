@@ -265,7 +265,9 @@ def _video(
         summary.skipped.append(f"{path}: unreadable video")
         return
     try:
-        check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), max_pixels, str(path))
+        check_pixels(
+            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), max_pixels, str(path)
+        )
     except InputError as exc:
         cap.release()
         summary.skipped.append(str(exc))

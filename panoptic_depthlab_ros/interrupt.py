@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
@@ -25,7 +25,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
 
-    def __call__(self) -> bool:
+    def __call__(self) -> bool:  # noqa: D102
         return self.signum is not None
 
     @property

@@ -155,9 +155,7 @@ class StagedOutput:
         staging.mkdir()
         return staging
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._root is not None
         if kind is None:
             self._commit(self._root)
@@ -178,7 +176,9 @@ class StagedOutput:
                     os.rename(target, previous / name)
                 os.rename(new, target)
         except (OSError, OutputError) as exc:
-            raise OutputError(f"{self.targets[0]}: could not move the output into place ({exc}); it is in {root}") from exc
+            raise OutputError(
+                f"{self.targets[0]}: could not move the output into place ({exc}); it is in {root}"
+            ) from exc
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -1,7 +1,9 @@
 """Command line ``panoptic-depthlab-training``: synth, demo-bag, verify-cityscapes, train, evaluate, predict.
 
-Exit codes: 0 success; 1 a broken dataset (the verification report is printed);
-2 a bad config, checkpoint or argument.
+Exit codes (as ``panoptic-depthlab``'s, see ``panoptic_depthlab_ros.exit_codes``): 0 all done;
+1 done with input skipped, or ``verify-cityscapes`` found problems (the report lists them);
+2 nothing done: a bad config, checkpoint, dataset, argument or output path (one line says
+why); 128 + N ended by signal N.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from panoptic_depthlab_ros.errors import PanopticDepthLabError
+from panoptic_depthlab_ros.cli import add_max_pixels_arg
+from panoptic_depthlab_ros.exit_codes import DONE, PARTIAL, run_command
 
 from . import evaluate as evaluate_cmd
 from . import predict as predict_cmd
@@ -40,13 +43,15 @@ def _demo_bag(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote {out}: {args.frames} frames at {args.fps:g} Hz on /camera/image_raw + /camera/camera_info")
-    return 0
+    return DONE
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = verify_cityscapes(args.root, args.splits, require_depth=not args.no_depth, workers=args.workers)
+    report = verify_cityscapes(
+        args.root, args.splits, require_depth=not args.no_depth, workers=args.workers, max_pixels=args.max_pixels
+    )
     print(report.format())
-    return 0 if report.ok else 1
+    return DONE if report.ok else PARTIAL
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -83,6 +88,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=list(GT_SPLITS), choices=SPLITS)
     p.add_argument("--no-depth", action="store_true", help="do not require disparity/ and camera/")
     p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    add_max_pixels_arg(p)
     p.set_defaults(func=_verify)
 
     p = sub.add_parser(
@@ -114,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        return int(args.func(args))
-    except DatasetError as exc:
-        print(f"panoptic-depthlab-training {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except (PanopticDepthLabError, FileNotFoundError, FileExistsError) as exc:
-        print(f"panoptic-depthlab-training {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(f"panoptic-depthlab-training {args.command}", lambda: args.func(args), expected=(DatasetError,))
 
 
 if __name__ == "__main__":
