@@ -109,6 +109,12 @@ class Checkpoint:
         return model.eval()
 
 
+def require_file(path: Path) -> None:
+    """:class:`CheckpointError` unless ``path`` is a file (missing, or a folder)."""
+    if not path.is_file():
+        raise CheckpointError(path, "is a folder, not a model file" if path.is_dir() else "file not found")
+
+
 def bundled_checkpoint() -> Path:
     """The demo model shipped in the package (trained on our synthetic scenes)."""
     if not BUNDLED_CHECKPOINT.is_file():
@@ -119,8 +125,7 @@ def bundled_checkpoint() -> Path:
 def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:
     """State dict of a Detectron2 ``.pkl`` (model zoo) or ``.pth`` checkpoint, as tensors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "file not found")
+    require_file(path)
     raw: Any
     if path.suffix == ".pkl":
         if path.stat().st_size == 0:
@@ -277,8 +282,7 @@ def save_checkpoint(
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
     """The whole JSON header of one of our files: tensor entries and ``__metadata__`` (all strings)."""
-    if not path.is_file():
-        raise CheckpointError(path, "file not found")
+    require_file(path)
     try:
         with path.open("rb") as f:
             size = int.from_bytes(f.read(8), "little")

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,19 +150,41 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_inference_args(p)
 
 
-def _max_pixels(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected >= 0 (0: no limit), got {value}")
-    return value
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low`` (a bad one is argparse's one-line usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def number_above(low: float, *, or_equal: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number > ``low`` (>= with ``or_equal``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and (value >= low if or_equal else value > low)):
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {'>=' if or_equal else '>'} {low:g}, got {text}"
+            )
+        return value
+
+    return parse
 
 
 def add_max_pixels_arg(p: argparse.ArgumentParser) -> None:
     """``--max-pixels N``: the pixel limit of decoded images (shared with the training package's commands)."""
-    p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
+    p.add_argument("--max-pixels", type=int_at_least(0), default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
 
 
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -228,7 +228,8 @@ def run_infer(
             summary.frames += 1
             summary.written += [str(p) for p in written]
         if summary.frames == 0 and not summary.interrupted:
-            raise NothingDoneError(f"no frame of {len(paths)} input file(s) could be used", summary.skipped)
+            what = f"no frame of {len(paths)} input file(s) could be used" if paths else "no input could be used"
+            raise NothingDoneError(what, summary.skipped)
         summary.written = [str(out / Path(p).name) for p in summary.written]  # where they are once moved
         write_marker(
             work,

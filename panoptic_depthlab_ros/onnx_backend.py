@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import parse_description
+from .checkpoint import parse_description, require_file
 from .errors import CheckpointError, InputError
 from .export import SIDECAR_FORMAT, sidecar_path
 from .fields import check_bool, check_int
@@ -29,8 +29,7 @@ def read_export_description(path: str | Path) -> dict[str, Any]:
     import onnx  # noqa: PLC0415 - optional dependency
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "file not found")
+    require_file(path)
     try:
         graph = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... for garbage

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from panoptic_depthlab_ros.cli import add_max_pixels_arg
+from panoptic_depthlab_ros.cli import add_max_pixels_arg, int_at_least, number_above
 from panoptic_depthlab_ros.exit_codes import DONE, PARTIAL, run_command
 
 from . import evaluate as evaluate_cmd
@@ -63,23 +63,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="render synthetic street scenes in the Cityscapes layout")
     p.add_argument("out", type=Path, help="output root (gets leftImg8bit/, gtFine/, disparity/, camera/)")
-    p.add_argument("--train", type=int, default=100, help="train frames")
-    p.add_argument("--val", type=int, default=20, help="val frames")
+    p.add_argument("--train", type=int_at_least(0), default=100, help="train frames")
+    p.add_argument("--val", type=int_at_least(0), default=20, help="val frames")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int_at_least(8), default=256)
+    p.add_argument("--width", type=int_at_least(8), default=512)
     p.add_argument("--city", default="synthcity")
-    p.add_argument("--workers", type=int, default=1, help="rendering processes")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="rendering processes")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("demo-bag", help="a ROS 2 bag (MCAP) of a synthetic drive: Image + CameraInfo at 10 Hz")
     p.add_argument("out", type=Path, help="output bag directory")
-    p.add_argument("--frames", type=int, default=30)
-    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--frames", type=int_at_least(1), default=30)
+    p.add_argument("--fps", type=number_above(0), default=10.0)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--height", type=int, default=192)
-    p.add_argument("--width", type=int, default=384)
-    p.add_argument("--speed", type=float, default=8.0, help="ego speed, m/s")
+    p.add_argument("--height", type=int_at_least(8), default=192)
+    p.add_argument("--width", type=int_at_least(8), default=384)
+    p.add_argument("--speed", type=number_above(0), default=8.0, help="ego speed, m/s")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_demo_bag)
 
@@ -87,7 +87,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("root", type=Path)
     p.add_argument("--splits", nargs="+", default=list(GT_SPLITS), choices=SPLITS)
     p.add_argument("--no-depth", action="store_true", help="do not require disparity/ and camera/")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    p.add_argument("--workers", type=int_at_least(1), default=None, help="decoding threads")
     add_max_pixels_arg(p)
     p.set_defaults(func=_verify)
 

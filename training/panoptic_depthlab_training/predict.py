@@ -37,7 +37,7 @@ import torch
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from tqdm import tqdm
 
-from panoptic_depthlab_ros.cli import add_inference_args, inference_options
+from panoptic_depthlab_ros.cli import add_inference_args, inference_options, int_at_least
 from panoptic_depthlab_ros.errors import InputError, NothingDoneError
 from panoptic_depthlab_ros.exit_codes import DONE, PARTIAL, interrupted
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, write_image
@@ -158,7 +158,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N frames (0: all)")
+    parser.add_argument("--limit", type=int_at_least(0), default=0, help="only the first N frames (0: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="replace this split's earlier predictions in OUT")
     add_inference_args(parser)
