@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .exit_codes import DONE, PARTIAL, interrupted, run_command
+from .exit_codes import DONE, outcome, run_command
 from .image_io import DEFAULT_MAX_PIXELS, MAX_PIXELS_HELP
 from .interrupt import stop_on_signals
 
@@ -81,19 +81,16 @@ def _bag(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             stop=stop,
         )
-    for line in summary.skipped:
-        print(f"skipped: {line}", file=sys.stderr)
     print(f"wrote {args.output}: {summary.frames} frames, outputs on {', '.join(summary.output_topics)}")
     if summary.damage:  # the output is complete, the input was not: say so
         print(f"panoptic-depthlab bag: warning: {summary.damage}", file=sys.stderr)
-    if summary.interrupted:
-        print(
-            f"panoptic-depthlab bag: {stop.name}: the replay ended after {summary.frames} frames; "
-            f"{args.output} is a complete bag of them",
-            file=sys.stderr,
-        )
-        return interrupted(stop.signum or 0)
-    return PARTIAL if summary.skipped or summary.damage else DONE
+    return outcome(
+        "panoptic-depthlab bag",
+        skipped=summary.skipped,
+        partial=bool(summary.damage),
+        interrupted_by=stop.signum if summary.interrupted else None,
+        ended=f"the replay ended after {summary.frames} frames; {args.output} is a complete bag of them",
+    )
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -115,16 +112,14 @@ def _infer(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             stop=stop,
         )
-    for line in summary.skipped:
-        print(f"skipped: {line}", file=sys.stderr)
     print(f"wrote {len(summary.written)} files for {summary.frames} frames to {args.out}")
-    if summary.interrupted:
-        print(
-            f"panoptic-depthlab infer: {stop.name}: ended after {summary.frames} frames; {args.out} holds them",
-            file=sys.stderr,
-        )
-        return interrupted(stop.signum or 0)
-    return PARTIAL if summary.skipped else DONE
+    return outcome(
+        "panoptic-depthlab infer",
+        skipped=summary.skipped,
+        partial=False,
+        interrupted_by=stop.signum if summary.interrupted else None,
+        ended=f"ended after {summary.frames} frames; {args.out} holds them",
+    )
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -23,6 +24,16 @@ NOTHING = 2
 def interrupted(signum: int) -> int:
     """The exit code of a run ended by signal ``signum``."""
     return 128 + signum
+
+
+def outcome(prog: str, *, skipped: list[str], partial: bool, interrupted_by: int | None, ended: str) -> int:
+    """A run's exit code, after naming every skipped input (stderr) and, if a signal ended it, ``ended``."""
+    for line in skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    if interrupted_by is not None:
+        print(f"{prog}: {signal.Signals(interrupted_by).name}: {ended}", file=sys.stderr)
+        return interrupted(interrupted_by)
+    return PARTIAL if partial or skipped else DONE
 
 
 def describe_os_error(exc: OSError) -> str:

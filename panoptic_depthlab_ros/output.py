@@ -38,19 +38,22 @@ def write_marker(folder: Path, tool: str, **details: Any) -> None:
     (folder / MARKER).write_text(json.dumps({"written_by": tool, **details}, indent=1, default=str) + "\n")
 
 
+def written_by_says(document: Path, tool: str) -> str | None:
+    """None when JSON file ``document`` says ``"written_by": tool``; else why it does not."""
+    try:
+        doc = json.loads(document.read_text())
+    except FileNotFoundError:
+        return f"there is no {document.name}"
+    except (OSError, ValueError) as exc:
+        return f"{document.name} is unreadable ({exc})"
+    if not isinstance(doc, dict) or doc.get("written_by") != tool:
+        return f"{document.name} does not say written_by: {tool}"
+    return None
+
+
 def marker_says(folder: Path, tool: str) -> str | None:
     """None when ``folder``'s marker names ``tool``; else why ``folder`` is not ``tool``'s output."""
-    if not folder.is_dir():
-        return "it is not a folder"
-    try:
-        doc = json.loads((folder / MARKER).read_text())
-    except FileNotFoundError:
-        return f"it has no {MARKER}"
-    except (OSError, ValueError) as exc:
-        return f"its {MARKER} is unreadable ({exc})"
-    if not isinstance(doc, dict) or doc.get("written_by") != tool:
-        return f"its {MARKER} does not name {tool}"
-    return None
+    return written_by_says(folder / MARKER, tool) if folder.is_dir() else "it is not a folder"
 
 
 def _is_empty_dir(path: Path) -> bool:

@@ -293,6 +293,16 @@ def test_thousand_bad_frames_interleaved(harness) -> None:
     assert [stamp_of(m)[0] for m in harness.messages("segments")] == list(range(1000, 1000 + n_good))
 
 
+class Exploding:
+    """A predictor whose network backend fails on every frame (a failure, not a mock of ROS)."""
+
+    def __init__(self, real) -> None:
+        self.postprocess = real.postprocess
+
+    def predict(self, image, camera_k=None):
+        raise RuntimeError("backend exploded")
+
+
 def _bad_so_far(harness) -> int:
     counts = harness.counts()
     return counts["dropped_bad_input"] + counts["camera_info_dropped_bad_input"]
@@ -304,13 +314,7 @@ def test_predictor_failure_does_not_kill_the_worker(harness) -> None:
     pipeline = harness.node.pipeline
     real = pipeline.predictor
 
-    class Exploding:  # a network backend failure, not a mock of ROS
-        postprocess = real.postprocess
-
-        def predict(self, image, camera_k=None):
-            raise RuntimeError("backend exploded")
-
-    pipeline.predictor = Exploding()
+    pipeline.predictor = Exploding(real)
     harness.image_pub.publish(image_msg(random_image(8), stamp=(30, 0)))
     harness.wait_for(lambda: harness.counts()["errors"] == 1, 30, "the error to be counted")
     pipeline.predictor = real
@@ -334,17 +338,11 @@ def test_every_failure_reaches_the_log_at_its_own_severity(harness) -> None:
     pipeline = harness.node.pipeline
     real = pipeline.predictor
 
-    class Exploding:  # a network backend failure, not a mock of ROS
-        postprocess = real.postprocess
-
-        def predict(self, image, camera_k=None):
-            raise RuntimeError("backend exploded")
-
     bad = image_msg(random_image(8), "rgb8", stamp=(50, 0))
     bad.encoding = "yuv422"
     harness.image_pub.publish(bad)
     harness.wait_for(lambda: harness.counts()["dropped_bad_input"] == 1, 30, "the bad frame")
-    pipeline.predictor = Exploding()
+    pipeline.predictor = Exploding(real)
     for i in range(3):  # every frame fails: one error in the log, the others held back
         harness.image_pub.publish(image_msg(random_image(8), stamp=(51 + i, 0)))
         harness.wait_for(lambda n=i + 1: harness.counts()["errors"] == n, 30, "the failed frame")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +38,10 @@ from tqdm import tqdm
 
 from panoptic_depthlab_ros.cli import add_inference_args, inference_options, int_at_least
 from panoptic_depthlab_ros.errors import InputError, NothingDoneError
-from panoptic_depthlab_ros.exit_codes import DONE, PARTIAL, interrupted
+from panoptic_depthlab_ros.exit_codes import outcome
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, write_image
 from panoptic_depthlab_ros.interrupt import stop_on_signals
-from panoptic_depthlab_ros.output import StagedOutput
+from panoptic_depthlab_ros.output import StagedOutput, written_by_says
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 from panoptic_depthlab_ros.visualize import panoptic_to_rgb
 
@@ -69,16 +68,7 @@ def _entries(split: str) -> list[str]:
 def predictions_say(path: Path) -> str | None:
     """None when entry ``path`` belongs to predictions this command wrote (its JSON says so); else why not."""
     split = path.name.removesuffix(".json").rsplit("_", 1)[-1]
-    doc_path = path.parent / f"cityscapes_panoptic_{split}.json"
-    try:
-        doc = json.loads(doc_path.read_text())
-    except FileNotFoundError:
-        return f"there is no {doc_path.name} beside it"
-    except (OSError, ValueError) as exc:
-        return f"{doc_path.name} is unreadable ({exc})"
-    if not isinstance(doc, dict) or doc.get("written_by") != WRITTEN_BY:
-        return f"{doc_path.name} does not say written_by: {WRITTEN_BY}"
-    return None
+    return written_by_says(path.parent / f"cityscapes_panoptic_{split}.json", WRITTEN_BY)
 
 
 def predictions_output(out_dir: Path, split: str, *, overwrite: bool, inputs: Sequence[Path]) -> StagedOutput:
@@ -185,10 +175,11 @@ def main(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             stop=stop,
         )
-    for problem in summary.skipped:
-        print(f"skipped: {problem}")
     print(f"wrote {summary.frames} frames: {summary.json_path} with {summary.json_path.with_suffix('')}/")
-    if summary.interrupted:
-        print(f"predict: {stop.name}: ended after {summary.frames} frames; they are written", file=sys.stderr)
-        return interrupted(stop.signum or 0)
-    return PARTIAL if summary.skipped else DONE
+    return outcome(
+        "panoptic-depthlab-training predict",
+        skipped=summary.skipped,
+        partial=False,
+        interrupted_by=stop.signum if summary.interrupted else None,
+        ended=f"ended after {summary.frames} frames; they are written",
+    )
