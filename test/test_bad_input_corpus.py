@@ -392,7 +392,7 @@ def test_output_paths_that_cannot_be_written(
     assert not [p for p in tmp_path.rglob(".*partial")]  # no staging left behind
 
 
-def test_bag_never_deletes_what_it_did_not_write(tmp_path: Path, model: list[str]) -> None:
+def test_bag_never_deletes_what_it_did_not_write(tmp_path: Path, model: list[str], monkeypatch) -> None:
     """The issue's case: OUT is the folder holding the input bag and the user's notes."""
     p = tmp_path / "p"
     p.mkdir()
@@ -401,13 +401,10 @@ def test_bag_never_deletes_what_it_did_not_write(tmp_path: Path, model: list[str
     before = snapshot(tmp_path)
     run = _main(["bag", str(p / "in_bag"), str(p), "--overwrite", *model])
     assert run.code == 2 and "is or holds the input" in run.err, run.err
-    os.chdir(p / "in_bag")  # conftest restores nothing: go back below
-    try:
-        for out in (".", "..", str(tmp_path)):
-            run = _main(["bag", str(p / "in_bag"), out, "--overwrite", *model])
-            assert run.code == 2 and ("working directory" in run.err or "holds the input" in run.err), run.err
-    finally:
-        os.chdir(REPO)
+    monkeypatch.chdir(p / "in_bag")
+    for out in (".", "..", str(tmp_path)):
+        run = _main(["bag", str(p / "in_bag"), out, "--overwrite", *model])
+        assert run.code == 2 and ("working directory" in run.err or "holds the input" in run.err), run.err
     assert_unchanged(before)
 
 
