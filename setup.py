@@ -20,6 +20,7 @@ setup(
         "torch>=2.3",
         "numpy>=1.26",
         "opencv-python-headless>=4.8",
+        "pillow>=9",  # image headers read before decoding (sizes checked against the pixel limit)
         "safetensors>=0.4",
         "pyyaml>=6",
         "tqdm>=4.60",

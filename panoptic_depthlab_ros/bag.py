@@ -14,14 +14,20 @@ goes on after the last message handled.  Either way the loss is reported in
 ``ReplaySummary.damage``.  A bag directory whose recorder died before writing
 ``metadata.yaml``, and a split bag (``<bag>_0.mcap``, ``<bag>_1.mcap``, ... or
 ``.db3``) with such a file, are read file by file in split order.  What cannot be
-salvaged stops the replay with an error naming the bag, and what was written until
-then is closed into a valid bag.
+salvaged ends the replay there: what was done is a complete bag (or, before the first
+frame, an error naming the bag).
+
+The output is written beside ``OUT`` and moved into place when the replay ends (see
+:mod:`.output`): a failed run keeps the previous output, and ``--overwrite`` replaces
+only a bag this tool wrote (its ``metadata.yaml`` says so in ``custom_data``).  A stop
+request (SIGINT / SIGTERM, see :mod:`.interrupt`) ends the replay like the end of the
+input.  Frames over ``max_pixels`` and messages that do not deserialize as their type
+are skipped, named and counted.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError
@@ -39,7 +46,9 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
-from .errors import BagError, InputError, PanopticDepthLabError
+from .errors import BagError, InputError, NothingDoneError, PanopticDepthLabError
+from .image_io import DEFAULT_MAX_PIXELS
+from .output import StagedOutput
 from .predictor import Predictor
 from .ros import conversions
 from .salvage import Salvage, is_cut_short, salvage
@@ -50,6 +59,9 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 OUTPUT_NAMESPACE = "/panoptic_depthlab"
 PACKAGE = "panoptic_depthlab_ros"
 MSG_NAMES = ("SegmentDepth", "SegmentDepthArray")
+WRITTEN_BY = "panoptic-depthlab bag"
+# custom_data keys in metadata.yaml: which tool wrote the bag, and from what.
+MARK_PREFIX = "panoptic_depthlab."
 
 
 @dataclass
@@ -62,6 +74,7 @@ class ReplaySummary:
     latency_s: list[float] = field(default_factory=list)
     output_topics: list[str] = field(default_factory=list)
     damage: str | None = None  # set when a cut-short or damaged input was salvaged: what was lost
+    interrupted: bool = False  # a stop request ended the replay early (the output holds what was done)
 
 
 def msg_definition_dir() -> Path:
@@ -173,6 +186,43 @@ def _messages(reader: Reader, bag: Path) -> Iterator[tuple[Connection, int, byte
         raise BagError(f"{bag}: corrupt or truncated bag ({type(exc).__name__}: {exc})") from exc
 
 
+def bag_marker_says(path: Path, tool: str) -> str | None:
+    """None when bag folder ``path``'s ``metadata.yaml`` says ``tool`` wrote it; else why it is not ``tool``'s."""
+    try:
+        doc = yaml.safe_load((path / "metadata.yaml").read_text())
+        custom = doc["rosbag2_bagfile_information"].get("custom_data") or {}
+    except FileNotFoundError:
+        return "no metadata.yaml: not a complete bag"
+    except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError) as exc:
+        return f"its metadata.yaml is unreadable ({type(exc).__name__})"
+    if custom.get(MARK_PREFIX + "written_by") != tool:
+        return f"its metadata.yaml has no custom_data {MARK_PREFIX}written_by: {tool}"
+    return None
+
+
+def mark_bag(writer: Writer, tool: str, **details: object) -> None:
+    """Record in the bag's ``metadata.yaml`` (``custom_data``) that ``tool`` wrote it, and from what."""
+    writer.set_custom_data(MARK_PREFIX + "written_by", tool)
+    for key, value in details.items():
+        writer.set_custom_data(MARK_PREFIX + key, str(value))
+
+
+def bag_output(bag_in: str | Path, bag_out: str | Path, *, overwrite: bool, tool: str = WRITTEN_BY) -> StagedOutput:
+    """Check the output rules for a replay (before any model is loaded); see :mod:`.output`."""
+    bag_in, bag_out = Path(bag_in), Path(bag_out)
+    if not bag_in.exists():
+        raise BagError(f"{bag_in}: no such bag")
+    return StagedOutput(
+        bag_out.parent,
+        [bag_out.name],
+        what=tool,
+        overwrite=overwrite,
+        why_not_ours=lambda path: bag_marker_says(path, tool),
+        inputs=[bag_in],
+        containers=[bag_in] if bag_in.is_dir() else [],
+    )
+
+
 def replay_bag(
     bag_in: str | Path,
     bag_out: str | Path,
@@ -184,20 +234,20 @@ def replay_bag(
     near: float = 5.0,
     far: float = 60.0,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    stop: Callable[[], bool] = lambda: False,
 ) -> ReplaySummary:
-    """Replay ``bag_in`` through ``predictor`` into a new bag ``bag_out`` (see module docstring)."""
+    """Replay ``bag_in`` through ``predictor`` into a new bag ``bag_out`` (see module docstring).
+
+    ``stop()`` is asked before each message; once True the replay ends as at the end of
+    the input.  Raises :class:`BagError` (and keeps any previous ``bag_out``) when no
+    frame could be replayed.
+    """
+    staged = bag_output(bag_in, bag_out, overwrite=overwrite)
     bag_in, bag_out = Path(bag_in), Path(bag_out)
-    if not bag_in.exists():
-        raise BagError(f"{bag_in}: no such bag")
-    if bag_out.resolve() == bag_in.resolve() or bag_in.resolve() in bag_out.resolve().parents:
-        raise BagError(f"{bag_out}: the output must not be the input bag (or inside it)")
-    if bag_out.exists():
-        if not overwrite:
-            raise BagError(f"{bag_out} exists; pass --overwrite to replace it")
-        shutil.rmtree(bag_out) if bag_out.is_dir() else bag_out.unlink()
     ts = typestore_with_our_messages()
     summary = ReplaySummary()
-    with ExitStack() as stack:
+    with staged as staging, ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
         sources, salvages = _readable_sources(bag_in, workdir)
         recovered = False
@@ -226,7 +276,7 @@ def replay_bag(
             readers,
             recover,
             bag_in,
-            bag_out,
+            staging / bag_out.name,
             ts,
             summary,
             predictor=predictor,
@@ -235,10 +285,16 @@ def replay_bag(
             near=near,
             far=far,
             progress=progress,
+            max_pixels=max_pixels,
+            stop=stop,
         )
         damaged = [v.describe() for v in salvages if v.dropped or v.cut_short]
         if summary.damage or damaged:
             summary.damage = "; ".join(filter(None, [summary.damage, *damaged]))
+        if summary.frames == 0 and not summary.interrupted:
+            more = f" (+{len(summary.skipped) - 1} more)" if len(summary.skipped) > 1 else ""
+            why = f"{summary.skipped[0]}{more}" if summary.skipped else summary.damage or "its image topic is empty"
+            raise NothingDoneError(f"{bag_in}: no frame could be replayed: {why}", summary.skipped)
     return summary
 
 
@@ -256,6 +312,8 @@ def _replay(
     near: float,
     far: float,
     progress: bool,
+    max_pixels: int,
+    stop: Callable[[], bool],
 ) -> None:
     """Every input message copied, every image frame answered with the node's outputs.
 
@@ -272,6 +330,7 @@ def _replay(
     assert img_conn is not None
     info_topic = info_conn.topic if info_conn is not None else None
     writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
+    mark_bag(writer, WRITTEN_BY, input=bag_in.resolve(), checkpoint=predictor.source or "(in memory)")
     writer.open()
     try:
         out_conns = {
@@ -306,20 +365,21 @@ def _replay(
                 writer.write(out_conns[conn.topic], stamp_ns, raw)
             if conn.topic == info_topic:
                 try:
-                    camera_k = conversions.camera_k(ts.deserialize_cdr(raw, conn.msgtype))
+                    camera_k = conversions.camera_k(_deserialize(ts, raw, conn))
                 except InputError as exc:
-                    summary.skipped.append(f"camera_info at {stamp_ns}: {exc}")
+                    summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
                 return
             if conn.topic != img_conn.topic:
                 return
             bar.update(1)
-            msg: Any = ts.deserialize_cdr(raw, conn.msgtype)
             try:
-                image = (
-                    conversions.compressed_to_bgr(msg)
+                msg: Any = _deserialize(ts, raw, conn)
+                convert = (
+                    conversions.compressed_to_bgr
                     if conn.msgtype.endswith("CompressedImage")
-                    else conversions.image_to_bgr(msg)
+                    else conversions.image_to_bgr
                 )
+                image = convert(msg, max_pixels=max_pixels, limit_name="--max-pixels")
                 result = predictor.predict(image, camera_k=camera_k)
             except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
                 summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
@@ -348,22 +408,42 @@ def _replay(
             summary.segments_per_frame.append(len(result.segments))
             summary.latency_s.append(result.timings["total"])
 
+        def until_stopped(messages: Iterator[tuple[Connection, int, bytes]]) -> Iterator[tuple[Connection, int, bytes]]:
+            for message in messages:
+                if stop():  # a signal: end here, as at the end of the input
+                    summary.interrupted = True
+                    return
+                yield message
+
         try:
-            for conn, stamp_ns, raw in (m for r in readers for m in _messages(r, bag_in)):
+            for conn, stamp_ns, raw in until_stopped(m for r in readers for m in _messages(r, bag_in)):
                 handle(conn, stamp_ns, raw)
         except BagError as exc:  # damage inside the bag: go on with what the salvaged copies hold
             summary.damage = f"{exc}; went on after {last_stamp} with the salvaged rest"
             done_at_last = Counter(at_last)
-            for conn, stamp_ns, raw in (m for r in recover(exc) for m in _messages(r, bag_in)):
-                if stamp_ns < last_stamp:
-                    continue  # handled before the damage (messages come in time order)
-                if stamp_ns == last_stamp and done_at_last[conn.topic] > 0:
-                    done_at_last[conn.topic] -= 1
-                    continue
-                handle(conn, stamp_ns, raw)
+            try:
+                for conn, stamp_ns, raw in until_stopped(m for r in recover(exc) for m in _messages(r, bag_in)):
+                    if stamp_ns < last_stamp:
+                        continue  # handled before the damage (messages come in time order)
+                    if stamp_ns == last_stamp and done_at_last[conn.topic] > 0:
+                        done_at_last[conn.topic] -= 1
+                        continue
+                    handle(conn, stamp_ns, raw)
+            except BagError as again:  # nothing more to salvage: what was done is the output
+                if not summary.frames:
+                    raise
+                summary.damage = f"{again}; the replay ended there"
         bar.close()
     finally:
         writer.close()  # whatever happened, what was written is a complete bag
+
+
+def _deserialize(ts: Typestore, raw: bytes, conn: Connection) -> Any:
+    """A message of ``conn``'s type, or :class:`InputError` when the bytes are not one (wrong type, damage)."""
+    try:
+        return ts.deserialize_cdr(raw, conn.msgtype)
+    except Exception as exc:  # noqa: BLE001 - the CDR decoder raises struct, index, unicode... errors
+        raise InputError(f"{len(raw)} bytes that are not a {conn.msgtype} ({type(exc).__name__}: {exc})") from exc
 
 
 def _storage_of(bag: Path) -> StoragePlugin:

@@ -33,6 +33,7 @@ from .errors import CheckpointError
 from .metadata import ClassMetadata, cityscapes_metadata
 from .model import ModelConfig, PanopticDepthLab, build_model
 from .model.config import load_detectron2_yaml
+from .output import StagedOutput
 from .postprocess import PostprocessConfig
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "data" / "demo.safetensors"
@@ -55,6 +56,10 @@ _SAFE_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"),
     ("_codecs", "encode"),
 }
+
+
+# Weights are booleans, integers or floats: object, string, bytes, complex or datetime arrays are not.
+_NUMERIC_KINDS = "biuf"
 
 
 class _UnsafePickleError(pickle.UnpicklingError):
@@ -104,6 +109,12 @@ class Checkpoint:
         return model.eval()
 
 
+def require_file(path: Path) -> None:
+    """:class:`CheckpointError` unless ``path`` is a file (missing, or a folder)."""
+    if not path.is_file():
+        raise CheckpointError(path, "is a folder, not a model file" if path.is_dir() else "file not found")
+
+
 def bundled_checkpoint() -> Path:
     """The demo model shipped in the package (trained on our synthetic scenes)."""
     if not BUNDLED_CHECKPOINT.is_file():
@@ -114,10 +125,11 @@ def bundled_checkpoint() -> Path:
 def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:
     """State dict of a Detectron2 ``.pkl`` (model zoo) or ``.pth`` checkpoint, as tensors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "file not found")
+    require_file(path)
     raw: Any
     if path.suffix == ".pkl":
+        if path.stat().st_size == 0:
+            raise CheckpointError(path, "empty file (0 bytes)")
         try:
             with path.open("rb") as f:
                 raw = _NumpyOnlyUnpickler(f, encoding="latin1").load()
@@ -128,9 +140,11 @@ def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:
         except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise CheckpointError(path, f"truncated or corrupt pickle ({type(exc).__name__}: {exc})") from exc
     else:
+        if path.stat().st_size == 0:
+            raise CheckpointError(path, "empty file (0 bytes)")
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
             raise CheckpointError(path, f"cannot read as a weights-only torch file: {exc}") from exc
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
@@ -138,18 +152,22 @@ def read_detectron2_weights(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(path, "no state dict found (expected a dict with a 'model' mapping)")
     weights: dict[str, Tensor] = {}
     bad: list[str] = []
+    keys = [k for k in raw if not isinstance(k, str)]
+    if keys:
+        raise CheckpointError(path, "state-dict keys that are not strings", [repr(k) for k in keys])
     for key, value in raw.items():
         name = key[len("module.") :] if key.startswith("module.") else key
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and value.dtype.kind in _NUMERIC_KINDS:
             weights[name] = torch.from_numpy(value.copy(order="C"))  # ascontiguousarray would make 0-d 1-d
-        elif isinstance(value, Tensor):
+        elif isinstance(value, Tensor) and not value.is_complex():
             weights[name] = value
         elif isinstance(value, (int, np.integer)) and name.endswith("num_batches_tracked"):
             weights[name] = torch.tensor(int(value))
         else:
-            bad.append(key)
+            kind = f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
+            bad.append(f"{key} ({kind})")
     if bad:
-        raise CheckpointError(path, "entries that are not arrays", bad)
+        raise CheckpointError(path, "entries that are not numeric arrays", bad)
     return weights
 
 
@@ -200,11 +218,18 @@ def load_detectron2(
     if isinstance(config, ModelConfig):
         model_config, post = config, PostprocessConfig()
     else:
-        d = load_detectron2_yaml(config) if isinstance(config, (str, Path)) else config
-        model_config = ModelConfig.from_detectron2(d)
-        post = postprocess_from_detectron2(d)
+        try:
+            d = load_detectron2_yaml(config) if isinstance(config, (str, Path)) else config
+            model_config = ModelConfig.from_detectron2(d)
+            post = postprocess_from_detectron2(d)
+        except FileNotFoundError as exc:
+            raise CheckpointError(config, "config file not found") from exc
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise CheckpointError(
+                config if isinstance(config, (str, Path)) else "config", f"invalid config: {exc}"
+            ) from exc
+    weights = read_detectron2_weights(weights_path)  # before the model: a bad file costs no allocation
     model = build_model(model_config)
-    weights = read_detectron2_weights(weights_path)
     report = load_state_dict_checked(model, weights, source=weights_path, allow_missing_prefix=DEPTH_PREFIX)
     return model.eval(), model_config, post, report
 
@@ -256,9 +281,8 @@ def save_checkpoint(
 
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
-    """The whole JSON header of one of our files: tensor entries and ``__metadata__``."""
-    if not path.is_file():
-        raise CheckpointError(path, "file not found")
+    """The whole JSON header of one of our files: tensor entries and ``__metadata__`` (all strings)."""
+    require_file(path)
     try:
         with path.open("rb") as f:
             size = int.from_bytes(f.read(8), "little")
@@ -267,10 +291,77 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
             header = json.loads(f.read(size))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(path, f"corrupt safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(path, f"corrupt safetensors header: a {type(header).__name__}, not a mapping")
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(path, "corrupt safetensors header: __metadata__ must map names to strings")
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(path, f"not a {FORMAT_NAME} checkpoint (metadata format={meta.get('format')!r})")
+    ends = [
+        t["data_offsets"][1]
+        for k, t in header.items()
+        if k != "__metadata__" and isinstance(t, dict) and isinstance(t.get("data_offsets"), list) and t["data_offsets"]
+    ]
+    held = path.stat().st_size - 8 - size
+    if ends and all(isinstance(e, int) for e in ends) and max(ends) > held:
+        raise CheckpointError(path, f"corrupt or truncated weights: {max(ends)} bytes listed, the file holds {held}")
+    header["__metadata__"] = meta
     return header
+
+
+def checkpoint_says(path: Path) -> str | None:
+    """None when ``path`` is one of our checkpoints (its header says so); else why it is not."""
+    try:
+        _safetensors_header(path)
+    except CheckpointError as exc:
+        return exc.reason
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def parse_description(
+    path: str | Path, model_config: Any, classes: Any, postprocess: Any, info: Any = None
+) -> tuple[ModelConfig, ClassMetadata, PostprocessConfig, dict[str, Any]]:
+    """The decoded metadata parts of a checkpoint or export, each field checked.
+
+    Raises :class:`CheckpointError` naming the file, the field and its value.
+    """
+    parts: list[Any] = []
+    for section, parse, value in (
+        ("model_config", ModelConfig.from_dict, model_config),
+        ("classes", ClassMetadata.from_dict, classes),
+        ("postprocess", PostprocessConfig.from_dict, postprocess),
+    ):
+        try:
+            if not isinstance(value, dict):
+                raise ValueError(f"must be a mapping, got {value!r}")
+            parts.append(parse(value))
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            reason = str(exc).removeprefix("metadata: ")
+            raise CheckpointError(path, f"invalid metadata: {section}: {reason}") from exc
+    if info is not None and not isinstance(info, dict):
+        raise CheckpointError(path, f"invalid metadata: info must be a mapping, got {info!r}")
+    config, class_meta, post = parts
+    if class_meta.num_classes != config.num_classes:
+        raise CheckpointError(path, f"{class_meta.num_classes} class names for a {config.num_classes}-class model")
+    return config, class_meta, post, info or {}
+
+
+def _decode_metadata(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """The JSON-encoded metadata entries of one of our files, decoded."""
+    try:
+        return {
+            "model_config": json.loads(meta["model_config"]),
+            "classes": json.loads(meta["classes"]),
+            "postprocess": json.loads(meta.get("postprocess", "{}")),
+            "info": json.loads(meta.get("info", "{}")),
+        }
+    except KeyError as exc:
+        raise CheckpointError(path, f"invalid metadata: no {exc.args[0]!r} entry") from exc
+    except ValueError as exc:
+        raise CheckpointError(path, f"invalid metadata: not JSON: {exc}") from exc
 
 
 def read_checkpoint_header(path: str | Path) -> dict[str, str]:
@@ -292,13 +383,16 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     header = _safetensors_header(path)
     meta = header["__metadata__"]
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    parsed = _decode_metadata(path, meta)
+    config = parse_description(path, **parsed)[0]  # every field checked: info shows only what would load
     try:
-        parsed = {key: json.loads(meta.get(key, "{}")) for key in ("model_config", "classes", "postprocess", "info")}
+        shapes = {k: tuple(int(n) for n in t["shape"]) for k, t in tensors.items()}
         learnt = [t for k, t in tensors.items() if not k.endswith(_BUFFER_SUFFIXES)]
         parameters = sum(int(np.prod(t["shape"])) for t in learnt)
         dtypes = sorted({str(t["dtype"]) for t in learnt})
     except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(path, f"invalid metadata or tensor entries: {exc}") from exc
+        raise CheckpointError(path, f"invalid tensor entries: {exc}") from exc
+    _check_tensors(path, config, shapes)
     return {
         "file": str(path),
         "bytes": path.stat().st_size,
@@ -346,36 +440,43 @@ def format_description(desc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_tensors(path: Path, config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Keys and shapes against the architecture, so nothing half-loads later.
+
+    The skeleton lives on the meta device: no memory, whatever widths the metadata declares.
+    """
+    with torch.device("meta"):
+        skeleton = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    missing = [k for k in skeleton if k not in shapes]
+    unexpected = [k for k in shapes if k not in skeleton]
+    mismatched = [f"{k} (file {shapes[k]}, model {s})" for k, s in skeleton.items() if k in shapes and shapes[k] != s]
+    for reason, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
+        if keys:
+            raise CheckpointError(path, reason, keys)
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read one of our checkpoints completely, validating every part."""
     path = Path(path)
     meta = read_checkpoint_header(path)
+    model_config, classes, post, info = parse_description(path, **_decode_metadata(path, meta))
     try:
         state = load_file(path)
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(path, f"corrupt or truncated weights: {exc}") from exc
-    try:
-        model_config = ModelConfig.from_dict(json.loads(meta["model_config"]))
-        classes = ClassMetadata.from_dict(json.loads(meta["classes"]))
-        post = PostprocessConfig.from_dict(json.loads(meta.get("postprocess", "{}")))
-        info = json.loads(meta.get("info", "{}"))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(path, f"invalid metadata: {exc}") from exc
-    if classes.num_classes != model_config.num_classes:
-        raise CheckpointError(path, f"{classes.num_classes} class names for a {model_config.num_classes}-class model")
-    # Check keys and shapes against the architecture now, so nothing half-loads later.
-    skeleton = {k: v.shape for k, v in build_model(model_config).state_dict().items()}
-    missing = [k for k in skeleton if k not in state]
-    unexpected = [k for k in state if k not in skeleton]
-    mismatched = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(s)})"
-        for k, s in skeleton.items()
-        if k in state and tuple(state[k].shape) != tuple(s)
-    ]
-    for reason, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
-        if keys:
-            raise CheckpointError(path, reason, keys)
+    _check_tensors(path, model_config, {k: tuple(v.shape) for k, v in state.items()})
     return Checkpoint(model_config=model_config, classes=classes, postprocess=post, state_dict=state, info=info)
+
+
+def checkpoint_output(out: str | Path, *, overwrite: bool, what: str, inputs: list[Path]) -> StagedOutput:
+    """Rules for writing a checkpoint to ``out`` (see :mod:`.output`).
+
+    A file already there is replaced only with ``overwrite``, and only when it is one of ours.
+    """
+    out = Path(out)
+    return StagedOutput(
+        out.parent, [out.name], what=what, overwrite=overwrite, why_not_ours=checkpoint_says, inputs=inputs
+    )
 
 
 def convert_detectron2(
@@ -384,15 +485,25 @@ def convert_detectron2(
     out_path: str | Path,
     *,
     classes: ClassMetadata | None = None,
+    overwrite: bool = False,
 ) -> LoadReport:
-    """Detectron2 weights + config -> our checkpoint (depth branch initialised)."""
-    model, model_config, post, report = load_detectron2(weights_path, config_yaml)
-    save_checkpoint(
-        out_path,
-        model,
-        model_config=model_config,
-        classes=classes or cityscapes_metadata(),
-        postprocess=post,
-        info={"source": str(weights_path), "config": str(config_yaml), "initialized_keys": report.initialized},
+    """Detectron2 weights + config -> our checkpoint (depth branch initialised).
+
+    An existing ``out_path`` is replaced only with ``overwrite`` and when it is one of our
+    checkpoints; a failed conversion leaves it as it was.
+    """
+    out_path = Path(out_path)
+    staged = checkpoint_output(
+        out_path, overwrite=overwrite, what="panoptic-depthlab convert", inputs=[Path(weights_path), Path(config_yaml)]
     )
+    model, model_config, post, report = load_detectron2(weights_path, config_yaml)
+    with staged as staging:
+        save_checkpoint(
+            staging / out_path.name,
+            model,
+            model_config=model_config,
+            classes=classes or cityscapes_metadata(),
+            postprocess=post,
+            info={"source": str(weights_path), "config": str(config_yaml), "initialized_keys": report.initialized},
+        )
     return report

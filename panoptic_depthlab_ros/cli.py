@@ -1,35 +1,56 @@
-"""Command line ``panoptic-depthlab``: convert, export, infer, bag, info."""
+"""Command line ``panoptic-depthlab``: convert, export, infer, bag, info.
+
+Exit codes (the same for every command, see ``exit_codes``): 0 all done; 1 done with
+input skipped or salvaged; 2 nothing done (one line says why); 128 + N ended by signal N.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import PanopticDepthLabError
+from .errors import InputError
+from .exit_codes import DONE, outcome, run_command
+from .image_io import DEFAULT_MAX_PIXELS, MAX_PIXELS_HELP
+from .interrupt import stop_on_signals
 
 
 def _convert(args: argparse.Namespace) -> int:
     from .checkpoint import convert_detectron2
 
-    report = convert_detectron2(args.weights, args.config, args.out)
+    report = convert_detectron2(args.weights, args.config, args.out, overwrite=args.overwrite)
     print(
         f"wrote {args.out}: loaded {len(report.loaded)} keys from {args.weights}, "
         f"initialized {len(report.initialized)} depth-branch keys (not in Detectron2 files)"
     )
-    return 0
+    return DONE
 
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_model
 
     side = export_model(
-        args.checkpoint, args.out, fmt=args.format, height=args.height, width=args.width, dynamic=args.dynamic
+        args.checkpoint,
+        args.out,
+        fmt=args.format,
+        height=args.height,
+        width=args.width,
+        dynamic=args.dynamic,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.out} ({args.format}) and its description {side}")
-    return 0
+    return DONE
+
+
+def check_overlay_range(near: float, far: float) -> None:
+    """``--near`` / ``--far``: finite, ``0 <= near < far`` (checked before a model loads)."""
+    if not (math.isfinite(near) and math.isfinite(far) and 0 <= near < far):
+        raise InputError(f"--near and --far need 0 <= near < far (metres), got near={near}, far={far}")
 
 
 def _predictor(args: argparse.Namespace):
@@ -42,35 +63,63 @@ def _predictor(args: argparse.Namespace):
 
 
 def _bag(args: argparse.Namespace) -> int:
-    from .bag import replay_bag
+    from .bag import bag_output, replay_bag
 
-    summary = replay_bag(
-        args.input,
-        args.output,
-        predictor=_predictor(args),
-        image_topic=args.image_topic,
-        camera_info_topic=args.camera_info_topic,
-        overwrite=args.overwrite,
-        near=args.near,
-        far=args.far,
-    )
-    for line in summary.skipped:
-        print(f"skipped: {line}", file=sys.stderr)
+    check_overlay_range(args.near, args.far)
+    bag_output(args.input, args.output, overwrite=args.overwrite)  # refused before the model loads
+    predictor = _predictor(args)
+    with stop_on_signals() as stop:
+        summary = replay_bag(
+            args.input,
+            args.output,
+            predictor=predictor,
+            image_topic=args.image_topic,
+            camera_info_topic=args.camera_info_topic,
+            overwrite=args.overwrite,
+            near=args.near,
+            far=args.far,
+            max_pixels=args.max_pixels,
+            stop=stop,
+        )
     print(f"wrote {args.output}: {summary.frames} frames, outputs on {', '.join(summary.output_topics)}")
-    if summary.damage:  # the output is complete, the input was not: say so, and exit 1 for scripts
+    if summary.damage:  # the output is complete, the input was not: say so
         print(f"panoptic-depthlab bag: warning: {summary.damage}", file=sys.stderr)
-        return 1
-    return 0
+    return outcome(
+        "panoptic-depthlab bag",
+        skipped=summary.skipped,
+        partial=bool(summary.damage),
+        interrupted_by=stop.signum if summary.interrupted else None,
+        ended=f"the replay ended after {summary.frames} frames; {args.output} is a complete bag of them",
+    )
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from .infer import run_infer
+    from .infer import check_fx, infer_output, run_infer
 
-    summary = run_infer(args.inputs, args.out, predictor=_predictor(args), near=args.near, far=args.far, fx=args.fx)
-    for line in summary.skipped:
-        print(f"skipped: {line}", file=sys.stderr)
+    check_overlay_range(args.near, args.far)
+    check_fx(args.fx)
+    infer_output(args.out, args.inputs, overwrite=args.overwrite)  # refused before the model loads
+    predictor = _predictor(args)
+    with stop_on_signals() as stop:
+        summary = run_infer(
+            args.inputs,
+            args.out,
+            predictor=predictor,
+            near=args.near,
+            far=args.far,
+            fx=args.fx,
+            overwrite=args.overwrite,
+            max_pixels=args.max_pixels,
+            stop=stop,
+        )
     print(f"wrote {len(summary.written)} files for {summary.frames} frames to {args.out}")
-    return 0 if summary.frames or not summary.skipped else 1
+    return outcome(
+        "panoptic-depthlab infer",
+        skipped=summary.skipped,
+        partial=False,
+        interrupted_by=stop.signum if summary.interrupted else None,
+        ended=f"ended after {summary.frames} frames; {args.out} holds them",
+    )
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -84,7 +133,7 @@ def _info(args: argparse.Namespace) -> int:
     else:
         desc = describe_checkpoint(path)
     print(json.dumps(desc, indent=2) if args.json else format_description(desc))
-    return 0
+    return DONE
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -92,12 +141,55 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--near", type=float, default=5.0, help="overlay: red at this depth (m)")
     p.add_argument("--far", type=float, default=60.0, help="overlay: blue at this depth (m)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output this command wrote before")
     add_inference_args(p)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low`` (a bad one is argparse's one-line usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def number_above(low: float, *, or_equal: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number > ``low`` (>= with ``or_equal``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and (value >= low if or_equal else value > low)):
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {'>=' if or_equal else '>'} {low:g}, got {text}"
+            )
+        return value
+
+    return parse
+
+
+def add_max_pixels_arg(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels N``: the pixel limit of decoded images (shared with the training package's commands)."""
+    p.add_argument("--max-pixels", type=int_at_least(0), default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
 
 
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
     """``Predictor`` keyword arguments from :func:`add_inference_args`' options."""
-    return {"flip_average": args.flip_average, "scales": args.scales, "input_scale": args.input_scale}
+    return {
+        "flip_average": args.flip_average,
+        "scales": args.scales,
+        "input_scale": args.input_scale,
+        "max_pixels": args.max_pixels,
+    }
 
 
 def scales_argument(text: str) -> tuple[float, ...]:
@@ -135,6 +227,7 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         help="multi-scale inference: average the segmentation over these input scales (with 1; e.g."
         " 1,1.25,1.5,1.75: better segments, ~5x the time; depth stays scale 1's)",
     )
+    add_max_pixels_arg(p)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -145,6 +238,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", type=Path, help="Detectron2 .pkl (model zoo) or .pth")
     p.add_argument("--config", type=Path, required=True, help="the Detectron2 YAML config of those weights")
     p.add_argument("out", type=Path, help="output .safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint of ours already at OUT")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("export", help="export the network to ONNX or TorchScript (+ a JSON description)")
@@ -154,6 +248,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="fixed input height (multiple of 32)")
     p.add_argument("--width", type=int, help="fixed input width (multiple of 32)")
     p.add_argument("--dynamic", action="store_true", help="free height/width (multiples of 32; ONNX only)")
+    p.add_argument("--overwrite", action="store_true", help="replace an export of ours already at OUT")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bag", help="replay a rosbag2 (sqlite3/MCAP) through the model into a new bag")
@@ -161,7 +256,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="output bag directory")
     p.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic (default: the only one)")
     p.add_argument("--camera-info-topic", help="sensor_msgs/CameraInfo topic for 3D centroids (default: the only one)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     _add_model_args(p)
     p.set_defaults(func=_bag)
 
@@ -182,16 +276,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; domain errors print one clear line and exit 2."""
+    """Entry point; every failure a user can cause is one line and an exit code (see the module docstring)."""
     args = get_args_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except PanopticDepthLabError as exc:
-        print(f"panoptic-depthlab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"panoptic-depthlab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(f"panoptic-depthlab {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,31 @@ class CheckpointError(PanopticDepthLabError, ValueError):
 
 
 class InputError(PanopticDepthLabError, ValueError):
-    """An image (or camera model) the predictor cannot take, with the reason."""
+    """An image (or camera model) the predictor cannot take, with the reason.
+
+    ``kind`` names the class of problem (``too_large``, ``decode``, ...) so that
+    callers can count and throttle per kind rather than per message.
+    """
+
+    def __init__(self, reason: str, *, kind: str = "input") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class BagError(PanopticDepthLabError):
     """A bag that cannot be replayed or salvaged as asked (names the bag and the reason)."""
+
+
+class OutputError(PanopticDepthLabError):
+    """An output path that cannot be written as asked (names the path and the reason)."""
+
+
+class NothingDoneError(PanopticDepthLabError):
+    """A run that could use none of its input: nothing was written, a previous output is kept.
+
+    ``skipped`` names each input left out and why, for the user to see them all.
+    """
+
+    def __init__(self, message: str, skipped: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.skipped = list(skipped or [])

@@ -6,12 +6,15 @@ The exported graph is the network only: a normalised, padded image tensor
 input resolution.  Preprocessing (channel order, mean, std, padding) and the
 fusion stay outside, in :mod:`preprocess` and :mod:`postprocess`, and the sidecar
 ``<out>.json`` (also embedded as ONNX metadata) records everything they need.
+Both are written aside and moved into place at the end (:mod:`.output`): a failed
+export keeps a previous one, and ``overwrite`` replaces only an export of ours.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from torch import Tensor, nn
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import PanopticDepthLabError
 from .model import OUTPUT_NAMES
+from .output import StagedOutput
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 SIDECAR_FORMAT = "panoptic-depthlab-export"
@@ -48,6 +52,31 @@ def sidecar_path(path: str | Path) -> Path:
     """``model.onnx`` -> ``model.onnx.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
+
+
+def export_says(path: Path) -> str | None:
+    """None when ``path`` (an exported model or its ``.json`` sidecar) was written by ``export``; else why not."""
+    if path.suffix == ".json":
+        try:
+            ours = json.loads(path.read_text()).get("format") == SIDECAR_FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        return None if ours else f"it is not a {SIDECAR_FORMAT} description"
+    if sidecar_path(path).is_file() and export_says(sidecar_path(path)) is None:
+        return None
+    try:
+        if zipfile.is_zipfile(path):  # TorchScript: our description is an extra file of the archive
+            with zipfile.ZipFile(path) as archive:
+                if any(n.endswith("extra/panoptic_depthlab.json") for n in archive.namelist()):
+                    return None
+        elif path.suffix == ".onnx":
+            import onnx  # noqa: PLC0415 - optional dependency
+
+            if any(p.key == "panoptic_depthlab" for p in onnx.load(str(path), load_external_data=False).metadata_props):
+                return None
+    except Exception:  # noqa: BLE001 - unreadable means: not recognisably ours
+        pass
+    return f"no {SIDECAR_FORMAT} description in it or beside it"
 
 
 def _describe(ckpt: Checkpoint, *, fmt: str, height: int, width: int, dynamic: bool) -> dict[str, Any]:
@@ -89,6 +118,7 @@ def export_model(
     height: int | None = None,
     width: int | None = None,
     dynamic: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Export our checkpoint to ``out`` (+ ``out.json``); returns the sidecar path.
 
@@ -98,6 +128,15 @@ def export_model(
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(EXPORT_FORMATS)})")
+    out = Path(out)
+    staged = StagedOutput(
+        out.parent,
+        [out.name, sidecar_path(out).name],
+        what="panoptic-depthlab export",
+        overwrite=overwrite,
+        why_not_ours=export_says,
+        inputs=[Path(checkpoint)],
+    )
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.model_config
     if dynamic and fmt != "onnx":
@@ -121,25 +160,25 @@ def export_model(
     model = ckpt.build() if not cfg.aspp_strict_pool_size else _build_lenient(ckpt)
     wrapper = _TupleOutputs(model).eval()  # eval: export restores the wrapper's mode afterwards
     example = torch.zeros(1, 3, height, width)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     description = _describe(ckpt, fmt=fmt, height=height, width=width, dynamic=dynamic)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer chatter about Python ints in shapes
-            if fmt == "onnx":
-                _export_onnx(wrapper, example, out, dynamic=dynamic, description=description)
-            else:
-                with torch.no_grad():
-                    traced = torch.jit.trace(wrapper, example, check_trace=False)
-                torch.jit.save(traced, str(out), _extra_files={"panoptic_depthlab.json": json.dumps(description)})
-    except torch.onnx.errors.UnsupportedOperatorError as exc:
-        raise ExportError(f"ONNX export failed: unsupported operator ({exc})") from exc
-    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
-        raise ExportError(f"{fmt} export failed: {exc}") from exc
-    side = sidecar_path(out)
-    side.write_text(json.dumps(description, indent=2))
-    return side
+    with staged as staging:
+        written = staging / out.name
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer chatter about Python ints in shapes
+                if fmt == "onnx":
+                    _export_onnx(wrapper, example, written, dynamic=dynamic, description=description)
+                else:
+                    with torch.no_grad():
+                        traced = torch.jit.trace(wrapper, example, check_trace=False)
+                    extra = {"panoptic_depthlab.json": json.dumps(description)}
+                    torch.jit.save(traced, str(written), _extra_files=extra)
+        except torch.onnx.errors.UnsupportedOperatorError as exc:
+            raise ExportError(f"ONNX export failed: unsupported operator ({exc})") from exc
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
+            raise ExportError(f"{fmt} export failed: {exc}") from exc
+        sidecar_path(written).write_text(json.dumps(description, indent=2))
+    return sidecar_path(out)
 
 
 def _build_lenient(ckpt: Checkpoint) -> nn.Module:

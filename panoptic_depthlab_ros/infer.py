@@ -7,10 +7,15 @@ millimetres, 0 = invalid, as REP 118 allows), ``<name>_depth.npy`` (float32
 meters), ``<name>_panoptic.png`` (Cityscapes panoptic format: RGB = id with
 id = labelId * 1000 + k for things, labelId for stuff, 0 void) and
 ``<name>_segments.json`` (its ``segments_info`` plus every SegmentDepth field).
-Videos also get ``<name>_overlay.mp4``.  Unreadable inputs are reported by path
-and skipped; the run goes on. ``--fx`` (the images' focal length in pixels) puts
+Videos also get ``<name>_overlay.mp4``.  Unreadable inputs, and images over
+``max_pixels`` (read from their header before decoding), are reported by path and
+skipped; the run goes on. ``--fx`` (the images' focal length in pixels) puts
 depth in that camera's metres and fills the segments' 3D centroids; without it depth
 is what the training camera would see.
+
+The folder is written aside and moved into place when the run ends (:mod:`.output`),
+with ``panoptic_depthlab.json`` saying what wrote it and from what: a failed run keeps
+the previous output, and ``--overwrite`` replaces only a folder ``infer`` wrote.
 """
 
 from __future__ import annotations
@@ -26,14 +31,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .errors import InputError
+from .errors import InputError, NothingDoneError
+from .image_io import DEFAULT_MAX_PIXELS, check_pixels, read_image
 from .metadata import ClassMetadata
+from .output import STAGING_SUFFIX, StagedOutput, check_output_dir, write_marker
 from .predictor import Predictor
 from .result import PanopticDepthResult
 from .visualize import overlay, panoptic_to_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+WRITTEN_BY = "panoptic-depthlab infer"
 
 
 @dataclass
@@ -43,6 +51,7 @@ class InferSummary:
     frames: int = 0
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    interrupted: bool = False  # a stop request ended the run early (the output holds what was done)
 
 
 def cityscapes_panoptic(result: PanopticDepthResult, classes: ClassMetadata) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -135,10 +144,21 @@ def write_frame_outputs(
     return list(paths.values()), ov
 
 
-def _expand(inputs: Sequence[str | Path], summary: InferSummary) -> Iterator[Path]:
+def _expand(inputs: Sequence[str | Path], summary: InferSummary, out: Path) -> Iterator[Path]:
+    """Input files in order; a folder's images and videos, leaving out this run's output and stagings."""
+    out = out.resolve()
+
+    def ours(path: Path) -> bool:
+        real = path.resolve()
+        return out in real.parents or any(
+            p.name.startswith(f".{out.name}.") and p.name.endswith(STAGING_SUFFIX) for p in real.parents
+        )
+
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            files = sorted(
+                p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not ours(p)
+            )
             if not files:
                 summary.skipped.append(f"{item}: folder has no images or videos")
             yield from files
@@ -146,6 +166,17 @@ def _expand(inputs: Sequence[str | Path], summary: InferSummary) -> Iterator[Pat
             yield item
         else:
             summary.skipped.append(f"{item}: no such file or folder")
+
+
+def infer_output(out_dir: str | Path, inputs: Sequence[str | Path], *, overwrite: bool) -> StagedOutput:
+    """Check the output rules for ``infer`` (before any model is loaded); see :mod:`.output`."""
+    return check_output_dir(Path(out_dir), what=WRITTEN_BY, overwrite=overwrite, inputs=[Path(p) for p in inputs])
+
+
+def check_fx(fx: float | None) -> None:
+    """``--fx`` must be a positive, finite focal length in pixels (or absent)."""
+    if fx is not None and not (math.isfinite(fx) and fx > 0):
+        raise InputError(f"--fx must be a positive focal length in pixels, got {fx}")
 
 
 def run_infer(
@@ -157,31 +188,58 @@ def run_infer(
     far: float = 60.0,
     fx: float | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    stop: Callable[[], bool] = lambda: False,
 ) -> InferSummary:
     """Predict every image and video frame under ``inputs``; write files to ``out_dir``.
 
     ``fx``: focal length (pixels) of the camera that took them (see module doc).
+    ``stop()`` is asked before each frame; once True the run ends as at the end of the
+    inputs.  Raises :class:`NothingDoneError` (keeping any previous ``out_dir``) when no
+    frame could be used.
     """
-    if fx is not None and not (math.isfinite(fx) and fx > 0):
-        raise InputError(f"--fx must be a positive focal length in pixels, got {fx}")
+    check_fx(fx)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    staged = infer_output(out, inputs, overwrite=overwrite)
     summary = InferSummary()
 
     def predict(image: np.ndarray) -> PanopticDepthResult:
         return predictor.predict(image, camera_k=None if fx is None else pinhole_k(fx, image.shape[:2]))
 
-    for path in tqdm(list(_expand(inputs, summary)), desc="infer", unit="file", disable=not progress):
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            _video(path, out, predict, predictor.classes, near, far, summary, progress)
-            continue
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            summary.skipped.append(f"{path}: unreadable image")
-            continue
-        written, _ = write_frame_outputs(out, path.stem, image, predict(image), predictor.classes, near=near, far=far)
-        summary.frames += 1
-        summary.written += [str(p) for p in written]
+    paths = list(_expand(inputs, summary, out))
+    with staged as staging:
+        work = staging / out.name
+        work.mkdir()
+        for path in tqdm(paths, desc="infer", unit="file", disable=not progress):
+            if stop():
+                summary.interrupted = True
+                break
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                _video(path, work, predict, predictor.classes, near, far, summary, progress, max_pixels, stop)
+                continue
+            try:
+                image = read_image(path, max_pixels=max_pixels)
+                result = predict(image)
+            except InputError as exc:
+                summary.skipped.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+                continue
+            written, _ = write_frame_outputs(work, path.stem, image, result, predictor.classes, near=near, far=far)
+            summary.frames += 1
+            summary.written += [str(p) for p in written]
+        if summary.frames == 0 and not summary.interrupted:
+            what = f"no frame of {len(paths)} input file(s) could be used" if paths else "no input could be used"
+            raise NothingDoneError(what, summary.skipped)
+        summary.written = [str(out / Path(p).name) for p in summary.written]  # where they are once moved
+        write_marker(
+            work,
+            WRITTEN_BY,
+            inputs=[str(Path(p).resolve()) for p in inputs],
+            checkpoint=predictor.source,
+            frames=summary.frames,
+            skipped=summary.skipped,
+            interrupted=summary.interrupted,
+        )
     return summary
 
 
@@ -200,10 +258,20 @@ def _video(
     far: float,
     summary: InferSummary,
     progress: bool,
+    max_pixels: int,
+    stop: Callable[[], bool],
 ) -> None:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         summary.skipped.append(f"{path}: unreadable video")
+        return
+    try:
+        check_pixels(
+            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), max_pixels, str(path)
+        )
+    except InputError as exc:
+        cap.release()
+        summary.skipped.append(str(exc))
         return
     fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -212,19 +280,19 @@ def _video(
     index = 0
     try:
         with tqdm(total=total, desc=path.name, unit="frame", disable=not progress, leave=False) as bar:
-            while True:
+            while not stop():
                 ok, frame = cap.read()
                 if not ok:
                     break
-                written, ov = write_frame_outputs(
-                    out,
-                    f"{path.stem}_{index:06d}",
-                    frame,
-                    predict(frame),
-                    classes,
-                    near=near,
-                    far=far,
-                )
+                name = f"{path.stem}_{index:06d}"
+                index += 1
+                bar.update(1)
+                try:
+                    result = predict(frame)
+                except InputError as exc:
+                    summary.skipped.append(f"{path} frame {index - 1}: {exc}")
+                    continue
+                written, ov = write_frame_outputs(out, name, frame, result, classes, near=near, far=far)
                 if writer is None:
                     writer = cv2.VideoWriter(
                         str(video_path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (ov.shape[1], ov.shape[0])
@@ -232,12 +300,12 @@ def _video(
                 writer.write(ov)
                 summary.frames += 1
                 summary.written += [str(p) for p in written]
-                index += 1
-                bar.update(1)
     finally:
         cap.release()
         if writer is not None:
             writer.release()
             summary.written.append(str(video_path))
-    if index == 0:
+    if stop():
+        summary.interrupted = True
+    elif index == 0:
         summary.skipped.append(f"{path}: video has no readable frames")

@@ -12,6 +12,11 @@ from typing import Any
 
 from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 
+from .fields import check_int, check_ints
+
+# Panoptic ids are int32: train_id * label_divisor + instance must fit.
+_INT32_MAX = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class ClassMetadata:
@@ -32,7 +37,22 @@ class ClassMetadata:
     _thing_set: frozenset[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        """Every field checked (type, range, consistency); ``ValueError`` names the field and value."""
+        if not (isinstance(self.names, tuple) and self.names and all(isinstance(x, str) for x in self.names)):
+            raise ValueError(f"metadata: names must be a non-empty list of strings, got {self.names!r}")
         n = len(self.names)
+        if not isinstance(self.colors, tuple):
+            raise ValueError(f"metadata: colors must be a list of [r, g, b], got {self.colors!r}")
+        for i, color in enumerate(self.colors):
+            check_ints(f"metadata: colors[{i}]", color, 0, 255, length=3)
+        check_int("metadata: label_divisor", self.label_divisor, 1, _INT32_MAX)
+        check_int("metadata: ignore_label", self.ignore_label, 0, 65535)
+        check_ints("metadata: thing_ids", self.thing_ids, 0, _INT32_MAX, min_length=0)
+        check_ints("metadata: dataset_ids", self.dataset_ids, 0, 65535, min_length=0)
+        if not isinstance(self.dataset, str):
+            raise ValueError(f"metadata: dataset must be a string, got {self.dataset!r}")
+        if n * self.label_divisor > _INT32_MAX:
+            raise ValueError(f"metadata: label_divisor {self.label_divisor} x {n} classes overflows int32 panoptic ids")
         if len(self.colors) != n:
             raise ValueError(f"metadata: {len(self.colors)} colors for {n} class names")
         if self.dataset_ids and len(self.dataset_ids) != n:
@@ -64,16 +84,24 @@ class ClassMetadata:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassMetadata:
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming a missing key."""
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming a missing key or a bad value."""
+
+        def listed(key: str, value: Any) -> tuple:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"metadata: {key} must be a list, got {value!r}")
+            return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+
+        if not isinstance(d, dict):
+            raise ValueError(f"class metadata must be a mapping, got {d!r}")
         try:
             return cls(
-                names=tuple(str(n) for n in d["names"]),
-                colors=tuple((int(c[0]), int(c[1]), int(c[2])) for c in d["colors"]),
-                thing_ids=tuple(int(t) for t in d["thing_ids"]),
-                dataset_ids=tuple(int(t) for t in d.get("dataset_ids", ())),
-                label_divisor=int(d.get("label_divisor", 1000)),
-                ignore_label=int(d.get("ignore_label", 255)),
-                dataset=str(d.get("dataset", "")),
+                names=listed("names", d["names"]),
+                colors=listed("colors", d["colors"]),
+                thing_ids=listed("thing_ids", d["thing_ids"]),
+                dataset_ids=listed("dataset_ids", d.get("dataset_ids", ())),
+                label_divisor=d.get("label_divisor", 1000),
+                ignore_label=d.get("ignore_label", 255),
+                dataset=d.get("dataset", ""),
             )
         except KeyError as exc:
             raise ValueError(f"class metadata lacks the key {exc.args[0]!r}") from exc

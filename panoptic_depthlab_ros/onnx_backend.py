@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoint import parse_description, require_file
 from .errors import CheckpointError, InputError
 from .export import SIDECAR_FORMAT, sidecar_path
+from .fields import check_bool, check_int
 from .metadata import ClassMetadata
 from .model import OUTPUT_NAMES, ModelConfig
 from .postprocess import PostprocessConfig
@@ -27,22 +29,49 @@ def read_export_description(path: str | Path) -> dict[str, Any]:
     import onnx  # noqa: PLC0415 - optional dependency
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "file not found")
+    require_file(path)
     try:
         graph = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... for garbage
         raise CheckpointError(path, f"not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
     meta = {p.key: p.value for p in graph.metadata_props}
-    if "panoptic_depthlab" in meta:
-        desc = json.loads(meta["panoptic_depthlab"])
-    elif sidecar_path(path).is_file():
-        desc = json.loads(sidecar_path(path).read_text())
-    else:
-        raise CheckpointError(path, "no panoptic-depthlab export description (metadata or .json sidecar)")
-    if desc.get("format") != SIDECAR_FORMAT:
-        raise CheckpointError(path, f"export description has format {desc.get('format')!r}")
+    try:
+        if "panoptic_depthlab" in meta:
+            desc = json.loads(meta["panoptic_depthlab"])
+        elif sidecar_path(path).is_file():
+            desc = json.loads(sidecar_path(path).read_text())
+        else:
+            raise CheckpointError(path, "no panoptic-depthlab export description (metadata or .json sidecar)")
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(path, f"export description is not JSON: {exc}") from exc
+    if not isinstance(desc, dict) or desc.get("format") != SIDECAR_FORMAT:
+        found = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
+        raise CheckpointError(path, f"export description has format {found!r}")
+    parse_export_description(path, desc)  # every field checked now, not on the first frame
     return desc
+
+
+def parse_export_description(
+    path: str | Path, desc: dict[str, Any]
+) -> tuple[ModelConfig, ClassMetadata, PostprocessConfig, tuple[int, int] | None]:
+    """Model config (with the export's padding), classes, fusion settings and fixed input size, all checked."""
+    config, classes, post, _ = parse_description(
+        path, desc.get("model_config"), desc.get("classes"), desc.get("postprocess", {})
+    )
+    try:
+        pre, shape = desc.get("preprocessing"), desc.get("shape")
+        if not isinstance(pre, dict) or not isinstance(shape, dict):
+            raise ValueError("needs the mappings preprocessing and shape")
+        config = config.with_(size_divisibility=pre.get("size_divisibility"))
+        check_bool("shape.dynamic", shape.get("dynamic"))
+        fixed = None
+        if not shape["dynamic"]:
+            check_int("shape.height", shape.get("height"), 32, 1 << 16)
+            check_int("shape.width", shape.get("width"), 32, 1 << 16)
+            fixed = (shape["height"], shape["width"])
+    except ValueError as exc:
+        raise CheckpointError(path, f"invalid export description: {exc}") from exc
+    return config, classes, post, fixed
 
 
 def describe_export(path: str | Path) -> dict[str, Any]:
@@ -105,14 +134,5 @@ def load_onnx_network(
     device: torch.device,
 ) -> tuple[OnnxNetwork, ModelConfig, ClassMetadata, PostprocessConfig]:
     """Session + the description needed to feed it and fuse its outputs."""
-    desc = read_export_description(path)
-    try:
-        config = ModelConfig.from_dict(desc["model_config"])
-        config = config.with_(size_divisibility=int(desc["preprocessing"]["size_divisibility"]))
-        classes = ClassMetadata.from_dict(desc["classes"])
-        post = PostprocessConfig.from_dict(desc.get("postprocess", {}))
-        shape = desc.get("shape", {})
-        fixed = None if shape.get("dynamic", True) else (int(shape["height"]), int(shape["width"]))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(path, f"invalid export description: {exc}") from exc
+    config, classes, post, fixed = parse_export_description(path, read_export_description(path))
     return OnnxNetwork(path, device=device, fixed_size=fixed), config, classes, post

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fields import check_int, check_number
 from .metadata import ClassMetadata
 from .result import SegmentDepth
 
@@ -90,13 +91,17 @@ class PostprocessConfig:
     robust_trim: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
+        """Every field checked (type, range, finite); ``ValueError`` names the field and value."""
+        check_number("center_threshold", self.center_threshold, 0.0, 1.0)
+        check_int("nms_kernel", self.nms_kernel, 1, 255)
+        if self.nms_kernel % 2 == 0:
             raise ValueError(f"nms_kernel must be odd and >= 1, got {self.nms_kernel}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.stuff_area < 0 or self.thing_area < 0 or self.depth_erosion_px < 0:
-            raise ValueError("stuff_area, thing_area and depth_erosion_px must be >= 0")
-        if not 0.0 <= self.robust_trim < 0.5:
+        check_int("top_k", self.top_k, 1, 100_000)
+        check_int("stuff_area", self.stuff_area, 0, 2**31 - 1)
+        check_int("thing_area", self.thing_area, 0, 2**31 - 1)
+        check_int("depth_erosion_px", self.depth_erosion_px, 0, 1024)
+        check_number("robust_trim", self.robust_trim, 0.0, 0.5)
+        if not self.robust_trim < 0.5:
             raise ValueError(f"robust_trim must be in [0, 0.5), got {self.robust_trim}")
 
     def to_dict(self) -> dict[str, float | int]:
@@ -106,6 +111,8 @@ class PostprocessConfig:
     @classmethod
     def from_dict(cls, d: dict[str, float | int]) -> PostprocessConfig:
         """Inverse of :meth:`to_dict` (unknown keys ignored: newer files stay readable)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"postprocess settings must be a mapping, got {d!r}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})  # type: ignore[arg-type]
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, load_detectron2
 from .errors import InputError, PanopticDepthLabError
+from .image_io import DEFAULT_MAX_PIXELS, check_pixels
 from .metadata import ClassMetadata, cityscapes_metadata
 from .model import SCALE_RANGE, SCALE_RANGE_TEXT, ModelConfig
 from .model.fuse import fold_batchnorm
@@ -138,6 +139,10 @@ class Predictor:
             checkpoint's ``model_config.input_scale`` (None: keep it). An enlarged pass
             finds smaller things for more time per frame; a model should be trained at the
             scale it runs at (the demo model: 1.5, where it scores PQ 50.7; 43.7 at 1).
+        max_pixels: images with more pixels are refused with an :class:`InputError` (0: no
+            limit): the network's memory grows with the pixels, and a frame of a wrong
+            camera mode or a corrupt header must not take the machine's memory.
+        source: where the network came from (a checkpoint path), for provenance records.
     """
 
     def __init__(
@@ -156,7 +161,13 @@ class Predictor:
         flip_average: bool = False,
         scales: tuple[float, ...] = (1.0,),
         input_scale: float | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        source: str = "",
     ) -> None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
+            raise PanopticDepthLabError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
+        self.max_pixels = max_pixels
+        self.source = str(source)
         if input_scale is not None:
             try:
                 model_config = model_config.with_(input_scale=float(input_scale))
@@ -208,7 +219,15 @@ class Predictor:
             from .onnx_backend import load_onnx_network  # noqa: PLC0415 - optional dependency
 
             network, model_config, classes, post = load_onnx_network(path, device=dev)
-            return cls(network, model_config=model_config, classes=classes, postprocess=post, device=dev, **kwargs)
+            return cls(
+                network,
+                model_config=model_config,
+                classes=classes,
+                postprocess=post,
+                device=dev,
+                source=str(path),
+                **kwargs,
+            )
         if backend != "torch":
             raise PanopticDepthLabError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         ckpt = load_checkpoint(path)
@@ -219,6 +238,7 @@ class Predictor:
             classes=ckpt.classes,
             postprocess=ckpt.postprocess,
             device=dev,
+            source=str(path),
             **kwargs,
         )
 
@@ -239,11 +259,14 @@ class Predictor:
             classes=cityscapes_metadata(),
             postprocess=post,
             device=dev,
+            source=str(weights_path),
             **kwargs,
         )
 
     # ---------------------------------------------------------------- running
     def _prepare(self, image: np.ndarray) -> Prepared:
+        if isinstance(image, np.ndarray) and image.ndim >= 2:
+            check_pixels(image.shape[1], image.shape[0], self.max_pixels, "image", "max_pixels")
         return prepare_image(
             image,
             self.model_config,

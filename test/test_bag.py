@@ -16,6 +16,7 @@ from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from panoptic_depthlab_ros.bag import BagError, replay_bag, typestore_with_our_messages
+from panoptic_depthlab_ros.errors import OutputError
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.salvage import db3_is_cut_short, mcap_is_cut_short, salvage_db3, salvage_mcap
 from pdl_testing import REPO
@@ -140,10 +141,13 @@ def test_missing_topic_lists_topics(tmp_path: Path, predictor: Predictor) -> Non
 
 def test_output_rules(tmp_path: Path, predictor: Predictor) -> None:
     src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=1)
-    with pytest.raises(BagError, match="must not be the input"):
+    with pytest.raises(OutputError, match="is or holds the input"):
         replay_bag(src, src, predictor=predictor, progress=False)
-    (tmp_path / "out").mkdir()
-    with pytest.raises(BagError, match="exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="is inside the input"):
+        replay_bag(src, src / "out", predictor=predictor, progress=False)
+    (tmp_path / "out").mkdir()  # an empty folder holds nothing to lose
+    assert replay_bag(src, tmp_path / "out", predictor=predictor, progress=False).frames == 1
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
         replay_bag(src, tmp_path / "out", predictor=predictor, progress=False)
     assert replay_bag(src, tmp_path / "out", predictor=predictor, overwrite=True, progress=False).frames == 1
     with pytest.raises(BagError, match="no such bag"):
@@ -155,6 +159,7 @@ def test_output_rules(tmp_path: Path, predictor: Predictor) -> None:
     with pytest.raises(BagError, match=r"notes.txt: not a bag: a ROS 2 bag is a folder or an \.mcap or \.db3 file"):
         replay_bag(tmp_path / "empty" / "notes.txt", tmp_path / "o3", predictor=predictor, progress=False)
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "in", "out"]  # no staging left behind
 
 
 def test_cut_short_mcap_is_salvaged(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -52,7 +52,7 @@ def test_infer_folder_with_broken_image_and_video(tmp_path: Path, tiny_checkpoin
         text=True,
         cwd=REPO,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # done, with a skipped input
     assert f"skipped: {src / 'broken.png'}: unreadable image" in proc.stderr
     assert "for 5 frames" in proc.stdout  # 2 images + 3 video frames
     for stem in ("frame0", "frame1", "clip_000000", "clip_000002"):

@@ -25,6 +25,7 @@ from node_utils import (
     random_image,
     stamp_of,
 )
+from panoptic_depthlab_ros.ros.node import FRAME_OUTCOMES
 from panoptic_depthlab_ros.visualize import overlay
 
 # The fusion parameters stay at -1: the tiny checkpoint's own settings apply (its
@@ -275,25 +276,36 @@ def test_thousand_bad_frames_interleaved(harness) -> None:
                 sent_images += 1
             if i % 25 == 24:  # let the callbacks keep up: no frame may fall out of a DDS queue
                 bad_so_far = g * (n_bad // n_good) + i + 1
-                harness.wait_for(
-                    lambda n=bad_so_far: harness.counts()["dropped_bad_input"] == n,
-                    20,
-                    "bad frames",
-                )
+                harness.wait_for(lambda n=bad_so_far: _bad_so_far(harness) == n, 20, "bad frames")
         stamp = (1000 + g, 0)
         frame = image_msg(good, "rgb8", stamp=stamp)
         harness.image_pub.publish(frame)
         sent_images += 1
         harness.wait_for(lambda s=stamp: harness.answered(s), 60, f"good frame {stamp}")
-    harness.wait_for(lambda: harness.counts()["dropped_bad_input"] >= n_bad, 20, "every bad frame counted")
+    harness.wait_for(lambda: _bad_so_far(harness) >= n_bad, 20, "every bad frame counted")
     counts = harness.counts()
-    assert counts["dropped_bad_input"] == n_bad
+    assert counts["dropped_bad_input"] == sent_images - n_good  # images only; camera_info counts apart
     assert counts["processed"] == n_good
-    assert counts["received"] == sent_images  # images only; camera_info counts separately
+    assert counts["received"] == sent_images
     assert counts["dropped_overload"] == 0 and counts["errors"] == 0
-    assert counts["camera_info_received"] == 0 and sent_info > 0  # all camera infos were malformed
+    assert counts["camera_info_received"] == counts["camera_info_dropped_bad_input"] == sent_info > 0  # all malformed
     assert harness.node.pipeline.camera_k is None
     assert [stamp_of(m)[0] for m in harness.messages("segments")] == list(range(1000, 1000 + n_good))
+
+
+class Exploding:
+    """A predictor whose network backend fails on every frame (a failure, not a mock of ROS)."""
+
+    def __init__(self, real) -> None:
+        self.postprocess = real.postprocess
+
+    def predict(self, image, camera_k=None):
+        raise RuntimeError("backend exploded")
+
+
+def _bad_so_far(harness) -> int:
+    counts = harness.counts()
+    return counts["dropped_bad_input"] + counts["camera_info_dropped_bad_input"]
 
 
 def test_predictor_failure_does_not_kill_the_worker(harness) -> None:
@@ -302,19 +314,64 @@ def test_predictor_failure_does_not_kill_the_worker(harness) -> None:
     pipeline = harness.node.pipeline
     real = pipeline.predictor
 
-    class Exploding:  # a network backend failure, not a mock of ROS
-        postprocess = real.postprocess
-
-        def predict(self, image, camera_k=None):
-            raise RuntimeError("backend exploded")
-
-    pipeline.predictor = Exploding()
+    pipeline.predictor = Exploding(real)
     harness.image_pub.publish(image_msg(random_image(8), stamp=(30, 0)))
     harness.wait_for(lambda: harness.counts()["errors"] == 1, 30, "the error to be counted")
     pipeline.predictor = real
     harness.image_pub.publish(image_msg(random_image(8), stamp=(31, 0)))
     harness.wait_for(lambda: harness.answered((31, 0)), 60, "the next frame")
     assert not harness.answered((30, 0), ("segments",))
+
+
+def test_every_failure_reaches_the_log_at_its_own_severity(harness) -> None:
+    """Bad input warns, a failing frame logs an error, each throttled per kind; the counters add up.
+
+    rclpy refuses one logging call site at two severities: a shared one lost the errors.
+    """
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    logs: list = []
+    rosout = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    harness.probe.create_subscription(Log, "/rosout", logs.append, rosout)
+    harness.wait_connected()
+    pipeline = harness.node.pipeline
+    real = pipeline.predictor
+
+    bad = image_msg(random_image(8), "rgb8", stamp=(50, 0))
+    bad.encoding = "yuv422"
+    harness.image_pub.publish(bad)
+    harness.wait_for(lambda: harness.counts()["dropped_bad_input"] == 1, 30, "the bad frame")
+    pipeline.predictor = Exploding(real)
+    for i in range(3):  # every frame fails: one error in the log, the others held back
+        harness.image_pub.publish(image_msg(random_image(8), stamp=(51 + i, 0)))
+        harness.wait_for(lambda n=i + 1: harness.counts()["errors"] == n, 30, "the failed frame")
+    pipeline.predictor = real
+    short = image_msg(random_image(8), "rgb8", stamp=(55, 0))
+    short.data = bytes(10)
+    harness.image_pub.publish(short)  # another kind of bad input: a warning of its own
+    harness.wait_for(lambda: harness.counts()["dropped_bad_input"] == 2, 30, "the second bad frame")
+    ours = lambda level: [m.msg for m in list(logs) if m.name == "panoptic_depthlab" and m.level == level]  # noqa: E731
+    harness.wait_for(lambda: len(ours(Log.WARN)) >= 2 and ours(Log.ERROR), 15, "the warnings and the error")
+    time.sleep(0.5)
+    warnings, errors = ours(Log.WARN), ours(Log.ERROR)
+    assert [w.split(":")[0] for w in warnings] == ["dropped bad input"] * 2
+    assert "unsupported encoding 'yuv422'" in warnings[0] and "fewer than step*height" in warnings[1]
+    assert errors == ["frame failed: RuntimeError: backend exploded"]  # throttled: 3 failures, one line
+    counts = harness.counts()
+    assert counts["received"] == 5 == sum(counts[k] for k in FRAME_OUTCOMES)
+    assert (counts["processed"], counts["errors"], counts["dropped_bad_input"]) == (0, 3, 2)
+
+
+def test_log_throttle_counts_what_it_held_back() -> None:
+    from panoptic_depthlab_ros.ros.node import LogThrottle
+
+    throttle = LogThrottle(period_s=0.2)
+    assert throttle("decode", "bad frame") == "bad frame"
+    assert throttle("decode", "bad frame") is None and throttle("decode", "bad frame") is None
+    assert throttle("layout", "other problem") == "other problem"  # one kind does not hide another
+    time.sleep(0.25)
+    assert throttle("decode", "bad frame") == "bad frame (2 more like it in the last 0.2 s)"
 
 
 # --------------------------------------------------------------------- camera info

@@ -9,7 +9,7 @@ venv=${1:?usage: fix_ros_cmake_paths.sh VENV}
 py="$venv/bin/python"
 pyinc=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 npinc=$("$py" -c "import numpy; print(numpy.get_include())")
-# (grep finds nothing once fixed: that is success, not a pipefail error)
+# grep finds nothing once the files are fixed (exit 1): that is success here.
 { grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$venv/share" --include='*.cmake' 2>/dev/null || true; } | xargs -r sed -i -E \
   -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$npinc#g" \
   -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$pyinc#g"

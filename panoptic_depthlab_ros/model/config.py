@@ -13,12 +13,23 @@ from typing import Any
 
 import yaml
 
+from ..fields import check_bool, check_int, check_ints, check_number, check_numbers
+
 # Strides of the backbone features a decoder can fuse.
 FEATURE_STRIDES = {"stem": 2, "res2": 4, "res3": 8}
 LOW_LEVEL_CHOICES = (("res2", "res3"), ("stem", "res2", "res3"))
 # Factors a frame may be resized by before the network (input_scale, multi-scale inference).
 SCALE_RANGE = (0.25, 4.0)
 SCALE_RANGE_TEXT = f"{SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}"
+# Bounds a loaded config must keep: far beyond any real Panoptic-DeepLab, far below what
+# would allocate absurd memory before the weights are even compared with the file.
+RESNET_DEPTHS = (50, 101)
+MAX_WIDTH = 4096  # channels of any layer
+MAX_DILATION = 64
+MAX_POOL_KERNEL = 1024  # ASPP pooling window, in stride-16 feature pixels
+MAX_SIZE_DIVISIBILITY = 512
+MAX_DEPTH_M = 10_000.0
+MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class BranchConfig:
     low_level: tuple[str, ...] = ("res2", "res3")
 
     def __post_init__(self) -> None:
+        check_ints("project_channels", self.project_channels, 1, MAX_WIDTH)
+        for name in ("aspp_channels", "convs_dim", "head_channels"):
+            check_int(name, getattr(self, name), 1, MAX_WIDTH)
         if self.low_level not in LOW_LEVEL_CHOICES:
             choices = [list(c) for c in LOW_LEVEL_CHOICES]
             raise ValueError(f"low_level must be one of {choices}, got {list(self.low_level)}")
@@ -103,16 +117,46 @@ class ModelConfig:
     input_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        """Every field checked (type, range, finite, consistency); ``ValueError`` names the field and value."""
+        if self.resnet_depth not in RESNET_DEPTHS or isinstance(self.resnet_depth, bool):
+            raise ValueError(f"resnet_depth must be one of {list(RESNET_DEPTHS)}, got {self.resnet_depth!r}")
+        for name in ("stem_channels", "res2_channels", "bottleneck_channels"):
+            check_int(name, getattr(self, name), 1, MAX_WIDTH)
+        check_int("res4_dilation", self.res4_dilation, 1, MAX_DILATION)
+        check_int("res5_dilation", self.res5_dilation, 1, MAX_DILATION)
+        check_ints("res5_multi_grid", self.res5_multi_grid, 1, MAX_DILATION, length=3)  # res5 has 3 blocks
+        check_int("num_classes", self.num_classes, 1, MAX_CLASSES)
+        for name in ("semantic", "instance", "depth"):
+            if not isinstance(getattr(self, name), BranchConfig):
+                raise ValueError(f"{name} must be a branch config, got {getattr(self, name)!r}")
+        check_ints("aspp_dilations", self.aspp_dilations, 1, MAX_DILATION)
+        check_number("aspp_dropout", self.aspp_dropout, 0.0, 1.0)
+        if self.aspp_dropout >= 1.0:
+            raise ValueError(f"aspp_dropout must be below 1, got {self.aspp_dropout!r}")
+        if self.aspp_pool_kernel_size is not None:
+            check_ints("aspp_pool_kernel_size", self.aspp_pool_kernel_size, 1, MAX_POOL_KERNEL, length=2)
+        check_bool("aspp_strict_pool_size", self.aspp_strict_pool_size)
+        check_bool("depthwise_separable", self.depthwise_separable)
+        if self.common_stride != FEATURE_STRIDES["res2"] or isinstance(self.common_stride, bool):
+            raise ValueError(f"common_stride must be 4 (the stride of res2), got {self.common_stride!r}")
+        check_number("min_depth", self.min_depth, 0.0, MAX_DEPTH_M, low_open=True)
+        check_number("max_depth", self.max_depth, 0.0, MAX_DEPTH_M, low_open=True)
+        if not self.min_depth < self.max_depth:
+            raise ValueError(f"min_depth {self.min_depth!r} must be below max_depth {self.max_depth!r}")
+        if self.depth_focal_px is not None:
+            check_number("depth_focal_px", self.depth_focal_px, 0.0, 1e6, low_open=True)
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
-        if self.common_stride != FEATURE_STRIDES["res2"]:
-            raise ValueError(f"common_stride must be 4 (the stride of res2), got {self.common_stride}")
-        if self.size_divisibility < 0:
-            raise ValueError(f"size_divisibility must be >= 0, got {self.size_divisibility}")
-        if self.depth_focal_px is not None and not (math.isfinite(self.depth_focal_px) and self.depth_focal_px > 0):
-            raise ValueError(f"depth_focal_px must be a positive number or None, got {self.depth_focal_px}")
-        if not (math.isfinite(self.input_scale) and SCALE_RANGE[0] <= self.input_scale <= SCALE_RANGE[1]):
-            raise ValueError(f"input_scale must lie in {SCALE_RANGE_TEXT}, got {self.input_scale}")
+        check_numbers("pixel_mean", self.pixel_mean, 3)
+        check_numbers("pixel_std", self.pixel_std, 3, positive=True)
+        check_int("size_divisibility", self.size_divisibility, 0, MAX_SIZE_DIVISIBILITY)
+        if not (
+            isinstance(self.input_scale, (int, float))
+            and not isinstance(self.input_scale, bool)
+            and math.isfinite(self.input_scale)
+            and SCALE_RANGE[0] <= self.input_scale <= SCALE_RANGE[1]
+        ):
+            raise ValueError(f"input_scale must lie in {SCALE_RANGE_TEXT}, got {self.input_scale!r}")
 
     @property
     def output_stride(self) -> int:
@@ -133,8 +177,16 @@ class ModelConfig:
         kw: dict[str, Any] = {}
         for key, value in d.items():
             if key in ("semantic", "instance", "depth"):
+                if not isinstance(value, dict):
+                    raise ValueError(f"{key} must be a mapping of branch widths, got {value!r}")
+                unknown = sorted(set(value) - {f.name for f in fields(BranchConfig)})
+                if unknown:
+                    raise ValueError(f"{key} has unknown keys: {unknown}")
                 branch: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-                value = BranchConfig(**branch)
+                try:
+                    value = BranchConfig(**branch)
+                except ValueError as exc:
+                    raise ValueError(f"{key}.{exc}") from None
             elif isinstance(value, list):
                 value = tuple(value)
             kw[key] = value

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..image_io import decode_image
 from ..result import PanopticDepthResult, SegmentDepth
 from .geometry import MarkerSpec, PointCloud
 
@@ -56,17 +57,17 @@ class ImageConversionError(InputError):
     """
 
     def __init__(self, reason: str, *, kind: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
+        super().__init__(reason, kind=kind)
 
 
 # ----------------------------------------------------------------- images in
-def check_image(msg: Any, *, max_pixels: int = 0) -> int:
+def check_image(msg: Any, *, max_pixels: int = 0, limit_name: str = "max_input_pixels") -> int:
     """Validate a ``sensor_msgs/Image``'s layout without touching its pixels.
 
     O(1): reads only the header fields and ``len(msg.data)``, so it is cheap
     enough for a subscription callback.  Returns the number of channels.
-    ``max_pixels`` > 0 rejects larger images.  Raises :class:`ImageConversionError`.
+    ``max_pixels`` > 0 rejects larger images (the message names ``limit_name``, the
+    setting that sets it).  Raises :class:`ImageConversionError`.
     """
     encoding = str(msg.encoding)
     if encoding not in INPUT_ENCODINGS:
@@ -80,7 +81,7 @@ def check_image(msg: Any, *, max_pixels: int = 0) -> int:
         raise ImageConversionError(f"zero-size image ({width}x{height})", kind="empty")
     if max_pixels > 0 and height * width > max_pixels:
         raise ImageConversionError(
-            f"image {width}x{height} has {height * width} pixels, above the limit max_input_pixels={max_pixels}",
+            f"image {width}x{height} has {height * width} pixels, above the limit {limit_name}={max_pixels}",
             kind="too_large",
         )
     if int(msg.is_bigendian) not in (0, 1):
@@ -99,14 +100,14 @@ def check_image(msg: Any, *, max_pixels: int = 0) -> int:
     return channels
 
 
-def image_to_bgr(msg: Any, *, max_pixels: int = 0) -> np.ndarray:
+def image_to_bgr(msg: Any, *, max_pixels: int = 0, limit_name: str = "max_input_pixels") -> np.ndarray:
     """``sensor_msgs/Image`` -> [H, W, 3] uint8 BGR.
 
     ``bgr8`` comes back as a read-only-by-contract view of ``msg.data`` (no copy,
     even with padded rows: the view has a row stride of ``step``); the other
     encodings take one OpenCV conversion pass.  Do not modify the result in place.
     """
-    channels = check_image(msg, max_pixels=max_pixels)
+    channels = check_image(msg, max_pixels=max_pixels, limit_name=limit_name)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     buf = np.frombuffer(msg.data, dtype=np.uint8, count=step * height)  # zero copy
     rows = buf.reshape(height, step)[:, : width * channels]  # drop row padding (still a view)
@@ -127,23 +128,18 @@ def check_compressed(msg: Any) -> None:
         raise ImageConversionError("compressed image has no data", kind="empty")
 
 
-def compressed_to_bgr(msg: Any, *, max_pixels: int = 0) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (JPEG or PNG) -> [H, W, 3] uint8 BGR."""
+def compressed_to_bgr(msg: Any, *, max_pixels: int = 0, limit_name: str = "max_input_pixels") -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (JPEG or PNG) -> [H, W, 3] uint8 BGR.
+
+    The size the data declares is checked against ``max_pixels`` (> 0) before anything
+    is decoded: a small message can declare a huge image.
+    """
     check_compressed(msg)
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise ImageConversionError(
-            f"cannot decode compressed image (format {msg.format!r}, {len(msg.data)} bytes)",
-            kind="decode",
-        )
-    height, width = image.shape[:2]
-    if max_pixels > 0 and height * width > max_pixels:
-        raise ImageConversionError(
-            f"image {width}x{height} has {height * width} pixels, above the limit max_input_pixels={max_pixels}",
-            kind="too_large",
-        )
-    return image
+    what = f"compressed image (format {msg.format!r}, {len(msg.data)} bytes)"
+    try:
+        return decode_image(msg.data, max_pixels=max_pixels, what=what, limit_name=limit_name)
+    except InputError as exc:
+        raise ImageConversionError(str(exc), kind=exc.kind) from exc
 
 
 # ---------------------------------------------------------------- images out

@@ -8,6 +8,9 @@ records every output topic, and writes to ``--out``:
 * ``overlay/frame_XXXX.png`` and ``overlay.mp4``: the overlay stream,
 * ``summary.json``: frames, segments per frame, latency percentiles.
 
+``--out`` is written aside and moved into place at the end (:mod:`..output`): a previous
+demo output is replaced, anything else at that path is refused and left as it is.
+
 Frames are played in lock-step (the next image goes out when the previous one's
 SegmentDepthArray came back), so every frame is processed, as offline replay
 should be; ``--rate`` plays at the bag's timing instead (the node then drops
@@ -42,6 +45,8 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from ..bag import typestore_with_our_messages
 from ..checkpoint import bundled_checkpoint
+from ..exit_codes import run_command
+from ..output import MARKER, StagedOutput, marker_says, write_marker
 from . import conversions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +97,34 @@ def _node_command(checkpoint: Path, image_topic: str, info_topic: str, params: P
     ]
 
 
-def run_demo(
+WRITTEN_BY = "panoptic-depthlab demo"
+# What the demo writes: a folder holding only these (from before outputs were marked) is a demo's.
+DEMO_ENTRIES = {"bag", "overlay", "overlay.mp4", "summary.json", "node.log", MARKER}
+
+
+def demo_output_says(path: Path) -> str | None:
+    """None when ``path`` is a demo output (marked, or holding only what the demo writes); else why not."""
+    reason = marker_says(path, WRITTEN_BY)
+    if reason is None or (path.is_dir() and {p.name for p in path.iterdir()} <= DEMO_ENTRIES):
+        return None
+    return reason
+
+
+def run_demo(bag: Path, out: Path, *, checkpoint: Path, **options: Any) -> dict[str, Any]:
+    """Play ``bag`` through the node, record everything into ``out``; returns the summary.
+
+    A previous demo output at ``out`` is replaced once the new one is complete.
+    """
+    staged = StagedOutput(
+        out.parent, [out.name], what=WRITTEN_BY, overwrite=True, why_not_ours=demo_output_says, inputs=[bag]
+    )
+    with staged as staging:
+        summary = _record(bag, staging / out.name, checkpoint=checkpoint, **options)
+        write_marker(staging / out.name, WRITTEN_BY, bag=bag.resolve(), checkpoint=checkpoint)
+    return summary
+
+
+def _record(
     bag: Path,
     out: Path,
     *,
@@ -102,10 +134,7 @@ def run_demo(
     timeout_s: float = 120.0,
     params: Path | None = None,
 ) -> dict[str, Any]:
-    """Play ``bag`` through the node, record everything into ``out``; returns the summary."""
     params = params or REPO / "config" / "panoptic_depthlab.yaml"
-    if out.exists():
-        shutil.rmtree(out)
     (out / "overlay").mkdir(parents=True)
     with Reader(bag) as reader:
         image_conn = next((c for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image"), None)
@@ -329,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else random.randint(1, 100))
+    return run_command("panoptic-depthlab demo", lambda: _demo(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or bundled_checkpoint()
     t0 = time.monotonic()
     summary = run_demo(args.bag, args.out, checkpoint=checkpoint, frames=args.frames, rate=args.rate)

@@ -114,7 +114,10 @@ COUNTERS = (
     "skipped_no_subscribers",
     "errors",
     "camera_info_received",
+    "camera_info_dropped_bad_input",
 )
+# Once every frame is through: received = processed + dropped + errors (CameraInfo counted apart).
+FRAME_OUTCOMES = ("processed", "dropped_overload", "dropped_bad_input", "skipped_no_subscribers", "errors")
 # Per-frame latency stages: wait (callback -> worker), convert (message -> BGR), the predictor's
 # own stages, publish (conversions, overlay drawing, publishing), total (callback -> published).
 STAGES = ("wait", "convert", "preprocess", "network", "fusion", "segment_depth", "publish", "total")
@@ -228,32 +231,31 @@ class PipelineStats:
         return StatsSnapshot(counts=counts, latency=latency)
 
 
-class WarningThrottle:
-    """At most one warning per kind of problem per period.
+class LogThrottle:
+    """At most one message per kind of problem per period; says how many were held back.
 
-    Says how many were held back; a broken camera cannot flood the log, and one
+    It only decides: the caller logs the returned text at its own call site and severity
+    (rclpy refuses one call site logging at two severities, so a shared logging call would
+    lose whichever severity comes second).  A broken camera cannot flood the log, and one
     kind of problem does not hide another.
     """
 
-    def __init__(self, warn: Callable[[str], Any], period_s: float = 5.0) -> None:
-        self._warn = warn
+    def __init__(self, period_s: float = 5.0) -> None:
         self._period = period_s
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def __call__(self, kind: str, message: str) -> bool:
-        """Log ``message`` unless ``kind`` was logged less than a period ago; True if logged."""
+    def __call__(self, kind: str, message: str) -> str | None:
+        """``message`` (with the count held back) to log now, or None when ``kind`` was logged within the period."""
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(kind, -float("inf")) < self._period:
                 self._held[kind] = self._held.get(kind, 0) + 1
-                return False
+                return None
             held = self._held.pop(kind, 0)
             self._last[kind] = now
-        more = f" ({held} more like it in the last {self._period:g} s)" if held else ""
-        self._warn(message + more)
-        return True
+        return message + (f" ({held} more like it in the last {self._period:g} s)" if held else "")
 
 
 @dataclass
@@ -290,9 +292,10 @@ class Pipeline:
         outputs: Outputs,
         settings: NodeSettings,
         stats: PipelineStats,
-        warn_bad_input: WarningThrottle,
-        log_error: WarningThrottle,
+        log_warning: Callable[[str], Any] = print,
+        log_error: Callable[[str], Any] = print,
         log_info: Callable[[str], Any] = print,
+        throttle_s: float = 5.0,
     ) -> None:
         self.predictor = predictor
         self.outputs = outputs
@@ -301,9 +304,12 @@ class Pipeline:
         self.depth_scale = 1.0  # the last frame's focal-length correction (diagnostics)
         # The checkpoint's own fusion settings: what parameters at -1 stand for.
         self.base_postprocess: PostprocessConfig = predictor.postprocess
-        self._warn_bad_input = warn_bad_input
+        # One logging call site per severity (see LogThrottle), each throttled per kind.
+        self._log_warning = log_warning
         self._log_error = log_error
         self._log_info = log_info
+        self._bad_input_throttle = LogThrottle(throttle_s)
+        self._error_throttle = LogThrottle(throttle_s)
         self._said_no_camera_info = False
         self._mailbox = LatestFrameMailbox()
         self._stop = threading.Event()
@@ -327,11 +333,19 @@ class Pipeline:
         if self._mailbox.put(frame):
             self.stats.add("dropped_overload")
 
-    def reject(self, exc: ImageConversionError | InputError) -> None:
-        """Count a bad input and warn (throttled per kind of problem)."""
-        self.stats.add("dropped_bad_input")
-        kind = getattr(exc, "kind", "input")
-        self._warn_bad_input(kind, f"dropped bad input: {exc}")
+    def reject(self, exc: InputError, counter: str = "dropped_bad_input") -> None:
+        """Count a bad input in ``counter`` and warn (throttled per kind of problem)."""
+        self.stats.add(counter)
+        text = self._bad_input_throttle(exc.kind, f"dropped bad input: {exc}")
+        if text is not None:
+            self._log_warning(text)
+
+    def fail(self, exc: Exception) -> None:
+        """Count a frame that failed for another reason than its input, and log an error (throttled)."""
+        self.stats.add("errors")
+        text = self._error_throttle(type(exc).__name__, f"frame failed: {type(exc).__name__}: {exc}")
+        if text is not None:
+            self._log_error(text)
 
     # -------------------------------------------------------------- thread
     # Each worker has its own stop event: one that overran stop()'s timeout still ends
@@ -364,17 +378,17 @@ class Pipeline:
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             frame = self._mailbox.take(timeout=0.25)
-            if frame is None or stop.is_set():
+            if frame is None:
                 continue
+            if stop.is_set():  # taken while stopping: dropped like a frame still waiting
+                self.stats.add("dropped_overload")
+                break
             try:
                 self.process(frame)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything one frame does
-                if stop.is_set():
-                    break
-                self.stats.add("errors")
                 try:
-                    self._log_error(type(exc).__name__, f"frame failed: {type(exc).__name__}: {exc}")
-                except Exception:  # noqa: BLE001 - logging gone at shutdown: keep the count
+                    self.fail(exc)
+                except Exception:  # noqa: BLE001 - logging gone at shutdown: the count is kept
                     pass
 
     # -------------------------------------------------------------- one frame
@@ -400,7 +414,7 @@ class Pipeline:
                 image = compressed_to_bgr(frame.message, max_pixels=settings.max_input_pixels)
             else:
                 image = image_to_bgr(frame.message, max_pixels=settings.max_input_pixels)
-        except ImageConversionError as exc:
+        except InputError as exc:
             self.reject(exc)
             return
         converted = time.perf_counter()
@@ -522,6 +536,7 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
             input_scale=settings.input_scale if settings.input_scale >= 0 else None,
             compile_mode=settings.compile_mode or None,
             flip_average=settings.flip_average,
+            max_pixels=settings.max_input_pixels,
         )
     except CheckpointError as exc:
         raise StartupError(
@@ -748,8 +763,8 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             outputs=outputs,
             settings=self.settings,
             stats=self.stats,
-            warn_bad_input=WarningThrottle(logger.warning),
-            log_error=WarningThrottle(logger.error),
+            log_warning=logger.warning,
+            log_error=logger.error,
             log_info=logger.info,
         )
         for name in OUTPUTS:
@@ -857,12 +872,12 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         pipeline = self.pipeline
         if pipeline is None:
             return
+        self.stats.add("camera_info_received")
         try:
             k = camera_k(msg)
         except ImageConversionError as exc:
-            pipeline.reject(exc)  # the previous good K stays in use
+            pipeline.reject(exc, "camera_info_dropped_bad_input")  # the previous good K stays in use
             return
-        self.stats.add("camera_info_received")
         pipeline.camera_k = k
 
     # ------------------------------------------------------------ parameters
@@ -897,6 +912,8 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         problems = []
         if delta["dropped_bad_input"]:
             problems.append(f"{delta['dropped_bad_input']} bad inputs dropped")
+        if delta["camera_info_dropped_bad_input"]:
+            problems.append(f"{delta['camera_info_dropped_bad_input']} bad camera_info dropped")
         if delta["errors"]:
             problems.append(f"{delta['errors']} frames failed")
         if self.pipeline is not None and self.pipeline.camera_k is None:
@@ -933,7 +950,8 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         total = snap.latency.get("total")
         self.get_logger().info(
             f"{message}; received {counts['received']}, processed {counts['processed']}, dropped "
-            f"{counts['dropped_overload']} overload + {counts['dropped_bad_input']} bad input"
+            f"{counts['dropped_overload']} overload + {counts['dropped_bad_input']} bad input + "
+            f"{counts['skipped_no_subscribers']} unsubscribed, {counts['errors']} failed"
             + (f"; latency mean {total.mean * 1e3:.0f} ms, p95 {total.p95 * 1e3:.0f} ms" if total else ""),
             throttle_duration_sec=10.0,
         )

@@ -33,6 +33,9 @@ import torch
 from cityscapesscripts.helpers.labels import id2label, labels
 from torch.utils.data import Dataset
 
+from panoptic_depthlab_ros.errors import InputError
+from panoptic_depthlab_ros.image_io import DEFAULT_MAX_PIXELS
+from panoptic_depthlab_ros.image_io import read_image as read_image_file
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 
 from .targets import PanopticTargetGenerator, unique_inverse
@@ -130,11 +133,17 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _read_png(path: Path, *, dtype: type, channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode a PNG and check dtype, channel count and (H, W); raises DatasetError."""
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise DatasetError(f"{path}: not a decodable image")
+def _read_png(
+    path: Path, *, dtype: type, channels: int, size: tuple[int, int] | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode a PNG (header checked against ``max_pixels`` first); check dtype, channels and (H, W).
+
+    Raises DatasetError naming the file.
+    """
+    try:
+        array = read_image_file(path, max_pixels=max_pixels, flags=cv2.IMREAD_UNCHANGED)
+    except InputError as exc:
+        raise DatasetError(str(exc)) from exc
     got_channels = 1 if array.ndim == 2 else array.shape[2]
     if array.dtype != dtype or got_channels != channels:
         raise DatasetError(
@@ -149,7 +158,7 @@ def _read_json(path: Path, required: Sequence[str]) -> dict[str, Any]:
     """Parse JSON and check dotted keys (``"intrinsic.fx"``); raises DatasetError."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"{path}: not readable JSON ({exc})") from exc
     for key in required:
         node: Any = data
@@ -169,6 +178,8 @@ def read_camera(path: Path) -> dict[str, float]:
         cam["baseline"] = float(data["extrinsic"]["baseline"])
     except (TypeError, ValueError) as exc:
         raise DatasetError(f"{path}: non-numeric camera value ({exc})") from exc
+    if not all(np.isfinite(v) for v in cam.values()):
+        raise DatasetError(f"{path}: camera values must be finite, got {cam}")
     if cam["fx"] <= 0 or cam["fy"] <= 0 or cam["baseline"] <= 0:
         raise DatasetError(f"{path}: fx, fy and baseline must be positive, got {cam}")
     return cam
@@ -179,11 +190,11 @@ def camera_matrix(camera: Mapping[str, float]) -> np.ndarray:
     return np.array([[camera["fx"], 0.0, camera["u0"]], [0.0, camera["fy"], camera["v0"]], [0.0, 0.0, 1.0]])
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """[H, W, 3] uint8 **BGR** (OpenCV's order); raises DatasetError naming the file."""
     if not path.is_file():
         raise DatasetError(f"missing {path}")
-    return _read_png(path, dtype=np.uint8, channels=3, size=None)
+    return _read_png(path, dtype=np.uint8, channels=3, size=None, max_pixels=max_pixels)
 
 
 def focal_length(samples: Sequence[SampleFiles]) -> tuple[float, float]:
@@ -199,7 +210,9 @@ def focal_length(samples: Sequence[SampleFiles]) -> tuple[float, float]:
     return median, float((fx.max() - fx.min()) / median)
 
 
-def _check_sample(files: SampleFiles, *, with_gt: bool, with_depth: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
+def _check_sample(
+    files: SampleFiles, *, with_gt: bool, with_depth: bool, max_pixels: int
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Read every file of one frame; returns (missing, unreadable)."""
     missing: list[Path] = []
     bad: list[tuple[Path, str]] = []
@@ -214,13 +227,16 @@ def _check_sample(files: SampleFiles, *, with_gt: bool, with_depth: bool) -> tup
             bad.append((path, str(exc).removeprefix(f"{path}: ")))
             return None
 
-    image = attempt(files.image, lambda: _read_png(files.image, dtype=np.uint8, channels=3, size=None))
+    def png(path: Path, dtype: type, channels: int, size: tuple[int, int] | None) -> Any:
+        return attempt(path, lambda: _read_png(path, dtype=dtype, channels=channels, size=size, max_pixels=max_pixels))
+
+    image = png(files.image, np.uint8, 3, None)
     size = None if image is None else image.shape[:2]
     if with_gt:
-        label_ids = attempt(files.label_ids, lambda: _read_png(files.label_ids, dtype=np.uint8, channels=1, size=size))
+        label_ids = png(files.label_ids, np.uint8, 1, size)
         if label_ids is not None and int(label_ids.max()) > max(id2label):
             bad.append((files.label_ids, f"labelId {int(label_ids.max())} is not a Cityscapes id"))
-        attempt(files.instance_ids, lambda: _read_png(files.instance_ids, dtype=np.uint16, channels=1, size=size))
+        png(files.instance_ids, np.uint16, 1, size)
         poly = attempt(files.polygons, lambda: _read_json(files.polygons, ("imgHeight", "imgWidth", "objects")))
         if poly is not None and size is not None and (poly["imgHeight"], poly["imgWidth"]) != size:
             bad.append(
@@ -231,13 +247,18 @@ def _check_sample(files: SampleFiles, *, with_gt: bool, with_depth: bool) -> tup
                 )
             )
     if with_depth:
-        attempt(files.disparity, lambda: _read_png(files.disparity, dtype=np.uint16, channels=1, size=size))
+        png(files.disparity, np.uint16, 1, size)
         attempt(files.camera, lambda: read_camera(files.camera))
     return missing, bad
 
 
 def verify_cityscapes(
-    root: Path | str, splits: Sequence[str] = GT_SPLITS, *, require_depth: bool = True, workers: int | None = None
+    root: Path | str,
+    splits: Sequence[str] = GT_SPLITS,
+    *,
+    require_depth: bool = True,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> VerifyReport:
     """Check that every frame of ``splits`` has all its files and that each one reads.
 
@@ -245,7 +266,8 @@ def verify_cityscapes(
     every JSON parsed (polygons: ``imgHeight``/``imgWidth``/``objects``; camera:
     ``intrinsic.fx/fy/u0/v0`` and ``extrinsic.baseline``). Ground truth is required for
     train/val only, disparity + camera when ``require_depth``. A split without images is
-    reported as its missing image directory. Decoding runs on ``workers`` threads.
+    reported as its missing image directory. Decoding runs on ``workers`` threads; a PNG
+    whose header declares more than ``max_pixels`` is reported unreadable without decoding.
     """
     root = Path(root)
     report = VerifyReport(root=root)
@@ -261,7 +283,9 @@ def verify_cityscapes(
         jobs += [(s, split in GT_SPLITS) for s in samples]
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda job: _check_sample(job[0], with_gt=job[1], with_depth=require_depth), jobs)
+        results = pool.map(
+            lambda job: _check_sample(job[0], with_gt=job[1], with_depth=require_depth, max_pixels=max_pixels), jobs
+        )
         for missing, bad in results:
             report.missing += missing
             report.unreadable += bad

@@ -1,7 +1,9 @@
 """Command line ``panoptic-depthlab-training``: synth, demo-bag, verify-cityscapes, train, evaluate, predict.
 
-Exit codes: 0 success; 1 a broken dataset (the verification report is printed);
-2 a bad config, checkpoint or argument.
+Exit codes (as ``panoptic-depthlab``'s, see ``panoptic_depthlab_ros.exit_codes``): 0 all done;
+1 done with input skipped, or ``verify-cityscapes`` found problems (the report lists them);
+2 nothing done: a bad config, checkpoint, dataset, argument or output path (one line says
+why); 128 + N ended by signal N.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from panoptic_depthlab_ros.errors import PanopticDepthLabError
+from panoptic_depthlab_ros.cli import add_max_pixels_arg, int_at_least, number_above
+from panoptic_depthlab_ros.exit_codes import DONE, PARTIAL, run_command
 
 from . import evaluate as evaluate_cmd
 from . import predict as predict_cmd
@@ -40,13 +43,15 @@ def _demo_bag(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote {out}: {args.frames} frames at {args.fps:g} Hz on /camera/image_raw + /camera/camera_info")
-    return 0
+    return DONE
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = verify_cityscapes(args.root, args.splits, require_depth=not args.no_depth, workers=args.workers)
+    report = verify_cityscapes(
+        args.root, args.splits, require_depth=not args.no_depth, workers=args.workers, max_pixels=args.max_pixels
+    )
     print(report.format())
-    return 0 if report.ok else 1
+    return DONE if report.ok else PARTIAL
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,23 +63,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="render synthetic street scenes in the Cityscapes layout")
     p.add_argument("out", type=Path, help="output root (gets leftImg8bit/, gtFine/, disparity/, camera/)")
-    p.add_argument("--train", type=int, default=100, help="train frames")
-    p.add_argument("--val", type=int, default=20, help="val frames")
+    p.add_argument("--train", type=int_at_least(0), default=100, help="train frames")
+    p.add_argument("--val", type=int_at_least(0), default=20, help="val frames")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int_at_least(8), default=256)
+    p.add_argument("--width", type=int_at_least(8), default=512)
     p.add_argument("--city", default="synthcity")
-    p.add_argument("--workers", type=int, default=1, help="rendering processes")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="rendering processes")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("demo-bag", help="a ROS 2 bag (MCAP) of a synthetic drive: Image + CameraInfo at 10 Hz")
     p.add_argument("out", type=Path, help="output bag directory")
-    p.add_argument("--frames", type=int, default=30)
-    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--frames", type=int_at_least(1), default=30)
+    p.add_argument("--fps", type=number_above(0), default=10.0)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--height", type=int, default=192)
-    p.add_argument("--width", type=int, default=384)
-    p.add_argument("--speed", type=float, default=8.0, help="ego speed, m/s")
+    p.add_argument("--height", type=int_at_least(8), default=192)
+    p.add_argument("--width", type=int_at_least(8), default=384)
+    p.add_argument("--speed", type=number_above(0), default=8.0, help="ego speed, m/s")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_demo_bag)
 
@@ -82,7 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("root", type=Path)
     p.add_argument("--splits", nargs="+", default=list(GT_SPLITS), choices=SPLITS)
     p.add_argument("--no-depth", action="store_true", help="do not require disparity/ and camera/")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    p.add_argument("--workers", type=int_at_least(1), default=None, help="decoding threads")
+    add_max_pixels_arg(p)
     p.set_defaults(func=_verify)
 
     p = sub.add_parser(
@@ -114,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        return int(args.func(args))
-    except DatasetError as exc:
-        print(f"panoptic-depthlab-training {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except (PanopticDepthLabError, FileNotFoundError, FileExistsError) as exc:
-        print(f"panoptic-depthlab-training {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(f"panoptic-depthlab-training {args.command}", lambda: args.func(args), expected=(DatasetError,))
 
 
 if __name__ == "__main__":

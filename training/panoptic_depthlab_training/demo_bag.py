@@ -4,12 +4,13 @@
 writes ``sensor_msgs/Image`` (rgb8) on ``/camera/image_raw`` and the matching
 ``sensor_msgs/CameraInfo`` on ``/camera/camera_info`` (same stamp and
 ``camera_optical_frame``), rendered by :mod:`synth` with the camera driving
-forward, as an MCAP bag with zstd chunks (what ``ros2 bag play`` reads).
+forward, as an MCAP bag with zstd chunks (what ``ros2 bag play`` reads).  The bag is
+written aside and moved into place when complete (``panoptic_depthlab_ros.output``);
+``--overwrite`` replaces only a bag this command wrote (its ``metadata.yaml`` says so).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
+from panoptic_depthlab_ros.bag import bag_marker_says, mark_bag
+from panoptic_depthlab_ros.output import StagedOutput
+
 from .synth import SceneGenerator
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -25,6 +29,7 @@ CAMERA_INFO_TOPIC = "/camera/camera_info"
 FRAME_ID = "camera_optical_frame"
 # 2026-01-01T00:00:00Z: a fixed start so the bag is byte-identical for a seed.
 START_NS = 1_767_225_600_000_000_000
+WRITTEN_BY = "panoptic-depthlab-training demo-bag"
 
 
 def write_demo_bag(
@@ -41,10 +46,21 @@ def write_demo_bag(
 ) -> Path:
     """Render ``frames`` frames of one synthetic street and write them as a bag directory ``out``."""
     out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
-        shutil.rmtree(out)
+    staged = StagedOutput(
+        out.parent,
+        [out.name],
+        what=WRITTEN_BY,
+        overwrite=overwrite,
+        why_not_ours=lambda path: bag_marker_says(path, WRITTEN_BY),
+    )
+    with staged as staging:
+        _write(staging / out.name, frames, fps, seed, height, width, speed_mps, progress)
+    return out
+
+
+def _write(
+    out: Path, frames: int, fps: float, seed: int, height: int, width: int, speed_mps: float, progress: bool
+) -> None:
     ts = get_typestore(Stores.ROS2_JAZZY)
     image_t, info_t = ts.types["sensor_msgs/msg/Image"], ts.types["sensor_msgs/msg/CameraInfo"]
     header_t, time_t = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
@@ -58,6 +74,7 @@ def write_demo_bag(
 
     writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    mark_bag(writer, WRITTEN_BY, seed=seed, frames=frames, fps=fps, size=f"{width}x{height}")
     with writer:
         img_conn = writer.add_connection(IMAGE_TOPIC, image_t.__msgtype__, typestore=ts)
         info_conn = writer.add_connection(CAMERA_INFO_TOPIC, info_t.__msgtype__, typestore=ts)
@@ -90,4 +107,3 @@ def write_demo_bag(
             )
             writer.write(info_conn, t_ns, ts.serialize_cdr(info, info_t.__msgtype__))
             writer.write(img_conn, t_ns, ts.serialize_cdr(msg, image_t.__msgtype__))
-    return out

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
-from panoptic_depthlab_ros.cli import add_inference_args, inference_options
+from panoptic_depthlab_ros.cli import add_inference_args, inference_options, int_at_least, number_above
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 
 from .cityscapes import (
@@ -231,11 +231,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
         "--max-depth",
-        type=float,
+        type=number_above(0, or_equal=True),
         default=None,
         help="ground truth beyond this is invalid (default: the model's max_depth; 0: keep all)",
     )
-    parser.add_argument("--limit", type=int, default=0, help="only the first N frames (0: all)")
+    parser.add_argument("--limit", type=int_at_least(0), default=0, help="only the first N frames (0: all)")
     parser.add_argument("--no-verify", action="store_true", help="skip checking the split's files first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_args(parser)

@@ -14,15 +14,20 @@ Writes, for split ``S``:
 * ``DIR/depth_S/<frame>_depth.png``: depth as uint16 millimetres, 0 invalid (as ``infer``).
 
 Only images (and cameras, when present, for metric depth in each frame's camera) are read,
-so the test split works without ground truth. An unreadable image is reported by path and
-skipped; the run goes on and exits with 1.
+so the test split works without ground truth. An unreadable image (or one over
+``--max-pixels``) is reported by path and skipped; the run goes on and exits with 1.
+
+The split's three entries are written aside and moved into ``DIR`` at the end (see
+``panoptic_depthlab_ros.output``): a failed run keeps earlier predictions, other files in
+``DIR`` are never touched, and ``--overwrite`` replaces only predictions this command wrote
+(its JSON says so).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +36,12 @@ import torch
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from tqdm import tqdm
 
-from panoptic_depthlab_ros.cli import add_inference_args, inference_options
+from panoptic_depthlab_ros.cli import add_inference_args, inference_options, int_at_least
+from panoptic_depthlab_ros.errors import InputError, NothingDoneError
+from panoptic_depthlab_ros.exit_codes import outcome
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, write_image
+from panoptic_depthlab_ros.interrupt import stop_on_signals
+from panoptic_depthlab_ros.output import StagedOutput, written_by_says
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 from panoptic_depthlab_ros.visualize import panoptic_to_rgb
 
@@ -46,6 +55,27 @@ class PredictSummary:
     json_path: Path
     frames: int = 0
     skipped: list[str] = field(default_factory=list)  # "<path>: <reason>"
+    interrupted: bool = False  # a stop request ended the run early (the files hold what was done)
+
+
+WRITTEN_BY = "panoptic-depthlab-training predict"
+
+
+def _entries(split: str) -> list[str]:
+    return [f"cityscapes_panoptic_{split}", f"depth_{split}", f"cityscapes_panoptic_{split}.json"]
+
+
+def predictions_say(path: Path) -> str | None:
+    """None when entry ``path`` belongs to predictions this command wrote (its JSON says so); else why not."""
+    split = path.name.removesuffix(".json").rsplit("_", 1)[-1]
+    return written_by_says(path.parent / f"cityscapes_panoptic_{split}.json", WRITTEN_BY)
+
+
+def predictions_output(out_dir: Path, split: str, *, overwrite: bool, inputs: Sequence[Path]) -> StagedOutput:
+    """The rules for a split's predictions in ``out_dir`` (checked before the model loads)."""
+    return StagedOutput(
+        out_dir, _entries(split), what=WRITTEN_BY, overwrite=overwrite, why_not_ours=predictions_say, inputs=inputs
+    )
 
 
 def panoptic_categories() -> list[dict[str, Any]]:
@@ -70,31 +100,43 @@ def write_predictions(
     *,
     split: str,
     progress: bool = True,
+    overwrite: bool = False,
+    stop: Callable[[], bool] = lambda: False,
 ) -> PredictSummary:
-    """Predict every frame of ``samples`` and write the files listed in the module docstring."""
-    pan_dir = out_dir / f"cityscapes_panoptic_{split}"
-    depth_dir = out_dir / f"depth_{split}"
-    pan_dir.mkdir(parents=True, exist_ok=True)
-    depth_dir.mkdir(parents=True, exist_ok=True)
+    """Predict every frame of ``samples`` and write the files listed in the module docstring.
+
+    ``stop()`` is asked before each frame (True: end as at the end of the split). Raises
+    :class:`NothingDoneError`, keeping earlier predictions, when no frame could be used.
+    """
+    out_dir = Path(out_dir)
+    staged = predictions_output(out_dir, split, overwrite=overwrite, inputs=[])
     summary = PredictSummary(json_path=out_dir / f"cityscapes_panoptic_{split}.json")
     annotations = []
-    with torch.no_grad():
+    with staged as staging, torch.no_grad():
+        pan_dir, depth_dir, json_name = (staging / name for name in _entries(split))
+        pan_dir.mkdir()
+        depth_dir.mkdir()
         for files in tqdm(samples, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
+            if stop():
+                summary.interrupted = True
+                break
             try:
-                bgr = read_image(files.image)
+                bgr = read_image(files.image, max_pixels=predictor.max_pixels)
                 camera = read_camera(files.camera) if files.camera.is_file() else None
-            except DatasetError as exc:
-                summary.skipped.append(str(exc))
+                result = predictor.predict(bgr, camera_k=None if camera is None else camera_matrix(camera))
+            except (DatasetError, InputError) as exc:
+                summary.skipped.append(str(exc) if str(files.image) in str(exc) else f"{files.image}: {exc}")
                 continue
-            result = predictor.predict(bgr, camera_k=None if camera is None else camera_matrix(camera))
             ids, segments_info = cityscapes_panoptic(result, predictor.classes)
             name = f"{files.stem}_panoptic.png"
             write_image(pan_dir / name, panoptic_to_rgb(ids)[:, :, ::-1])
             write_image(depth_dir / f"{files.stem}_depth.png", depth_to_png_mm(result.depth))
             annotations.append({"image_id": files.stem, "file_name": name, "segments_info": segments_info})
             summary.frames += 1
-    doc = {"annotations": annotations, "categories": panoptic_categories()}
-    summary.json_path.write_text(json.dumps(doc) + "\n")
+        if not summary.frames and not summary.interrupted:
+            raise NothingDoneError(f"no frame of the {split} split could be predicted", summary.skipped)
+        doc = {"annotations": annotations, "categories": panoptic_categories(), "written_by": WRITTEN_BY}
+        json_name.write_text(json.dumps(doc) + "\n")
     return summary
 
 
@@ -106,23 +148,38 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N frames (0: all)")
+    parser.add_argument("--limit", type=int_at_least(0), default=0, help="only the first N frames (0: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace this split's earlier predictions in OUT")
     add_inference_args(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``predict``; returns 0, or 1 when frames were skipped."""
+    """Run ``predict``; 0, 1 when frames were skipped, 128 + N when signal N ended it."""
     samples = list_samples(args.data, args.split)
     if args.limit:
         samples = samples[: args.limit]
     if not samples:
         raise DatasetError(f"no images in {args.data / 'leftImg8bit' / args.split}")
+    predictions_output(args.out, args.split, overwrite=args.overwrite, inputs=[args.data, args.checkpoint])
     device = resolve_device(args.device)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **inference_options(args))
-    summary = write_predictions(predictor, samples, args.out, split=args.split, progress=not args.no_progress)
-    for problem in summary.skipped:
-        print(f"skipped: {problem}")
+    with stop_on_signals() as stop:
+        summary = write_predictions(
+            predictor,
+            samples,
+            args.out,
+            split=args.split,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            stop=stop,
+        )
     print(f"wrote {summary.frames} frames: {summary.json_path} with {summary.json_path.with_suffix('')}/")
-    return 1 if summary.skipped else 0
+    return outcome(
+        "panoptic-depthlab-training predict",
+        skipped=summary.skipped,
+        partial=False,
+        interrupted_by=stop.signum if summary.interrupted else None,
+        ended=f"ended after {summary.frames} frames; they are written",
+    )

@@ -857,6 +857,12 @@ def train(
     handler: logging.Handler | None = None
     old_level = LOGGER.level
     try:
+        problem = None
+        if info.is_main:  # rank 0 decides before it writes anything; every rank raises the same
+            problem = run_dir_problem(out_dir, resume)
+        problem = _broadcast(problem, info)
+        if problem is not None:
+            raise TrainingError(problem)
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             handler, old_level = _setup_file_logging(out_dir)
@@ -872,6 +878,29 @@ def train(
             dist.destroy_process_group()
 
 
+def run_dir_problem(out_dir: Path, resume: bool) -> str | None:
+    """Why ``out_dir`` cannot take this run (None: it can).
+
+    A new run needs a new or empty folder (nothing there is overwritten or mixed in), or
+    one where a run stopped before writing anything but its ``log.txt`` (a refused dataset);
+    ``--resume`` needs a folder a run wrote (its ``log.txt`` or ``last_state.pt``).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"--out {out_dir} is a file, not a folder"
+    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if set(entries) <= {"log.txt"}:
+        return None
+    if not resume:
+        shown = ", ".join(entries[:5]) + (f" (+{len(entries) - 5} more)" if len(entries) > 5 else "")
+        return (
+            f"--out {out_dir} is not empty ({shown}): a new run needs a new or empty folder;"
+            " --resume continues the run written there"
+        )
+    if not any((out_dir / name).exists() for name in ("log.txt", STATE_FILE)):
+        return f"--out {out_dir} holds no run to resume (no log.txt or {STATE_FILE}); nothing there was changed"
+    return None
+
+
 def _train(
     config: dict[str, Any],
     *,
@@ -885,8 +914,6 @@ def _train(
     mode, solver = config["mode"], config["solver"]
     max_iter = int(solver["max_iter"])
     state_path = out_dir / STATE_FILE
-    if state_path.exists() and not resume:
-        raise TrainingError(f"{state_path} exists: pass --resume to continue that run, or choose another --out")
     torch.manual_seed(int(config["seed"]) + info.rank)
     random.seed(int(config["seed"]) + info.rank)
     np.random.seed(int(config["seed"]) + info.rank)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+# The bad-input corpus generators live with the core's tests (test/bad_inputs.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "test"))
 
 from panoptic_depthlab_training.synth import generate_dataset
 
