@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .errors import CheckpointError
 from .metadata import ClassMetadata, cityscapes_metadata
 from .model import ModelConfig, PanopticDepthLab, build_model
+from .model.aspp import pooling_policy
 from .model.config import load_detectron2_yaml
 from .postprocess import PostprocessConfig
 
@@ -191,11 +192,15 @@ def load_state_dict_checked(
 def load_detectron2(
     weights_path: str | Path,
     config: str | Path | dict[str, Any] | ModelConfig,
+    *,
+    strict_pool_size: bool | None = None,
 ) -> tuple[PanopticDepthLab, ModelConfig, PostprocessConfig, LoadReport]:
     """Build our model from a Detectron2 config and load its Panoptic-DeepLab weights.
 
     The depth branch is not in Detectron2 files: it keeps its initialisation and
-    its keys are listed in ``LoadReport.initialized``.
+    its keys are listed in ``LoadReport.initialized``. ``strict_pool_size``: refuse
+    frames Detectron2 refuses (None: the config's, which for a Detectron2 YAML is
+    Detectron2's own strict behaviour).
     """
     if isinstance(config, ModelConfig):
         model_config, post = config, PostprocessConfig()
@@ -203,6 +208,8 @@ def load_detectron2(
         d = load_detectron2_yaml(config) if isinstance(config, (str, Path)) else config
         model_config = ModelConfig.from_detectron2(d)
         post = postprocess_from_detectron2(d)
+    if strict_pool_size is not None:
+        model_config = model_config.with_(aspp_strict_pool_size=strict_pool_size)
     model = build_model(model_config)
     weights = read_detectron2_weights(weights_path)
     report = load_state_dict_checked(model, weights, source=weights_path, allow_missing_prefix=DEPTH_PREFIX)
@@ -281,6 +288,35 @@ def read_checkpoint_header(path: str | Path) -> dict[str, str]:
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
+def legacy_depth_trained(info: dict[str, Any]) -> bool:
+    """Whether the depth branch of a file written before checkpoints recorded it was trained.
+
+    A conversion lists the depth-branch keys it initialised: untrained. A trainer's file
+    trained depth when its depth loss weight was above zero (the bundled demo model: 5).
+    Anything else is taken as trained, as every reader did before the record existed.
+    """
+    if any(str(k).startswith(DEPTH_PREFIX) for k in info.get("initialized_keys") or ()):
+        return False
+    training = info.get("training")
+    if isinstance(training, dict):
+        loss = (training.get("config") or {}).get("loss") or {}
+        return float(loss.get("depth_weight", 1.0)) > 0
+    return True
+
+
+def _model_config_dict(meta: dict[str, str], info: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The header's model config; files without ``depth_trained`` get :func:`legacy_depth_trained`.
+
+    Returns the dict and whether ``depth_trained`` was inferred (not recorded in the file).
+    """
+    config = json.loads(meta["model_config"])
+    if not isinstance(config, dict):
+        raise ValueError(f"model_config is a {type(config).__name__}, not a mapping")
+    if "depth_trained" in config:
+        return config, False
+    return {**config, "depth_trained": legacy_depth_trained(info)}, True
+
+
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """What one of our checkpoints says about itself, from its header (no weights are read).
 
@@ -293,11 +329,13 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     meta = header["__metadata__"]
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     try:
-        parsed = {key: json.loads(meta.get(key, "{}")) for key in ("model_config", "classes", "postprocess", "info")}
+        parsed = {key: json.loads(meta.get(key, "{}")) for key in ("classes", "postprocess", "info")}
+        parsed["model_config"], inferred = _model_config_dict(meta, parsed["info"])
+        ModelConfig.from_dict(parsed["model_config"])  # the same checks as loading (depth_trained, ...)
         learnt = [t for k, t in tensors.items() if not k.endswith(_BUFFER_SUFFIXES)]
         parameters = sum(int(np.prod(t["shape"])) for t in learnt)
         dtypes = sorted({str(t["dtype"]) for t in learnt})
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CheckpointError(path, f"invalid metadata or tensor entries: {exc}") from exc
     return {
         "file": str(path),
@@ -305,6 +343,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "format_version": meta.get("format_version"),
         "parameters": parameters,
         "dtypes": dtypes,
+        "depth_trained_inferred": inferred,
         **parsed,
     }
 
@@ -321,13 +360,29 @@ def format_description(desc: dict[str, Any]) -> str:
         for name, branch in (("semantic", cfg.semantic), ("instance", cfg.instance), ("depth", cfg.depth))
     )
     focal = f", learnt for fx = {cfg.depth_focal_px:.1f} px" if cfg.depth_focal_px else " (no training camera recorded)"
+    if cfg.depth_trained:
+        depth = f"{cfg.min_depth:g}-{cfg.max_depth:g} m{focal}" + (
+            " (trained: this older file does not record it; inferred from its training record)"
+            if desc.get("depth_trained_inferred")
+            else ""
+        )
+    else:
+        depth = (
+            "NOT TRAINED: the depth branch was never trained (a Detectron2 conversion starts it fresh), so"
+            " infer, bag and the node give no depth, segment depths or 3D outputs unless asked to"
+            " (--untrained-depth, node parameter untrained_depth)"
+        )
+    pooling = pooling_policy(cfg.aspp_pool_kernel_size, cfg.output_stride, strict=False)
+    if cfg.aspp_pool_kernel_size is not None:
+        pooling += " (--strict-pool-size: refuse those sizes as Detectron2 does)"
     things = ", ".join(classes.names[i] for i in classes.thing_ids)
     lines = [
         head,
         f"  network: ResNet-{cfg.resnet_depth} layout (stem {cfg.stem_channels}, res2 {cfg.res2_channels},"
         f" bottleneck {cfg.bottleneck_channels}), output stride {cfg.output_stride}",
         f"  decoders fuse: {fused}",
-        f"  depth: {cfg.min_depth:g}-{cfg.max_depth:g} m{focal}",
+        f"  ASPP image pooling: {pooling}",
+        f"  depth: {depth}",
         f"  input: {cfg.input_format}, "
         + (f"enlarged {cfg.input_scale:g}x, " if cfg.input_scale != 1.0 else "")
         + f"padded to multiples of {max(cfg.size_divisibility, 1)}",
@@ -355,11 +410,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(path, f"corrupt or truncated weights: {exc}") from exc
     try:
-        model_config = ModelConfig.from_dict(json.loads(meta["model_config"]))
+        info = json.loads(meta.get("info", "{}"))
+        model_config = ModelConfig.from_dict(_model_config_dict(meta, info)[0])
         classes = ClassMetadata.from_dict(json.loads(meta["classes"]))
         post = PostprocessConfig.from_dict(json.loads(meta.get("postprocess", "{}")))
-        info = json.loads(meta.get("info", "{}"))
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(path, f"invalid metadata: {exc}") from exc
     if classes.num_classes != model_config.num_classes:
         raise CheckpointError(path, f"{classes.num_classes} class names for a {model_config.num_classes}-class model")
@@ -385,8 +440,11 @@ def convert_detectron2(
     *,
     classes: ClassMetadata | None = None,
 ) -> LoadReport:
-    """Detectron2 weights + config -> our checkpoint (depth branch initialised)."""
-    model, model_config, post, report = load_detectron2(weights_path, config_yaml)
+    """Detectron2 weights + config -> our checkpoint (depth branch initialised, marked untrained).
+
+    The file takes frames of any size (Detectron2's divisibility check is a run-time choice).
+    """
+    model, model_config, post, report = load_detectron2(weights_path, config_yaml, strict_pool_size=False)
     save_checkpoint(
         out_path,
         model,

@@ -62,12 +62,21 @@ class OnnxNetwork:
     """Callable ``[1,3,H,W] tensor -> {sem_seg, center, offset, depth}`` over an ORT session.
 
     ``fixed_size``: the (padded) input size of an export without ``--dynamic``; other
-    sizes are refused with an :class:`InputError` naming both.
+    sizes are refused with an :class:`InputError` naming both. ``min_size``: the smallest
+    input a ``--dynamic`` export takes (its ASPP pooling window was fixed when it was traced).
     """
 
-    def __init__(self, path: str | Path, *, device: torch.device, fixed_size: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: torch.device,
+        fixed_size: tuple[int, int] | None = None,
+        min_size: tuple[int, int] = (1, 1),
+    ) -> None:
         self.path = Path(path)
         self.fixed_size = fixed_size
+        self.min_size = min_size
         import onnxruntime as ort  # noqa: PLC0415 - optional dependency
 
         available = ort.get_available_providers()
@@ -95,6 +104,11 @@ class OnnxNetwork:
                 f"{self.path} was exported for {h}x{w} inputs, this frame needs {x.shape[-2]}x{x.shape[-1]}"
                 " (after padding): export it with --dynamic, or at this size"
             )
+        if x.shape[-2] < self.min_size[0] or x.shape[-1] < self.min_size[1]:
+            raise InputError(
+                f"{self.path} takes inputs of at least {self.min_size[0]}x{self.min_size[1]} (its ASPP pooling window),"
+                f" this frame is {x.shape[-2]}x{x.shape[-1]} after padding: run the checkpoint with the torch backend"
+            )
         outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy())})
         return {n: torch.from_numpy(o).to(self.device) for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
 
@@ -113,6 +127,7 @@ def load_onnx_network(
         post = PostprocessConfig.from_dict(desc.get("postprocess", {}))
         shape = desc.get("shape", {})
         fixed = None if shape.get("dynamic", True) else (int(shape["height"]), int(shape["width"]))
+        smallest = (int(shape.get("min_height", 1)), int(shape.get("min_width", 1)))
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(path, f"invalid export description: {exc}") from exc
-    return OnnxNetwork(path, device=device, fixed_size=fixed), config, classes, post
+    return OnnxNetwork(path, device=device, fixed_size=fixed, min_size=smallest), config, classes, post

@@ -15,6 +15,33 @@ from torch import Tensor, nn
 from .layers import ConvNormAct, DepthwiseSeparableConv2d
 
 
+def feature_size(height: int, width: int, stride: int) -> tuple[int, int]:
+    """Size of the ASPP input (res5) for a network input of ``height`` x ``width``.
+
+    Every stride-2 stage of the backbone rounds up.
+    """
+    return -(-height // stride), -(-width // stride)
+
+
+def detectron2_accepts(feature: tuple[int, int], window: tuple[int, int] | None) -> bool:
+    """Whether Detectron2's image pooling runs on this res5 size (global pooling: always)."""
+    return window is None or (feature[0] % window[0] == 0 and feature[1] % window[1] == 0)
+
+
+def pooling_policy(window: tuple[int, int] | None, stride: int, *, strict: bool) -> str:
+    """What the image pooling does with frame sizes, in one phrase (start-up logs, ``info``)."""
+    if window is None:
+        return "global (any frame size)"
+    kh, kw = window
+    text = f"Detectron2's {kh}x{kw} window ({kh * stride}x{kw * stride} px of network input)"
+    if strict:
+        return text + "; frames whose res5 is not a multiple of it are refused, as Detectron2 refuses them"
+    return (
+        text + "; any frame size: exactly Detectron2's outputs where it accepts the size, the same window"
+        " (clipped to a smaller res5) where it refuses it"
+    )
+
+
 class ASPP(nn.Module):
     """ASPP with Detectron2's image pooling.
 
@@ -22,9 +49,10 @@ class ASPP(nn.Module):
     global pool, also at test time, then resizes the pooled map back to the feature
     size (bilinear, align_corners=False); it raises ``ValueError`` unless the feature
     size is divisible by that kernel.  ``strict_pool_size=True`` keeps that
-    behaviour exactly; ``False`` clamps the kernel to the feature size so any input
-    size works (identical results whenever Detectron2 would run at all).
-    ``pool_kernel_size=None`` is a global average pool.
+    behaviour exactly; ``False`` runs the same pooling on any size (the window clipped
+    to the feature where the feature is smaller): identical results whenever Detectron2
+    would run at all. Chosen by measurement against padding, resizing and global pooling
+    (docs/detectron2.md). ``pool_kernel_size=None`` is a global average pool.
     """
 
     def __init__(
@@ -60,7 +88,7 @@ class ASPP(nn.Module):
             return F.adaptive_avg_pool2d(x, 1)
         kh, kw = self.pool_kernel_size
         if self.strict_pool_size:
-            if size[0] % kh or size[1] % kw:
+            if not detectron2_accepts((int(size[0]), int(size[1])), (kh, kw)):
                 raise ValueError(
                     f"ASPP image pooling: feature size {tuple(size)} is not divisible by the pooling "
                     f"kernel {(kh, kw)} (Detectron2 behaviour; the kernel is the training crop / 16). "
