@@ -79,18 +79,19 @@ def test_default_matches_the_real_detectron2_fixture(default: Predictor) -> None
 
 
 def test_the_default_pooling_is_detectron2s_window_without_the_refusal() -> None:
-    """The window slides over res5 as Detectron2's AvgPool2d does; a res5 smaller than it is
-    averaged whole in that direction; strict refuses what Detectron2 refuses."""
+    """The window slides over res5 as Detectron2's AvgPool2d does (computed as two 1-D averages:
+    equal up to float rounding); a res5 smaller than it is averaged whole in that direction;
+    strict refuses what Detectron2 refuses."""
     torch.manual_seed(0)
     lenient = ASPP(8, 4, (1,), pool_kernel_size=(4, 8), strict_pool_size=False)
     exact = ASPP(8, 4, (1,), pool_kernel_size=(4, 8), strict_pool_size=True)
     x = torch.randn(1, 8, 6, 10)  # 90x160's res5
-    torch.testing.assert_close(lenient._pool(x), F.avg_pool2d(x, (4, 8), stride=1), rtol=0, atol=0)
+    torch.testing.assert_close(lenient._pool(x), F.avg_pool2d(x, (4, 8), stride=1), rtol=1e-6, atol=1e-6)
     assert lenient._pool(x).shape[-2:] == (3, 3)
     small = torch.randn(1, 8, 4, 5)  # 60x80's res5: narrower than the window
     torch.testing.assert_close(lenient._pool(small), small.mean((2, 3), keepdim=True), rtol=1e-6, atol=1e-6)
     flat = torch.randn(1, 8, 3, 16)
-    torch.testing.assert_close(lenient._pool(flat), F.avg_pool2d(flat, (3, 8), stride=1), rtol=0, atol=0)
+    torch.testing.assert_close(lenient._pool(flat), F.avg_pool2d(flat, (3, 8), stride=1), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"feature size \(6, 10\) is not divisible by the pooling kernel \(4, 8\)"):
         exact._pool(x)
     even = torch.randn(1, 8, 8, 16)

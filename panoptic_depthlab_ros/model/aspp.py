@@ -42,6 +42,16 @@ def pooling_policy(window: tuple[int, int] | None, stride: int, *, strict: bool)
     )
 
 
+def box_average(x: Tensor, kh: int, kw: int) -> Tensor:
+    """``AvgPool2d(kernel=(kh, kw), stride=1)`` as two 1-D averages (a box mean is the mean of its column means).
+
+    The same values up to float32 rounding (~1e-6 relative), for kh + kw additions per output
+    instead of kh * kw: Detectron2's 32x64 window over 2048 res5 channels took 2-4 s per ASPP
+    at 1024x2048 on 2 CPU cores, a tenth of that this way (docs/detectron2.md).
+    """
+    return F.avg_pool2d(F.avg_pool2d(x, (kh, 1), stride=1), (1, kw), stride=1)
+
+
 class ASPP(nn.Module):
     """ASPP with Detectron2's image pooling.
 
@@ -95,8 +105,8 @@ class ASPP(nn.Module):
                     "Use an input size whose stride-16 feature is a multiple of it, or a model config "
                     "with strict_pool_size=False."
                 )
-            return F.avg_pool2d(x, (kh, kw), stride=1)
-        return F.avg_pool2d(x, (min(kh, int(size[0])), min(kw, int(size[1]))), stride=1)
+            return box_average(x, kh, kw)
+        return box_average(x, min(kh, int(size[0])), min(kw, int(size[1])))
 
     def forward(self, x: Tensor) -> Tensor:
         """[N, C_in, h, w] -> [N, C_out, h, w]."""
