@@ -96,7 +96,9 @@ def predictor_fn(predictor: Predictor) -> PredictFn:
     def predict(sample: CityscapesSample) -> Prediction:
         camera_k = camera_matrix(sample.camera)
         result = predictor.predict(np.ascontiguousarray(sample.image[..., ::-1]), camera_k=camera_k)
-        return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=result.depth)
+        # No depth (a predictor without untrained_depth on an untrained branch): depth metrics NaN.
+        depth = result.depth if result.depth is not None else np.full(result.panoptic.shape, np.nan, np.float32)
+        return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=depth)
 
     return predict
 
@@ -286,7 +288,11 @@ def main(args: argparse.Namespace) -> int:
         if device.type == "cuda" and world_size > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **inference_options(args))
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=device, untrained_depth=True, **inference_options(args)
+        )
+        if rank == 0 and not predictor.model_config.depth_trained:
+            print(f"note: {args.checkpoint}'s depth branch was never trained: its depth metrics measure noise")
         max_depth = predictor.model_config.max_depth if args.max_depth is None else args.max_depth
         summary = evaluate_split(
             predictor,

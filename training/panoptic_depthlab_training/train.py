@@ -375,7 +375,7 @@ def build_initialized_model(config: Mapping[str, Any]) -> Initialized:
         if preset not in MODEL_PRESETS:
             raise TrainingError(f"model.preset must be one of {MODEL_PRESETS}, got {preset!r}")
         base = ModelConfig.tiny() if preset == "tiny" else ModelConfig()
-        model_config = _model_config(base, overrides)
+        model_config = _model_config(base, overrides).with_(depth_trained=False)  # fresh weights everywhere
         model, classes, post = build_model(model_config), cityscapes_metadata(), PostprocessConfig()
         note = f"fresh {preset} weights"
     elif init["type"] == "detectron2":
@@ -763,6 +763,15 @@ def load_training_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def trained_depth(init: Initialized, *, iteration: int, config: Mapping[str, Any]) -> bool:
+    """Whether the depth branch has been trained: it came trained, or a depth loss has been trained.
+
+    A Detectron2 start (or fresh weights) has an untrained one until the first iteration with
+    ``loss.depth_weight`` above zero (both modes train depth then; ``depth-only`` nothing else).
+    """
+    return init.model_config.depth_trained or (iteration > 0 and float(config["loss"]["depth_weight"]) > 0)
+
+
 def export_model(path: Path, init: Initialized, *, iteration: int, config: Mapping[str, Any], data_root: Path) -> Path:
     """Write the model in the core's format (what ``Predictor.from_checkpoint`` loads)."""
     info = {
@@ -774,8 +783,9 @@ def export_model(path: Path, init: Initialized, *, iteration: int, config: Mappi
             "config": dict(config),
         }
     }
+    model_config = init.model_config.with_(depth_trained=trained_depth(init, iteration=iteration, config=config))
     return save_checkpoint(
-        path, init.model, model_config=init.model_config, classes=init.classes, postprocess=init.postprocess, info=info
+        path, init.model, model_config=model_config, classes=init.classes, postprocess=init.postprocess, info=info
     )
 
 
@@ -1211,6 +1221,7 @@ def _evaluate_during_training(
             classes=init.classes,
             postprocess=init.postprocess,
             device=info.device,
+            untrained_depth=True,  # scored while it is being trained
         )
         summary = evaluate_split(
             predictor,

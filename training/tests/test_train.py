@@ -268,11 +268,15 @@ def test_depth_only_trains_only_the_depth_branch(synth_root, tmp_path):
         "solver.lr=0.01",
         "checkpoint.period=12",
     )
-    start = T.build_initialized_model(config).model.state_dict()
+    init = T.build_initialized_model(config)
+    assert not init.model_config.depth_trained  # Detectron2 has no depth branch: ours starts untrained
+    start = init.model.state_dict()
     history = _run(config, synth_root, tmp_path / "run")
     assert all(set(h) & set(LOSS_KEYS) == {"loss_depth"} for h in history)
     assert np.mean([h["loss_depth"] for h in history[-3:]]) < 0.8 * history[0]["loss_depth"]
-    end = load_checkpoint(tmp_path / "run" / T.FINAL_MODEL).state_dict
+    final = load_checkpoint(tmp_path / "run" / T.FINAL_MODEL)
+    assert final.model_config.depth_trained  # the trainer marks it: its depth loss was trained
+    end = final.state_dict
     frozen = [k for k in start if not k.startswith("depth_head.")]
     assert len(frozen) > 400
     for key in frozen:  # weights AND BatchNorm running statistics untouched
@@ -281,6 +285,18 @@ def test_depth_only_trains_only_the_depth_branch(synth_root, tmp_path):
     assert any(k.endswith("predictor.weight") for k in changed)
     # the trained branch's BatchNorm runs in train mode: its statistics move
     assert any(k.endswith("running_mean") for k in changed)
+
+
+def test_the_depth_branch_counts_as_trained_once_its_loss_was():
+    init = T.build_initialized_model(_config("model.preset=tiny"))
+    assert not init.model_config.depth_trained  # fresh weights
+    config = _config("model.preset=tiny")
+    assert T.trained_depth(init, iteration=10, config=config)
+    assert not T.trained_depth(init, iteration=0, config=config)
+    without = _config("model.preset=tiny", "loss.depth_weight=0")
+    assert not T.trained_depth(init, iteration=10, config=without)
+    init.model_config = init.model_config.with_(depth_trained=True)  # e.g. a trained checkpoint to start from
+    assert T.trained_depth(init, iteration=10, config=without)
 
 
 def test_depth_only_freezing_helpers():
