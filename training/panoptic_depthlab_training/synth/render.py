@@ -21,6 +21,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,16 +154,11 @@ class SceneGenerator:
         ``frame_index`` seeds the sensor noise (with ``scene.seed``).
         """
         h, w = self.height, self.width
-        cam = np.array([scene.camera_x, -scene.mount_height, camera_z_offset])
-        cp, sp = math.cos(scene.pitch), math.sin(scene.pitch)
-        rot = np.array([[1.0, 0.0, 0.0], [0.0, cp, sp], [0.0, -sp, cp]])  # camera -> world
+        cam, rot = camera_pose(scene, camera_z_offset)
         rays = np.einsum("ij,jhw->ihw", rot, self._rays_cam).astype(np.float32)  # [3, H, W]
 
         p = scene.prims
-        vel = p.velocity.copy()
-        in_ego_lane = p.lane == scene.ego_lane
-        vel[in_ego_lane, 2] = np.maximum(vel[in_ego_lane, 2], ego_speed_mps)
-        centers = p.center + vel * time_s  # [N, 3]
+        centers = p.center + agent_velocities(scene, ego_speed_mps) * time_s  # [N, 3]
 
         zbuf = np.full((h, w), np.inf, np.float32)
         pid = np.full((h, w), -1, np.int32)
@@ -224,16 +220,7 @@ class SceneGenerator:
         The rectangle (rows r0:r1, cols c0:c1) conservatively bounds the projection of the
         primitive's camera-frame bounding box clipped to the near plane.
         """
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], np.float64)  # [8, 3]
-        local = signs[None] * p.half[:, None, :]  # [N, 8, 3]
-        c, s = np.cos(p.yaw)[:, None], np.sin(p.yaw)[:, None]
-        world = (
-            np.stack(
-                [c * local[..., 0] + s * local[..., 2], local[..., 1], -s * local[..., 0] + c * local[..., 2]], axis=-1
-            )
-            + centers[:, None, :]
-        )
-        cam_pts = (world - cam) @ rot  # [N, 8, 3]: world -> camera is rot^T
+        cam_pts = (primitive_corners(p, centers) - cam) @ rot  # [N, 8, 3]: world -> camera is rot^T
         lo, hi = cam_pts.min(axis=1), cam_pts.max(axis=1)  # [N, 3] camera-frame AABB
         visible = (hi[:, 2] > NEAR_PLANE) & (p.kind != KIND_PLANE)
         zlo = np.maximum(lo[:, 2], NEAR_PLANE)
@@ -440,6 +427,44 @@ class SceneGenerator:
             dark = fp.strength * np.clip(1.0 - out / 0.35, 0, 1)
             flat[idx] = np.minimum(flat[idx], 1.0 - dark)
         return factor
+
+
+@functools.lru_cache(maxsize=4)
+def cached_generator(height: int, width: int) -> SceneGenerator:
+    """One generator per image size and process (it caches the per-pixel rays)."""
+    return SceneGenerator(height, width)
+
+
+def camera_pose(scene: Scene, camera_z_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The camera moved ``camera_z_offset`` m along the street: world position [3], rotation [3, 3].
+
+    The rotation takes camera-frame vectors to the world frame (pitched down by
+    ``scene.pitch``); a world point ``P`` is ``rot.T @ (P - position)`` in the camera frame.
+    """
+    cam = np.array([scene.camera_x, -scene.mount_height, camera_z_offset])
+    cp, sp = math.cos(scene.pitch), math.sin(scene.pitch)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, cp, sp], [0.0, -sp, cp]])  # camera -> world
+    return cam, rot
+
+
+def agent_velocities(scene: Scene, ego_speed_mps: float) -> np.ndarray:
+    """[N, 3] world velocity of every primitive as rendered: ego-lane traffic at least at the ego speed."""
+    p = scene.prims
+    vel = p.velocity.copy()
+    in_ego_lane = p.lane == scene.ego_lane
+    vel[in_ego_lane, 2] = np.maximum(vel[in_ego_lane, 2], ego_speed_mps)
+    return vel
+
+
+def primitive_corners(p: Primitives, centers: np.ndarray) -> np.ndarray:
+    """[N, 8, 3] world corners of each primitive's bounding box (its local box, yawed) at ``centers``."""
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], np.float64)  # [8, 3]
+    local = signs[None] * p.half[:, None, :]  # [N, 8, 3]
+    c, s = np.cos(p.yaw)[:, None], np.sin(p.yaw)[:, None]
+    rotated = np.stack(
+        [c * local[..., 0] + s * local[..., 2], local[..., 1], -s * local[..., 0] + c * local[..., 2]], axis=-1
+    )
+    return rotated + centers[:, None, :]
 
 
 def _quadratic(

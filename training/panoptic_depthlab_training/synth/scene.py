@@ -17,11 +17,11 @@ Conventions
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from cityscapesscripts.helpers.labels import name2label
+from cityscapesscripts.helpers.labels import id2label, name2label
 
 KIND_BOX, KIND_CYL_Y, KIND_CYL_X, KIND_ELLIPSOID, KIND_PLANE = range(5)
 (
@@ -41,6 +41,12 @@ LABEL_ID = {name: lab.id for name, lab in name2label.items()}
 SKY_ID = LABEL_ID["sky"]
 # instanceIds is written as 16-bit PNG: labelId * 1000 + k must stay below 2**16
 MAX_INSTANCES_PER_CLASS = 1000
+THING_ID_BASE = 1000  # instanceIds of things are labelId * 1000 + k; stuff holds its labelId
+
+
+def thing_id(label: str, k: int) -> int:
+    """The instanceIds value of the ``k``-th thing of class ``label``."""
+    return LABEL_ID[label] * THING_ID_BASE + k
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,16 @@ class Primitives:
     def __len__(self) -> int:
         return int(self.kind.shape[0])
 
+    def select(self, keep: np.ndarray) -> Primitives:
+        """The primitives where the [N] bool ``keep`` holds."""
+        return Primitives(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
+    def concat(self, other: Primitives) -> Primitives:
+        """These primitives followed by ``other``'s."""
+        return Primitives(
+            **{f.name: np.concatenate((getattr(self, f.name), getattr(other, f.name))) for f in fields(self)}
+        )
+
 
 @dataclass(frozen=True)
 class Footprint:
@@ -104,6 +120,7 @@ class Footprint:
     velocity: tuple[float, float]  # (vx, vz)
     lane: int
     strength: float
+    instance_ids: tuple[int, ...] = ()  # the things standing on it (a cyclist: bicycle and rider)
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,9 @@ class Scene:
     prims: Primitives
     footprints: tuple[Footprint, ...]
     length_m: float
+    lane_width: float
+    forward_lanes: int  # lanes 0 .. forward_lanes - 1 at X = (lane + 0.5) * lane_width
+    oncoming_lanes: int  # lanes -2 .. -1 - oncoming_lanes at X = (lane + 1.5) * lane_width
 
 
 class PrimitiveList:
@@ -147,7 +167,7 @@ class PrimitiveList:
     ) -> None:
         """Add one primitive; ``instance`` k makes it thing ``labelId * 1000 + k``, else stuff."""
         label_id = LABEL_ID[label]
-        inst = label_id if instance is None else label_id * 1000 + instance
+        inst = label_id if instance is None else thing_id(label, instance)
         self.rows.append(
             (kind, center, half, yaw, tuple(np.clip(color, 0.0, 1.0)), material, label_id, inst, velocity, lane, tex)
         )
@@ -194,6 +214,16 @@ class InstanceCounter:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+
+    @classmethod
+    def continuing(cls, prims: Primitives) -> InstanceCounter:
+        """A counter that numbers on after the things already in ``prims``."""
+        counter = cls()
+        ids = np.unique(prims.instance_id[prims.instance_id >= THING_ID_BASE])
+        for label_id, k in zip((ids // THING_ID_BASE).tolist(), (ids % THING_ID_BASE).tolist(), strict=True):
+            name = id2label[label_id].name
+            counter.counts[name] = max(counter.counts.get(name, 0), k + 1)
+        return counter
 
     def next(self, label: str) -> int:
         """The next instance number of ``label``."""

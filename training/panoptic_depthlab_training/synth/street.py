@@ -7,6 +7,7 @@ lighting. Every choice comes from the given random generator, so a seed is a str
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -35,6 +36,7 @@ from .scene import (
     Scene,
     rgb01,
     rgb255,
+    thing_id,
 )
 
 _CAR_COLORS = [
@@ -169,6 +171,9 @@ def make_street(rng: np.random.Generator, *, length_m: float = 180.0, behind_m: 
         prims=prims.build(),
         footprints=tuple(footprints),
         length_m=float(length_m),
+        lane_width=float(lane_w),
+        forward_lanes=n_fwd,
+        oncoming_lanes=n_onc,
     )
 
 
@@ -319,7 +324,15 @@ def add_vehicle(
         **kw,
     )
     footprints.append(
-        Footprint((pos[0], pos[2]), (width / 2 + 0.15, length / 2 + 0.2), yaw, (vel[0], vel[2]), lane, 0.7)
+        Footprint(
+            (pos[0], pos[2]),
+            (width / 2 + 0.15, length / 2 + 0.2),
+            yaw,
+            (vel[0], vel[2]),
+            lane,
+            0.7,
+            (thing_id(label, k),),
+        )
     )
 
 
@@ -383,7 +396,7 @@ def add_person(
                 **kw,
             )
     add(KIND_ELLIPSOID, pos, yaw, (0, -(hip + torso + 0.14), lean + 0.02), (0.095, 0.125, 0.11), skin, label, **kw)
-    footprints.append(Footprint((pos[0], pos[2]), (0.3, 0.3), yaw, (vel[0], vel[2]), lane, 0.35))
+    footprints.append(Footprint((pos[0], pos[2]), (0.3, 0.3), yaw, (vel[0], vel[2]), lane, 0.35, (thing_id(label, k),)))
 
 
 def add_bicycle(
@@ -420,7 +433,9 @@ def add_bicycle(
     )
     add(KIND_BOX, pos, yaw, (0, -(saddle + 0.1), 0.45), (0.27, 0.02, 0.02), dark, "bicycle", **kw)
     add(KIND_BOX, pos, yaw, (0, -saddle, -0.2), (0.07, 0.03, 0.12), dark, "bicycle", **kw)
-    footprints.append(Footprint((pos[0], pos[2]), (0.2, 0.8), yaw, (vel[0], vel[2]), lane, 0.3))
+    footprints.append(
+        Footprint((pos[0], pos[2]), (0.2, 0.8), yaw, (vel[0], vel[2]), lane, 0.3, (thing_id("bicycle", k),))
+    )
     return saddle
 
 
@@ -439,6 +454,8 @@ def add_rider(
     c, s = math.cos(yaw), math.sin(yaw)
     origin = (pos[0] - s * 0.2, 0.0, pos[2] - c * 0.2)
     add_person(prims, footprints, counter, rng, origin, yaw, vel, label="rider", seated_at=saddle)
+    both = footprints[-2].instance_ids + footprints[-1].instance_ids  # one goes, both go
+    footprints[-2:] = [dataclasses.replace(f, instance_ids=both) for f in footprints[-2:]]
 
 
 def _add_edge_lane(

@@ -7,7 +7,6 @@ and ``camera/``, as the Cityscapes tree a training run reads.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +19,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import id2label, labels
 from tqdm import tqdm
 
-from .render import SceneGenerator, SynthFrame
+from .render import SynthFrame, cached_generator
 
 
 def _color_lut() -> np.ndarray:
@@ -75,6 +74,12 @@ def cityscapes_stem(city: str, seq: int, frame: int) -> str:
     return f"{city}_{seq:06d}_{frame:06d}"
 
 
+def write_png(target: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a PNG (BGR order for colour); ``OSError`` naming the file on failure."""
+    if not cv2.imwrite(str(target), array):
+        raise OSError(f"could not write {target}")
+
+
 def write_frame(root: Path, split: str, city: str, stem: str, frame: SynthFrame) -> None:
     """Write ``frame`` as the Cityscapes files of ``stem`` under ``root``."""
 
@@ -83,15 +88,11 @@ def write_frame(root: Path, split: str, city: str, stem: str, frame: SynthFrame)
         d.mkdir(parents=True, exist_ok=True)
         return d / f"{stem}_{suffix}"
 
-    def imwrite(target: Path, array: np.ndarray) -> None:
-        if not cv2.imwrite(str(target), array):
-            raise OSError(f"could not write {target}")
-
-    imwrite(path("leftImg8bit", "leftImg8bit.png"), frame.image_rgb[..., ::-1])
-    imwrite(path("gtFine", "gtFine_labelIds.png"), frame.label_ids)
-    imwrite(path("gtFine", "gtFine_instanceIds.png"), frame.instance_ids.astype(np.uint16))
-    imwrite(path("gtFine", "gtFine_color.png"), color_image(frame.label_ids)[..., [2, 1, 0, 3]])
-    imwrite(path("disparity", "disparity.png"), frame.disparity_png)
+    write_png(path("leftImg8bit", "leftImg8bit.png"), frame.image_rgb[..., ::-1])
+    write_png(path("gtFine", "gtFine_labelIds.png"), frame.label_ids)
+    write_png(path("gtFine", "gtFine_instanceIds.png"), frame.instance_ids.astype(np.uint16))
+    write_png(path("gtFine", "gtFine_color.png"), color_image(frame.label_ids)[..., [2, 1, 0, 3]])
+    write_png(path("disparity", "disparity.png"), frame.disparity_png)
     path("gtFine", "gtFine_polygons.json").write_text(json.dumps(frame_polygons(frame)))
     path("camera", "camera.json").write_text(json.dumps(frame.camera, indent=4))
 
@@ -110,13 +111,13 @@ class _Job:
     width: int
 
 
-_SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
+SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}  # seeds a split's random streams
 
 
 def dataset_frame(seed: int, split: str, index: int, *, height: int = 256, width: int = 512) -> SynthFrame:
     """Frame ``index`` of ``split`` exactly as :func:`generate_dataset` renders it."""
-    gen = _generator(height, width)
-    rng = np.random.default_rng([seed, _SPLIT_KEYS[split], index])
+    gen = cached_generator(height, width)
+    rng = np.random.default_rng([seed, SPLIT_KEYS[split], index])
     return gen.render(gen.make_scene(rng))
 
 
@@ -125,12 +126,6 @@ def _render_job(job: _Job) -> str:
     stem = cityscapes_stem(job.city, job.index, DATASET_FRAME_NUMBER)
     write_frame(job.out, job.split, job.city, stem, frame)
     return stem
-
-
-@functools.lru_cache(maxsize=4)
-def _generator(height: int, width: int) -> SceneGenerator:
-    """One generator per image size and process (it caches the per-pixel rays)."""
-    return SceneGenerator(height, width)
 
 
 def generate_dataset(
