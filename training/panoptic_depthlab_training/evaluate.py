@@ -227,6 +227,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, type=Path, help="our .safetensors checkpoint")
     parser.add_argument("--data", required=True, type=Path, help="Cityscapes root (or a synthetic tree)")
     parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument(
+        "--video",
+        action="store_true",
+        help="tracked video metrics (VPQ, DVPQ, ID switches, velocity, time to contact) on the sequences of"
+        " DATA/video_sequence/SPLIT (synth --sequences); --limit counts sequences",
+    )
     parser.add_argument("--json", type=Path, help="write the metrics here")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
@@ -262,6 +268,10 @@ def _distance_bands(text: str) -> tuple[float, ...]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``evaluate`` from parsed arguments; prints the table, returns the exit code."""
+    if args.video:
+        from . import video_evaluate  # imports this module: bound at call time
+
+        return video_evaluate.main(args)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     owns_group = False
     if world_size > 1 and not dist.is_initialized():

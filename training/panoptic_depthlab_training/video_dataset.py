@@ -111,7 +111,7 @@ def frame_files(directory: Path, stem: str) -> VideoFrameFiles:
     match = _STEM.match(stem)
     if match is None:
         raise DatasetError(
-            f"{directory / (stem + SUFFIXES['image'])}: name does not start with SEQUENCE_FRAME_ (6 digits each)"
+            f"{directory / (stem + SUFFIXES['image'])}: the name does not start with SEQUENCE_FRAME_ (6 digits each)"
         )
     paths = {key: directory / f"{stem}{suffix}" for key, suffix in SUFFIXES.items()}
     return VideoFrameFiles(
