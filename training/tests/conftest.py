@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,3 +48,12 @@ def synth_copy(synth_root: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "cityscapes"
     shutil.copytree(synth_root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The core tests' tiny random-weight model (test/pdl_testing.py): fast, any input size."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "test"))
+    from pdl_testing import write_tiny_checkpoint  # noqa: PLC0415
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
