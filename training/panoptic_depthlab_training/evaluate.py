@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
 from panoptic_depthlab_ros.cli import add_inference_args, inference_options
+from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 
 from .cityscapes import (
@@ -224,7 +225,9 @@ def _training_iteration(path: Path) -> int | None:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Arguments of ``evaluate`` (reused by the ``panoptic-depthlab-training`` CLI)."""
     parser = argparse.ArgumentParser(description="Evaluate a Panoptic-DepthLab checkpoint", add_help=add_help)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="our .safetensors checkpoint")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="our .safetensors checkpoint (required but with --ground-truth)"
+    )
     parser.add_argument("--data", required=True, type=Path, help="Cityscapes root (or a synthetic tree)")
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument(
@@ -232,6 +235,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="tracked video metrics (VPQ, DVPQ, ID switches, velocity, time to contact) on the sequences of"
         " DATA/video_sequence/SPLIT (synth --sequences); --limit counts sequences",
+    )
+    parser.add_argument(
+        "--ground-truth",
+        action="store_true",
+        help="with --video: track the ground-truth segments instead of a model's (what the tracker alone does)",
     )
     parser.add_argument("--json", type=Path, help="write the metrics here")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -268,10 +276,14 @@ def _distance_bands(text: str) -> tuple[float, ...]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``evaluate`` from parsed arguments; prints the table, returns the exit code."""
+    if args.ground_truth and not args.video:
+        raise PanopticDepthLabError("--ground-truth goes with --video")
     if args.video:
         from . import video_evaluate  # imports this module: bound at call time
 
         return video_evaluate.main(args)
+    if args.checkpoint is None:
+        raise PanopticDepthLabError("--checkpoint is required")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     owns_group = False
     if world_size > 1 and not dist.is_initialized():

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from panoptic_depthlab_ros.cli import inference_options
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
-from panoptic_depthlab_ros.metadata import ClassMetadata
+from panoptic_depthlab_ros.metadata import ClassMetadata, cityscapes_metadata
+from panoptic_depthlab_ros.postprocess import PostprocessConfig, segment_depth_statistics
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 from panoptic_depthlab_ros.result import PanopticDepthResult
 from panoptic_depthlab_ros.tracker import TrackedFrame, Tracker, TrackerConfig, track_panoptic
@@ -133,21 +134,64 @@ def video_summary_json(video: dict[str, Any], frames: dict[str, Any], **info: An
     return doc
 
 
+def ground_truth_fn(metadata: ClassMetadata) -> VideoPredictFn:
+    """A perfect predictor: the frame's true segments and depth, with the predictor's segment statistics.
+
+    Tracked, it shows what the tracker alone does (its ID switches and velocity errors
+    with no perception error).
+    """
+
+    def predict(sample: VideoSample) -> PanopticDepthResult:
+        depth = np.where(sample.depth_valid, sample.depth, np.nan).astype(np.float32)
+        segments = segment_depth_statistics(
+            torch.from_numpy(sample.panoptic),
+            torch.from_numpy(depth),
+            classes=metadata,
+            config=PostprocessConfig(),
+            camera_k=sample.K,
+        )
+        return PanopticDepthResult(
+            panoptic=sample.panoptic,
+            semantic=sample.semantic,
+            depth=depth,
+            segments=segments,
+            label_divisor=metadata.label_divisor,
+        )
+
+    return predict
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``evaluate --video`` from parsed ``evaluate`` arguments; prints the tables, returns the exit code."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PanopticDepthLabError("evaluate --video runs in one process; start it without torchrun")
+    if args.checkpoint is None and not args.ground_truth:
+        raise PanopticDepthLabError("--checkpoint is required (or --ground-truth)")
     sequences = list_sequences(args.data, args.split)
     if args.limit:
         sequences = sequences[: args.limit]
-    device = resolve_device(args.device)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **inference_options(args))
-    max_depth = predictor.model_config.max_depth if args.max_depth is None else args.max_depth
+    info: dict[str, Any]
+    if args.ground_truth:
+        metadata = cityscapes_metadata()
+        predict, max_depth = ground_truth_fn(metadata), args.max_depth
+        info = {"predictor": "ground truth"}
+    else:
+        device = resolve_device(args.device)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **inference_options(args))
+        metadata, predict = predictor.classes, video_predictor_fn(predictor)
+        max_depth = predictor.model_config.max_depth if args.max_depth is None else args.max_depth
+        info = {
+            "checkpoint": str(args.checkpoint),
+            "training_iteration": _training_iteration(args.checkpoint),
+            "flip_average": args.flip_average,
+            "scales": list(args.scales),
+            "input_scale": predictor.model_config.input_scale,
+        }
     tracker_config = TrackerConfig()
     evaluation = evaluate_sequences(
-        video_predictor_fn(predictor),
+        predict,
         sequences,
-        metadata=predictor.classes,
+        metadata=metadata,
         tracker_config=tracker_config,
         max_depth=max_depth or None,
         distance_bands=args.distance_bands,
@@ -158,19 +202,9 @@ def main(args: argparse.Namespace) -> int:
     print("per frame, untracked:")
     print(format_table(frames))
     if args.json is not None:
-        doc = video_summary_json(
-            video,
-            frames,
-            checkpoint=str(args.checkpoint),
-            data=str(args.data),
-            split=args.split,
-            gt_max_depth=max_depth or None,
-            training_iteration=_training_iteration(args.checkpoint),
-            tracker=dataclasses.asdict(tracker_config),
-            flip_average=args.flip_average,
-            scales=list(args.scales),
-            input_scale=predictor.model_config.input_scale,
-        )
+        info.update(data=str(args.data), split=args.split, gt_max_depth=max_depth or None)
+        info["tracker"] = dataclasses.asdict(tracker_config)
+        doc = video_summary_json(video, frames, **info)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")

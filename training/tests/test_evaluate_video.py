@@ -7,17 +7,14 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
-from panoptic_depthlab_ros.postprocess import PostprocessConfig, segment_depth_statistics
-from panoptic_depthlab_ros.result import PanopticDepthResult
 from panoptic_depthlab_training import cli
 from panoptic_depthlab_training.synth.sequences import generate_sequences
-from panoptic_depthlab_training.video_dataset import VideoSample, list_sequences
-from panoptic_depthlab_training.video_evaluate import evaluate_sequences
+from panoptic_depthlab_training.video_dataset import list_sequences
+from panoptic_depthlab_training.video_evaluate import evaluate_sequences, ground_truth_fn
 
 SEQUENCES, FRAMES = 2, 6
 
@@ -38,24 +35,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _ground_truth(sample: VideoSample) -> PanopticDepthResult:
-    """What a perfect predictor reports: the true segments, depths and their statistics."""
-    depth = np.where(sample.depth_valid, sample.depth, np.nan).astype(np.float32)
-    segments = segment_depth_statistics(
-        torch.from_numpy(sample.panoptic),
-        torch.from_numpy(depth),
-        classes=cityscapes_metadata(),
-        config=PostprocessConfig(),
-        camera_k=sample.K,
-    )
-    return PanopticDepthResult(
-        panoptic=sample.panoptic, semantic=sample.semantic, depth=depth, segments=segments, label_divisor=1000
-    )
-
-
 def test_ground_truth_through_the_tracker(root):
+    metadata = cityscapes_metadata()
     ev = evaluate_sequences(
-        _ground_truth, list_sequences(root, "val"), metadata=cityscapes_metadata(), max_depth=None, progress=False
+        ground_truth_fn(metadata), list_sequences(root, "val"), metadata=metadata, max_depth=None, progress=False
     )
     video, frames = ev.video.summary(), ev.frames.summary()
     assert (video["sequences"], video["frames"]) == (SEQUENCES, SEQUENCES * FRAMES)
@@ -114,3 +97,15 @@ def test_cli_evaluate_video_refusals(root, tiny_checkpoint, tmp_path, capsys):
     frame_json.write_text("{not json")
     refused([*ckpt, "--data", str(data)], 1, str(frame_json), "not readable JSON")
     refused(["--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(root)], 2, "none.safetensors")
+    refused(["--data", str(root)], 2, "--checkpoint is required (or --ground-truth)")
+
+
+def test_cli_evaluate_video_ground_truth(root, tmp_path, capsys):
+    out = tmp_path / "truth.json"
+    args = ["evaluate", "--video", "--ground-truth", "--data", str(root), "--json", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["VPQ_k1"] == pytest.approx(100.0) and doc["per_frame"]["DPQ"] == pytest.approx(100.0)
+    assert doc["info"]["predictor"] == "ground truth" and "checkpoint" not in doc["info"]
+    assert cli.main(["evaluate", "--ground-truth", "--data", str(root)]) == 2
+    assert "--ground-truth goes with --video" in capsys.readouterr().err
