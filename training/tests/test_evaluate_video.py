@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_training import cli
@@ -17,6 +16,7 @@ from panoptic_depthlab_training.video_dataset import list_sequences
 from panoptic_depthlab_training.video_evaluate import evaluate_sequences, ground_truth_fn
 
 SEQUENCES, FRAMES = 2, 6
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,6 @@ def root(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("video")
     generate_sequences(out, sequences=SEQUENCES, frames=FRAMES, seed=4, height=96, width=192, progress=False)
     return out
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_ground_truth_through_the_tracker(root):
