@@ -2,7 +2,9 @@
 
 One job per module: :mod:`.scene` (what a scene is: primitives, lighting), :mod:`.street`
 (composing a random street), :mod:`.render` (the camera: ray casting and shading),
-:mod:`.writer` (single frames in the Cityscapes layout, and datasets of them).
+:mod:`.writer` (single frames in the Cityscapes layout, and datasets of them),
+:mod:`.drive` (the camera driving among moving things, with their true motion) and
+:mod:`.sequences` (drives written as Cityscapes-DVPS video sequences).
 """
 
 from .render import (
