@@ -120,13 +120,14 @@ def main() -> None:
     from std_msgs.msg import Header
     from visualization_msgs.msg import Marker, MarkerArray
 
+    from panoptic_depthlab_ros.fusion import PostprocessConfig
     from panoptic_depthlab_ros.metadata import cityscapes_metadata
     from panoptic_depthlab_ros.model import ModelConfig, build_model
-    from panoptic_depthlab_ros.postprocess import PostprocessConfig, segment_depth_statistics
     from panoptic_depthlab_ros.predictor import Predictor
     from panoptic_depthlab_ros.result import PanopticDepthResult
     from panoptic_depthlab_ros.ros.conversions import markers_to_msg, pointcloud_to_msg
     from panoptic_depthlab_ros.ros.geometry import point_cloud, segment_markers
+    from panoptic_depthlab_ros.segment_stats import segment_depth_statistics
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)

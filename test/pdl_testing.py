@@ -74,9 +74,9 @@ def write_tiny_checkpoint(path: Path) -> Path:
     import torch  # noqa: PLC0415 - keep this module light
 
     from panoptic_depthlab_ros.checkpoint import save_checkpoint  # noqa: PLC0415
+    from panoptic_depthlab_ros.fusion import PostprocessConfig  # noqa: PLC0415
     from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: PLC0415
     from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: PLC0415
-    from panoptic_depthlab_ros.postprocess import PostprocessConfig  # noqa: PLC0415
 
     torch.manual_seed(0)
     config = ModelConfig.tiny(aspp_strict_pool_size=False, size_divisibility=32)

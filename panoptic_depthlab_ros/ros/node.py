@@ -71,8 +71,8 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..errors import CheckpointError, InputError, PanopticDepthLabError
+from ..fusion import PostprocessConfig
 from ..msg import SegmentDepth, SegmentDepthArray
-from ..postprocess import PostprocessConfig
 from ..predictor import Predictor, resolve_device, untrained_depth_note
 from ..visualize import overlay
 from .conversions import (

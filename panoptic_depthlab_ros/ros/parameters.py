@@ -23,8 +23,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from ..checkpoint import bundled_checkpoint
 from ..errors import CheckpointError, PanopticDepthLabError
+from ..fusion import PostprocessConfig
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
-from ..postprocess import PostprocessConfig
 
 Value = bool | int | float | str
 

@@ -58,11 +58,11 @@ from panoptic_depthlab_ros.checkpoint import (
     save_checkpoint,
 )
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
+from panoptic_depthlab_ros.fusion import PostprocessConfig
 from panoptic_depthlab_ros.metadata import ClassMetadata, cityscapes_metadata
 from panoptic_depthlab_ros.model import ModelConfig, PanopticDepthLab, build_model
 from panoptic_depthlab_ros.model.config import load_detectron2_yaml
 from panoptic_depthlab_ros.model.panoptic_depthlab import upsample
-from panoptic_depthlab_ros.postprocess import PostprocessConfig
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.visualize import depth_colormap
 
