@@ -79,7 +79,7 @@ def r52_checkpoint(folder: Path) -> Path:
 
 def message_stage(result, image_bgr: np.ndarray) -> float:
     """Seconds to turn a result into the node's messages (rclpy classes when available)."""
-    from panoptic_depthlab_ros.ros import conversions
+    from panoptic_depthlab_ros import msg_conversions as conversions
     from panoptic_depthlab_ros.visualize import overlay
 
     try:

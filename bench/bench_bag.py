@@ -41,10 +41,10 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
+    from panoptic_depthlab_ros import msg_conversions as conversions
     from panoptic_depthlab_ros.bag import CAMERA_INFO_TYPE, replay_bag, typestore_with_our_messages
     from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
     from panoptic_depthlab_ros.predictor import Predictor
-    from panoptic_depthlab_ros.ros import conversions
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)

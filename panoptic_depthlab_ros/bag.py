@@ -46,11 +46,11 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
+from . import msg_conversions as conversions
 from .errors import BagError, InputError, NothingDoneError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS
 from .output import StagedOutput
 from .predictor import Predictor
-from .ros import conversions
 from .salvage import Salvage, is_cut_short, salvage
 from .visualize import overlay
 

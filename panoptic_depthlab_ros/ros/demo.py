@@ -43,11 +43,11 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from sensor_msgs.msg import CameraInfo, Image
 
+from .. import msg_conversions as conversions
 from ..bag import typestore_with_our_messages
 from ..checkpoint import bundled_checkpoint
 from ..exit_codes import run_command
 from ..output import MARKER, StagedOutput, marker_says, write_marker
-from . import conversions
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BAG = REPO / "data" / "demo_bag"

@@ -3,7 +3,7 @@
 Outputs: panoptic ids, semantic labels, metric depth, per-segment depth records
 and an overlay picture, each stamped with the input image's header; with
 camera_info also 3D ones: segment markers (labels at the 3D centroids, boxes around
-things) and the back-projected, labelled point cloud (:mod:`.geometry`).  Every
+things) and the back-projected, labelled point cloud (:mod:`..geometry3d`).  Every
 output is computed only when someone subscribes to it.
 
 Threads (why the executor never blocks and no stale frame piles up):
@@ -45,6 +45,7 @@ Transitions run in the executor thread, like the other callbacks.
 from __future__ import annotations
 
 import gc
+import importlib
 import threading
 import time
 from collections import deque
@@ -68,19 +69,18 @@ from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from ..errors import CheckpointError, InputError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
+from ..geometry3d import point_cloud, segment_markers
 from ..msg import SegmentDepth, SegmentDepthArray
-from ..predictor import Predictor, resolve_device, untrained_depth_note
-from ..visualize import overlay
-from .conversions import (
+from ..msg_conversions import (
     ImageConversionError,
     array_to_image,
     camera_k,
     check_compressed,
-    check_image,
+    check_image_msg,
     compressed_to_bgr,
     depth_for_rep118,
     image_to_bgr,
@@ -88,7 +88,8 @@ from .conversions import (
     pointcloud_to_msg,
     segments_to_msg,
 )
-from .geometry import point_cloud, segment_markers
+from ..predictor import Predictor, resolve_device, untrained_depth_note
+from ..visualize import overlay
 from .parameters import (
     PARAMETERS,
     NodeSettings,
@@ -98,6 +99,14 @@ from .parameters import (
 )
 
 NODE_NAME = "panoptic_depthlab"
+
+
+def message_class(name: str) -> type:
+    """Rclpy's generated class of message type ``name`` (``sensor_msgs/msg/Image``)."""
+    package, _, cls = name.split("/")
+    return cast(type, getattr(importlib.import_module(f"{package}.msg"), cls))
+
+
 # Relative input names (users remap them); private outputs (/<node>/<name>).
 INPUT_IMAGE = "image"
 INPUT_COMPRESSED = "image/compressed"
@@ -484,7 +493,7 @@ class Pipeline:
             )
         if "markers" in wanted and camera_k is not None:
             specs = segment_markers(result, camera_k, near=settings.overlay_near_m, far=settings.overlay_far_m)
-            pubs["markers"].publish(markers_to_msg(specs, header=header, array_cls=MarkerArray, marker_cls=Marker))
+            pubs["markers"].publish(markers_to_msg(specs, header=header, classes=message_class))
         if "panoptic" in wanted:
             pubs["panoptic"].publish(array_to_image(Image, result.panoptic, encoding="32SC1", header=header))
         if "semantic" in wanted:
@@ -892,7 +901,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             if compressed:
                 check_compressed(msg)
             else:
-                check_image(msg, max_pixels=self.settings.max_input_pixels)
+                check_image_msg(msg, max_pixels=self.settings.max_input_pixels)
         except ImageConversionError as exc:
             pipeline.reject(exc)
             return

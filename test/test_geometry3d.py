@@ -1,5 +1,5 @@
-"""Point cloud and marker geometry (panoptic_depthlab_ros/ros/geometry.py) on tiny
-hand-built maps, and their messages (conversions.pointcloud_to_msg / markers_to_msg)."""
+"""Point cloud and marker geometry (panoptic_depthlab_ros/geometry3d.py) on tiny
+hand-built maps, and their messages (msg_conversions.pointcloud_to_msg / markers_to_msg)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
-from panoptic_depthlab_ros.ros.geometry import (
+from panoptic_depthlab_ros.geometry3d import (
     MIN_BOX_M,
     POINT_DTYPE,
     VOID_RGB,
@@ -19,6 +18,7 @@ from panoptic_depthlab_ros.ros.geometry import (
     segment_extents,
     segment_markers,
 )
+from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
 from panoptic_depthlab_ros.visualize import depth_to_bgr
 
 # fx = 2, fy = 4, cx = 1, cy = 0.5: x = (u - 1) z / 2, y = (v - 0.5) z / 4.
@@ -138,7 +138,7 @@ def test_pointcloud_msg_round_trip() -> None:
     from sensor_msgs.msg import PointCloud2, PointField
     from std_msgs.msg import Header
 
-    from panoptic_depthlab_ros.ros.conversions import pointcloud_to_array, pointcloud_to_msg
+    from panoptic_depthlab_ros.msg_conversions import pointcloud_to_array, pointcloud_to_msg
 
     depth = np.array([[2.0, NAN, 4.0], [1.0, 8.0, 3.0]], np.float32)
     panoptic = np.array([[0, 0, 11001], [-1, 13002, 13002]], np.int32)
@@ -247,10 +247,11 @@ def test_segment_markers_labels_and_boxes() -> None:
 
 def test_markers_msg_deleteall_first() -> None:
     from std_msgs.msg import Header
-    from visualization_msgs.msg import Marker, MarkerArray
+    from visualization_msgs.msg import Marker
 
-    from panoptic_depthlab_ros.ros.conversions import markers_to_msg
-    from panoptic_depthlab_ros.ros.geometry import MarkerSpec
+    from panoptic_depthlab_ros.geometry3d import MarkerSpec
+    from panoptic_depthlab_ros.msg_conversions import markers_to_msg
+    from panoptic_depthlab_ros.ros.node import message_class
 
     header = Header(frame_id="cam")
     header.stamp.sec = 42
@@ -258,7 +259,7 @@ def test_markers_msg_deleteall_first() -> None:
         MarkerSpec("labels", 0, "text", (1.0, 2.0, 3.0), (0.0, 0.0, 0.5), (1, 0, 0, 1), "car 3.0 m"),
         MarkerSpec("boxes", 1, "box", (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (1, 0, 0, 0.35)),
     ]
-    msg = markers_to_msg(specs, header=header, array_cls=MarkerArray, marker_cls=Marker)
+    msg = markers_to_msg(specs, header=header, classes=message_class)
     clear, text, box = msg.markers
     assert clear.action == Marker.DELETEALL
     assert all(m.header.frame_id == "cam" and m.header.stamp.sec == 42 for m in msg.markers)
