@@ -47,22 +47,15 @@ from .. import msg_conversions as conversions
 from ..bag import typestore_with_our_messages
 from ..checkpoint import bundled_checkpoint
 from ..exit_codes import run_command
+from ..node_outputs import NAMESPACE
+from ..node_outputs import OUTPUTS as NODE_OUTPUTS
 from ..output import MARKER, StagedOutput, marker_says, write_marker
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BAG = REPO / "data" / "demo_bag"
-NODE = "/panoptic_depthlab"
+NODE = NAMESPACE
 # Output topic -> message type (as recorded).
-OUTPUTS = {
-    f"{NODE}/panoptic": "sensor_msgs/msg/Image",
-    f"{NODE}/semantic": "sensor_msgs/msg/Image",
-    f"{NODE}/depth": "sensor_msgs/msg/Image",
-    f"{NODE}/overlay": "sensor_msgs/msg/Image",
-    f"{NODE}/segments": "panoptic_depthlab_ros/msg/SegmentDepthArray",
-    f"{NODE}/markers": "visualization_msgs/msg/MarkerArray",
-    f"{NODE}/points": "sensor_msgs/msg/PointCloud2",
-    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
-}
+OUTPUTS = {o.topic: o.msg_type for o in NODE_OUTPUTS} | {"/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
 
 
 def _msg_class(msgtype: str) -> Any:
@@ -271,8 +264,7 @@ def _record(
                 wait_until(has_answer, f"the answer to the frame stamped {key}", poll_s=0.002)
         # Trailing outputs: a reliable sample lost on the way is only re-sent after the writer's
         # next heartbeat (Fast DDS: every 3 s), so wait for the counts rather than a fixed time.
-        needs_k = {f"{NODE}/markers", f"{NODE}/points"}
-        expected = [t for t in OUTPUTS if t.startswith(NODE) and (infos_sent or t not in needs_k)]
+        expected = [o.topic for o in NODE_OUTPUTS if infos_sent or not o.needs_intrinsics]
 
         def outputs_complete() -> bool:
             with lock:

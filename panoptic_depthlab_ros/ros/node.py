@@ -57,7 +57,6 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -67,29 +66,21 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
-from visualization_msgs.msg import MarkerArray
 
 from ..errors import CheckpointError, InputError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
-from ..geometry3d import point_cloud, segment_markers
-from ..msg import SegmentDepth, SegmentDepthArray
 from ..msg_conversions import (
     ImageConversionError,
-    array_to_image,
     camera_k,
     check_compressed,
     check_image_msg,
     compressed_to_bgr,
-    depth_for_rep118,
     image_to_bgr,
-    markers_to_msg,
-    pointcloud_to_msg,
-    segments_to_msg,
 )
+from ..node_outputs import OUTPUTS, QOS_DEPTH, Output, output_messages
 from ..predictor import Predictor, resolve_device, untrained_depth_note
-from ..visualize import overlay
 from .parameters import (
     PARAMETERS,
     NodeSettings,
@@ -111,12 +102,8 @@ def message_class(name: str) -> type:
 INPUT_IMAGE = "image"
 INPUT_COMPRESSED = "image/compressed"
 INPUT_CAMERA_INFO = "camera_info"
-# Publish order: the segment records first (the smallest, most used output), the overlay last.
-OUTPUTS = ("segments", "markers", "panoptic", "semantic", "depth", "points", "overlay")
 # Outputs that need the camera intrinsics (not published before a camera_info arrived).
-OUTPUTS_3D = frozenset({"markers", "points"})
-# Outputs made of depth: none from a depth branch that was never trained (see untrained_depth).
-OUTPUTS_DEPTH = frozenset({"depth", "markers", "points"})
+OUTPUTS_3D = frozenset(o.name for o in OUTPUTS if o.needs_intrinsics)
 # Frame sizes whose handling is logged (the first frame of each); a camera that keeps
 # changing size cannot grow the set without end.
 LOGGED_SIZES_MAX = 16
@@ -442,7 +429,19 @@ class Pipeline:
             return
         predicted = time.perf_counter()
         self.depth_scale = result.depth_scale
-        self._publish(frame.message.header, image, result, settings, wanted, camera_k)
+        messages = output_messages(
+            result,
+            image,
+            wanted=wanted,
+            header=frame.message.header,
+            camera_k=camera_k,
+            settings=settings.outputs(),
+            classes=message_class,
+            class_colors=self.predictor.classes.colors,
+        )
+        # Lifecycle publishers drop what a frame still in flight publishes after deactivate.
+        for name, message in messages.items():
+            self.outputs.publishers[name].publish(message)
         done = time.perf_counter()
         t = result.timings
         self.stats.record(
@@ -466,63 +465,6 @@ class Pipeline:
             return
         self._sizes_logged.add(size)
         self._log_info(self.predictor.frame_handling(height, width))
-
-    def _publish(
-        self,
-        header: Header,
-        image: np.ndarray,
-        result: Any,
-        settings: NodeSettings,
-        wanted: set[str],
-        camera_k: np.ndarray | None,
-    ) -> None:
-        """The ``wanted`` outputs, each stamped with the input's header (frame and stamp).
-
-        Lifecycle publishers drop what a frame still in flight publishes after deactivate.
-        """
-        pubs = self.outputs.publishers
-        if "segments" in wanted:
-            pubs["segments"].publish(
-                segments_to_msg(
-                    result,
-                    header=header,
-                    array_cls=SegmentDepthArray,
-                    segment_cls=SegmentDepth,
-                    point_cls=Point,
-                )
-            )
-        if "markers" in wanted and camera_k is not None:
-            specs = segment_markers(result, camera_k, near=settings.overlay_near_m, far=settings.overlay_far_m)
-            pubs["markers"].publish(markers_to_msg(specs, header=header, classes=message_class))
-        if "panoptic" in wanted:
-            pubs["panoptic"].publish(array_to_image(Image, result.panoptic, encoding="32SC1", header=header))
-        if "semantic" in wanted:
-            pubs["semantic"].publish(array_to_image(Image, result.semantic, encoding="mono8", header=header))
-        if "depth" in wanted:
-            pubs["depth"].publish(
-                array_to_image(Image, depth_for_rep118(result.depth), encoding="32FC1", header=header)
-            )
-        if "points" in wanted and camera_k is not None:
-            cloud = point_cloud(
-                result.depth,
-                result.panoptic,
-                camera_k,
-                class_colors=self.predictor.classes.colors,
-                label_divisor=result.label_divisor,
-                stride=settings.points_stride,
-                organized=settings.points_organized,
-                color_mode=settings.points_color,
-            )
-            pubs["points"].publish(pointcloud_to_msg(cloud, header=header, cloud_cls=PointCloud2, field_cls=PointField))
-        if "overlay" in wanted:
-            picture = overlay(
-                image,
-                result,
-                near=settings.overlay_near_m,
-                far=settings.overlay_far_m,
-                class_colors=self.predictor.classes.colors,
-            )
-            pubs["overlay"].publish(array_to_image(Image, picture, encoding="bgr8", header=header))
 
 
 # ------------------------------------------------------------------ building
@@ -598,20 +540,11 @@ def input_qos(settings: NodeSettings) -> QoSProfile:
     )
 
 
-# Outputs are reliable: that matches best-effort subscribers (rviz) and reliable ones alike;
-# keep-last never blocks the worker.
-_IMAGE_OUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
-_SEGMENTS_OUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
-# Message type and QoS of every output (markers are small records like the segments).
-OUTPUT_TYPES: dict[str, tuple[type, QoSProfile]] = {
-    "segments": (SegmentDepthArray, _SEGMENTS_OUT_QOS),
-    "markers": (MarkerArray, _SEGMENTS_OUT_QOS),
-    "panoptic": (Image, _IMAGE_OUT_QOS),
-    "semantic": (Image, _IMAGE_OUT_QOS),
-    "depth": (Image, _IMAGE_OUT_QOS),
-    "points": (PointCloud2, _IMAGE_OUT_QOS),
-    "overlay": (Image, _IMAGE_OUT_QOS),
-}
+def output_qos(output: Output) -> QoSProfile:
+    """The publisher QoS of ``output``: reliable, keep last (see :data:`~..node_outputs.QOS_DEPTH`)."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=QOS_DEPTH[output.qos], reliability=ReliabilityPolicy.RELIABLE
+    )
 
 
 class PanopticDepthLabNode(LifecycleNodeMixin, Node):
@@ -780,22 +713,12 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         """Load the model and create the publishers."""
         logger = self.get_logger()
         predictor = load_predictor(self.settings, logger.info)
-        s = self.settings
-        enabled = {
-            "segments": s.publish_segments,
-            "markers": s.publish_markers,
-            "panoptic": s.publish_panoptic,
-            "semantic": s.publish_semantic,
-            "depth": s.publish_depth,
-            "points": s.publish_points,
-            "overlay": s.publish_overlay,
-        }
+        enabled = [o for o in OUTPUTS if getattr(self.settings, f"publish_{o.name}")]
         if not predictor.depth_enabled:
-            for name in OUTPUTS_DEPTH:
-                enabled[name] = False
-            logger.warning(
-                f"no ~/depth, ~/markers or ~/points: {untrained_depth_note('the parameter untrained_depth:=true')}"
-            )
+            enabled = [o for o in enabled if not o.needs_depth]
+            *others, last = sorted(f"~/{o.name}" for o in OUTPUTS if o.needs_depth)
+            topics = f"{', '.join(others)} or {last}"
+            logger.warning(f"no {topics}: {untrained_depth_note('the parameter untrained_depth:=true')}")
         outputs = Outputs()
         self.pipeline = Pipeline(
             predictor,
@@ -806,10 +729,10 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             log_error=logger.error,
             log_info=logger.info,
         )
-        for name in OUTPUTS:
-            if enabled[name]:
-                msg_type, qos = OUTPUT_TYPES[name]
-                outputs.publishers[name] = self.create_lifecycle_publisher(msg_type, f"~/{name}", qos)
+        for o in enabled:
+            outputs.publishers[o.name] = self.create_lifecycle_publisher(
+                message_class(o.msg_type), f"~/{o.name}", output_qos(o)
+            )
         self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def _activate(self) -> None:

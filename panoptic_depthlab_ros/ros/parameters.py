@@ -25,6 +25,7 @@ from ..checkpoint import bundled_checkpoint
 from ..errors import CheckpointError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
+from ..node_outputs import OutputSettings
 
 Value = bool | int | float | str
 
@@ -363,6 +364,16 @@ class NodeSettings:
     def replace(self, changes: dict[str, Any]) -> NodeSettings:
         """Return a copy with ``changes`` applied (no checks; see :func:`check_values`)."""
         return dataclasses.replace(self, **changes)
+
+    def outputs(self) -> OutputSettings:
+        """How the outputs are drawn (overlay colour scale, point cloud)."""
+        return OutputSettings(
+            near=self.overlay_near_m,
+            far=self.overlay_far_m,
+            points_stride=self.points_stride,
+            points_organized=self.points_organized,
+            points_color=self.points_color,
+        )
 
     def postprocess(self, base: PostprocessConfig) -> PostprocessConfig:
         """Return ``base`` (the checkpoint's) with the fusion parameters that are set on top.
