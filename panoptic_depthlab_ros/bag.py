@@ -3,9 +3,11 @@
     panoptic-depthlab bag IN OUT [--image-topic T] [--camera-info-topic T]
 
 Reads sqlite3 or MCAP bags with the ``rosbags`` library and writes a new bag with
-all input topics plus the node's outputs (``/panoptic_depthlab/{panoptic,
-semantic,depth,segments,overlay}``; no ``depth`` from an untrained depth branch), each
-stamped with its input image's header and written at the input's receive time.  Offline: every frame, in order.
+all input topics plus every output the node publishes (``/panoptic_depthlab/<name>``
+for each output of :data:`~.node_outputs.OUTPUTS`, made by the same function as the
+node's: markers and points only when the bag has a CameraInfo topic, no depth outputs
+from an untrained depth branch), each stamped with its input image's header and
+written at the input's receive time.  Offline: every frame, in order.
 A bag file cut short (a recorder that was killed or lost power), which no reader
 opens, is salvaged (see ``salvage``): every complete message before the cut is
 replayed.  Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)

@@ -713,7 +713,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         """Load the model and create the publishers."""
         logger = self.get_logger()
         predictor = load_predictor(self.settings, logger.info)
-        enabled = [o for o in OUTPUTS if getattr(self.settings, f"publish_{o.name}")]
+        enabled = [o for o in OUTPUTS if self.settings.publishes(o.name)]
         if not predictor.depth_enabled:
             enabled = [o for o in enabled if not o.needs_depth]
             *others, last = sorted(f"~/{o.name}" for o in OUTPUTS if o.needs_depth)
