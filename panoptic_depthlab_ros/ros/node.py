@@ -1,28 +1,25 @@
 """The ``panoptic_depthlab`` node: camera image in, panoptic + depth + segments out.
 
-Outputs: panoptic ids, semantic labels, metric depth, per-segment depth records
-and an overlay picture, each stamped with the input image's header; with
-camera_info also 3D ones: segment markers (labels at the 3D centroids, boxes around
-things) and the back-projected, labelled point cloud (:mod:`..geometry3d`).  Every
-output is computed only when someone subscribes to it.
+The rclpy side only: parameters, subscriptions, publishers, diagnostics and the
+lifecycle.  The outputs are those of the output table (:mod:`..node_outputs`), each
+stamped with the input image's header and computed only when someone subscribes to
+it; the frames go through the rclpy-free :class:`~..pipeline.Pipeline`.
 
 Threads (why the executor never blocks and no stale frame piles up):
 
-* The executor thread runs only thin callbacks: the image callback checks the
-  message's header fields (O(1), no pixel is read) and drops it into a one-slot
-  :class:`LatestFrameMailbox`, replacing (and counting) a frame still waiting;
-  camera_info stores the latest K; a timer publishes ``/diagnostics``.  All of
-  them share the node's default mutually exclusive callback group, so a
-  ``SingleThreadedExecutor`` is enough and the callbacks need no locks between
-  themselves.
-* One worker thread of our own takes the latest frame, converts it, runs the
+* The executor thread runs only thin callbacks: the image callback hands the message
+  to :meth:`Pipeline.accept <..pipeline.Pipeline.accept>`, which checks its header
+  fields (O(1), no pixel is read) and drops it into a one-slot mailbox, replacing
+  (and counting) a frame still waiting; camera_info stores the latest K; a timer
+  publishes ``/diagnostics``.  All of them share the node's default mutually
+  exclusive callback group, so a ``SingleThreadedExecutor`` is enough and the
+  callbacks need no locks between themselves.
+* One worker thread of the pipeline takes the latest frame, converts it, runs the
   :class:`~panoptic_depthlab_ros.predictor.Predictor` and publishes.  It is a
   plain thread and not a reentrant callback group on a multi-threaded executor:
   inference must be single-consumer for latest-frame-only semantics, and an
   executor would queue callbacks instead of replacing frames.  torch releases
   the GIL in its kernels, so the executor stays responsive meanwhile.
-
-The processing core (:class:`Pipeline`) is separate from the rclpy node class.
 
 Lifecycle (``rclpy.lifecycle``): the node is always driven by the lifecycle state
 machine; ``managed`` only decides who drives it.
@@ -46,19 +43,15 @@ from __future__ import annotations
 
 import gc
 import importlib
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNodeMixin, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
@@ -69,23 +62,15 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..errors import CheckpointError, InputError, PanopticDepthLabError
+from ..errors import CheckpointError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
-from ..msg_conversions import (
-    ImageConversionError,
-    camera_k,
-    check_compressed,
-    check_image_msg,
-    compressed_to_bgr,
-    image_to_bgr,
-)
-from ..node_outputs import OUTPUTS, QOS_DEPTH, Output, output_messages
+from ..node_outputs import OUTPUTS, QOS_DEPTH, Output
+from ..pipeline import COUNTERS, Pipeline, PipelineStats
 from ..predictor import Predictor, resolve_device, untrained_depth_note
 from .parameters import (
-    PARAMETERS,
     NodeSettings,
-    ParameterError,
     check_update,
+    declare_settings,
     resolve_checkpoint,
 )
 
@@ -93,7 +78,7 @@ NODE_NAME = "panoptic_depthlab"
 
 
 def message_class(name: str) -> type:
-    """Rclpy's generated class of message type ``name`` (``sensor_msgs/msg/Image``)."""
+    """The class rclpy generated for message type ``name`` (``sensor_msgs/msg/Image``)."""
     package, _, cls = name.split("/")
     return cast(type, getattr(importlib.import_module(f"{package}.msg"), cls))
 
@@ -102,166 +87,15 @@ def message_class(name: str) -> type:
 INPUT_IMAGE = "image"
 INPUT_COMPRESSED = "image/compressed"
 INPUT_CAMERA_INFO = "camera_info"
-# Outputs that need the camera intrinsics (not published before a camera_info arrived).
-OUTPUTS_3D = frozenset(o.name for o in OUTPUTS if o.needs_intrinsics)
-# Frame sizes whose handling is logged (the first frame of each); a camera that keeps
-# changing size cannot grow the set without end.
-LOGGED_SIZES_MAX = 16
-COUNTERS = (
-    "received",
-    "processed",
-    "dropped_overload",
-    "dropped_bad_input",
-    "skipped_no_subscribers",
-    "errors",
-    "camera_info_received",
-    "camera_info_dropped_bad_input",
-)
-# Once every frame is through: received = processed + dropped + errors (CameraInfo counted apart).
-FRAME_OUTCOMES = ("processed", "dropped_overload", "dropped_bad_input", "skipped_no_subscribers", "errors")
-# Per-frame latency stages: wait (callback -> worker), convert (message -> BGR), the predictor's
-# own stages, publish (conversions, overlay drawing, publishing), total (callback -> published).
-STAGES = ("wait", "convert", "preprocess", "network", "fusion", "segment_depth", "publish", "total")
 
 
 class StartupError(PanopticDepthLabError):
     """The node cannot start (bad parameter, checkpoint or device); the message says why."""
 
 
-# ------------------------------------------------------------------ plumbing
-@dataclass
-class Frame:
-    """An input message waiting for the worker; ``received`` is ``time.perf_counter()``."""
-
-    message: Any
-    compressed: bool
-    received: float
-
-
-class LatestFrameMailbox:
-    """One slot between the callback and the worker (latest-frame-only).
-
-    A newer frame replaces one still waiting, so the worker always gets the
-    latest and nothing queues up.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._frame: Frame | None = None
-
-    def put(self, frame: Frame) -> bool:
-        """Store ``frame``; True when it replaced an unprocessed one (a dropped frame)."""
-        with self._cond:
-            replaced = self._frame is not None
-            self._frame = frame
-            self._cond.notify()
-        return replaced
-
-    def take(self, timeout: float) -> Frame | None:
-        """Return the waiting frame (emptying the slot), or None after ``timeout`` s."""
-        with self._cond:
-            if self._frame is None:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-        return frame
-
-    def clear(self) -> int:
-        """Drop a waiting frame; returns how many were dropped (0 or 1)."""
-        with self._cond:
-            dropped = int(self._frame is not None)
-            self._frame = None
-        return dropped
-
-    def wake(self) -> None:
-        """Wake a waiting ``take`` (used to stop the worker promptly)."""
-        with self._cond:
-            self._cond.notify_all()
-
-
-@dataclass(frozen=True)
-class LatencySummary:
-    """Seconds over the recent window of one stage."""
-
-    last: float
-    mean: float
-    p95: float
-    max: float
-
-
-@dataclass(frozen=True)
-class StatsSnapshot:
-    """Counters since start and latency summaries of the recent frames."""
-
-    counts: dict[str, int]
-    latency: dict[str, LatencySummary]
-
-
-class PipelineStats:
-    """Thread-safe counters (both threads write) and per-stage latency windows."""
-
-    def __init__(self, window: int = 200) -> None:
-        self._lock = threading.Lock()
-        self._counts = dict.fromkeys(COUNTERS, 0)
-        self._latency: dict[str, deque[float]] = {s: deque(maxlen=window) for s in STAGES}
-
-    def add(self, name: str, n: int = 1) -> None:
-        """Increment counter ``name``."""
-        with self._lock:
-            self._counts[name] += n
-
-    def record(self, seconds: dict[str, float]) -> None:
-        """One processed frame's stage latencies."""
-        with self._lock:
-            for stage, value in seconds.items():
-                self._latency[stage].append(value)
-
-    def snapshot(self) -> StatsSnapshot:
-        """Return a consistent copy (percentiles computed here, off the hot path)."""
-        with self._lock:
-            counts = dict(self._counts)
-            windows = {s: np.array(v, dtype=np.float64) for s, v in self._latency.items() if v}
-        latency = {
-            s: LatencySummary(
-                last=float(v[-1]),
-                mean=float(v.mean()),
-                p95=float(np.percentile(v, 95)),
-                max=float(v.max()),
-            )
-            for s, v in windows.items()
-        }
-        return StatsSnapshot(counts=counts, latency=latency)
-
-
-class LogThrottle:
-    """At most one message per kind of problem per period; says how many were held back.
-
-    It only decides: the caller logs the returned text at its own call site and severity
-    (rclpy refuses one call site logging at two severities, so a shared logging call would
-    lose whichever severity comes second).  A broken camera cannot flood the log, and one
-    kind of problem does not hide another.
-    """
-
-    def __init__(self, period_s: float = 5.0) -> None:
-        self._period = period_s
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def __call__(self, kind: str, message: str) -> str | None:
-        """``message`` (with the count held back) to log now, or None when ``kind`` was logged within the period."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(kind, -float("inf")) < self._period:
-                self._held[kind] = self._held.get(kind, 0) + 1
-                return None
-            held = self._held.pop(kind, 0)
-            self._last[kind] = now
-        return message + (f" ({held} more like it in the last {self._period:g} s)" if held else "")
-
-
 @dataclass
 class Outputs:
-    """The enabled outputs' publishers (a disabled output has none)."""
+    """The enabled outputs' publishers (a disabled output has none): the pipeline's :class:`~..pipeline.OutputSink`."""
 
     publishers: dict[str, Publisher] = field(default_factory=dict)
 
@@ -277,216 +111,12 @@ class Outputs:
         """Names of the outputs to produce for the next frame (empty: skip inference)."""
         return {name for name in self.publishers if self.wanted(name)}
 
-
-# ------------------------------------------------------------------ the core
-class Pipeline:
-    """Convert -> predict -> publish, one frame at a time in its own worker thread.
-
-    Knows nothing about subscriptions or parameters: the node feeds it frames
-    (:meth:`submit`), intrinsics (:attr:`camera_k`) and settings (:meth:`update`).
-    """
-
-    def __init__(
-        self,
-        predictor: Predictor,
-        *,
-        outputs: Outputs,
-        settings: NodeSettings,
-        stats: PipelineStats,
-        log_warning: Callable[[str], Any] = print,
-        log_error: Callable[[str], Any] = print,
-        log_info: Callable[[str], Any] = print,
-        throttle_s: float = 5.0,
-    ) -> None:
-        self.predictor = predictor
-        self.outputs = outputs
-        self.stats = stats
-        self.camera_k: np.ndarray | None = None  # replaced whole by the camera_info callback
-        self.depth_scale = 1.0  # the last frame's focal-length correction (diagnostics)
-        # The checkpoint's own fusion settings: what parameters at -1 stand for.
-        self.base_postprocess: PostprocessConfig = predictor.postprocess
-        # One logging call site per severity (see LogThrottle), each throttled per kind.
-        self._log_warning = log_warning
-        self._log_error = log_error
-        self._log_info = log_info
-        self._bad_input_throttle = LogThrottle(throttle_s)
-        self._error_throttle = LogThrottle(throttle_s)
-        self._said_no_camera_info = False
-        self._sizes_logged: set[tuple[int, int]] = set()
-        self._mailbox = LatestFrameMailbox()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._stopped: threading.Thread | None = None  # the last stopped worker, for `running`
-        self.update(settings)
-
-    # Settings are swapped as one reference and applied by the worker between frames,
-    # so a frame never mixes old and new thresholds.
-    def update(self, settings: NodeSettings) -> None:
-        """Use ``settings`` (thresholds, colours, limits) from the next frame on."""
-        self._config = (settings, settings.postprocess(self.base_postprocess))
-
-    @property
-    def postprocess(self) -> PostprocessConfig:
-        """The fusion settings in force: the checkpoint's, with the parameters set on top."""
-        return self._config[1]
-
-    def submit(self, frame: Frame) -> None:
-        """Hand a frame to the worker (latest-frame-only; a replaced frame is counted)."""
-        if self._mailbox.put(frame):
-            self.stats.add("dropped_overload")
-
-    def reject(self, exc: InputError, counter: str = "dropped_bad_input") -> None:
-        """Count a bad input in ``counter`` and warn (throttled per kind of problem)."""
-        self.stats.add(counter)
-        text = self._bad_input_throttle(exc.kind, f"dropped bad input: {exc}")
-        if text is not None:
-            self._log_warning(text)
-
-    def fail(self, exc: Exception) -> None:
-        """Count a frame that failed for another reason than its input, and log an error (throttled)."""
-        self.stats.add("errors")
-        text = self._error_throttle(type(exc).__name__, f"frame failed: {type(exc).__name__}: {exc}")
-        if text is not None:
-            self._log_error(text)
-
-    # -------------------------------------------------------------- thread
-    # Each worker has its own stop event: one that overran stop()'s timeout still ends
-    # after its frame even when a new worker starts (re-activation).
-    def start(self) -> None:
-        """Start the worker thread."""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(self._stop,), name="panoptic_depthlab_worker", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        """Whether a worker thread of this pipeline (even a stopped one) is still alive."""
-        return any(t is not None and t.is_alive() for t in (self._thread, self._stopped))
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """Stop the worker (after its current frame) and drop a waiting frame; returns drops."""
-        self._stop.set()
-        self._mailbox.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._stopped, self._thread = self._thread, None
-        dropped = self._mailbox.clear()
-        if dropped:
-            self.stats.add("dropped_overload", dropped)
-        return dropped
-
-    def _run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            frame = self._mailbox.take(timeout=0.25)
-            if frame is None:
-                continue
-            if stop.is_set():  # taken while stopping: dropped like a frame still waiting
-                self.stats.add("dropped_overload")
-                break
-            try:
-                self.process(frame)
-            except Exception as exc:  # noqa: BLE001 - the worker must survive anything one frame does
-                try:
-                    self.fail(exc)
-                except Exception:  # noqa: BLE001 - logging gone at shutdown: the count is kept
-                    pass
-
-    # -------------------------------------------------------------- one frame
-    def process(self, frame: Frame) -> None:
-        """Convert, predict and publish one frame (in the worker thread)."""
-        start = time.perf_counter()
-        settings, postprocess = self._config
-        camera_k = self.camera_k  # one K for the centroids, markers and points of this frame
-        wanted = self.outputs.wanted_names()
-        if camera_k is None and wanted & OUTPUTS_3D:
-            wanted -= OUTPUTS_3D
-            if not self._said_no_camera_info:
-                self._said_no_camera_info = True
-                self._log_info(
-                    "markers and points are subscribed but no valid camera_info has arrived "
-                    "yet: they are published once it has (logged once)"
-                )
-        if not wanted:
-            self.stats.add("skipped_no_subscribers")
-            return
-        try:
-            if frame.compressed:
-                image = compressed_to_bgr(frame.message, max_pixels=settings.max_input_pixels)
-            else:
-                image = image_to_bgr(frame.message, max_pixels=settings.max_input_pixels)
-        except InputError as exc:
-            self.reject(exc)
-            return
-        converted = time.perf_counter()
-        self._log_frame_size(image.shape[0], image.shape[1])
-        self.predictor.postprocess = postprocess  # only this thread touches the predictor
-        try:
-            result = self.predictor.predict(image, camera_k=camera_k)
-        except InputError as exc:
-            self.reject(exc)
-            return
-        predicted = time.perf_counter()
-        self.depth_scale = result.depth_scale
-        messages = output_messages(
-            result,
-            image,
-            wanted=wanted,
-            header=frame.message.header,
-            camera_k=camera_k,
-            settings=settings.outputs(),
-            classes=message_class,
-            class_colors=self.predictor.classes.colors,
-        )
-        # Lifecycle publishers drop what a frame still in flight publishes after deactivate.
-        for name, message in messages.items():
-            self.outputs.publishers[name].publish(message)
-        done = time.perf_counter()
-        t = result.timings
-        self.stats.record(
-            {
-                "wait": start - frame.received,
-                "convert": converted - start,
-                "preprocess": t["preprocess"],
-                "network": t["network"],
-                "fusion": t["fusion"],
-                "segment_depth": t["segment_depth"],
-                "publish": done - predicted,
-                "total": done - frame.received,
-            }
-        )
-        self.stats.add("processed")
-
-    def _log_frame_size(self, height: int, width: int) -> None:
-        """Say once per frame size how such frames go through the network (resize, padding, pooling)."""
-        size = (height, width)
-        if size in self._sizes_logged or len(self._sizes_logged) >= LOGGED_SIZES_MAX:
-            return
-        self._sizes_logged.add(size)
-        self._log_info(self.predictor.frame_handling(height, width))
+    def publish(self, name: str, message: Any) -> None:
+        """Publish on output ``name`` (a lifecycle publisher drops it once deactivated)."""
+        self.publishers[name].publish(message)
 
 
 # ------------------------------------------------------------------ building
-def declare_settings(node: Node) -> NodeSettings:
-    """Declare every parameter of :data:`PARAMETERS` on ``node`` and read them once."""
-    values: dict[str, Any] = {}
-    for spec in PARAMETERS:
-        try:
-            values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
-        except InvalidParameterTypeException as exc:
-            kind = {
-                bool: "a bool",
-                int: "an integer",
-                float: "a double (e.g. 5.0, not 5)",
-                str: "a string",
-            }
-            raise ParameterError(f"parameter {spec.name} must be {kind[type(spec.default)]}: {exc}") from exc
-        except InvalidParameterValueException as exc:
-            raise ParameterError(f"parameter {spec.name}: value out of range {spec.bounds}: {exc}") from exc
-    return NodeSettings.from_values(values)
-
-
 def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Predictor:
     """Load the predictor ``settings`` ask for; :class:`StartupError` names path and reason."""
     path = resolve_checkpoint(settings.checkpoint)
@@ -559,6 +189,8 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         Node.__init__(self, NODE_NAME, **kwargs)
         self.stats = PipelineStats()
         self.pipeline: Pipeline | None = None
+        self.outputs = Outputs()  # the publishers, while configured
+        self._checkpoint_postprocess = PostprocessConfig()  # the loaded checkpoint's, once configured
         self._inputs: list[Any] = []
         self._destroyed = False
         self._diagnostics_pub: Publisher | None = None
@@ -713,24 +345,26 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         """Load the model and create the publishers."""
         logger = self.get_logger()
         predictor = load_predictor(self.settings, logger.info)
+        # The fusion settings saved with the model: what parameters at -1 stand for.
+        self._checkpoint_postprocess = predictor.postprocess
         enabled = [o for o in OUTPUTS if self.settings.publishes(o.name)]
         if not predictor.depth_enabled:
             enabled = [o for o in enabled if not o.needs_depth]
             *others, last = sorted(f"~/{o.name}" for o in OUTPUTS if o.needs_depth)
             topics = f"{', '.join(others)} or {last}"
             logger.warning(f"no {topics}: {untrained_depth_note('the parameter untrained_depth:=true')}")
-        outputs = Outputs()
         self.pipeline = Pipeline(
             predictor,
-            outputs=outputs,
-            settings=self.settings,
+            outputs=self.outputs,
+            settings=self.settings.pipeline(self._checkpoint_postprocess),
             stats=self.stats,
+            message_classes=message_class,
             log_warning=logger.warning,
             log_error=logger.error,
             log_info=logger.info,
         )
         for o in enabled:
-            outputs.publishers[o.name] = self.create_lifecycle_publisher(
+            self.outputs.publishers[o.name] = self.create_lifecycle_publisher(
                 message_class(o.msg_type), f"~/{o.name}", output_qos(o)
             )
         self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -770,10 +404,10 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
     def _cleanup(self) -> None:
         """Destroy the publishers and free the model (and the GPU memory it cached)."""
         pipeline, self.pipeline = self.pipeline, None
+        for pub in self.outputs.publishers.values():
+            self.destroy_lifecycle_publisher(cast(LifecyclePublisher, pub))
+        self.outputs.publishers.clear()
         if pipeline is not None:
-            for pub in pipeline.outputs.publishers.values():
-                self.destroy_lifecycle_publisher(cast(LifecyclePublisher, pub))
-            pipeline.outputs.publishers.clear()
             on_cuda = pipeline.predictor.device.type == "cuda"
             del pipeline
             gc.collect()  # the model's tensors go now, not at some later collection
@@ -803,44 +437,20 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         Node.destroy_node(self)
 
     # ------------------------------------------------------------ callbacks (thin)
+    # The pipeline checks each message's header fields (O(1)) before it queues it.
     def _on_image(self, msg: Image) -> None:
         received = time.perf_counter()
-        self._accept(msg, compressed=False, received=received)
+        if (pipeline := self.pipeline) is not None:
+            pipeline.accept(msg, compressed=False, received=received)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         received = time.perf_counter()
-        self._accept(msg, compressed=True, received=received)
-
-    def _accept(self, msg: Any, *, compressed: bool, received: float) -> None:
-        """Count, check the header fields (O(1)), hand over.
-
-        Checking here means a bad frame never displaces a good one waiting.
-        """
-        pipeline = self.pipeline
-        if pipeline is None:
-            return
-        self.stats.add("received")
-        try:
-            if compressed:
-                check_compressed(msg)
-            else:
-                check_image_msg(msg, max_pixels=self.settings.max_input_pixels)
-        except ImageConversionError as exc:
-            pipeline.reject(exc)
-            return
-        pipeline.submit(Frame(message=msg, compressed=compressed, received=received))
+        if (pipeline := self.pipeline) is not None:
+            pipeline.accept(msg, compressed=True, received=received)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        pipeline = self.pipeline
-        if pipeline is None:
-            return
-        self.stats.add("camera_info_received")
-        try:
-            k = camera_k(msg)
-        except ImageConversionError as exc:
-            pipeline.reject(exc, "camera_info_dropped_bad_input")  # the previous good K stays in use
-            return
-        pipeline.camera_k = k
+        if (pipeline := self.pipeline) is not None:
+            pipeline.camera_info(msg)
 
     # ------------------------------------------------------------ parameters
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -848,10 +458,8 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         changes = {p.name: p.value for p in params}
         reason = check_update(self.settings, changes)
         if reason is None:
-            pipeline = self.pipeline
-            base = pipeline.base_postprocess if pipeline is not None else PostprocessConfig()
             try:
-                self.settings.replace(changes).postprocess(base)
+                self.settings.replace(changes).pipeline(self._checkpoint_postprocess)
             except ValueError as exc:
                 reason = str(exc)
         return SetParametersResult(successful=reason is None, reason=reason or "")
@@ -859,7 +467,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
     def _apply_parameters(self, params: list[Parameter]) -> None:
         self.settings = self.settings.replace({p.name: p.value for p in params})
         if self.pipeline is not None:
-            self.pipeline.update(self.settings)
+            self.pipeline.update(self.settings.pipeline(self._checkpoint_postprocess))
         self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in params))
 
     # ------------------------------------------------------------ diagnostics
@@ -889,7 +497,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             values.append(KeyValue(key="depth_scale", value=f"{self.pipeline.depth_scale:.4f}"))
             # Which outputs this node sees subscribers for (only those are produced): answers
             # "why is nothing on ~/markers" from the outside, and lets a player wait for its match.
-            subscribed = ",".join(sorted(self.pipeline.outputs.wanted_names()))
+            subscribed = ",".join(sorted(self.outputs.wanted_names()))
             values.append(KeyValue(key="outputs_subscribed", value=subscribed))
         for stage, lat in snap.latency.items():
             values += [

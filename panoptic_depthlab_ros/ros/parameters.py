@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.node import Node
 
 from ..checkpoint import bundled_checkpoint
 from ..errors import CheckpointError, PanopticDepthLabError
@@ -30,6 +32,7 @@ from ..fusion import PostprocessConfig
 from ..geometry3d import COLOR_MODES
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
 from ..node_outputs import BY_NAME, OutputSettings
+from ..pipeline import PipelineSettings
 
 Value = bool | int | float | str
 
@@ -344,6 +347,15 @@ class NodeSettings:
             points_color=self.points_color,
         )
 
+    def pipeline(self, base: PostprocessConfig) -> PipelineSettings:
+        """What the pipeline processes frames with; ``base``: the checkpoint's fusion settings.
+
+        Raises ``ValueError`` for a combination PostprocessConfig or OutputSettings refuses.
+        """
+        return PipelineSettings(
+            max_pixels=self.max_input_pixels, postprocess=self.postprocess(base), outputs=self.outputs()
+        )
+
     def postprocess(self, base: PostprocessConfig) -> PostprocessConfig:
         """Return ``base`` (the checkpoint's) with the fusion parameters that are set on top.
 
@@ -360,6 +372,25 @@ PARAMETERS: tuple[ParameterSpec, ...] = tuple(
 )
 SPECS: dict[str, ParameterSpec] = {p.name: p for p in PARAMETERS}
 DYNAMIC: frozenset[str] = frozenset(p.name for p in PARAMETERS if p.dynamic)
+
+
+def declare_settings(node: Node) -> NodeSettings:
+    """Declare every parameter of :data:`PARAMETERS` on ``node`` and read them once."""
+    values: dict[str, Any] = {}
+    for spec in PARAMETERS:
+        try:
+            values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+        except InvalidParameterTypeException as exc:
+            kind = {
+                bool: "a bool",
+                int: "an integer",
+                float: "a double (e.g. 5.0, not 5)",
+                str: "a string",
+            }
+            raise ParameterError(f"parameter {spec.name} must be {kind[type(spec.default)]}: {exc}") from exc
+        except InvalidParameterValueException as exc:
+            raise ParameterError(f"parameter {spec.name}: value out of range {spec.bounds}: {exc}") from exc
+    return NodeSettings.from_values(values)
 
 
 def check_values(settings: NodeSettings) -> str | None:
