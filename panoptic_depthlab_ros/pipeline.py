@@ -44,21 +44,31 @@ from .predictor import Predictor
 # Frame sizes whose handling is logged (the first frame of each); a camera that keeps
 # changing size cannot grow the set without end.
 LOGGED_SIZES_MAX = 16
-COUNTERS = (
-    "received",
-    "processed",
-    "dropped_overload",
-    "dropped_bad_input",
-    "skipped_no_subscribers",
-    "errors",
-    "camera_info_received",
-    "camera_info_dropped_bad_input",
-)
+# Counters of the pipeline (the node's /diagnostics report them as they are), since start.
+COUNTERS = {
+    "received": "image messages taken by the subscription",
+    "processed": "frames whose outputs were published",
+    "dropped_overload": "frames replaced by a newer one before the worker took them (latest-frame-only)",
+    "dropped_bad_input": "image messages refused: unsupported encoding, short data, zero size, too many pixels, "
+    "undecodable, or a size the network refuses",
+    "skipped_no_subscribers": "frames not inferred because no output had a subscriber",
+    "errors": "frames that failed for another reason than their input (logged as errors)",
+    "camera_info_received": "CameraInfo messages taken",
+    "camera_info_dropped_bad_input": "CameraInfo messages refused (malformed K); the previous K stays in use",
+}
 # Once every frame is through: received = processed + dropped + errors (CameraInfo counted apart).
 FRAME_OUTCOMES = ("processed", "dropped_overload", "dropped_bad_input", "skipped_no_subscribers", "errors")
-# Per-frame latency stages: wait (callback -> worker), convert (message -> BGR), the predictor's
-# own stages, publish (conversions, overlay drawing, publishing), total (callback -> published).
-STAGES = ("wait", "convert", "preprocess", "network", "fusion", "segment_depth", "publish", "total")
+# Per-frame latency stages.
+STAGES = {
+    "wait": "from the subscription callback to the worker taking the frame",
+    "convert": "message -> BGR image (decoding a compressed one)",
+    "preprocess": "image -> network input (resize, normalisation, padding)",
+    "network": "the network",
+    "fusion": "panoptic fusion",
+    "segment_depth": "the segment depth statistics",
+    "publish": "building and publishing the outputs (overlay drawing included)",
+    "total": "from the subscription callback to the last output published",
+}
 # Outputs that need the camera intrinsics (not published before a camera_info arrived).
 OUTPUTS_3D = frozenset(o.name for o in OUTPUTS if o.needs_intrinsics)
 

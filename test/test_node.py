@@ -190,6 +190,12 @@ def test_diagnostics_every_period(harness) -> None:
     ):
         assert key in values, key
     assert float(values["total_ms_last"]) >= float(values["network_ms_last"]) > 0
+    # Every key is one docs/node.md describes (its table comes from these names).
+    from panoptic_depthlab_ros.pipeline import COUNTERS, STAGES
+    from panoptic_depthlab_ros.ros.node import LATENCY_KEYS, STATUS_KEYS
+
+    documented = {*COUNTERS, *STATUS_KEYS} | {f"{s}_ms_{k}" for s in STAGES for k in LATENCY_KEYS}
+    assert set(values) <= documented, set(values) - documented
     assert values["outputs_subscribed"] == ",".join(sorted(OUTPUT_NAMES))  # what the probe subscribes to
     # Reports keep coming, from a timer at the configured period (1 s).
     assert harness.node._diagnostics_timer.timer_period_ns == 10**9

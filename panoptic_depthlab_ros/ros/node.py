@@ -89,6 +89,16 @@ INPUT_COMPRESSED = "image/compressed"
 INPUT_CAMERA_INFO = "camera_info"
 
 
+# Keys of the /diagnostics status besides the counters (pipeline.COUNTERS) and the latencies
+# (<stage>_ms_last, _mean, _p95 for each of pipeline.STAGES).
+STATUS_KEYS = {
+    "processed_hz": "frames processed per second since the previous report",
+    "depth_scale": "the last frame's focal-length correction of the depth (1: none; see Predictor.depth_scale)",
+    "outputs_subscribed": "the outputs this node sees subscribers for, comma-separated: only those are produced",
+}
+LATENCY_KEYS = ("last", "mean", "p95")
+
+
 class StartupError(PanopticDepthLabError):
     """The node cannot start (bad parameter, checkpoint or device); the message says why."""
 
@@ -500,11 +510,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             subscribed = ",".join(sorted(self.outputs.wanted_names()))
             values.append(KeyValue(key="outputs_subscribed", value=subscribed))
         for stage, lat in snap.latency.items():
-            values += [
-                KeyValue(key=f"{stage}_ms_last", value=f"{lat.last * 1e3:.2f}"),
-                KeyValue(key=f"{stage}_ms_mean", value=f"{lat.mean * 1e3:.2f}"),
-                KeyValue(key=f"{stage}_ms_p95", value=f"{lat.p95 * 1e3:.2f}"),
-            ]
+            values += [KeyValue(key=f"{stage}_ms_{k}", value=f"{getattr(lat, k) * 1e3:.2f}") for k in LATENCY_KEYS]
         status = DiagnosticStatus(
             level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
             name=f"{self.get_fully_qualified_name()}: pipeline",
