@@ -22,7 +22,7 @@ from panoptic_depthlab_ros.msg_conversions import pointcloud_to_array
 from panoptic_depthlab_ros.node_outputs import OUTPUT_NAMES
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.salvage import db3_is_cut_short, mcap_is_cut_short, salvage_db3, salvage_mcap
-from pdl_testing import REPO
+from pdl_testing import REPO, rosbags_camera_info
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 RUN = {"capture_output": True, "text": True, "cwd": REPO}
@@ -48,19 +48,7 @@ def make_bag(path: Path, storage: StoragePlugin, *, frames: int = 4, compressed:
         other = w.add_connection("/chatter", "std_msgs/msg/String", typestore=TS)
         for i in range(first, first + frames):
             stamp = (1_000 + i) * 10**8
-            ci = t["sensor_msgs/msg/CameraInfo"](
-                header=header(i),
-                height=64,
-                width=128,
-                distortion_model="plumb_bob",
-                d=np.zeros(5),
-                k=np.array(K),
-                r=np.eye(3).ravel(),
-                p=np.zeros(12),
-                binning_x=0,
-                binning_y=0,
-                roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-            )
+            ci = rosbags_camera_info(TS, header(i), K)
             w.write(info, stamp - 1, TS.serialize_cdr(ci, ci.__msgtype__))
             if compressed:
                 ok, png = cv2.imencode(".png", _frame(i))

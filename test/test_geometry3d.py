@@ -245,21 +245,25 @@ def test_segment_markers_labels_and_boxes() -> None:
     np.testing.assert_allclose(box.scale, (27.0, MIN_BOX_M, MIN_BOX_M))
 
 
+def _marker_specs():
+    from panoptic_depthlab_ros.geometry3d import MarkerSpec
+
+    return [
+        MarkerSpec("labels", 0, "text", (1.0, 2.0, 3.0), (0.0, 0.0, 0.5), (1, 0, 0, 1), "car 3.0 m"),
+        MarkerSpec("boxes", 1, "box", (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (1, 0, 0, 0.35)),
+    ]
+
+
 def test_markers_msg_deleteall_first() -> None:
     from std_msgs.msg import Header
     from visualization_msgs.msg import Marker
 
-    from panoptic_depthlab_ros.geometry3d import MarkerSpec
     from panoptic_depthlab_ros.msg_conversions import markers_to_msg
     from panoptic_depthlab_ros.ros.node import message_class
 
     header = Header(frame_id="cam")
     header.stamp.sec = 42
-    specs = [
-        MarkerSpec("labels", 0, "text", (1.0, 2.0, 3.0), (0.0, 0.0, 0.5), (1, 0, 0, 1), "car 3.0 m"),
-        MarkerSpec("boxes", 1, "box", (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (1, 0, 0, 0.35)),
-    ]
-    msg = markers_to_msg(specs, header=header, classes=message_class)
+    msg = markers_to_msg(_marker_specs(), header=header, classes=message_class)
     clear, text, box = msg.markers
     assert clear.action == Marker.DELETEALL
     assert all(m.header.frame_id == "cam" and m.header.stamp.sec == 42 for m in msg.markers)
@@ -275,3 +279,27 @@ def test_markers_msg_deleteall_first() -> None:
     assert (box.pose.position.x, box.pose.position.y, box.pose.position.z) == (1.0, 2.0, 3.0)
     assert box.pose.orientation.w == 1.0 and box.color.a == pytest.approx(0.35)
     assert text.lifetime.sec == text.lifetime.nanosec == 0  # replaced by the next DELETEALL
+
+
+def test_markers_from_rosbags_classes_serialize_like_rclpy() -> None:
+    """``markers_to_msg`` builds every field by keyword, so the bag tools' classes work too."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from rosbags.typesys import Stores, get_typestore
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import MarkerArray
+
+    from panoptic_depthlab_ros.msg_conversions import markers_to_msg
+    from panoptic_depthlab_ros.ros.node import message_class
+
+    specs = _marker_specs()
+    rosbags_types = get_typestore(Stores.ROS2_JAZZY)
+    t = rosbags_types.types
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=3, nanosec=4), frame_id="cam")
+    bag_msg = markers_to_msg(specs, header=header, classes=t.__getitem__)
+    raw = rosbags_types.serialize_cdr(bag_msg, "visualization_msgs/msg/MarkerArray")
+    got = deserialize_message(bytes(raw), MarkerArray)
+    rcl_header = Header(frame_id="cam")
+    rcl_header.stamp.sec, rcl_header.stamp.nanosec = 3, 4
+    want = markers_to_msg(specs, header=rcl_header, classes=message_class)
+    assert got == deserialize_message(serialize_message(want), MarkerArray)  # colours are float32 on the wire
+    assert [m.text for m in got.markers] == ["", "car 3.0 m", ""]

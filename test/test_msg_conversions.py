@@ -4,7 +4,6 @@ generated classes and with rosbags' dataclasses (the bag tools' path)."""
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -21,11 +20,10 @@ from panoptic_depthlab_ros.msg_conversions import (
     compressed_to_bgr,
     depth_for_rep118,
     image_to_bgr,
-    markers_to_msg,
     segments_to_msg,
 )
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
-from pdl_testing import REPO
+from pdl_testing import REPO, imports_without_ros
 
 ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8")
 
@@ -343,31 +341,6 @@ def test_segments_to_msg_rosbags_classes_serialize_like_rclpy(rosbags_types) -> 
     _assert_segment_equal(got.segments[1], _result().segments[1])
 
 
-def test_markers_from_rosbags_classes_serialize_like_rclpy(rosbags_types) -> None:
-    """``markers_to_msg`` builds every field by keyword, so the bag tools' classes work too."""
-    from rclpy.serialization import deserialize_message, serialize_message
-    from std_msgs.msg import Header
-    from visualization_msgs.msg import MarkerArray
-
-    from panoptic_depthlab_ros.geometry3d import MarkerSpec
-    from panoptic_depthlab_ros.ros.node import message_class
-
-    specs = [
-        MarkerSpec("labels", 0, "text", (1.0, 2.0, 3.0), (0.0, 0.0, 0.5), (1, 0, 0, 1), "car 3.0 m"),
-        MarkerSpec("boxes", 1, "box", (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (1, 0, 0, 0.35)),
-    ]
-    t = rosbags_types.types
-    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=3, nanosec=4), frame_id="cam")
-    bag_msg = markers_to_msg(specs, header=header, classes=t.__getitem__)
-    raw = rosbags_types.serialize_cdr(bag_msg, "visualization_msgs/msg/MarkerArray")
-    got = deserialize_message(bytes(raw), MarkerArray)
-    rcl_header = Header(frame_id="cam")
-    rcl_header.stamp.sec, rcl_header.stamp.nanosec = 3, 4
-    want = markers_to_msg(specs, header=rcl_header, classes=message_class)
-    assert got == deserialize_message(serialize_message(want), MarkerArray)  # colours are float32 on the wire
-    assert [m.text for m in got.markers] == ["", "car 3.0 m", ""]
-
-
 def test_rosbags_images_both_ways(rosbags_types) -> None:
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
@@ -400,13 +373,4 @@ def test_rosbags_images_both_ways(rosbags_types) -> None:
 
 
 def test_conversions_import_without_rclpy() -> None:
-    code = (
-        "import sys\n"
-        "for m in ('rclpy', 'sensor_msgs', 'std_msgs', 'geometry_msgs', 'rcl_interfaces'):\n"
-        "    sys.modules[m] = None\n"
-        "import panoptic_depthlab_ros.msg_conversions as c\n"
-        "print(c.image_to_bgr.__name__)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "image_to_bgr"
+    assert imports_without_ros("panoptic_depthlab_ros.msg_conversions", "panoptic_depthlab_ros.geometry3d") == ""

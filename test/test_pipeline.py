@@ -3,8 +3,6 @@ classes in, messages out to a plain collecting sink; the predictor's own setting
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -16,7 +14,7 @@ from panoptic_depthlab_ros.bag import typestore_with_our_messages
 from panoptic_depthlab_ros.node_outputs import OutputSettings
 from panoptic_depthlab_ros.pipeline import Frame, Pipeline, PipelineSettings, PipelineStats
 from panoptic_depthlab_ros.predictor import Predictor
-from pdl_testing import REPO
+from pdl_testing import imports_without_ros, rosbags_camera_info
 
 
 class CollectingSink:
@@ -73,20 +71,8 @@ def test_frames_through_the_pipeline_with_settings_passed_in(tiny_checkpoint, ty
     # A CameraInfo gives K: markers too from the next frame on.
     k = np.array([100.0, 0, 64, 0, 100.0, 32, 0, 0, 1])
     t = typestore.types
-    info = t["sensor_msgs/msg/CameraInfo"](
-        header=t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=5, nanosec=0), frame_id="cam"),
-        height=64,
-        width=128,
-        distortion_model="plumb_bob",
-        d=np.zeros(5),
-        k=k,
-        r=np.eye(3).ravel(),
-        p=np.zeros(12),
-        binning_x=0,
-        binning_y=0,
-        roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-    )
-    pipeline.camera_info(info)
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=5, nanosec=0), frame_id="cam")
+    pipeline.camera_info(rosbags_camera_info(typestore, header, k))
     np.testing.assert_array_equal(pipeline.camera_k, k.reshape(3, 3))
     sink.published.clear()
     pipeline.process(Frame(message=_image_msg(typestore, bgr, 6), compressed=False, received=time.perf_counter()))
@@ -113,13 +99,4 @@ def test_bad_frames_are_counted_before_the_mailbox(tiny_checkpoint, typestore) -
 
 
 def test_the_pipeline_imports_without_ros() -> None:
-    code = (
-        "import sys\n"
-        "for m in ('rclpy', 'sensor_msgs', 'std_msgs', 'geometry_msgs', 'rcl_interfaces', 'visualization_msgs'):\n"
-        "    sys.modules[m] = None\n"
-        "import panoptic_depthlab_ros.pipeline, panoptic_depthlab_ros.node_outputs\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert imports_without_ros("panoptic_depthlab_ros.pipeline", "panoptic_depthlab_ros.node_outputs") == ""
