@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from panoptic_depthlab_ros.cli import add_max_pixels_arg, int_at_least, number_above
+from panoptic_depthlab_ros.inference_options import add_max_pixels_arg, int_at_least, number_above
 from panoptic_depthlab_ros.exit_codes import DONE, PARTIAL, run_command
 
 from . import evaluate as evaluate_cmd

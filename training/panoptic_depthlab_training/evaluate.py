@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
-from panoptic_depthlab_ros.cli import add_inference_args, inference_options, int_at_least, number_above
+from panoptic_depthlab_ros.inference_options import add_inference_args, inference_options, int_at_least, number_above
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 
 from .cityscapes import (

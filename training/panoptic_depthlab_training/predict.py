@@ -36,7 +36,7 @@ import torch
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from tqdm import tqdm
 
-from panoptic_depthlab_ros.cli import add_inference_args, inference_options, int_at_least
+from panoptic_depthlab_ros.inference_options import add_inference_args, inference_options, int_at_least
 from panoptic_depthlab_ros.errors import InputError, NothingDoneError
 from panoptic_depthlab_ros.exit_codes import outcome
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, write_image
