@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,3 +52,15 @@ def synth_copy(synth_root: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "cityscapes"
     shutil.copytree(synth_root, dst)
     return dst
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread: on two shared cores, OpenMP threads that spin while other
+    processes hold a core cost far more than they gain (measured 2-3x slower)."""
+    import torch  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

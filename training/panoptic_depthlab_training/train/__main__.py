@@ -1,0 +1,9 @@
+"""``python -m panoptic_depthlab_training.train``: the ``train`` command on its own."""
+
+import logging
+import sys
+
+from .command import get_args_parser, main
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+sys.exit(main(get_args_parser().parse_args()))
