@@ -6,4 +6,6 @@ import sys
 from .command import get_args_parser, main
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-sys.exit(main(get_args_parser().parse_args()))
+parser = get_args_parser()
+parser.prog = "python -m panoptic_depthlab_training.train"
+sys.exit(main(parser.parse_args()))
