@@ -4,8 +4,8 @@
 
 Reads sqlite3 or MCAP bags with the ``rosbags`` library and writes a new bag with
 all input topics plus the node's outputs (``/panoptic_depthlab/{panoptic,
-semantic,depth,segments,overlay}``), each stamped with its input image's header
-and written at the input's receive time.  Offline: every frame, in order.
+semantic,depth,segments,overlay}``; no ``depth`` from an untrained depth branch), each
+stamped with its input image's header and written at the input's receive time.  Offline: every frame, in order.
 A bag file cut short (a recorder that was killed or lost power), which no reader
 opens, is salvaged (see ``salvage``): every complete message before the cut is
 replayed.  Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
@@ -345,6 +345,8 @@ def _replay(
             "overlay": image_cls,
             "segments": t[f"{PACKAGE}/msg/SegmentDepthArray"],
         }
+        if not predictor.depth_enabled:  # an untrained depth branch: no depth topic at all
+            del names["depth"]
         outputs = {
             n: writer.add_connection(f"{OUTPUT_NAMESPACE}/{n}", cls.__msgtype__, typestore=ts)
             for n, cls in names.items()
@@ -385,12 +387,10 @@ def _replay(
                 summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
                 return
             header = header_cls(stamp=msg.header.stamp, frame_id=msg.header.frame_id)
+            picture = overlay(image, result, near=near, far=far, class_colors=predictor.classes.colors)
             out = {
                 "panoptic": conversions.array_to_image(image_cls, result.panoptic, encoding="32SC1", header=header),
                 "semantic": conversions.array_to_image(image_cls, result.semantic, encoding="mono8", header=header),
-                "depth": conversions.array_to_image(
-                    image_cls, conversions.depth_for_rep118(result.depth), encoding="32FC1", header=header
-                ),
                 "segments": conversions.segments_to_msg(
                     result,
                     header=header,
@@ -398,12 +398,14 @@ def _replay(
                     segment_cls=t[f"{PACKAGE}/msg/SegmentDepth"],
                     point_cls=t["geometry_msgs/msg/Point"],
                 ),
-                "overlay": conversions.array_to_image(
-                    image_cls, overlay(image, result, near=near, far=far), encoding="bgr8", header=header
-                ),
+                "overlay": conversions.array_to_image(image_cls, picture, encoding="bgr8", header=header),
             }
-            for name, m in out.items():
-                writer.write(outputs[name], stamp_ns, ts.serialize_cdr(m, names[name].__msgtype__))
+            if result.depth is not None:
+                depth = conversions.depth_for_rep118(result.depth)
+                out["depth"] = conversions.array_to_image(image_cls, depth, encoding="32FC1", header=header)
+            for name in ("panoptic", "semantic", "depth", "segments", "overlay"):
+                if name in out:
+                    writer.write(outputs[name], stamp_ns, ts.serialize_cdr(out[name], names[name].__msgtype__))
             summary.frames += 1
             summary.segments_per_frame.append(len(result.segments))
             summary.latency_s.append(result.timings["total"])

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .errors import CheckpointError
 from .metadata import ClassMetadata, cityscapes_metadata
 from .model import ModelConfig, PanopticDepthLab, build_model
+from .model.aspp import pooling_policy
 from .model.config import load_detectron2_yaml
 from .output import StagedOutput
 from .postprocess import PostprocessConfig
@@ -209,11 +210,15 @@ def load_state_dict_checked(
 def load_detectron2(
     weights_path: str | Path,
     config: str | Path | dict[str, Any] | ModelConfig,
+    *,
+    strict_pool_size: bool | None = None,
 ) -> tuple[PanopticDepthLab, ModelConfig, PostprocessConfig, LoadReport]:
     """Build our model from a Detectron2 config and load its Panoptic-DeepLab weights.
 
     The depth branch is not in Detectron2 files: it keeps its initialisation and
-    its keys are listed in ``LoadReport.initialized``.
+    its keys are listed in ``LoadReport.initialized``. ``strict_pool_size``: refuse
+    frames Detectron2 refuses (None: the config's, which for a Detectron2 YAML is
+    Detectron2's own strict behaviour).
     """
     if isinstance(config, ModelConfig):
         model_config, post = config, PostprocessConfig()
@@ -228,6 +233,8 @@ def load_detectron2(
             raise CheckpointError(
                 config if isinstance(config, (str, Path)) else "config", f"invalid config: {exc}"
             ) from exc
+    if strict_pool_size is not None:
+        model_config = model_config.with_(aspp_strict_pool_size=strict_pool_size)
     weights = read_detectron2_weights(weights_path)  # before the model: a bad file costs no allocation
     model = build_model(model_config)
     report = load_state_dict_checked(model, weights, source=weights_path, allow_missing_prefix=DEPTH_PREFIX)
@@ -328,6 +335,8 @@ def parse_description(
 
     Raises :class:`CheckpointError` naming the file, the field and its value.
     """
+    if isinstance(model_config, dict) and "depth_trained" not in model_config:  # written before the record
+        model_config = {**model_config, "depth_trained": legacy_depth_trained(info if isinstance(info, dict) else {})}
     parts: list[Any] = []
     for section, parse, value in (
         ("model_config", ModelConfig.from_dict, model_config),
@@ -372,6 +381,23 @@ def read_checkpoint_header(path: str | Path) -> dict[str, str]:
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
+def legacy_depth_trained(info: dict[str, Any]) -> bool:
+    """Whether the depth branch of a file written before checkpoints recorded it was trained.
+
+    A conversion lists the depth-branch keys it initialised: untrained. A trainer's file
+    trained depth when its depth loss weight was above zero (the bundled demo model: 5).
+    Anything else is taken as trained, as every reader did before the record existed.
+    """
+    initialized = info.get("initialized_keys")
+    if isinstance(initialized, list) and any(str(k).startswith(DEPTH_PREFIX) for k in initialized):
+        return False
+    training = info.get("training")
+    config = training.get("config") if isinstance(training, dict) else None
+    loss = config.get("loss") if isinstance(config, dict) else None
+    weight = loss.get("depth_weight", 1.0) if isinstance(loss, dict) else 1.0
+    return not (isinstance(weight, (int, float)) and weight <= 0)
+
+
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """What one of our checkpoints says about itself, from its header (no weights are read).
 
@@ -384,7 +410,9 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     meta = header["__metadata__"]
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     parsed = _decode_metadata(path, meta)
+    inferred = isinstance(parsed["model_config"], dict) and "depth_trained" not in parsed["model_config"]
     config = parse_description(path, **parsed)[0]  # every field checked: info shows only what would load
+    parsed["model_config"] = {**parsed["model_config"], "depth_trained": config.depth_trained}
     try:
         shapes = {k: tuple(int(n) for n in t["shape"]) for k, t in tensors.items()}
         learnt = [t for k, t in tensors.items() if not k.endswith(_BUFFER_SUFFIXES)]
@@ -399,6 +427,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "format_version": meta.get("format_version"),
         "parameters": parameters,
         "dtypes": dtypes,
+        "depth_trained_inferred": inferred,
         **parsed,
     }
 
@@ -415,13 +444,29 @@ def format_description(desc: dict[str, Any]) -> str:
         for name, branch in (("semantic", cfg.semantic), ("instance", cfg.instance), ("depth", cfg.depth))
     )
     focal = f", learnt for fx = {cfg.depth_focal_px:.1f} px" if cfg.depth_focal_px else " (no training camera recorded)"
+    if cfg.depth_trained:
+        depth = f"{cfg.min_depth:g}-{cfg.max_depth:g} m{focal}" + (
+            " (trained: this older file does not record it; inferred from its training record)"
+            if desc.get("depth_trained_inferred")
+            else ""
+        )
+    else:
+        depth = (
+            "NOT TRAINED: the depth branch was never trained (a Detectron2 conversion starts it fresh), so"
+            " infer, bag and the node give no depth, segment depths or 3D outputs unless asked to"
+            " (--untrained-depth, node parameter untrained_depth)"
+        )
+    pooling = pooling_policy(cfg.aspp_pool_kernel_size, cfg.output_stride, strict=False)
+    if cfg.aspp_pool_kernel_size is not None:
+        pooling += " (--strict-pool-size: refuse those sizes as Detectron2 does)"
     things = ", ".join(classes.names[i] for i in classes.thing_ids)
     lines = [
         head,
         f"  network: ResNet-{cfg.resnet_depth} layout (stem {cfg.stem_channels}, res2 {cfg.res2_channels},"
         f" bottleneck {cfg.bottleneck_channels}), output stride {cfg.output_stride}",
         f"  decoders fuse: {fused}",
-        f"  depth: {cfg.min_depth:g}-{cfg.max_depth:g} m{focal}",
+        f"  ASPP image pooling: {pooling}",
+        f"  depth: {depth}",
         f"  input: {cfg.input_format}, "
         + (f"enlarged {cfg.input_scale:g}x, " if cfg.input_scale != 1.0 else "")
         + f"padded to multiples of {max(cfg.size_divisibility, 1)}",
@@ -487,8 +532,9 @@ def convert_detectron2(
     classes: ClassMetadata | None = None,
     overwrite: bool = False,
 ) -> LoadReport:
-    """Detectron2 weights + config -> our checkpoint (depth branch initialised).
+    """Detectron2 weights + config -> our checkpoint (depth branch initialised, marked untrained).
 
+    The file takes frames of any size (Detectron2's divisibility check is a run-time choice).
     An existing ``out_path`` is replaced only with ``overwrite`` and when it is one of our
     checkpoints; a failed conversion leaves it as it was.
     """
@@ -496,7 +542,7 @@ def convert_detectron2(
     staged = checkpoint_output(
         out_path, overwrite=overwrite, what="panoptic-depthlab convert", inputs=[Path(weights_path), Path(config_yaml)]
     )
-    model, model_config, post, report = load_detectron2(weights_path, config_yaml)
+    model, model_config, post, report = load_detectron2(weights_path, config_yaml, strict_pool_size=False)
     with staged as staging:
         save_checkpoint(
             staging / out_path.name,

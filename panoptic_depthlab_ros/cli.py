@@ -53,11 +53,16 @@ def check_overlay_range(near: float, far: float) -> None:
 
 def _predictor(args: argparse.Namespace):
     from .checkpoint import bundled_checkpoint
-    from .predictor import Predictor
+    from .predictor import Predictor, untrained_depth_note
 
     path = args.checkpoint or bundled_checkpoint()
     backend = "onnxruntime" if str(path).endswith(".onnx") else "torch"
-    return Predictor.from_checkpoint(path, device=args.device, backend=backend, **inference_options(args))
+    predictor = Predictor.from_checkpoint(
+        path, device=args.device, backend=backend, untrained_depth=args.untrained_depth, **inference_options(args)
+    )
+    if not predictor.depth_enabled:
+        print(f"panoptic-depthlab {args.command}: {path}: {untrained_depth_note('--untrained-depth')}", file=sys.stderr)
+    return predictor
 
 
 def _bag(args: argparse.Namespace) -> int:
@@ -140,6 +145,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--near", type=float, default=5.0, help="overlay: red at this depth (m)")
     p.add_argument("--far", type=float, default=60.0, help="overlay: blue at this depth (m)")
     p.add_argument("--overwrite", action="store_true", help="replace an output this command wrote before")
+    p.add_argument(
+        "--untrained-depth",
+        action="store_true",
+        help="give depth, segment depths and distances even from a checkpoint whose depth branch was never"
+        " trained (e.g. converted from Detectron2; they are noise until it is trained)",
+    )
     add_inference_args(p)
 
 

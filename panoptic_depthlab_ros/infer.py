@@ -7,9 +7,11 @@ millimetres, 0 = invalid, as REP 118 allows), ``<name>_depth.npy`` (float32
 meters), ``<name>_panoptic.png`` (Cityscapes panoptic format: RGB = id with
 id = labelId * 1000 + k for things, labelId for stuff, 0 void) and
 ``<name>_segments.json`` (its ``segments_info`` plus every SegmentDepth field).
-Videos also get ``<name>_overlay.mp4``.  Unreadable inputs, and images over
-``max_pixels`` (read from their header before decoding), are reported by path and
-skipped; the run goes on. ``--fx`` (the images' focal length in pixels) puts
+Videos also get ``<name>_overlay.mp4``.  A checkpoint whose depth branch was never
+trained gives no depth files (and null segment depths) unless ``--untrained-depth``.
+Unreadable inputs, and images over ``max_pixels`` (read from their header before
+decoding), are reported by path and skipped; the run goes on. ``--fx`` (the images'
+focal length in pixels) puts
 depth in that camera's metres and fills the segments' 3D centroids; without it depth
 is what the training camera would see.
 
@@ -113,8 +115,11 @@ def write_frame_outputs(
     near: float,
     far: float,
 ) -> tuple[list[Path], np.ndarray]:
-    """All per-frame files for one frame; returns the paths and the overlay image."""
-    ov = overlay(image, result, near=near, far=far)
+    """All per-frame files for one frame; returns the paths and the overlay image.
+
+    Without depth (``result.depth`` None) the two depth files are not written.
+    """
+    ov = overlay(image, result, near=near, far=far, class_colors=classes.colors)
     ids, info = cityscapes_panoptic(result, classes)
     paths = {
         "overlay": out_dir / f"{name}_overlay.png",
@@ -123,13 +128,13 @@ def write_frame_outputs(
         "panoptic": out_dir / f"{name}_panoptic.png",
         "segments": out_dir / f"{name}_segments.json",
     }
-    for key, data in (
-        ("overlay", ov),
-        ("depth_png", depth_to_png_mm(result.depth)),
-        ("panoptic", panoptic_to_rgb(ids)[:, :, ::-1]),
-    ):
-        write_image(paths[key], data)
-    np.save(paths["depth_npy"], result.depth)
+    write_image(paths["overlay"], ov)
+    write_image(paths["panoptic"], panoptic_to_rgb(ids)[:, :, ::-1])
+    if result.depth is None:
+        del paths["depth_png"], paths["depth_npy"]
+    else:
+        write_image(paths["depth_png"], depth_to_png_mm(result.depth))
+        np.save(paths["depth_npy"], result.depth)
     doc = {
         "image": name,
         "height": result.height,

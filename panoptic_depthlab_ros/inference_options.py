@@ -60,6 +60,7 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "scales": args.scales,
         "input_scale": args.input_scale,
         "max_pixels": args.max_pixels,
+        "strict_pool_size": args.strict_pool_size,
     }
 
 
@@ -99,3 +100,9 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         " 1,1.25,1.5,1.75: better segments, ~5x the time; depth stays scale 1's)",
     )
     add_max_pixels_arg(p)
+    p.add_argument(
+        "--strict-pool-size",
+        action="store_true",
+        help="refuse frames whose size Detectron2's ASPP image pooling refuses, as Detectron2 does (default:"
+        " every size works, with exactly Detectron2's outputs wherever it accepts the size)",
+    )

@@ -1,16 +1,16 @@
 """Class metadata: what a network output channel means.
 
-Stored inside our checkpoints so a model file describes itself; the Cityscapes
-table (the default, and what Detectron2's Cityscapes models predict) comes from
-``cityscapesscripts``, the dataset's own label definitions.
+Stored inside our checkpoints so a model file describes itself.  The Cityscapes
+table (what Detectron2's Cityscapes models predict, and what a converted checkpoint
+records) is written out here: a vehicle running the node needs neither the dataset's
+scripts nor their plotting dependencies.  The training package checks it against
+``cityscapesscripts``' own label definitions.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 
 from .fields import check_int, check_ints
 
@@ -107,14 +107,38 @@ class ClassMetadata:
             raise ValueError(f"class metadata lacks the key {exc.args[0]!r}") from exc
 
 
+# The 19 Cityscapes evaluation classes, by trainId: (name, labelId, RGB colour, has instances),
+# as ``cityscapesscripts.helpers.labels`` defines them.
+CITYSCAPES_CLASSES: tuple[tuple[str, int, tuple[int, int, int], bool], ...] = (
+    ("road", 7, (128, 64, 128), False),
+    ("sidewalk", 8, (244, 35, 232), False),
+    ("building", 11, (70, 70, 70), False),
+    ("wall", 12, (102, 102, 156), False),
+    ("fence", 13, (190, 153, 153), False),
+    ("pole", 17, (153, 153, 153), False),
+    ("traffic light", 19, (250, 170, 30), False),
+    ("traffic sign", 20, (220, 220, 0), False),
+    ("vegetation", 21, (107, 142, 35), False),
+    ("terrain", 22, (152, 251, 152), False),
+    ("sky", 23, (70, 130, 180), False),
+    ("person", 24, (220, 20, 60), True),
+    ("rider", 25, (255, 0, 0), True),
+    ("car", 26, (0, 0, 142), True),
+    ("truck", 27, (0, 0, 70), True),
+    ("bus", 28, (0, 60, 100), True),
+    ("train", 31, (0, 80, 100), True),
+    ("motorcycle", 32, (0, 0, 230), True),
+    ("bicycle", 33, (119, 11, 32), True),
+)
+
+
 def cityscapes_metadata() -> ClassMetadata:
-    """The 19 Cityscapes evaluation classes (trainIds 0..18), from cityscapesscripts."""
-    train = sorted((lab for lab in _CITYSCAPES_LABELS if 0 <= lab.trainId < 255), key=lambda lab: lab.trainId)
+    """The 19 Cityscapes evaluation classes (trainIds 0..18)."""
     return ClassMetadata(
-        names=tuple(lab.name for lab in train),
-        colors=tuple((int(lab.color[0]), int(lab.color[1]), int(lab.color[2])) for lab in train),
-        thing_ids=tuple(lab.trainId for lab in train if lab.hasInstances),
-        dataset_ids=tuple(lab.id for lab in train),
+        names=tuple(name for name, _, _, _ in CITYSCAPES_CLASSES),
+        colors=tuple(color for _, _, color, _ in CITYSCAPES_CLASSES),
+        thing_ids=tuple(i for i, (_, _, _, thing) in enumerate(CITYSCAPES_CLASSES) if thing),
+        dataset_ids=tuple(label_id for _, label_id, _, _ in CITYSCAPES_CLASSES),
         label_divisor=1000,
         ignore_label=255,
         dataset="cityscapes",

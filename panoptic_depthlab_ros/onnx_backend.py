@@ -53,8 +53,8 @@ def read_export_description(path: str | Path) -> dict[str, Any]:
 
 def parse_export_description(
     path: str | Path, desc: dict[str, Any]
-) -> tuple[ModelConfig, ClassMetadata, PostprocessConfig, tuple[int, int] | None]:
-    """Model config (with the export's padding), classes, fusion settings and fixed input size, all checked."""
+) -> tuple[ModelConfig, ClassMetadata, PostprocessConfig, tuple[int, int] | None, tuple[int, int]]:
+    """Model config (with the export's padding), classes, fusion settings, fixed and smallest size, all checked."""
     config, classes, post, _ = parse_description(
         path, desc.get("model_config"), desc.get("classes"), desc.get("postprocess", {})
     )
@@ -69,9 +69,12 @@ def parse_export_description(
             check_int("shape.height", shape.get("height"), 32, 1 << 16)
             check_int("shape.width", shape.get("width"), 32, 1 << 16)
             fixed = (shape["height"], shape["width"])
+        smallest = (shape.get("min_height", 1), shape.get("min_width", 1))  # the ASPP window, traced
+        check_int("shape.min_height", smallest[0], 1, 1 << 16)
+        check_int("shape.min_width", smallest[1], 1, 1 << 16)
     except ValueError as exc:
         raise CheckpointError(path, f"invalid export description: {exc}") from exc
-    return config, classes, post, fixed
+    return config, classes, post, fixed, smallest
 
 
 def describe_export(path: str | Path) -> dict[str, Any]:
@@ -91,12 +94,21 @@ class OnnxNetwork:
     """Callable ``[1,3,H,W] tensor -> {sem_seg, center, offset, depth}`` over an ORT session.
 
     ``fixed_size``: the (padded) input size of an export without ``--dynamic``; other
-    sizes are refused with an :class:`InputError` naming both.
+    sizes are refused with an :class:`InputError` naming both. ``min_size``: the smallest
+    input a ``--dynamic`` export takes (its ASPP pooling window was fixed when it was traced).
     """
 
-    def __init__(self, path: str | Path, *, device: torch.device, fixed_size: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: torch.device,
+        fixed_size: tuple[int, int] | None = None,
+        min_size: tuple[int, int] = (1, 1),
+    ) -> None:
         self.path = Path(path)
         self.fixed_size = fixed_size
+        self.min_size = min_size
         import onnxruntime as ort  # noqa: PLC0415 - optional dependency
 
         available = ort.get_available_providers()
@@ -124,6 +136,11 @@ class OnnxNetwork:
                 f"{self.path} was exported for {h}x{w} inputs, this frame needs {x.shape[-2]}x{x.shape[-1]}"
                 " (after padding): export it with --dynamic, or at this size"
             )
+        if x.shape[-2] < self.min_size[0] or x.shape[-1] < self.min_size[1]:
+            raise InputError(
+                f"{self.path} takes inputs of at least {self.min_size[0]}x{self.min_size[1]} (its ASPP pooling window),"
+                f" this frame is {x.shape[-2]}x{x.shape[-1]} after padding: run the checkpoint with the torch backend"
+            )
         outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy())})
         return {n: torch.from_numpy(o).to(self.device) for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
 
@@ -134,5 +151,5 @@ def load_onnx_network(
     device: torch.device,
 ) -> tuple[OnnxNetwork, ModelConfig, ClassMetadata, PostprocessConfig]:
     """Session + the description needed to feed it and fuse its outputs."""
-    config, classes, post, fixed = parse_export_description(path, read_export_description(path))
-    return OnnxNetwork(path, device=device, fixed_size=fixed), config, classes, post
+    config, classes, post, fixed, smallest = parse_export_description(path, read_export_description(path))
+    return OnnxNetwork(path, device=device, fixed_size=fixed, min_size=smallest), config, classes, post

@@ -868,7 +868,7 @@ def _class_probability(logits: Tensor, seg: Tensor, segment_class: Tensor, start
 
 def segment_depth_statistics(
     panoptic: Tensor,
-    depth: Tensor,
+    depth: Tensor | None,
     *,
     classes: ClassMetadata,
     config: PostprocessConfig,
@@ -878,7 +878,8 @@ def segment_depth_statistics(
 ) -> list[SegmentDepth]:
     """One :class:`SegmentDepth` per panoptic id (ascending), with scatter ops only.
 
-    ``panoptic`` [H, W] int32; ``depth`` [H, W] meters (invalid: NaN, inf or <= 0);
+    ``panoptic`` [H, W] int32; ``depth`` [H, W] meters (invalid: NaN, inf or <= 0; None:
+    no depth at all, so every depth field and centroid is NaN);
     ``sem_logits`` [C, H, W] and ``center`` [1, H, W] give the scores (NaN without
     them); ``camera_k`` is the 3x3 pinhole matrix for the 3D centroid (NaN without).
     Area and bbox use the whole segment; depth statistics use its valid pixels
@@ -887,6 +888,9 @@ def segment_depth_statistics(
     ranks; std the population standard deviation.
     """
     device = panoptic.device
+    if depth is None:
+        depth = torch.full(panoptic.shape, math.nan, dtype=torch.float32, device=device)
+        camera_k = None
     with _cpu_lanes(device) as lanes:
         return _segment_depth_statistics(
             panoptic,

@@ -22,10 +22,11 @@ from .checkpoint import load_checkpoint, load_detectron2
 from .errors import InputError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS, check_pixels
 from .metadata import ClassMetadata, cityscapes_metadata
-from .model import SCALE_RANGE, SCALE_RANGE_TEXT, ModelConfig
+from .model import SCALE_RANGE, SCALE_RANGE_TEXT, ModelConfig, PanopticDepthLab
+from .model.aspp import detectron2_accepts, feature_size, pooling_policy
 from .model.fuse import fold_batchnorm
 from .postprocess import PostprocessConfig, crop_and_resize, panoptic_fusion, segment_depth_statistics
-from .preprocess import Prepared, prepare_image
+from .preprocess import Prepared, network_size_for, prepare_image
 from .result import PanopticDepthResult
 
 # A network backend: normalised padded [1, 3, Hp, Wp] -> dict of [1, ...] outputs at [Hp, Wp]
@@ -94,6 +95,18 @@ def average_over_scales(base: dict[str, Tensor], zoomed: list[tuple[float, dict[
     return {**base, **{k: v / n for k, v in total.items()}}
 
 
+def untrained_depth_note(how: str) -> str:
+    """Why a tool gives no depth for a checkpoint whose depth branch was never trained.
+
+    ``how``: the switch that asks for it anyway (``--untrained-depth``, ``untrained_depth:=true``).
+    """
+    return (
+        "the checkpoint's depth branch was never trained (a Detectron2 conversion starts it fresh): its depth"
+        " would be noise, so there is no depth image, segment depths are NaN, there are no 3D outputs"
+        f" (centroids, markers, points) and the overlay shows no distances; {how} gives them anyway"
+    )
+
+
 def check_scales(scales: Any) -> tuple[float, ...]:
     """``scales`` (any iterable) as a sorted tuple; ``ValueError`` unless in 0.25..4 and holding 1.0."""
     try:
@@ -143,6 +156,13 @@ class Predictor:
             limit): the network's memory grows with the pixels, and a frame of a wrong
             camera mode or a corrupt header must not take the machine's memory.
         source: where the network came from (a checkpoint path), for provenance records.
+        untrained_depth: give depth (and everything derived from it) even when
+            ``model_config.depth_trained`` is false. Otherwise such a checkpoint's depth
+            branch is not run: ``result.depth`` is None, segment depths and centroids NaN.
+
+    ``from_checkpoint`` and ``from_detectron2`` also take ``strict_pool_size``: refuse
+    frames Detectron2's ASPP image pooling refuses (default: any size; see
+    :meth:`frame_handling` and docs/detectron2.md).
     """
 
     def __init__(
@@ -163,6 +183,7 @@ class Predictor:
         input_scale: float | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         source: str = "",
+        untrained_depth: bool = False,
     ) -> None:
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
             raise PanopticDepthLabError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
@@ -173,6 +194,10 @@ class Predictor:
                 model_config = model_config.with_(input_scale=float(input_scale))
             except ValueError as exc:
                 raise PanopticDepthLabError(str(exc)) from None
+        # Depth-derived outputs only from a trained depth branch, unless asked for explicitly.
+        self.depth_enabled = model_config.depth_trained or bool(untrained_depth)
+        # Our own network can skip its depth branch; another backend computes depth and it is dropped.
+        self._can_skip_depth = isinstance(network, PanopticDepthLab)
         self.device = torch.device(device)
         self.channels_last = False
         if optimize and isinstance(network, nn.Module):
@@ -211,14 +236,20 @@ class Predictor:
         device: str | torch.device = "auto",
         *,
         backend: str = "torch",
+        strict_pool_size: bool = False,
         **kwargs: Any,
     ) -> Predictor:
-        """Load our checkpoint (``backend="torch"``) or an exported ``.onnx`` (``"onnxruntime"``)."""
+        """Load our checkpoint (``backend="torch"``) or an exported ``.onnx`` (``"onnxruntime"``).
+
+        ``strict_pool_size`` overrides what the checkpoint stores: Detectron2's size check is a
+        run-time choice (an export refuses sizes other than its own, or below its pooling window).
+        """
         dev = resolve_device(device)
         if backend == "onnxruntime":
             from .onnx_backend import load_onnx_network  # noqa: PLC0415 - optional dependency
 
             network, model_config, classes, post = load_onnx_network(path, device=dev)
+            model_config = model_config.with_(aspp_strict_pool_size=bool(strict_pool_size))
             return cls(
                 network,
                 model_config=model_config,
@@ -231,6 +262,7 @@ class Predictor:
         if backend != "torch":
             raise PanopticDepthLabError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         ckpt = load_checkpoint(path)
+        ckpt.model_config = ckpt.model_config.with_(aspp_strict_pool_size=bool(strict_pool_size))
         model = ckpt.build().to(dev)
         return cls(
             model,
@@ -248,11 +280,15 @@ class Predictor:
         weights_path: str | Path,
         config_yaml_path: str | Path,
         device: str | torch.device = "auto",
+        *,
+        strict_pool_size: bool = False,
         **kwargs: Any,
     ) -> Predictor:
         """Detectron2 Panoptic-DeepLab weights + config (depth branch untrained)."""
         dev = resolve_device(device)
-        model, model_config, post, _report = load_detectron2(weights_path, config_yaml_path)
+        model, model_config, post, _report = load_detectron2(
+            weights_path, config_yaml_path, strict_pool_size=bool(strict_pool_size)
+        )
         return cls(
             model.to(dev),
             model_config=model_config,
@@ -263,40 +299,105 @@ class Predictor:
             **kwargs,
         )
 
+    # ---------------------------------------------------------------- frame sizes
+    def pooling_policy(self) -> str:
+        """How the ASPP image pooling treats frame sizes (for start-up logs)."""
+        cfg = self.model_config
+        return "ASPP image pooling: " + pooling_policy(
+            cfg.aspp_pool_kernel_size, cfg.output_stride, strict=cfg.aspp_strict_pool_size
+        )
+
+    def frame_handling(self, height: int, width: int) -> str:
+        """One line saying how frames of ``height`` x ``width`` go through the network.
+
+        The resize before the network, the padding, and what the ASPP image pooling does
+        with the res5 size: Detectron2's window where Detectron2 accepts the size (exactly
+        its outputs), the same window clipped to the feature where it refuses (or refused
+        here too, with ``strict_pool_size``).
+        """
+        cfg = self.model_config
+        h, w = network_size_for(height, width, self.max_input_width, cfg.input_scale)
+        d = max(cfg.size_divisibility, 1)
+        hp, wp = -(-h // d) * d, -(-w // d) * d
+        parts = [f"frames of {height}x{width}"]
+        if (h, w) != (height, width):
+            parts.append(f"resized to {h}x{w}")
+        if (hp, wp) != (h, w):
+            parts.append(f"padded to {hp}x{wp}")
+        window = cfg.aspp_pool_kernel_size
+        feature = feature_size(hp, wp, cfg.output_stride)
+        where = f"res5 {feature[0]}x{feature[1]}"
+        if window is None:
+            pooling = f"{where}, global image pooling (any size)"
+        elif detectron2_accepts(feature, window):
+            pooling = f"{where}: a multiple of the {window[0]}x{window[1]} pooling window, exactly Detectron2's outputs"
+        elif cfg.aspp_strict_pool_size:
+            pooling = (
+                f"{where}: not a multiple of the {window[0]}x{window[1]} pooling window, so refused as Detectron2"
+                " refuses it (strict_pool_size)"
+            )
+        else:
+            clipped = (min(window[0], feature[0]), min(window[1], feature[1]))
+            pooling = (
+                f"{where}: Detectron2 refuses this size (not a multiple of its {window[0]}x{window[1]} pooling window);"
+                f" pooled with that window{'' if clipped == window else f' clipped to {clipped[0]}x{clipped[1]}'}"
+                " as Detectron2 would without the check"
+            )
+        return ", ".join(parts) + "; " + pooling
+
+    def _check_frame_size(self, prep: Prepared) -> None:
+        """With ``strict_pool_size``: an :class:`InputError` for a size Detectron2 refuses."""
+        cfg = self.model_config
+        window = cfg.aspp_pool_kernel_size
+        if window is None or not cfg.aspp_strict_pool_size:
+            return
+        feature = feature_size(prep.tensor.shape[-2], prep.tensor.shape[-1], cfg.output_stride)
+        if not detectron2_accepts(feature, window):
+            h, w = prep.input_size
+            raise InputError(
+                f"{self.frame_handling(h, w)}; without strict_pool_size every size works (docs/detectron2.md)"
+            )
+
     # ---------------------------------------------------------------- running
     def _prepare(self, image: np.ndarray) -> Prepared:
         if isinstance(image, np.ndarray) and image.ndim >= 2:
             check_pixels(image.shape[1], image.shape[0], self.max_pixels, "image", "max_pixels")
-        return prepare_image(
+        prep = prepare_image(
             image,
             self.model_config,
             device=self.device,
             max_input_width=self.max_input_width,
             pin_memory=self.device.type == "cuda",
         )
+        self._check_frame_size(prep)
+        return prep
 
-    def _network(self, x: Tensor) -> dict[str, Tensor]:
-        out = self._network_at(x)
+    def _network(self, x: Tensor, *, depth: bool) -> dict[str, Tensor]:
+        out = self._network_at(x, depth=depth)
         zoomed = []
         for scale in self.scales:
             if scale != 1.0:
                 xs, (h, w) = zoomed_input(x, scale, self.model_config.size_divisibility)
-                zoomed.append((scale, {k: v[..., :h, :w] for k, v in self._network_at(xs).items()}))
+                zoomed.append((scale, {k: v[..., :h, :w] for k, v in self._network_at(xs, depth=depth).items()}))
         return average_over_scales(out, zoomed) if zoomed else out
 
-    def _network_at(self, x: Tensor) -> dict[str, Tensor]:
-        out = self._run_network(x)
+    def _network_at(self, x: Tensor, *, depth: bool) -> dict[str, Tensor]:
+        out = self._run_network(x, depth=depth)
         if self.flip_average:
-            out = average_with_mirrored(out, self._run_network(x.flip(-1)))
+            out = average_with_mirrored(out, self._run_network(x.flip(-1), depth=depth))
         return out
 
-    def _run_network(self, x: Tensor) -> dict[str, Tensor]:
+    def _run_network(self, x: Tensor, *, depth: bool) -> dict[str, Tensor]:
+        """One forward pass; without ``depth`` our own network skips its depth branch."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
-            out = self.network(x)
+            if not depth and self._can_skip_depth:
+                out = self.network(x, with_depth=False)  # type: ignore[call-arg]
+            else:
+                out = self.network(x)
         # NCHW for what follows: channels-last outputs (CUDA, or weights a trainer left NHWC) break flat views.
-        return {k: v.float().contiguous() for k, v in out.items()}
+        return {k: v.float().contiguous() for k, v in out.items() if depth or k != "depth"}
 
     def _to_input_size(self, out: dict[str, Tensor], prep: Prepared) -> dict[str, Tensor]:
         """Crop the padding and resize back to the caller's image size.
@@ -314,11 +415,11 @@ class Predictor:
         """Network outputs at the input resolution.
 
         ``sem_seg`` [C,H,W] logits, ``center`` [1,H,W], ``offset`` [2,H,W] (dy, dx) pixels,
-        ``depth`` [1,H,W] meters.
+        ``depth`` [1,H,W] meters: all the network computes, whatever ``untrained_depth`` says.
         """
         prep = self._prepare(image)
         with torch.inference_mode():
-            return self._to_input_size(self._network(prep.tensor), prep)
+            return self._to_input_size(self._network(prep.tensor, depth=True), prep)
 
     def depth_scale(self, camera_k: np.ndarray | None, prep: Prepared) -> float:
         """Factor taking the network's metres (its training camera) to this camera's.
@@ -357,11 +458,11 @@ class Predictor:
         sync()
         t1 = time.perf_counter()
         with torch.inference_mode():
-            out = self._network(prep.tensor)
+            out = self._network(prep.tensor, depth=self.depth_enabled)
             sync()
             t2 = time.perf_counter()
             out = self._to_input_size(out, prep)
-            depth_scale = self.depth_scale(camera_k, prep)
+            depth_scale = self.depth_scale(camera_k, prep) if self.depth_enabled else 1.0
             if depth_scale != 1.0:
                 out["depth"] = out["depth"] * depth_scale
             fused = panoptic_fusion(
@@ -371,16 +472,16 @@ class Predictor:
             t3 = time.perf_counter()
             segments = segment_depth_statistics(
                 fused.panoptic,
-                out["depth"][0],
+                out["depth"][0] if self.depth_enabled else None,
                 classes=self.classes,
                 config=self.postprocess,
                 sem_logits=out["sem_seg"],
                 center=out["center"],
-                camera_k=camera_k,
+                camera_k=camera_k if self.depth_enabled else None,
             )
             panoptic = fused.panoptic.cpu().numpy()
             semantic = fused.semantic.to(torch.uint8).cpu().numpy()
-            depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False)
+            depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False) if self.depth_enabled else None
             t4 = time.perf_counter()
         return PanopticDepthResult(
             panoptic=panoptic,

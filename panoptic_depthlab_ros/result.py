@@ -44,7 +44,8 @@ class PanopticDepthResult:
 
     panoptic: [H, W] int32, ``category_id * label_divisor + instance`` (-1 void).
     semantic: [H, W] uint8 Cityscapes trainIds (255 void).
-    depth:    [H, W] float32 meters along the optical axis (NaN where invalid).
+    depth:    [H, W] float32 meters along the optical axis (NaN where invalid); None when the
+              checkpoint's depth branch was never trained (see ``Predictor``'s ``untrained_depth``).
     segments: one :class:`SegmentDepth` per id in ``panoptic``, ascending id.
     timings:  seconds per stage (``preprocess``, ``network``, ``fusion``,
               ``segment_depth``, ``total``).
@@ -54,7 +55,7 @@ class PanopticDepthResult:
 
     panoptic: np.ndarray
     semantic: np.ndarray
-    depth: np.ndarray
+    depth: np.ndarray | None
     segments: list[SegmentDepth]
     label_divisor: int = 1000
     depth_scale: float = 1.0

@@ -8,6 +8,7 @@ All functions take and return BGR uint8 images (OpenCV's order).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -77,21 +78,31 @@ def overlay(
     alpha: float = 0.5,
     min_label_area: int = 150,
     legend: bool = True,
+    class_colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """The write-up's picture: each segment tinted by its mean depth and labelled.
 
     ``image`` [H, W, 3] BGR uint8 (the predicted image); returns a new BGR image with
     segments tinted near red / mid green / far blue, thin segment outlines, a
     "label 12.3 m" tag on every segment of at least ``min_label_area`` pixels, and
-    a colour legend.  Void pixels keep the image's own colours.
+    a colour legend.  Void pixels keep the image's own colours.  A result without depth
+    (``result.depth`` None: an untrained depth branch) gets no distances: segments tinted
+    in their ``class_colors`` (RGB by category; grey without), tags with the label only,
+    no legend.
     """
     if image.shape[:2] != result.panoptic.shape:
         raise ValueError(f"image {image.shape[:2]} and result {result.panoptic.shape} sizes differ")
     out = image.copy()
     segs = result.segments
+    with_depth = result.depth is not None
     if segs:
         ids = np.array([s.id for s in segs], dtype=np.int64)
-        colors = depth_to_bgr(np.array([s.depth_mean for s in segs], np.float32), near=near, far=far)
+        if with_depth:
+            colors = depth_to_bgr(np.array([s.depth_mean for s in segs], np.float32), near=near, far=far)
+        elif class_colors is not None:
+            colors = np.array([class_colors[s.category_id][::-1] for s in segs], np.uint8)
+        else:
+            colors = np.full((len(segs), 3), 128, np.uint8)
         index = _segment_index(result.panoptic.astype(np.int64), ids)
         inside = index >= 0
         tint = colors[np.where(inside, index, 0)]
@@ -113,14 +124,14 @@ def overlay(
             if seg.area < min_label_area:
                 continue
             depth = "?" if math.isnan(seg.depth_mean) else f"{seg.depth_mean:.1f} m"
-            text = f"{seg.label} {depth}"
+            text = f"{seg.label} {depth}" if with_depth else seg.label
             (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 1)
             org = (
                 int(np.clip(x - tw / 2, 0, max(0, image.shape[1] - tw))),
                 int(np.clip(y + th / 2, th, image.shape[0] - 1)),
             )
             _text(out, text, org, 0.45 * scale, (255, 255, 255))
-    if legend:
+    if legend and with_depth:
         _legend(out, near, far, max(0.6, image.shape[1] / 1200.0))
     return out
 

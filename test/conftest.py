@@ -61,3 +61,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         info={"purpose": "tests"},
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def converted_checkpoint(tmp_path_factory) -> Path:
+    """Detectron2's tiny fixture model converted as ``panoptic-depthlab convert`` does: Detectron2's
+    4x8 pooling window (its 64x128 crop), no padding, and a depth branch that was never trained."""
+    from panoptic_depthlab_ros.checkpoint import convert_detectron2
+    from pdl_testing import FIXTURES
+
+    path = tmp_path_factory.mktemp("converted") / "tiny_converted.safetensors"
+    convert_detectron2(FIXTURES / "tiny_model.pkl", FIXTURES / "tiny_config.yaml", path)
+    return path

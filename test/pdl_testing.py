@@ -37,3 +37,28 @@ def spin_until(executor, condition: Callable[[], bool], timeout: float = 10.0) -
             return True
         executor.spin_once(timeout_sec=0.02)
     return condition()
+
+
+def write_image_bag(path: Path, frames: list, topic: str = "/cam/image") -> Path:
+    """An MCAP bag with one bgr8 ``sensor_msgs/Image`` per frame ([H, W, 3] uint8), a second apart."""
+    from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: PLC0415 - keep this module light
+    from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
+
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    t = ts.types
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection(topic, "sensor_msgs/msg/Image", typestore=ts)
+        for i, frame in enumerate(frames):
+            h, w = frame.shape[:2]
+            stamp = t["builtin_interfaces/msg/Time"](sec=10 + i, nanosec=0)
+            msg = t["sensor_msgs/msg/Image"](
+                header=t["std_msgs/msg/Header"](stamp=stamp, frame_id="cam"),
+                height=h,
+                width=w,
+                encoding="bgr8",
+                is_bigendian=0,
+                step=3 * w,
+                data=frame.ravel(),
+            )
+            writer.write(conn, (10 + i) * 10**9, ts.serialize_cdr(msg, msg.__msgtype__))
+    return path

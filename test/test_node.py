@@ -298,6 +298,7 @@ class Exploding:
 
     def __init__(self, real) -> None:
         self.postprocess = real.postprocess
+        self.frame_handling = real.frame_handling
 
     def predict(self, image, camera_k=None):
         raise RuntimeError("backend exploded")

@@ -93,9 +93,12 @@ class ModelConfig:
     depth: BranchConfig = field(default_factory=BranchConfig)
     aspp_dilations: tuple[int, ...] = (6, 12, 18)
     aspp_dropout: float = 0.1
-    # Detectron2 pools ASPP features with a window of train crop / 16, also at test time.
+    # Detectron2 pools ASPP features with a window of train crop / 16, also at test time, and
+    # refuses frames whose stride-16 feature is not a multiple of it (strict: what a Detectron2
+    # config describes). Otherwise any size works (docs/detectron2.md); the predictor's
+    # factories choose it at run time whatever a checkpoint stores.
     aspp_pool_kernel_size: tuple[int, int] | None = (32, 64)
-    aspp_strict_pool_size: bool = True
+    aspp_strict_pool_size: bool = False
     depthwise_separable: bool = False
     common_stride: int = 4
     # Depth head range in meters (see DepthHead for the parameterisation).
@@ -106,6 +109,10 @@ class ModelConfig:
     # for that camera only. Given another camera's K, the predictor rescales depth by
     # fx / depth_focal_px. None: unknown (no rescaling).
     depth_focal_px: float | None = None
+    # Whether the depth branch's weights were ever trained (a Detectron2 conversion has a
+    # freshly initialised one; the trainer sets it once a depth loss has been trained). The
+    # predictor publishes no depth-derived values from an untrained branch unless asked.
+    depth_trained: bool = True
     # Input: channel order the network expects, normalisation and padding.
     input_format: str = "RGB"
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -149,6 +156,7 @@ class ModelConfig:
             raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
         check_numbers("pixel_mean", self.pixel_mean, 3)
         check_numbers("pixel_std", self.pixel_std, 3, positive=True)
+        check_bool("depth_trained", self.depth_trained)
         check_int("size_divisibility", self.size_divisibility, 0, MAX_SIZE_DIVISIBILITY)
         if not (
             isinstance(self.input_scale, (int, float))
@@ -281,6 +289,7 @@ class ModelConfig:
             pixel_std=_three(model.get("PIXEL_STD", base.pixel_std)),
             # -1 means "the backbone's", which is 0 (no padding) for this ResNet.
             size_divisibility=max(divisibility, 0),
+            depth_trained=False,  # Detectron2 has no depth branch: ours starts from its initialisation
         )
         return replace(config, **changes)
 

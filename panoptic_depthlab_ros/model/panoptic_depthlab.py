@@ -48,26 +48,27 @@ class PanopticDepthLab(nn.Module):
         # Output stride per branch ("semantic", "instance", "depth"); Detectron2: all 4.
         self.strides = {"semantic": 4, "instance": 4, "depth": 4, **(strides or {})}
 
-    def forward_heads(self, x: Tensor) -> dict[str, Tensor]:
+    def forward_heads(self, x: Tensor, *, with_depth: bool = True) -> dict[str, Tensor]:
         """Outputs at their branch's stride, before upsampling (offsets unscaled, depth as logits)."""
         features = self.backbone(x)
         center, offset = self.ins_embed_head(features)
-        return {
-            "sem_seg": self.sem_seg_head(features),
-            "center": center,
-            "offset": offset,
-            "depth_logit": self.depth_head(features),
-        }
+        out = {"sem_seg": self.sem_seg_head(features), "center": center, "offset": offset}
+        if with_depth:
+            out["depth_logit"] = self.depth_head(features)
+        return out
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:  # noqa: D102 - see class docstring
-        raw = self.forward_heads(x)
+    def forward(self, x: Tensor, *, with_depth: bool = True) -> dict[str, Tensor]:
+        """See the class docstring; ``with_depth=False`` skips the depth branch (no ``depth`` key)."""
+        raw = self.forward_heads(x, with_depth=with_depth)
         s_sem, s_ins, s_dep = (self.strides[k] for k in ("semantic", "instance", "depth"))
-        return {
+        out = {
             "sem_seg": upsample(raw["sem_seg"], s_sem),
             "center": upsample(raw["center"], s_ins),
             "offset": upsample(raw["offset"], s_ins) * s_ins,
-            "depth": self.depth_head.to_meters(upsample(raw["depth_logit"], s_dep)),
         }
+        if with_depth:
+            out["depth"] = self.depth_head.to_meters(upsample(raw["depth_logit"], s_dep))
+        return out
 
 
 def upsample(t: Tensor, stride: int) -> Tensor:

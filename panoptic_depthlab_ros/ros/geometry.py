@@ -307,7 +307,7 @@ def segment_markers(
     rgb = depth_to_bgr(depth_mean, near=near, far=far)[:, ::-1].astype(np.float64) / 255.0
     things = [s.id for s in segments if s.is_thing and s.depth_valid_pixels > 0]
     box_of: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    if things:
+    if things and result.depth is not None:
         low, high = segment_extents(result.depth, result.panoptic, camera_k, things)
         box_of = {sid: (low[j], high[j]) for j, sid in enumerate(things)}
     markers: list[MarkerSpec] = []

@@ -73,7 +73,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ..errors import CheckpointError, InputError, PanopticDepthLabError
 from ..msg import SegmentDepth, SegmentDepthArray
 from ..postprocess import PostprocessConfig
-from ..predictor import Predictor, resolve_device
+from ..predictor import Predictor, resolve_device, untrained_depth_note
 from ..visualize import overlay
 from .conversions import (
     ImageConversionError,
@@ -106,6 +106,11 @@ INPUT_CAMERA_INFO = "camera_info"
 OUTPUTS = ("segments", "markers", "panoptic", "semantic", "depth", "points", "overlay")
 # Outputs that need the camera intrinsics (not published before a camera_info arrived).
 OUTPUTS_3D = frozenset({"markers", "points"})
+# Outputs made of depth: none from a depth branch that was never trained (see untrained_depth).
+OUTPUTS_DEPTH = frozenset({"depth", "markers", "points"})
+# Frame sizes whose handling is logged (the first frame of each); a camera that keeps
+# changing size cannot grow the set without end.
+LOGGED_SIZES_MAX = 16
 COUNTERS = (
     "received",
     "processed",
@@ -311,6 +316,7 @@ class Pipeline:
         self._bad_input_throttle = LogThrottle(throttle_s)
         self._error_throttle = LogThrottle(throttle_s)
         self._said_no_camera_info = False
+        self._sizes_logged: set[tuple[int, int]] = set()
         self._mailbox = LatestFrameMailbox()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -418,6 +424,7 @@ class Pipeline:
             self.reject(exc)
             return
         converted = time.perf_counter()
+        self._log_frame_size(image.shape[0], image.shape[1])
         self.predictor.postprocess = postprocess  # only this thread touches the predictor
         try:
             result = self.predictor.predict(image, camera_k=camera_k)
@@ -442,6 +449,14 @@ class Pipeline:
             }
         )
         self.stats.add("processed")
+
+    def _log_frame_size(self, height: int, width: int) -> None:
+        """Say once per frame size how such frames go through the network (resize, padding, pooling)."""
+        size = (height, width)
+        if size in self._sizes_logged or len(self._sizes_logged) >= LOGGED_SIZES_MAX:
+            return
+        self._sizes_logged.add(size)
+        self._log_info(self.predictor.frame_handling(height, width))
 
     def _publish(
         self,
@@ -491,7 +506,13 @@ class Pipeline:
             )
             pubs["points"].publish(pointcloud_to_msg(cloud, header=header, cloud_cls=PointCloud2, field_cls=PointField))
         if "overlay" in wanted:
-            picture = overlay(image, result, near=settings.overlay_near_m, far=settings.overlay_far_m)
+            picture = overlay(
+                image,
+                result,
+                near=settings.overlay_near_m,
+                far=settings.overlay_far_m,
+                class_colors=self.predictor.classes.colors,
+            )
             pubs["overlay"].publish(array_to_image(Image, picture, encoding="bgr8", header=header))
 
 
@@ -537,6 +558,8 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
             compile_mode=settings.compile_mode or None,
             flip_average=settings.flip_average,
             max_pixels=settings.max_input_pixels,
+            strict_pool_size=settings.strict_pool_size,
+            untrained_depth=settings.untrained_depth,
         )
     except CheckpointError as exc:
         raise StartupError(
@@ -549,6 +572,7 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
     except (OSError, RuntimeError, ValueError) as exc:
         raise StartupError(f"cannot load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     log_info(f"loaded {path} on {predictor.device} (backend {settings.backend})")
+    log_info(predictor.pooling_policy() + "; the first frame of each size logs how it is handled")
     return predictor
 
 
@@ -757,6 +781,12 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             "points": s.publish_points,
             "overlay": s.publish_overlay,
         }
+        if not predictor.depth_enabled:
+            for name in OUTPUTS_DEPTH:
+                enabled[name] = False
+            logger.warning(
+                f"no ~/depth, ~/markers or ~/points: {untrained_depth_note('the parameter untrained_depth:=true')}"
+            )
         outputs = Outputs()
         self.pipeline = Pipeline(
             predictor,

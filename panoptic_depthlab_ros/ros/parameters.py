@@ -143,6 +143,21 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "for twice the network time. Off by default (halves the frame rate on a CPU); for spare GPU time.",
     ),
     ParameterSpec(
+        "strict_pool_size",
+        False,
+        "Refuse frames whose size Detectron2's ASPP image pooling refuses (res5 not a multiple of its "
+        "window, e.g. 720x1280 with the Cityscapes configs), as Detectron2 does: each is dropped with a "
+        "warning. false: every size works, with exactly Detectron2's outputs wherever it accepts the size.",
+    ),
+    ParameterSpec(
+        "untrained_depth",
+        False,
+        "Publish depth and everything derived from it (~/depth, ~/markers, ~/points, segment depths, "
+        "overlay distances) even from a checkpoint whose depth branch was never trained (e.g. converted "
+        "from Detectron2): its depth is noise until trained. false: such a checkpoint publishes "
+        "panoptic and semantic outputs only, and says so at start-up.",
+    ),
+    ParameterSpec(
         "max_input_pixels",
         16777216,
         "Images with more pixels are dropped with a warning (0 = no limit).",
@@ -306,6 +321,8 @@ class NodeSettings:
     max_input_width: int
     input_scale: float
     flip_average: bool
+    strict_pool_size: bool
+    untrained_depth: bool
     max_input_pixels: int
     image_transport: str
     qos_reliability: str

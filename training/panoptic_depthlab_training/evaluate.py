@@ -94,7 +94,9 @@ def predictor_fn(predictor: Predictor) -> PredictFn:
     def predict(sample: CityscapesSample) -> Prediction:
         camera_k = camera_matrix(sample.camera)
         result = predictor.predict(np.ascontiguousarray(sample.image[..., ::-1]), camera_k=camera_k)
-        return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=result.depth)
+        # No depth (a predictor without untrained_depth on an untrained branch): depth metrics NaN.
+        depth = result.depth if result.depth is not None else np.full(result.panoptic.shape, np.nan, np.float32)
+        return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=depth)
 
     return predict
 
@@ -271,7 +273,11 @@ def main(args: argparse.Namespace) -> int:
             problem = decided_on_rank0(lambda: _dataset_problem(args.data, args.split), info)
             if problem is not None:
                 raise DatasetError(problem)
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=info.device, **inference_options(args))
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=info.device, untrained_depth=True, **inference_options(args)
+        )
+        if info.is_main and not predictor.model_config.depth_trained:
+            print(f"note: {args.checkpoint}'s depth branch was never trained: its depth metrics measure noise")
         max_depth = predictor.model_config.max_depth if args.max_depth is None else args.max_depth
         summary = evaluate_split(
             predictor,

@@ -130,7 +130,8 @@ def write_predictions(
             ids, segments_info = cityscapes_panoptic(result, predictor.classes)
             name = f"{files.stem}_panoptic.png"
             write_image(pan_dir / name, panoptic_to_rgb(ids)[:, :, ::-1])
-            write_image(depth_dir / f"{files.stem}_depth.png", depth_to_png_mm(result.depth))
+            if result.depth is not None:  # None only for a predictor built without untrained_depth
+                write_image(depth_dir / f"{files.stem}_depth.png", depth_to_png_mm(result.depth))
             annotations.append({"image_id": files.stem, "file_name": name, "segments_info": segments_info})
             summary.frames += 1
         if not summary.frames and not summary.interrupted:
@@ -164,7 +165,9 @@ def main(args: argparse.Namespace) -> int:
         raise DatasetError(f"no images in {args.data / 'leftImg8bit' / args.split}")
     predictions_output(args.out, args.split, overwrite=args.overwrite, inputs=[args.data, args.checkpoint])
     device = resolve_device(args.device)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **inference_options(args))
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, device=device, untrained_depth=True, **inference_options(args)
+    )
     with stop_on_signals() as stop:
         summary = write_predictions(
             predictor,

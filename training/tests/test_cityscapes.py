@@ -7,7 +7,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_training.cityscapes import (
     LABEL_TO_TRAIN_ID,
     CityscapesPanopticDepth,
@@ -21,6 +23,17 @@ from panoptic_depthlab_training.cityscapes import (
     verify_cityscapes,
 )
 from panoptic_depthlab_training.transforms import TrainAugmentation
+
+
+def test_core_class_table_is_cityscapesscripts():
+    """The core writes the table out (no cityscapesscripts at run time); it must be the dataset's own."""
+    train = sorted((lab for lab in cityscapes_labels if 0 <= lab.trainId < 255), key=lambda lab: lab.trainId)
+    meta = cityscapes_metadata()
+    assert meta.names == tuple(lab.name for lab in train)
+    assert meta.dataset_ids == tuple(lab.id for lab in train)
+    assert meta.colors == tuple(tuple(lab.color) for lab in train)
+    assert meta.thing_ids == tuple(lab.trainId for lab in train if lab.hasInstances)
+    assert [lab.trainId for lab in train] == list(range(19))
 
 
 def test_depth_from_disparity_hand_values():

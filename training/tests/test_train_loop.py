@@ -127,11 +127,15 @@ def test_depth_only_trains_only_the_depth_branch(synth_root, tmp_path):
         "solver.lr=0.01",
         "checkpoint.period=12",
     )
-    start = build_initialized_model(config).model.state_dict()
+    init = build_initialized_model(config)
+    assert not init.model_config.depth_trained  # Detectron2 has no depth branch: ours starts untrained
+    start = init.model.state_dict()
     history = run_recorded(config, synth_root, tmp_path / "run")
     assert all(set(h) & set(LOSS_KEYS) == {"loss_depth"} for h in history)
     assert np.mean([h["loss_depth"] for h in history[-3:]]) < 0.8 * history[0]["loss_depth"]
-    end = load_checkpoint(tmp_path / "run" / FINAL_MODEL).state_dict
+    final = load_checkpoint(tmp_path / "run" / FINAL_MODEL)
+    assert final.model_config.depth_trained  # the trainer marks it: its depth loss was trained
+    end = final.state_dict
     frozen = [k for k in start if not k.startswith("depth_head.")]
     assert len(frozen) > 400
     for key in frozen:  # weights AND BatchNorm running statistics untouched

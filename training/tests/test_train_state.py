@@ -1,4 +1,4 @@
-"""The resume state: a changed AMP setting between the saved run and the resumed one."""
+"""The run's files: whether a model file's depth branch is trained; resuming with a changed AMP setting."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from train_testing import small_config
 from panoptic_depthlab_training.distributed import DistInfo
 from panoptic_depthlab_training.train.model import build_initialized_model, configure_trainable
 from panoptic_depthlab_training.train.optim import Optimization, build_optimization
-from panoptic_depthlab_training.train.state import load_training_state, resume_training, save_training_state
+from panoptic_depthlab_training.train.state import (
+    load_training_state,
+    resume_training,
+    save_training_state,
+    trained_depth,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,3 +78,15 @@ def test_resume_keeps_the_loss_scale_or_drops_it_with_amp_off(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="panoptic_depthlab_training"):
         assert resume_training(path, model, opt, config=config, info=CPU).iteration == 3
     assert "loss scale is not used" in caplog.text and not opt.scaler.is_enabled()
+
+
+def test_the_depth_branch_counts_as_trained_once_its_loss_was():
+    init = build_initialized_model(small_config("model.preset=tiny"))
+    assert not init.model_config.depth_trained  # fresh weights
+    config = small_config("model.preset=tiny")
+    assert trained_depth(init, iteration=10, config=config)
+    assert not trained_depth(init, iteration=0, config=config)
+    without = small_config("model.preset=tiny", "loss.depth_weight=0")
+    assert not trained_depth(init, iteration=10, config=without)
+    init.model_config = init.model_config.with_(depth_trained=True)  # e.g. a trained checkpoint to start from
+    assert trained_depth(init, iteration=10, config=without)

@@ -360,6 +360,7 @@ def _evaluate_during_training(
             classes=init.classes,
             postprocess=init.postprocess,
             device=info.device,
+            untrained_depth=True,  # scored while it is being trained
         )
         summary = evaluate_split(
             predictor,

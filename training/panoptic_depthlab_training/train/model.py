@@ -65,7 +65,7 @@ def build_initialized_model(config: TrainConfig) -> Initialized:
     model, init = config.model, config.init
     if init.type == "none":
         base = ModelConfig.tiny() if model.preset == "tiny" else ModelConfig()
-        model_config = _model_config(base, model.overrides)
+        model_config = _model_config(base, model.overrides).with_(depth_trained=False)  # fresh weights everywhere
         network, classes, post = build_model(model_config), cityscapes_metadata(), PostprocessConfig()
         note = f"fresh {model.preset} weights"
     elif init.type == "detectron2":

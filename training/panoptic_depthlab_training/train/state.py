@@ -230,11 +230,20 @@ def save_run(
 
 
 # ----------------------------------------------------------------------------- model files
+def trained_depth(init: Initialized, *, iteration: int, config: TrainConfig) -> bool:
+    """Whether the depth branch has been trained: it came trained, or a depth loss has been trained.
+
+    A Detectron2 start (or fresh weights) has an untrained one until the first iteration with
+    ``loss.depth_weight`` above zero (both modes train depth then; ``depth-only`` nothing else).
+    """
+    return init.model_config.depth_trained or (iteration > 0 and config.loss.depth_weight > 0)
+
+
 def save_model(path: Path, init: Initialized, *, iteration: int, config: TrainConfig, data_root: Path) -> Path:
     """Write the model in the core's safetensors format (what ``Predictor.from_checkpoint`` loads).
 
     The header's ``info.training`` records the iteration, mode, dataset, init and the
-    whole config.
+    whole config; the model config says whether the depth branch is trained yet.
     """
     info = {
         "training": {
@@ -245,6 +254,7 @@ def save_model(path: Path, init: Initialized, *, iteration: int, config: TrainCo
             "config": config.to_dict(),
         }
     }
+    model_config = init.model_config.with_(depth_trained=trained_depth(init, iteration=iteration, config=config))
     return save_checkpoint(
-        path, init.model, model_config=init.model_config, classes=init.classes, postprocess=init.postprocess, info=info
+        path, init.model, model_config=model_config, classes=init.classes, postprocess=init.postprocess, info=info
     )
