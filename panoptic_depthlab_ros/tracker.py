@@ -13,17 +13,26 @@ How (one frame):
 2. Every track's motion filter is predicted to the new stamp: per axis a constant-velocity
    Kalman filter on the 3D centroid (x, y, z, metres, camera optical frame) and on the
    bounding-box centre (u, v, pixels). The axes are independent, so the filter is
-   vectorised over tracks and axes (no per-track Python).
+   vectorised over tracks and axes (no per-track Python). A segment's 3D point is its
+   centroid moved along its ray to the segment's median depth (outline pixels that read
+   the background pull a mean away). A segment cut by the image border (``border_px``)
+   shows only part of its thing, whose centroid moves with the border: it measures the
+   box centre but not the 3D axes.
 3. Thing segments are associated to tracks of the same class by a cost that adds
-   ``1 - IoU`` (mask IoU on a subsampled grid against the track's mask of the last frame;
-   for a track unseen last frame the IoU of its motion-predicted box), the centroid
-   distance to the prediction (3D, or in the image when either centroid is NaN, i.e.
-   without intrinsics) and the depth difference, each normalised by a gate that grows
-   with depth and with the time the track went unseen. Pairs outside every gate are not
-   allowed; the optimal assignment is SciPy's ``linear_sum_assignment``.
+   ``1 - IoU`` (mask IoU on a subsampled grid against the track's mask of the last frame,
+   shifted by the box motion its filter predicts; for a track unseen last frame the IoU of
+   its motion-predicted box), the centroid distance to the prediction (3D, or in the image
+   when either centroid is NaN, i.e. without intrinsics, or the segment is cut by the
+   border) and the depth difference, each normalised by a gate that grows with depth and
+   with the time the track went unseen. An axis whose velocity is still too uncertain to
+   report is predicted where it was last matched, not extrapolated. Pairs outside every
+   gate are not allowed; the optimal assignment is SciPy's ``linear_sum_assignment``, in
+   two rounds: the tracks seen last frame first, then the lost ones with what is left.
 4. Matched tracks update their filter; unmatched tentative tracks die, unmatched confirmed
    ones become lost and can be re-identified for ``max_lost_frames`` frames; unmatched
    segments start tentative tracks, confirmed after ``confirm_frames`` hits.
+
+How well it tracks on synthetic drives with the bundled model: ``docs/tracking.md``.
 
 Velocity is the filter's, in m/s in the camera frame, i.e. relative to the (moving)
 camera: a parked car approaches at the ego speed. It is NaN per axis until that axis has
@@ -84,6 +93,9 @@ class TrackerConfig:
         max_gap_s: a stamp gap over this many seconds resets every track (the scene
             may have changed entirely; a prediction over it means little).
         min_area_px: thing segments smaller than this (pixels) stay untracked (id 0).
+        border_px: a segment whose box comes within this many pixels of the image border
+            is cut by it: associated as usual, it measures no 3D motion (0: every
+            segment measures).
 
     Association (a pair is allowed if same class, inside the depth gate and either
     overlapping by ``min_iou`` or inside the distance gate):
@@ -98,6 +110,8 @@ class TrackerConfig:
             (``t_unseen``: seconds since its last match, one ``dt`` for a track seen last frame).
         iou_weight, distance_weight, depth_weight: weights of ``1 - IoU``, of the
             gate-normalised distance and of the gate-normalised depth difference in the cost.
+            Monocular depth jumps from frame to frame by more than neighbours differ, so by
+            default depth only gates (depth_weight 0) and the overlap decides.
         mask_samples: about how many pixels of the panoptic map the mask IoU samples (a
             regular grid of stride ``floor(sqrt(H * W / mask_samples))``, at least 1);
             bounds the cost per frame whatever the image size.
@@ -127,15 +141,16 @@ class TrackerConfig:
     max_lost_frames: int = 10
     max_gap_s: float = 1.0
     min_area_px: int = 1
+    border_px: int = 2
     min_iou: float = 0.1
     gate_distance_m: float = 1.5
     gate_distance_rel: float = 0.1
     gate_image: float = 1.0
-    gate_depth_rel: float = 0.25
+    gate_depth_rel: float = 0.4
     gate_growth_mps: float = 3.0
     iou_weight: float = 1.0
     distance_weight: float = 1.0
-    depth_weight: float = 0.5
+    depth_weight: float = 0.0
     mask_samples: int = 16384
     position_noise_m: float = 0.1
     depth_noise_rel: float = 0.03
@@ -152,7 +167,7 @@ class TrackerConfig:
             if not ok:
                 raise ValueError(f"TrackerConfig.{name} must be {what}, got {getattr(self, name)!r}")
 
-        least = {"confirm_frames": 1, "max_lost_frames": 0, "min_area_px": 1, "mask_samples": 1}
+        least = {"confirm_frames": 1, "max_lost_frames": 0, "min_area_px": 1, "mask_samples": 1, "border_px": 0}
         least["velocity_min_frames"] = 2  # a velocity needs two positions
         for name, low in least.items():
             value = getattr(self, name)
@@ -246,6 +261,14 @@ class _Detections:
     meas: FloatArray  # [D, 5] x, y, z, u, v; NaN where unknown
     labels: npt.NDArray[np.int32]  # [h, w] detection index per grid sample, D elsewhere
     area: IntArray  # [D] grid samples per detection
+    stride: int  # pixels between grid samples
+    cut: BoolArray  # [D] cut by the image border: its box moves in the image, but measures no 3D motion
+
+    def motion(self, index: IntArray) -> FloatArray:
+        """``[N, 5]`` measurements of detections ``index`` for the filters (3D axes NaN where cut)."""
+        out = self.meas[index].copy()
+        out[self.cut[index], :3] = NAN
+        return out
 
 
 class _Tracks:
@@ -261,7 +284,7 @@ class _Tracks:
         self.prev_det = np.zeros(0, np.int64)  # detection index in the previous frame, -1
         self.box = np.zeros((0, 4), np.float64)  # last matched box
         self.box_uv = np.zeros((0, 2), np.float64)  # filtered box centre when it was matched
-        self.box_z = np.zeros(0, np.float64)  # filtered depth when it was matched
+        self.match_xyz = np.zeros((0, 3), np.float64)  # filtered 3D position when it was matched
         # Kalman filter per axis: position, velocity, covariance [[p00, p01], [p01, p11]],
         # measurements so far, seconds since the axis's last measurement.
         self.pos = np.zeros((0, _AXES), np.float64)
@@ -282,7 +305,7 @@ class _Tracks:
         "prev_det",
         "box",
         "box_uv",
-        "box_z",
+        "match_xyz",
         "pos",
         "vel",
         "p00",
@@ -379,24 +402,41 @@ class Tracker:
                 raise ValueError(f"result.segments[{i}] is a {type(s).__name__}, not a SegmentDepth")
             if s.is_thing and s.area >= c.min_area_px:
                 x, y, z = s.centroid
-                rows.append((i, s.id, s.category_id, s.x_min, s.y_min, s.x_max, s.y_max, x, y, z, s.depth_mean))
-        table = np.array(rows, np.float64).reshape(-1, 11)
+                rows.append(
+                    (i, s.id, s.category_id, s.x_min, s.y_min, s.x_max, s.y_max, x, y, z, s.depth_mean, s.depth_median)
+                )
+        table = np.array(rows, np.float64).reshape(-1, 12)
         seg_index = table[:, 0].astype(np.int64)
         ids = table[:, 1].astype(np.int64)
         if ids.size and ids.min() < 0:
             bad = int(seg_index[np.argmin(ids)])
             raise ValueError(f"result.segments[{bad}] is a thing with the negative id {int(ids.min())}")
         box = table[:, 3:7]
-        centroid = table[:, 7:10]
+        # The segment's median depth stands for its distance: pixels on its outline often
+        # read the background behind it, which pulls the mean (and the centroid, the mean
+        # of the back-projected pixels) away. The centroid slides along its ray to it.
+        depth, median = table[:, 10], table[:, 11]
+        usable = np.isfinite(median) & (median > 0)
+        depth = np.where(usable, median, depth)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            along = np.where(usable & (table[:, 10] > 0), median / table[:, 10], 1.0)
+        centroid = table[:, 7:10] * np.where(np.isfinite(along), along, 1.0)[:, None]
         has_3d = np.isfinite(centroid).all(axis=1)
         meas = np.full((len(rows), _AXES), NAN)
         meas[has_3d, :3] = centroid[has_3d]
-        depth = table[:, 10]
         meas[:, _Z] = np.where(has_3d, centroid[:, 2], np.where(np.isfinite(depth) & (depth > 0), depth, NAN))
         meas[:, _U] = 0.5 * (box[:, 0] + box[:, 2])
         meas[:, _V] = 0.5 * (box[:, 1] + box[:, 3])
-
         h, w = result.panoptic.shape
+        if c.border_px > 0:
+            # A segment cut by the image border shows part of its thing: the part's centroid
+            # moves with the border, not with the thing. It is associated as usual, and its
+            # box centre still tells where the part goes in the image, but it measures no 3D
+            # motion (the track's 3D filter coasts meanwhile).
+            b = c.border_px
+            cut = (box[:, 0] < b) | (box[:, 1] < b) | (box[:, 2] > w - 1 - b) | (box[:, 3] > h - 1 - b)
+        else:
+            cut = np.zeros(len(rows), bool)
         stride = max(1, math.isqrt(h * w // c.mask_samples))
         grid = result.panoptic[::stride, ::stride]
         n = ids.size
@@ -409,6 +449,8 @@ class Tracker:
             meas=meas,
             labels=labels,
             area=area,
+            stride=stride,
+            cut=cut,
         )
 
     # ------------------------------------------------------------------ filter
@@ -481,11 +523,16 @@ class Tracker:
         mask_iou = self._mask_iou(dets)
         if mask_iou is not None:
             seen = t.prev_det >= 0
-            overlap[seen] = mask_iou[t.prev_det[seen]]
+            overlap[seen] = mask_iou[seen]
 
         growth = c.gate_growth_mps * t.unseen_s  # [T]
-        z_pred = np.where(t.count[:, _Z] > 0, t.pos[:, _Z], NAN)  # [T]
-        z_det = dets.meas[:, _Z]  # [D]
+        # Where a track's velocity is still too uncertain to report (a two-point start on noisy
+        # depth can read 20 m/s), extrapolating by it throws the prediction far off while the
+        # track goes unseen: such axes are predicted where they were last matched.
+        trusted = np.sqrt(t.p11[:, :3]) <= c.velocity_max_std_mps
+        xyz_pred = np.where(trusted, t.pos[:, :3], t.match_xyz)  # [T, 3]
+        z_pred = np.where(t.count[:, _Z] > 0, xyz_pred[:, 2], NAN)  # [T]
+        z_det = np.where(dets.cut, NAN, dets.meas[:, _Z])  # [D] a cut part's depth is not its thing's
         # Depth: difference against a gate that grows with depth and unseen time.
         z_ref = np.fmax(z_pred[:, None], z_det[None, :])  # [T, D] the farther known depth
         with np.errstate(invalid="ignore"):
@@ -495,8 +542,8 @@ class Tracker:
         depth_term = np.where(depth_known, depth_term, 0.5)
         # Distance: 3D where both centroids exist, else box centres in the image.
         track_3d = np.all(t.count[:, :3] > 0, axis=1)
-        det_3d = np.all(np.isfinite(dets.meas[:, :3]), axis=1)
-        diff = t.pos[:, None, :3] - dets.meas[None, :, :3]
+        det_3d = np.all(np.isfinite(dets.meas[:, :3]), axis=1) & ~dets.cut
+        diff = xyz_pred[:, None, :] - dets.meas[None, :, :3]
         with np.errstate(invalid="ignore"):
             dist_3d = np.sqrt(np.einsum("tdk,tdk->td", diff, diff))
             gate_3d = c.gate_distance_m + c.gate_distance_rel * z_ref + growth[:, None]
@@ -521,21 +568,22 @@ class Tracker:
         # just to match more (what a huge forbidden cost would do), yet takes every allowed
         # pair that does not compete.
         cost = np.where(allowed, cost, c.iou_weight + c.distance_weight + c.depth_weight)
-        # Only rows and columns with an allowed pair take part (usually far fewer).
-        live_r, live_c = np.flatnonzero(allowed.any(axis=1)), np.flatnonzero(allowed.any(axis=0))
-        if live_r.size == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        r, k = linear_sum_assignment(cost[np.ix_(live_r, live_c)])
-        r, k = live_r[r], live_c[k]
-        keep = allowed[r, k]
-        return r[keep], k[keep]
+        # Two rounds: the tracks seen last frame first, then the lost ones with what is left.
+        # A lost track is compared by its predicted box, which overlaps more generously than
+        # a mask; in one round it would take a thing from the track that follows it.
+        active = t.prev_det >= 0
+        r1, k1 = _assign(cost, allowed & active[:, None])
+        rest = np.ones(n_d, bool)
+        rest[k1] = False
+        r2, k2 = _assign(cost, allowed & ~active[:, None] & rest[None, :])
+        return np.concatenate((r1, r2)), np.concatenate((k1, k2))
 
     def _box_iou(self, dets: _Detections) -> FloatArray:
         """``[T, D]`` IoU of each track's motion-predicted box with each detection's box."""
         t = self._tracks
         shift = t.pos[:, 3:] - t.box_uv  # [T, 2] predicted centre motion since the last match
         with np.errstate(invalid="ignore", divide="ignore"):
-            scale = np.where(t.count[:, _Z] > 0, t.box_z / t.pos[:, _Z], 1.0)  # nearer looks larger
+            scale = np.where(t.count[:, _Z] > 0, t.match_xyz[:, 2] / t.pos[:, _Z], 1.0)  # nearer looks larger
         scale = np.clip(np.where(np.isfinite(scale), scale, 1.0), 0.5, 2.0)
         cu = 0.5 * (t.box[:, 0] + t.box[:, 2]) + shift[:, 0]
         cv = 0.5 * (t.box[:, 1] + t.box[:, 3]) + shift[:, 1]
@@ -552,14 +600,36 @@ class Tracker:
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
     def _mask_iou(self, dets: _Detections) -> FloatArray | None:
-        """``[D_prev, D]`` mask IoU between last frame's detections and this frame's (on the grid)."""
+        """``[T, D]`` mask IoU of each track's last mask, moved by its predicted image motion, with this frame's.
+
+        On the subsampled grid; rows of tracks unseen last frame are 0. Each track's mask of
+        the last frame is shifted by the motion its box-centre filter predicts since then,
+        so that a thing that moves more than its own width per frame (a pedestrian passing
+        near, a sign as the camera drives by) overlaps itself and not its neighbour.
+        """
         prev = self._prev_labels
+        t = self._tracks
         if prev is None or prev.shape != dets.labels.shape:
             return None
-        n_prev, n = self._prev_area.size, dets.area.size
-        joint = prev.ravel().astype(np.int64) * (n + 1) + dets.labels.ravel()
-        inter = np.bincount(joint, minlength=(n_prev + 1) * (n + 1)).reshape(n_prev + 1, n + 1)[:n_prev, :n]
-        union = self._prev_area[:, None] + dets.area[None, :] - inter
+        n_prev, n, n_t = self._prev_area.size, dets.area.size, len(t)
+        track_of = np.full(n_prev + 1, -1, np.int64)  # previous detection -> track row
+        seen = np.flatnonzero(t.prev_det >= 0)
+        track_of[t.prev_det[seen]] = seen
+        flat = prev.ravel()
+        sample = np.flatnonzero(track_of[flat] >= 0)  # grid samples of a tracked previous mask
+        row = track_of[flat[sample]]
+        h, w = prev.shape
+        shift = (t.pos[:, 3:] - t.box_uv) / dets.stride  # [T, 2] predicted (du, dv) in grid cells
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        r = np.rint(sample // w + shift[row, 1]).astype(np.int64)
+        c = np.rint(sample % w + shift[row, 0]).astype(np.int64)
+        inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        label = np.full(sample.size, n, np.int64)
+        label[inside] = dets.labels[r[inside], c[inside]]
+        inter = np.bincount(row * (n + 1) + label, minlength=n_t * (n + 1)).reshape(n_t, n + 1)[:, :n]
+        prev_area = np.zeros(n_t, np.int64)
+        prev_area[seen] = self._prev_area[t.prev_det[seen]]
+        union = prev_area[:, None] + dets.area[None, :] - inter
         return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -568,13 +638,13 @@ class Tracker:
         t, c = self._tracks, self.config
         n_d = dets.seg_index.size
         if rows.size:
-            self._correct(rows, dets.meas[cols])
+            self._correct(rows, dets.motion(cols))
             t.hits[rows] += 1
             t.missed[rows] = 0
             t.unseen_s[rows] = 0.0
             t.box[rows] = dets.box[cols]
             t.box_uv[rows] = t.pos[rows, 3:]
-            t.box_z[rows] = np.where(t.count[rows, _Z] > 0, t.pos[rows, _Z], NAN)
+            t.match_xyz[rows] = t.pos[rows, :3]
             state = t.state[rows]
             t.state[rows] = np.where(
                 (state == _LOST) | ((state == _TENTATIVE) & (t.hits[rows] >= c.confirm_frames)), _CONFIRMED, state
@@ -635,7 +705,7 @@ class Tracker:
             "prev_det": born.astype(np.int64),
             "box": dets.box[born],
             "box_uv": np.zeros((n, 2)),
-            "box_z": np.full(n, NAN),
+            "match_xyz": np.zeros((n, 3)),
             "pos": zeros,
             "vel": zeros.copy(),
             "p00": zeros.copy(),
@@ -647,11 +717,15 @@ class Tracker:
         start = len(self._tracks)
         self._tracks.append(rows)
         new = start + np.arange(n)
-        self._correct(new, dets.meas[born])
+        self._correct(new, dets.motion(born))
         t = self._tracks
+        # A track born cut by the border starts in 3D where its part is, with no 3D measurement yet.
+        cut = dets.cut[born]
+        part = dets.meas[born[cut], :3]
+        t.pos[new[cut], :3] = np.where(np.isfinite(part), part, 0.0)
         t.hits[new] = 1
         t.box_uv[new] = t.pos[new, 3:]
-        t.box_z[new] = np.where(t.count[new, _Z] > 0, t.pos[new, _Z], NAN)
+        t.match_xyz[new] = t.pos[new, :3]
 
     # ------------------------------------------------------------------ output
     def _output(
@@ -697,6 +771,18 @@ class Tracker:
             num_confirmed=int(counts[_CONFIRMED]),
             num_lost=int(counts[_LOST]),
         )
+
+
+def _assign(cost: FloatArray, allowed: BoolArray) -> tuple[IntArray, IntArray]:
+    """Optimal (row, column) pairs of ``cost`` among the ``allowed`` ones."""
+    # Only rows and columns with an allowed pair take part (usually far fewer).
+    live_r, live_c = np.flatnonzero(allowed.any(axis=1)), np.flatnonzero(allowed.any(axis=0))
+    if live_r.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    r, k = linear_sum_assignment(cost[np.ix_(live_r, live_c)])
+    r, k = live_r[r], live_c[k]
+    keep = allowed[r, k]
+    return r[keep].astype(np.int64), k[keep].astype(np.int64)
 
 
 def _stamp_to_ns(stamp_ns: int | None, stamp_s: float | None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pdl_testing import next_domain_id
+from pdl_testing import next_domain_id, write_tiny_checkpoint
 
 
 @pytest.fixture
@@ -31,36 +31,8 @@ def ros_context() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random-weight model in our checkpoint format (any input size works:
-    padding to 32 and a non-strict ASPP pool)."""
-    import torch
-
-    from panoptic_depthlab_ros.checkpoint import save_checkpoint
-    from panoptic_depthlab_ros.metadata import cityscapes_metadata
-    from panoptic_depthlab_ros.model import ModelConfig, build_model
-    from panoptic_depthlab_ros.postprocess import PostprocessConfig
-
-    torch.manual_seed(0)
-    config = ModelConfig.tiny(aspp_strict_pool_size=False, size_divisibility=32)
-    model = build_model(config).eval()
-    # Scale the predictors so the random model gives several classes and centers, logits
-    # within +-10, offsets of a few pixels and depths of ~5-12 m (no saturated sigmoid).
-    with torch.no_grad():
-        model.sem_seg_head.predictor.weight.normal_(0, 0.005)
-        model.ins_embed_head.center_predictor.weight.normal_(0, 0.002)
-        model.ins_embed_head.center_predictor.bias.fill_(0.05)
-        model.ins_embed_head.offset_predictor.weight.normal_(0, 0.003)
-        model.depth_head.predictor.weight.normal_(0, 0.0003)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(
-        path,
-        model,
-        model_config=config,
-        classes=cityscapes_metadata(),
-        postprocess=PostprocessConfig(stuff_area=64),
-        info={"purpose": "tests"},
-    )
-    return path
+    """A tiny random-weight model in our checkpoint format (see :func:`pdl_testing.write_tiny_checkpoint`)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="session")

@@ -62,3 +62,37 @@ def write_image_bag(path: Path, frames: list, topic: str = "/cam/image") -> Path
             )
             writer.write(conn, (10 + i) * 10**9, ts.serialize_cdr(msg, msg.__msgtype__))
     return path
+
+
+def write_tiny_checkpoint(path: Path) -> Path:
+    """Write a tiny random-weight model in our checkpoint format to ``path`` (returned).
+
+    Any input size works (padding to 32 and a non-strict ASPP pool). The predictors are
+    scaled so that the random model gives several classes and centers, logits within +-10,
+    offsets of a few pixels and depths of ~5-12 m (no saturated sigmoid).
+    """
+    import torch  # noqa: PLC0415 - keep this module light
+
+    from panoptic_depthlab_ros.checkpoint import save_checkpoint  # noqa: PLC0415
+    from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: PLC0415
+    from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: PLC0415
+    from panoptic_depthlab_ros.postprocess import PostprocessConfig  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(aspp_strict_pool_size=False, size_divisibility=32)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        model.sem_seg_head.predictor.weight.normal_(0, 0.005)
+        model.ins_embed_head.center_predictor.weight.normal_(0, 0.002)
+        model.ins_embed_head.center_predictor.bias.fill_(0.05)
+        model.ins_embed_head.offset_predictor.weight.normal_(0, 0.003)
+        model.depth_head.predictor.weight.normal_(0, 0.0003)
+    save_checkpoint(
+        path,
+        model,
+        model_config=config,
+        classes=cityscapes_metadata(),
+        postprocess=PostprocessConfig(stuff_area=64),
+        info={"purpose": "tests"},
+    )
+    return path

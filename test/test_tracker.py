@@ -50,6 +50,7 @@ def track_of(frame, result, category: int, instance: int) -> SegmentTrack:
         ("velocity_min_frames", 1),
         ("velocity_max_std_mps", 0.0),
         ("mask_samples", 2.5),
+        ("border_px", -1),
         ("smooth_depth", "yes"),
     ],
 )
@@ -242,6 +243,43 @@ def test_occluded_car_is_reidentified_within_the_window_only(hidden: int) -> Non
     assert ids[8:] == [expected] * 3
 
 
+def test_a_thing_faster_than_its_width_per_frame_keeps_its_id() -> None:
+    # A person (0.6 m wide: 15 px at 12 m, focal 300) runs right at 6 m/s: 15 px per frame,
+    # its own width, so its mask of the last frame never overlaps its mask of this one. From
+    # frame 5 on a second person stands exactly where the first was a frame before: an
+    # unshifted last mask would overlap the stander fully and hand it the runner's track.
+    # Shifted by the motion its box filter predicts, it overlaps the runner.
+    k = intrinsics(96, 192, focal=300.0)
+    tracker = Tracker(TrackerConfig(confirm_frames=1))
+    runner_ids, stander_ids = [], []
+    for f in range(10):
+        runner = Thing(PERSON, 1 + f % 2, (-3.0 + 0.6 * f, 0.5, 12.0), (0.6, 1.7))
+        things = [runner]
+        if f >= 5:
+            things.append(Thing(PERSON, 2 - f % 2, (-3.0 + 0.6 * 4, 0.5, 12.0), (0.6, 1.7)))
+        result = render(things, k=k)
+        frame = tracker.update(result, stamp_ns=stamp(f))
+        runner_ids.append(track_of(frame, result, PERSON, 1 + f % 2).track_id)
+        if f >= 5:
+            stander_ids.append(track_of(frame, result, PERSON, 2 - f % 2).track_id)
+    assert set(runner_ids) == {1}
+    assert set(stander_ids) == {2}
+
+
+def test_a_lost_track_with_an_unsure_velocity_waits_where_it_was_seen() -> None:
+    # A still car at 40 m whose depth reads 35 m in its second frame: the two-point start
+    # says it closes at 50 m/s (std 18 m/s at 40 m, over velocity_max_std_mps), which would
+    # carry its prediction to 5 m in the 6 frames it then goes unseen. Predicted where it was
+    # last matched instead, it is re-identified when it shows again at 40 m.
+    tracker = Tracker(TrackerConfig(confirm_frames=1))
+    ids = []
+    for f, z in [(0, 40.0), (1, 35.0), (7, 40.0), (8, 40.0)]:
+        result = render([Thing(CAR, 1, (0.0, 1.0, z))])
+        frame = tracker.update(result, stamp_ns=stamp(f))
+        ids.append(track_of(frame, result, CAR, 1).track_id)
+    assert ids == [1, 1, 1, 1]
+
+
 # --------------------------------------------------------------------- time
 @pytest.mark.parametrize(
     ("jump", "reason"),
@@ -381,6 +419,51 @@ def test_velocity_waits_for_its_standard_deviation() -> None:
     tracks = _drive(tracker, range(30), lambda t: (0.0, 1.0, 20.0))
     known = [not math.isnan(tr.velocity[2]) for _, tr in tracks]
     assert known.index(True) == 5 and all(known[5:])
+
+
+def test_a_car_cut_by_the_image_border_keeps_its_velocity() -> None:
+    # A car (1.8 m wide) at 15 m drives right at 8 m/s and leaves the 192 px wide image: its
+    # right edge, u = 96 + 96 (x + 0.9) / 15, comes within border_px (2) of the border at
+    # frame 23 (x = 14.4 m), its left edge leaves at frame 25. The visible part's centroid
+    # slides with the border, slower than the car: measured, it drags vx down. Cut by the
+    # border, the segment measures no 3D motion and vx stays the one measured before
+    # (visible centroids of a whole rectangle: exact up to pixel rounding, 0.16 m at 15 m).
+    frames = range(25)
+
+    def run(config: TrackerConfig) -> list[float]:
+        tracks = _drive(Tracker(config), frames, lambda t: (-4.0 + 8.0 * t, 1.0, 15.0), centroid="visible")
+        return [tr.velocity[0] for _, tr in tracks]
+
+    x_max = [render([Thing(CAR, 1, (-4.0 + 0.8 * f, 1.0, 15.0))]).segments[-1].x_max for f in frames]
+    cut_from = next(f for f, x in enumerate(x_max) if x > 192 - 1 - 2)
+    assert cut_from == 23
+    vx = run(TrackerConfig(velocity_max_std_mps=math.inf))
+    assert all(abs(v - 8.0) < 0.25 for v in vx[2:])
+    assert vx[cut_from:] == [vx[cut_from - 1]] * 2  # coasting: the filter's velocity as it was
+    measured = run(TrackerConfig(velocity_max_std_mps=math.inf, border_px=0))
+    assert measured[2:cut_from] == vx[2:cut_from] and measured[-1] < 7.6
+
+
+def test_depth_and_centroid_follow_the_median_depth() -> None:
+    # Outline pixels that read the background pull a segment's mean depth (and so its
+    # centroid, the mean of its back-projected pixels) away by up to 3 m, differently every
+    # frame; its median stays. The tracker moves the centroid along its ray to the median:
+    # the velocity is then exact (two-point start and zero innovations, as for exact centroids).
+    rng = np.random.default_rng(2)
+    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, smooth_depth=True))
+    for f in range(8):
+        z = 30.0 - 1.0 * f
+        result = render([Thing(CAR, 1, (2.0, 1.0, z))])
+        i = segment_of(result, CAR, 1)
+        seg = result.segments[i]
+        pull = 1.0 + rng.uniform(0.0, 0.1)  # the mean reads up to 10 % farther than the median
+        result.segments[i] = dataclasses.replace(
+            seg, depth_mean=seg.depth_mean * pull, centroid=tuple(c * pull for c in seg.centroid)
+        )
+        frame = tracker.update(result, stamp_ns=stamp(f))
+        track = frame.tracks[i]
+    np.testing.assert_allclose(track.velocity, (0.0, 0.0, -10.0), atol=1e-6)
+    assert track.depth == pytest.approx(23.0, abs=1e-6)
 
 
 # --------------------------------------------------------------------- depth smoothing

@@ -22,10 +22,24 @@ from . import predict as predict_cmd
 from .cityscapes import GT_SPLITS, SPLITS, DatasetError, verify_cityscapes
 from .demo_bag import write_demo_bag
 from .synth import synth_main
+from .synth.sequences import sequences_main
 from .train import command as train_cmd
 
 
 def _synth(args: argparse.Namespace) -> int:
+    if args.sequences:
+        return sequences_main(
+            args.out,
+            sequences=args.sequences,
+            frames=args.frames,
+            seed=args.seed,
+            split=args.split,
+            fps=args.fps,
+            height=args.height,
+            width=args.width,
+            city=args.city,
+            workers=args.workers,
+        )
     return synth_main(
         args.out, args.train, args.val, args.seed, args.height, args.width, city=args.city, workers=args.workers
     )
@@ -62,7 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="render synthetic street scenes in the Cityscapes layout")
-    p.add_argument("out", type=Path, help="output root (gets leftImg8bit/, gtFine/, disparity/, camera/)")
+    p.add_argument(
+        "out", type=Path, help="output root (gets leftImg8bit/, gtFine/, disparity/, camera/; or video_sequence/)"
+    )
     p.add_argument("--train", type=int_at_least(0), default=100, help="train frames")
     p.add_argument("--val", type=int_at_least(0), default=20, help="val frames")
     p.add_argument("--seed", type=int, default=0)
@@ -70,6 +86,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int_at_least(8), default=512)
     p.add_argument("--city", default="synthcity")
     p.add_argument("--workers", type=int_at_least(1), default=1, help="rendering processes")
+    p.add_argument(
+        "--sequences",
+        type=int_at_least(0),
+        default=0,
+        help="render N drives with moving things as video sequences (Cityscapes-DVPS layout) instead",
+    )
+    p.add_argument("--frames", type=int_at_least(1), default=30, help="frames per sequence")
+    p.add_argument("--fps", type=number_above(0), default=10.0, help="frame rate of the sequences")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="split of the sequences")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("demo-bag", help="a ROS 2 bag (MCAP) of a synthetic drive: Image + CameraInfo at 10 Hz")

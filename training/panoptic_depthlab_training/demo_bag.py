@@ -3,10 +3,11 @@
 ``panoptic-depthlab-training demo-bag OUT [--frames 30] [--fps 10] [--seed 7]``
 writes ``sensor_msgs/Image`` (rgb8) on ``/camera/image_raw`` and the matching
 ``sensor_msgs/CameraInfo`` on ``/camera/camera_info`` (same stamp and
-``camera_optical_frame``), rendered by :mod:`synth` with the camera driving
-forward, as an MCAP bag with zstd chunks (what ``ros2 bag play`` reads).  The bag is
-written aside and moved into place when complete (``panoptic_depthlab_ros.output``);
-``--overwrite`` replaces only a bag this command wrote (its ``metadata.yaml`` says so).
+``camera_optical_frame``) of one synthetic drive (:mod:`.synth.drive`: the camera
+driving forward among crossing, oncoming and overtaking things), as an MCAP bag with
+zstd chunks (what ``ros2 bag play`` reads).  The bag is written aside and moved into
+place when complete (``panoptic_depthlab_ros.output``); ``--overwrite`` replaces only a
+bag this command wrote (its ``metadata.yaml`` says so).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from panoptic_depthlab_ros.bag import bag_marker_says, mark_bag
 from panoptic_depthlab_ros.output import StagedOutput
 
 from .synth import SceneGenerator
+from .synth.drive import make_drive, render_drive
+from .synth.sequences import frame_stamp_ns
 
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
 FRAME_ID = "camera_optical_frame"
-# 2026-01-01T00:00:00Z: a fixed start so the bag is byte-identical for a seed.
-START_NS = 1_767_225_600_000_000_000
 WRITTEN_BY = "panoptic-depthlab-training demo-bag"
 
 
@@ -44,7 +45,7 @@ def write_demo_bag(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Render ``frames`` frames of one synthetic street and write them as a bag directory ``out``."""
+    """Render ``frames`` frames of one synthetic drive and write them as a bag directory ``out``."""
     out = Path(out)
     staged = StagedOutput(
         out.parent,
@@ -67,8 +68,7 @@ def _write(
     roi_t = ts.types["sensor_msgs/msg/RegionOfInterest"]
 
     gen = SceneGenerator(height, width, seed=seed)
-    rng = np.random.default_rng(seed)
-    scene = gen.make_scene(rng, length_m=speed_mps * frames / fps + 120.0)
+    drive = make_drive(np.random.default_rng(seed), frames=frames, fps=fps, ego_speed_mps=speed_mps)
     k = np.asarray(gen.K, dtype=np.float64)
     p = np.array([[k[0, 0], 0, k[0, 2], 0], [0, k[1, 1], k[1, 2], 0], [0, 0, 1, 0]], dtype=np.float64)
 
@@ -78,9 +78,10 @@ def _write(
     with writer:
         img_conn = writer.add_connection(IMAGE_TOPIC, image_t.__msgtype__, typestore=ts)
         info_conn = writer.add_connection(CAMERA_INFO_TOPIC, info_t.__msgtype__, typestore=ts)
-        frames_iter = gen.render_sequence(scene, frames, speed_mps, fps)
-        for i, frame in enumerate(tqdm(frames_iter, total=frames, desc="demo bag", disable=not progress)):
-            t_ns = START_NS + round(i * 1e9 / fps)
+        drive_frames = render_drive(gen, drive)
+        for i, drive_frame in enumerate(tqdm(drive_frames, total=frames, desc="demo bag", disable=not progress)):
+            frame = drive_frame.frame
+            t_ns = frame_stamp_ns(i, fps)
             header = header_t(stamp=time_t(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000), frame_id=FRAME_ID)
             img = np.ascontiguousarray(frame.image_rgb)
             msg = image_t(

@@ -25,8 +25,10 @@ import torch
 from tqdm import tqdm
 
 from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
+from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.inference_options import add_inference_args, inference_options, int_at_least, number_above
 from panoptic_depthlab_ros.predictor import Predictor
+from panoptic_depthlab_ros.result import PanopticDepthResult
 
 from .cityscapes import (
     CityscapesSample,
@@ -84,6 +86,11 @@ class Prediction:
 PredictFn = Callable[[CityscapesSample], Prediction]
 
 
+def depth_or_nan(result: PanopticDepthResult) -> np.ndarray:
+    """The result's depth; all NaN (depth metrics NaN) when the predictor gave none (untrained branch)."""
+    return result.depth if result.depth is not None else np.full(result.panoptic.shape, np.nan, np.float32)
+
+
 def predictor_fn(predictor: Predictor) -> PredictFn:
     """Score ``Predictor.predict`` on the frame's image (RGB on disk -> BGR for the predictor).
 
@@ -94,9 +101,7 @@ def predictor_fn(predictor: Predictor) -> PredictFn:
     def predict(sample: CityscapesSample) -> Prediction:
         camera_k = camera_matrix(sample.camera)
         result = predictor.predict(np.ascontiguousarray(sample.image[..., ::-1]), camera_k=camera_k)
-        # No depth (a predictor without untrained_depth on an untrained branch): depth metrics NaN.
-        depth = result.depth if result.depth is not None else np.full(result.panoptic.shape, np.nan, np.float32)
-        return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=depth)
+        return Prediction(panoptic=result.panoptic, semantic=result.semantic, depth=depth_or_nan(result))
 
     return predict
 
@@ -222,9 +227,22 @@ def _training_iteration(path: Path) -> int | None:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Arguments of ``evaluate`` (reused by the ``panoptic-depthlab-training`` CLI)."""
     parser = argparse.ArgumentParser(description="Evaluate a Panoptic-DepthLab checkpoint", add_help=add_help)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="our .safetensors checkpoint")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="our .safetensors checkpoint (required but with --ground-truth)"
+    )
     parser.add_argument("--data", required=True, type=Path, help="Cityscapes root (or a synthetic tree)")
     parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument(
+        "--video",
+        action="store_true",
+        help="tracked video metrics (VPQ, DVPQ, ID switches, velocity, time to contact) on the sequences of"
+        " DATA/video_sequence/SPLIT (synth --sequences); --limit counts sequences",
+    )
+    parser.add_argument(
+        "--ground-truth",
+        action="store_true",
+        help="with --video: track the ground-truth segments instead of a model's (what the tracker alone does)",
+    )
     parser.add_argument("--json", type=Path, help="write the metrics here")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
@@ -268,6 +286,14 @@ def _dataset_problem(root: Path, split: str) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``evaluate`` from parsed arguments; prints the table, returns the exit code."""
+    if args.ground_truth and not args.video:
+        raise PanopticDepthLabError("--ground-truth goes with --video")
+    if args.video:
+        from . import video_evaluate  # imports this module: bound at call time
+
+        return video_evaluate.main(args)
+    if args.checkpoint is None:
+        raise PanopticDepthLabError("--checkpoint is required")
     with distributed_job(args.device) as info:
         if not args.no_verify:
             problem = decided_on_rank0(lambda: _dataset_problem(args.data, args.split), info)

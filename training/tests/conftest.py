@@ -54,6 +54,15 @@ def synth_copy(synth_root: Path, tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The core tests' tiny random-weight model (test/pdl_testing.py): fast, any input size."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "test"))
+    from pdl_testing import write_tiny_checkpoint  # noqa: PLC0415
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op torch thread: on two shared cores, OpenMP threads that spin while other
