@@ -69,6 +69,21 @@ class TrainResult:
 
 
 @dataclass
+class Run:
+    """A run once set up: what every step of the loop reads."""
+
+    config: TrainConfig
+    info: DistInfo
+    data_root: Path
+    out_dir: Path
+    init: Initialized  # the model, its config and what its files record
+    opt: Optimization
+    net: nn.Module  # the model as trained: TrainingNetwork, behind DDP with several processes
+    batches: Iterator[dict[str, Any]]
+    report: RunReport
+
+
+@dataclass
 class StepResult:
     """One optimizer step: losses and lr, time spent waiting for data, a sample kept for a panel."""
 
@@ -127,6 +142,7 @@ def _train(
     callback: StepCallback | None,
     info: DistInfo,
 ) -> TrainResult:
+    """Set the run up (the order matters for reproducible resumes: the RNG streams come back last), then loop."""
     seed_everything(config.seed + info.rank)
     _check_dataset(config, data_root, info)
     init = _prepare_model(config, data_root, info)
@@ -158,10 +174,11 @@ def _train(
         image_period=config.log.image_period,
         progress=progress,
     )
+    run = Run(config, info, data_root, out_dir, init, opt, net, batches, report)
     with report:
         for iteration in range(resumed.iteration + 1, max_iter + 1):
-            values = _iteration(iteration, net, batches, opt, init, config, info, report)
-            _after_step(iteration, init, opt, config, data_root, out_dir, info, report)
+            values = _iteration(run, iteration)
+            _after_step(run, iteration)
             # Last: an exception raised here is a crash after this iteration's files exist.
             if callback is not None:
                 callback(iteration, values)
@@ -238,72 +255,49 @@ def _network(model: PanopticDepthLab, config: TrainConfig, info: DistInfo) -> nn
     return net
 
 
-def _iteration(
-    iteration: int,
-    net: nn.Module,
-    batches: Iterator[dict[str, Any]],
-    opt: Optimization,
-    init: Initialized,
-    config: TrainConfig,
-    info: DistInfo,
-    report: RunReport,
-) -> dict[str, float]:
+def _iteration(run: Run, iteration: int) -> dict[str, float]:
     """One optimizer step, checked and reported; returns its values (losses, lr, times)."""
     t0 = time.perf_counter()
-    step = _train_step(net, batches, opt, init, config, info, keep_panel=report.wants_panel(iteration))
+    step = _train_step(run, keep_panel=run.report.wants_panel(iteration))
     values = step.values
     if not math.isfinite(values["total_loss"]):
         raise FloatingPointError(f"loss became {values['total_loss']} at iteration {iteration}: {values}")
     step_time = time.perf_counter() - t0
     values.update(
-        time_data=step.data_time, time_step=step_time, throughput=config.solver.ims_per_batch / max(step_time, 1e-9)
+        time_data=step.data_time,
+        time_step=step_time,
+        throughput=run.config.solver.ims_per_batch / max(step_time, 1e-9),
     )
-    report.step(iteration, values)
+    run.report.step(iteration, values)
     if step.panel is not None:
-        report.panel(iteration, *step.panel)
+        run.report.panel(iteration, *step.panel)
     return values
 
 
-def _after_step(
-    iteration: int,
-    init: Initialized,
-    opt: Optimization,
-    config: TrainConfig,
-    data_root: Path,
-    out_dir: Path,
-    info: DistInfo,
-    report: RunReport,
-) -> None:
+def _after_step(run: Run, iteration: int) -> None:
     """The periodic work: model file and resume state, then the validation."""
+    config = run.config
     max_iter = config.solver.max_iter
     if iteration % config.checkpoint.period == 0 or iteration == max_iter:
         save_run(
-            init.model,
-            opt,
+            run.init.model,
+            run.opt,
             iteration=iteration,
             config=config,
-            init=init,
-            out_dir=out_dir,
-            data_root=data_root,
-            info=info,
+            init=run.init,
+            out_dir=run.out_dir,
+            data_root=run.data_root,
+            info=run.info,
             final=iteration == max_iter,
         )
     period = config.eval.period
     if period > 0 and (iteration % period == 0 or iteration == max_iter):
-        _evaluate_during_training(init, config, data_root=data_root, iteration=iteration, info=info, report=report)
+        _evaluate_during_training(run, iteration)
 
 
-def _train_step(
-    net: nn.Module,
-    batches: Iterator[dict[str, Any]],
-    opt: Optimization,
-    init: Initialized,
-    config: TrainConfig,
-    info: DistInfo,
-    *,
-    keep_panel: bool,
-) -> StepResult:
+def _train_step(run: Run, *, keep_panel: bool) -> StepResult:
     """Do one optimizer step over ``opt.accum`` micro-batches."""
+    net, opt, init, config, info = run.net, run.opt, run.init, run.config, run.info
     opt.optimizer.zero_grad(set_to_none=True)
     lr = opt.optimizer.param_groups[0]["lr"]
     sums: dict[str, Tensor] = {}
@@ -311,7 +305,7 @@ def _train_step(
     panel = None
     for micro in range(opt.accum):
         t = time.perf_counter()
-        batch = batch_to_device(next(batches), info.device)
+        batch = batch_to_device(next(run.batches), info.device)
         data_time += time.perf_counter() - t
         x = normalize_images(batch["image"], init.model_config)
         if config.solver.channels_last:
@@ -347,10 +341,9 @@ def _train_step(
     return StepResult(values=values, data_time=data_time, panel=panel)
 
 
-def _evaluate_during_training(
-    init: Initialized, config: TrainConfig, *, data_root: Path, iteration: int, info: DistInfo, report: RunReport
-) -> None:
+def _evaluate_during_training(run: Run, iteration: int) -> None:
     """Evaluate on the val split (sharded over ranks), report on rank 0, back to training mode."""
+    init, config, info = run.init, run.config, run.info
     max_depth = config.eval.max_depth if config.eval.max_depth is not None else init.model_config.max_depth
     init.model.eval()
     try:
@@ -364,7 +357,7 @@ def _evaluate_during_training(
         )
         summary = evaluate_split(
             predictor,
-            data_root=data_root,
+            data_root=run.data_root,
             split=config.data.val_split,
             max_depth=max_depth or None,
             limit=config.eval.max_images or None,
@@ -374,4 +367,4 @@ def _evaluate_during_training(
         )
     finally:
         set_training_mode(init.model, config.mode)
-    report.evaluation(iteration, {**flat_metrics(summary), **band_metrics(summary)}, summary)
+    run.report.evaluation(iteration, {**flat_metrics(summary), **band_metrics(summary)}, summary)
