@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from panoptic_depthlab_ros.cli import inference_options
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.fusion import PostprocessConfig
+from panoptic_depthlab_ros.inference_options import inference_options
 from panoptic_depthlab_ros.metadata import ClassMetadata, cityscapes_metadata
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 from panoptic_depthlab_ros.result import PanopticDepthResult
