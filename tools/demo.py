@@ -230,11 +230,6 @@ class Player:
         with self.lock:
             return int(self.node_status.get("camera_info_received", "0")) > 0
 
-    def has_answer(self, stamp: Stamp) -> bool:
-        """Whether the frame stamped ``stamp`` was answered."""
-        with self.lock:
-            return stamp in self.answered
-
     def complete(self, frames: int, topics: list[str]) -> bool:
         """Whether every frame was answered on every one of ``topics``."""
         with self.lock:
@@ -259,14 +254,22 @@ def wait_until(condition: Callable[[], bool], what: str, node: NodeProcess, time
 
 
 # ------------------------------------------------------------------ the steps
+def expected_topics(*, with_intrinsics: bool) -> list[str]:
+    """The outputs every frame gets: all of them once the node has a CameraInfo."""
+    return [o.topic for o in OUTPUTS if with_intrinsics or not o.needs_intrinsics]
+
+
 def play(
     inputs: BagInputs, player: Player, node: NodeProcess, *, rate: float | None, timeout_s: float
 ) -> tuple[dict[Stamp, float], int]:
     """Send the inputs in order; returns when each frame went out (by stamp) and how many CameraInfo.
 
-    Lock-step (``rate`` None): each image waits for the previous one's answer.  The first
-    image waits until the node took a CameraInfo (if the bag has one): markers and points
-    need it, and the node takes images and camera_info on separate subscriptions.
+    Lock-step (``rate`` None): each image waits until every output of the previous one came
+    back.  Waiting for all of them, not only the segments, matters: an image output keeps
+    only its latest sample, so one still in transit (a lost sample is re-sent only at the
+    writer's next heartbeat) would be replaced by the next frame's.  The first image waits
+    until the node took a CameraInfo (if the bag has one): markers and points need it, and
+    the node takes images and camera_info on separate subscriptions.
     """
     sent: dict[Stamp, float] = {}
     infos_sent = 0
@@ -289,8 +292,8 @@ def play(
         sent[key] = time.perf_counter()
         player.image_pub.publish(msg)
         if rate is None:  # polled finely: it paces the replay
-            answered = partial(player.has_answer, key)
-            wait_until(answered, f"the answer to the frame stamped {key}", node, timeout_s, 0.002)
+            answered = partial(player.complete, len(sent), expected_topics(with_intrinsics=infos_sent > 0))
+            wait_until(answered, f"every output of the frame stamped {key}", node, timeout_s, 0.002)
     return sent, infos_sent
 
 
@@ -300,7 +303,7 @@ def wait_for_trailing_outputs(player: Player, frames: int, *, with_intrinsics: b
     A reliable sample lost on the way is only re-sent after the writer's next heartbeat
     (Fast DDS: every 3 s), so this waits for the counts rather than a fixed time.
     """
-    topics = [o.topic for o in OUTPUTS if with_intrinsics or not o.needs_intrinsics]
+    topics = expected_topics(with_intrinsics=with_intrinsics)
     end = time.monotonic() + 10.0
     while time.monotonic() < end and not player.complete(frames, topics):
         time.sleep(0.05)
