@@ -179,7 +179,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="input bag directory (or .mcap / .db3 file)")
     p.add_argument("output", type=Path, help="output bag directory")
     p.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic (default: the only one)")
-    p.add_argument("--camera-info-topic", help="sensor_msgs/CameraInfo topic for 3D centroids (default: the only one)")
+    p.add_argument(
+        "--camera-info-topic",
+        help="sensor_msgs/CameraInfo topic for 3D centroids, markers and points (default: the only one)",
+    )
     _add_model_args(p)
     p.set_defaults(func=_bag)
 

@@ -83,8 +83,8 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         "--input-scale",
         type=float,
         metavar="S",
-        help="resize each frame by S before the network (default: the checkpoint's; e.g. 1.5 finds"
-        " smaller things for ~1.8x the time, with less exact depth)",
+        help="resize each frame by S before the network (default: the checkpoint's; larger finds"
+        " smaller things for more time per frame, with less exact depth; see docs/performance.md)",
     )
     p.add_argument(
         "--flip-average",
@@ -97,7 +97,7 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         default=(1.0,),
         metavar="S,S,...",
         help="multi-scale inference: average the segmentation over these input scales (with 1; e.g."
-        " 1,1.25,1.5,1.75: better segments, ~5x the time; depth stays scale 1's)",
+        " 1,1.25,1.5,1.75: better segments for a network pass per scale; depth stays scale 1's)",
     )
     add_max_pixels_arg(p)
     p.add_argument(

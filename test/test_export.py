@@ -13,8 +13,8 @@ import torch
 from panoptic_depthlab_ros.checkpoint import convert_detectron2, load_checkpoint, save_checkpoint
 from panoptic_depthlab_ros.errors import CheckpointError, InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.export import ExportError, export_model
+from panoptic_depthlab_ros.fusion import find_instance_centers
 from panoptic_depthlab_ros.model import build_model
-from panoptic_depthlab_ros.postprocess import find_instance_centers
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.preprocess import prepare_image
 from pdl_testing import FIXTURES, REPO, stride2_instance_branch

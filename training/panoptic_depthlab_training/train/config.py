@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
-from panoptic_depthlab_ros.postprocess import PostprocessConfig
+from panoptic_depthlab_ros.fusion import PostprocessConfig
 
 from ..losses import LossConfig
 

@@ -21,11 +21,11 @@ from panoptic_depthlab_ros.checkpoint import (
     load_state_dict_checked,
     postprocess_from_detectron2,
 )
+from panoptic_depthlab_ros.fusion import PostprocessConfig
 from panoptic_depthlab_ros.metadata import ClassMetadata, cityscapes_metadata
 from panoptic_depthlab_ros.model import ModelConfig, PanopticDepthLab, build_model
 from panoptic_depthlab_ros.model.config import load_detectron2_yaml
 from panoptic_depthlab_ros.model.panoptic_depthlab import upsample
-from panoptic_depthlab_ros.postprocess import PostprocessConfig
 
 from ..cityscapes import DatasetError, focal_length, list_samples
 from ..distributed import DistInfo
