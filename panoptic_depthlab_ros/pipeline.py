@@ -128,13 +128,13 @@ class LatestFrameMailbox:
         with self._cond:
             if not any(f is not None for f in self._frames):
                 self._cond.wait(timeout)
-            n = len(self._frames)
+            n, start = len(self._frames), self._next
             taken: list[Frame] = []
-            for i in (self._next + j for j in range(n)):
-                frame = self._frames[i % n]
+            for i in ((start + j) % n for j in range(n)):
+                frame = self._frames[i]
                 if frame is None:
                     continue
-                self._frames[i % n] = None
+                self._frames[i] = None
                 taken.append(frame)
                 self._next = (i + 1) % n
                 if len(taken) == limit:

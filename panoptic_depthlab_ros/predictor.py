@@ -494,7 +494,7 @@ class Predictor:
         :class:`InputError` whose ``index`` names it; nothing is run then.
         """
         config = self.postprocess if postprocess is None else postprocess
-        ks = [None] * len(images) if camera_ks is None else list(camera_ks)
+        ks: list[np.ndarray | None] = [None] * len(images) if camera_ks is None else list(camera_ks)
         if len(ks) != len(images):
             raise ValueError(f"{len(images)} images but {len(ks)} camera matrices")
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
