@@ -266,6 +266,11 @@ def check_camera_names(names: Sequence[str]) -> str | None:
     return None
 
 
+def camera_topic(camera: str, relative: str) -> str:
+    """Topic ``relative`` of camera ``camera`` (``front/image``); the unnamed single camera's is ``relative``."""
+    return f"{camera}/{relative}" if camera else relative
+
+
 @dataclass
 class CameraStream:
     """Everything one camera has of its own: name, topics, intrinsics, counters, publishers.
@@ -284,7 +289,7 @@ class CameraStream:
     said_no_camera_info: bool = False
 
     def _topic(self, relative: str) -> str:
-        return f"{self.name}/{relative}" if self.name else relative
+        return camera_topic(self.name, relative)
 
     def image_topic(self, compressed: bool) -> str:
         """The (relative) image topic this camera subscribes."""
