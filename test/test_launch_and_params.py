@@ -145,6 +145,59 @@ def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transpor
     assert pubs["/diagnostics"] == ["diagnostic_msgs/msg/DiagnosticArray"]
 
 
+def _launch_functions(*names: str) -> dict:
+    """The launch file's plain helper functions, run without ``launch`` installed."""
+    tree = ast.parse(LAUNCH.read_text())
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=defs, type_ignores=[]), str(LAUNCH), "exec"), namespace)  # noqa: S102
+    return {name: namespace[name] for name in names}
+
+
+@pytest.mark.parametrize(
+    "text,names",
+    [
+        ("[front,left,right]", ["front", "left", "right"]),
+        ("[front, left]", ["front", "left"]),
+        ("['front', 'rear/left']", ["front", "rear/left"]),
+        ("front", ["front"]),
+        ("[]", []),
+        ("", []),
+    ],
+)
+def test_launch_cameras_argument_is_parsed(text: str, names: list[str]) -> None:
+    assert _launch_functions("camera_names")["camera_names"](text) == names
+
+
+def test_launch_cameras_reach_the_node_as_a_list_with_their_topics(ros_context, tiny_checkpoint) -> None:
+    """What the launch file gives the node for cameras:=[front,left]: the parameter (only when
+    cameras are given: an empty list has no ROS type) and each camera's remappings."""
+    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+
+    tree = ast.parse(LAUNCH.read_text())
+    args = {c.args[0].value: c for c in _calls(tree, "DeclareLaunchArgument")}
+    assert _kw(args["cameras"], "default_value").value == "[]"
+    assert "{camera}" in _kw(args["camera_image"], "default_value").value
+    for call in (*_calls(tree, "LifecycleNode"), *[c for c in _calls(tree, "Node") if _kw(c, "package") is None]):
+        assert isinstance(_kw(call, "parameters").elts[2], ast.Starred)  # *per_camera: [] or [{"cameras": [...]}]
+    f = _launch_functions("camera_names", "camera_remappings")
+    cameras = f["camera_names"]("[front,left]")
+    remaps = f["camera_remappings"](cameras, "/cams/{camera}/image_raw", "/cams/{camera}/info")
+    cli = ["--ros-args"] + [a for k, v in remaps for a in ("-r", f"{k}:={v}")]
+    cli += ["-p", f"checkpoint:={tiny_checkpoint}", "-p", "device:=cpu", "-p", f"cameras:=[{','.join(cameras)}]"]
+    node = PanopticDepthLabNode(context=ros_context, cli_args=cli)
+    try:
+        subs = dict(node.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
+        pubs = dict(node.get_publisher_names_and_types_by_node("panoptic_depthlab", "/"))
+    finally:
+        node.destroy_node()
+    for c in cameras:
+        assert subs[f"/cams/{c}/image_raw"] == ["sensor_msgs/msg/Image"]
+        assert subs[f"/cams/{c}/info"] == ["sensor_msgs/msg/CameraInfo"]
+        assert pubs[f"/panoptic_depthlab/{c}/overlay"] == ["sensor_msgs/msg/Image"]
+    assert {k for k, _ in remaps} == {f"{c}/{i}" for c in cameras for i in ("image", "image/compressed", "camera_info")}
+
+
 # --------------------------------------------------------------------- parameters
 def test_yaml_and_table_agree() -> None:
     values = _yaml_params()
