@@ -7,7 +7,8 @@ For each number of cameras N: N cameras publishing ``--rate`` Hz each (sensor_ms
 bgr8, different images per camera) into
 
 * one node with ``cameras:=[c0, ..., cN-1]`` (one model, the cameras' latest frames batched), and
-* N single-camera nodes, one process each (N models), on the same cores,
+* N single-camera nodes, one process each (N models), on the same cores (with one camera:
+  the node without ``cameras``, the baseline of the memory goal),
 
 each node being the installed executable in its own process, as deployed, with its default
 threads.  Measured over ``--seconds`` after every camera has had its first answer (the
@@ -309,8 +310,8 @@ def main() -> None:
         )
         print(
             f"{top} cameras, one node's memory / one single-camera node's, per round: "
-            f"{per_round((top, False), (1, False), 'rss')} (goal <= 1.3); {top} nodes: "
-            f"{per_round((top, True), (1, False), 'rss')}"
+            f"{per_round((top, False), (1, True), 'rss')} (goal <= 1.3); {top} nodes: "
+            f"{per_round((top, True), (1, True), 'rss')}"
         )
     print(
         f"two sizes in one batch ({height}x{width} + {height * 3 // 4}x{width * 3 // 4}): grouped {grouped:.2f} s, "
