@@ -1,4 +1,4 @@
-"""Issue 26 benchmark: several cameras through one node against one node per camera, in one run.
+"""Several cameras through one node against one node per camera, in one run.
 
     .venv/bin/python bench/bench_multicam.py [--checkpoint model.safetensors] [--size 128x256]
         [--cameras 1,2,3,4] [--rate 10] [--seconds 40]
