@@ -51,6 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", default="1,2,3,4", help="camera counts to measure")
     p.add_argument("--rate", type=float, default=10.0, help="frames per second of each camera")
     p.add_argument("--seconds", type=float, default=40.0, help="measuring window per set-up")
+    p.add_argument("--max-batch", type=int, default=0, help="the one node's max_batch (0: every camera's frame)")
     p.add_argument("--rounds", type=int, default=2, help="rounds over all set-ups (the ratios' spread)")
     p.add_argument("--mixed-repeats", type=int, default=5, help="repeats of the grouped / padded comparison")
     p.add_argument("--domain", type=int, default=101 + os.getpid() % 100, help="ROS domain id")
@@ -170,7 +171,8 @@ def run_setup(context, checkpoint: Path, n: int, separate: bool, images, args, e
         ]
         answers = [f"/panoptic_depthlab_{c}/segments" for c in cameras]
     else:
-        commands = [node_command(checkpoint, "panoptic_depthlab", {"cameras": f"[{','.join(cameras)}]"}, {})]
+        params = {"cameras": f"[{','.join(cameras)}]", "max_batch": str(args.max_batch)}
+        commands = [node_command(checkpoint, "panoptic_depthlab", params, {})]
         answers = [f"/panoptic_depthlab/{c}/segments" for c in cameras]
     procs = [
         subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in commands
@@ -288,7 +290,8 @@ def main() -> None:
 
     print(
         f"\nseveral cameras: {checkpoint.name}, {height}x{width} bgr8 at {args.rate:g} Hz per camera, "
-        f"{args.seconds:g} s per set-up, {args.rounds} round(s), {os.cpu_count()} CPUs, default node threads"
+        f"{args.seconds:g} s per set-up, {args.rounds} round(s), {os.cpu_count()} CPUs, default node threads, "
+        f"one node's max_batch {args.max_batch}"
     )
     print(
         f"{'cameras':>7s} {'set-up':>15s} {'frames/s':>9s} {'p50 s':>7s} {'p90 s':>7s} {'peak RSS MB':>12s}  (medians)"
