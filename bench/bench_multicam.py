@@ -43,6 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_node import make_images  # noqa: E402 - the benchmarks' shared test images
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,16 +58,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-repeats", type=int, default=5, help="repeats of the grouped / padded comparison")
     p.add_argument("--domain", type=int, default=101 + os.getpid() % 100, help="ROS domain id")
     return p
-
-
-def make_images(n: int, height: int, width: int, seed: int) -> list[np.ndarray]:
-    """Blocky random BGR images (structure for the model to segment), all different."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        small = rng.integers(0, 256, size=(-(-height // 16), -(-width // 16), 3), dtype=np.uint8)
-        out.append(np.ascontiguousarray(np.kron(small, np.ones((16, 16, 1), np.uint8))[:height, :width]))
-    return out
 
 
 class Cameras:

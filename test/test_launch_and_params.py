@@ -100,9 +100,21 @@ def test_launch_remappings_are_the_node_inputs() -> None:
     assert set(_launch_remappings()) == {INPUT_IMAGE, INPUT_COMPRESSED, INPUT_CAMERA_INFO}
 
 
+def _node_topics(ros_context, cli: list[str]) -> tuple[dict, dict]:
+    """The real node's subscribed and published topics (with their types) when started with ``cli``."""
+    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+
+    node = PanopticDepthLabNode(context=ros_context, cli_args=cli)
+    try:
+        subs = dict(node.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
+        pubs = dict(node.get_publisher_names_and_types_by_node("panoptic_depthlab", "/"))
+    finally:
+        node.destroy_node()
+    return subs, pubs
+
+
 @pytest.mark.parametrize("transport", ["raw", "compressed"])
 def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transport: str) -> None:
-    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
 
     # What the launch file does with image:=/cam/front/image_raw camera_info:=/cam/front/camera_info
     targets = {
@@ -120,12 +132,7 @@ def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transpor
         "-p",
         f"image_transport:={transport}",
     ]
-    node = PanopticDepthLabNode(context=ros_context, cli_args=cli)
-    try:
-        subs = dict(node.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
-        pubs = dict(node.get_publisher_names_and_types_by_node("panoptic_depthlab", "/"))
-    finally:
-        node.destroy_node()
+    subs, pubs = _node_topics(ros_context, cli)
     image_topic = targets["image/compressed" if transport == "compressed" else "image"]
     expected_type = "sensor_msgs/msg/CompressedImage" if transport == "compressed" else "sensor_msgs/msg/Image"
     assert subs[image_topic] == [expected_type]
@@ -172,7 +179,6 @@ def test_launch_cameras_argument_is_parsed(text: str, names: list[str]) -> None:
 def test_launch_cameras_reach_the_node_as_a_list_with_their_topics(ros_context, tiny_checkpoint) -> None:
     """What the launch file gives the node for cameras:=[front,left]: the parameter (only when
     cameras are given: an empty list has no ROS type) and each camera's remappings."""
-    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
 
     tree = ast.parse(LAUNCH.read_text())
     args = {c.args[0].value: c for c in _calls(tree, "DeclareLaunchArgument")}
@@ -185,12 +191,7 @@ def test_launch_cameras_reach_the_node_as_a_list_with_their_topics(ros_context, 
     remaps = f["camera_remappings"](cameras, "/cams/{camera}/image_raw", "/cams/{camera}/info")
     cli = ["--ros-args"] + [a for k, v in remaps for a in ("-r", f"{k}:={v}")]
     cli += ["-p", f"checkpoint:={tiny_checkpoint}", "-p", "device:=cpu", "-p", f"cameras:=[{','.join(cameras)}]"]
-    node = PanopticDepthLabNode(context=ros_context, cli_args=cli)
-    try:
-        subs = dict(node.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
-        pubs = dict(node.get_publisher_names_and_types_by_node("panoptic_depthlab", "/"))
-    finally:
-        node.destroy_node()
+    subs, pubs = _node_topics(ros_context, cli)
     for c in cameras:
         assert subs[f"/cams/{c}/image_raw"] == ["sensor_msgs/msg/Image"]
         assert subs[f"/cams/{c}/info"] == ["sensor_msgs/msg/CameraInfo"]
