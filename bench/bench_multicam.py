@@ -15,7 +15,9 @@ threads.  Measured over ``--seconds`` after every camera has had its first answe
 model load and first frame are not counted): frames answered per second (all cameras; a
 node drops what it cannot keep up with, latest-frame-only), latency from publishing a frame
 to receiving its ``segments`` (p50, p90), and the peak resident memory (VmHWM) of the node
-processes, summed for the separate nodes.  Goals (N = 4): one node answers >= 1.5x the
+processes, summed for the separate nodes, and the frames answered per CPU-second the node
+processes used (which a machine shared with other work skews less: more processes get more of
+its time, not more done per core).  Goals (N = 4): one node answers >= 1.5x the
 frames of the separate nodes, with <= 1.3x the memory of one single-camera node.  With one
 camera both set-ups are the same: their difference is the run-to-run spread on this machine;
 ``--rounds`` repeats every set-up (in turn, so load changes hit all alike) and the table
@@ -53,7 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", default="1,2,3,4", help="camera counts to measure")
     p.add_argument("--rate", type=float, default=10.0, help="frames per second of each camera")
     p.add_argument("--seconds", type=float, default=40.0, help="measuring window per set-up")
-    p.add_argument("--max-batch", type=int, default=0, help="the one node's max_batch (0: every camera's frame)")
+    p.add_argument(
+        "--max-batch",
+        default="0",
+        help="the one node's max_batch, comma-separated for several set-ups (0: all cameras)",
+    )
     p.add_argument("--rounds", type=int, default=2, help="rounds over all set-ups (the ratios' spread)")
     p.add_argument("--mixed-repeats", type=int, default=5, help="repeats of the grouped / padded comparison")
     p.add_argument("--domain", type=int, default=101 + os.getpid() % 100, help="ROS domain id")
@@ -135,6 +141,12 @@ class Cameras:
         self.node.destroy_node()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -151,7 +163,7 @@ def node_command(checkpoint: Path, name: str, params: dict[str, str], remaps: di
     return cmd + [a for k, v in remaps.items() for a in ("-r", f"{k}:={v}")]
 
 
-def run_setup(context, checkpoint: Path, n: int, separate: bool, images, args, env) -> dict:
+def run_setup(context, checkpoint: Path, n: int, separate: bool, max_batch: int, images, args, env) -> dict:
     """One set-up for ``n`` cameras: start its node process(es), measure, stop them."""
     cameras = [f"c{i}" for i in range(n)]
     if separate:  # camera ci -> node panoptic_depthlab_ci, single camera, its own model
@@ -163,7 +175,7 @@ def run_setup(context, checkpoint: Path, n: int, separate: bool, images, args, e
         ]
         answers = [f"/panoptic_depthlab_{c}/segments" for c in cameras]
     else:
-        params = {"cameras": f"[{','.join(cameras)}]", "max_batch": str(args.max_batch)}
+        params = {"cameras": f"[{','.join(cameras)}]", "max_batch": str(max_batch)}
         commands = [node_command(checkpoint, "panoptic_depthlab", params, {})]
         answers = [f"/panoptic_depthlab/{c}/segments" for c in cameras]
     procs = [
@@ -186,9 +198,11 @@ def run_setup(context, checkpoint: Path, n: int, separate: bool, images, args, e
             if time.monotonic() > deadline:
                 raise RuntimeError("no answer from every camera within 600 s")
             time.sleep(0.1)
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         t0 = time.perf_counter()
         time.sleep(args.seconds)
         t1 = time.perf_counter()
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
         rss = [peak_rss_mb(p.pid) for p in procs]
         probe.stop.set()
         publisher.join(5)
@@ -208,6 +222,7 @@ def run_setup(context, checkpoint: Path, n: int, separate: bool, images, args, e
     q = np.percentile(latency, [50, 90]) if latency else (float("nan"), float("nan"))
     return {
         "fps": len(window) / (t1 - t0),
+        "per_cpu_s": len(window) / max(cpu, 1e-9),
         "p50": q[0],
         "p90": q[1],
         "rss": sum(rss),
@@ -238,6 +253,13 @@ def grouped_or_padded(checkpoint: Path, height: int, width: int, repeats: int) -
     return statistics.median(grouped), statistics.median(pad)
 
 
+SEPARATE = -1  # the set-up of one node per camera
+
+
+def setup_name(n: int, setup: int) -> str:
+    return f"{n} node(s)" if setup == SEPARATE else f"one node, max_batch {setup}"
+
+
 def main() -> None:
     args = get_args_parser().parse_args()
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -256,27 +278,29 @@ def main() -> None:
     )
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=args.domain)
-    results: dict[tuple[int, bool], list[dict]] = {}
+    batches = [int(b) for b in args.max_batch.split(",")]
+    # (cameras, set-up): set-up SEPARATE = one node per camera, else the one node's max_batch.
+    results: dict[tuple[int, int], list[dict]] = {}
     try:
         for round_ in range(args.rounds):
             for n in counts:
-                for separate in (False, True):
-                    r = run_setup(context, checkpoint, n, separate, images, args, env)
-                    results.setdefault((n, separate), []).append(r)
+                for setup in [*(batches if n > 1 else batches[:1]), SEPARATE]:
+                    r = run_setup(context, checkpoint, n, setup == SEPARATE, max(setup, 0), images, args, env)
+                    results.setdefault((n, setup), []).append(r)
                     print(
-                        f"  round {round_ + 1}, {n} camera(s), {'separate nodes' if separate else 'one node'}: "
-                        f"{r['fps']:.2f} frames/s {r['per_camera']}, p50 {r['p50']:.2f} s, p90 {r['p90']:.2f} s, "
-                        f"peak RSS {r['rss']:.0f} MB",
+                        f"  round {round_ + 1}, {n} camera(s), {setup_name(n, setup)}: {r['fps']:.2f} frames/s "
+                        f"{r['per_camera']}, {r['per_cpu_s']:.2f} per CPU-second, p50 {r['p50']:.2f} s, "
+                        f"p90 {r['p90']:.2f} s, peak RSS {r['rss']:.0f} MB",
                         flush=True,
                     )
     finally:
         context.try_shutdown()
     grouped, padded = grouped_or_padded(checkpoint, height, width, args.mixed_repeats)
 
-    def med(n: int, separate: bool, key: str) -> float:
-        return statistics.median(r[key] for r in results[(n, separate)])
+    def med(n: int, setup: int, key: str) -> float:
+        return statistics.median(r[key] for r in results[(n, setup)])
 
-    def per_round(a: tuple[int, bool], b: tuple[int, bool], key: str) -> str:
+    def per_round(a: tuple[int, int], b: tuple[int, int], key: str) -> str:
         ratios = [x[key] / y[key] for x, y in zip(results[a], results[b], strict=True)]
         return ", ".join(f"{v:.2f}x" for v in ratios)
 
@@ -286,27 +310,32 @@ def main() -> None:
         f"one node's max_batch {args.max_batch}"
     )
     print(
-        f"{'cameras':>7s} {'set-up':>15s} {'frames/s':>9s} {'p50 s':>7s} {'p90 s':>7s} {'peak RSS MB':>12s}  (medians)"
+        f"{'cameras':>7s} {'set-up':>22s} {'frames/s':>9s} {'per CPU-s':>9s} {'p50 s':>7s} {'p90 s':>7s} "
+        f"{'peak RSS MB':>12s}  (medians)"
     )
-    for n, separate in results:
-        setup = f"{n} nodes" if separate else "one node"
-        row = [med(n, separate, k) for k in ("fps", "p50", "p90", "rss")]
-        print(f"{n:7d} {setup:>15s} {row[0]:9.2f} {row[1]:7.2f} {row[2]:7.2f} {row[3]:12.0f}")
+    for n, setup in results:
+        row = [med(n, setup, k) for k in ("fps", "per_cpu_s", "p50", "p90", "rss")]
+        print(
+            f"{n:7d} {setup_name(n, setup):>22s} {row[0]:9.2f} {row[1]:9.2f} {row[2]:7.2f} {row[3]:7.2f} {row[4]:12.0f}"
+        )
+    first = batches[0]
     if 1 in counts:
         print(
-            f"spread (1 camera, the same set-up twice), per round: frames {per_round((1, False), (1, True), 'fps')}; "
-            f"p50 {per_round((1, False), (1, True), 'p50')}"
+            f"spread (1 camera, the same node twice), per round: frames {per_round((1, first), (1, SEPARATE), 'fps')}; "
+            f"per CPU-second {per_round((1, first), (1, SEPARATE), 'per_cpu_s')}"
         )
     top = max(counts)
     if 1 in counts and top > 1:
-        print(
-            f"{top} cameras, one node / {top} nodes, per round: frames {per_round((top, False), (top, True), 'fps')}"
-            " (goal >= 1.5)"
-        )
+        for b in batches:
+            print(
+                f"{top} cameras, one node (max_batch {b}) / {top} nodes, per round: frames "
+                f"{per_round((top, b), (top, SEPARATE), 'fps')} (goal >= 1.5); per CPU-second "
+                f"{per_round((top, b), (top, SEPARATE), 'per_cpu_s')}"
+            )
         print(
             f"{top} cameras, one node's memory / one single-camera node's, per round: "
-            f"{per_round((top, False), (1, True), 'rss')} (goal <= 1.3); {top} nodes: "
-            f"{per_round((top, True), (1, True), 'rss')}"
+            f"{per_round((top, first), (1, SEPARATE), 'rss')} (goal <= 1.3); {top} nodes: "
+            f"{per_round((top, SEPARATE), (1, SEPARATE), 'rss')}"
         )
     print(
         f"two sizes in one batch ({height}x{width} + {height * 3 // 4}x{width * 3 // 4}): grouped {grouped:.2f} s, "
