@@ -74,6 +74,17 @@ def test_three_cameras_answered_on_their_own_topics_with_their_own_headers(three
         assert subs[f"/{c}/image"] == ["sensor_msgs/msg/Image"] and f"/{c}/camera_info" in subs
         assert pubs[f"/panoptic_depthlab/{c}/segments"] == ["panoptic_depthlab_ros/msg/SegmentDepthArray"]
     assert "/image" not in subs and "/panoptic_depthlab/segments" not in pubs  # no single camera beside them
+    # The start-up log lists the cameras with their resolved topics (rosout keeps it: transient local).
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    logs: list = []
+    rosout = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    h.probe.create_subscription(Log, "/rosout", logs.append, rosout)
+    h.wait_for(lambda: any("camera(s), one model" in m.msg for m in list(logs)), 15, "the start-up log")
+    (line,) = [m.msg for m in list(logs) if "camera(s), one model" in m.msg]
+    assert line.startswith("3 camera(s), one model: front: /front/image + /front/camera_info -> ")
+    assert "right: /right/image + /right/camera_info -> /panoptic_depthlab/right/<output>" in line
 
     # front and left have intrinsics (different ones), right has none; right's frames are larger.
     for c, f in (("front", 100.0), ("left", 140.0)):
