@@ -15,6 +15,7 @@ replaces the few parts of it the package needs.
 from __future__ import annotations
 
 import array
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -270,6 +271,23 @@ def segment_to_msg(seg: SegmentDepth, *, segment_cls: type, point_cls: type, vec
         velocity=vector_cls(x=float(vx), y=float(vy), z=float(vz)),
         time_to_contact=float(seg.time_to_contact),
     )
+
+
+def segment_from_msg(msg: Any) -> SegmentDepth:
+    """A ``SegmentDepth`` message -> :class:`SegmentDepth`, the inverse of :func:`segment_to_msg`.
+
+    A field the message lacks (one of an older definition, e.g. the tracking fields of a
+    bag recorded before they existed) keeps the dataclass's "unknown" default.
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(SegmentDepth):
+        if not hasattr(msg, f.name):
+            continue
+        value = getattr(msg, f.name)
+        if f.name in ("centroid", "velocity"):  # geometry_msgs/Point, Vector3
+            value = (float(value.x), float(value.y), float(value.z))
+        values[f.name] = value
+    return SegmentDepth(**values)
 
 
 def segments_to_msg(

@@ -22,6 +22,7 @@ from panoptic_depthlab_ros.msg_conversions import pointcloud_to_array
 from panoptic_depthlab_ros.node_outputs import OUTPUT_NAMES
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.salvage import db3_is_cut_short, mcap_is_cut_short, salvage_db3, salvage_mcap
+from panoptic_depthlab_ros.tracker import SegmentTrack, Tracker, track_panoptic
 from pdl_testing import REPO, rosbags_camera_info
 
 TS = get_typestore(Stores.ROS2_JAZZY)
@@ -103,8 +104,10 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
     assert [m.data for _, m in got["/chatter"]] == [f"hello {i}" for i in range(4)]
     img_stamps = [s for s, _ in got["/cam/image"]]
     assert summary.output_topics == [f"/panoptic_depthlab/{name}" for name in OUTPUT_NAMES]  # every output
+    tracker = Tracker()  # tracked as a Tracker fed the images' header stamps tracks
     for i in range(4):
         expected = predictor.predict(_frame(i), camera_k=np.array(K).reshape(3, 3))
+        expected = expected.with_tracks(tracker.update(expected, stamp_ns=(100 + i) * 10**9 + 5).tracks)
         for name in OUTPUT_NAMES:
             stamp, msg = got[f"/panoptic_depthlab/{name}"][i]
             assert stamp == img_stamps[i]  # written at the input's receive time
@@ -119,6 +122,15 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
         assert got["/panoptic_depthlab/overlay"][i][1].encoding == "bgr8"
         segs = got["/panoptic_depthlab/segments"][i][1]
         assert [s.id for s in segs.segments] == [s.id for s in expected.segments]
+        assert [(s.track_id, s.track_age) for s in segs.segments] == [
+            (s.track_id, s.track_age) for s in expected.segments
+        ]
+        assert any(s.track_id for s in segs.segments)
+        tracked = got["/panoptic_depthlab/tracked_panoptic"][i][1]
+        np.testing.assert_array_equal(
+            np.frombuffer(tracked.data.tobytes(), np.int32).reshape(64, 128),
+            track_panoptic(expected, [SegmentTrack(track_id=s.track_id) for s in expected.segments]),
+        )
         for a, b in zip(segs.segments, expected.segments, strict=True):
             assert a.depth_mean == pytest.approx(b.depth_mean, rel=1e-6)
             assert (a.centroid.x, a.centroid.y, a.centroid.z) == pytest.approx(b.centroid, rel=1e-5)
