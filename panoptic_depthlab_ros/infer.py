@@ -11,7 +11,8 @@ Videos also get ``<name>_overlay.mp4``, and their things are tracked over the fr
 (unless ``--no-tracking``; time: frame index / the video's frame rate): the segments
 carry ``track_id``, ``track_age``, ``velocity`` and ``time_to_contact`` (JSON: null
 unknown, "inf" not closing) and the overlay says "car #12 14.3 m, 2.1 m/s closing".
-A checkpoint whose depth branch was never trained gives no depth files (and null segment depths) unless ``--untrained-depth``.
+A checkpoint whose depth branch was never trained gives no depth files (and null
+segment depths) unless ``--untrained-depth``.
 Unreadable inputs, and images over ``max_pixels`` (read from their header before
 decoding), are reported by path and skipped; the run goes on. ``--fx`` (the images'
 focal length in pixels) puts

@@ -43,7 +43,7 @@ from .msg_conversions import (
 from .node_outputs import OUTPUTS, OutputSettings, output_messages
 from .predictor import Predictor
 from .result import PanopticDepthResult
-from .tracker import Tracker, TrackerConfig
+from .tracker import TrackedFrame, Tracker, TrackerConfig
 
 # Frame sizes whose handling is logged (the first frame of each); a camera that keeps
 # changing size cannot grow the set without end.
@@ -275,7 +275,7 @@ class Pipeline:
         self._said_no_camera_info = False
         self._reset_throttle = LogThrottle(throttle_s)
         self.tracker: Tracker | None = None  # made by the first tracked frame; worker thread only
-        self.tracks_confirmed = 0  # confirmed tracks after the last frame (diagnostics)
+        self.last_tracked: TrackedFrame | None = None  # what tracking did to the last frame (diagnostics)
         self._sizes_logged: set[tuple[int, int]] = set()
         self._mailbox = LatestFrameMailbox()
         self._stop = threading.Event()
@@ -434,7 +434,7 @@ class Pipeline:
     def reset_tracks(self) -> None:
         """Forget every track (deactivation, cleanup): the next frame starts afresh."""
         self.tracker = None
-        self.tracks_confirmed = 0
+        self.last_tracked = None
 
     def _track(self, result: PanopticDepthResult, config: TrackerConfig, stamp: int) -> PanopticDepthResult:
         """``result`` with its things tracked over this stream; a reset of the tracks is logged with its reason."""
@@ -446,7 +446,7 @@ class Pipeline:
             text = self._reset_throttle("tracker_reset", f"tracks reset: {tracked.reset_reason}")
             if text is not None:
                 self._log_warning(text)
-        self.tracks_confirmed = tracked.num_confirmed
+        self.last_tracked = tracked
         return result.with_tracks(tracked.tracks)
 
     def _wanted(self, camera_k: np.ndarray | None) -> set[str]:

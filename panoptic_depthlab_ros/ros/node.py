@@ -512,7 +512,8 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             # "why is nothing on ~/markers" from the outside, and lets a player wait for its match.
             subscribed = ",".join(sorted(self.outputs.wanted_names()))
             values.append(KeyValue(key="outputs_subscribed", value=subscribed))
-            values.append(KeyValue(key="tracks_confirmed", value=str(self.pipeline.tracks_confirmed)))
+            tracked = self.pipeline.last_tracked
+            values.append(KeyValue(key="tracks_confirmed", value=str(tracked.num_confirmed if tracked else 0)))
         for stage, lat in snap.latency.items():
             values += [KeyValue(key=f"{stage}_ms_{k}", value=f"{getattr(lat, k) * 1e3:.2f}") for k in LATENCY_KEYS]
         status = DiagnosticStatus(
