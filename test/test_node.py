@@ -192,7 +192,10 @@ def test_diagnostics_every_period(harness) -> None:
         "network_ms_last",
         "convert_ms_mean",
         "publish_ms_p95",
+        "track_ms_mean",
         "wait_ms_last",
+        "tracker_resets",
+        "tracks_confirmed",
     ):
         assert key in values, key
     assert float(values["total_ms_last"]) >= float(values["network_ms_last"]) > 0
