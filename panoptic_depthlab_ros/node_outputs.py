@@ -193,10 +193,10 @@ OUTPUTS: tuple[Output, ...] = (
         needs_intrinsics=True,
         needs_depth=True,
         qos="records",
-        description="in the image's frame: per segment a text 'label 12.3 m' ('car #12 14.3 m, 2.1 m/s closing' "
-        "when tracked) at its 3D centroid coloured on the overlay's near/far scale, per thing a translucent box over its 5th-95th "
-        "percentile 3D extent, per tracked thing with a known velocity an arrow of its motion in 1 s; a "
-        "DELETEALL first",
+        description="in the image's frame: per segment a text 'label 12.3 m' ('car #12 14.3 m, 2.1 m/s "
+        "closing' when tracked) at its 3D centroid coloured on the overlay's near/far scale, per thing a "
+        "translucent box over its 5th-95th percentile 3D extent, per tracked thing with a known velocity an "
+        "arrow of its motion in 1 s; a DELETEALL first",
         build=_markers,
     ),
     Output(
