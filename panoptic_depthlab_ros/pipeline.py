@@ -16,8 +16,10 @@ this module imports no rclpy:
   after the last one served when ``max_batch`` limits the batch, so none starves),
   converts them, runs them through the predictor as one batch
   (:meth:`~.predictor.Predictor.predict_batch`) with the fusion settings of
-  :meth:`Pipeline.update`, and hands each camera's output messages, stamped with that
-  frame's own header, to that camera's sink, only for outputs that have subscribers.
+  :meth:`Pipeline.update`, tracks each camera's things with that camera's own
+  :class:`~.tracker.Tracker` (fed its image stamps), and hands each camera's output
+  messages, stamped with that frame's own header, to that camera's sink, only for outputs
+  that have subscribers.
 
 Problems are logged through the given callables, throttled per camera and kind
 (:class:`LogThrottle`).
@@ -44,9 +46,12 @@ from .msg_conversions import (
     check_image_msg,
     compressed_to_bgr,
     image_to_bgr,
+    stamp_ns,
 )
 from .node_outputs import OUTPUTS, OutputSettings, output_messages
 from .predictor import Predictor
+from .result import PanopticDepthResult
+from .tracker import TrackedFrame, Tracker, TrackerConfig
 
 # Frame sizes whose handling is logged (the first frame of each); a camera that keeps
 # changing size cannot grow the set without end.
@@ -62,6 +67,8 @@ COUNTERS = {
     "errors": "frames that failed for another reason than their input (logged as errors)",
     "camera_info_received": "CameraInfo messages taken",
     "camera_info_dropped_bad_input": "CameraInfo messages refused (malformed K); the previous K stays in use",
+    "tracker_resets": "times the tracks were dropped because the image stamps jumped back, repeated or "
+    "paused over tracking_max_gap_s (each logged as a warning with the reason)",
 }
 # Once every frame is through: received = processed + dropped + errors (CameraInfo counted apart).
 FRAME_OUTCOMES = ("processed", "dropped_overload", "dropped_bad_input", "skipped_no_subscribers", "errors")
@@ -73,6 +80,7 @@ STAGES = {
     "network": "the network (the whole batch this frame went through with the other cameras' frames)",
     "fusion": "panoptic fusion",
     "segment_depth": "the segment depth statistics",
+    "track": "tracking the things (association and motion filter; 0 with tracking off)",
     "publish": "building and publishing the outputs (overlay drawing included)",
     "total": "from the subscription callback to the last output published",
 }
@@ -277,8 +285,8 @@ class CameraStream:
 
     ``name`` "" is the node's single camera of old (inputs ``image`` / ``camera_info``,
     outputs ``~/<output>``); a camera ``C`` has ``C/image`` / ``C/camera_info`` and
-    ``~/C/<output>``.  Per-camera state of the frames (intrinsics now, tracking state
-    when it comes) lives here, so cameras never mix.
+    ``~/C/<output>``.  Per-camera state of the frames (intrinsics, the tracker and its
+    tracks) lives here, so cameras never mix.
     """
 
     name: str = ""
@@ -287,6 +295,8 @@ class CameraStream:
     camera_k: np.ndarray | None = None  # replaced whole by each valid camera_info
     depth_scale: float = 1.0  # the last frame's focal-length correction (diagnostics)
     said_no_camera_info: bool = False
+    tracker: Tracker | None = None  # made by the camera's first tracked frame; worker thread only
+    last_tracked: TrackedFrame | None = None  # what tracking did to its last frame (diagnostics)
 
     def _topic(self, relative: str) -> str:
         return camera_topic(self.name, relative)
@@ -315,12 +325,13 @@ class PipelineSettings:
     """What one frame is processed with; replaced whole between frames (:meth:`Pipeline.update`).
 
     max_pixels: larger images are dropped (0: no limit); postprocess: the fusion settings;
-    outputs: how the outputs are drawn.
+    outputs: how the outputs are drawn; tracking: the tracker's settings (None: no tracking).
     """
 
     max_pixels: int
     postprocess: PostprocessConfig
     outputs: OutputSettings
+    tracking: TrackerConfig | None = None
 
 
 # ------------------------------------------------------------------ the worker
@@ -374,6 +385,7 @@ class Pipeline:
         self._log_info = log_info
         self._bad_input_throttle = LogThrottle(throttle_s)
         self._error_throttle = LogThrottle(throttle_s)
+        self._reset_throttle = LogThrottle(throttle_s)
         self._sizes_logged: set[tuple[int, int]] = set()
         self._mailbox = LatestFrameMailbox(len(self.cameras))
         self._stop = threading.Event()
@@ -395,6 +407,16 @@ class Pipeline:
     def camera_k(self) -> np.ndarray | None:
         """The first (without ``cameras``: the only) camera's K."""
         return self.cameras[0].camera_k
+
+    @property
+    def tracker(self) -> Tracker | None:
+        """The first (without ``cameras``: the only) camera's tracker."""
+        return self.cameras[0].tracker
+
+    @property
+    def last_tracked(self) -> TrackedFrame | None:
+        """The first (without ``cameras``: the only) camera's last tracking step."""
+        return self.cameras[0].last_tracked
 
     @property
     def depth_scale(self) -> float:
@@ -474,12 +496,14 @@ class Pipeline:
         return any(t is not None and t.is_alive() for t in (self._thread, self._stopped))
 
     def stop(self, timeout: float = 30.0) -> int:
-        """Stop the worker (after its current batch) and drop the waiting frames; returns drops."""
+        """Stop the worker (after its current batch), forget the tracks, drop the waiting frames; returns drops."""
         self._stop.set()
         self._mailbox.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             self._stopped, self._thread = self._thread, None
+        if not self.running:  # a worker that overran the timeout still owns the tracker
+            self.reset_tracks()
         dropped = self._mailbox.clear()
         for camera in dropped:
             self.cameras[camera].stats.add("dropped_overload")
@@ -553,9 +577,12 @@ class Pipeline:
         return _Job(camera, frame, k, wanted, image, start, time.perf_counter())
 
     def _publish(self, job: _Job, result: Any, settings: PipelineSettings) -> None:
-        """One camera's outputs of one frame, stamped with that frame's header, and its latencies."""
+        """One camera's frame tracked (with that camera's tracker), its outputs published, its latencies."""
         begin = time.perf_counter()
         camera = job.camera
+        if settings.tracking is not None:
+            result = self._track(camera, result, settings.tracking, stamp_ns(job.frame.message.header))
+        tracked = time.perf_counter()
         camera.depth_scale = result.depth_scale
         messages = output_messages(
             result,
@@ -580,11 +607,35 @@ class Pipeline:
                 "network": t["network"],
                 "fusion": t["fusion"],
                 "segment_depth": t["segment_depth"],
-                "publish": done - begin,
+                "track": tracked - begin,
+                "publish": done - tracked,
                 "total": done - job.frame.received,
             }
         )
         camera.stats.add("processed")
+
+    def reset_tracks(self) -> None:
+        """Forget every camera's tracks (deactivation, cleanup): the next frames start afresh."""
+        for camera in self.cameras:
+            camera.tracker = None
+            camera.last_tracked = None
+
+    def _track(
+        self, camera: CameraStream, result: PanopticDepthResult, config: TrackerConfig, stamp: int
+    ) -> PanopticDepthResult:
+        """``result`` with its things tracked over ``camera``'s frames; a reset of the tracks is logged, why."""
+        if camera.tracker is None or camera.tracker.config != config:  # new settings start new tracks
+            camera.tracker = Tracker(config)
+        tracked = camera.tracker.update(result, stamp_ns=stamp)
+        if tracked.reset_reason is not None:
+            camera.stats.add("tracker_resets")
+            text = self._reset_throttle(
+                f"{camera.name}:tracker_reset", f"{camera.label}tracks reset: {tracked.reset_reason}"
+            )
+            if text is not None:
+                self._log_warning(text)
+        camera.last_tracked = tracked
+        return result.with_tracks(tracked.tracks)
 
     def _wanted(self, camera: CameraStream, camera_k: np.ndarray | None) -> set[str]:
         """The outputs to produce for this frame: subscribed, and 3D ones only with intrinsics."""

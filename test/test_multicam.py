@@ -124,6 +124,9 @@ def test_three_cameras_answered_on_their_own_topics_with_their_own_headers(three
             (10 + i, 500 + i)
         }
     assert h.messages("right/markers") == []
+    # Each camera its own tracker (tracking is on by default), fed only its own frames.
+    assert len({id(c.tracker) for c in h.node.cameras}) == 3
+    assert [c.last_tracked is not None for c in h.node.cameras] == [True] * 3
     # Per-camera K: the markers of front and left sit at depths scaled by their own focal lengths.
     assert h.answer("front/markers", (10, 500)).markers and h.answer("left/markers", (11, 501)).markers
 
@@ -139,7 +142,7 @@ def test_three_cameras_answered_on_their_own_topics_with_their_own_headers(three
     found = statuses()
     for c in CAMERAS:
         assert found[c]["received"] == str(1 + (c == "front")) and found[c]["dropped_overload"] == "0"
-        assert float(found[c]["total_ms_last"]) > 0
+        assert float(found[c]["total_ms_last"]) > 0 and "tracks_confirmed" in found[c]
     assert found["right"]["camera_info_received"] == "0" and found["front"]["camera_info_received"] == "1"
 
 

@@ -353,3 +353,24 @@ def test_predict_batch_names_the_bad_image(predictor: Predictor) -> None:
     with pytest.raises(InputError) as single:
         predictor.predict(good.astype(np.float32))
     assert single.value.index is None and "of" not in str(single.value).split(":")[0]
+
+
+def test_track_feeds_a_tracker_the_stamps(tiny_checkpoint) -> None:
+    """``Predictor.track``: each frame predicted, then tracked with its stamp (as a Tracker fed by hand)."""
+    from node_utils import random_image
+    from panoptic_depthlab_ros.tracker import Tracker
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
+    image = random_image(4)
+    stamps = [0.0, 0.1, 0.4, 0.3]  # a dropped frame, then a jump back
+    results = list(predictor.track((s, image) for s in stamps))
+    by_hand = Tracker()
+    for stamp, result in zip(stamps, results, strict=True):
+        plain = predictor.predict(image)
+        tracks = by_hand.update(plain, stamp_s=stamp).tracks
+        assert result.tracked
+        assert [(s.id, s.track_id, s.track_age) for s in result.segments] == [
+            (s.id, t.track_id, t.track_age) for s, t in zip(plain.segments, tracks, strict=True)
+        ]
+    ages = [max(s.track_age for s in r.segments) for r in results]
+    assert ages == [1, 2, 3, 1]  # the jump back started afresh
