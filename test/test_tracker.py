@@ -339,10 +339,11 @@ def test_constant_velocity_and_time_to_contact_are_exact() -> None:
     # Exact centroids on a line: the filter's two-point start gives v = (p2 - p1) / dt exactly
     # and every later innovation is 0, so the velocity is exact up to float rounding (~1e-12
     # m/s); TTC = z / -vz = z / 10 exactly. velocity_min_frames 3 with no std limit: NaN for
-    # frames 0 and 1, known from frame 2 on.
+    # frames 0 and 1, known from frame 2 on. Looming off (size_noise_px 0): box heights are
+    # whole pixels, so the rate of their inverse is exact only on average.
     v = (1.0, -0.2, -10.0)
     p0 = (-2.0, 1.0, 40.0)
-    tracker = Tracker(TrackerConfig(velocity_min_frames=3, velocity_max_std_mps=math.inf))
+    tracker = Tracker(TrackerConfig(velocity_min_frames=3, velocity_max_std_mps=math.inf, size_noise_px=0.0))
     tracks = _drive(tracker, range(12), lambda t: tuple(p + dv * t for p, dv in zip(p0, v, strict=True)))
     for f, (_, track) in enumerate(tracks):
         z = p0[2] + v[2] * f * DT
@@ -355,10 +356,11 @@ def test_constant_velocity_and_time_to_contact_are_exact() -> None:
 
 def test_dropped_frames_widen_dt_and_the_velocity_stays_right() -> None:
     # Frames 3, 4, 6, 7, 8 never arrive: dt is taken from the stamps (0.3 s, 0.4 s), so the
-    # positions still lie on the true line and the velocity stays exact.
+    # positions still lie on the true line and the velocity stays exact (looming off: whole-pixel
+    # box heights).
     v = (2.0, 0.0, -5.0)
     p0 = (-3.0, 1.0, 25.0)
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf))
+    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0))
     frames = [0, 1, 2, 5, 9, 10, 11]
     tracks = _drive(tracker, frames, lambda t: tuple(p + dv * t for p, dv in zip(p0, v, strict=True)))
     assert [round(fr.dt_s, 9) for fr, _ in tracks[1:]] == [0.1, 0.1, 0.3, 0.4, 0.1, 0.1]
@@ -387,7 +389,8 @@ def test_velocity_from_noisy_depth_is_within_its_derived_error() -> None:
 
 def test_receding_and_still_things_never_contact() -> None:
     # Receding (vz = +5 m/s) and still (vz = 0, below min_closing_speed_mps): TTC +inf.
-    config = TrackerConfig(velocity_max_std_mps=math.inf)
+    # Looming off, so that the receding velocity is exact (box heights are whole pixels).
+    config = TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0)
     receding = _drive(Tracker(config), range(6), lambda t: (0.0, 1.0, 10.0 + 5.0 * t))
     still = _drive(Tracker(config), range(6), lambda t: (1.0, 1.0, 10.0))
     assert receding[-1][1].velocity[2] == pytest.approx(5.0, abs=1e-9)
@@ -399,8 +402,8 @@ def test_without_intrinsics_only_vz_and_ttc_are_known() -> None:
     # No centroid: x and y are never measured (vx, vy NaN); z comes from depth_mean, so vz
     # and the time to contact are right as with intrinsics, up to the float32 depth map:
     # each depth is off by at most 2^-24 * 20 m = 1.2e-6 m, the two-point velocity by at most
-    # 2 * 1.2e-6 / 0.1 = 2.4e-5 m/s.
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf))
+    # 2 * 1.2e-6 / 0.1 = 2.4e-5 m/s (looming off: whole-pixel box heights).
+    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0))
     tracks = _drive(tracker, range(6), lambda t: (-1.0 + 2.0 * t, 1.0, 20.0 - 8.0 * t), centroid="none")
     track = tracks[-1][1]
     assert math.isnan(track.velocity[0]) and math.isnan(track.velocity[1])
@@ -448,9 +451,10 @@ def test_depth_and_centroid_follow_the_median_depth() -> None:
     # Outline pixels that read the background pull a segment's mean depth (and so its
     # centroid, the mean of its back-projected pixels) away by up to 3 m, differently every
     # frame; its median stays. The tracker moves the centroid along its ray to the median:
-    # the velocity is then exact (two-point start and zero innovations, as for exact centroids).
+    # the velocity is then exact (two-point start and zero innovations, as for exact centroids;
+    # looming off: whole-pixel box heights).
     rng = np.random.default_rng(2)
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, smooth_depth=True))
+    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, smooth_depth=True, size_noise_px=0.0))
     for f in range(8):
         z = 30.0 - 1.0 * f
         result = render([Thing(CAR, 1, (2.0, 1.0, z))])
