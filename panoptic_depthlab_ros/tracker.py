@@ -68,6 +68,8 @@ _NS = 1_000_000_000
 _X, _Y, _Z, _U, _V, _S = range(6)
 _AXES = 6
 _UV = slice(_U, _V + 1)
+# Looming is fused into vz only where it agrees with the depth's rate within this many sigmas.
+_LOOMING_AGREE_SIGMA = 2.0
 # Track states as stored (int8) and as reported.
 _TENTATIVE, _CONFIRMED, _LOST = 0, 1, 2
 
@@ -761,6 +763,28 @@ class Tracker:
         t.box_uv[new] = t.pos[new, _UV]
         t.match_xyz[new] = t.pos[new, :3]
 
+    def _fuse_looming(self, rows: IntArray, z: FloatArray, vel: FloatArray, var: FloatArray, enough: BoolArray) -> None:
+        """Fuse looming into vz (``vel[:, 2]`` and ``var[:, 2]``, in place) where it agrees with the depth's rate.
+
+        A rigid thing's inverse box height is proportional to its depth, so
+        ``z * (ds/dt) / s`` is vz, free of the frame-to-frame noise and scale drift of
+        monocular depth. The two estimates are averaged by inverse variance. A box that
+        shrinks while its thing approaches is being covered (or its mask lost a part), not
+        receding: looming that disagrees with the depth's rate by more than
+        ``_LOOMING_AGREE_SIGMA`` standard deviations is left out.
+        """
+        t = self._tracks
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = z / t.pos[rows, _S]
+            vz_s = scale * t.vel[rows, _S]
+            var_s = np.square(scale) * t.p11[rows, _S]
+            agree = np.abs(vz_s - vel[:, 2]) <= _LOOMING_AGREE_SIGMA * np.sqrt(var_s + var[:, 2])
+        use = enough[:, 2] & (t.count[rows, _S] >= self.config.velocity_min_frames) & (var_s > 0) & agree
+        if use.any():
+            w_z, w_s = 1.0 / var[use, 2], 1.0 / var_s[use]
+            var[use, 2] = 1.0 / (w_z + w_s)
+            vel[use, 2] = (w_z * vel[use, 2] + w_s * vz_s[use]) * var[use, 2]
+
     # ------------------------------------------------------------------ output
     def _output(
         self,
@@ -779,20 +803,7 @@ class Tracker:
             z = np.where(t.count[rows, _Z] > 0, t.pos[rows, _Z], NAN)
             vel3, var3 = t.vel[rows, :3].copy(), t.p11[rows, :3].copy()
             enough = t.count[rows, :3] >= c.velocity_min_frames
-            # Looming: z * (ds/dt) / s, fused with the depth's rate by inverse variance.
-            s_ok = (t.count[rows, _S] >= c.velocity_min_frames) & np.isfinite(z)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scale = z / t.pos[rows, _S]
-                vz_s = scale * t.vel[rows, _S]
-                var_s = np.square(scale) * t.p11[rows, _S]
-                w_z = np.where(enough[:, 2], 1.0 / var3[:, 2], 0.0)
-                w_s = np.where(s_ok & (var_s > 0), 1.0 / var_s, 0.0)
-                fused_var = 1.0 / (w_z + w_s)
-                fused = (w_z * vel3[:, 2] + w_s * np.where(s_ok, vz_s, 0.0)) * fused_var
-            use = s_ok & (var_s > 0)
-            vel3[:, 2] = np.where(use, fused, vel3[:, 2])
-            var3[:, 2] = np.where(use, fused_var, var3[:, 2])
-            enough[:, 2] |= use
+            self._fuse_looming(rows, z, vel3, var3, enough)
             known = enough & (np.sqrt(var3) <= c.velocity_max_std_mps)
             vel = np.where(known, vel3, NAN)
             closing = -vel[:, 2]

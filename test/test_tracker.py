@@ -544,6 +544,32 @@ def test_looming_halves_the_velocity_error_of_noisy_depth() -> None:
     assert np.mean(np.abs(fused[15:])) == pytest.approx(0.262, abs=0.01)
 
 
+def test_looming_of_a_box_being_covered_is_left_out() -> None:
+    # A car closes at 8 m/s with exact depth while something covers it from below: its box's
+    # height shrinks 4 % per frame. Looming then says the car recedes. While its own std is
+    # still large (frames 6-8) the gap is within 2 sigma and it pulls vz by up to 0.81 m/s;
+    # from frame 9 on it is far outside and left out: vz is the depth's own, exactly as with
+    # looming off.
+    k = intrinsics(240, 480)
+
+    def run(size_noise_px: float) -> list[float]:
+        tracker = Tracker(TrackerConfig(size_noise_px=size_noise_px))
+        out = []
+        for f in range(16):
+            result = render([Thing(CAR, 1, (1.0, 0.5, 30.0 - 0.8 * f))], size=(240, 480), k=k)
+            i = segment_of(result, CAR, 1)
+            seg = result.segments[i]
+            height = (seg.y_max - seg.y_min + 1) * 0.96**f
+            result.segments[i] = dataclasses.replace(seg, y_max=seg.y_min + round(height) - 1)
+            out.append(tracker.update(result, stamp_ns=stamp(f)).tracks[i].velocity[2])
+        return out
+
+    covered, depth_only = run(2.0), run(0.0)
+    assert np.isnan(covered[:6]).all() and np.allclose(depth_only[6:], -8.0, atol=1e-6)
+    np.testing.assert_allclose(covered[6:9], [-7.266, -7.192, -7.206], atol=1e-3)
+    assert covered[9:] == depth_only[9:]
+
+
 # --------------------------------------------------------------------- depth smoothing
 def test_depth_smoothing_cuts_flicker_of_a_still_car() -> None:
     # A still car at 20 m with 3 % depth noise (sigma 0.6 m): the raw frame-to-frame change
