@@ -11,23 +11,24 @@ How (one frame):
    widen it. A stamp that does not advance (a looping bag) or a gap over
    ``max_gap_s`` drops every track; :attr:`TrackedFrame.reset_reason` says why.
 2. Every track's motion filter is predicted to the new stamp: per axis a constant-velocity
-   Kalman filter on the 3D centroid (x, y, z, metres, camera optical frame) and on the
-   bounding-box centre (u, v, pixels). The axes are independent, so the filter is
-   vectorised over tracks and axes (no per-track Python). A segment's 3D point is its
-   centroid moved along its ray to the segment's median depth (outline pixels that read
-   the background pull a mean away). A segment cut by the image border (``border_px``)
-   shows only part of its thing, whose centroid moves with the border: it measures the
-   box centre but not the 3D axes.
+   Kalman filter on the 3D centroid (x, y, z, metres, camera optical frame), on the
+   bounding-box centre (u, v, pixels) and on the inverse box height (looming). The axes
+   are independent, so the filter is vectorised over tracks and axes (no per-track Python).
+   A segment's 3D point is its centroid moved along its ray to the segment's median depth
+   (outline pixels that read the background pull a mean away). A segment cut by the image
+   border (``border_px``) shows only part of its thing, whose centroid moves with the
+   border: it measures the box centre but neither the 3D axes nor its height.
 3. Thing segments are associated to tracks of the same class by a cost that adds
    ``1 - IoU`` (mask IoU on a subsampled grid against the track's mask of the last frame,
    shifted by the box motion its filter predicts; for a track unseen last frame the IoU of
    its motion-predicted box), the centroid distance to the prediction (3D, or in the image
    when either centroid is NaN, i.e. without intrinsics, or the segment is cut by the
-   border) and the depth difference, each normalised by a gate that grows with depth and
-   with the time the track went unseen. An axis whose velocity is still too uncertain to
-   report is predicted where it was last matched, not extrapolated. Pairs outside every
-   gate are not allowed; the optimal assignment is SciPy's ``linear_sum_assignment``, in
-   two rounds: the tracks seen last frame first, then the lost ones with what is left.
+   border), the depth difference, each normalised by a gate that grows with depth and
+   with the time the track went unseen, and the area ratio. An axis whose velocity was too
+   uncertain to report when the track was last matched is predicted where it was matched,
+   not extrapolated. Pairs outside every gate are not allowed; the optimal assignment is
+   SciPy's ``linear_sum_assignment``, in two rounds: the tracks seen last frame first, then
+   the lost ones with what is left.
 4. Matched tracks update their filter; unmatched tentative tracks die, unmatched confirmed
    ones become lost and can be re-identified for ``max_lost_frames`` frames; unmatched
    segments start tentative tracks, confirmed after ``confirm_frames`` hits.
@@ -38,8 +39,10 @@ Velocity is the filter's, in m/s in the camera frame, i.e. relative to the (movi
 camera: a parked car approaches at the ego speed. It is NaN per axis until that axis has
 ``velocity_min_frames`` measurements and a standard deviation under
 ``velocity_max_std_mps``; without intrinsics x and y are never measured, so vx and vy stay
-NaN while vz (from the segment depth) and the time to contact are still known. Time to
-contact is ``z / -vz``: depth over closing speed, +inf when not closing, NaN unknown.
+NaN while vz (from the segment depth) and the time to contact are still known. vz fuses
+the depth's rate with looming (the rate of the inverse box height times the depth) where
+the two agree. Time to contact is ``z / -vz``: depth over closing speed, +inf when not
+closing, NaN unknown.
 
 ROS-free and torch-free: numpy and SciPy only.
 """
@@ -139,6 +142,16 @@ class TrackerConfig:
         smooth_depth: report the filter's depth (:attr:`SegmentTrack.depth`) instead of
             the segment's own ``depth_mean``; less flicker, some lag when an object brakes
             (figures: ``bench/README.md``, bench_tracker.py).
+        size_noise_px: standard deviation (px) of a box-height measurement, for looming: the
+            inverse box height of a rigid thing grows in proportion to its depth, so its rate
+            times the depth is vz, free of the monocular depth's frame-to-frame noise; it is
+            fused with the depth's own rate by inverse variance where the two agree within 2
+            sigma (a box being covered shrinks while its thing approaches). 0: looming off.
+
+    Association, continued:
+        size_weight: weight of the area ratio in the cost, ``min(|ln(area / last area)| /
+            ln 4, 1)``: a thing's area changes little from frame to frame, a fragment of it or
+            a mask merged with a neighbour does not (0: off).
     """
 
     confirm_frames: int = 3
@@ -274,7 +287,7 @@ class _Detections:
     px_area: FloatArray  # [D] pixels
 
     def motion(self, index: IntArray) -> FloatArray:
-        """``[N, 5]`` measurements of detections ``index`` for the filters (3D axes NaN where cut)."""
+        """``[N, 6]`` measurements of detections ``index`` for the filters (3D and size axes NaN where cut)."""
         out = self.meas[index].copy()
         cut = self.cut[index]
         out[cut, :3] = NAN
@@ -361,7 +374,7 @@ class Tracker:
         self._prev_area: IntArray = np.zeros(0, np.int64)
         c = self.config
         accel = (c.accel_noise_mps2,) * 3 + (c.pixel_accel_noise,) * 2 + (0.0,)
-        self._q = np.square(np.asarray(accel, np.float64))  # [5] acceleration spectral density
+        self._q = np.square(np.asarray(accel, np.float64))  # [6] acceleration spectral density (size: per track)
 
     # ------------------------------------------------------------------ public
     def reset(self) -> None:
@@ -418,7 +431,21 @@ class Tracker:
             if s.is_thing and s.area >= c.min_area_px:
                 x, y, z = s.centroid
                 rows.append(
-                    (i, s.id, s.category_id, s.x_min, s.y_min, s.x_max, s.y_max, x, y, z, s.depth_mean, s.depth_median, s.area)
+                    (
+                        i,
+                        s.id,
+                        s.category_id,
+                        s.x_min,
+                        s.y_min,
+                        s.x_max,
+                        s.y_max,
+                        x,
+                        y,
+                        z,
+                        s.depth_mean,
+                        s.depth_median,
+                        s.area,
+                    )
                 )
         table = np.array(rows, np.float64).reshape(-1, 13)
         seg_index = table[:, 0].astype(np.int64)
@@ -552,9 +579,11 @@ class Tracker:
             overlap[seen] = mask_iou[seen]
 
         growth = c.gate_growth_mps * t.unseen_s  # [T]
-        # Where a track's velocity is still too uncertain to report (a two-point start on noisy
-        # depth can read 20 m/s), extrapolating by it throws the prediction far off while the
-        # track goes unseen: such axes are predicted where they were last matched.
+        # Where a track's velocity was still too uncertain to report at its last match (a
+        # two-point start on noisy depth can read 20 m/s), extrapolating by it throws the
+        # prediction far off while the track goes unseen: such axes are predicted where they
+        # were last matched. A velocity known then keeps carrying the prediction however long
+        # the track goes unseen (the gates widen meanwhile).
         trusted = t.vel_ok
         xyz_pred = np.where(trusted, t.pos[:, :3], t.match_xyz)  # [T, 3]
         z_pred = np.where(t.count[:, _Z] > 0, xyz_pred[:, 2], NAN)  # [T]
