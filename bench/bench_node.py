@@ -83,9 +83,9 @@ def make_checkpoint(arch: str, directory: Path) -> Path:
     return path
 
 
-def make_images(n: int, height: int, width: int) -> list[np.ndarray]:
+def make_images(n: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
     """Blocky random BGR images (structure for the model to segment), all different."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         small = rng.integers(0, 256, size=(-(-height // 16), -(-width // 16), 3), dtype=np.uint8)

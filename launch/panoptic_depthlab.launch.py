@@ -1,8 +1,16 @@
 """Launch the Panoptic-DepthLab node (and optionally rviz2).
 
     ros2 launch panoptic_depthlab_ros panoptic_depthlab.launch.py image:=/camera/image_raw
+    ros2 launch panoptic_depthlab_ros panoptic_depthlab.launch.py cameras:=[front,left,right]
 
-Arguments: params_file, image, camera_info, namespace, use_sim_time, rviz, managed.
+Arguments: params_file, image, camera_info, cameras, camera_image, camera_info_pattern,
+namespace, use_sim_time, rviz, managed.
+
+cameras:=[front,left,right] serves several cameras with one node and one model: camera C
+is read from camera_image and camera_info_pattern with {camera} replaced by C
+(/front/image_raw and /front/camera_info by default) and answered on
+/panoptic_depthlab/C/<output>.  Without it (the default) the node has one camera, read
+from image and camera_info.
 
 managed:=true starts a lifecycle node (launch_ros ``LifecycleNode``) that waits
 unconfigured until a lifecycle manager, or a person, drives it:
@@ -13,7 +21,7 @@ unconfigured until a lifecycle manager, or a person, drives it:
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
@@ -24,13 +32,74 @@ PACKAGE = "panoptic_depthlab_ros"
 NODE_NAME = "panoptic_depthlab"
 
 
-def generate_launch_description() -> LaunchDescription:
-    """Node with remapped input topics, parameters from a YAML file, optional rviz."""
-    share = get_package_share_directory(PACKAGE)
+def camera_names(text):
+    """The cameras of ``cameras:=...``: ``[front, left]``, ``front,left``, ``['front', 'left']``; "" or [] for none."""
+    names = (n.strip().strip("'\"") for n in text.strip().strip("[]").split(","))
+    return [n for n in names if n]
+
+
+def camera_remappings(cameras, image_pattern, info_pattern):
+    """Each camera's inputs (``C/image``, ``C/image/compressed``, ``C/camera_info``) onto its topics."""
+    remaps = []
+    for camera in cameras:
+        image = image_pattern.replace("{camera}", camera)
+        remaps += [
+            (f"{camera}/image", image),
+            (f"{camera}/image/compressed", image + "/compressed"),
+            (f"{camera}/camera_info", info_pattern.replace("{camera}", camera)),
+        ]
+    return remaps
+
+
+def launch_nodes(context):
+    """The node (plain or lifecycle), for one camera or for those of ``cameras``."""
     params_file = LaunchConfiguration("params_file")
     namespace = LaunchConfiguration("namespace")
     use_sim_time = LaunchConfiguration("use_sim_time")
     managed = LaunchConfiguration("managed")
+    cameras = camera_names(LaunchConfiguration("cameras").perform(context))
+    remappings = [
+        ("image", LaunchConfiguration("image")),
+        ("image/compressed", [LaunchConfiguration("image"), "/compressed"]),
+        ("camera_info", LaunchConfiguration("camera_info")),
+    ]
+    if cameras:
+        remappings = camera_remappings(
+            cameras,
+            LaunchConfiguration("camera_image").perform(context),
+            LaunchConfiguration("camera_info_pattern").perform(context),
+        )
+    # An empty list has no ROS parameter type: without cameras the parameters file decides.
+    per_camera = [{"cameras": cameras}] if cameras else []
+    common = dict(
+        package=PACKAGE,
+        executable="panoptic_depthlab_node",
+        output="screen",
+        remappings=remappings,
+    )
+    # The same executable either way; `managed` tells it which kind of node to be.
+    node = Node(
+        **common,
+        name=NODE_NAME,
+        namespace=namespace,
+        parameters=[params_file, {"use_sim_time": use_sim_time, "managed": False}, *per_camera],
+        condition=UnlessCondition(managed))
+    # Jazzy's launch_ros LifecycleNode requires name and namespace (keyword-only, no
+    # defaults) and has no autostart: the node stays unconfigured until told otherwise.
+    lifecycle_node = LifecycleNode(
+        **common,
+        name=NODE_NAME,
+        namespace=namespace,
+        parameters=[params_file, {"use_sim_time": use_sim_time, "managed": True}, *per_camera],
+        condition=IfCondition(managed))
+    return [node, lifecycle_node]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Node with remapped input topics, parameters from a YAML file, optional rviz."""
+    share = get_package_share_directory(PACKAGE)
+    namespace = LaunchConfiguration("namespace")
+    use_sim_time = LaunchConfiguration("use_sim_time")
 
     arguments = [
         DeclareLaunchArgument(
@@ -43,6 +112,16 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "camera_info", default_value="/camera/camera_info",
             description="sensor_msgs/CameraInfo topic for 3D centroids, markers and points"),
+        DeclareLaunchArgument(
+            "cameras", default_value="[]",
+            description="Several cameras through one node, e.g. [front,left,right] (empty: one camera on "
+                        "image and camera_info)"),
+        DeclareLaunchArgument(
+            "camera_image", default_value="/{camera}/image_raw",
+            description="With cameras: each camera's image topic, {camera} replaced by its name"),
+        DeclareLaunchArgument(
+            "camera_info_pattern", default_value="/{camera}/camera_info",
+            description="With cameras: each camera's CameraInfo topic, {camera} replaced by its name"),
         DeclareLaunchArgument("namespace", default_value="", description="Node namespace"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="Use /clock (e.g. with ros2 bag play --clock)"),
@@ -51,33 +130,6 @@ def generate_launch_description() -> LaunchDescription:
                               description="Run as a lifecycle (managed) node: starts unconfigured, "
                                           "configure/activate through ~/change_state"),
     ]
-
-    remappings = [
-        ("image", LaunchConfiguration("image")),
-        ("image/compressed", [LaunchConfiguration("image"), "/compressed"]),
-        ("camera_info", LaunchConfiguration("camera_info")),
-    ]
-    common = dict(
-        package=PACKAGE,
-        executable="panoptic_depthlab_node",
-        output="screen",
-        remappings=remappings,
-    )
-    # The same executable either way; `managed` tells it which kind of node to be.
-    node = Node(
-        **common,
-        name=NODE_NAME,
-        namespace=namespace,
-        parameters=[params_file, {"use_sim_time": use_sim_time, "managed": False}],
-        condition=UnlessCondition(managed))
-    # Jazzy's launch_ros LifecycleNode requires name and namespace (keyword-only, no
-    # defaults) and has no autostart: the node stays unconfigured until told otherwise.
-    lifecycle_node = LifecycleNode(
-        **common,
-        name=NODE_NAME,
-        namespace=namespace,
-        parameters=[params_file, {"use_sim_time": use_sim_time, "managed": True}],
-        condition=IfCondition(managed))
 
     rviz = Node(
         package="rviz2",
@@ -88,4 +140,4 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[{"use_sim_time": use_sim_time}],
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
-    return LaunchDescription([*arguments, node, lifecycle_node, rviz])
+    return LaunchDescription([*arguments, OpaqueFunction(function=launch_nodes), rviz])

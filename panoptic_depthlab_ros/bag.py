@@ -1,6 +1,6 @@
 """Bag to bag replay without ROS: every camera frame of a rosbag2 through the model.
 
-    panoptic-depthlab bag IN OUT [--image-topic T] [--camera-info-topic T]
+    panoptic-depthlab bag IN OUT [--image-topic T]... [--camera-info-topic T]...
 
 Reads sqlite3 or MCAP bags with the ``rosbags`` library and writes a new bag with
 all input topics plus every output the node publishes (``/panoptic_depthlab/<name>``
@@ -10,7 +10,11 @@ from an untrained depth branch), each stamped with its input image's header and
 written at the input's receive time.  Offline: every frame, in order.
 A bag file cut short (a recorder that was killed or lost power), which no reader
 opens, is salvaged (see ``salvage``): every complete message before the cut is
-replayed.  Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
+replayed.  Several ``--image-topic`` replay several cameras, each with its own K (the
+``--camera-info-topic`` in the same position, or else the CameraInfo beside its image
+topic: ``/front/camera_info`` for ``/front/image_raw``) and its outputs under its own
+name, ``/panoptic_depthlab/<camera>/<name>``; the camera is the image topic's namespace
+(``front`` for ``/front/image_raw``).  Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
 found while reading switches to salvaged copies of the bag's files and the replay
 goes on after the last message handled.  Either way the loss is reported in
 ``ReplaySummary.damage``.  A bag directory whose recorder died before writing
@@ -33,7 +37,7 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +57,7 @@ from .errors import BagError, InputError, NothingDoneError, PanopticDepthLabErro
 from .image_io import DEFAULT_MAX_PIXELS
 from .node_outputs import NAMESPACE, OUTPUTS, SEGMENT_ARRAY_TYPE, OutputSettings, output_messages
 from .output import StagedOutput
+from .pipeline import camera_topic
 from .predictor import Predictor
 from .salvage import Salvage, is_cut_short, salvage
 from .tracker import Tracker, TrackerConfig
@@ -71,6 +76,7 @@ class ReplaySummary:
     """What a replay did."""
 
     frames: int = 0
+    frames_per_camera: dict[str, int] = field(default_factory=dict)  # several cameras: frames of each
     skipped: list[str] = field(default_factory=list)
     segments_per_frame: list[int] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
@@ -232,8 +238,8 @@ def replay_bag(
     bag_out: str | Path,
     *,
     predictor: Predictor,
-    image_topic: str | None = None,
-    camera_info_topic: str | None = None,
+    image_topic: str | Sequence[str] | None = None,
+    camera_info_topic: str | Sequence[str] | None = None,
     overwrite: bool = False,
     near: float = OutputSettings.near,
     far: float = OutputSettings.far,
@@ -244,10 +250,11 @@ def replay_bag(
 ) -> ReplaySummary:
     """Replay ``bag_in`` through ``predictor`` into a new bag ``bag_out`` (see module docstring).
 
-    ``stop()`` is asked before each message; once True the replay ends as at the end of
-    the input.  ``tracking``: True tracks with the default :class:`TrackerConfig`, a
-    config with that one, False not at all.  Raises :class:`BagError` (and keeps any
-    previous ``bag_out``) when no frame could be replayed.
+    ``image_topic`` / ``camera_info_topic``: a topic, or one per camera (see the module
+    docstring).  ``stop()`` is asked before each message; once True the replay ends as at
+    the end of the input.  ``tracking``: True tracks with the default :class:`TrackerConfig`,
+    a config with that one (one tracker per camera), False not at all.  Raises
+    :class:`BagError` (and keeps any previous ``bag_out``) when no frame could be replayed.
     """
     staged = bag_output(bag_in, bag_out, overwrite=overwrite)
     bag_in, bag_out = Path(bag_in), Path(bag_out)
@@ -286,13 +293,13 @@ def replay_bag(
             ts,
             summary,
             predictor=predictor,
-            image_topic=image_topic,
-            camera_info_topic=camera_info_topic,
+            image_topics=_topics(image_topic),
+            camera_info_topics=_topics(camera_info_topic),
             settings=OutputSettings(near=near, far=far),
             progress=progress,
             max_pixels=max_pixels,
             stop=stop,
-            tracker=Tracker(None if tracking is True else tracking) if tracking else None,
+            tracking=(TrackerConfig() if tracking is True else tracking) if tracking else None,
         )
         damaged = [v.describe() for v in salvages if v.dropped or v.cut_short]
         if summary.damage or damaged:
@@ -313,13 +320,13 @@ def _replay(
     summary: ReplaySummary,
     *,
     predictor: Predictor,
-    image_topic: str | None,
-    camera_info_topic: str | None,
+    image_topics: list[str],
+    camera_info_topics: list[str],
     settings: OutputSettings,
     progress: bool,
     max_pixels: int,
     stop: Callable[[], bool],
-    tracker: Tracker | None,
+    tracking: TrackerConfig | None,
 ) -> None:
     """Every input message copied, every image frame answered with the node's outputs.
 
@@ -329,14 +336,13 @@ def _replay(
     replay goes on after the last message handled (see :func:`_read_all`).
     """
     connections = list({c.topic: c for r in reversed(readers) for c in r.connections}.values())
-    img_conn = _pick_topic(connections, bag_in, image_topic, IMAGE_TYPES, "image", True)
-    info_conn = _pick_topic(connections, bag_in, camera_info_topic, (CAMERA_INFO_TYPE,), "camera info", False)
-    assert img_conn is not None
+    cameras = _bag_cameras(connections, bag_in, image_topics, camera_info_topics)
     writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
     mark_bag(writer, WRITTEN_BY, input=bag_in.resolve(), checkpoint=predictor.source or "(in memory)")
     writer.open()
     try:
-        frames = sum(c.msgcount for r in readers for c in r.connections if c.topic == img_conn.topic)
+        images = {c.image_topic for c in cameras}
+        frames = sum(c.msgcount for r in readers for c in r.connections if c.topic in images)
         with tqdm(total=frames, desc=f"replay {bag_in.name}", unit="frame", disable=not progress) as bar:
             replay = _FrameReplay(
                 writer,
@@ -345,10 +351,9 @@ def _replay(
                 predictor=predictor,
                 settings=settings,
                 max_pixels=max_pixels,
-                image_topic=img_conn.topic,
-                info_topic=info_conn.topic if info_conn is not None else None,
+                cameras=cameras,
                 on_frame=lambda: bar.update(1),
-                tracker=tracker,
+                tracking=tracking,
             )
             replay.copy_connections(connections, bag_in)
             _read_all(readers, recover, replay.handle, bag_in, summary, stop)
@@ -356,12 +361,74 @@ def _replay(
         writer.close()  # whatever happened, what was written is a complete bag
 
 
+@dataclass
+class _BagCamera:
+    """One camera of a replay: its name ("" for the single camera), topics, latest K and tracker."""
+
+    name: str
+    image_topic: str
+    info_topic: str | None
+    camera_k: np.ndarray | None = None
+    tracker: Tracker | None = None
+    outputs: dict[str, tuple[Any, Connection]] = field(default_factory=dict)
+
+
+def _topics(value: str | Sequence[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def camera_name_of(image_topic: str) -> str:
+    """The camera an image topic belongs to: its namespace (``/front/image_raw`` -> ``front``)."""
+    topic = image_topic.removesuffix("/compressed")
+    return topic.rsplit("/", 1)[0].strip("/")
+
+
+def _bag_cameras(
+    connections: list[Connection], bag: Path, image_topics: list[str], info_topics: list[str]
+) -> list[_BagCamera]:
+    """The cameras to replay: one (the only image topic, or the one named), or one per ``image_topics``."""
+    if len(image_topics) <= 1:
+        img = _pick_topic(connections, bag, next(iter(image_topics), None), IMAGE_TYPES, "image", True)
+        if len(info_topics) > 1:
+            raise BagError(f"{bag}: {len(info_topics)} --camera-info-topic for one --image-topic")
+        info_conn = _pick_topic(
+            connections, bag, next(iter(info_topics), None), (CAMERA_INFO_TYPE,), "camera info", False
+        )
+        assert img is not None
+        return [_BagCamera("", img.topic, info_conn.topic if info_conn is not None else None)]
+    if info_topics and len(info_topics) != len(image_topics):
+        raise BagError(
+            f"{bag}: {len(image_topics)} --image-topic but {len(info_topics)} --camera-info-topic: give one per "
+            "camera, in the same order, or none (each camera then uses the camera_info beside its image topic)"
+        )
+    topics = {c.topic for c in connections}
+    cameras = []
+    for i, topic in enumerate(image_topics):
+        _pick_topic(connections, bag, topic, IMAGE_TYPES, "image", True)
+        name = camera_name_of(topic)
+        if not name:
+            raise BagError(f"{bag}: image topic {topic!r} has no namespace to name its camera (e.g. /front/image)")
+        if info_topics:
+            info: str | None = info_topics[i]
+            _pick_topic(connections, bag, info, (CAMERA_INFO_TYPE,), "camera info", False)
+        else:
+            beside = "/" + name + "/camera_info"
+            info = beside if beside in topics else None
+        cameras.append(_BagCamera(name, topic, info))
+    names = [c.name for c in cameras]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BagError(f"{bag}: several image topics of camera {', '.join(repeated)}; one image topic per namespace")
+    return cameras
+
+
 class _FrameReplay:
     """Writes one replay's output bag: the input copied, and each frame's outputs as the node publishes them.
 
     The outputs are those of :data:`~.node_outputs.OUTPUTS` this replay can give: no
     depth outputs from an untrained depth branch, no markers or points without a
-    CameraInfo topic (nor before its first message), no tracked panoptic without a tracker.
+    CameraInfo topic (nor before its first message), no tracked panoptic without tracking.
+    Each camera has its own K, tracker and output topics.
     """
 
     def __init__(
@@ -373,25 +440,27 @@ class _FrameReplay:
         predictor: Predictor,
         settings: OutputSettings,
         max_pixels: int,
-        image_topic: str,
-        info_topic: str | None,
+        cameras: list[_BagCamera],
         on_frame: Callable[[], Any],
-        tracker: Tracker | None,
+        tracking: TrackerConfig | None,
     ) -> None:
         self.writer, self.ts, self.summary = writer, ts, summary
         self.predictor, self.settings, self.max_pixels = predictor, settings, max_pixels
-        self.image_topic, self.info_topic, self.on_frame = image_topic, info_topic, on_frame
-        self.tracker = tracker
+        self.on_frame = on_frame
         self.copies: dict[str, Connection] = {}
         self.upgrades: dict[str, Typestore] = {}  # topic -> a typestore with the bag's older definition
-        self.camera_k: np.ndarray | None = None
-        wanted = [
-            o
-            for o in OUTPUTS
-            if o.available(depth=predictor.depth_enabled, intrinsics=info_topic is not None, tracks=tracker is not None)
-        ]
-        self.outputs = {o.name: (o, writer.add_connection(o.topic, o.msg_type, typestore=ts)) for o in wanted}
-        summary.output_topics = [o.topic for o in wanted]
+        self.by_image = {c.image_topic: c for c in cameras}
+        self.by_info = {c.info_topic: c for c in cameras if c.info_topic is not None}
+        for camera in cameras:
+            camera.tracker = Tracker(tracking) if tracking is not None else None
+            intrinsics = camera.info_topic is not None
+            for o in OUTPUTS:
+                if o.available(depth=predictor.depth_enabled, intrinsics=intrinsics, tracks=tracking is not None):
+                    topic = f"{NAMESPACE}/{camera_topic(camera.name, o.name)}"
+                    camera.outputs[o.name] = (o, writer.add_connection(topic, o.msg_type, typestore=ts))
+                    summary.output_topics.append(topic)
+            if camera.name:
+                summary.frames_per_camera[camera.name] = 0
 
     def copy_connections(self, connections: list[Connection], bag: Path) -> None:
         """Every input topic, except outputs of an earlier replay (they are replaced, not doubled).
@@ -418,11 +487,11 @@ class _FrameReplay:
             self._upgrade(conn, stamp_ns, raw)
         elif conn.topic in self.copies:
             self.writer.write(self.copies[conn.topic], stamp_ns, raw)
-        if conn.topic == self.info_topic:
-            self._camera_info(conn, stamp_ns, raw)
-        elif conn.topic == self.image_topic:
+        if conn.topic in self.by_info:  # a CameraInfo topic is never an image topic (types differ)
+            self._camera_info(self.by_info[conn.topic], conn, stamp_ns, raw)
+        elif conn.topic in self.by_image:
             self.on_frame()
-            self._frame(conn, stamp_ns, raw)
+            self._frame(self.by_image[conn.topic], conn, stamp_ns, raw)
 
     def _upgrade(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         """A ``SegmentDepthArray`` of an older definition, rewritten with today's (missing fields unknown)."""
@@ -447,43 +516,46 @@ class _FrameReplay:
         self.writer.write(self.copies[conn.topic], stamp_ns, self.ts.serialize_cdr(message, SEGMENT_ARRAY_TYPE))
         self.summary.upgraded[conn.topic] = self.summary.upgraded.get(conn.topic, 0) + 1
 
-    def _camera_info(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
+    def _camera_info(self, camera: _BagCamera, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         try:
-            self.camera_k = msg_conversions.camera_k(_deserialize(self.ts, raw, conn))
+            camera.camera_k = msg_conversions.camera_k(_deserialize(self.ts, raw, conn))
         except InputError as exc:  # the previous good K stays in use
             self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
 
-    def _frame(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
+    def _frame(self, camera: _BagCamera, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         try:
             msg: Any = _deserialize(self.ts, raw, conn)
             compressed = conn.msgtype.endswith("CompressedImage")
             convert = msg_conversions.compressed_to_bgr if compressed else msg_conversions.image_to_bgr
             image = convert(msg, max_pixels=self.max_pixels, limit_name="--max-pixels")
-            result = self.predictor.predict(image, camera_k=self.camera_k)
+            result = self.predictor.predict(image, camera_k=camera.camera_k)
         except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
             self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
             return
-        if self.tracker is not None:  # time: the image's own stamp, as in the node
+        if camera.tracker is not None:  # time: the image's own stamp, as in the node
             stamp = msg_conversions.stamp_ns(msg.header)
-            tracked = self.tracker.update(result, stamp_ns=stamp)
+            tracked = camera.tracker.update(result, stamp_ns=stamp)
             if tracked.reset_reason is not None:
-                self.summary.tracker_resets.append(f"{stamp}: {tracked.reset_reason}")
+                where = f"camera {camera.name} at " if camera.name else ""
+                self.summary.tracker_resets.append(f"{where}{stamp}: {tracked.reset_reason}")
             result = result.with_tracks(tracked.tracks)
         header = self.ts.types["std_msgs/msg/Header"](stamp=msg.header.stamp, frame_id=msg.header.frame_id)
         messages = output_messages(
             result,
             image,
-            wanted=self.outputs,
+            wanted=camera.outputs,
             header=header,
-            camera_k=self.camera_k,
+            camera_k=camera.camera_k,
             settings=self.settings,
             classes=self.ts.types.__getitem__,
             class_colors=self.predictor.classes.colors,
         )
         for name, message in messages.items():  # written at the input's receive time
-            output, connection = self.outputs[name]
+            output, connection = camera.outputs[name]
             self.writer.write(connection, stamp_ns, self.ts.serialize_cdr(message, output.msg_type))
         self.summary.frames += 1
+        if camera.name:
+            self.summary.frames_per_camera[camera.name] += 1
         self.summary.segments_per_frame.append(len(result.segments))
         self.summary.latency_s.append(result.timings["total"])
 

@@ -85,7 +85,9 @@ def _bag(args: argparse.Namespace) -> int:
             stop=stop,
             tracking=not args.no_tracking,
         )
-    print(f"wrote {args.output}: {summary.frames} frames, outputs on {', '.join(summary.output_topics)}")
+    per_camera = ", ".join(f"{n} {c}" for n, c in summary.frames_per_camera.items())
+    frames = f"{summary.frames} frames" + (f" ({per_camera})" if per_camera else "")
+    print(f"wrote {args.output}: {frames}, outputs on {', '.join(summary.output_topics)}")
     if summary.damage:  # the output is complete, the input was not: say so
         print(f"panoptic-depthlab bag: warning: {summary.damage}", file=sys.stderr)
     for topic, count in summary.upgraded.items():
@@ -190,10 +192,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bag", help="replay a rosbag2 (sqlite3/MCAP) through the model into a new bag")
     p.add_argument("input", type=Path, help="input bag directory (or .mcap / .db3 file)")
     p.add_argument("output", type=Path, help="output bag directory")
-    p.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic (default: the only one)")
+    p.add_argument(
+        "--image-topic",
+        action="append",
+        help="sensor_msgs/Image or CompressedImage topic (default: the only one); repeat it for several cameras: "
+        "each camera's outputs go to /panoptic_depthlab/<camera>/..., the camera being the topic's namespace",
+    )
     p.add_argument(
         "--camera-info-topic",
-        help="sensor_msgs/CameraInfo topic for 3D centroids, markers and points (default: the only one)",
+        action="append",
+        help="sensor_msgs/CameraInfo topic for 3D centroids, markers and points (default: the only one); with "
+        "several cameras one per --image-topic, in order (default: each camera's <namespace>/camera_info)",
     )
     _add_model_args(p)
     p.set_defaults(func=_bag)

@@ -29,12 +29,15 @@ class InputError(PanopticDepthLabError, ValueError):
     """An image (or camera model) the predictor cannot take, with the reason.
 
     ``kind`` names the class of problem (``too_large``, ``decode``, ...) so that
-    callers can count and throttle per kind rather than per message.
+    callers can count and throttle per kind rather than per message.  ``index``: which
+    image of a batch it is about (``Predictor.predict_batch``), so the caller can drop
+    that one and run the others.
     """
 
-    def __init__(self, reason: str, *, kind: str = "input") -> None:
+    def __init__(self, reason: str, *, kind: str = "input", index: int | None = None) -> None:
         super().__init__(reason)
         self.kind = kind
+        self.index = index
 
 
 class BagError(PanopticDepthLabError):

@@ -126,6 +126,8 @@ class OnnxNetwork:
         if names != list(OUTPUT_NAMES):
             raise CheckpointError(path, f"outputs are {names}, expected {list(OUTPUT_NAMES)}")
         self.input_name = self.session.get_inputs()[0].name
+        # Our exports fix the batch at 1 (only height and width are dynamic): several images run in turn.
+        self.batchable = not isinstance(self.session.get_inputs()[0].shape[0], int)
         self.device = device
         self.providers = self.session.get_providers()
 

@@ -1,30 +1,38 @@
-"""The node's worker, without ROS: latest camera frame -> predictor -> output messages.
+"""The node's worker, without ROS: the latest frame of each camera -> predictor -> output messages.
 
-One :class:`Pipeline` serves one camera stream: its own one-slot mailbox, its own
-intrinsics, its own worker thread.  The node (``ros/node.py``) owns the rclpy side and
-feeds it through plain calls and callables, so this module imports no rclpy:
+One :class:`Pipeline` serves one or several cameras with one model and one worker
+thread.  Each camera is a :class:`CameraStream`: its name and topics, its intrinsics,
+its slot in the :class:`LatestFrameMailbox`, its counters and latencies
+(:class:`PipelineStats`) and its publishers (:class:`OutputSink`).  The node
+(``ros/node.py``) owns the rclpy side and feeds it through plain calls and callables, so
+this module imports no rclpy:
 
 * :meth:`Pipeline.accept` takes an image message from a subscription callback: the
   header fields are checked there (O(1), no pixel is read), so a bad frame never
-  displaces a good one waiting, and the frame goes into the :class:`LatestFrameMailbox`,
-  replacing (and counting) a frame still waiting;
-* :meth:`Pipeline.camera_info` takes a CameraInfo (the latest valid K is used);
-* the worker takes the latest frame, converts it, runs the predictor with the fusion
-  settings of :meth:`Pipeline.update`, tracks the things (one :class:`~.tracker.Tracker`
-  per stream, fed the image stamps) and hands each output message to the
-  :class:`OutputSink` (the node's publishers), only for outputs that have subscribers.
+  displaces a good one waiting, and the frame goes into its camera's mailbox slot,
+  replacing (and counting, for that camera) a frame still waiting;
+* :meth:`Pipeline.camera_info` takes a CameraInfo (each camera's latest valid K is used);
+* the worker takes the latest waiting frame of every camera (round-robin from the camera
+  after the last one served when ``max_batch`` limits the batch, so none starves),
+  converts them, runs them through the predictor as one batch
+  (:meth:`~.predictor.Predictor.predict_batch`) with the fusion settings of
+  :meth:`Pipeline.update`, tracks each camera's things with that camera's own
+  :class:`~.tracker.Tracker` (fed its image stamps), and hands each camera's output
+  messages, stamped with that frame's own header, to that camera's sink, only for outputs
+  that have subscribers.
 
-Counters and per-stage latencies go to :class:`PipelineStats`; problems are logged
-through the given callables, throttled per kind (:class:`LogThrottle`).
+Problems are logged through the given callables, throttled per camera and kind
+(:class:`LogThrottle`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -69,13 +77,17 @@ STAGES = {
     "wait": "from the subscription callback to the worker taking the frame",
     "convert": "message -> BGR image (decoding a compressed one)",
     "preprocess": "image -> network input (resize, normalisation, padding)",
-    "network": "the network",
+    "network": "the network (the whole batch this frame went through with the other cameras' frames)",
     "fusion": "panoptic fusion",
     "segment_depth": "the segment depth statistics",
     "track": "tracking the things (association and motion filter; 0 with tracking off)",
     "publish": "building and publishing the outputs (overlay drawing included)",
     "total": "from the subscription callback to the last output published",
 }
+# Relative input names of the single camera (users remap them); camera C's are C/image, ...
+INPUT_IMAGE = "image"
+INPUT_COMPRESSED = "image/compressed"
+INPUT_CAMERA_INFO = "camera_info"
 # Outputs that need the camera intrinsics (not published before a camera_info arrived).
 OUTPUTS_3D = frozenset(o.name for o in OUTPUTS if o.needs_intrinsics)
 
@@ -83,45 +95,65 @@ OUTPUTS_3D = frozenset(o.name for o in OUTPUTS if o.needs_intrinsics)
 # ------------------------------------------------------------------ plumbing
 @dataclass
 class Frame:
-    """An input message waiting for the worker; ``received`` is ``time.perf_counter()``."""
+    """An input message waiting for the worker; ``received`` is ``time.perf_counter()``.
+
+    ``camera``: the index of its :class:`CameraStream` in the pipeline (0: the only one).
+    """
 
     message: Any
     compressed: bool
     received: float
+    camera: int = 0
 
 
 class LatestFrameMailbox:
-    """One slot between the callback and the worker (latest-frame-only).
+    """One slot per camera between the callbacks and the worker (latest-frame-only).
 
-    A newer frame replaces one still waiting, so the worker always gets the
-    latest and nothing queues up.
+    A newer frame replaces one of the same camera still waiting, so the worker always
+    gets each camera's latest and nothing queues up.  :meth:`take` hands over the
+    waiting frames of several cameras at once, starting after the camera last served.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int = 1) -> None:
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frames: list[Frame | None] = [None] * slots
+        self._next = 0  # the camera served first by the next take (round-robin)
 
     def put(self, frame: Frame) -> bool:
-        """Store ``frame``; True when it replaced an unprocessed one (a dropped frame)."""
+        """Store ``frame`` in its camera's slot; True when it replaced an unprocessed one (a dropped frame)."""
         with self._cond:
-            replaced = self._frame is not None
-            self._frame = frame
+            replaced = self._frames[frame.camera] is not None
+            self._frames[frame.camera] = frame
             self._cond.notify()
         return replaced
 
-    def take(self, timeout: float) -> Frame | None:
-        """Return the waiting frame (emptying the slot), or None after ``timeout`` s."""
-        with self._cond:
-            if self._frame is None:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-        return frame
+    def take(self, timeout: float, limit: int = 0) -> list[Frame]:
+        """The waiting frames (at most ``limit``, 0: all), emptying their slots; [] after ``timeout`` s.
 
-    def clear(self) -> int:
-        """Drop a waiting frame; returns how many were dropped (0 or 1)."""
+        In camera order starting after the last camera served, so with a ``limit`` every
+        camera gets its turn however fast the others send.
+        """
         with self._cond:
-            dropped = int(self._frame is not None)
-            self._frame = None
+            if not any(f is not None for f in self._frames):
+                self._cond.wait(timeout)
+            n, start = len(self._frames), self._next
+            taken: list[Frame] = []
+            for i in ((start + j) % n for j in range(n)):
+                frame = self._frames[i]
+                if frame is None:
+                    continue
+                self._frames[i] = None
+                taken.append(frame)
+                self._next = (i + 1) % n
+                if len(taken) == limit:
+                    break
+        return taken
+
+    def clear(self) -> list[int]:
+        """Drop the waiting frames; returns the cameras whose frame was dropped."""
+        with self._cond:
+            dropped = [i for i, f in enumerate(self._frames) if f is not None]
+            self._frames = [None] * len(self._frames)
         return dropped
 
     def wake(self) -> None:
@@ -224,6 +256,70 @@ class OutputSink(Protocol):
         ...
 
 
+# A camera name: ROS name tokens separated by "/" (``front``, ``rear/left``).
+CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")
+
+
+def check_camera_names(names: Sequence[str]) -> str | None:
+    """Why ``names`` cannot be the node's cameras (bad or repeated name), or None."""
+    for name in names:
+        if not CAMERA_NAME.fullmatch(name):
+            return (
+                f"camera name {name!r} is not a ROS name: letters, digits and underscores, starting with a "
+                "letter (several joined by '/' for a nested namespace)"
+            )
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        return f"camera {', '.join(repeated)} is listed more than once"
+    return None
+
+
+def camera_topic(camera: str, relative: str) -> str:
+    """Topic ``relative`` of camera ``camera`` (``front/image``); the unnamed single camera's is ``relative``."""
+    return f"{camera}/{relative}" if camera else relative
+
+
+@dataclass
+class CameraStream:
+    """Everything one camera has of its own: name, topics, intrinsics, counters, publishers.
+
+    ``name`` "" is the node's single camera of old (inputs ``image`` / ``camera_info``,
+    outputs ``~/<output>``); a camera ``C`` has ``C/image`` / ``C/camera_info`` and
+    ``~/C/<output>``.  Per-camera state of the frames (intrinsics, the tracker and its
+    tracks) lives here, so cameras never mix.
+    """
+
+    name: str = ""
+    outputs: OutputSink | None = None
+    stats: PipelineStats = field(default_factory=PipelineStats)
+    camera_k: np.ndarray | None = None  # replaced whole by each valid camera_info
+    depth_scale: float = 1.0  # the last frame's focal-length correction (diagnostics)
+    said_no_camera_info: bool = False
+    tracker: Tracker | None = None  # made by the camera's first tracked frame; worker thread only
+    last_tracked: TrackedFrame | None = None  # what tracking did to its last frame (diagnostics)
+
+    def _topic(self, relative: str) -> str:
+        return camera_topic(self.name, relative)
+
+    def image_topic(self, compressed: bool) -> str:
+        """The (relative) image topic this camera subscribes."""
+        return self._topic(INPUT_COMPRESSED if compressed else INPUT_IMAGE)
+
+    @property
+    def camera_info_topic(self) -> str:
+        """The (relative) CameraInfo topic this camera subscribes."""
+        return self._topic(INPUT_CAMERA_INFO)
+
+    def output_topic(self, output: str) -> str:
+        """The (private) topic of output ``output`` for this camera: ``~/<output>`` or ``~/<name>/<output>``."""
+        return "~/" + self._topic(output)
+
+    @property
+    def label(self) -> str:
+        """How logs name the camera ("" for the single unnamed one)."""
+        return f"camera {self.name}: " if self.name else ""
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     """What one frame is processed with; replaced whole between frames (:meth:`Pipeline.update`).
@@ -239,51 +335,95 @@ class PipelineSettings:
 
 
 # ------------------------------------------------------------------ the worker
+@dataclass
+class _Job:
+    """One camera's frame in a batch, between conversion and publishing."""
+
+    camera: CameraStream
+    frame: Frame
+    camera_k: np.ndarray | None
+    wanted: set[str]
+    image: np.ndarray
+    start: float
+    converted: float
+
+
 class Pipeline:
-    """Check -> convert -> predict -> publish, one frame at a time in its own worker thread.
+    """Check -> convert -> predict -> publish, the cameras' latest frames as one batch in a worker thread.
 
     Knows nothing about subscriptions or parameters: the node feeds it frames
     (:meth:`accept`), intrinsics (:meth:`camera_info`) and settings (:meth:`update`);
-    messages are built from ``message_classes`` and go to ``outputs``.
+    messages are built from ``message_classes`` and go to each camera's sink.
+    ``cameras``: one :class:`CameraStream` per camera; without it, one unnamed camera
+    publishing to ``outputs`` and counting in ``stats``.  ``max_batch``: at most this
+    many frames per network pass (0: every camera's waiting frame).
     """
 
     def __init__(
         self,
         predictor: Predictor,
         *,
-        outputs: OutputSink,
         settings: PipelineSettings,
-        stats: PipelineStats,
         message_classes: MessageClasses,
+        outputs: OutputSink | None = None,
+        stats: PipelineStats | None = None,
+        cameras: Sequence[CameraStream] = (),
+        max_batch: int = 0,
         log_warning: Callable[[str], Any] = print,
         log_error: Callable[[str], Any] = print,
         log_info: Callable[[str], Any] = print,
         throttle_s: float = 5.0,
     ) -> None:
         self.predictor = predictor
-        self.outputs = outputs
-        self.stats = stats
+        self.cameras = list(cameras) or [CameraStream(outputs=outputs, stats=stats or PipelineStats())]
         self.message_classes = message_classes
         self.settings = settings
-        self.camera_k: np.ndarray | None = None  # replaced whole by each valid camera_info
-        self.depth_scale = 1.0  # the last frame's focal-length correction (diagnostics)
-        # One logging call site per severity (see LogThrottle), each throttled per kind.
+        self.max_batch = max_batch
+        # One logging call site per severity (see LogThrottle), each throttled per camera and kind.
         self._log_warning = log_warning
         self._log_error = log_error
         self._log_info = log_info
         self._bad_input_throttle = LogThrottle(throttle_s)
         self._error_throttle = LogThrottle(throttle_s)
-        self._said_no_camera_info = False
         self._reset_throttle = LogThrottle(throttle_s)
-        self.tracker: Tracker | None = None  # made by the first tracked frame; worker thread only
-        self.last_tracked: TrackedFrame | None = None  # what tracking did to the last frame (diagnostics)
         self._sizes_logged: set[tuple[int, int]] = set()
-        self._mailbox = LatestFrameMailbox()
+        self._mailbox = LatestFrameMailbox(len(self.cameras))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped: threading.Thread | None = None  # the last stopped worker, for `running`
 
-    # Settings are swapped as one reference and read once per frame by the worker,
+    # The single camera's state, as callers of one camera know it.
+    @property
+    def stats(self) -> PipelineStats:
+        """The first (without ``cameras``: the only) camera's counters."""
+        return self.cameras[0].stats
+
+    @property
+    def outputs(self) -> OutputSink | None:
+        """The first (without ``cameras``: the only) camera's sink."""
+        return self.cameras[0].outputs
+
+    @property
+    def camera_k(self) -> np.ndarray | None:
+        """The first (without ``cameras``: the only) camera's K."""
+        return self.cameras[0].camera_k
+
+    @property
+    def tracker(self) -> Tracker | None:
+        """The first (without ``cameras``: the only) camera's tracker."""
+        return self.cameras[0].tracker
+
+    @property
+    def last_tracked(self) -> TrackedFrame | None:
+        """The first (without ``cameras``: the only) camera's last tracking step."""
+        return self.cameras[0].last_tracked
+
+    @property
+    def depth_scale(self) -> float:
+        """The first (without ``cameras``: the only) camera's last depth correction."""
+        return self.cameras[0].depth_scale
+
+    # Settings are swapped as one reference and read once per batch by the worker,
     # so a frame never mixes old and new thresholds.
     def update(self, settings: PipelineSettings) -> None:
         """Use ``settings`` (thresholds, colours, limits) from the next frame on."""
@@ -295,49 +435,53 @@ class Pipeline:
         return self.settings.postprocess
 
     # -------------------------------------------------------------- inputs (callback thread)
-    def accept(self, message: Any, *, compressed: bool, received: float) -> None:
-        """An image message from a subscription: count, check its header fields (O(1)), hand over."""
-        self.stats.add("received")
+    def accept(self, message: Any, *, compressed: bool, received: float, camera: int = 0) -> None:
+        """An image message of camera ``camera``: count, check its header fields (O(1)), hand over."""
+        self.cameras[camera].stats.add("received")
         try:
             if compressed:
                 check_compressed(message)
             else:
                 check_image_msg(message, max_pixels=self.settings.max_pixels)
         except InputError as exc:
-            self.reject(exc)
+            self.reject(exc, camera=camera)
             return
-        self.submit(Frame(message=message, compressed=compressed, received=received))
+        self.submit(Frame(message=message, compressed=compressed, received=received, camera=camera))
 
-    def camera_info(self, message: Any) -> None:
-        """A CameraInfo: its K is used from the next frame on; a bad one keeps the previous K."""
-        self.stats.add("camera_info_received")
+    def camera_info(self, message: Any, camera: int = 0) -> None:
+        """A CameraInfo of camera ``camera``: its K is used from the next frame on; a bad one keeps the previous K."""
+        stream = self.cameras[camera]
+        stream.stats.add("camera_info_received")
         try:
-            self.camera_k = camera_k(message)
+            stream.camera_k = camera_k(message)
         except InputError as exc:
-            self.reject(exc, "camera_info_dropped_bad_input")
+            self.reject(exc, "camera_info_dropped_bad_input", camera=camera)
 
     def submit(self, frame: Frame) -> None:
-        """Hand a frame to the worker (latest-frame-only; a replaced frame is counted)."""
+        """Hand a frame to the worker (latest-frame-only per camera; a replaced frame is counted)."""
         if self._mailbox.put(frame):
-            self.stats.add("dropped_overload")
+            self.cameras[frame.camera].stats.add("dropped_overload")
 
-    def reject(self, exc: InputError, counter: str = "dropped_bad_input") -> None:
-        """Count a bad input in ``counter`` and warn (throttled per kind of problem)."""
-        self.stats.add(counter)
-        text = self._bad_input_throttle(exc.kind, f"dropped bad input: {exc}")
+    def reject(self, exc: InputError, counter: str = "dropped_bad_input", *, camera: int = 0) -> None:
+        """Count a bad input of camera ``camera`` in ``counter`` and warn (throttled per camera and kind)."""
+        stream = self.cameras[camera]
+        stream.stats.add(counter)
+        text = self._bad_input_throttle(f"{stream.name}:{exc.kind}", f"{stream.label}dropped bad input: {exc}")
         if text is not None:
             self._log_warning(text)
 
-    def fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception, *, camera: int = 0) -> None:
         """Count a frame that failed for another reason than its input, and log an error (throttled)."""
-        self.stats.add("errors")
-        text = self._error_throttle(type(exc).__name__, f"frame failed: {type(exc).__name__}: {exc}")
+        stream = self.cameras[camera]
+        stream.stats.add("errors")
+        kind = f"{stream.name}:{type(exc).__name__}"
+        text = self._error_throttle(kind, f"{stream.label}frame failed: {type(exc).__name__}: {exc}")
         if text is not None:
             self._log_error(text)
 
     # -------------------------------------------------------------- thread
     # Each worker has its own stop event: one that overran stop()'s timeout still ends
-    # after its frame even when a new worker starts (re-activation).
+    # after its batch even when a new worker starts (re-activation).
     def start(self) -> None:
         """Start the worker thread."""
         self._stop = threading.Event()
@@ -352,7 +496,7 @@ class Pipeline:
         return any(t is not None and t.is_alive() for t in (self._thread, self._stopped))
 
     def stop(self, timeout: float = 30.0) -> int:
-        """Stop the worker (after its current frame), forget the tracks, drop a waiting frame; returns drops."""
+        """Stop the worker (after its current batch), forget the tracks, drop the waiting frames; returns drops."""
         self._stop.set()
         self._mailbox.wake()
         if self._thread is not None:
@@ -361,106 +505,148 @@ class Pipeline:
         if not self.running:  # a worker that overran the timeout still owns the tracker
             self.reset_tracks()
         dropped = self._mailbox.clear()
-        if dropped:
-            self.stats.add("dropped_overload", dropped)
-        return dropped
+        for camera in dropped:
+            self.cameras[camera].stats.add("dropped_overload")
+        return len(dropped)
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            frame = self._mailbox.take(timeout=0.25)
-            if frame is None:
+            frames = self._mailbox.take(timeout=0.25, limit=self.max_batch)
+            if not frames:
                 continue
-            if stop.is_set():  # taken while stopping: dropped like a frame still waiting
-                self.stats.add("dropped_overload")
+            if stop.is_set():  # taken while stopping: dropped like frames still waiting
+                for frame in frames:
+                    self.cameras[frame.camera].stats.add("dropped_overload")
                 break
             try:
-                self.process(frame)
-            except Exception as exc:  # noqa: BLE001 - the worker must survive anything one frame does
-                try:
-                    self.fail(exc)
-                except Exception:  # noqa: BLE001 - logging gone at shutdown: the count is kept
-                    pass
+                self.process_batch(frames)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything a batch does
+                for frame in frames:
+                    try:
+                        self.fail(exc, camera=frame.camera)
+                    except Exception:  # noqa: BLE001 - logging gone at shutdown: the count is kept
+                        pass
 
-    # -------------------------------------------------------------- one frame
+    # -------------------------------------------------------------- frames
     def process(self, frame: Frame) -> None:
         """Convert, predict and publish one frame (in the worker thread)."""
-        start = time.perf_counter()
+        self.process_batch([frame])
+
+    def process_batch(self, frames: Sequence[Frame]) -> None:
+        """Convert, predict (one batch) and publish the frames of several cameras (in the worker thread).
+
+        A frame whose input is bad is dropped and counted for its camera; the others go on.
+        """
         settings = self.settings
-        camera_k = self.camera_k  # one K for the centroids, markers and points of this frame
-        wanted = self._wanted(camera_k)
+        jobs = [job for frame in frames if (job := self._convert(frame, settings)) is not None]
+        results = []
+        while jobs:
+            try:
+                results = self.predictor.predict_batch(
+                    [j.image for j in jobs], [j.camera_k for j in jobs], postprocess=settings.postprocess
+                )
+                break
+            except InputError as exc:
+                if exc.index is None:
+                    raise
+                bad = jobs.pop(exc.index)
+                cause = exc.__cause__ if isinstance(exc.__cause__, InputError) else exc
+                self.reject(cause, camera=bad.frame.camera)
+        for job, result in zip(jobs, results, strict=True):
+            try:
+                self._publish(job, result, settings)
+            except Exception as exc:  # noqa: BLE001 - one camera's outputs failing does not cost the others theirs
+                self.fail(exc, camera=job.frame.camera)
+
+    def _convert(self, frame: Frame, settings: PipelineSettings) -> _Job | None:
+        """One frame as an image for the batch, or None (no subscriber, or a bad input: counted)."""
+        start = time.perf_counter()
+        camera = self.cameras[frame.camera]
+        k = camera.camera_k  # one K for the depth, centroids, markers and points of this frame
+        wanted = self._wanted(camera, k)
         if not wanted:
-            self.stats.add("skipped_no_subscribers")
-            return
+            camera.stats.add("skipped_no_subscribers")
+            return None
         try:
             convert = compressed_to_bgr if frame.compressed else image_to_bgr
             image = convert(frame.message, max_pixels=settings.max_pixels)
-            converted = time.perf_counter()
-            self._log_frame_size(image.shape[0], image.shape[1])
-            result = self.predictor.predict(image, camera_k=camera_k, postprocess=settings.postprocess)
         except InputError as exc:
-            self.reject(exc)
-            return
-        predicted = time.perf_counter()
+            self.reject(exc, camera=frame.camera)
+            return None
+        self._log_frame_size(image.shape[0], image.shape[1])
+        return _Job(camera, frame, k, wanted, image, start, time.perf_counter())
+
+    def _publish(self, job: _Job, result: Any, settings: PipelineSettings) -> None:
+        """One camera's frame tracked (with that camera's tracker), its outputs published, its latencies."""
+        begin = time.perf_counter()
+        camera = job.camera
         if settings.tracking is not None:
-            result = self._track(result, settings.tracking, stamp_ns(frame.message.header))
+            result = self._track(camera, result, settings.tracking, stamp_ns(job.frame.message.header))
         tracked = time.perf_counter()
-        self.depth_scale = result.depth_scale
+        camera.depth_scale = result.depth_scale
         messages = output_messages(
             result,
-            image,
-            wanted=wanted,
-            header=frame.message.header,
-            camera_k=camera_k,
+            job.image,
+            wanted=job.wanted,
+            header=job.frame.message.header,
+            camera_k=job.camera_k,
             settings=settings.outputs,
             classes=self.message_classes,
             class_colors=self.predictor.classes.colors,
         )
+        assert camera.outputs is not None
         for name, message in messages.items():
-            self.outputs.publish(name, message)
+            camera.outputs.publish(name, message)
         done = time.perf_counter()
         t = result.timings
-        self.stats.record(
+        camera.stats.record(
             {
-                "wait": start - frame.received,
-                "convert": converted - start,
+                "wait": job.start - job.frame.received,
+                "convert": job.converted - job.start,
                 "preprocess": t["preprocess"],
                 "network": t["network"],
                 "fusion": t["fusion"],
                 "segment_depth": t["segment_depth"],
-                "track": tracked - predicted,
+                "track": tracked - begin,
                 "publish": done - tracked,
-                "total": done - frame.received,
+                "total": done - job.frame.received,
             }
         )
-        self.stats.add("processed")
+        camera.stats.add("processed")
 
     def reset_tracks(self) -> None:
-        """Forget every track (deactivation, cleanup): the next frame starts afresh."""
-        self.tracker = None
-        self.last_tracked = None
+        """Forget every camera's tracks (deactivation, cleanup): the next frames start afresh."""
+        for camera in self.cameras:
+            camera.tracker = None
+            camera.last_tracked = None
 
-    def _track(self, result: PanopticDepthResult, config: TrackerConfig, stamp: int) -> PanopticDepthResult:
-        """``result`` with its things tracked over this stream; a reset of the tracks is logged with its reason."""
-        if self.tracker is None or self.tracker.config != config:  # new settings start new tracks
-            self.tracker = Tracker(config)
-        tracked = self.tracker.update(result, stamp_ns=stamp)
+    def _track(
+        self, camera: CameraStream, result: PanopticDepthResult, config: TrackerConfig, stamp: int
+    ) -> PanopticDepthResult:
+        """``result`` with its things tracked over ``camera``'s frames; a reset of the tracks is logged, why."""
+        if camera.tracker is None or camera.tracker.config != config:  # new settings start new tracks
+            camera.tracker = Tracker(config)
+        tracked = camera.tracker.update(result, stamp_ns=stamp)
         if tracked.reset_reason is not None:
-            self.stats.add("tracker_resets")
-            text = self._reset_throttle("tracker_reset", f"tracks reset: {tracked.reset_reason}")
+            camera.stats.add("tracker_resets")
+            text = self._reset_throttle(
+                f"{camera.name}:tracker_reset", f"{camera.label}tracks reset: {tracked.reset_reason}"
+            )
             if text is not None:
                 self._log_warning(text)
-        self.last_tracked = tracked
+        camera.last_tracked = tracked
         return result.with_tracks(tracked.tracks)
 
-    def _wanted(self, camera_k: np.ndarray | None) -> set[str]:
+    def _wanted(self, camera: CameraStream, camera_k: np.ndarray | None) -> set[str]:
         """The outputs to produce for this frame: subscribed, and 3D ones only with intrinsics."""
-        wanted = self.outputs.wanted_names()
+        assert camera.outputs is not None
+        wanted = camera.outputs.wanted_names()
         if camera_k is None and wanted & OUTPUTS_3D:
             wanted -= OUTPUTS_3D
-            if not self._said_no_camera_info:
-                self._said_no_camera_info = True
+            if not camera.said_no_camera_info:
+                camera.said_no_camera_info = True
                 self._log_info(
-                    "markers and points are subscribed but no valid camera_info has arrived "
+                    f"{camera.label}markers and points are subscribed but no valid camera_info has arrived "
                     "yet: they are published once it has (logged once)"
                 )
         return wanted

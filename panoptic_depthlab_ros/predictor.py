@@ -12,7 +12,7 @@ demo model: docs/performance.md and docs/model.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -123,6 +123,19 @@ def check_scales(scales: Any) -> tuple[float, ...]:
             f"scales must lie in {SCALE_RANGE_TEXT} and include 1.0 (depth is read at 1.0), got {list(out)}"
         )
     return out
+
+
+def checked_camera_k(camera_k: np.ndarray | None) -> np.ndarray | None:
+    """``camera_k`` as a 3x3 float64 matrix (None stays None); :class:`InputError` unless finite with fx, fy > 0."""
+    if camera_k is None:
+        return None
+    k = np.asarray(camera_k, dtype=np.float64)
+    if k.shape not in ((3, 3), (9,)) or not np.all(np.isfinite(k)):
+        raise InputError(f"camera_k must be a finite 3x3 matrix, got shape {k.shape}")
+    k = k.reshape(3, 3)
+    if k[0, 0] <= 0 or k[1, 1] <= 0:
+        raise InputError(f"camera_k focal lengths must be > 0, got fx={k[0, 0]}, fy={k[1, 1]}")
+    return k
 
 
 class Predictor:
@@ -459,43 +472,106 @@ class Predictor:
                 :attr:`postprocess`); a caller with settings of its own passes them here
                 rather than changing the predictor's.
         """
+        try:
+            return self.predict_batch([image], [camera_k], postprocess=postprocess)[0]
+        except InputError as exc:
+            exc.index = None  # one image: no batch to point into
+            raise
+
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        camera_ks: Sequence[np.ndarray | None] | None = None,
+        *,
+        postprocess: PostprocessConfig | None = None,
+    ) -> list[PanopticDepthResult]:
+        """:meth:`predict` for several images (e.g. one per camera), the network run once per input size.
+
+        Images whose network inputs have the same size go through the network as one
+        batch; other sizes form batches of their own (grouped, not padded to a common
+        size: padding would change the outputs near the border and the ASPP image pooling,
+        and measured slower on a CPU, see docs/multi-camera.md).  Each result is what
+        :meth:`predict` gives for that image and its K (within float tolerance), with the
+        batch's network time as its ``network`` timing.  A bad image or K raises an
+        :class:`InputError` whose ``index`` names it; nothing is run then.
+        """
         config = self.postprocess if postprocess is None else postprocess
-        if camera_k is not None:
-            camera_k = np.asarray(camera_k, dtype=np.float64)
-            if camera_k.shape not in ((3, 3), (9,)) or not np.all(np.isfinite(camera_k)):
-                raise InputError(f"camera_k must be a finite 3x3 matrix, got shape {camera_k.shape}")
-            camera_k = camera_k.reshape(3, 3)
-            if camera_k[0, 0] <= 0 or camera_k[1, 1] <= 0:
-                raise InputError(f"camera_k focal lengths must be > 0, got fx={camera_k[0, 0]}, fy={camera_k[1, 1]}")
+        ks: list[np.ndarray | None] = [None] * len(images) if camera_ks is None else list(camera_ks)
+        if len(ks) != len(images):
+            raise ValueError(f"{len(images)} images but {len(ks)} camera matrices")
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        t0 = time.perf_counter()
-        prep = self._prepare(image)
-        sync()
-        t1 = time.perf_counter()
+        preps: list[Prepared] = []
+        prep_s: list[float] = []
+        for i, (image, k) in enumerate(zip(images, ks, strict=True)):
+            t0 = time.perf_counter()
+            try:
+                ks[i] = checked_camera_k(k)
+                preps.append(self._prepare(image))
+            except InputError as exc:
+                where = f"image {i} of {len(images)}: " if len(images) > 1 else ""
+                raise InputError(f"{where}{exc}", kind=exc.kind, index=i) from exc
+            sync()
+            prep_s.append(time.perf_counter() - t0)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, prep in enumerate(preps):
+            groups.setdefault(tuple(prep.tensor.shape), []).append(i)
+        results: list[PanopticDepthResult | None] = [None] * len(images)
         with torch.inference_mode():
-            out = self._network(prep.tensor, depth=self.depth_enabled)
-            sync()
-            t2 = time.perf_counter()
-            out = self._to_input_size(out, prep)
-            depth_scale = self.depth_scale(camera_k, prep) if self.depth_enabled else 1.0
-            if depth_scale != 1.0:
-                out["depth"] = out["depth"] * depth_scale
-            fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=self.classes, config=config)
-            sync()
-            t3 = time.perf_counter()
-            segments = segment_depth_statistics(
-                fused.panoptic,
-                out["depth"][0] if self.depth_enabled else None,
-                classes=self.classes,
-                config=config,
-                sem_logits=out["sem_seg"],
-                center=out["center"],
-                camera_k=camera_k if self.depth_enabled else None,
-            )
-            panoptic = fused.panoptic.cpu().numpy()
-            semantic = fused.semantic.to(torch.uint8).cpu().numpy()
-            depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False) if self.depth_enabled else None
-            t4 = time.perf_counter()
+            for members in groups.values():
+                t1 = time.perf_counter()
+                out = self._network_batch([preps[i].tensor for i in members])
+                sync()
+                network_s = time.perf_counter() - t1
+                for j, i in enumerate(members):
+                    one = {name: v[j : j + 1] for name, v in out.items()}
+                    results[i] = self._finish(one, preps[i], ks[i], config, prep_s[i], network_s)
+        return [r for r in results if r is not None]
+
+    def _network_batch(self, tensors: list[Tensor]) -> dict[str, Tensor]:
+        """One network pass over same-size inputs ([1, 3, Hp, Wp] each) -> outputs [N, ...].
+
+        A backend that takes one image at a time (an ONNX export with a fixed batch of 1)
+        runs them in turn.
+        """
+        if len(tensors) == 1:
+            return self._network(tensors[0], depth=self.depth_enabled)
+        if getattr(self.network, "batchable", True):
+            return self._network(torch.cat(tensors), depth=self.depth_enabled)
+        outs = [self._network(t, depth=self.depth_enabled) for t in tensors]
+        return {name: torch.cat([o[name] for o in outs]) for name in outs[0]}
+
+    def _finish(
+        self,
+        out: dict[str, Tensor],
+        prep: Prepared,
+        camera_k: np.ndarray | None,
+        config: PostprocessConfig,
+        preprocess_s: float,
+        network_s: float,
+    ) -> PanopticDepthResult:
+        """One image's network outputs ([1, ...]) -> fused, measured result at its input size."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t2 = time.perf_counter()
+        out = self._to_input_size(out, prep)
+        depth_scale = self.depth_scale(camera_k, prep) if self.depth_enabled else 1.0
+        if depth_scale != 1.0:
+            out["depth"] = out["depth"] * depth_scale
+        fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=self.classes, config=config)
+        sync()
+        t3 = time.perf_counter()
+        segments = segment_depth_statistics(
+            fused.panoptic,
+            out["depth"][0] if self.depth_enabled else None,
+            classes=self.classes,
+            config=config,
+            sem_logits=out["sem_seg"],
+            center=out["center"],
+            camera_k=camera_k if self.depth_enabled else None,
+        )
+        panoptic = fused.panoptic.cpu().numpy()
+        semantic = fused.semantic.to(torch.uint8).cpu().numpy()
+        depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False) if self.depth_enabled else None
+        t4 = time.perf_counter()
         return PanopticDepthResult(
             panoptic=panoptic,
             semantic=semantic,
@@ -504,11 +580,11 @@ class Predictor:
             label_divisor=self.classes.label_divisor,
             depth_scale=depth_scale,
             timings={
-                "preprocess": t1 - t0,
-                "network": t2 - t1,
+                "preprocess": preprocess_s,
+                "network": network_s,
                 "fusion": t3 - t2,
                 "segment_depth": t4 - t3,
-                "total": t4 - t0,
+                "total": preprocess_s + network_s + (t4 - t2),
             },
         )
 

@@ -106,7 +106,9 @@ class NodeHarness:
 
     The probe publishes ``image`` / ``image/compressed`` / ``camera_info``
     (reliable, so a test controls exactly what reaches the node) and records
-    every message on the requested outputs and ``/diagnostics``.
+    every message on the requested outputs and ``/diagnostics``.  With ``cameras``
+    the node serves those cameras: the probe publishes ``C/image`` and
+    ``C/camera_info`` (``camera_pubs[C]``) and records ``C/<output>``.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class NodeHarness:
         params: dict[str, Any] | None = None,
         outputs: tuple[str, ...] = OUTPUT_NAMES,
         cli_args: list[str] | None = None,
+        cameras: tuple[str, ...] = (),
     ) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -128,6 +131,8 @@ class NodeHarness:
         from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
 
         values = {"checkpoint": str(checkpoint), "device": "cpu", **(params or {})}
+        if cameras:
+            values["cameras"] = list(cameras)
         self.node = PanopticDepthLabNode(
             context=context,
             cli_args=cli_args,
@@ -135,15 +140,25 @@ class NodeHarness:
         )
         self.probe = Node("probe", context=context)
         self._lock = threading.Lock()
-        self.received: dict[str, list] = {name: [] for name in (*outputs, "diagnostics")}
+        topics = [f"{c}/{name}" for c in cameras for name in outputs] if cameras else list(outputs)
+        self.received: dict[str, list] = {topic: [] for topic in (*topics, "diagnostics")}
         keep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        for name in outputs:
-            self.probe.create_subscription(output_type(name), f"/panoptic_depthlab/{name}", self._recorder(name), keep)
+        for topic in topics:
+            self.probe.create_subscription(
+                output_type(topic.rsplit("/", 1)[-1]), f"/panoptic_depthlab/{topic}", self._recorder(topic), keep
+            )
         self.probe.create_subscription(DiagnosticArray, "/diagnostics", self._recorder("diagnostics"), keep)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.probe.create_publisher(Image, "image", qos)
         self.compressed_pub = self.probe.create_publisher(CompressedImage, "image/compressed", qos)
         self.info_pub = self.probe.create_publisher(CameraInfo, "camera_info", qos)
+        self.camera_pubs = {
+            c: (
+                self.probe.create_publisher(Image, f"{c}/image", qos),
+                self.probe.create_publisher(CameraInfo, f"{c}/camera_info", qos),
+            )
+            for c in cameras
+        }
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)

@@ -414,6 +414,73 @@ def test_bag_cli(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert again.returncode == 2 and "no topic '/nope'" in again.stderr
 
 
+def make_two_camera_bag(path: Path, frames: int = 3) -> Path:
+    """/front/image_raw with /front/camera_info, /left/image_raw (larger frames) without one."""
+    t = TS.types
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {
+            c: w.add_connection(f"/{c}/image_raw", "sensor_msgs/msg/Image", typestore=TS) for c in ("front", "left")
+        }
+        info = w.add_connection("/front/camera_info", "sensor_msgs/msg/CameraInfo", typestore=TS)
+        for i in range(frames):
+            for j, (camera, (h, w_)) in enumerate((("front", (64, 128)), ("left", (96, 160)))):
+                stamp = (1_000 + i) * 10**8 + j
+                header = t["std_msgs/msg/Header"](
+                    stamp=t["builtin_interfaces/msg/Time"](sec=100 + i, nanosec=j), frame_id=camera
+                )
+                if camera == "front":
+                    ci = rosbags_camera_info(TS, header, K)
+                    w.write(info, stamp - 10, TS.serialize_cdr(ci, ci.__msgtype__))
+                img = np.ascontiguousarray(np.resize(_frame(10 * j + i), (h, w_, 3)))
+                m = t["sensor_msgs/msg/Image"](
+                    header=header, height=h, width=w_, encoding="bgr8", is_bigendian=0, step=3 * w_, data=img.ravel()
+                )
+                w.write(conns[camera], stamp, TS.serialize_cdr(m, m.__msgtype__))
+    return path
+
+
+def test_two_cameras_each_under_its_own_names(tmp_path: Path, predictor: Predictor) -> None:
+    src = make_two_camera_bag(tmp_path / "in")
+    summary = replay_bag(
+        src, tmp_path / "out", predictor=predictor, image_topic=["/front/image_raw", "/left/image_raw"], progress=False
+    )
+    assert summary.frames == 6 and summary.frames_per_camera == {"front": 3, "left": 3} and summary.skipped == []
+    front = [f"/panoptic_depthlab/front/{n}" for n in OUTPUT_NAMES]
+    left = [f"/panoptic_depthlab/left/{n}" for n in OUTPUT_NAMES if n not in ("markers", "points")]  # no camera_info
+    assert summary.output_topics == front + left
+    got = _read(tmp_path / "out")
+    assert not any(t.startswith("/panoptic_depthlab/") and t.count("/") == 2 for t in got)  # no single-camera topics
+    for camera, (h, w), k in (("front", (64, 128), np.array(K).reshape(3, 3)), ("left", (96, 160), None)):
+        segments = got[f"/panoptic_depthlab/{camera}/segments"]
+        assert len(segments) == 3
+        for i, (_, msg) in enumerate(segments):
+            assert (msg.header.stamp.sec, msg.header.frame_id) == (100 + i, camera)
+            j = 0 if camera == "front" else 1
+            expected = predictor.predict(np.ascontiguousarray(np.resize(_frame(10 * j + i), (h, w, 3))), camera_k=k)
+            assert [s.id for s in msg.segments] == [s.id for s in expected.segments]
+            assert [s.depth_mean for s in msg.segments] == pytest.approx([s.depth_mean for s in expected.segments])
+        pan = got[f"/panoptic_depthlab/{camera}/panoptic"][0][1]
+        assert (pan.height, pan.width) == (h, w)
+    assert all(m.header.frame_id == "front" for _, ma in got["/panoptic_depthlab/front/markers"] for m in ma.markers)
+
+    with pytest.raises(BagError, match="2 --image-topic but 1 --camera-info-topic"):
+        replay_bag(
+            src,
+            tmp_path / "out2",
+            predictor=predictor,
+            image_topic=["/front/image_raw", "/left/image_raw"],
+            camera_info_topic=["/front/camera_info"],
+            progress=False,
+        )
+    # The same CLI flags, repeated: each camera's K given explicitly (left uses front's K here).
+    cmd = [sys.executable, "-m", "panoptic_depthlab_ros.cli", "bag", str(src), str(tmp_path / "out3")]
+    cmd += ["--image-topic", "/front/image_raw", "--image-topic", "/left/image_raw"]
+    cmd += ["--camera-info-topic", "/front/camera_info", "--camera-info-topic", "/front/camera_info"]
+    proc = subprocess.run([*cmd, "--checkpoint", str(predictor.source), "--device", "cpu"], **RUN)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 frames (front 3, left 3)" in proc.stdout and "/panoptic_depthlab/left/markers" in proc.stdout
+
+
 # SegmentDepth as it was before the tracking fields: what bags recorded then carry.
 OLD_SEGMENT_DEPTH = """\
 int32 id

@@ -100,9 +100,21 @@ def test_launch_remappings_are_the_node_inputs() -> None:
     assert set(_launch_remappings()) == {INPUT_IMAGE, INPUT_COMPRESSED, INPUT_CAMERA_INFO}
 
 
+def _node_topics(ros_context, cli: list[str]) -> tuple[dict, dict]:
+    """The real node's subscribed and published topics (with their types) when started with ``cli``."""
+    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+
+    node = PanopticDepthLabNode(context=ros_context, cli_args=cli)
+    try:
+        subs = dict(node.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
+        pubs = dict(node.get_publisher_names_and_types_by_node("panoptic_depthlab", "/"))
+    finally:
+        node.destroy_node()
+    return subs, pubs
+
+
 @pytest.mark.parametrize("transport", ["raw", "compressed"])
 def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transport: str) -> None:
-    from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
 
     # What the launch file does with image:=/cam/front/image_raw camera_info:=/cam/front/camera_info
     targets = {
@@ -120,12 +132,7 @@ def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transpor
         "-p",
         f"image_transport:={transport}",
     ]
-    node = PanopticDepthLabNode(context=ros_context, cli_args=cli)
-    try:
-        subs = dict(node.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
-        pubs = dict(node.get_publisher_names_and_types_by_node("panoptic_depthlab", "/"))
-    finally:
-        node.destroy_node()
+    subs, pubs = _node_topics(ros_context, cli)
     image_topic = targets["image/compressed" if transport == "compressed" else "image"]
     expected_type = "sensor_msgs/msg/CompressedImage" if transport == "compressed" else "sensor_msgs/msg/Image"
     assert subs[image_topic] == [expected_type]
@@ -145,13 +152,61 @@ def test_remapped_names_exist_on_the_node(ros_context, tiny_checkpoint, transpor
     assert pubs["/diagnostics"] == ["diagnostic_msgs/msg/DiagnosticArray"]
 
 
+def _launch_functions(*names: str) -> dict:
+    """The launch file's plain helper functions, run without ``launch`` installed."""
+    tree = ast.parse(LAUNCH.read_text())
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=defs, type_ignores=[]), str(LAUNCH), "exec"), namespace)  # noqa: S102
+    return {name: namespace[name] for name in names}
+
+
+@pytest.mark.parametrize(
+    "text,names",
+    [
+        ("[front,left,right]", ["front", "left", "right"]),
+        ("[front, left]", ["front", "left"]),
+        ("['front', 'rear/left']", ["front", "rear/left"]),
+        ("front", ["front"]),
+        ("[]", []),
+        ("", []),
+    ],
+)
+def test_launch_cameras_argument_is_parsed(text: str, names: list[str]) -> None:
+    assert _launch_functions("camera_names")["camera_names"](text) == names
+
+
+def test_launch_cameras_reach_the_node_as_a_list_with_their_topics(ros_context, tiny_checkpoint) -> None:
+    """What the launch file gives the node for cameras:=[front,left]: the parameter (only when
+    cameras are given: an empty list has no ROS type) and each camera's remappings."""
+
+    tree = ast.parse(LAUNCH.read_text())
+    args = {c.args[0].value: c for c in _calls(tree, "DeclareLaunchArgument")}
+    assert _kw(args["cameras"], "default_value").value == "[]"
+    assert "{camera}" in _kw(args["camera_image"], "default_value").value
+    for call in (*_calls(tree, "LifecycleNode"), *[c for c in _calls(tree, "Node") if _kw(c, "package") is None]):
+        assert isinstance(_kw(call, "parameters").elts[2], ast.Starred)  # *per_camera: [] or [{"cameras": [...]}]
+    f = _launch_functions("camera_names", "camera_remappings")
+    cameras = f["camera_names"]("[front,left]")
+    remaps = f["camera_remappings"](cameras, "/cams/{camera}/image_raw", "/cams/{camera}/info")
+    cli = ["--ros-args"] + [a for k, v in remaps for a in ("-r", f"{k}:={v}")]
+    cli += ["-p", f"checkpoint:={tiny_checkpoint}", "-p", "device:=cpu", "-p", f"cameras:=[{','.join(cameras)}]"]
+    subs, pubs = _node_topics(ros_context, cli)
+    for c in cameras:
+        assert subs[f"/cams/{c}/image_raw"] == ["sensor_msgs/msg/Image"]
+        assert subs[f"/cams/{c}/info"] == ["sensor_msgs/msg/CameraInfo"]
+        assert pubs[f"/panoptic_depthlab/{c}/overlay"] == ["sensor_msgs/msg/Image"]
+    assert {k for k, _ in remaps} == {f"{c}/{i}" for c in cameras for i in ("image", "image/compressed", "camera_info")}
+
+
 # --------------------------------------------------------------------- parameters
 def test_yaml_and_table_agree() -> None:
     values = _yaml_params()
     assert list(values) == [p.name for p in PARAMETERS]  # same keys, same order
     for spec in PARAMETERS:
-        assert type(values[spec.name]) is type(spec.default), spec.name
-        assert values[spec.name] == spec.default, spec.name
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default  # YAML lists
+        assert type(values[spec.name]) is type(default), spec.name
+        assert values[spec.name] == default, spec.name
     assert {f.name for f in dataclasses.fields(NodeSettings)} == set(SPECS)
 
 
@@ -202,7 +257,9 @@ def test_node_declares_exactly_the_yaml(ros_context, tiny_checkpoint) -> None:
         values = _yaml_params()
         assert declared == set(values)
         for name, value in values.items():
-            if name != "checkpoint":
+            if name == "cameras":  # an empty list is "not set" to rclpy: no cameras, the single camera of old
+                assert node.settings.cameras == () and len(node.cameras) == 1
+            elif name != "checkpoint":
                 assert node.get_parameter(name).value == value, name
         described = {d.name: d for d in node.describe_parameters(sorted(declared))}
         assert described["center_threshold"].floating_point_range[0].to_value == 1.0

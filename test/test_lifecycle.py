@@ -42,7 +42,7 @@ def _answer_frame(h: NodeHarness, sec: int) -> None:
 
 
 class GatedPredictor:
-    """The real predictor behind a gate: ``predict`` waits until the test opens it."""
+    """The real predictor behind a gate: ``predict_batch`` waits until the test opens it."""
 
     def __init__(self, real) -> None:
         self.real = real
@@ -52,10 +52,10 @@ class GatedPredictor:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def predict(self, image, camera_k=None, postprocess=None):
+    def predict_batch(self, images, camera_ks=None, postprocess=None):
         self.entered.set()
         assert self.gate.wait(60), "the test never opened the gate"
-        return self.real.predict(image, camera_k=camera_k, postprocess=postprocess)
+        return self.real.predict_batch(images, camera_ks, postprocess=postprocess)
 
 
 def test_unmanaged_node_starts_active_without_lifecycle_services(ros_context, tiny_checkpoint):

@@ -116,7 +116,7 @@ def test_markers_and_points_need_camera_info_then_match_the_maps(harness) -> Non
     # Outputs of one publisher arrive in order: frame 1 had no markers or points.
     assert [stamp_of(m) for m in h.messages("markers")] == [(2, 0)]
     assert [stamp_of(m) for m in h.messages("points")] == [(2, 0)]
-    assert h.node.pipeline._said_no_camera_info  # told the user once
+    assert h.node.pipeline.cameras[0].said_no_camera_info  # told the user once
 
     _check_markers(h, (2, 0), sent.header)
 

@@ -316,7 +316,7 @@ class Exploding:
         self.postprocess = real.postprocess
         self.frame_handling = real.frame_handling
 
-    def predict(self, image, camera_k=None, postprocess=None):
+    def predict_batch(self, images, camera_ks=None, postprocess=None):
         raise RuntimeError("backend exploded")
 
 

@@ -100,3 +100,25 @@ def test_bad_frames_are_counted_before_the_mailbox(tiny_checkpoint, typestore) -
 
 def test_the_pipeline_imports_without_ros() -> None:
     assert imports_without_ros("panoptic_depthlab_ros.pipeline", "panoptic_depthlab_ros.node_outputs") == ""
+
+
+def test_the_mailbox_keeps_each_cameras_latest_and_serves_them_in_turn() -> None:
+    from panoptic_depthlab_ros.pipeline import LatestFrameMailbox
+
+    box = LatestFrameMailbox(3)
+    frame = lambda camera, t: Frame(message=None, compressed=False, received=t, camera=camera)  # noqa: E731
+    assert box.put(frame(0, 1.0)) is False and box.put(frame(0, 2.0)) is True  # replaced: a drop of camera 0
+    box.put(frame(2, 3.0))
+    assert [(f.camera, f.received) for f in box.take(0.0)] == [(0, 2.0), (2, 3.0)]  # every camera's latest
+    assert box.take(0.0) == []
+    # One per take (max_batch 1) while camera 0 always has a new frame: 1 and 2 still get their turn.
+    box.put(frame(1, 4.0))
+    box.put(frame(2, 5.0))
+    served = []
+    for t in range(6):
+        box.put(frame(0, 10.0 + t))
+        served += [f.camera for f in box.take(0.0, limit=1)]
+    assert served[:3] == [0, 1, 2] and served[3:] == [0, 0, 0]
+    box.put(frame(2, 20.0))
+    box.put(frame(1, 21.0))
+    assert box.clear() == [1, 2]  # what stopping drops, per camera

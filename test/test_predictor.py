@@ -307,6 +307,54 @@ def test_compile_mode_wraps_the_network(tiny_checkpoint: Path) -> None:
         np.testing.assert_allclose(a.depth, b.depth, rtol=1e-5)
 
 
+def test_predict_batch_gives_each_image_what_predict_gives(tiny_checkpoint: Path) -> None:
+    """Three cameras, two sizes, each its own K: one network pass per size, and every
+    result equals that image's own predict() (the depth scaled by its own camera)."""
+    p = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    p.model_config = p.model_config.with_(depth_focal_px=100.0)
+    images = [_image(64, 128, seed=1), _image(96, 160, seed=2), _image(64, 128, seed=3)]
+    ks = [
+        np.array([[200.0, 0, 64.0], [0, 200.0, 32.0], [0, 0, 1]]),
+        None,
+        np.array([[50.0, 0, 64.0], [0, 50.0, 32.0], [0, 0, 1]]),
+    ]
+    alone = [p.predict(im, camera_k=k) for im, k in zip(images, ks, strict=True)]
+    network, passes = p.network, []
+
+    def counting(x, **kwargs):
+        passes.append(tuple(x.shape))
+        return network(x, **kwargs)
+
+    p.network = counting
+    batch = p.predict_batch(images, ks)
+    assert passes == [(2, 3, 64, 128), (1, 3, 96, 160)]  # same sizes together, in first-seen order
+    assert [r.depth_scale for r in batch] == pytest.approx([2.0, 1.0, 0.5])
+    for b, a in zip(batch, alone, strict=True):
+        assert b.panoptic.shape == a.panoptic.shape
+        assert (b.panoptic == a.panoptic).mean() > 0.999  # a logit tie may flip a pixel between batch sizes
+        np.testing.assert_array_equal(b.semantic, a.semantic)
+        np.testing.assert_allclose(b.depth, a.depth, rtol=1e-4, atol=1e-5)
+        assert [s.id for s in b.segments] == [s.id for s in a.segments]
+        assert [s.depth_median for s in b.segments] == pytest.approx([s.depth_median for s in a.segments], rel=1e-4)
+        assert b.timings["network"] > 0
+    assert p.predict_batch([]) == []
+
+
+def test_predict_batch_names_the_bad_image(predictor: Predictor) -> None:
+    good = _image(64, 128)
+    with pytest.raises(InputError, match="image 1 of 3: image must be uint8") as info:
+        predictor.predict_batch([good, good.astype(np.float32), good])
+    assert info.value.index == 1
+    with pytest.raises(InputError, match="image 2 of 3: camera_k focal lengths") as info:
+        predictor.predict_batch([good, good, good], [None, None, np.diag([0.0, 1.0, 1.0])])
+    assert info.value.index == 2
+    with pytest.raises(ValueError, match="3 images but 1 camera"):
+        predictor.predict_batch([good, good, good], [None])
+    with pytest.raises(InputError) as single:
+        predictor.predict(good.astype(np.float32))
+    assert single.value.index is None and "of" not in str(single.value).split(":")[0]
+
+
 def test_track_feeds_a_tracker_the_stamps(tiny_checkpoint) -> None:
     """``Predictor.track``: each frame predicted, then tracked with its stamp (as a Tracker fed by hand)."""
     from node_utils import random_image

@@ -75,6 +75,8 @@ def _default(spec: ParameterSpec) -> str:
         return f"`{str(spec.default).lower()}`"
     if isinstance(spec.default, str):
         return f'`"{spec.default}"`'
+    if isinstance(spec.default, tuple):
+        return "`[" + ", ".join(spec.default) + "]`"
     return f"`{spec.default}`"
 
 

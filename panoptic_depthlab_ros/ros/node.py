@@ -41,6 +41,7 @@ Transitions run in the executor thread, like the other callbacks.
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import time
@@ -65,7 +66,15 @@ from std_msgs.msg import Header
 from ..errors import CheckpointError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
 from ..node_outputs import OUTPUTS, QOS_DEPTH, Output
-from ..pipeline import COUNTERS, Pipeline, PipelineStats
+from ..pipeline import (
+    COUNTERS,
+    INPUT_CAMERA_INFO,
+    INPUT_COMPRESSED,
+    INPUT_IMAGE,
+    CameraStream,
+    Pipeline,
+    PipelineStats,
+)
 from ..predictor import Predictor, resolve_device, untrained_depth_note
 from .parameters import (
     NodeSettings,
@@ -83,10 +92,8 @@ def message_class(name: str) -> type:
     return cast(type, getattr(importlib.import_module(f"{package}.msg"), cls))
 
 
-# Relative input names (users remap them); private outputs (/<node>/<name>).
-INPUT_IMAGE = "image"
-INPUT_COMPRESSED = "image/compressed"
-INPUT_CAMERA_INFO = "camera_info"
+# The input names (INPUT_*, users remap them) are the pipeline's camera topics, named here too.
+__all__ = ["INPUT_CAMERA_INFO", "INPUT_COMPRESSED", "INPUT_IMAGE", "PanopticDepthLabNode", "main"]
 
 
 # Keys of the /diagnostics status besides the counters (pipeline.COUNTERS) and the latencies
@@ -198,9 +205,9 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
 
     def __init__(self, **kwargs: Any) -> None:
         Node.__init__(self, NODE_NAME, **kwargs)
-        self.stats = PipelineStats()
+        self.stats = PipelineStats()  # the first (without `cameras`: the only) camera's
         self.pipeline: Pipeline | None = None
-        self.outputs = Outputs()  # the publishers, while configured
+        self.outputs = Outputs()  # the first camera's publishers, while configured
         self._checkpoint_postprocess = PostprocessConfig()  # the loaded checkpoint's, once configured
         self._inputs: list[Any] = []
         self._destroyed = False
@@ -208,13 +215,20 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         self._diagnostics_timer: Any = None
         self._transition_error: Exception | None = None
         self._raise_transition_errors = False  # True while an unmanaged node starts itself
-        self._last_counts = dict.fromkeys(COUNTERS, 0)
         self._last_report = time.monotonic()
         try:
             self.settings = declare_settings(self)
         except Exception:
             Node.destroy_node(self)
             raise
+        # One stream per camera (its topics, K, counters, publishers); the first one's are `stats` and `outputs`.
+        self.cameras = [
+            CameraStream(
+                name=self.settings.cameras[0] if self.settings.cameras else "", outputs=self.outputs, stats=self.stats
+            )
+        ]
+        self.cameras += [CameraStream(name=name, outputs=Outputs()) for name in self.settings.cameras[1:]]
+        self._last_counts = [dict.fromkeys(COUNTERS, 0) for _ in self.cameras]
         # The lifecycle state machine, with its services only when someone else drives it.
         LifecycleNodeMixin.__init__(self, enable_communication_interface=self.settings.managed)
         if self.settings.managed:
@@ -368,30 +382,42 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             logger.warning(f"no {topics}: {untrained_depth_note('the parameter untrained_depth:=true')}")
         self.pipeline = Pipeline(
             predictor,
-            outputs=self.outputs,
+            cameras=self.cameras,
+            max_batch=self.settings.max_batch,
             settings=self.settings.pipeline(self._checkpoint_postprocess),
-            stats=self.stats,
             message_classes=message_class,
             log_warning=logger.warning,
             log_error=logger.error,
             log_info=logger.info,
         )
-        for o in enabled:
-            self.outputs.publishers[o.name] = self.create_lifecycle_publisher(
-                message_class(o.msg_type), f"~/{o.name}", output_qos(o)
-            )
+        for camera in self.cameras:
+            sink = cast(Outputs, camera.outputs)
+            for o in enabled:
+                sink.publishers[o.name] = self.create_lifecycle_publisher(
+                    message_class(o.msg_type), camera.output_topic(o.name), output_qos(o)
+                )
         self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def _activate(self) -> None:
         """Subscribe, start the worker and the diagnostics timer."""
         assert self.pipeline is not None
         qos = input_qos(self.settings)
-        if self.settings.image_transport == "compressed":
-            image_sub = self.create_subscription(CompressedImage, INPUT_COMPRESSED, self._on_compressed, qos)
-        else:
-            image_sub = self.create_subscription(Image, INPUT_IMAGE, self._on_image, qos)
-        info_sub = self.create_subscription(CameraInfo, INPUT_CAMERA_INFO, self._on_camera_info, qos)
-        self._inputs = [image_sub, info_sub]
+        compressed = self.settings.image_transport == "compressed"
+        lines = []
+        for i, camera in enumerate(self.cameras):
+            image_sub = self.create_subscription(
+                CompressedImage if compressed else Image,
+                camera.image_topic(compressed),
+                functools.partial(self._on_compressed if compressed else self._on_image, camera=i),
+                qos,
+            )
+            info_sub = self.create_subscription(
+                CameraInfo, camera.camera_info_topic, functools.partial(self._on_camera_info, camera=i), qos
+            )
+            self._inputs += [image_sub, info_sub]
+            outputs = self.resolve_topic_name(camera.output_topic("segments")).rsplit("/", 1)[0] + "/<output>"
+            lines.append(f"{camera.name or 'camera'}: {image_sub.topic_name} + {info_sub.topic_name} -> {outputs}")
+        self.get_logger().info(f"{len(self.cameras)} camera(s), one model: " + "; ".join(lines))
         self.pipeline.start()
         self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
 
@@ -417,9 +443,11 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
     def _cleanup(self) -> None:
         """Destroy the publishers and free the model (and the GPU memory it cached)."""
         pipeline, self.pipeline = self.pipeline, None
-        for pub in self.outputs.publishers.values():
-            self.destroy_lifecycle_publisher(cast(LifecyclePublisher, pub))
-        self.outputs.publishers.clear()
+        for camera in self.cameras:
+            sink = cast(Outputs, camera.outputs)
+            for pub in sink.publishers.values():
+                self.destroy_lifecycle_publisher(cast(LifecyclePublisher, pub))
+            sink.publishers.clear()
         if pipeline is not None:
             on_cuda = pipeline.predictor.device.type == "cuda"
             del pipeline
@@ -451,19 +479,19 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
 
     # ------------------------------------------------------------ callbacks (thin)
     # The pipeline checks each message's header fields (O(1)) before it queues it.
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image, camera: int = 0) -> None:
         received = time.perf_counter()
         if (pipeline := self.pipeline) is not None:
-            pipeline.accept(msg, compressed=False, received=received)
+            pipeline.accept(msg, compressed=False, received=received, camera=camera)
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
+    def _on_compressed(self, msg: CompressedImage, camera: int = 0) -> None:
         received = time.perf_counter()
         if (pipeline := self.pipeline) is not None:
-            pipeline.accept(msg, compressed=True, received=received)
+            pipeline.accept(msg, compressed=True, received=received, camera=camera)
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _on_camera_info(self, msg: CameraInfo, camera: int = 0) -> None:
         if (pipeline := self.pipeline) is not None:
-            pipeline.camera_info(msg)
+            pipeline.camera_info(msg, camera=camera)
 
     # ------------------------------------------------------------ parameters
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -485,12 +513,24 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
 
     # ------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
-        snap = self.stats.snapshot()
-        counts = snap.counts
+        """One status per camera (the single camera's is the node's ``pipeline`` status)."""
         now = time.monotonic()
         period = max(now - self._last_report, 1e-9)
-        delta = {k: counts[k] - self._last_counts[k] for k in counts}
-        self._last_counts, self._last_report = counts, now
+        self._last_report = now
+        reports = [self._camera_status(i, camera, period) for i, camera in enumerate(self.cameras)]
+        if self._diagnostics_pub is None:
+            return
+        self._diagnostics_pub.publish(
+            DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[r[0] for r in reports])
+        )
+        self.get_logger().info(" | ".join(r[1] for r in reports), throttle_duration_sec=10.0)
+
+    def _camera_status(self, index: int, camera: CameraStream, period: float) -> tuple[DiagnosticStatus, str]:
+        """One camera's status (counters, rate, latencies) and its summary for the log."""
+        snap = camera.stats.snapshot()
+        counts = snap.counts
+        delta = {k: counts[k] - self._last_counts[index][k] for k in counts}
+        self._last_counts[index] = counts
         rate = delta["processed"] / period
         problems = []
         if delta["dropped_bad_input"]:
@@ -499,43 +539,38 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             problems.append(f"{delta['camera_info_dropped_bad_input']} bad camera_info dropped")
         if delta["errors"]:
             problems.append(f"{delta['errors']} frames failed")
-        if self.pipeline is not None and self.pipeline.camera_k is None:
-            camera = "no camera_info (depth for the training camera, centroids NaN, no markers or points)"
+        if camera.camera_k is None:
+            info = "no camera_info (depth for the training camera, centroids NaN, no markers or points)"
         else:
-            camera = "camera_info ok"
-        message = f"{rate:.1f} Hz processed, {camera}" + (f"; {', '.join(problems)}" if problems else "")
+            info = "camera_info ok"
+        message = f"{rate:.1f} Hz processed, {info}" + (f"; {', '.join(problems)}" if problems else "")
         values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
         values.append(KeyValue(key="processed_hz", value=f"{rate:.3f}"))
         if self.pipeline is not None:
-            values.append(KeyValue(key="depth_scale", value=f"{self.pipeline.depth_scale:.4f}"))
+            values.append(KeyValue(key="depth_scale", value=f"{camera.depth_scale:.4f}"))
             # Which outputs this node sees subscribers for (only those are produced): answers
             # "why is nothing on ~/markers" from the outside, and lets a player wait for its match.
-            subscribed = ",".join(sorted(self.outputs.wanted_names()))
+            subscribed = ",".join(sorted(cast(Outputs, camera.outputs).wanted_names()))
             values.append(KeyValue(key="outputs_subscribed", value=subscribed))
-            tracked = self.pipeline.last_tracked
+            tracked = camera.last_tracked
             values.append(KeyValue(key="tracks_confirmed", value=str(tracked.num_confirmed if tracked else 0)))
         for stage, lat in snap.latency.items():
             values += [KeyValue(key=f"{stage}_ms_{k}", value=f"{getattr(lat, k) * 1e3:.2f}") for k in LATENCY_KEYS]
+        total = snap.latency.get("total")
+        summary = (
+            f"{camera.label}{message}; received {counts['received']}, processed {counts['processed']}, dropped "
+            f"{counts['dropped_overload']} overload + {counts['dropped_bad_input']} bad input + "
+            f"{counts['skipped_no_subscribers']} unsubscribed, {counts['errors']} failed"
+            + (f"; latency mean {total.mean * 1e3:.0f} ms, p95 {total.p95 * 1e3:.0f} ms" if total else "")
+        )
         status = DiagnosticStatus(
             level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
-            name=f"{self.get_fully_qualified_name()}: pipeline",
+            name=f"{self.get_fully_qualified_name()}: " + (f"camera {camera.name}" if camera.name else "pipeline"),
             message=message,
             hardware_id=str(self.pipeline.predictor.device) if self.pipeline else "",
             values=values,
         )
-        if self._diagnostics_pub is None:
-            return
-        self._diagnostics_pub.publish(
-            DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
-        )
-        total = snap.latency.get("total")
-        self.get_logger().info(
-            f"{message}; received {counts['received']}, processed {counts['processed']}, dropped "
-            f"{counts['dropped_overload']} overload + {counts['dropped_bad_input']} bad input + "
-            f"{counts['skipped_no_subscribers']} unsubscribed, {counts['errors']} failed"
-            + (f"; latency mean {total.mean * 1e3:.0f} ms, p95 {total.p95 * 1e3:.0f} ms" if total else ""),
-            throttle_duration_sec=10.0,
-        )
+        return status, summary
 
 
 def main(args: list[str] | None = None) -> int:

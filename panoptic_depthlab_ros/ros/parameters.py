@@ -25,6 +25,7 @@ from typing import Any, cast
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from ..checkpoint import bundled_checkpoint
 from ..errors import CheckpointError, PanopticDepthLabError
@@ -32,10 +33,10 @@ from ..fusion import PostprocessConfig
 from ..geometry3d import COLOR_MODES
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
 from ..node_outputs import BY_NAME, OutputSettings
-from ..pipeline import PipelineSettings
+from ..pipeline import PipelineSettings, check_camera_names
 from ..tracker import TrackerConfig
 
-Value = bool | int | float | str
+Value = bool | int | float | str | tuple[str, ...]
 
 # A fusion parameter at this value (any negative value) uses the checkpoint's own setting.
 FROM_CHECKPOINT = -1
@@ -56,6 +57,7 @@ _TYPE_NAMES = {
     ParameterType.PARAMETER_INTEGER: "int",
     ParameterType.PARAMETER_DOUBLE: "double",
     ParameterType.PARAMETER_STRING: "string",
+    ParameterType.PARAMETER_STRING_ARRAY: "string[]",
 }
 
 
@@ -109,6 +111,8 @@ class ParameterSpec:
             return ParameterType.PARAMETER_INTEGER
         if isinstance(self.default, float):
             return ParameterType.PARAMETER_DOUBLE
+        if isinstance(self.default, tuple):
+            return ParameterType.PARAMETER_STRING_ARRAY
         return ParameterType.PARAMETER_STRING
 
     @property
@@ -216,6 +220,18 @@ class NodeSettings:
         bounds=(0, 1 << 30),
     )
     # Input
+    cameras: tuple[str, ...] = parameter(
+        (),
+        "Camera names, e.g. [front, left, right]: camera C is read from C/image (C/image/compressed) and "
+        "C/camera_info and answered on ~/C/<output>, all through one model, the cameras' latest frames "
+        "batched (docs/multi-camera.md). Empty = one camera on image and camera_info, outputs ~/<output>.",
+    )
+    max_batch: int = parameter(
+        0,
+        "At most this many camera frames per network pass (0 = the latest waiting frame of every camera); "
+        "cameras take turns, so none is starved.",
+        bounds=(0, 64),
+    )
     image_transport: str = parameter(
         "raw",
         "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (JPEG/PNG) on `image/compressed`.",
@@ -448,6 +464,10 @@ def declare_settings(node: Node) -> NodeSettings:
     values: dict[str, Any] = {}
     for spec in PARAMETERS:
         try:
+            if isinstance(spec.default, tuple):  # an empty list has no type of its own in rclpy: say it
+                value = node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, spec.descriptor()).value
+                values[spec.name] = tuple(value or ())
+                continue
             values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
         except InvalidParameterTypeException as exc:
             kind = {
@@ -455,6 +475,7 @@ def declare_settings(node: Node) -> NodeSettings:
                 int: "an integer",
                 float: "a double (e.g. 5.0, not 5)",
                 str: "a string",
+                tuple: "a list of strings (e.g. [front, left])",
             }
             raise ParameterError(f"parameter {spec.name} must be {kind[type(spec.default)]}: {exc}") from exc
         except InvalidParameterValueException as exc:
@@ -468,6 +489,9 @@ def check_values(settings: NodeSettings) -> str | None:
         value = getattr(settings, spec.name)
         if spec.choices and value not in spec.choices:
             return f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
+    names = check_camera_names(settings.cameras)
+    if names:
+        return f"cameras: {names}"
     if settings.top_k == 0:
         return "top_k must be at least 1, or -1 for the checkpoint's value"
     if 0 <= settings.input_scale < SCALE_RANGE[0]:  # above: the descriptor's bound
