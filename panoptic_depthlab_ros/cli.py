@@ -33,7 +33,20 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_model
+    from .quantize import Int8Settings
 
+    if args.calibration is not None and not args.int8:
+        raise InputError("--calibration goes with --int8")
+    int8 = None
+    if args.int8:
+        if args.calibration is None:
+            raise InputError("--int8 needs --calibration SOURCE: a folder of images, a video or a bag")
+        int8 = Int8Settings(
+            args.calibration,
+            frames=args.calibration_frames,
+            method=args.calibration_method,
+            image_topic=args.image_topic,
+        )
     side = export_model(
         args.checkpoint,
         args.out,
@@ -42,8 +55,10 @@ def _export(args: argparse.Namespace) -> int:
         width=args.width,
         dynamic=args.dynamic,
         overwrite=args.overwrite,
+        int8=int8,
     )
-    print(f"wrote {args.out} ({args.format}) and its description {side}")
+    what = "onnx, INT8" if int8 else args.format
+    print(f"wrote {args.out} ({what}) and its description {side}")
     return DONE
 
 
@@ -58,9 +73,8 @@ def _predictor(args: argparse.Namespace):
     from .predictor import Predictor, untrained_depth_note
 
     path = args.checkpoint or bundled_checkpoint()
-    backend = "onnxruntime" if str(path).endswith(".onnx") else "torch"
     predictor = Predictor.from_checkpoint(
-        path, device=args.device, backend=backend, untrained_depth=args.untrained_depth, **inference_options(args)
+        path, device=args.device, untrained_depth=args.untrained_depth, **inference_options(args)
     )
     if not predictor.depth_enabled:
         print(f"panoptic-depthlab {args.command}: {path}: {untrained_depth_note('--untrained-depth')}", file=sys.stderr)
@@ -201,6 +215,7 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "input_scale": args.input_scale,
         "max_pixels": args.max_pixels,
         "strict_pool_size": args.strict_pool_size,
+        "backend": args.backend,
     }
 
 
@@ -215,10 +230,13 @@ def scales_argument(text: str) -> tuple[float, ...]:
 
 
 def add_inference_args(p: argparse.ArgumentParser) -> None:
-    """How the network sees each frame: input scale and test-time averaging.
+    """What runs the network and how it sees each frame: backend, input scale and test-time averaging.
 
     Shared with the training package's commands; :func:`inference_options` reads them back.
     """
+    from .backends import BACKENDS, BACKENDS_TEXT
+
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=f"what runs the network: {BACKENDS_TEXT}")
     p.add_argument(
         "--input-scale",
         type=float,
@@ -248,6 +266,38 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_int8_args(p: argparse.ArgumentParser) -> None:
+    """``export``'s INT8 options (see :mod:`.quantize`)."""
+    from .calibration import DEFAULT_FRAMES
+    from .quantize import DEFAULT_METHOD, METHODS
+
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize the ONNX network to INT8 (static, QDQ, per-channel weights), calibrated on --calibration",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="SOURCE",
+        help="calibration frames: a folder of images, a video or a bag, like what the model will see",
+    )
+    p.add_argument(
+        "--calibration-frames",
+        type=int_at_least(1),
+        default=DEFAULT_FRAMES,
+        metavar="N",
+        help=f"frames taken evenly over SOURCE (default {DEFAULT_FRAMES})",
+    )
+    p.add_argument(
+        "--calibration-method",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help=f"how activation ranges are set (default {DEFAULT_METHOD}, measured best: docs/performance.md)",
+    )
+    p.add_argument("--image-topic", help="a bag SOURCE's image topic (default: its only one)")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser (one subparser per job)."""
     parser = argparse.ArgumentParser(prog="panoptic-depthlab", description=__doc__)
@@ -267,6 +317,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="fixed input width (multiple of 32)")
     p.add_argument("--dynamic", action="store_true", help="free height/width (multiples of 32; ONNX only)")
     p.add_argument("--overwrite", action="store_true", help="replace an export of ours already at OUT")
+    add_int8_args(p)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bag", help="replay a rosbag2 (sqlite3/MCAP) through the model into a new bag")

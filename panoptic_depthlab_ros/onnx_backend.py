@@ -82,16 +82,17 @@ def describe_export(path: str | Path) -> dict[str, Any]:
     desc = read_export_description(path)
     shape = desc["shape"]
     size = "any size" if shape["dynamic"] else f"{shape['height']}x{shape['width']}"
+    precision = " INT8" if desc.get("precision") == "int8" else ""
     return {
         "file": str(path),
         "bytes": Path(path).stat().st_size,
-        "kind": f"ONNX export ({size})",
-        **{k: desc[k] for k in ("model_config", "classes", "postprocess")},
+        "kind": f"ONNX{precision} export ({size})",
+        **{k: desc[k] for k in ("model_config", "classes", "postprocess", "calibration") if k in desc},
     }
 
 
-class OnnxNetwork:
-    """Callable ``[1,3,H,W] tensor -> {sem_seg, center, offset, depth}`` over an ORT session.
+class ExportedNetwork:
+    """What every runtime of an export shares: its file and the input sizes its description allows.
 
     ``fixed_size``: the (padded) input size of an export without ``--dynamic``; other
     sizes are refused with an :class:`InputError` naming both. ``min_size``: the smallest
@@ -107,29 +108,16 @@ class OnnxNetwork:
         min_size: tuple[int, int] = (1, 1),
     ) -> None:
         self.path = Path(path)
+        self.device = device
         self.fixed_size = fixed_size
         self.min_size = min_size
-        import onnxruntime as ort  # noqa: PLC0415 - optional dependency
 
-        available = ort.get_available_providers()
-        wanted = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + wanted
-        options = ort.SessionOptions()
-        # One thread setting for both backends: the node's num_threads sets torch's, ORT follows.
-        options.intra_op_num_threads = torch.get_num_threads()
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
-        except Exception as exc:  # onnxruntime's own exception types are not importable portably
-            raise CheckpointError(path, f"onnxruntime cannot load it: {exc}") from exc
-        names = [o.name for o in self.session.get_outputs()]
-        if names != list(OUTPUT_NAMES):
-            raise CheckpointError(path, f"outputs are {names}, expected {list(OUTPUT_NAMES)}")
-        self.input_name = self.session.get_inputs()[0].name
-        self.device = device
-        self.providers = self.session.get_providers()
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        """``[1, 3, H, W]`` normalised, padded image -> the four outputs (see :mod:`.export`)."""
+        raise NotImplementedError
 
-    def __call__(self, x: Tensor) -> dict[str, Tensor]:  # noqa: D102
+    def check_input(self, x: Tensor) -> None:
+        """An :class:`InputError` for an input size the export does not take."""
         if self.fixed_size is not None and tuple(x.shape[-2:]) != self.fixed_size:
             h, w = self.fixed_size
             raise InputError(
@@ -141,15 +129,49 @@ class OnnxNetwork:
                 f"{self.path} takes inputs of at least {self.min_size[0]}x{self.min_size[1]} (its ASPP pooling window),"
                 f" this frame is {x.shape[-2]}x{x.shape[-1]} after padding: run the checkpoint with the torch backend"
             )
+
+
+class OnnxNetwork(ExportedNetwork):
+    """Callable ``[1,3,H,W] tensor -> {sem_seg, center, offset, depth}`` over an ORT session.
+
+    ``threads``: intra-op threads (see :func:`.backends.intra_op_threads`). The pool does
+    not spin between runs: on a few cores its spinning threads took the CPU from the
+    fusion that follows each run (see docs/performance.md).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: torch.device,
+        threads: int,
+        fixed_size: tuple[int, int] | None = None,
+        min_size: tuple[int, int] = (1, 1),
+    ) -> None:
+        super().__init__(path, device=device, fixed_size=fixed_size, min_size=min_size)
+        import onnxruntime as ort  # noqa: PLC0415 - optional dependency
+
+        available = ort.get_available_providers()
+        wanted = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + wanted
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        except Exception as exc:  # onnxruntime's own exception types are not importable portably
+            raise CheckpointError(path, f"onnxruntime cannot load it: {exc}") from exc
+        names = [o.name for o in self.session.get_outputs()]
+        if names != list(OUTPUT_NAMES):
+            raise CheckpointError(path, f"outputs are {names}, expected {list(OUTPUT_NAMES)}")
+        self.input_name = self.session.get_inputs()[0].name
+        self.providers = self.session.get_providers()
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:  # noqa: D102
+        self.check_input(x)
         outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy())})
         return {n: torch.from_numpy(o).to(self.device) for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
-
-
-def load_onnx_network(
-    path: str | Path,
-    *,
-    device: torch.device,
-) -> tuple[OnnxNetwork, ModelConfig, ClassMetadata, PostprocessConfig]:
-    """Session + the description needed to feed it and fuse its outputs."""
-    config, classes, post, fixed, smallest = parse_export_description(path, read_export_description(path))
-    return OnnxNetwork(path, device=device, fixed_size=fixed, min_size=smallest), config, classes, post

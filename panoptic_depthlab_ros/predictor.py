@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backends import choose_backend, load_exported_network
 from .checkpoint import load_checkpoint, load_detectron2
 from .errors import InputError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS, check_pixels
@@ -189,6 +190,8 @@ class Predictor:
             raise PanopticDepthLabError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
         self.max_pixels = max_pixels
         self.source = str(source)
+        # What runs the network: torch, or the runtime of an exported one (its ``backend`` attribute).
+        self.backend = "torch" if isinstance(network, nn.Module) else str(getattr(network, "backend", "custom"))
         if input_scale is not None:
             try:
                 model_config = model_config.with_(input_scale=float(input_scale))
@@ -235,20 +238,22 @@ class Predictor:
         path: str | Path,
         device: str | torch.device = "auto",
         *,
-        backend: str = "torch",
+        backend: str = "auto",
         strict_pool_size: bool = False,
         **kwargs: Any,
     ) -> Predictor:
-        """Load our checkpoint (``backend="torch"``) or an exported ``.onnx`` (``"onnxruntime"``).
+        """Load our checkpoint or an exported ``.onnx`` in ``backend`` (see :mod:`.backends`).
 
+        ``backend``: ``torch`` (a checkpoint), ``onnxruntime`` or ``openvino`` (an export),
+        or ``auto`` (:func:`~.backends.choose_backend`: a checkpoint in torch, an export in
+        OpenVINO when installed and on the CPU, else in onnxruntime).
         ``strict_pool_size`` overrides what the checkpoint stores: Detectron2's size check is a
         run-time choice (an export refuses sizes other than its own, or below its pooling window).
         """
         dev = resolve_device(device)
-        if backend == "onnxruntime":
-            from .onnx_backend import load_onnx_network  # noqa: PLC0415 - optional dependency
-
-            network, model_config, classes, post = load_onnx_network(path, device=dev)
+        chosen = choose_backend(path, backend, device=dev)
+        if chosen != "torch":
+            network, model_config, classes, post = load_exported_network(path, chosen, device=dev)
             model_config = model_config.with_(aspp_strict_pool_size=bool(strict_pool_size))
             return cls(
                 network,
@@ -259,8 +264,6 @@ class Predictor:
                 source=str(path),
                 **kwargs,
             )
-        if backend != "torch":
-            raise PanopticDepthLabError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         ckpt = load_checkpoint(path)
         ckpt.model_config = ckpt.model_config.with_(aspp_strict_pool_size=bool(strict_pool_size))
         model = ckpt.build().to(dev)

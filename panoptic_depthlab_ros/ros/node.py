@@ -571,7 +571,7 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
         raise StartupError(f"backend {settings.backend!r} is not available in this installation: {exc}") from exc
     except (OSError, RuntimeError, ValueError) as exc:
         raise StartupError(f"cannot load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    log_info(f"loaded {path} on {predictor.device} (backend {settings.backend})")
+    log_info(f"loaded {path} on {predictor.device} (backend {predictor.backend})")
     log_info(predictor.pooling_policy() + "; the first frame of each size logs how it is handled")
     return predictor
 

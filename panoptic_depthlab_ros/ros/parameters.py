@@ -21,6 +21,7 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
+from ..backends import BACKENDS
 from ..checkpoint import bundled_checkpoint
 from ..errors import CheckpointError, PanopticDepthLabError
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
@@ -98,9 +99,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec(
         "backend",
-        "torch",
-        "Inference backend: torch (checkpoint) or onnxruntime (.onnx file).",
-        choices=("torch", "onnxruntime"),
+        "auto",
+        "What runs the network: auto (a checkpoint in torch; an exported .onnx in openvino when installed and"
+        " on the CPU, else onnxruntime), torch (checkpoint), onnxruntime or openvino (.onnx file, fp32 or"
+        " export --int8).",
+        choices=BACKENDS,
     ),
     ParameterSpec(
         "device",
@@ -119,7 +122,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "num_threads",
         0,
-        "CPU intra-op threads of the network (torch.set_num_threads; onnxruntime uses the same); 0 = the default.",
+        "CPU intra-op threads of the network (torch.set_num_threads; onnxruntime and openvino use the same);"
+        " 0 = the default (torch's: the physical cores).",
         bounds=(0, 256),
     ),
     ParameterSpec(
