@@ -6,7 +6,7 @@
 ``speed``: the full-size R-52 three-branch model (Detectron2's Cityscapes config,
 test/fixtures/detectron2/full_config_R52_os16.yaml; random weights: time does not depend
 on them) at ``--size``, end to end (``Predictor.predict``: preprocessing, network, fusion,
-segment depth) in every backend, interleaved round by round in this one process so that
+segment depth) in every backend, each in its own process, interleaved round by round so that
 load changes hit all alike: torch fp32 with the depth branch skipped (the two-branch work
 Detectron2's Panoptic-DeepLab does), torch fp32, onnxruntime fp32 / INT8, OpenVINO fp32 /
 INT8. Then the bundled model on the 30 frames of the demo bag (192x384; 288x576 at the
@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout, not an install
 sys.path.insert(0, str(REPO / "training"))
 
+from panoptic_depthlab_ros import backends  # noqa: E402
 from panoptic_depthlab_ros.calibration import read_calibration_frames  # noqa: E402
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from panoptic_depthlab_ros.export import export_model  # noqa: E402
@@ -67,6 +68,7 @@ VARIANTS = (
     ("onnxruntime fp32", "fp32", "onnxruntime"),
     ("onnxruntime INT8", "int8", "onnxruntime"),
     ("openvino fp32", "fp32", "openvino"),
+    ("openvino fp32 as bf16", "fp32", "openvino-bf16"),  # OpenVINO's own default on AMX / AVX512-BF16 CPUs
     ("openvino INT8", "int8", "openvino"),
 )
 
@@ -123,6 +125,9 @@ def build(variant: str, ckpt: Path, files: dict[str, Path]) -> Predictor:
         c = load_checkpoint(ckpt)
         config = c.model_config.with_(depth_trained=False)
         return Predictor(c.build(), model_config=config, classes=c.classes, postprocess=c.postprocess)
+    if backend == "openvino-bf16":
+        backends.OPENVINO_PRECISION = "bf16"  # this child runs this one variant
+        backend = "openvino"
     return Predictor.from_checkpoint(files.get(kind, ckpt), "cpu", backend=backend)
 
 
@@ -238,7 +243,7 @@ def accuracy_child(args: argparse.Namespace) -> None:
     """Child process: one backend on the held-out split; prints a JSON line."""
     from panoptic_depthlab_training.evaluate import evaluate_split, flat_metrics
 
-    pred = Predictor.from_checkpoint(args.model, "cpu", backend=args.backend)
+    pred = build(args.variant, args.checkpoint, {"fp32": args.model, "int8": args.model})
     totals: list[float] = []
     predict = pred.predict
 
@@ -259,9 +264,9 @@ def accuracy_child(args: argparse.Namespace) -> None:
     )
 
 
-def run_child(model: Path, backend: str, data: Path, threads: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", "--model", str(model), "--backend", backend, "--data", str(data)]
-    cmd += ["--threads", str(threads)]
+def run_child(variant: str, ckpt: Path, model: Path, data: Path, threads: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--checkpoint", str(ckpt), "--model", str(model)]
+    cmd += ["--data", str(data), "--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -280,8 +285,8 @@ def accuracy_part(args: argparse.Namespace, tmp: Path) -> None:
     ckpt = bundled_checkpoint()
     files = exports(ckpt, tmp, (192, 384), Int8Settings(calib, frames=args.calibration_frames))
     rows = {}
-    for name, kind, backend in VARIANTS[1:]:
-        rows[name] = run_child(files.get(kind, ckpt), backend, data, args.threads)
+    for name, kind, _ in VARIANTS[1:]:
+        rows[name] = run_child(name, ckpt, files.get(kind, ckpt), data, args.threads)
         print(f"  {name}: done ({load()})", flush=True)
     base = rows["torch fp32"]
     print("\n| backend | PQ | mIoU | AbsRel | DPQ | end to end per frame | vs torch | peak RSS |")
@@ -318,14 +323,15 @@ def choice_part(args: argparse.Namespace, tmp: Path) -> None:
     )
     fp32 = tmp / "choice.onnx"
     export_model(ckpt, fp32, height=288, width=576)
-    base = run_child(fp32, "onnxruntime", data, args.threads)
+    base = run_child("onnxruntime fp32", ckpt, fp32, data, args.threads)
     print(f"\nfp32: PQ {base['PQ']:.2f}, AbsRel {base['AbsRel']:.4f}")
     print("| variant | PQ ORT | PQ OpenVINO | AbsRel ORT | AbsRel OpenVINO |")
     print("| --- | --- | --- | --- | --- |")
     for i, (name, settings) in enumerate(variants.items()):
         path = tmp / f"choice_{i}.onnx"
         export_model(ckpt, path, height=288, width=576, int8=settings())
-        a, b = run_child(path, "onnxruntime", data, args.threads), run_child(path, "openvino", data, args.threads)
+        a = run_child("onnxruntime INT8", ckpt, path, data, args.threads)
+        b = run_child("openvino INT8", ckpt, path, data, args.threads)
         print(f"| {name} | {a['PQ']:.2f} | {b['PQ']:.2f} | {a['AbsRel']:.4f} | {b['AbsRel']:.4f} |", flush=True)
     print(f"load after: {load()}")
 
@@ -347,7 +353,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--images", help=argparse.SUPPRESS)
-    p.add_argument("--backend", help=argparse.SUPPRESS)
     return p
 
 
