@@ -59,13 +59,13 @@ test: setup lint
 
 # The main job on the bundled default: the real node on the demo bag -> demo_output/.
 demo: setup
-	$(PY) -m panoptic_depthlab_ros.ros.demo --bag data/demo_bag --out demo_output
+	$(PY) tools/demo.py --bag data/demo_bag --out demo_output
 
-# Linter, formatter check and type check on the core and training packages.
+# Linter, formatter check and type check on the core and training packages and the tools.
 lint: setup
-	$(PY) -m ruff check panoptic_depthlab_ros training bench test launch
-	$(PY) -m ruff format --check panoptic_depthlab_ros training bench test
-	$(PY) -m mypy panoptic_depthlab_ros training/panoptic_depthlab_training
+	$(PY) -m ruff check panoptic_depthlab_ros training bench test launch tools
+	$(PY) -m ruff format --check panoptic_depthlab_ros training bench test tools
+	$(PY) -m mypy panoptic_depthlab_ros training/panoptic_depthlab_training tools
 
 clean:
 	rm -rf build $(VENV) *.egg-info training/*.egg-info

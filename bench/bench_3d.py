@@ -118,15 +118,16 @@ def main() -> None:
     import torch
     from sensor_msgs.msg import PointCloud2, PointField
     from std_msgs.msg import Header
-    from visualization_msgs.msg import Marker, MarkerArray
 
+    from panoptic_depthlab_ros.fusion import PostprocessConfig
+    from panoptic_depthlab_ros.geometry3d import point_cloud, segment_markers
     from panoptic_depthlab_ros.metadata import cityscapes_metadata
     from panoptic_depthlab_ros.model import ModelConfig, build_model
-    from panoptic_depthlab_ros.postprocess import PostprocessConfig, segment_depth_statistics
+    from panoptic_depthlab_ros.msg_conversions import markers_to_msg, pointcloud_to_msg
     from panoptic_depthlab_ros.predictor import Predictor
     from panoptic_depthlab_ros.result import PanopticDepthResult
-    from panoptic_depthlab_ros.ros.conversions import markers_to_msg, pointcloud_to_msg
-    from panoptic_depthlab_ros.ros.geometry import point_cloud, segment_markers
+    from panoptic_depthlab_ros.ros.node import message_class
+    from panoptic_depthlab_ros.segment_stats import segment_depth_statistics
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -157,7 +158,7 @@ def main() -> None:
 
     def markers():
         specs = segment_markers(result, K, near=5.0, far=60.0)
-        return markers_to_msg(specs, header=header, array_cls=MarkerArray, marker_cls=Marker)
+        return markers_to_msg(specs, header=header, classes=message_class)
 
     rows = {
         "points, stride 1": median_seconds(points(1), args.repeat),

@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO))  # the checkout, not an install
 
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from panoptic_depthlab_ros.export import export_model  # noqa: E402
+from panoptic_depthlab_ros.fusion import PostprocessConfig  # noqa: E402
 from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: E402
 from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: E402
-from panoptic_depthlab_ros.postprocess import PostprocessConfig  # noqa: E402
 from panoptic_depthlab_ros.predictor import Predictor  # noqa: E402
 from panoptic_depthlab_ros.preprocess import network_size_for  # noqa: E402
 
@@ -78,44 +78,28 @@ def r52_checkpoint(folder: Path) -> Path:
 
 
 def message_stage(result, image_bgr: np.ndarray) -> float:
-    """Seconds to turn a result into the node's messages (rclpy classes when available)."""
-    from panoptic_depthlab_ros.ros import conversions
-    from panoptic_depthlab_ros.visualize import overlay
+    """Seconds to turn a result into the node's messages (rclpy classes when available; no camera_info)."""
+    from panoptic_depthlab_ros.node_outputs import OUTPUT_NAMES, OutputSettings, output_messages
 
     try:
-        from geometry_msgs import msg as geometry
-        from sensor_msgs import msg as sensor
-        from std_msgs import msg as std
-
-        from panoptic_depthlab_ros import msg as ours
-
-        cls = {
-            "image": sensor.Image,
-            "header": std.Header,
-            "point": geometry.Point,
-            "segment": ours.SegmentDepth,
-            "array": ours.SegmentDepthArray,
-        }
+        from panoptic_depthlab_ros.ros.node import message_class as classes
     except ImportError:  # pip install without ROS: rosbags' classes behave the same
         from panoptic_depthlab_ros.bag import typestore_with_our_messages
 
-        t = typestore_with_our_messages().types
-        cls = {
-            "image": t["sensor_msgs/msg/Image"],
-            "header": t["std_msgs/msg/Header"],
-            "point": t["geometry_msgs/msg/Point"],
-            "segment": t["panoptic_depthlab_ros/msg/SegmentDepth"],
-            "array": t["panoptic_depthlab_ros/msg/SegmentDepthArray"],
-        }
+        classes = typestore_with_our_messages().types.__getitem__
+    stamp = classes("builtin_interfaces/msg/Time")(sec=0, nanosec=0)
+    header = classes("std_msgs/msg/Header")(stamp=stamp, frame_id="camera")
     t0 = time.perf_counter()
-    header, image = cls["header"](), cls["image"]
-    conversions.array_to_image(image, result.panoptic, encoding="32SC1", header=header)
-    conversions.array_to_image(image, result.semantic, encoding="mono8", header=header)
-    conversions.array_to_image(image, conversions.depth_for_rep118(result.depth), encoding="32FC1", header=header)
-    conversions.segments_to_msg(
-        result, header=header, array_cls=cls["array"], segment_cls=cls["segment"], point_cls=cls["point"]
+    output_messages(
+        result,
+        image_bgr,
+        wanted=OUTPUT_NAMES,
+        header=header,
+        camera_k=None,
+        settings=OutputSettings(),
+        classes=classes,
+        class_colors=cityscapes_metadata().colors,
     )
-    conversions.array_to_image(image, overlay(image_bgr, result), encoding="bgr8", header=header)
     return time.perf_counter() - t0
 
 

@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_bag.py [--checkpoint model.safetensors] [--bag data/demo_bag]
         [--storage mcap|sqlite3] [--repeat 3] [--num-threads 1]
 
-Replay = ``replay_bag`` on the bag (every frame decoded from its message, predicted, five
-outputs converted, serialized and written with the input topics, in the input's storage).
+Replay = ``replay_bag`` on the bag (every frame decoded from its message, predicted, every
+output the node publishes converted, serialized and written with the input topics, in the
+input's storage).
 Bare = ``Predictor.predict`` on the same decoded frames, with the same camera.  The two
 alternate ``--repeat`` times so load changes on a shared machine hit both alike; the
 medians and their ratio are printed: what a replay costs beyond the network and fusion.
@@ -41,10 +42,10 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
+    from panoptic_depthlab_ros import msg_conversions
     from panoptic_depthlab_ros.bag import CAMERA_INFO_TYPE, replay_bag, typestore_with_our_messages
     from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
     from panoptic_depthlab_ros.predictor import Predictor
-    from panoptic_depthlab_ros.ros import conversions
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -62,9 +63,9 @@ def main(args: argparse.Namespace) -> int:
                 writer.write(conns[conn.id], stamp, raw)
                 msg = ts.deserialize_cdr(raw, conn.msgtype)
                 if conn.msgtype == CAMERA_INFO_TYPE and camera_k is None:
-                    camera_k = conversions.camera_k(msg)
+                    camera_k = msg_conversions.camera_k(msg)
                 elif conn.msgtype == "sensor_msgs/msg/Image":
-                    frames.append(conversions.image_to_bgr(msg).copy())
+                    frames.append(msg_conversions.image_to_bgr(msg).copy())
         predictor.predict(frames[0], camera_k=camera_k)  # warm-up
         replay_s, bare_s = [], []
         for i in range(args.repeat):
@@ -83,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"bag {args.bag} ({n} frames {h}x{w}), replayed as {args.storage}; load {os.getloadavg()[0]:.1f}")
     print(f"replay   {replay / n * 1e3:7.1f} ms/frame  ({n / replay:.1f} FPS; output bag {out_mb:.1f} MB)")
     print(f"bare     {bare / n * 1e3:7.1f} ms/frame  ({n / bare:.1f} FPS)")
-    print(f"replay / bare = {replay / bare:.2f}x  (decode, 5 outputs converted and written, the input copied)")
+    outputs = len(summary.output_topics)
+    print(f"replay / bare = {replay / bare:.2f}x  (decode, {outputs} outputs converted and written, the input copied)")
     return 0
 
 

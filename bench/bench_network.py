@@ -37,15 +37,11 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, not an install
 
+from panoptic_depthlab_ros.fusion import PostprocessConfig, find_instance_centers, panoptic_fusion  # noqa: E402
 from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: E402
 from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: E402
-from panoptic_depthlab_ros.postprocess import (  # noqa: E402
-    PostprocessConfig,
-    find_instance_centers,
-    panoptic_fusion,
-    segment_depth_statistics,
-)
 from panoptic_depthlab_ros.predictor import Predictor  # noqa: E402
+from panoptic_depthlab_ros.segment_stats import segment_depth_statistics  # noqa: E402
 
 # Cityscapes trainIds used to paint the synthetic street scene.
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, SKY = 0, 1, 2, 5, 7, 8, 10

@@ -55,9 +55,9 @@ def make_checkpoint(arch: str, directory: Path) -> Path:
     import torch
 
     from panoptic_depthlab_ros.checkpoint import save_checkpoint
+    from panoptic_depthlab_ros.fusion import PostprocessConfig
     from panoptic_depthlab_ros.metadata import cityscapes_metadata
     from panoptic_depthlab_ros.model import ModelConfig, build_model
-    from panoptic_depthlab_ros.postprocess import PostprocessConfig
 
     torch.manual_seed(0)
     config = (

@@ -38,14 +38,14 @@ VARIANTS: dict[str, list[str]] = {
 CHILD = """
 import json, sys
 import torch
-from panoptic_depthlab_training import train as T
+from panoptic_depthlab_training.train import load_config, train
 threads, data, out, iters, *overrides = sys.argv[1:]
 if int(threads):
     torch.set_num_threads(int(threads))
-config = T.load_config("demo", [f"solver.max_iter={iters}", "eval.period=0", "log.image_period=0",
+config = load_config("demo", [f"solver.max_iter={iters}", "eval.period=0", "log.image_period=0",
                                 "checkpoint.period=100000", *overrides])
 steps = []
-T.train(config, data_root=data, out_dir=out, progress=False,
+train(config, data_root=data, out_dir=out, progress=False,
         callback=lambda it, v: steps.append((v["time_step"], v["time_data"])))
 print(json.dumps(steps))
 """

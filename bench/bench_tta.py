@@ -52,10 +52,10 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from rosbags.rosbag2 import Reader
 
+    from panoptic_depthlab_ros import msg_conversions
     from panoptic_depthlab_ros.bag import typestore_with_our_messages
     from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
     from panoptic_depthlab_ros.predictor import Predictor
-    from panoptic_depthlab_ros.ros import conversions
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     with Reader(args.bag) as reader:
         for conn, _, raw in reader.messages():
             if conn.msgtype == "sensor_msgs/msg/Image" and len(frames) < args.frames:
-                frames.append(conversions.image_to_bgr(ts.deserialize_cdr(raw, conn.msgtype)).copy())
+                frames.append(msg_conversions.image_to_bgr(ts.deserialize_cdr(raw, conn.msgtype)).copy())
     path = args.checkpoint or bundled_checkpoint()
     predictors = {name: Predictor.from_checkpoint(path, device="cpu", **kw) for name, kw in MODES.items()}
     for p in predictors.values():

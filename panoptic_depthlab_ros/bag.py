@@ -3,9 +3,11 @@
     panoptic-depthlab bag IN OUT [--image-topic T] [--camera-info-topic T]
 
 Reads sqlite3 or MCAP bags with the ``rosbags`` library and writes a new bag with
-all input topics plus the node's outputs (``/panoptic_depthlab/{panoptic,
-semantic,depth,segments,overlay}``; no ``depth`` from an untrained depth branch), each
-stamped with its input image's header and written at the input's receive time.  Offline: every frame, in order.
+all input topics plus every output the node publishes (``/panoptic_depthlab/<name>``
+for each output of :data:`~.node_outputs.OUTPUTS`, made by the same function as the
+node's: markers and points only when the bag has a CameraInfo topic, no depth outputs
+from an untrained depth branch), each stamped with its input image's header and
+written at the input's receive time.  Offline: every frame, in order.
 A bag file cut short (a recorder that was killed or lost power), which no reader
 opens, is salvaged (see ``salvage``): every complete message before the cut is
 replayed.  Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
@@ -46,17 +48,16 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
+from . import msg_conversions
 from .errors import BagError, InputError, NothingDoneError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS
+from .node_outputs import NAMESPACE, OUTPUTS, OutputSettings, output_messages
 from .output import StagedOutput
 from .predictor import Predictor
-from .ros import conversions
 from .salvage import Salvage, is_cut_short, salvage
-from .visualize import overlay
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-OUTPUT_NAMESPACE = "/panoptic_depthlab"
 PACKAGE = "panoptic_depthlab_ros"
 MSG_NAMES = ("SegmentDepth", "SegmentDepthArray")
 WRITTEN_BY = "panoptic-depthlab bag"
@@ -233,8 +234,8 @@ def replay_bag(
     image_topic: str | None = None,
     camera_info_topic: str | None = None,
     overwrite: bool = False,
-    near: float = 5.0,
-    far: float = 60.0,
+    near: float = OutputSettings.near,
+    far: float = OutputSettings.far,
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stop: Callable[[], bool] = lambda: False,
@@ -284,8 +285,7 @@ def replay_bag(
             predictor=predictor,
             image_topic=image_topic,
             camera_info_topic=camera_info_topic,
-            near=near,
-            far=far,
+            settings=OutputSettings(near=near, far=far),
             progress=progress,
             max_pixels=max_pixels,
             stop=stop,
@@ -337,9 +337,9 @@ def read_bag_frames(
                 try:
                     msg: Any = _deserialize(ts, raw, conn)
                     convert = (
-                        conversions.compressed_to_bgr
+                        msg_conversions.compressed_to_bgr
                         if conn.msgtype.endswith("CompressedImage")
-                        else conversions.image_to_bgr
+                        else msg_conversions.image_to_bgr
                     )
                     frames.append(convert(msg, max_pixels=max_pixels, limit_name="--max-pixels"))
                 except InputError as exc:
@@ -358,8 +358,7 @@ def _replay(
     predictor: Predictor,
     image_topic: str | None,
     camera_info_topic: str | None,
-    near: float,
-    far: float,
+    settings: OutputSettings,
     progress: bool,
     max_pixels: int,
     stop: Callable[[], bool],
@@ -369,124 +368,170 @@ def _replay(
     ``readers`` are the bag's files in order (one reader for a bag rosbags opens whole);
     topics are matched by name across them, as a split bag's connection ids are per file.
     Damage found while reading calls ``recover`` once for salvaged readers, and the
-    replay goes on after the last message handled (messages come in time order).
+    replay goes on after the last message handled (see :func:`_read_all`).
     """
-    t = ts.types
-    image_cls, header_cls = t["sensor_msgs/msg/Image"], t["std_msgs/msg/Header"]
     connections = list({c.topic: c for r in reversed(readers) for c in r.connections}.values())
     img_conn = _pick_topic(connections, bag_in, image_topic, IMAGE_TYPES, "image", True)
     info_conn = _pick_topic(connections, bag_in, camera_info_topic, (CAMERA_INFO_TYPE,), "camera info", False)
     assert img_conn is not None
-    info_topic = info_conn.topic if info_conn is not None else None
     writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
     mark_bag(writer, WRITTEN_BY, input=bag_in.resolve(), checkpoint=predictor.source or "(in memory)")
     writer.open()
     try:
-        out_conns = {
-            c.topic: _copy_connection(writer, c, ts, bag_in)
-            for c in connections
-            if not c.topic.startswith(OUTPUT_NAMESPACE + "/")
-        }
-        names = {
-            "panoptic": image_cls,
-            "semantic": image_cls,
-            "depth": image_cls,
-            "overlay": image_cls,
-            "segments": t[f"{PACKAGE}/msg/SegmentDepthArray"],
-        }
-        if not predictor.depth_enabled:  # an untrained depth branch: no depth topic at all
-            del names["depth"]
-        outputs = {
-            n: writer.add_connection(f"{OUTPUT_NAMESPACE}/{n}", cls.__msgtype__, typestore=ts)
-            for n, cls in names.items()
-        }
-        summary.output_topics = [f"{OUTPUT_NAMESPACE}/{n}" for n in names]
-        camera_k: np.ndarray | None = None
-        total = sum(c.msgcount for r in readers for c in r.connections if c.topic == img_conn.topic)
-        bar = tqdm(total=total, desc=f"replay {bag_in.name}", unit="frame", disable=not progress)
-        last_stamp, at_last = -1, Counter[str]()  # where the replay is: for going on after damage
-
-        def handle(conn: Connection, stamp_ns: int, raw: bytes) -> None:
-            nonlocal camera_k, last_stamp
-            if stamp_ns != last_stamp:
-                last_stamp = stamp_ns
-                at_last.clear()
-            at_last[conn.topic] += 1
-            if conn.topic in out_conns:  # earlier outputs in the input are replaced, not doubled
-                writer.write(out_conns[conn.topic], stamp_ns, raw)
-            if conn.topic == info_topic:
-                try:
-                    camera_k = conversions.camera_k(_deserialize(ts, raw, conn))
-                except InputError as exc:
-                    summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
-                return
-            if conn.topic != img_conn.topic:
-                return
-            bar.update(1)
-            try:
-                msg: Any = _deserialize(ts, raw, conn)
-                convert = (
-                    conversions.compressed_to_bgr
-                    if conn.msgtype.endswith("CompressedImage")
-                    else conversions.image_to_bgr
-                )
-                image = convert(msg, max_pixels=max_pixels, limit_name="--max-pixels")
-                result = predictor.predict(image, camera_k=camera_k)
-            except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
-                summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
-                return
-            header = header_cls(stamp=msg.header.stamp, frame_id=msg.header.frame_id)
-            picture = overlay(image, result, near=near, far=far, class_colors=predictor.classes.colors)
-            out = {
-                "panoptic": conversions.array_to_image(image_cls, result.panoptic, encoding="32SC1", header=header),
-                "semantic": conversions.array_to_image(image_cls, result.semantic, encoding="mono8", header=header),
-                "segments": conversions.segments_to_msg(
-                    result,
-                    header=header,
-                    array_cls=names["segments"],
-                    segment_cls=t[f"{PACKAGE}/msg/SegmentDepth"],
-                    point_cls=t["geometry_msgs/msg/Point"],
-                ),
-                "overlay": conversions.array_to_image(image_cls, picture, encoding="bgr8", header=header),
-            }
-            if result.depth is not None:
-                depth = conversions.depth_for_rep118(result.depth)
-                out["depth"] = conversions.array_to_image(image_cls, depth, encoding="32FC1", header=header)
-            for name in ("panoptic", "semantic", "depth", "segments", "overlay"):
-                if name in out:
-                    writer.write(outputs[name], stamp_ns, ts.serialize_cdr(out[name], names[name].__msgtype__))
-            summary.frames += 1
-            summary.segments_per_frame.append(len(result.segments))
-            summary.latency_s.append(result.timings["total"])
-
-        def until_stopped(messages: Iterator[tuple[Connection, int, bytes]]) -> Iterator[tuple[Connection, int, bytes]]:
-            for message in messages:
-                if stop():  # a signal: end here, as at the end of the input
-                    summary.interrupted = True
-                    return
-                yield message
-
-        try:
-            for conn, stamp_ns, raw in until_stopped(m for r in readers for m in _messages(r, bag_in)):
-                handle(conn, stamp_ns, raw)
-        except BagError as exc:  # damage inside the bag: go on with what the salvaged copies hold
-            summary.damage = f"{exc}; went on after {last_stamp} with the salvaged rest"
-            done_at_last = Counter(at_last)
-            try:
-                for conn, stamp_ns, raw in until_stopped(m for r in recover(exc) for m in _messages(r, bag_in)):
-                    if stamp_ns < last_stamp:
-                        continue  # handled before the damage (messages come in time order)
-                    if stamp_ns == last_stamp and done_at_last[conn.topic] > 0:
-                        done_at_last[conn.topic] -= 1
-                        continue
-                    handle(conn, stamp_ns, raw)
-            except BagError as again:  # nothing more to salvage: what was done is the output
-                if not summary.frames:
-                    raise
-                summary.damage = f"{again}; the replay ended there"
-        bar.close()
+        frames = sum(c.msgcount for r in readers for c in r.connections if c.topic == img_conn.topic)
+        with tqdm(total=frames, desc=f"replay {bag_in.name}", unit="frame", disable=not progress) as bar:
+            replay = _FrameReplay(
+                writer,
+                ts,
+                summary,
+                predictor=predictor,
+                settings=settings,
+                max_pixels=max_pixels,
+                image_topic=img_conn.topic,
+                info_topic=info_conn.topic if info_conn is not None else None,
+                on_frame=lambda: bar.update(1),
+            )
+            replay.copy_connections(connections, bag_in)
+            _read_all(readers, recover, replay.handle, bag_in, summary, stop)
     finally:
         writer.close()  # whatever happened, what was written is a complete bag
+
+
+class _FrameReplay:
+    """Writes one replay's output bag: the input copied, and each frame's outputs as the node publishes them.
+
+    The outputs are those of :data:`~.node_outputs.OUTPUTS` this replay can give: no
+    depth outputs from an untrained depth branch, no markers or points without a
+    CameraInfo topic (nor before its first message).
+    """
+
+    def __init__(
+        self,
+        writer: Writer,
+        ts: Typestore,
+        summary: ReplaySummary,
+        *,
+        predictor: Predictor,
+        settings: OutputSettings,
+        max_pixels: int,
+        image_topic: str,
+        info_topic: str | None,
+        on_frame: Callable[[], Any],
+    ) -> None:
+        self.writer, self.ts, self.summary = writer, ts, summary
+        self.predictor, self.settings, self.max_pixels = predictor, settings, max_pixels
+        self.image_topic, self.info_topic, self.on_frame = image_topic, info_topic, on_frame
+        self.copies: dict[str, Connection] = {}
+        self.camera_k: np.ndarray | None = None
+        wanted = [o for o in OUTPUTS if o.available(depth=predictor.depth_enabled, intrinsics=info_topic is not None)]
+        self.outputs = {o.name: (o, writer.add_connection(o.topic, o.msg_type, typestore=ts)) for o in wanted}
+        summary.output_topics = [o.topic for o in wanted]
+
+    def copy_connections(self, connections: list[Connection], bag: Path) -> None:
+        """Every input topic, except outputs of an earlier replay (they are replaced, not doubled)."""
+        self.copies = {
+            c.topic: _copy_connection(self.writer, c, self.ts, bag)
+            for c in connections
+            if not c.topic.startswith(NAMESPACE + "/")
+        }
+
+    def handle(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
+        """One input message: copied; a CameraInfo updates K; an image is answered."""
+        if conn.topic in self.copies:
+            self.writer.write(self.copies[conn.topic], stamp_ns, raw)
+        if conn.topic == self.info_topic:
+            self._camera_info(conn, stamp_ns, raw)
+        elif conn.topic == self.image_topic:
+            self.on_frame()
+            self._frame(conn, stamp_ns, raw)
+
+    def _camera_info(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
+        try:
+            self.camera_k = msg_conversions.camera_k(_deserialize(self.ts, raw, conn))
+        except InputError as exc:  # the previous good K stays in use
+            self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
+
+    def _frame(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
+        try:
+            msg: Any = _deserialize(self.ts, raw, conn)
+            compressed = conn.msgtype.endswith("CompressedImage")
+            convert = msg_conversions.compressed_to_bgr if compressed else msg_conversions.image_to_bgr
+            image = convert(msg, max_pixels=self.max_pixels, limit_name="--max-pixels")
+            result = self.predictor.predict(image, camera_k=self.camera_k)
+        except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
+            self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
+            return
+        header = self.ts.types["std_msgs/msg/Header"](stamp=msg.header.stamp, frame_id=msg.header.frame_id)
+        messages = output_messages(
+            result,
+            image,
+            wanted=self.outputs,
+            header=header,
+            camera_k=self.camera_k,
+            settings=self.settings,
+            classes=self.ts.types.__getitem__,
+            class_colors=self.predictor.classes.colors,
+        )
+        for name, message in messages.items():  # written at the input's receive time
+            output, connection = self.outputs[name]
+            self.writer.write(connection, stamp_ns, self.ts.serialize_cdr(message, output.msg_type))
+        self.summary.frames += 1
+        self.summary.segments_per_frame.append(len(result.segments))
+        self.summary.latency_s.append(result.timings["total"])
+
+
+Message = tuple[Connection, int, bytes]
+
+
+def _read_all(
+    readers: list[Reader],
+    recover: Callable[[BagError], list[Reader]],
+    handle: Callable[[Connection, int, bytes], None],
+    bag: Path,
+    summary: ReplaySummary,
+    stop: Callable[[], bool],
+) -> None:
+    """Every message of ``readers`` to ``handle``, in order, until the end or ``stop()``.
+
+    Damage found inside the bag switches to the salvaged copies ``recover`` gives, and
+    reading goes on after the last message handled (messages come in time order; of
+    several at that very stamp, as many per topic as were handled are skipped).
+    """
+    last_stamp, at_last = -1, Counter[str]()  # where the replay is: for going on after damage
+
+    def tracked(conn: Connection, stamp_ns: int, raw: bytes) -> None:
+        nonlocal last_stamp
+        if stamp_ns != last_stamp:
+            last_stamp = stamp_ns
+            at_last.clear()
+        at_last[conn.topic] += 1
+        handle(conn, stamp_ns, raw)
+
+    def until_stopped(messages: Iterator[Message]) -> Iterator[Message]:
+        for message in messages:
+            if stop():  # a signal: end here, as at the end of the input
+                summary.interrupted = True
+                return
+            yield message
+
+    try:
+        for conn, stamp_ns, raw in until_stopped(m for r in readers for m in _messages(r, bag)):
+            tracked(conn, stamp_ns, raw)
+    except BagError as exc:  # damage inside the bag: go on with what the salvaged copies hold
+        summary.damage = f"{exc}; went on after {last_stamp} with the salvaged rest"
+        resume_after, done_at_last = last_stamp, Counter(at_last)
+        try:
+            for conn, stamp_ns, raw in until_stopped(m for r in recover(exc) for m in _messages(r, bag)):
+                if stamp_ns < resume_after:
+                    continue  # handled before the damage
+                if stamp_ns == resume_after and done_at_last[conn.topic] > 0:
+                    done_at_last[conn.topic] -= 1
+                    continue
+                tracked(conn, stamp_ns, raw)
+        except BagError as again:  # nothing more to salvage: what was done is the output
+            if not summary.frames:
+                raise
+            summary.damage = f"{again}; the replay ended there"
 
 
 def _deserialize(ts: Typestore, raw: bytes, conn: Connection) -> Any:

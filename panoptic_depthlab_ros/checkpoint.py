@@ -30,12 +30,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .errors import CheckpointError
+from .fusion import PostprocessConfig
 from .metadata import ClassMetadata, cityscapes_metadata
 from .model import ModelConfig, PanopticDepthLab, build_model
 from .model.aspp import pooling_policy
 from .model.config import load_detectron2_yaml
 from .output import StagedOutput
-from .postprocess import PostprocessConfig
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "data" / "demo.safetensors"
 FORMAT_NAME = "panoptic-depthlab"

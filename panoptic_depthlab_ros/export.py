@@ -4,7 +4,7 @@ The exported graph is the network only: a normalised, padded image tensor
 ``image`` [1, 3, H, W] in; ``sem_seg`` [1, C, H, W], ``center`` [1, 1, H, W],
 ``offset`` [1, 2, H, W] (dy, dx) and ``depth`` [1, 1, H, W] meters out, at the
 input resolution.  Preprocessing (channel order, mean, std, padding) and the
-fusion stay outside, in :mod:`preprocess` and :mod:`postprocess`, and the sidecar
+fusion stay outside, in :mod:`.preprocess` and :mod:`.fusion`, and the sidecar
 ``<out>.json`` (also embedded as ONNX metadata) records everything they need.
 Both are written aside and moved into place at the end (:mod:`.output`): a failed
 export keeps a previous one, and ``overwrite`` replaces only an export of ours.

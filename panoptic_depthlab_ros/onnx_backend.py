@@ -19,9 +19,9 @@ from .checkpoint import parse_description, require_file
 from .errors import CheckpointError, InputError
 from .export import SIDECAR_FORMAT, sidecar_path
 from .fields import check_bool, check_int
+from .fusion import PostprocessConfig
 from .metadata import ClassMetadata
 from .model import OUTPUT_NAMES, ModelConfig
-from .postprocess import PostprocessConfig
 
 
 def read_export_description(path: str | Path) -> dict[str, Any]:

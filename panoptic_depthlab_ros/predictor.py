@@ -3,7 +3,9 @@
     predictor = Predictor.from_checkpoint("model.safetensors")        # or from_detectron2(...)
     result = predictor.predict(image_bgr, camera_k=K)                 # PanopticDepthResult
 
-Stages (each timed): preprocess -> network -> fusion -> segment depth.
+Stages (each timed): preprocess -> network -> fusion -> segment depth.  What the
+test-time options (input scale, flip averaging, several scales) cost and gain on the
+demo model: docs/performance.md and docs/model.md.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from torch import Tensor, nn
 from .backends import choose_backend, load_exported_network
 from .checkpoint import load_checkpoint, load_detectron2
 from .errors import InputError, PanopticDepthLabError
+from .fusion import PostprocessConfig, panoptic_fusion
 from .image_io import DEFAULT_MAX_PIXELS, check_pixels
 from .metadata import ClassMetadata, cityscapes_metadata
 from .model import SCALE_RANGE, SCALE_RANGE_TEXT, ModelConfig, PanopticDepthLab
 from .model.aspp import detectron2_accepts, feature_size, pooling_policy
 from .model.fuse import fold_batchnorm
-from .postprocess import PostprocessConfig, crop_and_resize, panoptic_fusion, segment_depth_statistics
-from .preprocess import Prepared, network_size_for, prepare_image
+from .preprocess import Prepared, crop_and_resize, network_size_for, prepare_image
 from .result import PanopticDepthResult
+from .segment_stats import segment_depth_statistics
 
 # A network backend: normalised padded [1, 3, Hp, Wp] -> dict of [1, ...] outputs at [Hp, Wp]
 # (sem_seg, center, offset, depth), as PanopticDepthLab.forward returns them.
@@ -52,7 +55,7 @@ def average_with_mirrored(out: dict[str, Tensor], mirrored: dict[str, Tensor]) -
 
     The mirrored outputs are flipped back first; an offset's dx changes sign under a
     mirror (the center is on the other side), dy does not.  Logits, center heatmap
-    and depth are averaged as they are.  On the demo model: PQ +0.5 to +1.1, DPQ +0.8 to +1.0.
+    and depth are averaged as they are (what it gains: docs/performance.md).
     """
     back = {k: v.flip(-1) for k, v in mirrored.items()}
     back["offset"] = back["offset"] * torch.tensor([1.0, -1.0], device=back["offset"].device).view(1, 2, 1, 1)
@@ -84,7 +87,7 @@ def average_over_scales(base: dict[str, Tensor], zoomed: list[tuple[float, dict[
     ``base``'s size, offsets divided by the scale (they are in the zoomed pixels), and
     logits, centers and offsets averaged with ``base``'s. Depth stays the scale-1
     prediction: a zoomed image looks like a longer lens, and the network's depth for it
-    was measured worse (AbsRel 0.063 -> 0.087 at 1.5x on the previous demo model).
+    was measured worse (docs/performance.md).
     """
     size = base["sem_seg"].shape[-2:]
     total = {k: base[k].clone() for k in SEGMENTATION_OUTPUTS}
@@ -129,13 +132,13 @@ class Predictor:
             with the same call signature (see ``Network``).
         model_config: input format, normalisation and padding of the network.
         classes: what the semantic channels mean.
-        postprocess: fusion / segment-depth settings (mutable via ``postprocess=``).
+        postprocess: fusion / segment-depth settings used when :meth:`predict` is given none.
         device: where tensors live.
         fp16: autocast the network to float16 (CUDA only).
         max_input_width: downscale wider images before the network (0 = never);
             outputs are returned at the input size.
         optimize: inference rewrites of a torch network: BatchNorm folded into the
-            convolutions, plus channels-last memory on CUDA (see README, "Speed").
+            convolutions, plus channels-last memory on CUDA (docs/performance.md).
         compile_mode: ``torch.compile`` the network with this mode (``"default"``,
             ``"reduce-overhead"`` = CUDA graphs, ``"max-autotune"``); None = eager.
             Compiling takes minutes on a CPU; meant for GPUs.
@@ -146,13 +149,13 @@ class Predictor:
             network time, so off by default; meant for offline runs or spare GPU time.
         scales: input scales whose segmentation outputs are averaged (see
             :func:`average_over_scales`; must include 1.0). Multi-scale inference as in
-            the Panoptic-DeepLab paper: on the previous demo model (1, 1.25, 1.5, 1.75) gave PQ
-            +4 for 4.8x the time per frame; offline, or an exported ONNX with ``--dynamic``.
+            the Panoptic-DeepLab paper: better segments for several network passes per frame
+            (docs/performance.md); offline, or an exported ONNX with ``--dynamic``.
             Scales are relative to the input scale.
         input_scale: resize every image by this before the network, replacing the
             checkpoint's ``model_config.input_scale`` (None: keep it). An enlarged pass
             finds smaller things for more time per frame; a model should be trained at the
-            scale it runs at (the demo model: 1.5, where it scores PQ 50.7; 43.7 at 1).
+            scale it runs at (the demo model's: docs/model.md).
         max_pixels: images with more pixels are refused with an :class:`InputError` (0: no
             limit): the network's memory grows with the pixels, and a frame of a wrong
             camera mode or a corrupt header must not take the machine's memory.
@@ -440,14 +443,24 @@ class Predictor:
         fx_image = f_train if camera_k is None else float(camera_k[0, 0])
         return fx_image * prep.network_size[1] / prep.input_size[1] / f_train
 
-    def predict(self, image: np.ndarray, *, camera_k: np.ndarray | None = None) -> PanopticDepthResult:
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        camera_k: np.ndarray | None = None,
+        postprocess: PostprocessConfig | None = None,
+    ) -> PanopticDepthResult:
         """Segment one image and measure each segment's depth.
 
         Args:
             image: [H, W, 3] uint8 in **BGR** order (as OpenCV reads it).
             camera_k: optional 3x3 pinhole intrinsics of ``image``: 3D segment centroids,
                 and depth rescaled to this camera's focal length (see :meth:`depth_scale`).
+            postprocess: fusion / segment-depth settings for this image (default:
+                :attr:`postprocess`); a caller with settings of its own passes them here
+                rather than changing the predictor's.
         """
+        config = self.postprocess if postprocess is None else postprocess
         if camera_k is not None:
             camera_k = np.asarray(camera_k, dtype=np.float64)
             if camera_k.shape not in ((3, 3), (9,)) or not np.all(np.isfinite(camera_k)):
@@ -468,16 +481,14 @@ class Predictor:
             depth_scale = self.depth_scale(camera_k, prep) if self.depth_enabled else 1.0
             if depth_scale != 1.0:
                 out["depth"] = out["depth"] * depth_scale
-            fused = panoptic_fusion(
-                out["sem_seg"], out["center"], out["offset"], classes=self.classes, config=self.postprocess
-            )
+            fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=self.classes, config=config)
             sync()
             t3 = time.perf_counter()
             segments = segment_depth_statistics(
                 fused.panoptic,
                 out["depth"][0] if self.depth_enabled else None,
                 classes=self.classes,
-                config=self.postprocess,
+                config=config,
                 sem_logits=out["sem_seg"],
                 center=out["center"],
                 camera_k=camera_k if self.depth_enabled else None,

@@ -1,9 +1,10 @@
-"""Image -> network input tensor, as Detectron2 feeds Panoptic-DeepLab.
+"""Image -> network input tensor, as Detectron2 feeds Panoptic-DeepLab, and the outputs back.
 
 Channel order to the model's ``input_format``, resize (the model's ``input_scale``,
 an optional width limit), then
 ``(x - mean) / std`` and zero padding (in normalised space) at the bottom and
 right up to ``size_divisibility``: normalisation happens before padding.
+:func:`crop_and_resize` undoes the padding and the resize on the network's outputs.
 """
 
 from __future__ import annotations
@@ -90,3 +91,15 @@ def prepare_image(
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), value=0.0)
     return Prepared(tensor=x[None], network_size=(h, w), input_size=(height, width))
+
+
+def crop_and_resize(t: Tensor, image_size: tuple[int, int], output_size: tuple[int, int]) -> Tensor:
+    """Detectron2's ``sem_seg_postprocess``: crop padding, then bilinear resize.
+
+    ``t``: [C, Hp, Wp] -> [C, *output_size].  Values are not rescaled (Detectron2
+    does not rescale offsets either; callers that resize scale them).
+    """
+    t = t[:, : image_size[0], : image_size[1]]
+    if tuple(t.shape[-2:]) == tuple(output_size):
+        return t
+    return F.interpolate(t[None], size=output_size, mode="bilinear", align_corners=False)[0]

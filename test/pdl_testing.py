@@ -64,6 +64,40 @@ def write_image_bag(path: Path, frames: list, topic: str = "/cam/image") -> Path
     return path
 
 
+def rosbags_camera_info(ts, header, k, *, height: int = 64, width: int = 128):
+    """A rosbags ``sensor_msgs/CameraInfo`` of typestore ``ts`` with intrinsics ``k`` (9 values), no distortion."""
+    import numpy as np  # noqa: PLC0415 - keep this module light
+
+    t = ts.types
+    return t["sensor_msgs/msg/CameraInfo"](
+        header=header,
+        height=height,
+        width=width,
+        distortion_model="plumb_bob",
+        d=np.zeros(5),
+        k=np.asarray(k, dtype=np.float64).reshape(9),
+        r=np.eye(3).ravel(),
+        p=np.zeros(12),
+        binning_x=0,
+        binning_y=0,
+        roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+    )
+
+
+def imports_without_ros(*modules: str) -> str:
+    """Import ``modules`` in a fresh interpreter where rclpy and the ROS message packages cannot load.
+
+    Returns what went wrong ("" when every import worked).
+    """
+    import subprocess  # noqa: PLC0415 - keep this module light
+    import sys  # noqa: PLC0415
+
+    blocked = ("rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "geometry_msgs", "visualization_msgs")
+    code = f"import sys\nfor m in {blocked!r}:\n    sys.modules[m] = None\n" + "".join(f"import {m}\n" for m in modules)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    return "" if out.returncode == 0 else out.stderr
+
+
 def write_tiny_checkpoint(path: Path) -> Path:
     """Write a tiny random-weight model in our checkpoint format to ``path`` (returned).
 
@@ -74,9 +108,9 @@ def write_tiny_checkpoint(path: Path) -> Path:
     import torch  # noqa: PLC0415 - keep this module light
 
     from panoptic_depthlab_ros.checkpoint import save_checkpoint  # noqa: PLC0415
+    from panoptic_depthlab_ros.fusion import PostprocessConfig  # noqa: PLC0415
     from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: PLC0415
     from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: PLC0415
-    from panoptic_depthlab_ros.postprocess import PostprocessConfig  # noqa: PLC0415
 
     torch.manual_seed(0)
     config = ModelConfig.tiny(aspp_strict_pool_size=False, size_divisibility=32)

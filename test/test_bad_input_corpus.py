@@ -40,7 +40,7 @@ from panoptic_depthlab_ros import cli
 from panoptic_depthlab_ros.errors import CheckpointError, InputError
 from panoptic_depthlab_ros.image_io import read_image
 from panoptic_depthlab_ros.predictor import Predictor
-from pdl_testing import FIXTURES, REPO
+from pdl_testing import FIXTURES, REPO, rosbags_camera_info
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 K = np.array([100.0, 0.0, 64.0, 0.0, 100.0, 32.0, 0.0, 0.0, 1.0])
@@ -79,20 +79,7 @@ def _compressed(i: int, data: bytes, fmt: str = "png") -> bytes:
 
 
 def _camera_info(i: int, k: np.ndarray) -> bytes:
-    t = TS.types
-    msg = t["sensor_msgs/msg/CameraInfo"](
-        header=_header(i),
-        height=64,
-        width=128,
-        distortion_model="plumb_bob",
-        d=np.zeros(5),
-        k=k,
-        r=np.eye(3).ravel(),
-        p=np.zeros(12),
-        binning_x=0,
-        binning_y=0,
-        roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-    )
+    msg = rosbags_camera_info(TS, _header(i), k)
     return TS.serialize_cdr(msg, msg.__msgtype__)
 
 

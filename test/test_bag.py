@@ -17,9 +17,12 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from panoptic_depthlab_ros.bag import BagError, replay_bag, typestore_with_our_messages
 from panoptic_depthlab_ros.errors import OutputError
+from panoptic_depthlab_ros.geometry3d import point_cloud, segment_markers
+from panoptic_depthlab_ros.msg_conversions import pointcloud_to_array
+from panoptic_depthlab_ros.node_outputs import OUTPUT_NAMES
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.salvage import db3_is_cut_short, mcap_is_cut_short, salvage_db3, salvage_mcap
-from pdl_testing import REPO
+from pdl_testing import REPO, rosbags_camera_info
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 RUN = {"capture_output": True, "text": True, "cwd": REPO}
@@ -45,19 +48,7 @@ def make_bag(path: Path, storage: StoragePlugin, *, frames: int = 4, compressed:
         other = w.add_connection("/chatter", "std_msgs/msg/String", typestore=TS)
         for i in range(first, first + frames):
             stamp = (1_000 + i) * 10**8
-            ci = t["sensor_msgs/msg/CameraInfo"](
-                header=header(i),
-                height=64,
-                width=128,
-                distortion_model="plumb_bob",
-                d=np.zeros(5),
-                k=np.array(K),
-                r=np.eye(3).ravel(),
-                p=np.zeros(12),
-                binning_x=0,
-                binning_y=0,
-                roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-            )
+            ci = rosbags_camera_info(TS, header(i), K)
             w.write(info, stamp - 1, TS.serialize_cdr(ci, ci.__msgtype__))
             if compressed:
                 ok, png = cv2.imencode(".png", _frame(i))
@@ -111,12 +102,14 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
         assert len(got[topic]) == 4
     assert [m.data for _, m in got["/chatter"]] == [f"hello {i}" for i in range(4)]
     img_stamps = [s for s, _ in got["/cam/image"]]
+    assert summary.output_topics == [f"/panoptic_depthlab/{name}" for name in OUTPUT_NAMES]  # every output
     for i in range(4):
         expected = predictor.predict(_frame(i), camera_k=np.array(K).reshape(3, 3))
-        for name in ("panoptic", "semantic", "depth", "segments", "overlay"):
+        for name in OUTPUT_NAMES:
             stamp, msg = got[f"/panoptic_depthlab/{name}"][i]
             assert stamp == img_stamps[i]  # written at the input's receive time
-            assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (100 + i, 5, "cam_optical")
+            header = msg.markers[0].header if name == "markers" else msg.header  # a MarkerArray has none of its own
+            assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (100 + i, 5, "cam_optical")
         pan = got["/panoptic_depthlab/panoptic"][i][1]
         assert (pan.encoding, pan.height, pan.width) == ("32SC1", 64, 128)
         np.testing.assert_array_equal(np.frombuffer(pan.data.tobytes(), np.int32).reshape(64, 128), expected.panoptic)
@@ -129,6 +122,27 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
         for a, b in zip(segs.segments, expected.segments, strict=True):
             assert a.depth_mean == pytest.approx(b.depth_mean, rel=1e-6)
             assert (a.centroid.x, a.centroid.y, a.centroid.z) == pytest.approx(b.centroid, rel=1e-5)
+        # The 3D outputs (the bag has CameraInfo), as the node's defaults make them.
+        cloud = point_cloud(
+            expected.depth,
+            expected.panoptic,
+            np.array(K).reshape(3, 3),
+            class_colors=predictor.classes.colors,
+            label_divisor=1000,
+            stride=4,
+        )
+        points = got["/panoptic_depthlab/points"][i][1]
+        assert (points.height, points.width, [f.name for f in points.fields]) == (
+            1,
+            cloud.width,
+            list("xyz") + ["rgb", "label"],
+        )
+        assert pointcloud_to_array(points).tobytes() == cloud.points.tobytes()
+        markers = got["/panoptic_depthlab/markers"][i][1].markers
+        specs = segment_markers(expected, np.array(K).reshape(3, 3), near=5.0, far=60.0)
+        assert markers[0].action == 3 and len(markers) == len(specs) + 1 > 1  # DELETEALL, then one per spec
+        assert [(m.ns, m.id, m.text) for m in markers[1:]] == [(m.namespace, m.id, m.text) for m in specs]
+        assert all(m.header.frame_id == "cam_optical" for m in markers)
 
 
 def test_missing_topic_lists_topics(tmp_path: Path, predictor: Predictor) -> None:

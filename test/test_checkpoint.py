@@ -25,9 +25,9 @@ from panoptic_depthlab_ros.checkpoint import (
     save_checkpoint,
 )
 from panoptic_depthlab_ros.errors import CheckpointError
+from panoptic_depthlab_ros.fusion import PostprocessConfig
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.model import BranchConfig, ModelConfig, build_model
-from panoptic_depthlab_ros.postprocess import PostprocessConfig
 from panoptic_depthlab_ros.predictor import Predictor
 from pdl_testing import FIXTURES, stride2_instance_branch
 

@@ -1,4 +1,4 @@
-"""A shortened ``make demo``: the real node executable on the bundled bag and model."""
+"""A shortened ``make demo`` (tools/demo.py): the real node executable on the bundled bag and model."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_bundled_assets_are_small_and_loadable() -> None:
 def test_demo_three_frames(tmp_path: Path) -> None:
     out = tmp_path / "demo_output"
     proc = subprocess.run(
-        [sys.executable, "-m", "panoptic_depthlab_ros.ros.demo", "--frames", "3", "--out", str(out)],
+        [sys.executable, str(REPO / "tools" / "demo.py"), "--frames", "3", "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=REPO,

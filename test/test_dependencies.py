@@ -4,6 +4,9 @@
   ``requirements-runtime.txt`` (what rosdep cannot install) name the same runtime packages.
 * Every third-party module the core, the node and the launch file import is declared there;
   ROS modules only under ``ros/`` (and the launch file), training-only libraries nowhere.
+* ``ros/`` holds ROS code only (each of its modules imports ROS), and the core never imports
+  ``ros/``: data flows from the core to the node, never back.  Tools that drive the node as a
+  ROS client (``tools/demo.py``) live outside the package.
 * The README's "pip users without ROS" block, run as it stands in a new venv on a copy of the
   package sources, installs the core from its declared dependencies alone and runs
   ``panoptic-depthlab info`` and ``infer`` on the bundled model.
@@ -150,6 +153,39 @@ def test_every_runtime_import_is_declared() -> None:
             elif DISTRIBUTION[module] not in requires and not (module in nested and DISTRIBUTION[module] in extras):
                 problems.append(f"{rel}: {module} is neither required nor an optional extra imported on use")
     assert not problems, "\n".join(problems)
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The package modules ``path`` imports (relative imports resolved), e.g. ``panoptic_depthlab_ros.ros.node``."""
+    package = list(path.relative_to(REPO).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = package[: len(package) - node.level + 1]
+            names = [".".join([*base, node.module])] if node.module else [".".join([*base, a.name]) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] == "panoptic_depthlab_ros"}
+    return found
+
+
+def test_ros_holds_ros_code_only_and_the_core_never_imports_it() -> None:
+    problems = []
+    for path in sorted(CORE.rglob("*.py")):
+        rel = path.relative_to(REPO)
+        top, nested = _imports(path)
+        if "ros" in rel.parts[:-1] and path.name != "__init__.py" and not (top & ROS_MODULES):
+            problems.append(f"{rel}: imports no ROS module, so it belongs in the core, not in ros/")
+        upward = sorted(m for m in _package_imports(path) if m.startswith("panoptic_depthlab_ros.ros"))
+        if "ros" not in rel.parts[:-1] and upward:
+            problems.append(f"{rel}: the core imports {', '.join(upward)}")
+    assert not problems, "\n".join(problems)
+    # The check itself sees relative imports (it once missed them all).
+    assert "panoptic_depthlab_ros.pipeline" in _package_imports(CORE / "ros" / "node.py")
 
 
 # ----------------------------------------------------------------------------- the README block

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from panoptic_depthlab_ros.checkpoint import DEPTH_PREFIX, load_detectron2
+from panoptic_depthlab_ros.fusion import panoptic_fusion
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.model import ModelConfig, build_model
-from panoptic_depthlab_ros.postprocess import panoptic_fusion
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.preprocess import prepare_image
 from pdl_testing import FIXTURES

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from node_utils import NodeHarness, image_msg, random_image
+from panoptic_depthlab_ros.node_outputs import OUTPUTS
 from panoptic_depthlab_ros.ros.parameters import DYNAMIC, PARAMETERS, SPECS, NodeSettings
 from pdl_testing import REPO
 
@@ -152,6 +153,16 @@ def test_yaml_and_table_agree() -> None:
         assert type(values[spec.name]) is type(spec.default), spec.name
         assert values[spec.name] == spec.default, spec.name
     assert {f.name for f in dataclasses.fields(NodeSettings)} == set(SPECS)
+
+
+def test_publish_switches_come_from_the_output_table() -> None:
+    switches = [p.name for p in PARAMETERS if p.name.startswith("publish_")]
+    assert switches == [f"publish_{o.name}" for o in OUTPUTS]  # one per output, in publish order
+    for o in OUTPUTS:
+        spec = SPECS[f"publish_{o.name}"]
+        assert spec.default is True and not spec.dynamic
+        assert o.description in spec.description and f"~/{o.name}" in spec.description
+        assert ("Needs camera_info." in spec.description) == o.needs_intrinsics
 
 
 def test_every_parameter_is_described_and_bounded() -> None:

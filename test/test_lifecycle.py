@@ -46,18 +46,16 @@ class GatedPredictor:
 
     def __init__(self, real) -> None:
         self.real = real
-        self.postprocess = real.postprocess
         self.entered = threading.Event()
         self.gate = threading.Event()
 
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def predict(self, image, camera_k=None):
+    def predict(self, image, camera_k=None, postprocess=None):
         self.entered.set()
         assert self.gate.wait(60), "the test never opened the gate"
-        self.real.postprocess = self.postprocess
-        return self.real.predict(image, camera_k=camera_k)
+        return self.real.predict(image, camera_k=camera_k, postprocess=postprocess)
 
 
 def test_unmanaged_node_starts_active_without_lifecycle_services(ros_context, tiny_checkpoint):

@@ -175,7 +175,7 @@ def test_unsubscribed_3d_outputs_cost_nothing(ros_context, tiny_checkpoint, monk
     from sensor_msgs.msg import PointCloud2
     from visualization_msgs.msg import MarkerArray
 
-    from panoptic_depthlab_ros.ros import node as node_module
+    from panoptic_depthlab_ros import node_outputs
 
     calls = {"markers": 0, "points": 0}
 
@@ -186,8 +186,8 @@ def test_unsubscribed_3d_outputs_cost_nothing(ros_context, tiny_checkpoint, monk
 
         return wrapper
 
-    monkeypatch.setattr(node_module, "segment_markers", counted("markers", node_module.segment_markers))
-    monkeypatch.setattr(node_module, "point_cloud", counted("points", node_module.point_cloud))
+    monkeypatch.setattr(node_outputs, "segment_markers", counted("markers", node_outputs.segment_markers))
+    monkeypatch.setattr(node_outputs, "point_cloud", counted("points", node_outputs.point_cloud))
     h = NodeHarness(ros_context, tiny_checkpoint, params=PARAMS, outputs=("segments",))
     try:
         h.wait_connected()

@@ -46,8 +46,8 @@ def box_average(x: Tensor, kh: int, kw: int) -> Tensor:
     """``AvgPool2d(kernel=(kh, kw), stride=1)`` as two 1-D averages (a box mean is the mean of its column means).
 
     The same values up to float32 rounding (~1e-6 relative), for kh + kw additions per output
-    instead of kh * kw: Detectron2's 32x64 window over 2048 res5 channels took 2-4 s per ASPP
-    at 1024x2048 on 2 CPU cores, a tenth of that this way (docs/detectron2.md).
+    instead of kh * kw: Detectron2's 32x64 window over 2048 res5 channels is the slowest step of
+    a full-size frame on a CPU otherwise (the figures: docs/detectron2.md).
     """
     return F.avg_pool2d(F.avg_pool2d(x, (kh, 1), stride=1), (1, kw), stride=1)
 

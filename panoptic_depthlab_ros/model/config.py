@@ -315,13 +315,14 @@ def load_detectron2_yaml(path: str | Path) -> dict[str, Any]:
     if base is None:
         return data
     merged = load_detectron2_yaml(path.parent / base)
-    _merge(merged, data)
+    _overlay_config(merged, data)
     return merged
 
 
-def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+def _overlay_config(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """A Detectron2 config on top of its ``_BASE_``: nested sections merged key by key, in place."""
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            _overlay_config(into[key], value)
         else:
             into[key] = value

@@ -3,7 +3,7 @@
 Composition only: a backbone and three branches built elsewhere, and the
 upsampling of their outputs (stride 4, or 2 for a branch that also fuses the stem)
 to the (padded) input size.  Normalisation and padding happen before
-(``preprocess``), fusion after (``postprocess``).
+(:mod:`..preprocess`), fusion after (:mod:`..fusion`).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""ROS 2 glue: the node, message conversion. The only place that imports rclpy."""
+"""The ROS 2 node and its parameters: the only place that imports rclpy and ROS message packages."""

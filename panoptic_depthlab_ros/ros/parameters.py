@@ -1,10 +1,13 @@
-"""Every parameter of the ``panoptic_depthlab`` node, declared in one place.
+"""Every parameter of the ``panoptic_depthlab`` node, defined once: the fields of :class:`NodeSettings`.
 
-:data:`PARAMETERS` is the single table (name, default, description, range or
-choices, run-time changeable or not); ``config/panoptic_depthlab.yaml`` holds the
-same keys with the same defaults (a test checks both ways).  The node declares
-the table, reads it once into a typed :class:`NodeSettings`, and only the
-``dynamic`` entries (fusion thresholds, overlay colours) change afterwards.
+Each field of :class:`NodeSettings` is one parameter: its type, its default, and (in
+the field's metadata, see :func:`parameter`) its description, range or choices and
+whether it may change at run time.  :data:`PARAMETERS` reads that table; the node
+declares it, reads it once into a :class:`NodeSettings`, and only the ``dynamic``
+entries (fusion thresholds, overlay colours) change afterwards.  The ``publish_<name>``
+switches come from the output table (:data:`~panoptic_depthlab_ros.node_outputs.OUTPUTS`).
+``config/panoptic_depthlab.yaml`` and the parameter table of ``docs/node.md`` are
+checked against it by the tests.
 
 The fusion parameters default to :data:`FROM_CHECKPOINT` (-1): the checkpoint's own
 post-processing settings (saved with the model, e.g. a small ``stuff_area`` for a
@@ -15,17 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.node import Node
 
 from ..backends import BACKENDS
 from ..checkpoint import bundled_checkpoint
 from ..errors import CheckpointError, PanopticDepthLabError
+from ..fusion import PostprocessConfig
+from ..geometry3d import COLOR_MODES
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
-from ..postprocess import PostprocessConfig
+from ..node_outputs import BY_NAME, OutputSettings
+from ..pipeline import PipelineSettings
 
 Value = bool | int | float | str
 
@@ -37,6 +45,41 @@ FUSION = ("center_threshold", "nms_kernel", "top_k", "stuff_area", "thing_area",
 
 class ParameterError(PanopticDepthLabError, ValueError):
     """A parameter value the node cannot start with (names the parameter and why)."""
+
+
+_DESCRIBED = "parameter"  # the metadata key of a NodeSettings field: its ParameterSpec without name and default
+_CKPT = " -1 = the checkpoint's own value (saved with the model)."
+_TYPE_NAMES = {
+    ParameterType.PARAMETER_BOOL: "bool",
+    ParameterType.PARAMETER_INTEGER: "int",
+    ParameterType.PARAMETER_DOUBLE: "double",
+    ParameterType.PARAMETER_STRING: "string",
+}
+
+
+def parameter(
+    default: Value,
+    description: str,
+    *,
+    bounds: tuple[float, float] | tuple[float, float, float] | None = None,
+    choices: tuple[str, ...] = (),
+    dynamic: bool = False,
+) -> Any:
+    """A :class:`NodeSettings` field that is a node parameter (see :class:`ParameterSpec`)."""
+    return field(
+        default=default,
+        metadata={_DESCRIBED: {"description": description, "bounds": bounds, "choices": choices, "dynamic": dynamic}},
+    )
+
+
+def output_switch(name: str) -> Any:
+    """The ``publish_<name>`` parameter of output ``name``, described by the output table."""
+    output = BY_NAME[name]
+    needs = " Needs camera_info." if output.needs_intrinsics else ""
+    kind = output.msg_type.replace("/msg/", "/") + (f" {output.encoding}" if output.encoding else "")
+    return parameter(
+        True, f"Publish ~/{name} ({kind}: {output.description}).{needs} An output without subscribers costs nothing."
+    )
 
 
 @dataclass(frozen=True)
@@ -66,6 +109,23 @@ class ParameterSpec:
             return ParameterType.PARAMETER_DOUBLE
         return ParameterType.PARAMETER_STRING
 
+    @property
+    def type_name(self) -> str:
+        """``bool``, ``int``, ``double`` or ``string``, as ``ros2 param describe`` says it."""
+        return _TYPE_NAMES[self.type]
+
+    def range_text(self) -> str:
+        """The allowed values in words: ``0..256``, ``-1..31 step 2``, ``torch, onnxruntime``; "" if any."""
+        if self.choices:
+            return ", ".join(repr(c) if c == "" else c for c in self.choices)
+        if self.bounds is None:
+            return ""
+        lo, hi, *rest = self.bounds
+        step = f" step {rest[0]:g}" if rest and rest[0] else ""
+        if self.type == ParameterType.PARAMETER_INTEGER:
+            return f"{int(lo)}..{int(hi)}{step}"
+        return f"{lo:g}..{hi:g}{step}"
+
     def descriptor(self) -> ParameterDescriptor:
         """Build the descriptor tools show (``ros2 param describe``) and rclpy enforces."""
         d = ParameterDescriptor(
@@ -85,272 +145,181 @@ class ParameterSpec:
         return d
 
 
-_OUTPUT = "Publish ~/{0} ({1}); an output without subscribers costs nothing."
-_CKPT = " -1 = the checkpoint's own value (saved with the model)."
+@dataclass(frozen=True)
+class NodeSettings:
+    """The node's parameters, typed: one field per parameter, with its default and description (the table)."""
 
-PARAMETERS: tuple[ParameterSpec, ...] = (
     # Model
-    ParameterSpec(
-        "checkpoint",
+    checkpoint: str = parameter(
         "",
         "Model file: our .safetensors checkpoint or an exported .onnx; "
         "empty = the demo checkpoint bundled in the package "
         "(panoptic_depthlab_ros/data/demo.safetensors).",
-    ),
-    ParameterSpec(
-        "backend",
+    )
+    backend: str = parameter(
         "auto",
         "What runs the network: auto (a checkpoint in torch; an exported .onnx in openvino when installed and"
         " on the CPU, else onnxruntime), torch (checkpoint), onnxruntime or openvino (.onnx file, fp32 or"
         " export --int8).",
         choices=BACKENDS,
-    ),
-    ParameterSpec(
-        "device",
+    )
+    device: str = parameter(
         "auto",
         "auto (CUDA when available, else CPU), cpu or cuda; cuda without CUDA fails at start-up.",
         choices=("auto", "cpu", "cuda"),
-    ),
-    ParameterSpec("fp16", False, "Run the network in float16 autocast (CUDA only, ignored on CPU)."),
-    ParameterSpec(
-        "compile_mode",
+    )
+    fp16: bool = parameter(False, "Run the network in float16 autocast (CUDA only, ignored on CPU).")
+    compile_mode: str = parameter(
         "",
         "torch.compile the network with this mode ('default', 'reduce-overhead' = CUDA graphs, 'max-autotune'); "
         "empty = no compilation. Compiling takes minutes on a CPU: meant for GPUs.",
         choices=("", "default", "reduce-overhead", "max-autotune"),
-    ),
-    ParameterSpec(
-        "num_threads",
+    )
+    num_threads: int = parameter(
         0,
         "CPU intra-op threads of the network (torch.set_num_threads; onnxruntime and openvino use the same);"
         " 0 = the default (torch's: the physical cores).",
         bounds=(0, 256),
-    ),
-    ParameterSpec(
-        "max_input_width",
+    )
+    max_input_width: int = parameter(
         0,
         "Downscale images wider than this before the network (0 = never); all outputs stay at the input size.",
         bounds=(0, 16384),
-    ),
-    ParameterSpec(
-        "input_scale",
+    )
+    input_scale: float = parameter(
         -1.0,
         f"Resize each frame by this ({SCALE_RANGE_TEXT}) before the network: larger finds smaller things, for more "
-        "time per frame. The demo model is trained for and saved with 1.5 (PQ 50.7; at 1: 43.7, 1.8x "
-        "faster);" + _CKPT,
+        "time per frame; a model runs best at the scale it was trained for (the demo model's: docs/model.md; "
+        "what each scale costs and gains: docs/performance.md);" + _CKPT,
         bounds=(-1.0, SCALE_RANGE[1]),
-    ),
-    ParameterSpec(
-        "flip_average",
+    )
+    flip_average: bool = parameter(
         False,
-        "Also run each frame mirrored and average the two: on the demo model +1.1 PQ and +1.0 DPQ, "
-        "for twice the network time. Off by default (halves the frame rate on a CPU); for spare GPU time.",
-    ),
-    ParameterSpec(
-        "strict_pool_size",
+        "Also run each frame mirrored and average the two: slightly better segments and depth for twice the "
+        "network time (docs/performance.md). Off by default (halves the frame rate on a CPU); for spare GPU time.",
+    )
+    strict_pool_size: bool = parameter(
         False,
         "Refuse frames whose size Detectron2's ASPP image pooling refuses (res5 not a multiple of its "
         "window, e.g. 720x1280 with the Cityscapes configs), as Detectron2 does: each is dropped with a "
         "warning. false: every size works, with exactly Detectron2's outputs wherever it accepts the size.",
-    ),
-    ParameterSpec(
-        "untrained_depth",
+    )
+    untrained_depth: bool = parameter(
         False,
         "Publish depth and everything derived from it (~/depth, ~/markers, ~/points, segment depths, "
         "overlay distances) even from a checkpoint whose depth branch was never trained (e.g. converted "
         "from Detectron2): its depth is noise until trained. false: such a checkpoint publishes "
         "panoptic and semantic outputs only, and says so at start-up.",
-    ),
-    ParameterSpec(
-        "max_input_pixels",
+    )
+    max_input_pixels: int = parameter(
         16777216,
         "Images with more pixels are dropped with a warning (0 = no limit).",
         bounds=(0, 1 << 30),
-    ),
+    )
     # Input
-    ParameterSpec(
-        "image_transport",
+    image_transport: str = parameter(
         "raw",
         "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (JPEG/PNG) on `image/compressed`.",
         choices=("raw", "compressed"),
-    ),
-    ParameterSpec(
-        "qos_reliability",
+    )
+    qos_reliability: str = parameter(
         "best_effort",
         "Reliability of the image and camera_info subscriptions (best_effort also matches reliable publishers).",
         choices=("best_effort", "reliable"),
-    ),
-    ParameterSpec(
-        "qos_depth",
+    )
+    qos_depth: int = parameter(
         1,
         "History depth of the image subscription; the node itself keeps only the latest frame.",
         bounds=(1, 100),
-    ),
+    )
     # Fusion
-    ParameterSpec(
-        "center_threshold",
+    center_threshold: float = parameter(
         -1.0,
         "Instance center heatmap values at or below this (0..1) are not centers;" + _CKPT,
         bounds=(-1.0, 1.0),
         dynamic=True,
-    ),
-    ParameterSpec(
-        "nms_kernel",
+    )
+    nms_kernel: int = parameter(
         -1,
         "Max-pool window (odd) of the center non-maximum suppression;" + _CKPT,
         bounds=(-1, 31, 2),
         dynamic=True,
-    ),
-    ParameterSpec(
-        "top_k",
+    )
+    top_k: int = parameter(
         -1,
         "At most top_k - 1 instance centers per image (top_k >= 1);" + _CKPT,
         bounds=(-1, 1000),
         dynamic=True,
-    ),
-    ParameterSpec(
-        "stuff_area",
+    )
+    stuff_area: int = parameter(
         -1,
         "Stuff classes with fewer pixels become void (pixels at the input size);" + _CKPT,
         bounds=(-1, 1 << 30),
         dynamic=True,
-    ),
-    ParameterSpec(
-        "thing_area",
+    )
+    thing_area: int = parameter(
         -1,
         "Thing segments with fewer pixels become void (pixels at the input size; 0 keeps "
         "every instance, as Detectron2);" + _CKPT,
         bounds=(-1, 1 << 30),
         dynamic=True,
-    ),
-    ParameterSpec(
-        "depth_erosion_px",
+    )
+    depth_erosion_px: int = parameter(
         -1,
         "Erode each segment by this many pixels before its depth "
         "statistics (edges bleed depth from neighbours);" + _CKPT,
         bounds=(-1, 64),
         dynamic=True,
-    ),
+    )
     # Overlay
-    ParameterSpec(
-        "overlay_near_m",
-        5.0,
+    overlay_near_m: float = parameter(
+        OutputSettings.near,
         "Overlay colour scale: segments at or nearer than this are red (must stay below overlay_far_m).",
         bounds=(0.0, 1000.0),
         dynamic=True,
-    ),
-    ParameterSpec(
-        "overlay_far_m",
-        60.0,
+    )
+    overlay_far_m: float = parameter(
+        OutputSettings.far,
         "Overlay colour scale: segments at or farther than this are blue; green in the middle.",
         bounds=(0.0, 1000.0),
         dynamic=True,
-    ),
-    # Outputs
-    ParameterSpec("publish_panoptic", True, _OUTPUT.format("panoptic", "32SC1 panoptic ids, void -1")),
-    ParameterSpec("publish_semantic", True, _OUTPUT.format("semantic", "mono8 Cityscapes trainIds, 255 void")),
-    ParameterSpec("publish_depth", True, _OUTPUT.format("depth", "32FC1 meters, NaN where invalid")),
-    ParameterSpec("publish_segments", True, _OUTPUT.format("segments", "SegmentDepthArray")),
-    ParameterSpec("publish_overlay", True, _OUTPUT.format("overlay", "bgr8 depth-tinted labelled picture")),
-    ParameterSpec(
-        "publish_markers",
-        True,
-        _OUTPUT.format(
-            "markers",
-            "visualization_msgs/MarkerArray in the image's frame: per segment a text "
-            "'label 12.3 m' at its 3D centroid coloured on the overlay's near/far scale, "
-            "per thing a translucent box over its 5th-95th percentile 3D extent; a DELETEALL "
-            "first; only with camera_info",
-        ),
-    ),
-    ParameterSpec(
-        "publish_points",
-        True,
-        _OUTPUT.format(
-            "points",
-            "sensor_msgs/PointCloud2: the depth map back-projected through camera_info's K "
-            "(REP 103 optical frame), fields x y z float32, rgb packed float32, label int32 "
-            "panoptic id; only with camera_info",
-        ),
-    ),
-    ParameterSpec(
-        "points_stride",
-        4,
+    )
+    # Outputs: one switch per output of the table, in its order (a test checks that).
+    publish_segments: bool = output_switch("segments")
+    publish_markers: bool = output_switch("markers")
+    publish_panoptic: bool = output_switch("panoptic")
+    publish_semantic: bool = output_switch("semantic")
+    publish_depth: bool = output_switch("depth")
+    publish_points: bool = output_switch("points")
+    publish_overlay: bool = output_switch("overlay")
+    points_stride: int = parameter(
+        OutputSettings.points_stride,
         "~/points uses every n-th pixel in each direction (1 = every pixel).",
         bounds=(1, 64),
-    ),
-    ParameterSpec(
-        "points_organized",
-        False,
+    )
+    points_organized: bool = parameter(
+        OutputSettings.points_organized,
         "true: ~/points keeps the (strided) image grid with NaN x/y/z where depth is invalid; "
         "false: only points with valid depth (height 1, is_dense).",
-    ),
-    ParameterSpec(
-        "points_color",
-        "class",
+    )
+    points_color: str = parameter(
+        OutputSettings.points_color,
         "rgb of ~/points: class (the checkpoint's class colours) or instance (each thing a "
         "fixed colour derived from its panoptic id, stuff in its class colour).",
-        choices=("class", "instance"),
-    ),
+        choices=COLOR_MODES,
+    )
     # Running
-    ParameterSpec(
-        "managed",
+    managed: bool = parameter(
         False,
         "true: a lifecycle (managed) node that starts unconfigured and follows "
         "~/change_state (configure, activate, deactivate, cleanup, shutdown); false: "
         "configures and activates itself at start, without lifecycle services.",
-    ),
-    ParameterSpec(
-        "diagnostics_period_s",
+    )
+    diagnostics_period_s: float = parameter(
         1.0,
         "Period of the /diagnostics status (counts and latencies).",
         bounds=(0.1, 60.0),
-    ),
-)
-
-SPECS: dict[str, ParameterSpec] = {p.name: p for p in PARAMETERS}
-DYNAMIC: frozenset[str] = frozenset(p.name for p in PARAMETERS if p.dynamic)
-
-
-@dataclass(frozen=True)
-class NodeSettings:
-    """The parameters' values, typed; one field per :data:`PARAMETERS` entry."""
-
-    checkpoint: str
-    backend: str
-    device: str
-    fp16: bool
-    compile_mode: str
-    num_threads: int
-    max_input_width: int
-    input_scale: float
-    flip_average: bool
-    strict_pool_size: bool
-    untrained_depth: bool
-    max_input_pixels: int
-    image_transport: str
-    qos_reliability: str
-    qos_depth: int
-    center_threshold: float
-    nms_kernel: int
-    top_k: int
-    stuff_area: int
-    thing_area: int
-    depth_erosion_px: int
-    overlay_near_m: float
-    overlay_far_m: float
-    publish_panoptic: bool
-    publish_semantic: bool
-    publish_depth: bool
-    publish_segments: bool
-    publish_overlay: bool
-    publish_markers: bool
-    publish_points: bool
-    points_stride: int
-    points_organized: bool
-    points_color: str
-    managed: bool
-    diagnostics_period_s: float
+    )
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> NodeSettings:
@@ -368,6 +337,29 @@ class NodeSettings:
         """Return a copy with ``changes`` applied (no checks; see :func:`check_values`)."""
         return dataclasses.replace(self, **changes)
 
+    def publishes(self, output: str) -> bool:
+        """Whether output ``output``'s ``publish_<output>`` switch is on."""
+        return bool(getattr(self, f"publish_{output}"))
+
+    def outputs(self) -> OutputSettings:
+        """How the outputs are drawn (overlay colour scale, point cloud)."""
+        return OutputSettings(
+            near=self.overlay_near_m,
+            far=self.overlay_far_m,
+            points_stride=self.points_stride,
+            points_organized=self.points_organized,
+            points_color=self.points_color,
+        )
+
+    def pipeline(self, base: PostprocessConfig) -> PipelineSettings:
+        """What the pipeline processes frames with; ``base``: the checkpoint's fusion settings.
+
+        Raises ``ValueError`` for a combination PostprocessConfig or OutputSettings refuses.
+        """
+        return PipelineSettings(
+            max_pixels=self.max_input_pixels, postprocess=self.postprocess(base), outputs=self.outputs()
+        )
+
     def postprocess(self, base: PostprocessConfig) -> PostprocessConfig:
         """Return ``base`` (the checkpoint's) with the fusion parameters that are set on top.
 
@@ -376,6 +368,33 @@ class NodeSettings:
         """
         overrides = {name: getattr(self, name) for name in FUSION if getattr(self, name) >= 0}
         return dataclasses.replace(base, **overrides)
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = tuple(
+    ParameterSpec(name=f.name, default=cast(Value, f.default), **f.metadata[_DESCRIBED])
+    for f in dataclasses.fields(NodeSettings)
+)
+SPECS: dict[str, ParameterSpec] = {p.name: p for p in PARAMETERS}
+DYNAMIC: frozenset[str] = frozenset(p.name for p in PARAMETERS if p.dynamic)
+
+
+def declare_settings(node: Node) -> NodeSettings:
+    """Declare every parameter of :data:`PARAMETERS` on ``node`` and read them once."""
+    values: dict[str, Any] = {}
+    for spec in PARAMETERS:
+        try:
+            values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+        except InvalidParameterTypeException as exc:
+            kind = {
+                bool: "a bool",
+                int: "an integer",
+                float: "a double (e.g. 5.0, not 5)",
+                str: "a string",
+            }
+            raise ParameterError(f"parameter {spec.name} must be {kind[type(spec.default)]}: {exc}") from exc
+        except InvalidParameterValueException as exc:
+            raise ParameterError(f"parameter {spec.name}: value out of range {spec.bounds}: {exc}") from exc
+    return NodeSettings.from_values(values)
 
 
 def check_values(settings: NodeSettings) -> str | None:

@@ -14,16 +14,16 @@ import os
 import sys
 from pathlib import Path
 
-from panoptic_depthlab_ros.cli import add_max_pixels_arg, int_at_least, number_above
 from panoptic_depthlab_ros.exit_codes import DONE, PARTIAL, run_command
+from panoptic_depthlab_ros.inference_options import add_max_pixels_arg, int_at_least, number_above
 
 from . import evaluate as evaluate_cmd
 from . import predict as predict_cmd
-from . import train as train_cmd
 from .cityscapes import GT_SPLITS, SPLITS, DatasetError, verify_cityscapes
 from .demo_bag import write_demo_bag
 from .synth import synth_main
 from .synth.sequences import sequences_main
+from .train import command as train_cmd
 
 
 def _synth(args: argparse.Namespace) -> int:

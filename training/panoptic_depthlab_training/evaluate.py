@@ -15,22 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
-from panoptic_depthlab_ros.cli import add_inference_args, inference_options, int_at_least, number_above
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
-from panoptic_depthlab_ros.predictor import Predictor, resolve_device
+from panoptic_depthlab_ros.inference_options import add_inference_args, inference_options, int_at_least, number_above
+from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.result import PanopticDepthResult
 
 from .cityscapes import (
@@ -42,6 +39,7 @@ from .cityscapes import (
     load_sample,
     require_valid,
 )
+from .distributed import decided_on_rank0, distributed_job, gather_objects
 from .metrics import (
     DEPTH_METRICS,
     DISTANCE_BANDS_M,
@@ -175,9 +173,7 @@ def evaluate_split(
         progress=progress and rank == 0,
     )
     if world_size > 1:
-        gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, evaluator)
-        evaluator = merge_evaluators(gathered)
+        evaluator = merge_evaluators(gather_objects(evaluator, world_size))
     summary = evaluator.summary()
     summary["num_images"] = len(samples)
     return summary
@@ -285,6 +281,14 @@ def _distance_bands(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected increasing metres like 0,20,40,80 or 'none' ({exc})") from None
 
 
+def _dataset_problem(root: Path, split: str) -> str | None:
+    try:
+        require_valid(root, [split], require_depth=True)
+    except DatasetError as exc:
+        return str(exc)
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``evaluate`` from parsed arguments; prints the table, returns the exit code."""
     if args.ground_truth and not args.video:
@@ -295,34 +299,15 @@ def main(args: argparse.Namespace) -> int:
         return video_evaluate.main(args)
     if args.checkpoint is None:
         raise PanopticDepthLabError("--checkpoint is required")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    owns_group = False
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
-        owns_group = True
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    try:
-        problem = None
-        if not args.no_verify and rank == 0:
-            try:
-                require_valid(args.data, [args.split], require_depth=True)
-            except DatasetError as exc:
-                problem = str(exc)
-        if world_size > 1:
-            box = [problem]
-            dist.broadcast_object_list(box, src=0)
-            problem = box[0]
-        if problem is not None:
-            raise DatasetError(problem)
-        device = resolve_device(args.device)
-        if device.type == "cuda" and world_size > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
+    with distributed_job(args.device) as info:
+        if not args.no_verify:
+            problem = decided_on_rank0(lambda: _dataset_problem(args.data, args.split), info)
+            if problem is not None:
+                raise DatasetError(problem)
         predictor = Predictor.from_checkpoint(
-            args.checkpoint, device=device, untrained_depth=True, **inference_options(args)
+            args.checkpoint, device=info.device, untrained_depth=True, **inference_options(args)
         )
-        if rank == 0 and not predictor.model_config.depth_trained:
+        if info.is_main and not predictor.model_config.depth_trained:
             print(f"note: {args.checkpoint}'s depth branch was never trained: its depth metrics measure noise")
         max_depth = predictor.model_config.max_depth if args.max_depth is None else args.max_depth
         summary = evaluate_split(
@@ -331,12 +316,12 @@ def main(args: argparse.Namespace) -> int:
             split=args.split,
             max_depth=max_depth or None,
             limit=args.limit or None,
-            rank=rank,
-            world_size=world_size,
+            rank=info.rank,
+            world_size=info.world_size,
             progress=not args.no_progress,
             distance_bands=args.distance_bands,
         )
-        if rank == 0:
+        if info.is_main:
             print(format_table(summary))
             if args.json is not None:
                 doc = summary_json(
@@ -354,7 +339,4 @@ def main(args: argparse.Namespace) -> int:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(doc, indent=2) + "\n")
                 print(f"wrote {args.json}")
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
     return 0

@@ -36,10 +36,10 @@ import torch
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from tqdm import tqdm
 
-from panoptic_depthlab_ros.cli import add_inference_args, inference_options, int_at_least
 from panoptic_depthlab_ros.errors import InputError, NothingDoneError
 from panoptic_depthlab_ros.exit_codes import outcome
 from panoptic_depthlab_ros.infer import cityscapes_panoptic, depth_to_png_mm, write_image
+from panoptic_depthlab_ros.inference_options import add_inference_args, inference_options, int_at_least
 from panoptic_depthlab_ros.interrupt import stop_on_signals
 from panoptic_depthlab_ros.output import StagedOutput, written_by_says
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from panoptic_depthlab_ros.cli import inference_options
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
+from panoptic_depthlab_ros.fusion import PostprocessConfig
+from panoptic_depthlab_ros.inference_options import inference_options
 from panoptic_depthlab_ros.metadata import ClassMetadata, cityscapes_metadata
-from panoptic_depthlab_ros.postprocess import PostprocessConfig, segment_depth_statistics
 from panoptic_depthlab_ros.predictor import Predictor, resolve_device
 from panoptic_depthlab_ros.result import PanopticDepthResult
+from panoptic_depthlab_ros.segment_stats import segment_depth_statistics
 from panoptic_depthlab_ros.tracker import TrackedFrame, Tracker, TrackerConfig, track_panoptic
 
 from .evaluate import _json_safe, _training_iteration, depth_or_nan, flat_metrics

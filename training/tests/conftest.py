@@ -66,7 +66,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op torch thread: on two shared cores, OpenMP threads that spin while other
-    processes hold a core cost far more than they gain."""
+    processes hold a core cost far more than they gain (measured 2-3x slower)."""
     import torch  # noqa: PLC0415
 
     before = torch.get_num_threads()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from panoptic_depthlab_ros.predictor import Predictor
-from panoptic_depthlab_training import train as T
+from panoptic_depthlab_training.train.state import FINAL_MODEL, STATE_FILE, load_training_state
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -51,12 +51,12 @@ def test_two_process_ddp_trains_saves_and_resumes(synth_root, tmp_path):
     out = tmp_path / "ddp"
     run = _torchrun(synth_root, out, "--iters", "3")
     assert run.returncode == 0, run.stdout + run.stderr
-    state = T.load_training_state(out / T.STATE_FILE)
+    state = load_training_state(out / STATE_FILE)
     assert state["iteration"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
     # ranks drew different dropout masks, so their RNG streams differ
     assert not np.array_equal(state["rng"][0]["torch"].numpy(), state["rng"][1]["torch"].numpy())
     assert (out / "model_iter_0000002.safetensors").is_file()
-    predictor = Predictor.from_checkpoint(out / T.FINAL_MODEL, device="cpu")
+    predictor = Predictor.from_checkpoint(out / FINAL_MODEL, device="cpu")
     assert predictor.predict(np.zeros((64, 128, 3), np.uint8)).panoptic.shape == (64, 128)
     # the evaluation at iteration 3 was sharded over both ranks and merged
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -65,5 +65,5 @@ def test_two_process_ddp_trains_saves_and_resumes(synth_root, tmp_path):
     # a second launch continues the same run
     again = _torchrun(synth_root, out, "--iters", "4", "--resume")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert T.load_training_state(out / T.STATE_FILE)["iteration"] == 4
+    assert load_training_state(out / STATE_FILE)["iteration"] == 4
     assert "resumed" in (out / "log.txt").read_text()

@@ -1,13 +1,12 @@
-"""Messages <-> numpy, for the node and the ROS-free bag tools alike.
+"""ROS messages <-> numpy, for the node and the ROS-free bag tools alike.
 
 Duck-typed on purpose: nothing here imports rclpy or a message package.  Functions
 read the standard field names (``height``, ``width``, ``encoding``, ``step``,
 ``data``, ``k``, ...) of whatever object they get, and build messages from the
 classes they are given, always with every field as a keyword.  So the same code
-serves rclpy's generated classes and ``rosbags``' message dataclasses.  The one
-exception is :func:`markers_to_msg`: a ``Marker`` has a dozen nested message fields,
-so it fills a default-constructed ``marker_cls()`` (rclpy's classes; rosbags users
-build their own markers from :class:`~.geometry.MarkerSpec`).
+serves rclpy's generated classes and ``rosbags``' message dataclasses.  A ``Marker``
+has a dozen nested message fields, so :func:`markers_to_msg` takes a lookup from
+type name to class (:data:`MessageClasses`) instead of one argument per class.
 
 PyPI's ``cv-bridge`` is a ROS 1 shim that breaks under numpy 2; this module
 replaces the few parts of it the package needs.
@@ -17,16 +16,20 @@ from __future__ import annotations
 
 import array
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 
-from ..errors import InputError
-from ..image_io import decode_image
-from ..result import PanopticDepthResult, SegmentDepth
-from .geometry import MarkerSpec, PointCloud
+from .errors import InputError
+from .geometry3d import MarkerSpec, PointCloud
+from .image_io import decode_image
+from .result import PanopticDepthResult, SegmentDepth
+
+# Message type name ("sensor_msgs/msg/Image") -> its class: rclpy's generated classes in the
+# node, a rosbags typestore's (``typestore.types.__getitem__``) in the bag tools.
+MessageClasses = Callable[[str], type]
 
 # 8-bit input encodings -> (channels, cv2 conversion to BGR or None when already BGR).
 INPUT_ENCODINGS: dict[str, tuple[int, int | None]] = {
@@ -61,7 +64,7 @@ class ImageConversionError(InputError):
 
 
 # ----------------------------------------------------------------- images in
-def check_image(msg: Any, *, max_pixels: int = 0, limit_name: str = "max_input_pixels") -> int:
+def check_image_msg(msg: Any, *, max_pixels: int = 0, limit_name: str = "max_input_pixels") -> int:
     """Validate a ``sensor_msgs/Image``'s layout without touching its pixels.
 
     O(1): reads only the header fields and ``len(msg.data)``, so it is cheap
@@ -107,7 +110,7 @@ def image_to_bgr(msg: Any, *, max_pixels: int = 0, limit_name: str = "max_input_
     even with padded rows: the view has a row stride of ``step``); the other
     encodings take one OpenCV conversion pass.  Do not modify the result in place.
     """
-    channels = check_image(msg, max_pixels=max_pixels, limit_name=limit_name)
+    channels = check_image_msg(msg, max_pixels=max_pixels, limit_name=limit_name)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     buf = np.frombuffer(msg.data, dtype=np.uint8, count=step * height)  # zero copy
     rows = buf.reshape(height, step)[:, : width * channels]  # drop row padding (still a view)
@@ -310,6 +313,19 @@ MARKER_CUBE = 1
 MARKER_TEXT_VIEW_FACING = 9
 MARKER_ADD = 0
 MARKER_DELETEALL = 3
+# Every message type a MarkerArray is made of (Jazzy's Marker has a texture and a mesh file).
+_MARKER_TYPES = (
+    "visualization_msgs/msg/MarkerArray",
+    "visualization_msgs/msg/Marker",
+    "visualization_msgs/msg/MeshFile",
+    "geometry_msgs/msg/Pose",
+    "geometry_msgs/msg/Point",
+    "geometry_msgs/msg/Quaternion",
+    "geometry_msgs/msg/Vector3",
+    "std_msgs/msg/ColorRGBA",
+    "builtin_interfaces/msg/Duration",
+    "sensor_msgs/msg/CompressedImage",
+)
 
 
 def _is_big_endian(dtype: np.dtype) -> bool | None:
@@ -320,7 +336,7 @@ def _is_big_endian(dtype: np.dtype) -> bool | None:
 
 
 def pointcloud_to_msg(cloud: PointCloud, *, header: Any, cloud_cls: type, field_cls: type) -> Any:
-    """:class:`~.geometry.PointCloud` -> ``cloud_cls`` (``sensor_msgs/PointCloud2``).
+    """:class:`~.geometry3d.PointCloud` -> ``cloud_cls`` (``sensor_msgs/PointCloud2``).
 
     One ``field_cls`` (``PointField``) per field of the records' structured dtype, in
     its byte order (little-endian); ``data`` is the records' bytes, one copy.
@@ -379,28 +395,46 @@ def pointcloud_to_array(msg: Any) -> np.ndarray:
     return rows[:, : width * dtype.itemsize].copy().view(dtype).reshape(height, width)
 
 
-def markers_to_msg(markers: Sequence[MarkerSpec], *, header: Any, array_cls: type, marker_cls: type) -> Any:
-    """Markers -> ``array_cls`` (``MarkerArray``): a DELETEALL marker, then ``markers``.
+def markers_to_msg(markers: Sequence[MarkerSpec], *, header: Any, classes: MessageClasses) -> Any:
+    """Markers -> ``visualization_msgs/MarkerArray``: a DELETEALL marker, then ``markers``.
 
     The DELETEALL first removes every marker of the previous frame, so rviz never shows
     a stale one; the markers themselves have no lifetime.  All carry ``header`` (the
-    image's frame and stamp).  ``marker_cls`` must be default-constructible (rclpy).
+    image's frame and stamp).  ``classes`` gives the message classes by type name.
     """
-    clear = marker_cls()
-    clear.header = header
-    clear.action = MARKER_DELETEALL
-    out = [clear]
-    for spec in markers:
-        m = marker_cls()
-        m.header = header
-        m.ns = spec.namespace
-        m.id = int(spec.id)
-        m.type = MARKER_TEXT_VIEW_FACING if spec.kind == "text" else MARKER_CUBE
-        m.action = MARKER_ADD
-        m.pose.position.x, m.pose.position.y, m.pose.position.z = spec.position
-        m.pose.orientation.w = 1.0
-        m.scale.x, m.scale.y, m.scale.z = spec.scale
-        m.color.r, m.color.g, m.color.b, m.color.a = spec.rgba
-        m.text = spec.text
-        out.append(m)
-    return array_cls(markers=out)
+    cls = {name.rsplit("/", 1)[1]: classes(name) for name in _MARKER_TYPES}
+    no_bytes = np.zeros(0, np.uint8)
+
+    def marker(action: int, spec: MarkerSpec | None) -> Any:
+        position, scale, rgba = (0.0,) * 3, (0.0,) * 3, (0.0,) * 4
+        if spec is not None:
+            position, scale, rgba = spec.position, spec.scale, spec.rgba
+        return cls["Marker"](
+            header=header,
+            ns=spec.namespace if spec else "",
+            id=int(spec.id) if spec else 0,
+            type=(MARKER_TEXT_VIEW_FACING if spec.kind == "text" else MARKER_CUBE) if spec else 0,
+            action=action,
+            pose=cls["Pose"](
+                position=cls["Point"](x=float(position[0]), y=float(position[1]), z=float(position[2])),
+                orientation=cls["Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+            ),
+            scale=cls["Vector3"](x=float(scale[0]), y=float(scale[1]), z=float(scale[2])),
+            color=cls["ColorRGBA"](r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3])),
+            lifetime=cls["Duration"](sec=0, nanosec=0),
+            frame_locked=False,
+            points=[],
+            colors=[],
+            texture_resource="",
+            texture=cls["CompressedImage"](
+                header=header, format="", data=_byte_buffer(cls["CompressedImage"], no_bytes)
+            ),
+            uv_coordinates=[],
+            text=spec.text if spec else "",
+            mesh_resource="",
+            mesh_file=cls["MeshFile"](filename="", data=_byte_buffer(cls["MeshFile"], no_bytes)),
+            mesh_use_embedded_materials=False,
+        )
+
+    out = [marker(MARKER_DELETEALL, None)] + [marker(MARKER_ADD, spec) for spec in markers]
+    return cls["MarkerArray"](markers=out)

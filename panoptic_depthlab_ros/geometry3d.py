@@ -1,7 +1,7 @@
 """3D from a result: the back-projected point cloud and the segment markers, in plain numpy.
 
 No ROS and no torch: the node turns these arrays into ``sensor_msgs/PointCloud2`` and
-``visualization_msgs/MarkerArray`` (:mod:`.conversions`), and offline tools (bag replay)
+``visualization_msgs/MarkerArray`` (:mod:`.msg_conversions`), and offline tools (bag replay)
 can use them as they are.  Frames follow REP 103's camera optical convention: x right,
 y down, z forward along the optical axis, meters; depth is the z coordinate (REP 118).
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..result import PanopticDepthResult
-from ..visualize import depth_to_bgr
+from .result import PanopticDepthResult
+from .visualize import depth_to_bgr
 
 # One point of ~/points: 20 bytes, little-endian on every platform the wheels exist for.
 # ``rgb`` holds the bits of 0x00RRGGBB as a float32 (what rviz's RGB8 transformer reads).

@@ -1,5 +1,5 @@
-"""Point cloud and marker geometry (panoptic_depthlab_ros/ros/geometry.py) on tiny
-hand-built maps, and their messages (conversions.pointcloud_to_msg / markers_to_msg)."""
+"""Point cloud and marker geometry (panoptic_depthlab_ros/geometry3d.py) on tiny
+hand-built maps, and their messages (msg_conversions.pointcloud_to_msg / markers_to_msg)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
-from panoptic_depthlab_ros.ros.geometry import (
+from panoptic_depthlab_ros.geometry3d import (
     MIN_BOX_M,
     POINT_DTYPE,
     VOID_RGB,
@@ -19,6 +18,7 @@ from panoptic_depthlab_ros.ros.geometry import (
     segment_extents,
     segment_markers,
 )
+from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
 from panoptic_depthlab_ros.visualize import depth_to_bgr
 
 # fx = 2, fy = 4, cx = 1, cy = 0.5: x = (u - 1) z / 2, y = (v - 0.5) z / 4.
@@ -138,7 +138,7 @@ def test_pointcloud_msg_round_trip() -> None:
     from sensor_msgs.msg import PointCloud2, PointField
     from std_msgs.msg import Header
 
-    from panoptic_depthlab_ros.ros.conversions import pointcloud_to_array, pointcloud_to_msg
+    from panoptic_depthlab_ros.msg_conversions import pointcloud_to_array, pointcloud_to_msg
 
     depth = np.array([[2.0, NAN, 4.0], [1.0, 8.0, 3.0]], np.float32)
     panoptic = np.array([[0, 0, 11001], [-1, 13002, 13002]], np.int32)
@@ -245,20 +245,25 @@ def test_segment_markers_labels_and_boxes() -> None:
     np.testing.assert_allclose(box.scale, (27.0, MIN_BOX_M, MIN_BOX_M))
 
 
-def test_markers_msg_deleteall_first() -> None:
-    from std_msgs.msg import Header
-    from visualization_msgs.msg import Marker, MarkerArray
+def _marker_specs():
+    from panoptic_depthlab_ros.geometry3d import MarkerSpec
 
-    from panoptic_depthlab_ros.ros.conversions import markers_to_msg
-    from panoptic_depthlab_ros.ros.geometry import MarkerSpec
-
-    header = Header(frame_id="cam")
-    header.stamp.sec = 42
-    specs = [
+    return [
         MarkerSpec("labels", 0, "text", (1.0, 2.0, 3.0), (0.0, 0.0, 0.5), (1, 0, 0, 1), "car 3.0 m"),
         MarkerSpec("boxes", 1, "box", (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (1, 0, 0, 0.35)),
     ]
-    msg = markers_to_msg(specs, header=header, array_cls=MarkerArray, marker_cls=Marker)
+
+
+def test_markers_msg_deleteall_first() -> None:
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import Marker
+
+    from panoptic_depthlab_ros.msg_conversions import markers_to_msg
+    from panoptic_depthlab_ros.ros.node import message_class
+
+    header = Header(frame_id="cam")
+    header.stamp.sec = 42
+    msg = markers_to_msg(_marker_specs(), header=header, classes=message_class)
     clear, text, box = msg.markers
     assert clear.action == Marker.DELETEALL
     assert all(m.header.frame_id == "cam" and m.header.stamp.sec == 42 for m in msg.markers)
@@ -274,3 +279,27 @@ def test_markers_msg_deleteall_first() -> None:
     assert (box.pose.position.x, box.pose.position.y, box.pose.position.z) == (1.0, 2.0, 3.0)
     assert box.pose.orientation.w == 1.0 and box.color.a == pytest.approx(0.35)
     assert text.lifetime.sec == text.lifetime.nanosec == 0  # replaced by the next DELETEALL
+
+
+def test_markers_from_rosbags_classes_serialize_like_rclpy() -> None:
+    """``markers_to_msg`` builds every field by keyword, so the bag tools' classes work too."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from rosbags.typesys import Stores, get_typestore
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import MarkerArray
+
+    from panoptic_depthlab_ros.msg_conversions import markers_to_msg
+    from panoptic_depthlab_ros.ros.node import message_class
+
+    specs = _marker_specs()
+    rosbags_types = get_typestore(Stores.ROS2_JAZZY)
+    t = rosbags_types.types
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=3, nanosec=4), frame_id="cam")
+    bag_msg = markers_to_msg(specs, header=header, classes=t.__getitem__)
+    raw = rosbags_types.serialize_cdr(bag_msg, "visualization_msgs/msg/MarkerArray")
+    got = deserialize_message(bytes(raw), MarkerArray)
+    rcl_header = Header(frame_id="cam")
+    rcl_header.stamp.sec, rcl_header.stamp.nanosec = 3, 4
+    want = markers_to_msg(specs, header=rcl_header, classes=message_class)
+    assert got == deserialize_message(serialize_message(want), MarkerArray)  # colours are float32 on the wire
+    assert [m.text for m in got.markers] == ["", "car 3.0 m", ""]

@@ -1,10 +1,9 @@
-"""Messages <-> numpy (panoptic_depthlab_ros/ros/conversions.py), with rclpy's
+"""Messages <-> numpy (panoptic_depthlab_ros/msg_conversions.py), with rclpy's
 generated classes and with rosbags' dataclasses (the bag tools' path)."""
 
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -14,8 +13,7 @@ import pytest
 
 from node_utils import image_msg, random_image
 from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
-from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
-from panoptic_depthlab_ros.ros.conversions import (
+from panoptic_depthlab_ros.msg_conversions import (
     ImageConversionError,
     array_to_image,
     camera_k,
@@ -24,7 +22,8 @@ from panoptic_depthlab_ros.ros.conversions import (
     image_to_bgr,
     segments_to_msg,
 )
-from pdl_testing import REPO
+from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
+from pdl_testing import REPO, imports_without_ros
 
 ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8")
 
@@ -374,13 +373,4 @@ def test_rosbags_images_both_ways(rosbags_types) -> None:
 
 
 def test_conversions_import_without_rclpy() -> None:
-    code = (
-        "import sys\n"
-        "for m in ('rclpy', 'sensor_msgs', 'std_msgs', 'geometry_msgs', 'rcl_interfaces'):\n"
-        "    sys.modules[m] = None\n"
-        "import panoptic_depthlab_ros.ros.conversions as c\n"
-        "print(c.image_to_bgr.__name__)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "image_to_bgr"
+    assert imports_without_ros("panoptic_depthlab_ros.msg_conversions", "panoptic_depthlab_ros.geometry3d") == ""

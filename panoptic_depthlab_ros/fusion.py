@@ -1,0 +1,448 @@
+"""Panoptic fusion: semantic logits, center heatmap and offsets -> panoptic ids.
+
+Follows Panoptic-DeepLab (Cheng et al., CVPR 2020) exactly as Detectron2's
+``projects/Panoptic-DeepLab/panoptic_deeplab/post_processing.py`` computes it for
+Cityscapes (same centers, same grouping, same instance numbering), but vectorised:
+Detectron2 builds a [centers x pixels] distance tensor and loops over instances in
+Python; here each thing pixel is compared only with the few centers that can be
+nearest to it (an exact pruning), and the merge is a handful of bincounts.
+
+:func:`panoptic_fusion` is the entry point: :func:`find_instance_centers`, then the
+grouping of thing pixels to their nearest center and the merge with the semantic
+labels (the steps ``_group_pixels`` and ``_merge_semantic_and_instance`` are
+Detectron2's functions of those names, kept for the tests that hold them against
+Detectron2's own code).  :class:`PostprocessConfig` holds the settings of the fusion
+and of the segment statistics that follow it (:mod:`.segment_stats`).
+
+Every full-image pass counts (the time budget: docs/performance.md): passes are few,
+on int32/uint8 where possible, and the slow torch CPU kernels are replaced by exact
+equivalents (:mod:`.kernels`).  On CPU the work runs in lanes (:mod:`.parallel`);
+results do not depend on their number.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fields import check_int, check_number
+from .kernels import argmax_channels, window_extreme
+from .metadata import ClassMetadata
+from .parallel import cpu_lanes, run_parallel
+
+VOID = -1
+
+# _group_pixels: at most _GRID x _GRID cells over the predicted locations.
+_GRID = 64
+# The cell side panoptic_fusion uses (pixels); any value gives the same result.
+_FUSION_CELL = 16
+# Relative (and absolute, px^2) slack of the nearest-center pruning bounds.
+_SLACK = 1e-5
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Fusion and segment-depth settings (defaults: Detectron2's Cityscapes values).
+
+    center_threshold: heatmap values <= this are not centers.
+    nms_kernel: max-pool window for center NMS.
+    top_k: at most ``top_k - 1`` centers survive (Detectron2 keeps scores strictly
+        above the top_k-th one).
+    stuff_area: stuff classes with fewer unassigned pixels become void.
+    thing_area: thing segments with fewer pixels become void (0: keep all, as Detectron2);
+        at low resolution most few-pixel instances are false positives.
+    depth_erosion_px: erode each segment by this many pixels before its depth
+        statistics (edges bleed depth from neighbours); a segment that erosion
+        would erase keeps its uneroded pixels.
+    robust_trim: fraction cut from each end for ``depth_robust`` (trimmed mean).
+    """
+
+    center_threshold: float = 0.1
+    nms_kernel: int = 7
+    top_k: int = 200
+    stuff_area: int = 2048
+    thing_area: int = 0
+    depth_erosion_px: int = 0
+    robust_trim: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Every field checked (type, range, finite); ``ValueError`` names the field and value."""
+        check_number("center_threshold", self.center_threshold, 0.0, 1.0)
+        check_int("nms_kernel", self.nms_kernel, 1, 255)
+        if self.nms_kernel % 2 == 0:
+            raise ValueError(f"nms_kernel must be odd and >= 1, got {self.nms_kernel}")
+        check_int("top_k", self.top_k, 1, 100_000)
+        check_int("stuff_area", self.stuff_area, 0, 2**31 - 1)
+        check_int("thing_area", self.thing_area, 0, 2**31 - 1)
+        check_int("depth_erosion_px", self.depth_erosion_px, 0, 1024)
+        check_number("robust_trim", self.robust_trim, 0.0, 0.5)
+        if not self.robust_trim < 0.5:
+            raise ValueError(f"robust_trim must be in [0, 0.5), got {self.robust_trim}")
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float | int]) -> PostprocessConfig:
+        """Inverse of :meth:`to_dict` (unknown keys ignored: newer files stay readable)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"postprocess settings must be a mapping, got {d!r}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})  # type: ignore[arg-type]
+
+
+@dataclass
+class FusionOutput:
+    """Result of :func:`panoptic_fusion` (all on the input tensors' device).
+
+    panoptic: [H, W] int32 ids (``class * label_divisor + k``, void -1).
+    semantic: [H, W] int64 argmax of the logits.
+    centers:  [K, 2] int64 (y, x) in raster order.
+    """
+
+    panoptic: Tensor
+    semantic: Tensor
+    centers: Tensor
+
+
+def panoptic_fusion(
+    sem_logits: Tensor,
+    center: Tensor,
+    offset: Tensor,
+    *,
+    classes: ClassMetadata,
+    config: PostprocessConfig,
+) -> FusionOutput:
+    """Semantic logits [C,H,W], center [1,H,W], offset [2,H,W] -> :class:`FusionOutput`.
+
+    Thing pixels (semantic argmax in ``classes.thing_ids``) are grouped to the
+    centers; without any center they stay void, as in Detectron2.  Same result as
+    :func:`find_instance_centers` -> :func:`_group_pixels` ->
+    :func:`_merge_semantic_and_instance`, without the full-size instance map.
+    """
+    num_classes = sem_logits.shape[0]
+    with cpu_lanes(sem_logits.device) as lanes:
+        found: list[Tensor] = []
+        find = partial(
+            find_instance_centers,
+            center,
+            threshold=config.center_threshold,
+            nms_kernel=config.nms_kernel,
+            top_k=config.top_k,
+        )
+        labels = argmax_channels(sem_logits, lanes=lanes, also=[lambda: found.append(find())])
+        centers = found[0]
+        flat = labels.reshape(-1)  # [H*W] uint8 on CPU
+        index = torch.nonzero(_in_classes(flat, classes.thing_ids, num_classes))[:, 0]
+        if centers.numel() and index.numel():
+            member = _nearest_center_parallel(centers, offset, index, lanes=lanes)
+        else:
+            index = member = index[:0]
+        panoptic = _panoptic_ids(
+            flat,
+            index,
+            member,
+            is_thing_class=_class_flags(classes.thing_ids, num_classes, flat.device),
+            num_classes=num_classes,
+            label_divisor=classes.label_divisor,
+            stuff_area=config.stuff_area,
+            thing_area=config.thing_area,
+            void_label=VOID,
+        )
+    return FusionOutput(panoptic=panoptic.view(labels.shape), semantic=labels.long(), centers=centers)
+
+
+def find_instance_centers(center: Tensor, *, threshold: float, nms_kernel: int, top_k: int | None) -> Tensor:
+    """Instance centers from the heatmap: threshold, max-pool NMS, top-k.
+
+    ``center``: [1, H, W] (or [H, W]) heatmap -> [K, 2] int64 (y, x), raster order.
+    As Detectron2: values <= threshold become -1; every pixel equal to its
+    ``nms_kernel`` neighbourhood max survives (a plateau gives several centers);
+    with ``top_k``, only scores strictly above max(k-th best, 0) are kept.
+    """
+    heat = center.reshape(center.shape[-2:])  # [H, W]
+    # Detectron2 pools the thresholded map; for a pixel above max(threshold, 0) that
+    # pool equals the pool of the raw map (its window maximum is above the threshold
+    # too), and only such pixels can survive the final "> max(k-th, 0)" test.
+    with cpu_lanes(heat.device):
+        pooled = window_extreme(heat, nms_kernel, largest=True)
+        # Compares into float 1/0 (vectorised on CPU, unlike into bool).
+        peak = torch.eq(heat, pooled, out=torch.empty_like(heat))
+        peak.mul_(torch.gt(heat, max(threshold, 0.0), out=torch.empty_like(heat)))
+        points = torch.nonzero(peak)
+    if top_k is None:
+        return points
+    k = min(top_k, heat.numel())
+    if points.shape[0] < k:  # the k-th best score is <= 0: every positive peak stays
+        return points
+    scores = heat[points[:, 0], points[:, 1]]
+    kth = torch.topk(scores, k).values[-1]
+    return points[scores > kth]
+
+
+def _group_pixels(centers: Tensor, offset: Tensor, mask: Tensor, *, cell: int = 32) -> Tensor:
+    """Assign each masked pixel to the center nearest to where its offset points.
+
+    ``centers`` [K, 2] (y, x); ``offset`` [2, H, W] (dy, dx); ``mask`` [H, W] bool.
+    Returns [H, W] int64: 0 outside the mask, ``k + 1`` for center ``k``.  Ties go
+    to the lowest center index, as ``torch.argmin`` in Detectron2; a non-finite
+    predicted location goes to center 0, as Detectron2's argmin over NaN/inf does.
+
+    Exact pruning: predicted locations are binned into square cells (side at least
+    ``cell`` pixels); a center can be nearest to some point of a cell only if its
+    distance to the cell is at most the smallest farthest-distance of any center to
+    that cell.  Each pixel then compares against its cell's candidates only (a
+    handful, instead of all K).
+    """
+    h, w = mask.shape
+    out = torch.zeros(h * w, dtype=torch.int64, device=mask.device)
+    with cpu_lanes(mask.device) as lanes:
+        index = torch.nonzero(mask.reshape(-1))[:, 0]
+        if centers.numel() and index.numel():
+            member = _nearest_center_parallel(centers, offset, index, lanes=lanes, cell=cell)
+            out.index_copy_(0, index, member + 1)
+    return out.view(h, w)
+
+
+def _nearest_center_parallel(
+    centers: Tensor, offset: Tensor, index: Tensor, *, lanes: int, cell: int = _FUSION_CELL
+) -> Tensor:
+    """:func:`_nearest_center` with the pixels split over ``lanes`` (each part is exact)."""
+    member = torch.empty_like(index)
+    bounds = [index.numel() * i // lanes for i in range(lanes + 1)]
+
+    def part(a: int, b: int) -> None:
+        member[a:b] = _nearest_center(centers, offset, index[a:b], cell=cell)
+
+    run_parallel([partial(part, a, b) for a, b in itertools.pairwise(bounds) if b > a], lanes)
+    return member
+
+
+def _nearest_center(centers: Tensor, offset: Tensor, index: Tensor, *, cell: int) -> Tensor:
+    """For the flat pixel ``index`` [N]: index [N] int64 of the nearest of ``centers``."""
+    width = offset.shape[-1]
+    flat = offset.reshape(2, -1)
+    pixel = index.to(torch.int32) if offset[0].numel() < 2**31 else index
+    ys = torch.div(pixel, width, rounding_mode="floor")
+    xs = pixel - ys * width
+    # Predicted locations, with the same float ops as the dense reference.
+    loc_y = ys.to(flat.dtype) + flat[0].index_select(0, index)
+    loc_x = xs.to(flat.dtype) + flat[1].index_select(0, index)
+    c = centers.to(flat.dtype)  # [K, 2]
+    extent = torch.stack((*torch.aminmax(loc_y), *torch.aminmax(loc_x))).tolist()
+    if all(math.isfinite(v) for v in extent):
+        return _nearest_in_cells(c, loc_y, loc_x, extent, cell=cell)
+    # Distances from a NaN/inf location are all NaN/inf: the dense argmin says center 0.
+    best = torch.zeros_like(index)
+    finite = torch.nonzero(torch.isfinite(loc_y) & torch.isfinite(loc_x))[:, 0]
+    if finite.numel():
+        loc_y, loc_x = loc_y[finite], loc_x[finite]
+        extent = torch.stack((*torch.aminmax(loc_y), *torch.aminmax(loc_x))).tolist()
+        best[finite] = _nearest_in_cells(c, loc_y, loc_x, extent, cell=cell)
+    return best
+
+
+def _nearest_in_cells(c: Tensor, loc_y: Tensor, loc_x: Tensor, extent: list[float], *, cell: int) -> Tensor:
+    """Nearest center [N] int64 for finite locations ``loc_y``/``loc_x`` [N] (see _group_pixels).
+
+    ``c`` [K, 2] float centers; ``extent`` = [y_min, y_max, x_min, x_max] of the locations.
+    """
+    num_centers, n = c.shape[0], loc_y.shape[0]
+    device = c.device
+    if num_centers == 1:
+        return torch.zeros(n, dtype=torch.int64, device=device)
+    y_min, y_max, x_min, x_max = extent
+    lo_y, lo_x = math.floor(y_min), math.floor(x_min)
+    side = max(float(cell), float(math.ceil((max(y_max - lo_y, x_max - lo_x) + 1.0) / _GRID)))
+    grid_h, grid_w = int((y_max - lo_y) // side) + 1, int((x_max - lo_x) // side) + 1
+    # Cell of each location (rounding may move a location on a border to the next
+    # cell: the cells' half-pixel margin below covers it).
+    cell_y = torch.sub(loc_y, lo_y).mul_(1.0 / side).floor_().clamp_(0, grid_h - 1)
+    cell_x = torch.sub(loc_x, lo_x).mul_(1.0 / side).floor_().clamp_(0, grid_w - 1)
+    cell_id = cell_y.mul_(grid_w).add_(cell_x).to(torch.int32)  # exact: < _GRID**2
+    used = torch.nonzero(torch.bincount(cell_id, minlength=grid_h * grid_w))[:, 0]  # [U]
+    slot = torch.zeros(grid_h * grid_w, dtype=torch.int64, device=device)
+    slot[used] = torch.arange(used.numel(), device=device)
+    pixel_cell = slot.index_select(0, cell_id)  # [N] in [0, U)
+
+    # Candidate centers per used cell, in float64.  Each cell is grown by half a pixel
+    # on every side, so a location rounding onto a neighbouring cell is still inside.
+    f64 = torch.float64
+    margin = 0.5
+    top = (torch.div(used, grid_w, rounding_mode="floor").to(f64) * side + lo_y - margin)[:, None]
+    left = ((used % grid_w).to(f64) * side + lo_x - margin)[:, None]
+    span = side + 2 * margin
+    c64 = c.to(f64)
+    near_y, far_y = _axis_distances(top, span, c64[None, :, 0])  # [U, K]
+    near_x, far_x = _axis_distances(left, span, c64[None, :, 1])
+    d_near = near_y.square() + near_x.square()
+    bound = (far_y.square() + far_x.square()).amin(1, keepdim=True)
+    # Slack: float32 distances err by ~1e-7 relatively; it only adds candidates.
+    candidate = d_near <= bound * (1 + _SLACK) + _SLACK  # [U, K]
+    width = int(candidate.sum(1).max())  # >= 1: the center attaining the bound qualifies
+    # Each cell's candidates by distance to the cell (nearest first), padded with
+    # center K (at infinity, distance inf).
+    near_sorted, order = torch.where(candidate, d_near, math.inf).sort(dim=1, stable=True)
+    near_sorted = near_sorted[:, :width]  # [U, width] float64, inf for padding
+    table = torch.where(near_sorted.isfinite(), order[:, :width], num_centers)
+    inf = c.new_full((1,), math.inf)
+    c_y, c_x = torch.cat((c[:, 0], inf)), torch.cat((c[:, 1], inf))
+
+    # Every pixel takes its cell's first candidate; a later candidate is tried only
+    # while it can still be as near as the best so far (its distance to the cell <=
+    # the best distance, with slack): for locations near a center that is rare.
+    # Ties go to the lower center index, as argmin's.
+    best = table[:, 0].index_select(0, pixel_cell)
+    best_d = _squared_distance(c_y, c_x, best, loc_y, loc_x)
+    if width == 1:
+        return best
+    # Pixels that may need the second candidate: best_d >= (near - abs) / (1 + rel),
+    # lowered a little more so that the float32 threshold errs on the side of trying.
+    second = ((near_sorted[:, 1] - _SLACK) / (1 + _SLACK) * (1 - 1e-6)).to(loc_y.dtype)
+    active = torch.nonzero(best_d >= second.index_select(0, pixel_cell))[:, 0]
+    table, table_near = table.reshape(-1), near_sorted.reshape(-1)  # [U * width]
+    base = pixel_cell.index_select(0, active) * width
+    for j in range(1, width):
+        if j > 1:
+            near = table_near.index_select(0, base + j)
+            keep = near <= best_d.index_select(0, active).to(f64) * (1 + _SLACK) + _SLACK
+            active, base = active[keep], base[keep]
+        if active.numel() == 0:
+            break
+        k = table.index_select(0, base + j)
+        d = _squared_distance(c_y, c_x, k, loc_y.index_select(0, active), loc_x.index_select(0, active))
+        held, held_d = best.index_select(0, active), best_d.index_select(0, active)
+        better = (d < held_d) | ((d == held_d) & (k < held))
+        won = active[better]
+        best.index_copy_(0, won, k[better])
+        best_d.index_copy_(0, won, d[better])
+    return best
+
+
+def _axis_distances(lo: Tensor, span: float, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest and farthest 1-D distance from coordinates ``c`` to intervals [lo, lo + span]."""
+    near = (lo - c).clamp(min=0) + (c - (lo + span)).clamp(min=0)
+    far = torch.maximum((lo - c).abs(), (lo + span - c).abs())
+    return near, far
+
+
+def _squared_distance(c_y: Tensor, c_x: Tensor, k: Tensor, loc_y: Tensor, loc_x: Tensor) -> Tensor:
+    """Squared distance [N] from the locations to centers ``k`` [N] (reference float ops)."""
+    return (c_y.index_select(0, k) - loc_y).square() + (c_x.index_select(0, k) - loc_x).square()
+
+
+def _merge_semantic_and_instance(
+    semantic: Tensor,
+    instance: Tensor,
+    *,
+    thing_ids: Sequence[int],
+    num_classes: int,
+    label_divisor: int,
+    stuff_area: int,
+    thing_area: int = 0,
+    void_label: int = VOID,
+) -> Tensor:
+    """Panoptic ids from semantic labels and instance assignment (Detectron2's merge).
+
+    ``semantic`` [H, W] int64 class per pixel; ``instance`` [H, W] int64 (0 = none).
+    Each instance takes the most frequent class of its pixels (lowest class on
+    ties, like ``torch.mode``); instances are numbered from 1 per class in
+    ascending instance order, skipping empty ones and those under ``thing_area``
+    pixels (which become void).  Each stuff class with at least ``stuff_area``
+    unassigned pixels becomes ``class * label_divisor``; everything else is
+    ``void_label``.  Returns [H, W] int32.
+    """
+    flat = instance.reshape(-1)
+    with cpu_lanes(flat.device):
+        index = torch.nonzero(flat > 0)[:, 0]
+        member = flat.index_select(0, index) - 1
+        panoptic = _panoptic_ids(
+            semantic.reshape(-1),
+            index,
+            member,
+            is_thing_class=_class_flags(thing_ids, num_classes, semantic.device),
+            num_classes=num_classes,
+            label_divisor=label_divisor,
+            stuff_area=stuff_area,
+            thing_area=thing_area,
+            void_label=void_label,
+        )
+    return panoptic.view(semantic.shape)
+
+
+def _class_flags(ids: Sequence[int], num_classes: int, device: torch.device) -> Tensor:
+    flags = torch.zeros(num_classes, dtype=torch.bool, device=device)
+    flags[list(ids)] = True
+    return flags
+
+
+def _in_classes(labels: Tensor, ids: Sequence[int], num_classes: int) -> Tensor:
+    """``labels`` in ``ids`` (bool, same shape): one or two comparisons per run of ids."""
+    runs: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    for first, last in runs:
+        if first == last:
+            mask |= labels == first
+        elif last == num_classes - 1:  # e.g. Cityscapes things: trainIds 11..18 of 19
+            mask |= labels >= first
+        else:
+            mask |= (labels >= first) & (labels <= last)
+    return mask
+
+
+def _panoptic_ids(
+    semantic: Tensor,
+    index: Tensor,
+    member: Tensor,
+    *,
+    is_thing_class: Tensor,
+    num_classes: int,
+    label_divisor: int,
+    stuff_area: int,
+    thing_area: int,
+    void_label: int,
+) -> Tensor:
+    """Panoptic ids of flat maps -> [P] int32 (the merge of :func:`_merge_semantic_and_instance`).
+
+    ``semantic`` [P] integer classes; pixels ``index`` [N] belong to the 0-based
+    instances ``member`` [N]; all other pixels are unassigned.
+    """
+    device = semantic.device
+    area = torch.bincount(semantic, minlength=num_classes)[:num_classes]  # uint8 is fastest
+    thing_value = None
+    if index.numel():
+        sem_at = semantic.index_select(0, index).long()
+        num_inst = int(member.max()) + 1
+        counts = torch.bincount(member * num_classes + sem_at, minlength=num_inst * num_classes)
+        counts = counts.view(num_inst, num_classes)
+        present = counts.sum(1) >= max(thing_area, 1)
+        cls = counts.argmax(1)  # first maximum = lowest class on ties
+        per_class = F.one_hot(cls, num_classes) * present[:, None]
+        number = per_class.cumsum(0).gather(1, cls[:, None])[:, 0]
+        thing_value = torch.where(present, cls * label_divisor + number, void_label).to(torch.int32)
+        area = area - torch.bincount(sem_at, minlength=num_classes)[:num_classes]  # unassigned
+    keep = (area >= stuff_area) & ~is_thing_class
+    stuff_value = torch.arange(num_classes, device=device) * label_divisor
+    stuff_value = torch.where(keep, stuff_value, void_label).to(torch.int32)
+    panoptic = stuff_value.index_select(0, _as_index(semantic))
+    if thing_value is not None:
+        panoptic.index_copy_(0, index, thing_value.index_select(0, member))
+    return panoptic
+
+
+def _as_index(t: Tensor) -> Tensor:
+    """Return ``t`` as an ``index_select`` index (int32 or int64)."""
+    return t if t.dtype in (torch.int32, torch.int64) else t.to(torch.int32)

@@ -1,0 +1,91 @@
+"""The CPU lane scheduler of the fusion and the segment statistics.
+
+On CPU, torch splits every op over its OpenMP threads and each op then waits for all
+of them: with ops of about a millisecond and cores shared with other processes, that
+wait costs a scheduler time slice per op (the figures: docs/performance.md).  So the
+post-processing runs its ops on one intra-op thread (:func:`cpu_lanes`) and hands
+whole blocks of work to that many Python threads instead (:func:`run_parallel`),
+which never wait for each other.  Results do not depend on the number of lanes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+# At most this many threads share the blocks of one call.
+MAX_LANES = 4
+# Pixels per block of the per-pixel loops: keeps temporaries in cache (and reused).
+BLOCK_PIXELS = 1 << 17
+SMALL_BLOCK_PIXELS = 1 << 15
+
+
+@contextmanager
+def cpu_lanes(device: torch.device) -> Iterator[int]:
+    """Run the body with torch's intra-op threads at 1; yield how many lanes to use.
+
+    The caller's thread budget (``torch.get_num_threads()``, at most :data:`MAX_LANES`)
+    becomes the lanes of :func:`run_parallel`; the caller's setting is restored.  Off
+    the CPU: one lane and nothing changed.
+    """
+    if device.type != "cpu":
+        yield 1
+        return
+    before = torch.get_num_threads()
+    if before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield max(1, min(before, MAX_LANES))
+    finally:
+        if before > 1:
+            torch.set_num_threads(before)
+
+
+def run_parallel(tasks: Sequence[Callable[[], Any]], lanes: int) -> None:
+    """Run every task once: the calling thread and ``lanes - 1`` helpers take them in order.
+
+    Results must not depend on which thread runs a task (each task writes its own
+    outputs).  Helpers use one intra-op thread and the caller's inference mode; the
+    first exception is re-raised.
+    """
+    lanes = min(lanes, len(tasks))
+    if lanes <= 1:
+        for task in tasks:
+            task()
+        return
+    counter = itertools.count()  # next() is atomic under the GIL
+    errors: list[BaseException] = []
+    inference = torch.is_inference_mode_enabled()
+
+    def lane(helper: bool) -> None:
+        try:
+            if helper:
+                torch.set_num_threads(1)
+            with torch.inference_mode(inference):
+                while not errors:
+                    i = next(counter)
+                    if i >= len(tasks):
+                        return
+                    tasks[i]()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+
+    helpers = [threading.Thread(target=lane, args=(True,), daemon=True) for _ in range(lanes - 1)]
+    for thread in helpers:
+        thread.start()
+    lane(False)
+    for thread in helpers:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def row_blocks(h: int, w: int, pixels: int, device: torch.device) -> list[tuple[int, int]]:
+    """Blocks of whole rows (r0, r1) of about ``pixels`` pixels (one block off the CPU)."""
+    rows = max(1, pixels // max(w, 1)) if device.type == "cpu" else max(h, 1)
+    return [(r0, min(r0 + rows, h)) for r0 in range(0, h, rows)]

@@ -1,0 +1,88 @@
+"""The output table and the one result -> messages function (panoptic_depthlab_ros/node_outputs.py),
+with rosbags' classes (the bag tool's) on a tiny hand-built result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from panoptic_depthlab_ros.bag import typestore_with_our_messages
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
+from panoptic_depthlab_ros.msg_conversions import OUTPUT_ENCODINGS
+from panoptic_depthlab_ros.node_outputs import (
+    OUTPUT_NAMES,
+    OUTPUTS,
+    QOS_DEPTH,
+    OutputSettings,
+    output_messages,
+)
+from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
+
+K = np.array([[50.0, 0, 4.0], [0, 50.0, 2.0], [0, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def typestore():
+    return typestore_with_our_messages()
+
+
+def _result(with_depth: bool) -> PanopticDepthResult:
+    panoptic = np.full((4, 8), 0, np.int32)
+    panoptic[:, 4:] = 13001
+    car = SegmentDepth(13001, 13, "car", True, 0.9, 16, 4, 0, 7, 3, 16, 10.0, 10.0, 10.0, 0.0, 10.0, (0.4, 0.0, 10.0))
+    road = SegmentDepth(0, 0, "road", False, 0.8, 16, 0, 0, 3, 3, 16, 5.0, 5.0, 5.0, 0.0, 5.0, (-0.3, 0.0, 5.0))
+    depth = np.where(panoptic > 0, 10.0, 5.0).astype(np.float32) if with_depth else None
+    return PanopticDepthResult(panoptic, (panoptic // 1000).astype(np.uint8), depth, [road, car])
+
+
+def _messages(typestore, result, camera_k, wanted=OUTPUT_NAMES):
+    t = typestore.types
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=1, nanosec=2), frame_id="cam")
+    return output_messages(
+        result,
+        np.zeros((4, 8, 3), np.uint8),
+        wanted=wanted,
+        header=header,
+        camera_k=camera_k,
+        settings=OutputSettings(points_stride=1),
+        classes=t.__getitem__,
+        class_colors=cityscapes_metadata().colors,
+    )
+
+
+def test_the_table() -> None:
+    assert len(set(OUTPUT_NAMES)) == len(OUTPUTS)
+    assert OUTPUT_NAMES[0] == "segments" and OUTPUT_NAMES[-1] == "overlay"  # records first, the picture last
+    for o in OUTPUTS:
+        assert o.topic == f"/panoptic_depthlab/{o.name}" and o.qos in QOS_DEPTH and len(o.description) > 20
+        assert (o.msg_type == "sensor_msgs/msg/Image") == (o.encoding in OUTPUT_ENCODINGS), o.name
+    assert {o.name for o in OUTPUTS if o.needs_intrinsics} == {"markers", "points"}
+    assert {o.name for o in OUTPUTS if o.needs_depth} == {"depth", "markers", "points"}
+
+
+def test_every_output_with_depth_and_intrinsics(typestore) -> None:
+    messages = _messages(typestore, _result(True), K)
+    assert list(messages) == list(OUTPUT_NAMES)  # table order
+    for o in OUTPUTS:  # each serializes as its type
+        typestore.serialize_cdr(messages[o.name], o.msg_type)
+    assert messages["panoptic"].encoding == "32SC1" and messages["depth"].encoding == "32FC1"
+    assert [s.id for s in messages["segments"].segments] == [0, 13001]
+    assert messages["points"].width == 32  # every pixel has depth, stride 1
+    markers = messages["markers"].markers
+    assert [m.text for m in markers if m.ns == "labels"] == ["road 5.0 m", "car 10.0 m"]
+
+
+def test_what_a_frame_cannot_give_is_left_out(typestore) -> None:
+    assert list(_messages(typestore, _result(True), None)) == ["segments", "panoptic", "semantic", "depth", "overlay"]
+    assert list(_messages(typestore, _result(False), K)) == ["segments", "panoptic", "semantic", "overlay"]
+    assert list(_messages(typestore, _result(True), K, wanted={"overlay", "segments"})) == ["segments", "overlay"]
+    assert _messages(typestore, _result(True), K, wanted=()) == {}
+
+
+def test_output_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="near < far"):
+        OutputSettings(near=60.0, far=5.0)
+    with pytest.raises(ValueError, match="points_color"):
+        OutputSettings(points_color="rainbow")
+    with pytest.raises(ValueError, match="points_stride"):
+        OutputSettings(points_stride=0)

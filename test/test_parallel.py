@@ -1,0 +1,44 @@
+"""The CPU lanes of the post-processing (panoptic_depthlab_ros/parallel.py) change no result."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from panoptic_depthlab_ros.fusion import PostprocessConfig, panoptic_fusion
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
+from panoptic_depthlab_ros.segment_stats import segment_depth_statistics
+
+CLASSES = cityscapes_metadata()
+
+
+def test_results_do_not_depend_on_torch_threads() -> None:
+    # On CPU the post-processing runs its ops on one thread and spreads blocks over
+    # torch.get_num_threads() lanes; the lanes must not change any result, and the
+    # caller's thread setting is restored.
+    g = torch.Generator().manual_seed(5)
+    h, w = 120, 200
+    logits = torch.randn(19, h, w, generator=g) * 3
+    logits[13, 20:80, 30:120] += 8  # a car
+    center = torch.zeros(1, h, w)
+    center[0, 50, 75] = center[0, 30, 100] = 0.9
+    offset = torch.randn(2, h, w, generator=g) * 20
+    depth = torch.rand(h, w, generator=g) * 60
+    k = np.array([[100.0, 0, 100], [0, 100.0, 60], [0, 0, 1]])
+    config = PostprocessConfig(stuff_area=50, depth_erosion_px=1)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            fused = panoptic_fusion(logits, center, offset, classes=CLASSES, config=config)
+            segs = segment_depth_statistics(
+                fused.panoptic, depth, classes=CLASSES, config=config, sem_logits=logits, center=center, camera_k=k
+            )
+            assert torch.get_num_threads() == threads
+            results.append((fused.panoptic, [tuple(vars(s).values()) for s in segs]))
+    finally:
+        torch.set_num_threads(before)
+    for panoptic, records in results[1:]:
+        assert torch.equal(panoptic, results[0][0])
+        assert records == results[0][1]

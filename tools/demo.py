@@ -1,0 +1,472 @@
+#!/usr/bin/env python3
+"""``make demo``: the real node on the bundled demo bag, every output recorded.
+
+Starts the installed ``panoptic_depthlab_node`` executable (real rclpy, its own
+process), plays the bag's camera images and CameraInfo to it over loopback,
+records every output topic, and writes to ``--out``:
+
+* ``bag/``: an MCAP bag with the input topics and all outputs,
+* ``overlay/frame_XXXX.png`` and ``overlay.mp4``: the overlay stream,
+* ``summary.json``: frames, segments per frame, latency percentiles,
+* ``node.log``: what the node printed.
+
+``--out`` is written aside and moved into place at the end: a previous demo output is
+replaced, anything else at that path is refused and left as it is.
+
+Frames are played in lock-step (the next image goes out when the previous one's
+SegmentDepthArray came back), so every frame is processed, as offline replay
+should be; ``--rate`` plays at the bag's timing instead (the node then drops
+stale frames, as on a vehicle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys.store import Typestore
+from sensor_msgs.msg import CameraInfo, Image
+
+from panoptic_depthlab_ros.bag import typestore_with_our_messages
+from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
+from panoptic_depthlab_ros.errors import PanopticDepthLabError
+from panoptic_depthlab_ros.exit_codes import run_command
+from panoptic_depthlab_ros.msg_conversions import image_to_bgr
+from panoptic_depthlab_ros.node_outputs import NAMESPACE, OUTPUTS
+from panoptic_depthlab_ros.output import MARKER, StagedOutput, marker_says, write_marker
+from panoptic_depthlab_ros.ros.node import message_class
+
+WRITTEN_BY = "panoptic-depthlab demo"
+# What the demo writes: a folder holding only these (from before outputs were marked) is a demo's.
+DEMO_ENTRIES = {"bag", "overlay", "overlay.mp4", "summary.json", "node.log", MARKER}
+DIAGNOSTICS = "/diagnostics"
+# Every topic recorded: the node's outputs and its diagnostics -> message type.
+RECORDED = {o.topic: o.msg_type for o in OUTPUTS} | {DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray"}
+DEFAULT_INFO_TOPIC = "/camera/camera_info"
+Stamp = tuple[int, int]
+
+
+class DemoError(PanopticDepthLabError):
+    """The demo cannot go on (no image topic, the node died or never answered); the message says why."""
+
+
+# ------------------------------------------------------------------ the input bag
+@dataclass
+class BagInputs:
+    """What the demo plays: the image and CameraInfo messages of the bag, in order."""
+
+    image_topic: str
+    info_topic: str | None
+    messages: list[tuple[str, int, bytes]]  # (topic, receive time ns, CDR bytes)
+    image_type: str
+    info_type: str
+
+
+def read_inputs(bag: Path, frames: int | None) -> BagInputs:
+    """The bag's first image topic (the first ``frames`` images) and its CameraInfo up to the last of them."""
+    with Reader(bag) as reader:
+        image_conn = next((c for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image"), None)
+        info_conn = next((c for c in reader.connections if c.msgtype == "sensor_msgs/msg/CameraInfo"), None)
+        if image_conn is None:
+            listing = [(c.topic, c.msgtype) for c in reader.connections]
+            raise DemoError(f"{bag}: no sensor_msgs/Image topic; the bag has {listing}")
+        wanted = {image_conn.id, getattr(info_conn, "id", -1)}
+        messages = [(c.topic, stamp, raw) for c, stamp, raw in reader.messages() if c.id in wanted]
+    images = [m for m in messages if m[0] == image_conn.topic][: frames or None]
+    last_stamp = images[-1][1]
+    return BagInputs(
+        image_topic=image_conn.topic,
+        info_topic=info_conn.topic if info_conn is not None else None,
+        messages=[m for m in messages if m[1] <= last_stamp],
+        image_type=image_conn.msgtype,
+        info_type=info_conn.msgtype if info_conn is not None else "sensor_msgs/msg/CameraInfo",
+    )
+
+
+# ------------------------------------------------------------------ the node, in its own process
+def node_command(checkpoint: Path, image_topic: str, info_topic: str, params: Path) -> list[str]:
+    """The installed node executable with the demo's parameters and remappings."""
+    exe = shutil.which("panoptic_depthlab_node", path=str(Path(sys.executable).parent)) or shutil.which(
+        "panoptic_depthlab_node"
+    )
+    if exe is None:
+        raise DemoError("panoptic_depthlab_node is not installed: run `make setup` first")
+    parameters = [f"checkpoint:={checkpoint}", "device:=cpu", "qos_reliability:=reliable", "qos_depth:=5"]
+    return [
+        exe,
+        "--ros-args",
+        "--params-file",
+        str(params),
+        *(arg for p in parameters for arg in ("-p", p)),
+        "-r",
+        f"image:={image_topic}",
+        "-r",
+        f"camera_info:={info_topic}",
+    ]
+
+
+class NodeProcess:
+    """The node executable running beside the demo; what it prints is kept (``node.log``)."""
+
+    def __init__(self, command: list[str]) -> None:
+        env = dict(os.environ)
+        env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        self._proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        stdout = self._proc.stdout
+        assert stdout is not None
+        threading.Thread(target=lambda: self.lines.extend(iter(stdout.readline, "")), daemon=True).start()
+
+    def exited(self) -> bool:
+        """Whether the node is gone."""
+        return self._proc.poll() is not None
+
+    def tail(self, n: int = 30) -> str:
+        """The last ``n`` lines the node printed."""
+        return "".join(self.lines[-n:])
+
+    def stop(self) -> None:
+        """Ctrl-C the node (a clean shutdown), killed if it does not end."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+
+# ------------------------------------------------------------------ our side of the loopback
+class Player:
+    """A ROS client beside the node: publishes the bag's inputs and records every output into ``writer``.
+
+    Outputs are received raw (CDR bytes, written as they come); the segments say which
+    frame was answered when, the diagnostics what the node sees (its subscribers, its
+    camera_info).
+    """
+
+    def __init__(self, ts: Typestore, writer: Writer, inputs: BagInputs) -> None:
+        self.ts, self.writer = ts, writer
+        self.lock = threading.Lock()
+        self.received: dict[str, list[bytes]] = {t: [] for t in RECORDED}
+        self.answered: dict[Stamp, float] = {}  # frame stamp -> when its segments came back
+        self.node_status: dict[str, str] = {}  # key -> value of the node's latest /diagnostics report
+        self.connections = {t: writer.add_connection(t, mt, typestore=ts) for t, mt in RECORDED.items()}
+        self.connections[inputs.image_topic] = writer.add_connection(
+            inputs.image_topic, inputs.image_type, typestore=ts
+        )
+        info_topic = inputs.info_topic or DEFAULT_INFO_TOPIC
+        if inputs.info_topic is not None:
+            self.connections[info_topic] = writer.add_connection(info_topic, inputs.info_type, typestore=ts)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node("panoptic_depthlab_demo_player", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.subscriptions = [
+            self.node.create_subscription(message_class(msgtype), topic, self._recorder(topic), reliable, raw=True)
+            for topic, msgtype in RECORDED.items()
+        ]
+        self.image_pub = self.node.create_publisher(Image, inputs.image_topic, reliable)
+        self.info_pub = self.node.create_publisher(CameraInfo, info_topic, reliable)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def _recorder(self, topic: str) -> Callable[[bytes], None]:
+        def on_raw(raw: bytes) -> None:
+            now = time.time_ns()
+            with self.lock:
+                self.writer.write(self.connections[topic], now, raw)
+                self.received[topic].append(raw)
+                if topic == f"{NAMESPACE}/segments":
+                    msg: Any = self.ts.deserialize_cdr(raw, RECORDED[topic])
+                    self.answered[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+                elif topic == DIAGNOSTICS:
+                    report: Any = self.ts.deserialize_cdr(raw, RECORDED[topic])
+                    for status in report.status:
+                        if status.name == f"{NAMESPACE}: pipeline":
+                            self.node_status.update({kv.key: kv.value for kv in status.values})
+
+        return on_raw
+
+    def record_input(self, topic: str, raw: bytes) -> None:
+        """An input message as sent, into the demo's bag."""
+        with self.lock:
+            self.writer.write(self.connections[topic], time.time_ns(), raw)
+
+    # Discovery finishes at different times per topic and per side, and the node only
+    # produces the outputs it sees subscribers for: our view alone is not enough, the
+    # node's /diagnostics say its view.
+    def matched(self) -> bool:
+        """Whether both sides of every connection see each other."""
+        inputs = self.image_pub.get_subscription_count() > 0 and self.info_pub.get_subscription_count() > 0
+        outputs = all(sub.get_publisher_count() > 0 for sub in self.subscriptions)
+        with self.lock:
+            subscribed = set(self.node_status.get("outputs_subscribed", "").split(","))
+        return inputs and outputs and {o.name for o in OUTPUTS} <= subscribed
+
+    def node_has_camera_info(self) -> bool:
+        """Whether the node says it took a CameraInfo."""
+        with self.lock:
+            return int(self.node_status.get("camera_info_received", "0")) > 0
+
+    def complete(self, frames: int, topics: list[str]) -> bool:
+        """Whether every frame was answered on every one of ``topics``."""
+        with self.lock:
+            return len(self.answered) >= frames and all(len(self.received[t]) >= len(self.answered) for t in topics)
+
+    def close(self) -> None:
+        """Stop spinning and leave the ROS graph."""
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def wait_until(condition: Callable[[], bool], what: str, node: NodeProcess, timeout_s: float, poll_s: float) -> None:
+    """Poll ``condition``; :class:`DemoError` with the node's last words when it dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if node.exited():
+            raise DemoError(f"the node exited while we waited for {what}:\n{node.tail()}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out waiting for {what}:\n{node.tail()}")
+        time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------ the steps
+def expected_topics(*, with_intrinsics: bool) -> list[str]:
+    """The outputs every frame gets: all of them once the node has a CameraInfo."""
+    return [o.topic for o in OUTPUTS if with_intrinsics or not o.needs_intrinsics]
+
+
+def play(
+    inputs: BagInputs, player: Player, node: NodeProcess, *, rate: float | None, timeout_s: float
+) -> tuple[dict[Stamp, float], int]:
+    """Send the inputs in order; returns when each frame went out (by stamp) and how many CameraInfo.
+
+    Lock-step (``rate`` None): each image waits until every output of the previous one came
+    back.  Waiting for all of them, not only the segments, matters: an image output keeps
+    only its latest sample, so one still in transit (a lost sample is re-sent only at the
+    writer's next heartbeat) would be replaced by the next frame's.  The first image waits
+    until the node took a CameraInfo (if the bag has one): markers and points need it, and
+    the node takes images and camera_info on separate subscriptions.
+    """
+    sent: dict[Stamp, float] = {}
+    infos_sent = 0
+    t0_wall, t0_bag = time.monotonic(), inputs.messages[0][1]
+    for topic, stamp, raw in inputs.messages:
+        if rate:
+            wait = (stamp - t0_bag) / 1e9 / rate - (time.monotonic() - t0_wall)
+            if wait > 0:
+                time.sleep(wait)
+        player.record_input(topic, raw)
+        if topic != inputs.image_topic:
+            player.info_pub.publish(deserialize_message(raw, CameraInfo))
+            infos_sent += 1
+            continue
+        if not sent and infos_sent:
+            wait_until(player.node_has_camera_info, "the node to take the first camera_info", node, timeout_s, 0.02)
+            t0_wall = time.monotonic() - (stamp - t0_bag) / 1e9 / (rate or 1.0)  # the clock starts now
+        msg = deserialize_message(raw, Image)
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        sent[key] = time.perf_counter()
+        player.image_pub.publish(msg)
+        if rate is None:  # polled finely: it paces the replay
+            answered = partial(player.complete, len(sent), expected_topics(with_intrinsics=infos_sent > 0))
+            wait_until(answered, f"every output of the frame stamped {key}", node, timeout_s, 0.002)
+    return sent, infos_sent
+
+
+def wait_for_trailing_outputs(player: Player, frames: int, *, with_intrinsics: bool) -> None:
+    """Until every frame's outputs are in, for at most 10 s.
+
+    A reliable sample lost on the way is only re-sent after the writer's next heartbeat
+    (Fast DDS: every 3 s), so this waits for the counts rather than a fixed time.
+    """
+    topics = expected_topics(with_intrinsics=with_intrinsics)
+    end = time.monotonic() + 10.0
+    while time.monotonic() < end and not player.complete(frames, topics):
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+def write_overlays(out: Path, overlays: list[bytes], ts: Typestore) -> None:
+    """Each overlay as ``overlay/frame_XXXX.png`` and all of them as ``overlay.mp4`` (10 fps)."""
+    video = None
+    for i, raw in enumerate(overlays):
+        frame = image_to_bgr(ts.deserialize_cdr(raw, "sensor_msgs/msg/Image")).copy()
+        cv2.imwrite(str(out / "overlay" / f"frame_{i:04d}.png"), frame)
+        if video is None:
+            size = (frame.shape[1], frame.shape[0])
+            video = cv2.VideoWriter(str(out / "overlay.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, size)
+        video.write(frame)
+    if video is not None:
+        video.release()
+
+
+def summarize(
+    bag: Path, checkpoint: Path, rate: float | None, sent: dict[Stamp, float], player: Player
+) -> dict[str, Any]:
+    """Frames sent and answered, segments per frame, latency percentiles, messages per topic."""
+    with player.lock:
+        latencies = [player.answered[k] - sent[k] for k in sent if k in player.answered]
+        segments_per_frame = [
+            len(cast(Any, player.ts.deserialize_cdr(raw, RECORDED[f"{NAMESPACE}/segments"])).segments)
+            for raw in player.received[f"{NAMESPACE}/segments"]
+        ]
+        counts = {t: len(v) for t, v in player.received.items()}
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "bag": str(bag),
+        "checkpoint": str(checkpoint),
+        "mode": "lock-step" if rate is None else f"rate {rate}",
+        "frames_sent": len(sent),
+        "frames_answered": len(latencies),
+        "segments_per_frame": segments_per_frame,
+        "latency_ms": {
+            "p50": float(np.percentile(lat, 50)),
+            "p90": float(np.percentile(lat, 90)),
+            "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max()),
+            "mean": float(lat.mean()),
+        },
+        "messages_recorded": counts,
+    }
+
+
+def record(
+    bag: Path,
+    out: Path,
+    *,
+    checkpoint: Path,
+    params: Path,
+    frames: int | None,
+    rate: float | None,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Play ``bag`` through the node and record everything into the new folder ``out``; returns the summary."""
+    (out / "overlay").mkdir(parents=True)
+    inputs = read_inputs(bag, frames)
+    node = NodeProcess(node_command(checkpoint, inputs.image_topic, inputs.info_topic or DEFAULT_INFO_TOPIC, params))
+    ts = typestore_with_our_messages()
+    writer = Writer(out / "bag", version=9, storage_plugin=StoragePlugin.MCAP)
+    player: Player | None = None
+    try:
+        writer.open()
+        player = Player(ts, writer, inputs)
+        wait_until(player.matched, "the node to come up and match every topic", node, timeout_s, 0.02)
+        sent, infos_sent = play(inputs, player, node, rate=rate, timeout_s=timeout_s)
+        wait_for_trailing_outputs(player, len(sent), with_intrinsics=infos_sent > 0)
+        with player.lock:
+            overlays = list(player.received[f"{NAMESPACE}/overlay"])
+        write_overlays(out, overlays, ts)
+        summary = summarize(bag, checkpoint, rate, sent, player)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    finally:
+        if player is not None:
+            player.close()
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - the writer may not have opened
+            pass
+        node.stop()
+        (out / "node.log").write_text("".join(node.lines))
+    return summary
+
+
+def demo_output_says(path: Path) -> str | None:
+    """None when ``path`` is a demo output (marked, or holding only what the demo writes); else why not."""
+    reason = marker_says(path, WRITTEN_BY)
+    if reason is None or (path.is_dir() and {p.name for p in path.iterdir()} <= DEMO_ENTRIES):
+        return None
+    return reason
+
+
+def run_demo(bag: Path, out: Path, *, checkpoint: Path, params: Path, **options: Any) -> dict[str, Any]:
+    """:func:`record` into ``out``, written aside: a previous demo output is replaced once the new one is complete."""
+    staged = StagedOutput(
+        out.parent, [out.name], what=WRITTEN_BY, overwrite=True, why_not_ours=demo_output_says, inputs=[bag]
+    )
+    with staged as staging:
+        summary = record(bag, staging / out.name, checkpoint=checkpoint, params=params, **options)
+        write_marker(staging / out.name, WRITTEN_BY, bag=bag.resolve(), checkpoint=checkpoint)
+    return summary
+
+
+# ------------------------------------------------------------------ the command
+def main(argv: list[str] | None = None) -> int:
+    """Command line of ``make demo``."""
+    repo = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--bag", type=Path, default=repo / "data" / "demo_bag", help="input bag (default: the demo bag)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("demo_output"))
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled demo model")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=repo / "config" / "panoptic_depthlab.yaml",
+        help="the node's parameters file (default: config/panoptic_depthlab.yaml)",
+    )
+    parser.add_argument("--frames", type=int, default=None, help="only the first N frames")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="play at N x the bag's timing (the node may drop frames); default lock-step",
+    )
+    parser.add_argument(
+        "--domain-id",
+        type=int,
+        default=None,
+        help="ROS domain for the demo (default: a random one, so it disturbs nobody)",
+    )
+    args = parser.parse_args(argv)
+    os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else random.randint(1, 100))
+    return run_command("panoptic-depthlab demo", lambda: _demo(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    checkpoint = args.checkpoint or bundled_checkpoint()
+    t0 = time.monotonic()
+    summary = run_demo(
+        args.bag, args.out, checkpoint=checkpoint, params=args.params, frames=args.frames, rate=args.rate
+    )
+    out = args.out
+    print(
+        f"\nDemo done in {time.monotonic() - t0:.0f} s: {summary['frames_answered']}/{summary['frames_sent']} "
+        f"frames, latency p50 {summary['latency_ms']['p50']:.0f} ms, p90 {summary['latency_ms']['p90']:.0f} ms"
+    )
+    print(
+        f"  {out / 'bag'}/           all topics (MCAP): ros2 bag info {out / 'bag'}; "
+        f"ros2 bag play {out / 'bag'} + rviz2 -d rviz/panoptic_depthlab.rviz"
+    )
+    print(f"  {out / 'overlay.mp4'}      the overlay stream (any video player)")
+    print(f"  {out / 'overlay'}/         one PNG per frame")
+    print(f"  {out / 'summary.json'}     frames, segments per frame, latency percentiles")
+    return 0 if summary["frames_answered"] == summary["frames_sent"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
