@@ -52,7 +52,7 @@ from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint
 from panoptic_depthlab_ros.export import export_model  # noqa: E402
 from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: E402
 from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: E402
-from panoptic_depthlab_ros.postprocess import PostprocessConfig  # noqa: E402
+from panoptic_depthlab_ros.fusion import PostprocessConfig  # noqa: E402
 from panoptic_depthlab_ros.predictor import Predictor  # noqa: E402
 from panoptic_depthlab_ros.preprocess import network_size_for  # noqa: E402
 from panoptic_depthlab_ros.quantize import KEEP_FLOAT, Int8Settings  # noqa: E402
