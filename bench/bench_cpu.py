@@ -50,9 +50,9 @@ from panoptic_depthlab_ros import backends  # noqa: E402
 from panoptic_depthlab_ros.calibration import read_calibration_frames  # noqa: E402
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from panoptic_depthlab_ros.export import export_model  # noqa: E402
+from panoptic_depthlab_ros.fusion import PostprocessConfig  # noqa: E402
 from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: E402
 from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: E402
-from panoptic_depthlab_ros.fusion import PostprocessConfig  # noqa: E402
 from panoptic_depthlab_ros.predictor import Predictor  # noqa: E402
 from panoptic_depthlab_ros.preprocess import network_size_for  # noqa: E402
 from panoptic_depthlab_ros.quantize import KEEP_FLOAT, Int8Settings  # noqa: E402

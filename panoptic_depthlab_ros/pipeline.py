@@ -267,6 +267,7 @@ class Pipeline:
         self._error_throttle = LogThrottle(throttle_s)
         self._said_no_camera_info = False
         self._sizes_logged: set[tuple[int, int]] = set()
+        self.last_frame_size: tuple[int, int] | None = None  # (height, width) of the last converted frame
         self._mailbox = LatestFrameMailbox()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -352,6 +353,13 @@ class Pipeline:
             self.stats.add("dropped_overload", dropped)
         return dropped
 
+    def join(self, timeout: float | None = None) -> bool:
+        """After :meth:`stop`: wait for every worker (also one that overran the stop timeout); whether all ended."""
+        for thread in (self._thread, self._stopped):
+            if thread is not None:
+                thread.join(timeout)
+        return not self.running
+
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             frame = self._mailbox.take(timeout=0.25)
@@ -382,6 +390,7 @@ class Pipeline:
             convert = compressed_to_bgr if frame.compressed else image_to_bgr
             image = convert(frame.message, max_pixels=settings.max_pixels)
             converted = time.perf_counter()
+            self.last_frame_size = (image.shape[0], image.shape[1])
             self._log_frame_size(image.shape[0], image.shape[1])
             result = self.predictor.predict(image, camera_k=camera_k, postprocess=settings.postprocess)
         except InputError as exc:

@@ -10,6 +10,7 @@ demo model: docs/performance.md and docs/model.md.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,40 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if not (name == "cpu" or name.startswith("cuda")):
         raise PanopticDepthLabError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
+
+
+# The warm-up frame's size when the camera's is not known: half a Cityscapes frame.
+DEFAULT_WARMUP_SIZE = (512, 1024)
+# What a failed warm-up most likely means, by words in its error (torch, CUDA, Triton, onnxruntime).
+_WARMUP_HINTS = (
+    (
+        "out of memory",
+        "the GPU has too little free memory for this frame size: use fp16, max_input_width or a smaller"
+        " input_scale, or free the GPU",
+    ),
+    (
+        "no kernel image",
+        "this torch build has no kernels for this GPU's architecture: install a wheel whose"
+        " torch.cuda.get_arch_list() includes it",
+    ),
+    ("triton", "torch.compile needs Triton for this GPU: install it, or run without compile_mode"),
+    ("backendcompilerfailed", "torch.compile failed: run without compile_mode"),
+)
+
+
+def _released(x: Tensor) -> dict[str, Tensor]:
+    """The network of a released predictor (see :meth:`Predictor.release`)."""
+    raise PanopticDepthLabError("this predictor was released (its network is freed)")
+
+
+class WarmUpError(PanopticDepthLabError):
+    """The warm-up frame failed: the first real frame would fail the same way."""
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (timing code); nothing for the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def average_with_mirrored(out: dict[str, Tensor], mirrored: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -211,7 +246,10 @@ class Predictor:
             self.channels_last = self.device.type == "cuda"
             if self.channels_last:
                 network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        if compile_mode and isinstance(network, nn.Module):
+        # A compiled network may hand out buffers its next call overwrites (CUDA graphs in
+        # reduce-overhead / max-autotune): _run_network then copies its outputs.
+        self.compiled = bool(compile_mode) and isinstance(network, nn.Module)
+        if self.compiled:
             network = cast(nn.Module, torch.compile(network, mode=compile_mode, backend=compile_backend, dynamic=True))
         self.network = network
         self.model_config = model_config
@@ -394,16 +432,35 @@ class Predictor:
         return out
 
     def _run_network(self, x: Tensor, *, depth: bool) -> dict[str, Tensor]:
-        """One forward pass; without ``depth`` our own network skips its depth branch."""
+        """One forward pass; without ``depth`` our own network skips its depth branch.
+
+        The outputs are the caller's own: a compiled network's are copied before anything
+        else runs, because CUDA graphs (``reduce-overhead``, ``max-autotune``) write every
+        call's outputs into the same buffers, and a flip or multi-scale pass calls the
+        network again before the first outputs are used (``.float().contiguous()`` is no
+        copy for float32 NCHW outputs such as ``[1, 1, H, W]``).
+        """
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # a new inference step: the last outputs are copied
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
             if not depth and self._can_skip_depth:
                 out = self.network(x, with_depth=False)  # type: ignore[call-arg]
             else:
                 out = self.network(x)
         # NCHW for what follows: channels-last outputs (CUDA, or weights a trainer left NHWC) break flat views.
+        if self.compiled:
+            return {
+                k: v.to(torch.float32).clone(memory_format=torch.contiguous_format)
+                for k, v in out.items()
+                if depth or k != "depth"
+            }
         return {k: v.float().contiguous() for k, v in out.items() if depth or k != "depth"}
+
+    def synchronize(self) -> None:
+        """Wait for this predictor's GPU (``cuda:N``, not the current device); nothing on the CPU."""
+        synchronize(self.device)
 
     def _to_input_size(self, out: dict[str, Tensor], prep: Prepared) -> dict[str, Tensor]:
         """Crop the padding and resize back to the caller's image size.
@@ -426,6 +483,45 @@ class Predictor:
         prep = self._prepare(image)
         with torch.inference_mode():
             return self._to_input_size(self._network(prep.tensor, depth=True), prep)
+
+    def warm_up(self, height: int, width: int) -> float:
+        """Run one mid-grey ``height`` x ``width`` frame end to end; the seconds it took.
+
+        What otherwise surfaces at the first real frame surfaces here, where a start-up
+        can still refuse: out of GPU memory, a GPU architecture the wheel has no kernels
+        for, a missing Triton, a ``torch.compile`` or a TensorRT engine build (the
+        compile and the build also happen here, not on a live frame). Any failure is a
+        :class:`WarmUpError` naming the size, the device, the error and what it likely means.
+        """
+        image = np.full((height, width, 3), 128, dtype=np.uint8)
+        start = time.perf_counter()
+        try:
+            self.predict(image)
+            self.synchronize()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the node must not go active with it
+            text = f"{type(exc).__name__}: {exc}"
+            hints = [hint for words, hint in _WARMUP_HINTS if words in text.lower()]
+            raise WarmUpError(
+                f"warm-up frame {height}x{width} on {self.device} (backend {self.backend}) failed: {text.strip()}"
+                + (f" ({hints[0]})" if hints else "")
+            ) from exc
+        return time.perf_counter() - start
+
+    def release(self) -> None:
+        """Free the network and what it holds; the predictor cannot run afterwards.
+
+        The weights, an onnxruntime session (and its TensorRT engines), the compiled
+        graphs (``torch._dynamo.reset()``: dynamo's caches keep the compiled network alive)
+        and, on CUDA, the memory torch's allocator kept cached.
+        """
+        self.network = _released
+        gc.collect()
+        if self.compiled:
+            torch._dynamo.reset()
+            self.compiled = False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     def depth_scale(self, camera_k: np.ndarray | None, prep: Prepared) -> float:
         """Factor taking the network's metres (its training camera) to this camera's.
@@ -468,7 +564,7 @@ class Predictor:
             camera_k = camera_k.reshape(3, 3)
             if camera_k[0, 0] <= 0 or camera_k[1, 1] <= 0:
                 raise InputError(f"camera_k focal lengths must be > 0, got fx={camera_k[0, 0]}, fy={camera_k[1, 1]}")
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync = self.synchronize
         t0 = time.perf_counter()
         prep = self._prepare(image)
         sync()

@@ -24,12 +24,16 @@ Threads (why the executor never blocks and no stale frame piles up):
 Lifecycle (``rclpy.lifecycle``): the node is always driven by the lifecycle state
 machine; ``managed`` only decides who drives it.
 
-* configure: load the checkpoint, create the (lifecycle) publishers;
+* configure: load the checkpoint, run one warm-up frame (``warmup_height`` x
+  ``warmup_width``, or the size of the frames seen before a re-configure; its time is
+  logged; a failure, e.g. out of GPU memory, fails the configure with the reason),
+  create the (lifecycle) publishers;
 * activate: enable the publishers, subscribe, start the worker and diagnostics;
 * deactivate: disable the publishers (an in-flight frame publishes nothing),
   unsubscribe, stop the worker (waits for the frame being inferred) and drop a
   waiting frame;
-* cleanup: destroy the publishers and free the model (and cached GPU memory);
+* cleanup: destroy the publishers, wait for the worker, free the model, its compiled
+  graphs or onnxruntime session, and the cached GPU memory;
 * shutdown (from any primary state, also when the node is destroyed): all of it.
 
 ``managed:=false`` (default) configures and activates at start-up, as a plain node
@@ -66,7 +70,7 @@ from ..errors import CheckpointError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
 from ..node_outputs import OUTPUTS, QOS_DEPTH, Output
 from ..pipeline import COUNTERS, Pipeline, PipelineStats
-from ..predictor import Predictor, resolve_device, untrained_depth_note
+from ..predictor import Predictor, WarmUpError, resolve_device, untrained_depth_note
 from .parameters import (
     NodeSettings,
     check_update,
@@ -75,6 +79,8 @@ from .parameters import (
 )
 
 NODE_NAME = "panoptic_depthlab"
+# How long a cleanup waits for a worker still inferring a frame before it frees the model.
+WORKER_JOIN_S = 60.0
 
 
 def message_class(name: str) -> type:
@@ -167,6 +173,16 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
     return predictor
 
 
+def warm_up(predictor: Predictor, size: tuple[int, int], log_info: Callable[[str], Any]) -> None:
+    """One warm-up frame of ``size`` (height, width; 0 skips it), its time logged; :class:`WarmUpError` if it fails."""
+    height, width = size
+    if height <= 0 or width <= 0:
+        log_info("no warm-up frame (warmup_height or warmup_width is 0): the first frame pays the set-up")
+        return
+    seconds = predictor.warm_up(height, width)
+    log_info(f"warm-up frame {height}x{width} on {predictor.device}: {seconds * 1e3:.0f} ms")
+
+
 def input_qos(settings: NodeSettings) -> QoSProfile:
     """Sensor-data style QoS (keep last, volatile) with the configured reliability and depth."""
     reliability = (
@@ -208,6 +224,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         self._transition_error: Exception | None = None
         self._raise_transition_errors = False  # True while an unmanaged node starts itself
         self._last_counts = dict.fromkeys(COUNTERS, 0)
+        self._frame_size: tuple[int, int] | None = None  # of the frames seen before a cleanup: the next warm-up's
         self._last_report = time.monotonic()
         try:
             self.settings = declare_settings(self)
@@ -355,6 +372,13 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         """Load the model and create the publishers."""
         logger = self.get_logger()
         predictor = load_predictor(self.settings, logger.info)
+        try:
+            warm_up(
+                predictor, self._frame_size or (self.settings.warmup_height, self.settings.warmup_width), logger.info
+            )
+        except WarmUpError:
+            predictor.release()
+            raise
         # The fusion settings saved with the model: what parameters at -1 stand for.
         self._checkpoint_postprocess = predictor.postprocess
         enabled = [o for o in OUTPUTS if self.settings.publishes(o.name)]
@@ -418,11 +442,17 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             self.destroy_lifecycle_publisher(cast(LifecyclePublisher, pub))
         self.outputs.publishers.clear()
         if pipeline is not None:
-            on_cuda = pipeline.predictor.device.type == "cuda"
+            pipeline.stop()
+            if not pipeline.join(WORKER_JOIN_S):
+                self.get_logger().warning(
+                    f"the worker is still inferring a frame {WORKER_JOIN_S:.0f} s after the stop; the model is freed"
+                    " once that frame ends"
+                )
+            else:
+                self._frame_size = pipeline.last_frame_size or self._frame_size
+                pipeline.predictor.release()  # compiled graphs, sessions, cached GPU memory
             del pipeline
             gc.collect()  # the model's tensors go now, not at some later collection
-            if on_cuda:
-                torch.cuda.empty_cache()
         if self._diagnostics_pub is not None:
             self.destroy_lifecycle_publisher(cast(LifecyclePublisher, self._diagnostics_pub))
             self._diagnostics_pub = None

@@ -211,6 +211,16 @@ class NodeSettings:
         "from Detectron2): its depth is noise until trained. false: such a checkpoint publishes "
         "panoptic and semantic outputs only, and says so at start-up.",
     )
+    warmup_height: int = parameter(
+        512,
+        "Height of the warm-up frame run at configure (set the camera's: an out-of-memory, a GPU the torch build"
+        " has no kernels for, a compile or an engine build then fail the configure instead of every frame;"
+        " after frames were seen, a re-configure uses their size); 0 = no warm-up.",
+        bounds=(0, 16384),
+    )
+    warmup_width: int = parameter(
+        1024, "Width of the warm-up frame (see warmup_height); 0 = no warm-up.", bounds=(0, 16384)
+    )
     max_input_pixels: int = parameter(
         16777216,
         "Images with more pixels are dropped with a warning (0 = no limit).",
