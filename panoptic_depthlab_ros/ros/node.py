@@ -168,7 +168,9 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
         raise StartupError(f"backend {settings.backend!r} is not available in this installation: {exc}") from exc
     except (OSError, RuntimeError, ValueError) as exc:
         raise StartupError(f"cannot load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    log_info(f"loaded {path} on {predictor.device} (backend {predictor.backend})")
+    providers = getattr(predictor.network, "providers", None)  # onnxruntime: what the session got
+    runtime = f"backend {predictor.backend}" + (f", providers {', '.join(providers)}" if providers else "")
+    log_info(f"loaded {path} on {predictor.device} ({runtime})")
     log_info(predictor.pooling_policy() + "; the first frame of each size logs how it is handled")
     return predictor
 
