@@ -92,8 +92,8 @@ def average_with_mirrored(out: dict[str, Tensor], mirrored: dict[str, Tensor]) -
     mirror (the center is on the other side), dy does not.  Logits, center heatmap
     and depth are averaged as they are (what it gains: docs/performance.md).
     """
-    back = {k: v.flip(-1) for k, v in mirrored.items()}
-    back["offset"] = back["offset"] * torch.tensor([1.0, -1.0], device=back["offset"].device).view(1, 2, 1, 1)
+    back = {k: v.flip(-1) for k, v in mirrored.items()}  # new tensors: changed in place below
+    back["offset"][:, 1].neg_()  # = * -1 exactly, without a small tensor copied to the GPU
     return {k: (out[k] + back[k]) / 2 for k in out}
 
 
@@ -471,7 +471,10 @@ class Predictor:
         if prep.resized:
             sy = prep.input_size[0] / prep.network_size[0]
             sx = prep.input_size[1] / prep.network_size[1]
-            res["offset"] = res["offset"] * torch.tensor([sy, sx], device=self.device).view(2, 1, 1)
+            # Resized, so a new tensor: scaled in place per channel by the float32 scalars a [sy, sx]
+            # float32 tensor holds (the same products), without copying such a tensor to a GPU.
+            res["offset"][0].mul_(float(np.float32(sy)))
+            res["offset"][1].mul_(float(np.float32(sx)))
         return res
 
     def raw(self, image: np.ndarray) -> dict[str, Tensor]:
