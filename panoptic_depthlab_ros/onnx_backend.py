@@ -112,7 +112,7 @@ def provider_request(
     ``device_id`` N, engine and timing caches in ``engine_dir``, fp16 when asked), then
     CUDA (``device_id`` N), then the CPU for what neither runs.
     """
-    cpu = (CPU_PROVIDER, {})
+    cpu: tuple[str, dict[str, str]] = (CPU_PROVIDER, {})
     if device.type != "cuda":
         return [cpu], []
     device_id = str(device.index or 0)

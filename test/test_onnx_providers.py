@@ -5,7 +5,6 @@ the IO-bound run that keeps tensors where they live."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
