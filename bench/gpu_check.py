@@ -365,7 +365,8 @@ class GpuCheck:
         node = None
         try:
             before = torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
-            params = {"checkpoint": str(self.checkpoint), "device": str(self.device), "managed": True}
+            # "cuda" is the current device, which main() made self.device (the parameter takes no index).
+            params = {"checkpoint": str(self.checkpoint), "device": "cuda", "managed": True}
             node = PanopticDepthLabNode(
                 context=context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
             )
