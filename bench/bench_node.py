@@ -1,4 +1,4 @@
-"""Issue 4 benchmark: the node's end-to-end latency against the bare predictor, in one run.
+"""The node's end-to-end latency against the bare predictor, in one run.
 
     .venv/bin/python bench/bench_node.py [--checkpoint model.safetensors | --arch tiny|r52]
         [--size 256x512] [--frames 20] [--warmup 3] [--inprocess]
