@@ -401,41 +401,25 @@ class GpuCheck:
             "log.image_period=0",
             "checkpoint.period=10",
         ]
-        amp = self.scratch / "train_amp"
+        amp_run = self.scratch / "train_amp"
+
+        def run(out: Path, *, amp: bool, iters: int, resume: bool = False) -> int:
+            """Train (or resume) in ``out`` to ``iters`` iterations; the iteration it ended at."""
+            config = load_config("quick_cpu", [*small, f"solver.amp={str(amp).lower()}", f"solver.max_iter={iters}"])
+            return train(config, data_root=data, out_dir=out, resume=resume, progress=False).iteration
+
         start = self.now()
-        first = train(
-            load_config("quick_cpu", [*small, "solver.amp=true", "solver.max_iter=20"]),
-            data_root=data,
-            out_dir=amp,
-            progress=False,
-        )
+        ended = run(amp_run, amp=True, iters=20)
         seconds = self.now() - start
-        expect(first.iteration == 20, f"the AMP run stopped at iteration {first.iteration}")
-        scale = load_training_state(amp / "last_state.pt")["scaler"].get("scale")
+        expect(ended == 20, f"the AMP run stopped at iteration {ended}")
+        scale = load_training_state(amp_run / "last_state.pt")["scaler"].get("scale")
         expect(scale is not None, "the AMP run saved no loss scale (AMP did not run)")
-        resumed = train(
-            load_config("quick_cpu", [*small, "solver.amp=true", "solver.max_iter=30"]),
-            data_root=data,
-            out_dir=amp,
-            resume=True,
-            progress=False,
-        )
-        expect(resumed.iteration == 30, f"the resumed AMP run stopped at iteration {resumed.iteration}")
+        ended = run(amp_run, amp=True, iters=30, resume=True)
+        expect(ended == 30, f"the resumed AMP run stopped at iteration {ended}")
         switched = self.scratch / "train_switch"
-        train(
-            load_config("quick_cpu", [*small, "solver.amp=false", "solver.max_iter=10"]),
-            data_root=data,
-            out_dir=switched,
-            progress=False,
-        )
-        on = train(
-            load_config("quick_cpu", [*small, "solver.amp=true", "solver.max_iter=20"]),
-            data_root=data,
-            out_dir=switched,
-            resume=True,
-            progress=False,
-        )
-        expect(on.iteration == 20, f"AMP off then on: stopped at iteration {on.iteration}")
+        run(switched, amp=False, iters=10)
+        ended = run(switched, amp=True, iters=20, resume=True)
+        expect(ended == 20, f"AMP off then on: stopped at iteration {ended}")
         return (
             f"20 AMP iterations in {seconds:.1f} s (loss scale {scale:g}), resumed to 30; AMP off for 10 then on to 20"
         )
