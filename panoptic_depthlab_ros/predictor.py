@@ -176,7 +176,8 @@ class Predictor:
             convolutions, plus channels-last memory on CUDA (docs/performance.md).
         compile_mode: ``torch.compile`` the network with this mode (``"default"``,
             ``"reduce-overhead"`` = CUDA graphs, ``"max-autotune"``); None = eager.
-            Compiling takes minutes on a CPU; meant for GPUs.
+            Compiling takes minutes on a CPU; meant for GPUs. Outputs are copied after each
+            call (CUDA graphs overwrite them at the next), so averaging and kept results are safe.
         compile_backend: the ``torch.compile`` backend (``"inductor"``; ``"eager"``
             checks the wiring without code generation).
         flip_average: also run the mirrored image and average the two (see
