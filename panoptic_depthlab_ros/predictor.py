@@ -11,6 +11,7 @@ demo model: docs/performance.md and docs/model.md.
 from __future__ import annotations
 
 import gc
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -362,8 +363,7 @@ class Predictor:
         """
         cfg = self.model_config
         h, w = network_size_for(height, width, self.max_input_width, cfg.input_scale)
-        d = max(cfg.size_divisibility, 1)
-        hp, wp = -(-h // d) * d, -(-w // d) * d
+        hp, wp = self.padded_size(height, width)
         parts = [f"frames of {height}x{width}"]
         if (h, w) != (height, width):
             parts.append(f"resized to {h}x{w}")
@@ -389,6 +389,30 @@ class Predictor:
                 " as Detectron2 would without the check"
             )
         return ", ".join(parts) + "; " + pooling
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The network input size (resized, padded) of a ``height`` x ``width`` frame."""
+        cfg = self.model_config
+        h, w = network_size_for(height, width, self.max_input_width, cfg.input_scale)
+        d = max(cfg.size_divisibility, 1)
+        return -(-h // d) * d, -(-w // d) * d
+
+    def warmup_frame_size(self, height: int, width: int) -> tuple[int, int]:
+        """The frame size to warm up at instead of ``height`` x ``width``.
+
+        Itself, unless the network takes one fixed input size (an export without ``--dynamic``)
+        that such frames do not fit: then the nearest frame size that does (or itself when none
+        is near, and the warm-up will say why).
+        """
+        fixed = getattr(self.network, "fixed_size", None)
+        if fixed is None or self.padded_size(height, width) == tuple(fixed):
+            return height, width
+        scale = self.model_config.input_scale
+        base_h, base_w = round(fixed[0] / scale), round(fixed[1] / scale)
+        for dh, dw in sorted(itertools.product(range(-2, 3), repeat=2), key=lambda d: abs(d[0]) + abs(d[1])):
+            if base_h + dh > 0 and base_w + dw > 0 and self.padded_size(base_h + dh, base_w + dw) == tuple(fixed):
+                return base_h + dh, base_w + dw
+        return height, width
 
     def _check_frame_size(self, prep: Prepared) -> None:
         """With ``strict_pool_size``: an :class:`InputError` for a size Detectron2 refuses."""

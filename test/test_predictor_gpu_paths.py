@@ -127,3 +127,19 @@ def test_release_frees_the_network_and_the_compiled_state(tiny_checkpoint: Path,
     assert network() is None and resets == [True] and not predictor.compiled
     with pytest.raises(PanopticDepthLabError, match="this predictor was released"):
         predictor.predict(_image(0))
+
+
+def test_a_fixed_size_export_warms_up_at_the_size_it_takes(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from panoptic_depthlab_ros.export import export_model
+
+    export_model(tiny_checkpoint, tmp_path / "fixed.onnx", height=64, width=128)
+    for input_scale, size in ((1.0, (64, 128)), (1.5, (43, 85))):
+        predictor = Predictor.from_checkpoint(
+            tmp_path / "fixed.onnx", "cpu", backend="onnxruntime", input_scale=input_scale
+        )
+        assert predictor.warmup_frame_size(512, 1024) == size  # the default size does not fit the export
+        assert predictor.padded_size(*size) == (64, 128)
+        assert predictor.warm_up(*size) > 0
+        assert predictor.warmup_frame_size(*size) == size
+    dynamic = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
+    assert dynamic.warmup_frame_size(512, 1024) == (512, 1024)

@@ -181,8 +181,10 @@ def warm_up(predictor: Predictor, size: tuple[int, int], log_info: Callable[[str
     if height <= 0 or width <= 0:
         log_info("no warm-up frame (warmup_height or warmup_width is 0): the first frame pays the set-up")
         return
-    seconds = predictor.warm_up(height, width)
-    log_info(f"warm-up frame {height}x{width} on {predictor.device}: {seconds * 1e3:.0f} ms")
+    fitted = predictor.warmup_frame_size(height, width)
+    seconds = predictor.warm_up(*fitted)
+    why = "" if fitted == (height, width) else f" (the size the export takes; {height}x{width} does not fit it)"
+    log_info(f"warm-up frame {fitted[0]}x{fitted[1]} on {predictor.device}{why}: {seconds * 1e3:.0f} ms")
 
 
 def input_qos(settings: NodeSettings) -> QoSProfile:
