@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -402,10 +403,14 @@ class Predictor:
 
         Itself, unless the network takes one fixed input size (an export without ``--dynamic``)
         that such frames do not fit: then the nearest frame size that does (or itself when none
-        is near, and the warm-up will say why).
+        is near, and the warm-up will say why); or unless it has more than ``max_pixels``: then
+        the largest size of its shape within them (such frames would be refused anyway).
         """
         fixed = getattr(self.network, "fixed_size", None)
         if fixed is None or self.padded_size(height, width) == tuple(fixed):
+            if self.max_pixels and height * width > self.max_pixels:
+                shrink = math.sqrt(self.max_pixels / (height * width))
+                return max(1, math.floor(height * shrink)), max(1, math.floor(width * shrink))
             return height, width
         scale = self.model_config.input_scale
         base_h, base_w = round(fixed[0] / scale), round(fixed[1] / scale)

@@ -143,3 +143,6 @@ def test_a_fixed_size_export_warms_up_at_the_size_it_takes(tiny_checkpoint: Path
         assert predictor.warmup_frame_size(*size) == size
     dynamic = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
     assert dynamic.warmup_frame_size(512, 1024) == (512, 1024)
+    limited = Predictor.from_checkpoint(tiny_checkpoint, "cpu", max_pixels=64 * 128)
+    assert limited.warmup_frame_size(512, 1024) == (64, 128)  # larger frames would be refused anyway
+    assert limited.warmup_frame_size(100, 100) == (90, 90)

@@ -183,7 +183,7 @@ def warm_up(predictor: Predictor, size: tuple[int, int], log_info: Callable[[str
         return
     fitted = predictor.warmup_frame_size(height, width)
     seconds = predictor.warm_up(*fitted)
-    why = "" if fitted == (height, width) else f" (the size the export takes; {height}x{width} does not fit it)"
+    why = "" if fitted == (height, width) else f" (not {height}x{width}: the export or max_input_pixels refuses it)"
     log_info(f"warm-up frame {fitted[0]}x{fitted[1]} on {predictor.device}{why}: {seconds * 1e3:.0f} ms")
 
 
