@@ -324,6 +324,7 @@ def main() -> None:
                 "network",
                 "fusion",
                 "segment_depth",
+                "track",
                 "publish",
                 "total",
             )
