@@ -27,6 +27,10 @@ setup(
         "rosbags>=0.10",
         "scipy>=1.11",
     ],
-    extras_require={"onnx": ["onnx>=1.16", "onnxruntime>=1.18"]},
+    # onnx: export and the onnxruntime backend (and --int8); openvino: the OpenVINO backend of an export.
+    extras_require={
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "openvino": ["onnx>=1.16", "openvino>=2024.0"],
+    },
     entry_points={"console_scripts": ["panoptic-depthlab=panoptic_depthlab_ros.cli:main"]},
 )

@@ -320,7 +320,11 @@ class SceneNetwork(torch.nn.Module):
         scene = {name: getattr(self, name) for name in ("sem_seg", "center", "offset", "depth")}
         if self.model is None:  # post-processing only: the outputs, precomputed
             return scene
-        out = self.model(x)
+        return self.steer(self.model(x))
+
+    def steer(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The zeroed model's outputs ``out`` moved to the scene's (also for another runtime's outputs)."""
+        scene = {name: getattr(self, name) for name in ("sem_seg", "center", "offset", "depth")}
         if out["sem_seg"].shape[-2:] != scene["sem_seg"].shape[-2:]:
             raise ValueError("the scene must have the network's output size (no padding)")
         return {

@@ -189,9 +189,11 @@ def _open_readers(sources: list[Path], bag: Path, stack: ExitStack) -> list[Read
     return readers
 
 
-def _messages(reader: Reader, bag: Path) -> Iterator[tuple[Connection, int, bytes]]:
+def _messages(
+    reader: Reader, bag: Path, connections: list[Connection] | None = None
+) -> Iterator[tuple[Connection, int, bytes]]:
     try:
-        yield from reader.messages()
+        yield from reader.messages(connections=connections) if connections is not None else reader.messages()
     except Exception as exc:  # noqa: BLE001 - storage layers raise their own types (apsw, struct, zstd...)
         raise BagError(f"{bag}: corrupt or truncated bag ({type(exc).__name__}: {exc})") from exc
 
@@ -309,6 +311,53 @@ def replay_bag(
             why = f"{summary.skipped[0]}{more}" if summary.skipped else summary.damage or "its image topic is empty"
             raise NothingDoneError(f"{bag_in}: no frame could be replayed: {why}", summary.skipped)
     return summary
+
+
+def read_bag_frames(
+    bag: str | Path,
+    pick: Callable[[int], list[int]],
+    *,
+    image_topic: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[list[np.ndarray], int, list[str]]:
+    """Some BGR frames of ``bag``'s image topic (e.g. to calibrate an INT8 export).
+
+    ``pick(total)`` says which message indices to decode, of the topic's ``total``. Returns
+    the frames, ``total`` and the skipped frames (topic at stamp: reason). A cut-short bag
+    is read from a salvaged copy, as a replay reads it.
+    """
+    bag = Path(bag)
+    ts = typestore_with_our_messages()
+    frames: list[np.ndarray] = []
+    skipped: list[str] = []
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
+        readers = _open_readers(_readable_sources(bag, workdir)[0], bag, stack)
+        connections = list({c.topic: c for r in reversed(readers) for c in r.connections}.values())
+        img_conn = _pick_topic(connections, bag, image_topic, IMAGE_TYPES, "image", True)
+        assert img_conn is not None
+        total = sum(c.msgcount for r in readers for c in r.connections if c.topic == img_conn.topic)
+        wanted = set(pick(total))
+        index = 0
+        for reader in readers:
+            mine = [c for c in reader.connections if c.topic == img_conn.topic]
+            if not mine:  # rosbags reads every topic for an empty list
+                continue
+            for conn, stamp_ns, raw in _messages(reader, bag, mine):
+                index += 1
+                if index - 1 not in wanted:
+                    continue
+                try:
+                    msg: Any = _deserialize(ts, raw, conn)
+                    convert = (
+                        msg_conversions.compressed_to_bgr
+                        if conn.msgtype.endswith("CompressedImage")
+                        else msg_conversions.image_to_bgr
+                    )
+                    frames.append(convert(msg, max_pixels=max_pixels, limit_name="--max-pixels"))
+                except InputError as exc:
+                    skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
+    return frames, total, skipped
 
 
 def _replay(

@@ -473,6 +473,13 @@ def format_description(desc: dict[str, Any]) -> str:
         f"  classes: {classes.num_classes} (things: {things})",
         "  fusion: " + ", ".join(f"{k} {v}" for k, v in desc["postprocess"].items()),
     ]
+    calibration = desc.get("calibration")
+    if isinstance(calibration, dict):  # an INT8 export (see quantize.py)
+        lines.append(
+            f"  INT8: calibrated on {calibration.get('frames')} of {calibration.get('source_frames')} frames of"
+            f" {calibration.get('source')} ({calibration.get('kind')}), method {calibration.get('method')};"
+            f" kept float: {', '.join(calibration.get('kept_float', [])) or 'nothing'}"
+        )
     training = desc.get("info", {}).get("training") or {}
     if training:
         lines.append(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .exit_codes import DONE, outcome, run_command
-from .inference_options import add_inference_args, inference_options
+from .inference_options import add_inference_args, inference_options, int_at_least
 from .interrupt import stop_on_signals
 
 
@@ -31,7 +31,20 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_model
+    from .quantize import Int8Settings
 
+    if args.calibration is not None and not args.int8:
+        raise InputError("--calibration goes with --int8")
+    int8 = None
+    if args.int8:
+        if args.calibration is None:
+            raise InputError("--int8 needs --calibration SOURCE: a folder of images, a video or a bag")
+        int8 = Int8Settings(
+            args.calibration,
+            frames=args.calibration_frames,
+            method=args.calibration_method,
+            image_topic=args.image_topic,
+        )
     side = export_model(
         args.checkpoint,
         args.out,
@@ -40,8 +53,10 @@ def _export(args: argparse.Namespace) -> int:
         width=args.width,
         dynamic=args.dynamic,
         overwrite=args.overwrite,
+        int8=int8,
     )
-    print(f"wrote {args.out} ({args.format}) and its description {side}")
+    what = "onnx, INT8" if int8 else args.format
+    print(f"wrote {args.out} ({what}) and its description {side}")
     return DONE
 
 
@@ -56,9 +71,8 @@ def _predictor(args: argparse.Namespace):
     from .predictor import Predictor, untrained_depth_note
 
     path = args.checkpoint or bundled_checkpoint()
-    backend = "onnxruntime" if str(path).endswith(".onnx") else "torch"
     predictor = Predictor.from_checkpoint(
-        path, device=args.device, backend=backend, untrained_depth=args.untrained_depth, **inference_options(args)
+        path, device=args.device, untrained_depth=args.untrained_depth, **inference_options(args)
     )
     if not predictor.depth_enabled:
         print(f"panoptic-depthlab {args.command}: {path}: {untrained_depth_note('--untrained-depth')}", file=sys.stderr)
@@ -168,6 +182,38 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_inference_args(p)
 
 
+def add_int8_args(p: argparse.ArgumentParser) -> None:
+    """``export``'s INT8 options (see :mod:`.quantize`)."""
+    from .calibration import DEFAULT_FRAMES
+    from .quantize import DEFAULT_METHOD, METHODS
+
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize the ONNX network to INT8 (static, QDQ, per-channel weights), calibrated on --calibration",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="SOURCE",
+        help="calibration frames: a folder of images, a video or a bag, like what the model will see",
+    )
+    p.add_argument(
+        "--calibration-frames",
+        type=int_at_least(1),
+        default=DEFAULT_FRAMES,
+        metavar="N",
+        help=f"frames taken evenly over SOURCE (default {DEFAULT_FRAMES})",
+    )
+    p.add_argument(
+        "--calibration-method",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help=f"how activation ranges are set (default {DEFAULT_METHOD}, measured best: docs/performance.md)",
+    )
+    p.add_argument("--image-topic", help="a bag SOURCE's image topic (default: its only one)")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser (one subparser per job)."""
     parser = argparse.ArgumentParser(prog="panoptic-depthlab", description=__doc__)
@@ -187,6 +233,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="fixed input width (multiple of 32)")
     p.add_argument("--dynamic", action="store_true", help="free height/width (multiples of 32; ONNX only)")
     p.add_argument("--overwrite", action="store_true", help="replace an export of ours already at OUT")
+    add_int8_args(p)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bag", help="replay a rosbag2 (sqlite3/MCAP) through the model into a new bag")

@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .calibration import read_calibration_frames
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import PanopticDepthLabError
 from .model import OUTPUT_NAMES
 from .output import StagedOutput
+from .quantize import Int8Settings, quantize_export
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 SIDECAR_FORMAT = "panoptic-depthlab-export"
@@ -119,15 +121,19 @@ def export_model(
     width: int | None = None,
     dynamic: bool = False,
     overwrite: bool = False,
+    int8: Int8Settings | None = None,
 ) -> Path:
     """Export our checkpoint to ``out`` (+ ``out.json``); returns the sidecar path.
 
     Without ``dynamic`` the graph has the fixed ``height`` x ``width`` (both
     multiples of 32).  With ``dynamic`` (ONNX only) height and width are free
     multiples of 32, at least the ASPP pooling window times the output stride.
+    ``int8``: quantize the ONNX graph to INT8 on these calibration settings (:mod:`.quantize`).
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(EXPORT_FORMATS)})")
+    if int8 is not None and fmt != "onnx":
+        raise ExportError("--int8 is supported for ONNX only")
     out = Path(out)
     staged = StagedOutput(
         out.parent,
@@ -161,6 +167,10 @@ def export_model(
     wrapper = _TupleOutputs(model).eval()  # eval: export restores the wrapper's mode afterwards
     example = torch.zeros(1, 3, height, width)
     description = _describe(ckpt, fmt=fmt, height=height, width=width, dynamic=dynamic)
+    calibration = None
+    if int8 is not None:  # read before the export's minutes, so a bad source fails at once
+        int8.check()
+        calibration = read_calibration_frames(int8.calibration, int8.frames, image_topic=int8.image_topic)
     with staged as staging:
         written = staging / out.name
         try:
@@ -168,6 +178,9 @@ def export_model(
                 warnings.simplefilter("ignore")  # tracer chatter about Python ints in shapes
                 if fmt == "onnx":
                     _export_onnx(wrapper, example, written, dynamic=dynamic, description=description)
+                    if int8 is not None and calibration is not None:
+                        quantize_export(written, description, calibration, int8)
+                        embed_description(written, description)
                 else:
                     with torch.no_grad():
                         traced = torch.jit.trace(wrapper, example, check_trace=False)
@@ -194,8 +207,6 @@ def _build_lenient(ckpt: Checkpoint) -> nn.Module:
 
 
 def _export_onnx(wrapper: nn.Module, example: Tensor, out: Path, *, dynamic: bool, description: dict) -> None:
-    import onnx  # noqa: PLC0415 - optional dependency, only for export
-
     axes = {"image": {2: "height", 3: "width"}} if dynamic else None
     if axes:
         axes.update({name: {2: "height", 3: "width"} for name in OUTPUT_NAMES})
@@ -210,8 +221,15 @@ def _export_onnx(wrapper: nn.Module, example: Tensor, out: Path, *, dynamic: boo
         opset_version=ONNX_OPSET,
         do_constant_folding=True,
     )
-    graph = onnx.load(str(out))
+    embed_description(out, description)
+
+
+def embed_description(path: Path, description: dict) -> None:
+    """Write ``description`` into the ONNX file's metadata (replacing what was there)."""
+    import onnx  # noqa: PLC0415 - optional dependency, only for export
+
+    graph = onnx.load(str(path))
     del graph.metadata_props[:]
     entry = graph.metadata_props.add()
     entry.key, entry.value = "panoptic_depthlab", json.dumps(description)
-    onnx.save(graph, str(out))
+    onnx.save(graph, str(path))

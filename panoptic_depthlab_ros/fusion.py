@@ -22,6 +22,7 @@ results do not depend on their number.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fields import check_int, check_number
-from .kernels import argmax_channels, window_extreme
+from .kernels import argmax_channels, count_values, window_extreme
 from .metadata import ClassMetadata
 from .parallel import cpu_lanes, run_parallel
 
@@ -150,12 +151,13 @@ def panoptic_fusion(
             flat,
             index,
             member,
-            is_thing_class=_class_flags(classes.thing_ids, num_classes, flat.device),
+            is_thing_class=class_flags(classes.thing_ids, num_classes, flat.device),
             num_classes=num_classes,
             label_divisor=classes.label_divisor,
             stuff_area=config.stuff_area,
             thing_area=config.thing_area,
             void_label=VOID,
+            num_instances=centers.shape[0],
         )
     return FusionOutput(panoptic=panoptic.view(labels.shape), semantic=labels.long(), centers=centers)
 
@@ -268,7 +270,7 @@ def _nearest_in_cells(c: Tensor, loc_y: Tensor, loc_x: Tensor, extent: list[floa
     cell_y = torch.sub(loc_y, lo_y).mul_(1.0 / side).floor_().clamp_(0, grid_h - 1)
     cell_x = torch.sub(loc_x, lo_x).mul_(1.0 / side).floor_().clamp_(0, grid_w - 1)
     cell_id = cell_y.mul_(grid_w).add_(cell_x).to(torch.int32)  # exact: < _GRID**2
-    used = torch.nonzero(torch.bincount(cell_id, minlength=grid_h * grid_w))[:, 0]  # [U]
+    used = torch.nonzero(count_values(cell_id, grid_h * grid_w))[:, 0]  # [U]
     slot = torch.zeros(grid_h * grid_w, dtype=torch.int64, device=device)
     slot[used] = torch.arange(used.numel(), device=device)
     pixel_cell = slot.index_select(0, cell_id)  # [N] in [0, U)
@@ -368,7 +370,7 @@ def _merge_semantic_and_instance(
             semantic.reshape(-1),
             index,
             member,
-            is_thing_class=_class_flags(thing_ids, num_classes, semantic.device),
+            is_thing_class=class_flags(thing_ids, num_classes, semantic.device),
             num_classes=num_classes,
             label_divisor=label_divisor,
             stuff_area=stuff_area,
@@ -378,10 +380,16 @@ def _merge_semantic_and_instance(
     return panoptic.view(semantic.shape)
 
 
-def _class_flags(ids: Sequence[int], num_classes: int, device: torch.device) -> Tensor:
-    flags = torch.zeros(num_classes, dtype=torch.bool, device=device)
+def class_flags(ids: Sequence[int], num_classes: int, device: torch.device) -> Tensor:
+    """[num_classes] bool: True for the classes ``ids`` (kept per device: no copy to a GPU per frame)."""
+    return _class_flags(tuple(ids), num_classes, device).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _class_flags(ids: tuple[int, ...], num_classes: int, device: torch.device) -> Tensor:
+    flags = torch.zeros(num_classes, dtype=torch.bool)
     flags[list(ids)] = True
-    return flags
+    return flags.to(device)
 
 
 def _in_classes(labels: Tensor, ids: Sequence[int], num_classes: int) -> Tensor:
@@ -414,26 +422,29 @@ def _panoptic_ids(
     stuff_area: int,
     thing_area: int,
     void_label: int,
+    num_instances: int | None = None,
 ) -> Tensor:
     """Panoptic ids of flat maps -> [P] int32 (the merge of :func:`_merge_semantic_and_instance`).
 
     ``semantic`` [P] integer classes; pixels ``index`` [N] belong to the 0-based
-    instances ``member`` [N]; all other pixels are unassigned.
+    instances ``member`` [N]; all other pixels are unassigned. ``num_instances``: more
+    than the largest ``member`` (the number of centers; None: read from ``member``, a
+    host sync on a GPU); instances without pixels get no number either way.
     """
     device = semantic.device
-    area = torch.bincount(semantic, minlength=num_classes)[:num_classes]  # uint8 is fastest
+    area = count_values(semantic, num_classes)[:num_classes]  # uint8 is fastest
     thing_value = None
     if index.numel():
         sem_at = semantic.index_select(0, index).long()
-        num_inst = int(member.max()) + 1
-        counts = torch.bincount(member * num_classes + sem_at, minlength=num_inst * num_classes)
+        num_inst = int(member.max()) + 1 if num_instances is None else num_instances
+        counts = count_values(member * num_classes + sem_at, num_inst * num_classes)
         counts = counts.view(num_inst, num_classes)
         present = counts.sum(1) >= max(thing_area, 1)
         cls = counts.argmax(1)  # first maximum = lowest class on ties
         per_class = F.one_hot(cls, num_classes) * present[:, None]
         number = per_class.cumsum(0).gather(1, cls[:, None])[:, 0]
         thing_value = torch.where(present, cls * label_divisor + number, void_label).to(torch.int32)
-        area = area - torch.bincount(sem_at, minlength=num_classes)[:num_classes]  # unassigned
+        area = area - count_values(sem_at, num_classes)[:num_classes]  # unassigned
     keep = (area >= stuff_area) & ~is_thing_class
     stuff_value = torch.arange(num_classes, device=device) * label_divisor
     stuff_value = torch.where(keep, stuff_value, void_label).to(torch.int32)

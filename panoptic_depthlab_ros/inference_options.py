@@ -61,6 +61,7 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "input_scale": args.input_scale,
         "max_pixels": args.max_pixels,
         "strict_pool_size": args.strict_pool_size,
+        "backend": args.backend,
     }
 
 
@@ -75,10 +76,13 @@ def scales_argument(text: str) -> tuple[float, ...]:
 
 
 def add_inference_args(p: argparse.ArgumentParser) -> None:
-    """How the network sees each frame: input scale and test-time averaging.
+    """What runs the network and how it sees each frame: backend, input scale and test-time averaging.
 
     Shared with the training package's commands; :func:`inference_options` reads them back.
     """
+    from .backends import BACKENDS, BACKENDS_TEXT
+
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=f"what runs the network: {BACKENDS_TEXT}")
     p.add_argument(
         "--input-scale",
         type=float,

@@ -56,6 +56,24 @@ def argmax_channels(x: Tensor, *, lanes: int = 1, also: Sequence[Callable[[], An
     return index
 
 
+def count_values(x: Tensor, size: int) -> Tensor:
+    """``torch.bincount(x, minlength=size)`` of integers known to lie in ``[0, size)``: int64 [size].
+
+    The CPU runs bincount itself. Elsewhere it is :func:`count_by_index_add`: CUDA's
+    bincount reads the maximum back to the host to size its output, a sync per call.
+    """
+    if x.device.type == "cpu":
+        return torch.bincount(x, minlength=size)
+    return count_by_index_add(x, size)
+
+
+def count_by_index_add(x: Tensor, size: int) -> Tensor:
+    """Counts of the values of ``x`` (all in ``[0, size)``) by adding ones: no host sync."""
+    index = (x if x.dtype in (torch.int32, torch.int64) else x.long()).reshape(-1)
+    ones = torch.ones((), dtype=torch.int64, device=x.device).expand(index.numel())
+    return torch.zeros(size, dtype=torch.int64, device=x.device).index_add_(0, index, ones)
+
+
 def _sliding_extreme(x: Tensor, dim: int, size: int, *, largest: bool) -> Tensor:
     """Max (or min) over the centred window of odd ``size`` along ``dim``.
 

@@ -387,6 +387,7 @@ class Pipeline:
         self._error_throttle = LogThrottle(throttle_s)
         self._reset_throttle = LogThrottle(throttle_s)
         self._sizes_logged: set[tuple[int, int]] = set()
+        self.last_frame_size: tuple[int, int] | None = None  # (height, width) of the last converted frame
         self._mailbox = LatestFrameMailbox(len(self.cameras))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -509,6 +510,13 @@ class Pipeline:
             self.cameras[camera].stats.add("dropped_overload")
         return len(dropped)
 
+    def join(self, timeout: float | None = None) -> bool:
+        """After :meth:`stop`: wait for every worker (also one that overran the stop timeout); whether all ended."""
+        for thread in (self._thread, self._stopped):
+            if thread is not None:
+                thread.join(timeout)
+        return not self.running
+
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             frames = self._mailbox.take(timeout=0.25, limit=self.max_batch)
@@ -573,6 +581,7 @@ class Pipeline:
         except InputError as exc:
             self.reject(exc, camera=frame.camera)
             return None
+        self.last_frame_size = (image.shape[0], image.shape[1])
         self._log_frame_size(image.shape[0], image.shape[1])
         return _Job(camera, frame, k, wanted, image, start, time.perf_counter())
 

@@ -11,6 +11,9 @@ demo model: docs/performance.md and docs/model.md.
 
 from __future__ import annotations
 
+import gc
+import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backends import choose_backend, load_exported_network
 from .checkpoint import load_checkpoint, load_detectron2
 from .errors import InputError, PanopticDepthLabError
 from .fusion import PostprocessConfig, panoptic_fusion
@@ -51,6 +55,40 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
+# The warm-up frame's size when the camera's is not known: half a Cityscapes frame.
+DEFAULT_WARMUP_SIZE = (512, 1024)
+# What a failed warm-up most likely means, by words in its error (torch, CUDA, Triton, onnxruntime).
+_WARMUP_HINTS = (
+    (
+        "out of memory",
+        "the GPU has too little free memory for this frame size: use fp16, max_input_width or a smaller"
+        " input_scale, or free the GPU",
+    ),
+    (
+        "no kernel image",
+        "this torch build has no kernels for this GPU's architecture: install a wheel whose"
+        " torch.cuda.get_arch_list() includes it",
+    ),
+    ("triton", "torch.compile needs Triton for this GPU: install it, or run without compile_mode"),
+    ("backendcompilerfailed", "torch.compile failed: run without compile_mode"),
+)
+
+
+def _released(x: Tensor) -> dict[str, Tensor]:
+    """The network of a released predictor (see :meth:`Predictor.release`)."""
+    raise PanopticDepthLabError("this predictor was released (its network is freed)")
+
+
+class WarmUpError(PanopticDepthLabError):
+    """The warm-up frame failed: the first real frame would fail the same way."""
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (timing code); nothing for the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def average_with_mirrored(out: dict[str, Tensor], mirrored: dict[str, Tensor]) -> dict[str, Tensor]:
     """Average network outputs with those of the horizontally mirrored input.
 
@@ -58,8 +96,8 @@ def average_with_mirrored(out: dict[str, Tensor], mirrored: dict[str, Tensor]) -
     mirror (the center is on the other side), dy does not.  Logits, center heatmap
     and depth are averaged as they are (what it gains: docs/performance.md).
     """
-    back = {k: v.flip(-1) for k, v in mirrored.items()}
-    back["offset"] = back["offset"] * torch.tensor([1.0, -1.0], device=back["offset"].device).view(1, 2, 1, 1)
+    back = {k: v.flip(-1) for k, v in mirrored.items()}  # new tensors: changed in place below
+    back["offset"][:, 1].neg_()  # = * -1 exactly, without a small tensor copied to the GPU
     return {k: (out[k] + back[k]) / 2 for k in out}
 
 
@@ -155,7 +193,8 @@ class Predictor:
             convolutions, plus channels-last memory on CUDA (docs/performance.md).
         compile_mode: ``torch.compile`` the network with this mode (``"default"``,
             ``"reduce-overhead"`` = CUDA graphs, ``"max-autotune"``); None = eager.
-            Compiling takes minutes on a CPU; meant for GPUs.
+            Compiling takes minutes on a CPU; meant for GPUs. Outputs are copied after each
+            call (CUDA graphs overwrite them at the next), so averaging and kept results are safe.
         compile_backend: the ``torch.compile`` backend (``"inductor"``; ``"eager"``
             checks the wiring without code generation).
         flip_average: also run the mirrored image and average the two (see
@@ -207,6 +246,8 @@ class Predictor:
             raise PanopticDepthLabError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
         self.max_pixels = max_pixels
         self.source = str(source)
+        # What runs the network: torch, or the runtime of an exported one (its ``backend`` attribute).
+        self.backend = "torch" if isinstance(network, nn.Module) else str(getattr(network, "backend", "custom"))
         if input_scale is not None:
             try:
                 model_config = model_config.with_(input_scale=float(input_scale))
@@ -223,7 +264,10 @@ class Predictor:
             self.channels_last = self.device.type == "cuda"
             if self.channels_last:
                 network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        if compile_mode and isinstance(network, nn.Module):
+        # A compiled network may hand out buffers its next call overwrites (CUDA graphs in
+        # reduce-overhead / max-autotune): _run_network then copies its outputs.
+        self.compiled = bool(compile_mode) and isinstance(network, nn.Module)
+        if self.compiled:
             network = cast(nn.Module, torch.compile(network, mode=compile_mode, backend=compile_backend, dynamic=True))
         self.network = network
         self.model_config = model_config
@@ -253,20 +297,22 @@ class Predictor:
         path: str | Path,
         device: str | torch.device = "auto",
         *,
-        backend: str = "torch",
+        backend: str = "auto",
         strict_pool_size: bool = False,
         **kwargs: Any,
     ) -> Predictor:
-        """Load our checkpoint (``backend="torch"``) or an exported ``.onnx`` (``"onnxruntime"``).
+        """Load our checkpoint or an exported ``.onnx`` in ``backend`` (see :mod:`.backends`).
 
+        ``backend``: ``torch`` (a checkpoint), ``onnxruntime`` or ``openvino`` (an export),
+        or ``auto`` (:func:`~.backends.choose_backend`: a checkpoint in torch, an export in
+        OpenVINO when installed and on the CPU, else in onnxruntime).
         ``strict_pool_size`` overrides what the checkpoint stores: Detectron2's size check is a
         run-time choice (an export refuses sizes other than its own, or below its pooling window).
         """
         dev = resolve_device(device)
-        if backend == "onnxruntime":
-            from .onnx_backend import load_onnx_network  # noqa: PLC0415 - optional dependency
-
-            network, model_config, classes, post = load_onnx_network(path, device=dev)
+        chosen = choose_backend(path, backend, device=dev)
+        if chosen != "torch":
+            network, model_config, classes, post = load_exported_network(path, chosen, device=dev)
             model_config = model_config.with_(aspp_strict_pool_size=bool(strict_pool_size))
             return cls(
                 network,
@@ -277,8 +323,6 @@ class Predictor:
                 source=str(path),
                 **kwargs,
             )
-        if backend != "torch":
-            raise PanopticDepthLabError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         ckpt = load_checkpoint(path)
         ckpt.model_config = ckpt.model_config.with_(aspp_strict_pool_size=bool(strict_pool_size))
         model = ckpt.build().to(dev)
@@ -335,8 +379,7 @@ class Predictor:
         """
         cfg = self.model_config
         h, w = network_size_for(height, width, self.max_input_width, cfg.input_scale)
-        d = max(cfg.size_divisibility, 1)
-        hp, wp = -(-h // d) * d, -(-w // d) * d
+        hp, wp = self.padded_size(height, width)
         parts = [f"frames of {height}x{width}"]
         if (h, w) != (height, width):
             parts.append(f"resized to {h}x{w}")
@@ -362,6 +405,34 @@ class Predictor:
                 " as Detectron2 would without the check"
             )
         return ", ".join(parts) + "; " + pooling
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The network input size (resized, padded) of a ``height`` x ``width`` frame."""
+        cfg = self.model_config
+        h, w = network_size_for(height, width, self.max_input_width, cfg.input_scale)
+        d = max(cfg.size_divisibility, 1)
+        return -(-h // d) * d, -(-w // d) * d
+
+    def warmup_frame_size(self, height: int, width: int) -> tuple[int, int]:
+        """The frame size to warm up at instead of ``height`` x ``width``.
+
+        Itself, unless the network takes one fixed input size (an export without ``--dynamic``)
+        that such frames do not fit: then the nearest frame size that does (or itself when none
+        is near, and the warm-up will say why); or unless it has more than ``max_pixels``: then
+        the largest size of its shape within them (such frames would be refused anyway).
+        """
+        fixed = getattr(self.network, "fixed_size", None)
+        if fixed is None or self.padded_size(height, width) == tuple(fixed):
+            if self.max_pixels and height * width > self.max_pixels:
+                shrink = math.sqrt(self.max_pixels / (height * width))
+                return max(1, math.floor(height * shrink)), max(1, math.floor(width * shrink))
+            return height, width
+        scale = self.model_config.input_scale
+        base_h, base_w = round(fixed[0] / scale), round(fixed[1] / scale)
+        for dh, dw in sorted(itertools.product(range(-2, 3), repeat=2), key=lambda d: abs(d[0]) + abs(d[1])):
+            if base_h + dh > 0 and base_w + dw > 0 and self.padded_size(base_h + dh, base_w + dw) == tuple(fixed):
+                return base_h + dh, base_w + dw
+        return height, width
 
     def _check_frame_size(self, prep: Prepared) -> None:
         """With ``strict_pool_size``: an :class:`InputError` for a size Detectron2 refuses."""
@@ -406,16 +477,35 @@ class Predictor:
         return out
 
     def _run_network(self, x: Tensor, *, depth: bool) -> dict[str, Tensor]:
-        """One forward pass; without ``depth`` our own network skips its depth branch."""
+        """One forward pass; without ``depth`` our own network skips its depth branch.
+
+        The outputs are the caller's own: a compiled network's are copied before anything
+        else runs, because CUDA graphs (``reduce-overhead``, ``max-autotune``) write every
+        call's outputs into the same buffers, and a flip or multi-scale pass calls the
+        network again before the first outputs are used (``.float().contiguous()`` is no
+        copy for float32 NCHW outputs such as ``[1, 1, H, W]``).
+        """
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # a new inference step: the last outputs are copied
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
             if not depth and self._can_skip_depth:
                 out = self.network(x, with_depth=False)  # type: ignore[call-arg]
             else:
                 out = self.network(x)
         # NCHW for what follows: channels-last outputs (CUDA, or weights a trainer left NHWC) break flat views.
+        if self.compiled:
+            return {
+                k: v.to(torch.float32).clone(memory_format=torch.contiguous_format)
+                for k, v in out.items()
+                if depth or k != "depth"
+            }
         return {k: v.float().contiguous() for k, v in out.items() if depth or k != "depth"}
+
+    def synchronize(self) -> None:
+        """Wait for this predictor's GPU (``cuda:N``, not the current device); nothing on the CPU."""
+        synchronize(self.device)
 
     def _to_input_size(self, out: dict[str, Tensor], prep: Prepared) -> dict[str, Tensor]:
         """Crop the padding and resize back to the caller's image size.
@@ -426,7 +516,10 @@ class Predictor:
         if prep.resized:
             sy = prep.input_size[0] / prep.network_size[0]
             sx = prep.input_size[1] / prep.network_size[1]
-            res["offset"] = res["offset"] * torch.tensor([sy, sx], device=self.device).view(2, 1, 1)
+            # Resized, so a new tensor: scaled in place per channel by the float32 scalars a [sy, sx]
+            # float32 tensor holds (the same products), without copying such a tensor to a GPU.
+            res["offset"][0].mul_(float(np.float32(sy)))
+            res["offset"][1].mul_(float(np.float32(sx)))
         return res
 
     def raw(self, image: np.ndarray) -> dict[str, Tensor]:
@@ -438,6 +531,45 @@ class Predictor:
         prep = self._prepare(image)
         with torch.inference_mode():
             return self._to_input_size(self._network(prep.tensor, depth=True), prep)
+
+    def warm_up(self, height: int, width: int) -> float:
+        """Run one mid-grey ``height`` x ``width`` frame end to end; the seconds it took.
+
+        What otherwise surfaces at the first real frame surfaces here, where a start-up
+        can still refuse: out of GPU memory, a GPU architecture the wheel has no kernels
+        for, a missing Triton, a ``torch.compile`` or a TensorRT engine build (the
+        compile and the build also happen here, not on a live frame). Any failure is a
+        :class:`WarmUpError` naming the size, the device, the error and what it likely means.
+        """
+        image = np.full((height, width, 3), 128, dtype=np.uint8)
+        start = time.perf_counter()
+        try:
+            self.predict(image)
+            self.synchronize()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the node must not go active with it
+            text = f"{type(exc).__name__}: {exc}"
+            hints = [hint for words, hint in _WARMUP_HINTS if words in text.lower()]
+            raise WarmUpError(
+                f"warm-up frame {height}x{width} on {self.device} (backend {self.backend}) failed: {text.strip()}"
+                + (f" ({hints[0]})" if hints else "")
+            ) from exc
+        return time.perf_counter() - start
+
+    def release(self) -> None:
+        """Free the network and what it holds; the predictor cannot run afterwards.
+
+        The weights, an onnxruntime session (and its TensorRT engines), the compiled
+        graphs (``torch._dynamo.reset()``: dynamo's caches keep the compiled network alive)
+        and, on CUDA, the memory torch's allocator kept cached.
+        """
+        self.network = _released
+        gc.collect()
+        if self.compiled:
+            torch._dynamo.reset()
+            self.compiled = False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     def depth_scale(self, camera_k: np.ndarray | None, prep: Prepared) -> float:
         """Factor taking the network's metres (its training camera) to this camera's.
@@ -499,7 +631,7 @@ class Predictor:
         ks: list[np.ndarray | None] = [None] * len(images) if camera_ks is None else list(camera_ks)
         if len(ks) != len(images):
             raise ValueError(f"{len(images)} images but {len(ks)} camera matrices")
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync = self.synchronize
         preps: list[Prepared] = []
         prep_s: list[float] = []
         for i, (image, k) in enumerate(zip(images, ks, strict=True)):
@@ -550,7 +682,7 @@ class Predictor:
         network_s: float,
     ) -> PanopticDepthResult:
         """One image's network outputs ([1, ...]) -> fused, measured result at its input size."""
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync = self.synchronize
         t2 = time.perf_counter()
         out = self._to_input_size(out, prep)
         depth_scale = self.depth_scale(camera_k, prep) if self.depth_enabled else 1.0

@@ -60,6 +60,7 @@ DISTRIBUTION = {
     "rosbags": "rosbags",
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
 }
 # Modules that come with ROS itself (declared in package.xml, importable only under ros/ and launch/).
 ROS_MODULES = {

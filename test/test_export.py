@@ -13,11 +13,10 @@ import torch
 from panoptic_depthlab_ros.checkpoint import convert_detectron2, load_checkpoint, save_checkpoint
 from panoptic_depthlab_ros.errors import CheckpointError, InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.export import ExportError, export_model
-from panoptic_depthlab_ros.fusion import find_instance_centers
 from panoptic_depthlab_ros.model import build_model
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.preprocess import prepare_image
-from pdl_testing import FIXTURES, REPO, stride2_instance_branch
+from pdl_testing import FIXTURES, REPO, assert_result_parity, stride2_instance_branch
 
 
 @pytest.fixture(scope="module")
@@ -30,45 +29,6 @@ def fixture_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def case():
     return dict(np.load(FIXTURES / "tiny_case.npz"))
-
-
-def _center_set(pred: Predictor, raw: dict) -> set[tuple[int, int]]:
-    post = pred.postprocess
-    centers = find_instance_centers(
-        raw["center"], threshold=post.center_threshold, nms_kernel=post.nms_kernel, top_k=post.top_k
-    )
-    return {(int(y), int(x)) for y, x in centers.tolist()}
-
-
-def _assert_result_parity(pa: Predictor, pb: Predictor, img: np.ndarray, tie_mask=None) -> None:
-    """Same panoptic ids and segment depths, except where the inputs to a decision tie exactly.
-
-    Ties: a center on a heatmap plateau (bilinear upsampling makes equal border values;
-    float noise in the other backend breaks the tie) or at the threshold, and pixels whose
-    top-2 semantic logits are within 1e-3.
-    """
-    raw_a, raw_b = pa.raw(img), pb.raw(img)
-    ca, cb = _center_set(pa, raw_a), _center_set(pb, raw_b)
-    heat = raw_a["center"][0]
-    pooled = torch.nn.functional.max_pool2d(
-        heat[None, None], pa.postprocess.nms_kernel, 1, pa.postprocess.nms_kernel // 2
-    )[0, 0]
-    for y, x in ca ^ cb:
-        plateau = abs(float(pooled[y, x] - heat[y, x])) < 1e-4
-        at_threshold = abs(float(heat[y, x]) - pa.postprocess.center_threshold) < 1e-4
-        assert plateau or at_threshold, f"center ({y}, {x}) differs without a tie"
-    a, b = pa.predict(img), pb.predict(img)
-    if ca != cb:
-        return  # a tied center renumbers instances legitimately; nothing more to compare
-    top2 = raw_a["sem_seg"].topk(2, 0).values
-    differ = (a.panoptic != b.panoptic) & ((top2[0] - top2[1]).numpy() >= 1e-3)
-    if tie_mask is not None:
-        differ &= ~tie_mask
-    assert not differ.any()
-    assert [s.id for s in a.segments] == [s.id for s in b.segments]
-    for sa, sb in zip(a.segments, b.segments, strict=True):
-        assert sa.depth_mean == pytest.approx(sb.depth_mean, abs=1e-3)
-        assert sa.depth_median == pytest.approx(sb.depth_median, abs=1e-3)
 
 
 def test_onnx_parity_on_detectron2_fixture(tmp_path: Path, fixture_ckpt: Path, case) -> None:
@@ -88,7 +48,7 @@ def test_onnx_parity_on_detectron2_fixture(tmp_path: Path, fixture_ckpt: Path, c
         diff = float((a[key] - b[key]).abs().max())
         assert diff <= tol, key
         assert diff <= 1e-4 * float(a[key].abs().max()) + 1e-5, key
-    _assert_result_parity(pt, ox, bgr, tie_mask=case["near_tie_mask"])
+    assert_result_parity(pt, ox, bgr, tie_mask=case["near_tie_mask"])
     # ...and both equal Detectron2's panoptic map outside the near-tie pixels.
     outside = ~case["near_tie_mask"]
     np.testing.assert_array_equal(ox.predict(bgr).panoptic[outside], case["panoptic_seg"][outside])
@@ -105,7 +65,7 @@ def test_onnx_dynamic_shape_and_tiny_model(tmp_path: Path, tiny_checkpoint: Path
         a, b = pt.raw(img), ox.raw(img)
         for key in a:
             assert float((a[key] - b[key]).abs().max()) < 1e-3, (shape, key)
-        _assert_result_parity(pt, ox, img)
+        assert_result_parity(pt, ox, img)
 
 
 def test_onnx_export_of_a_stride2_instance_branch(tmp_path: Path, tiny_checkpoint: Path) -> None:

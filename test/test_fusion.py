@@ -213,3 +213,16 @@ def test_group_pixels_does_not_depend_on_the_cell_size() -> None:
     ref = ref_group(centers, offset, mask)
     for cell in (1, 2, 8, 32, 1000):
         assert torch.equal(_group_pixels(centers, offset, mask, cell=cell), ref), cell
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
+def test_counting_by_index_add_is_bincount(dtype) -> None:
+    """The GPU's sync-free count (run here on the CPU) gives bincount's counts."""
+    from panoptic_depthlab_ros.kernels import count_by_index_add, count_values
+
+    values = torch.randint(0, 19, (5000,), generator=torch.Generator().manual_seed(1)).to(dtype)
+    expected = torch.bincount(values, minlength=25)
+    got = count_by_index_add(values, 25)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    assert torch.equal(count_values(values, 25), expected)
+    assert torch.equal(count_by_index_add(values[:0], 3), torch.zeros(3, dtype=torch.int64))

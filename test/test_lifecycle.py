@@ -236,3 +236,51 @@ def test_installed_executable_managed_and_clean_shutdown(ros_context, tiny_check
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+def test_a_failing_warm_up_fails_configure_and_cleanup_releases_the_model(
+    ros_context, tiny_checkpoint, monkeypatch, capfd
+) -> None:
+    """The first frame's failure (here out of GPU memory, raised by the predictor's network call)
+    shows at configure: refused with the reason, nothing half-configured. Without it, the warm-up
+    time is logged; cleanup releases the predictor; a re-configure warms up at the frames' size."""
+    import torch
+
+    from panoptic_depthlab_ros.predictor import Predictor, WarmUpError
+
+    real_network = Predictor._run_network
+
+    def out_of_memory(self, x, *, depth):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(Predictor, "_run_network", out_of_memory)
+    params = {**PARAMS, "warmup_height": 96, "warmup_width": 160}
+    h = NodeHarness(ros_context, tiny_checkpoint, params=params, outputs=OUTPUTS)
+    try:
+        lc = h.lifecycle()
+        assert not lc.change("configure")
+        assert lc.state() == "unconfigured" and h.node.predictor is None
+        assert "/panoptic_depthlab/segments" not in _topics(h)[0]
+        assert isinstance(h.node._transition_error, WarmUpError)
+        reason = "warm-up frame 96x160 on cpu (backend torch) failed: OutOfMemoryError: CUDA out of memory."
+        assert str(h.node._transition_error).startswith(reason)
+        assert f"configure failed: WarmUpError: {reason}" in capfd.readouterr().err
+
+        monkeypatch.setattr(Predictor, "_run_network", real_network)
+        assert lc.change("configure")
+        assert "warm-up frame 96x160 on cpu: " in capfd.readouterr().err
+        assert lc.change("activate")
+        _answer_frame(h, 1)  # 64x128
+        predictor = h.node.predictor
+        assert lc.change("deactivate") and lc.change("cleanup")
+        with pytest.raises(Exception, match="this predictor was released"):
+            predictor.predict(random_image(2))
+        del predictor
+        assert lc.change("configure")
+        assert "warm-up frame 64x128 on cpu: " in capfd.readouterr().err
+    finally:
+        h.close()
+
+    monkeypatch.setattr(Predictor, "_run_network", out_of_memory)
+    with pytest.raises(WarmUpError, match="warm-up frame 512x1024 on cpu"):  # unmanaged: the start-up fails
+        NodeHarness(ros_context, tiny_checkpoint, params={**PARAMS, "managed": False}, outputs=OUTPUTS)

@@ -176,3 +176,20 @@ def test_statistics_with_many_segments_and_huge_ids(monkeypatch: pytest.MonkeyPa
         assert (s.area, (s.x_min, s.y_min, s.x_max, s.y_max), s.depth_valid_pixels) == (r["area"], r["bbox"], r["n"])
         assert (s.depth_min, s.depth_median) == (r["min"], r["median"])
         assert s.depth_robust == pytest.approx(r["robust"], rel=1e-9)
+
+
+def test_the_gpu_class_probability_agrees_with_the_cpu_in_chunks(monkeypatch) -> None:
+    """The GPU formula (logsumexp per pixel, float32 per chunk, chunks in float64), run here on
+    the CPU over chunks that cut the image mid-row, against the CPU's exact sums."""
+    from panoptic_depthlab_ros import segment_stats
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(19, 40 * 64, generator=gen) * 8
+    logits[:, 5] = 200.0  # huge logits: the CPU takes its logsumexp branch, the GPU always does
+    seg = torch.randint(0, 7, (40 * 64,), generator=gen, dtype=torch.int32)
+    segment_class = torch.randint(0, 19, (8,), generator=gen)
+    monkeypatch.setattr(segment_stats, "_GPU_CHUNK", 1000)
+    cpu = segment_stats._class_probability(logits, seg, segment_class, 64, 40 * 64)
+    gpu = segment_stats._class_probability_gpu(logits, seg, segment_class, 64, 40 * 64)
+    assert gpu.dtype == torch.float64 and gpu[7] == 0  # the void slot gets nothing here
+    torch.testing.assert_close(gpu, cpu, rtol=1e-6, atol=1e-9)

@@ -24,12 +24,16 @@ Threads (why the executor never blocks and no stale frame piles up):
 Lifecycle (``rclpy.lifecycle``): the node is always driven by the lifecycle state
 machine; ``managed`` only decides who drives it.
 
-* configure: load the checkpoint, create the (lifecycle) publishers;
+* configure: load the checkpoint, run one warm-up frame (``warmup_height`` x
+  ``warmup_width``, or the size of the frames seen before a re-configure; its time is
+  logged; a failure, e.g. out of GPU memory, fails the configure with the reason),
+  create the (lifecycle) publishers;
 * activate: enable the publishers, subscribe, start the worker and diagnostics;
 * deactivate: disable the publishers (an in-flight frame publishes nothing),
   unsubscribe, stop the worker (waits for the frame being inferred), drop a
   waiting frame and forget the tracks;
-* cleanup: destroy the publishers and free the model, the tracker with it (and cached GPU memory);
+* cleanup: destroy the publishers, wait for the worker, free the model (the tracker with
+  it), its compiled graphs or onnxruntime session, and the cached GPU memory;
 * shutdown (from any primary state, also when the node is destroyed): all of it.
 
 ``managed:=false`` (default) configures and activates at start-up, as a plain node
@@ -75,7 +79,7 @@ from ..pipeline import (
     Pipeline,
     PipelineStats,
 )
-from ..predictor import Predictor, resolve_device, untrained_depth_note
+from ..predictor import Predictor, WarmUpError, resolve_device, untrained_depth_note
 from .parameters import (
     NodeSettings,
     check_update,
@@ -84,6 +88,8 @@ from .parameters import (
 )
 
 NODE_NAME = "panoptic_depthlab"
+# How long a cleanup waits for a worker still inferring a frame before it frees the model.
+WORKER_JOIN_S = 60.0
 
 
 def message_class(name: str) -> type:
@@ -170,9 +176,23 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
         raise StartupError(f"backend {settings.backend!r} is not available in this installation: {exc}") from exc
     except (OSError, RuntimeError, ValueError) as exc:
         raise StartupError(f"cannot load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    log_info(f"loaded {path} on {predictor.device} (backend {settings.backend})")
+    providers = getattr(predictor.network, "providers", None)  # onnxruntime: what the session got
+    runtime = f"backend {predictor.backend}" + (f", providers {', '.join(providers)}" if providers else "")
+    log_info(f"loaded {path} on {predictor.device} ({runtime})")
     log_info(predictor.pooling_policy() + "; the first frame of each size logs how it is handled")
     return predictor
+
+
+def warm_up(predictor: Predictor, size: tuple[int, int], log_info: Callable[[str], Any]) -> None:
+    """One warm-up frame of ``size`` (height, width; 0 skips it), its time logged; :class:`WarmUpError` if it fails."""
+    height, width = size
+    if height <= 0 or width <= 0:
+        log_info("no warm-up frame (warmup_height or warmup_width is 0): the first frame pays the set-up")
+        return
+    fitted = predictor.warmup_frame_size(height, width)
+    seconds = predictor.warm_up(*fitted)
+    why = "" if fitted == (height, width) else f" (not {height}x{width}: the export or max_input_pixels refuses it)"
+    log_info(f"warm-up frame {fitted[0]}x{fitted[1]} on {predictor.device}{why}: {seconds * 1e3:.0f} ms")
 
 
 def input_qos(settings: NodeSettings) -> QoSProfile:
@@ -215,6 +235,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         self._diagnostics_timer: Any = None
         self._transition_error: Exception | None = None
         self._raise_transition_errors = False  # True while an unmanaged node starts itself
+        self._frame_size: tuple[int, int] | None = None  # of the frames seen before a cleanup: the next warm-up's
         self._last_report = time.monotonic()
         try:
             self.settings = declare_settings(self)
@@ -370,6 +391,13 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         """Load the model and create the publishers."""
         logger = self.get_logger()
         predictor = load_predictor(self.settings, logger.info)
+        try:
+            warm_up(
+                predictor, self._frame_size or (self.settings.warmup_height, self.settings.warmup_width), logger.info
+            )
+        except WarmUpError:
+            predictor.release()
+            raise
         # The fusion settings saved with the model: what parameters at -1 stand for.
         self._checkpoint_postprocess = predictor.postprocess
         enabled = [
@@ -449,11 +477,17 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
                 self.destroy_lifecycle_publisher(cast(LifecyclePublisher, pub))
             sink.publishers.clear()
         if pipeline is not None:
-            on_cuda = pipeline.predictor.device.type == "cuda"
+            pipeline.stop()
+            if not pipeline.join(WORKER_JOIN_S):
+                self.get_logger().warning(
+                    f"the worker is still inferring a frame {WORKER_JOIN_S:.0f} s after the stop; the model is freed"
+                    " once that frame ends"
+                )
+            else:
+                self._frame_size = pipeline.last_frame_size or self._frame_size
+                pipeline.predictor.release()  # compiled graphs, sessions, cached GPU memory
             del pipeline
             gc.collect()  # the model's tensors go now, not at some later collection
-            if on_cuda:
-                torch.cuda.empty_cache()
         if self._diagnostics_pub is not None:
             self.destroy_lifecycle_publisher(cast(LifecyclePublisher, self._diagnostics_pub))
             self._diagnostics_pub = None

@@ -27,6 +27,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from ..backends import BACKENDS
 from ..checkpoint import bundled_checkpoint
 from ..errors import CheckpointError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
@@ -163,9 +164,11 @@ class NodeSettings:
         "(panoptic_depthlab_ros/data/demo.safetensors).",
     )
     backend: str = parameter(
-        "torch",
-        "Inference backend: torch (checkpoint) or onnxruntime (.onnx file).",
-        choices=("torch", "onnxruntime"),
+        "auto",
+        "What runs the network: auto (a checkpoint in torch; an exported .onnx in openvino when installed and"
+        " on the CPU, else onnxruntime), torch (checkpoint), onnxruntime or openvino (.onnx file, fp32 or"
+        " export --int8).",
+        choices=BACKENDS,
     )
     device: str = parameter(
         "auto",
@@ -181,7 +184,8 @@ class NodeSettings:
     )
     num_threads: int = parameter(
         0,
-        "CPU intra-op threads of the network (torch.set_num_threads; onnxruntime uses the same); 0 = the default.",
+        "CPU intra-op threads of the network (torch.set_num_threads; onnxruntime and openvino use the same);"
+        " 0 = the default (torch's: the physical cores).",
         bounds=(0, 256),
     )
     max_input_width: int = parameter(
@@ -213,6 +217,16 @@ class NodeSettings:
         "overlay distances) even from a checkpoint whose depth branch was never trained (e.g. converted "
         "from Detectron2): its depth is noise until trained. false: such a checkpoint publishes "
         "panoptic and semantic outputs only, and says so at start-up.",
+    )
+    warmup_height: int = parameter(
+        512,
+        "Height of the warm-up frame run at configure (set the camera's: an out-of-memory, a GPU the torch build"
+        " has no kernels for, a compile or an engine build then fail the configure instead of every frame;"
+        " after frames were seen, a re-configure uses their size); 0 = no warm-up.",
+        bounds=(0, 16384),
+    )
+    warmup_width: int = parameter(
+        1024, "Width of the warm-up frame (see warmup_height); 0 = no warm-up.", bounds=(0, 16384)
     )
     max_input_pixels: int = parameter(
         16777216,

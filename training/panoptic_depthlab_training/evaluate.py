@@ -220,6 +220,8 @@ def summary_json(summary: Mapping[str, Any], **info: Any) -> dict[str, Any]:
 
 
 def _training_iteration(path: Path) -> int | None:
+    if path.suffix.lower() == ".onnx":
+        return None  # an export records no training
     info = json.loads(read_checkpoint_header(path).get("info", "{}"))
     return info.get("training", {}).get("iteration")
 
@@ -228,7 +230,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Arguments of ``evaluate`` (reused by the ``panoptic-depthlab-training`` CLI)."""
     parser = argparse.ArgumentParser(description="Evaluate a Panoptic-DepthLab checkpoint", add_help=add_help)
     parser.add_argument(
-        "--checkpoint", type=Path, help="our .safetensors checkpoint (required but with --ground-truth)"
+        "--checkpoint",
+        type=Path,
+        help="our .safetensors checkpoint or an exported .onnx (e.g. export --int8; see --backend);"
+        " required but with --ground-truth",
     )
     parser.add_argument("--data", required=True, type=Path, help="Cityscapes root (or a synthetic tree)")
     parser.add_argument("--split", default="val", choices=("train", "val"))
@@ -322,6 +327,7 @@ def main(args: argparse.Namespace) -> int:
                 doc = summary_json(
                     summary,
                     checkpoint=str(args.checkpoint),
+                    backend=predictor.backend,
                     data=str(args.data),
                     split=args.split,
                     gt_max_depth=max_depth or None,
