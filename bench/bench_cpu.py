@@ -60,7 +60,7 @@ from panoptic_depthlab_ros.quantize import KEEP_FLOAT, Int8Settings  # noqa: E40
 R52_CONFIG = REPO / "test" / "fixtures" / "detectron2" / "full_config_R52_os16.yaml"
 DEMO_BAG = REPO / "data" / "demo_bag"
 STAGES = ("preprocess", "network", "fusion", "segment_depth", "total")
-SETTLE_S = 0.05  # pause after each timed run (see interleaved)
+SETTLE_S = 0.2  # pause after each timed run (see interleaved)
 # (name, file kind, backend): "fp32" / "int8" pick the export, "two-branch" the torch model without depth.
 VARIANTS = (
     ("torch fp32, two-branch", "two-branch", "torch"),
@@ -166,8 +166,8 @@ def interleaved(
     """Median stage times and peak memory per variant, each variant in its own process.
 
     Every round sends each frame to every variant in turn (load changes hit all alike),
-    with a pause after each run so that no thread pool still spinning from one run takes
-    the cores from the next.
+    starting with another variant each round, with a pause after each run so that no
+    thread pool still spinning from one run takes the cores from the next.
     """
     children = {}
     for name, kind, _ in VARIANTS:
@@ -178,9 +178,12 @@ def interleaved(
         json.loads(child.stdout.readline())  # ready: one at a time, so loading does not overlap
         children[name] = child
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in children}
-    for _ in range(rounds):
+    names = list(children)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]  # each round starts with another variant
         for i in range(count):
-            for name, child in children.items():
+            for name in order:
+                child = children[name]
                 assert child.stdin is not None and child.stdout is not None
                 child.stdin.write(f"run {i}\n")
                 child.stdin.flush()

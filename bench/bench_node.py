@@ -56,6 +56,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="comma-separated intra-op thread counts, each run for both (0 = torch's default)",
     )
     p.add_argument("--rounds", type=int, default=1, help="repeat every thread setting this often")
+    p.add_argument(
+        "--node-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the node's process only (e.g. OMP_WAIT_POLICY=PASSIVE); repeatable",
+    )
     p.add_argument("--inprocess", action="store_true", help="run the node in this process")
     p.add_argument("--domain", type=int, default=1 + os.getpid() % 100, help="ROS domain id")
     return p
@@ -236,7 +243,7 @@ def thread_settings(text: str) -> list[int]:
     return values
 
 
-def start_node(node_params: dict, domain: int, context, inprocess: bool):
+def start_node(node_params: dict, domain: int, context, inprocess: bool, extra_env: list[str]):
     """The node under test: the installed executable in its own process, or in this one."""
     if inprocess:
         from rclpy.executors import SingleThreadedExecutor
@@ -265,6 +272,7 @@ def start_node(node_params: dict, domain: int, context, inprocess: bool):
         ROS_DOMAIN_ID=str(domain),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
+    env.update(item.split("=", 1) for item in extra_env)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def stop_process() -> None:
@@ -293,7 +301,7 @@ def run_setting(args, context, checkpoint: Path, threads: int, images: list[np.n
     settings = NodeSettings.from_values({**{p.name: p.default for p in PARAMETERS}, **node_params})
     predictor.postprocess = settings.postprocess(predictor.postprocess)
     BARE_STAGES.clear()
-    stop = start_node(node_params, args.domain, context, args.inprocess)
+    stop = start_node(node_params, args.domain, context, args.inprocess, args.node_env)
     rows = []
     try:
         for phase, outputs in (("segments only", ("segments",)), ("all 5 outputs", OUTPUTS)):
@@ -373,6 +381,7 @@ def main() -> None:
                         f"{height}x{width} bgr8, {args.frames} frames after {args.warmup} warm-up, "
                         f"{os.cpu_count()} CPUs, torch default threads {DEFAULT_THREADS}, "
                         f"load {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+                        + (f"; node environment {' '.join(args.node_env)}" if args.node_env else "")
                     )
                 print(f"\nround {round_ + 1}", end=" ")
                 summary.append((threads, report(rows, threads)))
