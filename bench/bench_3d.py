@@ -1,4 +1,4 @@
-"""Issue 8 benchmark: the node's 3D outputs against the end-to-end time, in one run.
+"""The node's 3D outputs against the end-to-end time, in one run.
 
     .venv/bin/python bench/bench_3d.py [--repeat 5] [--network-repeat 1] [--num-threads 0]
 

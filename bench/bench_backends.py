@@ -1,4 +1,4 @@
-"""Issue 7: eager fp32 torch vs the optimized torch path vs onnxruntime, in one run.
+"""Eager fp32 torch vs the optimized torch path vs onnxruntime, in one run.
 
     .venv/bin/python bench/bench_backends.py [--models r52,demo] [--sizes 512x1024,1024x2048]
                                              [--repeat N] [--demo-repeat N] [--threads N] [--device cpu|cuda]

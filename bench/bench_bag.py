@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: bag-to-bag replay against the bare predictor on the same frames, in one run.
+"""Bag-to-bag replay against the bare predictor on the same frames, in one run.
 
     .venv/bin/python bench/bench_bag.py [--checkpoint model.safetensors] [--bag data/demo_bag]
         [--storage mcap|sqlite3] [--repeat 3] [--num-threads 1]

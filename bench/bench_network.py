@@ -1,4 +1,4 @@
-"""Issue 3: the full-size R-52 model's forward vs fusion vs segment depth, in one run.
+"""The full-size R-52 model's forward vs fusion vs segment depth, in one run.
 
     .venv/bin/python bench/bench_network.py [--sizes 512x1024,1024x2048] [--repeat N]
                                             [--device cpu|cuda]
@@ -515,7 +515,7 @@ def main() -> None:
         ref_sizes = parse_sizes(args.reference_sizes)
     load_start = os.getloadavg()[0]
     print(
-        f"Panoptic-DepthLab network benchmark (issue 3): torch {torch.__version__}, "
+        f"Panoptic-DepthLab network benchmark: torch {torch.__version__}, "
         f"device {device}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
         f"1-min load average {load_start:.2f} at start",
         flush=True,

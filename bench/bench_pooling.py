@@ -1,4 +1,4 @@
-"""Issue 21 benchmark: how to run Detectron2 weights on frames whose size Detectron2 refuses.
+"""How to run Detectron2 weights on frames whose size Detectron2 refuses.
 
     .venv/bin/python bench/bench_pooling.py [--part time|accuracy|both]
         [--sizes 480x640,720x1280,1080x1920,1200x1920] [--rounds 3] [--frames 60] [--data DIR]

@@ -1,4 +1,4 @@
-"""Issue 24 benchmark: the tracker's cost per frame, and what depth smoothing trades.
+"""The tracker's cost per frame, and what depth smoothing trades.
 
     .venv/bin/python bench/bench_tracker.py [--sizes 512x1024,192x384] [--frames 60] [--repeat 5]
 

@@ -1,4 +1,4 @@
-"""Issue 6: training-step speed of the demo recipe on CPU, float32 vs bfloat16 and NCHW vs NHWC.
+"""Training-step speed of the demo recipe on CPU, float32 vs bfloat16 and NCHW vs NHWC.
 
     .venv/bin/python bench/bench_training.py [--iters 30] [--skip 5] [--threads 0]
 

@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: what an enlarged input and test-time averaging cost per frame, in one run.
+"""What an enlarged input and test-time averaging cost per frame, in one run.
 
     .venv/bin/python bench/bench_tta.py [--checkpoint model.safetensors] [--bag data/demo_bag]
         [--frames 10] [--repeat 3] [--num-threads 2]

@@ -18,6 +18,8 @@ from panoptic_depthlab_training.cityscapes import CityscapesSample, list_samples
 from panoptic_depthlab_training.evaluate import Prediction, band_metrics, evaluate, merge_evaluators, predictor_fn
 from panoptic_depthlab_training.metrics import PanopticDepthEvaluator
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 METRIC_KEYS = (
     "PQ",
     "SQ",
@@ -39,16 +41,6 @@ METRIC_KEYS = (
     "segment_depth_mae",
     "segment_depth_absrel",
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on two shared cores, OpenMP threads that spin while other
-    processes hold a core cost far more than they gain (measured 2-3x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _ground_truth(sample: CityscapesSample) -> Prediction:

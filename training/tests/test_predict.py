@@ -10,7 +10,6 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-import torch
 from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
 from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
 
@@ -21,13 +20,7 @@ from panoptic_depthlab_training import cli
 from panoptic_depthlab_training.cityscapes import camera_matrix, list_samples, read_camera, read_image
 from panoptic_depthlab_training.evaluate import evaluate_split
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_predictions_score_the_same_in_cityscapesscripts(synth_root, tmp_path, capsys):
