@@ -29,7 +29,7 @@ import torch
 from .errors import PanopticDepthLabError
 from .metadata import ClassMetadata
 from .model import ModelConfig
-from .postprocess import PostprocessConfig
+from .fusion import PostprocessConfig
 
 if TYPE_CHECKING:
     from .onnx_backend import ExportedNetwork

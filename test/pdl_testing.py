@@ -133,7 +133,7 @@ def write_tiny_checkpoint(path: Path) -> Path:
 
 
 def _center_set(pred, raw: dict) -> set[tuple[int, int]]:
-    from panoptic_depthlab_ros.postprocess import find_instance_centers  # noqa: PLC0415 - keep this module light
+    from panoptic_depthlab_ros.fusion import find_instance_centers  # noqa: PLC0415 - keep this module light
 
     post = pred.postprocess
     centers = find_instance_centers(

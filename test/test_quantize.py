@@ -14,7 +14,7 @@ from panoptic_depthlab_ros.calibration import CalibrationError, read_calibration
 from panoptic_depthlab_ros.cli import main
 from panoptic_depthlab_ros.errors import BagError
 from panoptic_depthlab_ros.export import export_model, sidecar_path
-from panoptic_depthlab_ros.postprocess import panoptic_fusion
+from panoptic_depthlab_ros.fusion import panoptic_fusion
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.quantize import KEEP_FLOAT, Int8Settings
 from pdl_testing import write_image_bag
