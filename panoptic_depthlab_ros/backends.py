@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import PanopticDepthLabError
+from .fusion import PostprocessConfig
 from .metadata import ClassMetadata
 from .model import ModelConfig
-from .fusion import PostprocessConfig
 
 if TYPE_CHECKING:
     from .onnx_backend import ExportedNetwork
