@@ -322,7 +322,7 @@ def run_setting(args, context, checkpoint: Path, threads: int, images: list[np.n
 
 def report(rows: list, threads: int) -> dict[str, float]:
     """Print one thread setting's table; returns its ratios (node / bare)."""
-    stages = ("wait", "convert", "preprocess", "network", "fusion", "segment_depth", "publish", "total")
+    stages = ("wait", "convert", "preprocess", "network", "fusion", "segment_depth", "track", "publish", "total")
     print(f"[--num-threads {threads}: {threads or DEFAULT_THREADS} intra-op threads]")
     print(f"{'':36s} {'median':>8s} {'mean':>8s} {'max':>8s}  (ms)")
     ratios = {}

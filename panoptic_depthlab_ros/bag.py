@@ -51,10 +51,11 @@ from tqdm import tqdm
 from . import msg_conversions
 from .errors import BagError, InputError, NothingDoneError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS
-from .node_outputs import NAMESPACE, OUTPUTS, OutputSettings, output_messages
+from .node_outputs import NAMESPACE, OUTPUTS, SEGMENT_ARRAY_TYPE, OutputSettings, output_messages
 from .output import StagedOutput
 from .predictor import Predictor
 from .salvage import Salvage, is_cut_short, salvage
+from .tracker import Tracker, TrackerConfig
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -76,6 +77,8 @@ class ReplaySummary:
     output_topics: list[str] = field(default_factory=list)
     damage: str | None = None  # set when a cut-short or damaged input was salvaged: what was lost
     interrupted: bool = False  # a stop request ended the replay early (the output holds what was done)
+    tracker_resets: list[str] = field(default_factory=list)  # "<stamp>: <reason>" per reset of the tracks
+    upgraded: dict[str, int] = field(default_factory=dict)  # topic -> messages of an older definition rewritten
 
 
 def msg_definition_dir() -> Path:
@@ -239,12 +242,14 @@ def replay_bag(
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stop: Callable[[], bool] = lambda: False,
+    tracking: bool | TrackerConfig = True,
 ) -> ReplaySummary:
     """Replay ``bag_in`` through ``predictor`` into a new bag ``bag_out`` (see module docstring).
 
     ``stop()`` is asked before each message; once True the replay ends as at the end of
-    the input.  Raises :class:`BagError` (and keeps any previous ``bag_out``) when no
-    frame could be replayed.
+    the input.  ``tracking``: True tracks with the default :class:`TrackerConfig`, a
+    config with that one, False not at all.  Raises :class:`BagError` (and keeps any
+    previous ``bag_out``) when no frame could be replayed.
     """
     staged = bag_output(bag_in, bag_out, overwrite=overwrite)
     bag_in, bag_out = Path(bag_in), Path(bag_out)
@@ -289,6 +294,7 @@ def replay_bag(
             progress=progress,
             max_pixels=max_pixels,
             stop=stop,
+            tracker=Tracker(None if tracking is True else tracking) if tracking else None,
         )
         damaged = [v.describe() for v in salvages if v.dropped or v.cut_short]
         if summary.damage or damaged:
@@ -362,6 +368,7 @@ def _replay(
     progress: bool,
     max_pixels: int,
     stop: Callable[[], bool],
+    tracker: Tracker | None,
 ) -> None:
     """Every input message copied, every image frame answered with the node's outputs.
 
@@ -390,6 +397,7 @@ def _replay(
                 image_topic=img_conn.topic,
                 info_topic=info_conn.topic if info_conn is not None else None,
                 on_frame=lambda: bar.update(1),
+                tracker=tracker,
             )
             replay.copy_connections(connections, bag_in)
             _read_all(readers, recover, replay.handle, bag_in, summary, stop)
@@ -402,7 +410,7 @@ class _FrameReplay:
 
     The outputs are those of :data:`~.node_outputs.OUTPUTS` this replay can give: no
     depth outputs from an untrained depth branch, no markers or points without a
-    CameraInfo topic (nor before its first message).
+    CameraInfo topic (nor before its first message), no tracked panoptic without a tracker.
     """
 
     def __init__(
@@ -417,33 +425,76 @@ class _FrameReplay:
         image_topic: str,
         info_topic: str | None,
         on_frame: Callable[[], Any],
+        tracker: Tracker | None,
     ) -> None:
         self.writer, self.ts, self.summary = writer, ts, summary
         self.predictor, self.settings, self.max_pixels = predictor, settings, max_pixels
         self.image_topic, self.info_topic, self.on_frame = image_topic, info_topic, on_frame
+        self.tracker = tracker
         self.copies: dict[str, Connection] = {}
+        self.upgrades: dict[str, Typestore] = {}  # topic -> a typestore with the bag's older definition
         self.camera_k: np.ndarray | None = None
-        wanted = [o for o in OUTPUTS if o.available(depth=predictor.depth_enabled, intrinsics=info_topic is not None)]
+        wanted = [
+            o
+            for o in OUTPUTS
+            if o.available(depth=predictor.depth_enabled, intrinsics=info_topic is not None, tracks=tracker is not None)
+        ]
         self.outputs = {o.name: (o, writer.add_connection(o.topic, o.msg_type, typestore=ts)) for o in wanted}
         summary.output_topics = [o.topic for o in wanted]
 
     def copy_connections(self, connections: list[Connection], bag: Path) -> None:
-        """Every input topic, except outputs of an earlier replay (they are replaced, not doubled)."""
-        self.copies = {
-            c.topic: _copy_connection(self.writer, c, self.ts, bag)
-            for c in connections
-            if not c.topic.startswith(NAMESPACE + "/")
-        }
+        """Every input topic, except outputs of an earlier replay (they are replaced, not doubled).
+
+        A topic of our segments with an older definition is written with today's (see
+        :meth:`_upgrade`): one bag holds one definition per type.
+        """
+        for c in connections:
+            if c.topic.startswith(NAMESPACE + "/"):
+                continue
+            older = _older_definition(c, self.ts, bag)
+            if older is None:
+                self.copies[c.topic] = _copy_connection(self.writer, c, self.ts, bag)
+            else:
+                self.upgrades[c.topic] = older
+                qos = getattr(c.ext, "offered_qos_profiles", [])
+                self.copies[c.topic] = self.writer.add_connection(
+                    c.topic, c.msgtype, typestore=self.ts, offered_qos_profiles=qos
+                )
 
     def handle(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         """One input message: copied; a CameraInfo updates K; an image is answered."""
-        if conn.topic in self.copies:
+        if conn.topic in self.upgrades:
+            self._upgrade(conn, stamp_ns, raw)
+        elif conn.topic in self.copies:
             self.writer.write(self.copies[conn.topic], stamp_ns, raw)
         if conn.topic == self.info_topic:
             self._camera_info(conn, stamp_ns, raw)
         elif conn.topic == self.image_topic:
             self.on_frame()
             self._frame(conn, stamp_ns, raw)
+
+    def _upgrade(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
+        """A ``SegmentDepthArray`` of an older definition, rewritten with today's (missing fields unknown)."""
+        try:
+            old: Any = _deserialize(self.upgrades[conn.topic], raw, conn)
+        except InputError as exc:
+            self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
+            return
+        t = self.ts.types
+        stamp = t["builtin_interfaces/msg/Time"](sec=old.header.stamp.sec, nanosec=old.header.stamp.nanosec)
+        message = msg_conversions.segments_to_msg(
+            [msg_conversions.segment_from_msg(s) for s in old.segments],
+            header=t["std_msgs/msg/Header"](stamp=stamp, frame_id=old.header.frame_id),
+            array_cls=t[SEGMENT_ARRAY_TYPE],
+            segment_cls=t[f"{PACKAGE}/msg/SegmentDepth"],
+            point_cls=t["geometry_msgs/msg/Point"],
+            vector_cls=t["geometry_msgs/msg/Vector3"],
+            height=old.height,
+            width=old.width,
+            label_divisor=old.label_divisor,
+        )
+        self.writer.write(self.copies[conn.topic], stamp_ns, self.ts.serialize_cdr(message, SEGMENT_ARRAY_TYPE))
+        self.summary.upgraded[conn.topic] = self.summary.upgraded.get(conn.topic, 0) + 1
 
     def _camera_info(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         try:
@@ -461,6 +512,12 @@ class _FrameReplay:
         except InputError as exc:  # one bad frame is reported and skipped, the replay goes on
             self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
             return
+        if self.tracker is not None:  # time: the image's own stamp, as in the node
+            stamp = msg_conversions.stamp_ns(msg.header)
+            tracked = self.tracker.update(result, stamp_ns=stamp)
+            if tracked.reset_reason is not None:
+                self.summary.tracker_resets.append(f"{stamp}: {tracked.reset_reason}")
+            result = result.with_tracks(tracked.tracks)
         header = self.ts.types["std_msgs/msg/Header"](stamp=msg.header.stamp, frame_id=msg.header.frame_id)
         messages = output_messages(
             result,
@@ -546,6 +603,26 @@ def _storage_of(bag: Path) -> StoragePlugin:
     """Keep the input's storage format (sqlite3 for ``.db3`` files, else MCAP)."""
     files = [bag] if bag.is_file() else list(bag.iterdir())
     return StoragePlugin.SQLITE3 if any(f.suffix == ".db3" for f in files) else StoragePlugin.MCAP
+
+
+def _older_definition(conn: Connection, ts: Typestore, bag: Path) -> Typestore | None:
+    """A typestore with the bag's definition of our ``SegmentDepthArray`` when it differs from today's, else None.
+
+    Only the segment array is a topic type of ours.  A connection without a definition
+    (some salvaged or bare files) is taken to be today's.
+    """
+    if conn.msgtype != SEGMENT_ARRAY_TYPE or not conn.msgdef.data:
+        return None
+    try:
+        theirs = get_types_from_msg(conn.msgdef.data, conn.msgtype)
+    except Exception as exc:  # noqa: BLE001 - the parser raises its own grammar errors
+        raise BagError(f"{bag}: topic {conn.topic!r}: cannot read the definition of {conn.msgtype} ({exc})") from exc
+    ours = {name: ts.fielddefs[name] for name in theirs if name.startswith(f"{PACKAGE}/")}
+    if all(theirs[name] == ours[name] for name in ours):
+        return None
+    older = get_typestore(Stores.ROS2_JAZZY)
+    older.register(theirs)
+    return older
 
 
 def _copy_connection(writer: Writer, conn: Connection, ts: Typestore, bag: Path) -> Connection:

@@ -97,10 +97,16 @@ def _bag(args: argparse.Namespace) -> int:
             far=args.far,
             max_pixels=args.max_pixels,
             stop=stop,
+            tracking=not args.no_tracking,
         )
     print(f"wrote {args.output}: {summary.frames} frames, outputs on {', '.join(summary.output_topics)}")
     if summary.damage:  # the output is complete, the input was not: say so
         print(f"panoptic-depthlab bag: warning: {summary.damage}", file=sys.stderr)
+    for topic, count in summary.upgraded.items():
+        print(f"  {topic}: {count} messages of an older SegmentDepthArray definition written with today's")
+    if summary.tracker_resets:  # the stamps jumped: the tracks started afresh there
+        more = f" (+{len(summary.tracker_resets) - 1} more)" if len(summary.tracker_resets) > 1 else ""
+        print(f"panoptic-depthlab bag: tracks reset at {summary.tracker_resets[0]}{more}", file=sys.stderr)
     return outcome(
         "panoptic-depthlab bag",
         skipped=summary.skipped,
@@ -128,6 +134,7 @@ def _infer(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             max_pixels=args.max_pixels,
             stop=stop,
+            tracking=not args.no_tracking,
         )
     print(f"wrote {len(summary.written)} files for {summary.frames} frames to {args.out}")
     return outcome(
@@ -164,6 +171,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="give depth, segment depths and distances even from a checkpoint whose depth branch was never"
         " trained (e.g. converted from Detectron2; they are noise until it is trained)",
+    )
+    p.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not track things over frames (bag: over the images; infer: over each video's frames)",
     )
     add_inference_args(p)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .result import PanopticDepthResult
-from .visualize import depth_to_bgr
+from .visualize import depth_to_bgr, segment_label
 
 # One point of ~/points: 20 bytes, little-endian on every platform the wheels exist for.
 # ``rgb`` holds the bits of 0x00RRGGBB as a float32 (what rviz's RGB8 transformer reads).
@@ -39,6 +39,7 @@ COLOR_MODES = ("class", "instance")
 # Robust 3D extent of a thing: these quantiles of its valid pixels' x, y and z.
 BOX_QUANTILES = (0.05, 0.95)
 MIN_BOX_M = 0.05  # a box is never thinner than this (a one-pixel thing still shows)
+ARROW_HORIZON_S = 1.0  # a velocity arrow spans the motion of this many seconds
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,11 @@ class PointCloud:
 class MarkerSpec:
     """One marker, ROS-free.
 
-    ``kind`` is ``"text"`` (view-facing) or ``"box"`` (axis-aligned in the camera
-    frame).  ``position`` is the text anchor or the box centre and ``scale`` the box
-    size (x, y, z) or, for text, (0, 0, text height); meters.  ``rgba`` in 0..1.
+    ``kind`` is ``"text"`` (view-facing), ``"box"`` (axis-aligned in the camera
+    frame) or ``"arrow"``.  ``position`` is the text anchor or the box centre and
+    ``scale`` the box size (x, y, z), for text (0, 0, text height), for an arrow (shaft
+    diameter, head diameter, head length); meters.  An arrow runs from ``points[0]`` to
+    ``points[1]`` (its position is the origin).  ``rgba`` in 0..1.
     """
 
     namespace: str
@@ -72,6 +75,7 @@ class MarkerSpec:
     scale: tuple[float, float, float]
     rgba: tuple[float, float, float, float]
     text: str = ""
+    points: tuple[tuple[float, float, float], ...] = ()
 
 
 def _intrinsics(camera_k: np.ndarray) -> tuple[float, float, float, float]:
@@ -291,13 +295,17 @@ def segment_markers(
     far: float,
     box_alpha: float = 0.35,
 ) -> list[MarkerSpec]:
-    """Markers of one result: a label per segment and a box per thing.
+    """Markers of one result: a label per segment, a box per thing, an arrow per moving tracked thing.
 
     Segment ``i`` of ``result.segments`` (with a finite 3D centroid, i.e. valid depth
     pixels and intrinsics) gets a ``text`` marker, namespace ``labels``, id ``2 * i``,
-    at its centroid, reading ``"<label> <depth_mean> m"``; things also get a ``box``,
-    namespace ``boxes``, id ``2 * i + 1``, spanning their :func:`segment_extents`.
-    Both are coloured by ``depth_mean`` on the overlay's near red / mid green / far
+    at its centroid, reading what the overlay writes (``"<label> <depth_mean> m"``,
+    ``"car #12 14.3 m, 2.1 m/s closing"`` when tracked:
+    :func:`~panoptic_depthlab_ros.visualize.segment_label`); things also get a ``box``,
+    namespace ``boxes``, id ``2 * i + 1``, spanning their :func:`segment_extents`, and
+    tracked things whose velocity is known an ``arrow``, namespace ``velocities``, id
+    ``i``, from the centroid to where the velocity takes it in :data:`ARROW_HORIZON_S`.
+    All are coloured by ``depth_mean`` on the overlay's near red / mid green / far
     blue scale (:func:`~panoptic_depthlab_ros.visualize.depth_to_bgr`).
     """
     segments = result.segments
@@ -324,9 +332,24 @@ def segment_markers(
                 position=(position[0], position[1], position[2]),
                 scale=(0.0, 0.0, _text_height(position[2])),
                 rgba=(r, g, b, 1.0),
-                text=f"{seg.label} {seg.depth_mean:.1f} m",
+                text=segment_label(seg),
             )
         )
+        velocity = seg.velocity
+        if seg.track_id and all(math.isfinite(v) for v in velocity):
+            end = tuple(p + v * ARROW_HORIZON_S for p, v in zip(position, velocity, strict=True))
+            shaft = 0.1 + 0.005 * position[2]  # thicker farther away, like the text
+            markers.append(
+                MarkerSpec(
+                    namespace="velocities",
+                    id=i,
+                    kind="arrow",
+                    position=(0.0, 0.0, 0.0),
+                    scale=(shaft, 2 * shaft, 3 * shaft),
+                    rgba=(r, g, b, 1.0),
+                    points=((position[0], position[1], position[2]), (end[0], end[1], end[2])),
+                )
+            )
         box = box_of.get(seg.id)
         if box is not None and np.all(np.isfinite(box[0])):
             lo, hi = box

@@ -15,6 +15,7 @@ replaces the few parts of it the package needs.
 from __future__ import annotations
 
 import array
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -201,6 +202,11 @@ def depth_for_rep118(depth: np.ndarray) -> np.ndarray:
     return np.where(valid & np.isfinite(depth), depth, np.float32(np.nan)).astype(np.float32, copy=False)
 
 
+def stamp_ns(header: Any) -> int:
+    """A ``std_msgs/Header``'s stamp in integer nanoseconds (what the tracker counts time in)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
 # ---------------------------------------------------------------- camera info
 def camera_k(msg: Any) -> np.ndarray:
     """``sensor_msgs/CameraInfo`` -> validated 3x3 float64 K of the published image.
@@ -238,9 +244,10 @@ def camera_k(msg: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- segments
-def segment_to_msg(seg: SegmentDepth, *, segment_cls: type, point_cls: type) -> Any:
+def segment_to_msg(seg: SegmentDepth, *, segment_cls: type, point_cls: type, vector_cls: type) -> Any:
     """One :class:`SegmentDepth` -> ``segment_cls`` (``SegmentDepth.msg``), field for field."""
     x, y, z = seg.centroid
+    vx, vy, vz = seg.velocity
     return segment_cls(
         id=int(seg.id),
         category_id=int(seg.category_id),
@@ -259,7 +266,28 @@ def segment_to_msg(seg: SegmentDepth, *, segment_cls: type, point_cls: type) -> 
         depth_std=float(seg.depth_std),
         depth_robust=float(seg.depth_robust),
         centroid=point_cls(x=float(x), y=float(y), z=float(z)),
+        track_id=int(seg.track_id),
+        track_age=int(seg.track_age),
+        velocity=vector_cls(x=float(vx), y=float(vy), z=float(vz)),
+        time_to_contact=float(seg.time_to_contact),
     )
+
+
+def segment_from_msg(msg: Any) -> SegmentDepth:
+    """A ``SegmentDepth`` message -> :class:`SegmentDepth`, the inverse of :func:`segment_to_msg`.
+
+    A field the message lacks (one of an older definition, e.g. the tracking fields of a
+    bag recorded before they existed) keeps the dataclass's "unknown" default.
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(SegmentDepth):
+        if not hasattr(msg, f.name):
+            continue
+        value = getattr(msg, f.name)
+        if f.name in ("centroid", "velocity"):  # geometry_msgs/Point, Vector3
+            value = (float(value.x), float(value.y), float(value.z))
+        values[f.name] = value
+    return SegmentDepth(**values)
 
 
 def segments_to_msg(
@@ -269,11 +297,14 @@ def segments_to_msg(
     array_cls: type,
     segment_cls: type,
     point_cls: type,
+    vector_cls: type,
     height: int | None = None,
     width: int | None = None,
     label_divisor: int | None = None,
 ) -> Any:
     """Segments -> ``array_cls`` (``SegmentDepthArray.msg``) with ``header``.
+
+    ``point_cls`` and ``vector_cls``: ``geometry_msgs/Point`` and ``Vector3`` (centroid, velocity).
 
     Give a :class:`PanopticDepthResult` (size and label divisor come from it), or
     a plain list of segments plus ``height``, ``width`` and ``label_divisor``.
@@ -292,7 +323,9 @@ def segments_to_msg(
         height=int(height),
         width=int(width),
         label_divisor=int(label_divisor),
-        segments=[segment_to_msg(s, segment_cls=segment_cls, point_cls=point_cls) for s in segments],
+        segments=[
+            segment_to_msg(s, segment_cls=segment_cls, point_cls=point_cls, vector_cls=vector_cls) for s in segments
+        ],
     )
 
 
@@ -309,8 +342,10 @@ _POINT_FIELD_TYPES: dict[np.dtype, int] = {
     np.dtype(np.float64): 8,
 }
 # visualization_msgs/Marker constants.
+MARKER_ARROW = 0
 MARKER_CUBE = 1
 MARKER_TEXT_VIEW_FACING = 9
+_MARKER_KINDS = {"arrow": MARKER_ARROW, "box": MARKER_CUBE, "text": MARKER_TEXT_VIEW_FACING}
 MARKER_ADD = 0
 MARKER_DELETEALL = 3
 # Every message type a MarkerArray is made of (Jazzy's Marker has a texture and a mesh file).
@@ -413,7 +448,7 @@ def markers_to_msg(markers: Sequence[MarkerSpec], *, header: Any, classes: Messa
             header=header,
             ns=spec.namespace if spec else "",
             id=int(spec.id) if spec else 0,
-            type=(MARKER_TEXT_VIEW_FACING if spec.kind == "text" else MARKER_CUBE) if spec else 0,
+            type=_MARKER_KINDS[spec.kind] if spec else 0,
             action=action,
             pose=cls["Pose"](
                 position=cls["Point"](x=float(position[0]), y=float(position[1]), z=float(position[2])),
@@ -423,7 +458,7 @@ def markers_to_msg(markers: Sequence[MarkerSpec], *, header: Any, classes: Messa
             color=cls["ColorRGBA"](r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3])),
             lifetime=cls["Duration"](sec=0, nanosec=0),
             frame_locked=False,
-            points=[],
+            points=[cls["Point"](x=float(x), y=float(y), z=float(z)) for x, y, z in spec.points] if spec else [],
             colors=[],
             texture_resource="",
             texture=cls["CompressedImage"](

@@ -31,6 +31,7 @@ from .msg_conversions import (
     segments_to_msg,
 )
 from .result import PanopticDepthResult
+from .tracker import SegmentTrack, track_panoptic
 from .visualize import overlay
 
 NAMESPACE = "/panoptic_depthlab"  # the node's name: its private topics ~/<name> are /panoptic_depthlab/<name>
@@ -85,6 +86,7 @@ class Output:
     ("" for other messages).  needs_intrinsics: only once a camera_info has given K.
     needs_depth: only from a trained depth branch (or with ``untrained_depth``).
     qos: the publisher's QoS kind (:data:`QOS_DEPTH`).  build: the frame's message.
+    needs_tracks: only from a tracked result (tracking on).
     """
 
     name: str
@@ -95,15 +97,20 @@ class Output:
     qos: str
     description: str
     build: Callable[[FrameOutputs, Output], Any]
+    needs_tracks: bool = False
 
     @property
     def topic(self) -> str:
         """The full topic name of the node named ``panoptic_depthlab`` (and of the bag tool)."""
         return f"{NAMESPACE}/{self.name}"
 
-    def available(self, *, depth: bool, intrinsics: bool) -> bool:
-        """Whether this output can be made for a frame with (or without) depth and K."""
-        return (depth or not self.needs_depth) and (intrinsics or not self.needs_intrinsics)
+    def available(self, *, depth: bool, intrinsics: bool, tracks: bool = True) -> bool:
+        """Whether this output can be made for a frame with (or without) depth, K and tracks."""
+        return (
+            (depth or not self.needs_depth)
+            and (intrinsics or not self.needs_intrinsics)
+            and (tracks or not self.needs_tracks)
+        )
 
 
 def _image(frame: FrameOutputs, output: Output, data: np.ndarray) -> Any:
@@ -117,6 +124,7 @@ def _segments(frame: FrameOutputs, output: Output) -> Any:
         array_cls=frame.classes(output.msg_type),
         segment_cls=frame.classes("panoptic_depthlab_ros/msg/SegmentDepth"),
         point_cls=frame.classes("geometry_msgs/msg/Point"),
+        vector_cls=frame.classes("geometry_msgs/msg/Vector3"),
     )
 
 
@@ -153,6 +161,12 @@ def _depth(frame: FrameOutputs, output: Output) -> Any:
     return _image(frame, output, depth_for_rep118(frame.result.depth))
 
 
+def _tracked_panoptic(frame: FrameOutputs, output: Output) -> Any:
+    result = frame.result
+    tracks = [SegmentTrack(track_id=s.track_id) for s in result.segments]
+    return _image(frame, output, track_panoptic(result, tracks))
+
+
 def _overlay(frame: FrameOutputs, output: Output) -> Any:
     s = frame.settings
     picture = overlay(frame.image, frame.result, near=s.near, far=s.far, class_colors=frame.class_colors)
@@ -167,8 +181,9 @@ OUTPUTS: tuple[Output, ...] = (
         needs_intrinsics=False,
         needs_depth=False,
         qos="records",
-        description="one SegmentDepth per segment: id, class, score, area, box, depth statistics, and the 3D "
-        "centroid once camera_info has given K (see msg/SegmentDepth.msg)",
+        description="one SegmentDepth per segment: id, class, score, area, box, depth statistics, the 3D "
+        "centroid once camera_info has given K, and for tracked things the track id and age, the velocity and "
+        "the time to contact (see msg/SegmentDepth.msg)",
         build=_segments,
     ),
     Output(
@@ -178,9 +193,10 @@ OUTPUTS: tuple[Output, ...] = (
         needs_intrinsics=True,
         needs_depth=True,
         qos="records",
-        description="in the image's frame: per segment a text 'label 12.3 m' at its 3D centroid coloured on the "
-        "overlay's near/far scale, per thing a translucent box over its 5th-95th percentile 3D extent; a "
-        "DELETEALL first",
+        description="in the image's frame: per segment a text 'label 12.3 m' ('car #12 14.3 m, 2.1 m/s "
+        "closing' when tracked) at its 3D centroid coloured on the overlay's near/far scale, per thing a "
+        "translucent box over its 5th-95th percentile 3D extent, per tracked thing with a known velocity an "
+        "arrow of its motion in 1 s; a DELETEALL first",
         build=_markers,
     ),
     Output(
@@ -192,6 +208,19 @@ OUTPUTS: tuple[Output, ...] = (
         qos="images",
         description="panoptic ids: class * label_divisor + instance (things from 1, stuff 0), void -1",
         build=lambda frame, output: _image(frame, output, frame.result.panoptic),
+    ),
+    Output(
+        "tracked_panoptic",
+        IMAGE_TYPE,
+        "32SC1",
+        needs_intrinsics=False,
+        needs_depth=False,
+        qos="images",
+        description="the panoptic image with track ids as instance ids (video panoptic): class * label_divisor "
+        "+ track id for tracked things, class * label_divisor for stuff and untracked things, void -1; "
+        "only with tracking on",
+        build=_tracked_panoptic,
+        needs_tracks=True,
     ),
     Output(
         "semantic",
@@ -232,7 +261,7 @@ OUTPUTS: tuple[Output, ...] = (
         needs_depth=False,
         qos="images",
         description="the picture with each segment tinted by its distance (near red, mid green, far blue) and "
-        "labelled 'car 12.3 m'",
+        "labelled 'car 12.3 m', tracked things 'car #12 14.3 m, 2.1 m/s closing'",
         build=_overlay,
     ),
 )
@@ -257,12 +286,13 @@ def output_messages(
     ``header``: the input's, stamped on every message; ``camera_k``: the intrinsics the
     result was predicted with (None: no markers or points); ``class_colors``: RGB per
     class (``predictor.classes.colors``) for the overlay and the point colours.
-    Outputs that need depth are left out when ``result.depth`` is None.
+    Outputs that need depth are left out when ``result.depth`` is None, those that need
+    tracks unless ``result.tracked``.
     """
     frame = FrameOutputs(result, image, header, camera_k, settings, classes, class_colors)
     depth, intrinsics = result.depth is not None, camera_k is not None
     return {
         o.name: o.build(frame, o)
         for o in OUTPUTS
-        if o.name in wanted and o.available(depth=depth, intrinsics=intrinsics)
+        if o.name in wanted and o.available(depth=depth, intrinsics=intrinsics, tracks=result.tracked)
     }

@@ -10,7 +10,8 @@ feeds it through plain calls and callables, so this module imports no rclpy:
   replacing (and counting) a frame still waiting;
 * :meth:`Pipeline.camera_info` takes a CameraInfo (the latest valid K is used);
 * the worker takes the latest frame, converts it, runs the predictor with the fusion
-  settings of :meth:`Pipeline.update` and hands each output message to the
+  settings of :meth:`Pipeline.update`, tracks the things (one :class:`~.tracker.Tracker`
+  per stream, fed the image stamps) and hands each output message to the
   :class:`OutputSink` (the node's publishers), only for outputs that have subscribers.
 
 Counters and per-stage latencies go to :class:`PipelineStats`; problems are logged
@@ -44,9 +45,12 @@ from .msg_conversions import (
     check_image_msg,
     compressed_to_bgr,
     image_to_bgr,
+    stamp_ns,
 )
 from .node_outputs import OUTPUTS, OutputSettings, output_messages
 from .predictor import Predictor
+from .result import PanopticDepthResult
+from .tracker import TrackedFrame, Tracker, TrackerConfig
 
 T = TypeVar("T")
 
@@ -64,6 +68,8 @@ COUNTERS = {
     "errors": "frames that failed for another reason than their input (logged as errors)",
     "camera_info_received": "CameraInfo messages taken",
     "camera_info_dropped_bad_input": "CameraInfo messages refused (malformed K); the previous K stays in use",
+    "tracker_resets": "times the tracks were dropped because the image stamps jumped back, repeated or "
+    "paused over tracking_max_gap_s (each logged as a warning with the reason)",
 }
 # Once every frame is through: received = processed + dropped + errors (CameraInfo counted apart).
 FRAME_OUTCOMES = ("processed", "dropped_overload", "dropped_bad_input", "skipped_no_subscribers", "errors")
@@ -75,6 +81,7 @@ STAGES = {
     "network": "the network",
     "fusion": "panoptic fusion",
     "segment_depth": "the segment depth statistics",
+    "track": "tracking the things (association and motion filter; 0 with tracking off)",
     "publish": "building and publishing the outputs (overlay drawing included)",
     "total": "from the subscription callback to the last output published",
 }
@@ -231,12 +238,13 @@ class PipelineSettings:
     """What one frame is processed with; replaced whole between frames (:meth:`Pipeline.update`).
 
     max_pixels: larger images are dropped (0: no limit); postprocess: the fusion settings;
-    outputs: how the outputs are drawn.
+    outputs: how the outputs are drawn; tracking: the tracker's settings (None: no tracking).
     """
 
     max_pixels: int
     postprocess: PostprocessConfig
     outputs: OutputSettings
+    tracking: TrackerConfig | None = None
 
 
 def in_passing_thread(fn: Callable[[], T]) -> T:
@@ -297,6 +305,9 @@ class Pipeline:
         self._bad_input_throttle = LogThrottle(throttle_s)
         self._error_throttle = LogThrottle(throttle_s)
         self._said_no_camera_info = False
+        self._reset_throttle = LogThrottle(throttle_s)
+        self.tracker: Tracker | None = None  # made by the first tracked frame; worker thread only
+        self.last_tracked: TrackedFrame | None = None  # what tracking did to the last frame (diagnostics)
         self._sizes_logged: set[tuple[int, int]] = set()
         self._mailbox = LatestFrameMailbox()
         self._stop = threading.Event()
@@ -372,12 +383,14 @@ class Pipeline:
         return any(t is not None and t.is_alive() for t in (self._thread, self._stopped))
 
     def stop(self, timeout: float = 30.0) -> int:
-        """Stop the worker (after its current frame) and drop a waiting frame; returns drops."""
+        """Stop the worker (after its current frame), forget the tracks, drop a waiting frame; returns drops."""
         self._stop.set()
         self._mailbox.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             self._stopped, self._thread = self._thread, None
+        if not self.running:  # a worker that overran the timeout still owns the tracker
+            self.reset_tracks()
         dropped = self._mailbox.clear()
         if dropped:
             self.stats.add("dropped_overload", dropped)
@@ -419,6 +432,9 @@ class Pipeline:
             self.reject(exc)
             return
         predicted = time.perf_counter()
+        if settings.tracking is not None:
+            result = self._track(result, settings.tracking, stamp_ns(frame.message.header))
+        tracked = time.perf_counter()
         self.depth_scale = result.depth_scale
         messages = output_messages(
             result,
@@ -442,11 +458,30 @@ class Pipeline:
                 "network": t["network"],
                 "fusion": t["fusion"],
                 "segment_depth": t["segment_depth"],
-                "publish": done - predicted,
+                "track": tracked - predicted,
+                "publish": done - tracked,
                 "total": done - frame.received,
             }
         )
         self.stats.add("processed")
+
+    def reset_tracks(self) -> None:
+        """Forget every track (deactivation, cleanup): the next frame starts afresh."""
+        self.tracker = None
+        self.last_tracked = None
+
+    def _track(self, result: PanopticDepthResult, config: TrackerConfig, stamp: int) -> PanopticDepthResult:
+        """``result`` with its things tracked over this stream; a reset of the tracks is logged with its reason."""
+        if self.tracker is None or self.tracker.config != config:  # new settings start new tracks
+            self.tracker = Tracker(config)
+        tracked = self.tracker.update(result, stamp_ns=stamp)
+        if tracked.reset_reason is not None:
+            self.stats.add("tracker_resets")
+            text = self._reset_throttle("tracker_reset", f"tracks reset: {tracked.reset_reason}")
+            if text is not None:
+                self._log_warning(text)
+        self.last_tracked = tracked
+        return result.with_tracks(tracked.tracks)
 
     def _wanted(self, camera_k: np.ndarray | None) -> set[str]:
         """The outputs to produce for this frame: subscribed, and 3D ones only with intrinsics."""

@@ -2,6 +2,7 @@
 
     predictor = Predictor.from_checkpoint("model.safetensors")        # or from_detectron2(...)
     result = predictor.predict(image_bgr, camera_k=K)                 # PanopticDepthResult
+    for result in predictor.track(frames, camera_k=K): ...            # (stamp_s, image) pairs, tracked
 
 Stages (each timed): preprocess -> network -> fusion -> segment depth.  What the
 test-time options (input scale, flip averaging, several scales) cost and gain on the
@@ -11,7 +12,7 @@ demo model: docs/performance.md and docs/model.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from .model.fuse import fold_batchnorm
 from .preprocess import Prepared, crop_and_resize, network_size_for, prepare_image
 from .result import PanopticDepthResult
 from .segment_stats import segment_depth_statistics
+from .tracker import Tracker
 
 # A network backend: normalised padded [1, 3, Hp, Wp] -> dict of [1, ...] outputs at [Hp, Wp]
 # (sem_seg, center, offset, depth), as PanopticDepthLab.forward returns them.
@@ -512,3 +514,24 @@ class Predictor:
                 "total": t4 - t0,
             },
         )
+
+    def track(
+        self,
+        frames: Iterable[tuple[float, np.ndarray]],
+        *,
+        camera_k: np.ndarray | None = None,
+        tracker: Tracker | None = None,
+    ) -> Iterator[PanopticDepthResult]:
+        """Predict a sequence of ``(stamp_s, image)`` and track its things: one tracked result per frame.
+
+        ``stamp_s``: the frame's time in seconds (the camera's, never the wall clock;
+        a dropped frame just widens the step, a jump back resets the tracks);
+        ``camera_k`` as in :meth:`predict` (without it vx, vy stay unknown). ``tracker``:
+        one to continue (e.g. with a :class:`~.tracker.TrackerConfig` of your own);
+        default a fresh one.  Each result's segments carry their track id, age,
+        velocity and time to contact (:meth:`PanopticDepthResult.with_tracks`).
+        """
+        tracker = Tracker() if tracker is None else tracker
+        for stamp_s, image in frames:
+            result = self.predict(image, camera_k=camera_k)
+            yield result.with_tracks(tracker.update(result, stamp_s=stamp_s).tracks)

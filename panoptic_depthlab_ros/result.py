@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # tracker.py imports this module
+    from .tracker import SegmentTrack
 
 NAN = float("nan")
 
@@ -16,7 +22,9 @@ class SegmentDepth:
     Field for field the ``SegmentDepth.msg`` message; see ``msg/SegmentDepth.msg``
     for every field's exact meaning (meters, REP 103/118; inclusive pixel bbox;
     NaN depth fields when ``depth_valid_pixels == 0``; NaN centroid without
-    intrinsics).
+    intrinsics).  The tracking fields (``track_id`` .. ``time_to_contact``) stay at
+    "untracked" (0, 0, NaN, NaN) unless the result went through a tracker
+    (:meth:`PanopticDepthResult.with_tracks`).
     """
 
     id: int
@@ -36,6 +44,10 @@ class SegmentDepth:
     depth_std: float = NAN
     depth_robust: float = NAN
     centroid: tuple[float, float, float] = (NAN, NAN, NAN)
+    track_id: int = 0
+    track_age: int = 0
+    velocity: tuple[float, float, float] = (NAN, NAN, NAN)
+    time_to_contact: float = NAN
 
 
 @dataclass
@@ -51,6 +63,7 @@ class PanopticDepthResult:
               ``segment_depth``, ``total``).
     depth_scale: the factor already applied to the network's depth for this camera's
               focal length (1.0: none; see ``Predictor.depth_scale``).
+    tracked:  True once a tracker filled the segments' tracking fields (:meth:`with_tracks`).
     """
 
     panoptic: np.ndarray
@@ -60,6 +73,7 @@ class PanopticDepthResult:
     label_divisor: int = 1000
     depth_scale: float = 1.0
     timings: dict[str, float] = field(default_factory=dict)
+    tracked: bool = False
 
     @property
     def height(self) -> int:
@@ -70,3 +84,23 @@ class PanopticDepthResult:
     def width(self) -> int:
         """Image width in pixels."""
         return int(self.panoptic.shape[1])
+
+    def with_tracks(self, tracks: Sequence[SegmentTrack]) -> PanopticDepthResult:
+        """A copy whose segments carry ``tracks`` (``Tracker.update(self, ...).tracks``, same order).
+
+        The maps are shared, not copied; ``tracked`` is True.  What the messages, the
+        overlay, the markers and the files show of the tracks comes from here.
+        """
+        if len(tracks) != len(self.segments):
+            raise ValueError(f"{len(tracks)} tracks for {len(self.segments)} segments: pass this result's tracks")
+        segments = [
+            dataclasses.replace(
+                s,
+                track_id=t.track_id,
+                track_age=t.track_age,
+                velocity=t.velocity,
+                time_to_contact=t.time_to_contact,
+            )
+            for s, t in zip(self.segments, tracks, strict=True)
+        ]
+        return dataclasses.replace(self, segments=segments, tracked=True)

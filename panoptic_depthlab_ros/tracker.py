@@ -11,23 +11,24 @@ How (one frame):
    widen it. A stamp that does not advance (a looping bag) or a gap over
    ``max_gap_s`` drops every track; :attr:`TrackedFrame.reset_reason` says why.
 2. Every track's motion filter is predicted to the new stamp: per axis a constant-velocity
-   Kalman filter on the 3D centroid (x, y, z, metres, camera optical frame) and on the
-   bounding-box centre (u, v, pixels). The axes are independent, so the filter is
-   vectorised over tracks and axes (no per-track Python). A segment's 3D point is its
-   centroid moved along its ray to the segment's median depth (outline pixels that read
-   the background pull a mean away). A segment cut by the image border (``border_px``)
-   shows only part of its thing, whose centroid moves with the border: it measures the
-   box centre but not the 3D axes.
+   Kalman filter on the 3D centroid (x, y, z, metres, camera optical frame), on the
+   bounding-box centre (u, v, pixels) and on the inverse box height (looming). The axes
+   are independent, so the filter is vectorised over tracks and axes (no per-track Python).
+   A segment's 3D point is its centroid moved along its ray to the segment's median depth
+   (outline pixels that read the background pull a mean away). A segment cut by the image
+   border (``border_px``) shows only part of its thing, whose centroid moves with the
+   border: it measures the box centre but neither the 3D axes nor its height.
 3. Thing segments are associated to tracks of the same class by a cost that adds
    ``1 - IoU`` (mask IoU on a subsampled grid against the track's mask of the last frame,
    shifted by the box motion its filter predicts; for a track unseen last frame the IoU of
    its motion-predicted box), the centroid distance to the prediction (3D, or in the image
    when either centroid is NaN, i.e. without intrinsics, or the segment is cut by the
-   border) and the depth difference, each normalised by a gate that grows with depth and
-   with the time the track went unseen. An axis whose velocity is still too uncertain to
-   report is predicted where it was last matched, not extrapolated. Pairs outside every
-   gate are not allowed; the optimal assignment is SciPy's ``linear_sum_assignment``, in
-   two rounds: the tracks seen last frame first, then the lost ones with what is left.
+   border), the depth difference, each normalised by a gate that grows with depth and
+   with the time the track went unseen, and the area ratio. An axis whose velocity was too
+   uncertain to report when the track was last matched is predicted where it was matched,
+   not extrapolated. Pairs outside every gate are not allowed; the optimal assignment is
+   SciPy's ``linear_sum_assignment``, in two rounds: the tracks seen last frame first, then
+   the lost ones with what is left.
 4. Matched tracks update their filter; unmatched tentative tracks die, unmatched confirmed
    ones become lost and can be re-identified for ``max_lost_frames`` frames; unmatched
    segments start tentative tracks, confirmed after ``confirm_frames`` hits.
@@ -38,8 +39,10 @@ Velocity is the filter's, in m/s in the camera frame, i.e. relative to the (movi
 camera: a parked car approaches at the ego speed. It is NaN per axis until that axis has
 ``velocity_min_frames`` measurements and a standard deviation under
 ``velocity_max_std_mps``; without intrinsics x and y are never measured, so vx and vy stay
-NaN while vz (from the segment depth) and the time to contact are still known. Time to
-contact is ``z / -vz``: depth over closing speed, +inf when not closing, NaN unknown.
+NaN while vz (from the segment depth) and the time to contact are still known. vz fuses
+the depth's rate with looming (the rate of the inverse box height times the depth) where
+the two agree. Time to contact is ``z / -vz``: depth over closing speed, +inf when not
+closing, NaN unknown.
 
 ROS-free and torch-free: numpy and SciPy only.
 """
@@ -63,9 +66,13 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 _NS = 1_000_000_000
-# Filter axes: 3D centroid (m, camera optical frame) and box centre (px).
-_X, _Y, _Z, _U, _V = range(5)
-_AXES = 5
+# Filter axes: 3D centroid (m, camera optical frame), box centre (px) and the inverse of the
+# box height (1/px), which grows linearly with depth for a rigid thing: its rate is the looming.
+_X, _Y, _Z, _U, _V, _S = range(6)
+_AXES = 6
+_UV = slice(_U, _V + 1)
+# Looming is fused into vz only where it agrees with the depth's rate within this many sigmas.
+_LOOMING_AGREE_SIGMA = 2.0
 # Track states as stored (int8) and as reported.
 _TENTATIVE, _CONFIRMED, _LOST = 0, 1, 2
 
@@ -135,6 +142,16 @@ class TrackerConfig:
         smooth_depth: report the filter's depth (:attr:`SegmentTrack.depth`) instead of
             the segment's own ``depth_mean``; less flicker, some lag when an object brakes
             (figures: ``bench/README.md``, bench_tracker.py).
+        size_noise_px: standard deviation (px) of a box-height measurement, for looming: the
+            inverse box height of a rigid thing grows in proportion to its depth, so its rate
+            times the depth is vz, free of the monocular depth's frame-to-frame noise; it is
+            fused with the depth's own rate by inverse variance where the two agree within 2
+            sigma (a box being covered shrinks while its thing approaches). 0: looming off.
+
+    Association, continued:
+        size_weight: weight of the area ratio in the cost, ``min(|ln(area / last area)| /
+            ln 4, 1)``: a thing's area changes little from frame to frame, a fragment of it or
+            a mask merged with a neighbour does not (0: off).
     """
 
     confirm_frames: int = 3
@@ -161,6 +178,8 @@ class TrackerConfig:
     velocity_max_std_mps: float = 2.0
     min_closing_speed_mps: float = 0.1
     smooth_depth: bool = False
+    size_noise_px: float = 2.0
+    size_weight: float = 0.5
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -187,6 +206,8 @@ class TrackerConfig:
             "accel_noise_mps2",
             "pixel_accel_noise",
             "min_closing_speed_mps",
+            "size_noise_px",
+            "size_weight",
         )
         for name in positive + non_negative:
             value = getattr(self, name)
@@ -263,11 +284,14 @@ class _Detections:
     area: IntArray  # [D] grid samples per detection
     stride: int  # pixels between grid samples
     cut: BoolArray  # [D] cut by the image border: its box moves in the image, but measures no 3D motion
+    px_area: FloatArray  # [D] pixels
 
     def motion(self, index: IntArray) -> FloatArray:
-        """``[N, 5]`` measurements of detections ``index`` for the filters (3D axes NaN where cut)."""
+        """``[N, 6]`` measurements of detections ``index`` for the filters (3D and size axes NaN where cut)."""
         out = self.meas[index].copy()
-        out[self.cut[index], :3] = NAN
+        cut = self.cut[index]
+        out[cut, :3] = NAN
+        out[cut, _S] = NAN
         return out
 
 
@@ -283,6 +307,8 @@ class _Tracks:
         self.unseen_s = np.zeros(0, np.float64)  # seconds since the last match
         self.prev_det = np.zeros(0, np.int64)  # detection index in the previous frame, -1
         self.box = np.zeros((0, 4), np.float64)  # last matched box
+        self.area = np.zeros(0, np.float64)  # last matched area, pixels
+        self.vel_ok = np.zeros((0, 3), np.bool_)  # 3D velocity certain enough to extrapolate, as of the last match
         self.box_uv = np.zeros((0, 2), np.float64)  # filtered box centre when it was matched
         self.match_xyz = np.zeros((0, 3), np.float64)  # filtered 3D position when it was matched
         # Kalman filter per axis: position, velocity, covariance [[p00, p01], [p01, p11]],
@@ -304,6 +330,8 @@ class _Tracks:
         "unseen_s",
         "prev_det",
         "box",
+        "area",
+        "vel_ok",
         "box_uv",
         "match_xyz",
         "pos",
@@ -345,8 +373,8 @@ class Tracker:
         self._prev_labels: npt.NDArray[np.int32] | None = None
         self._prev_area: IntArray = np.zeros(0, np.int64)
         c = self.config
-        accel = (c.accel_noise_mps2,) * 3 + (c.pixel_accel_noise,) * 2
-        self._q = np.square(np.asarray(accel, np.float64))  # [5] acceleration spectral density
+        accel = (c.accel_noise_mps2,) * 3 + (c.pixel_accel_noise,) * 2 + (0.0,)
+        self._q = np.square(np.asarray(accel, np.float64))  # [6] acceleration spectral density (size: per track)
 
     # ------------------------------------------------------------------ public
     def reset(self) -> None:
@@ -403,9 +431,23 @@ class Tracker:
             if s.is_thing and s.area >= c.min_area_px:
                 x, y, z = s.centroid
                 rows.append(
-                    (i, s.id, s.category_id, s.x_min, s.y_min, s.x_max, s.y_max, x, y, z, s.depth_mean, s.depth_median)
+                    (
+                        i,
+                        s.id,
+                        s.category_id,
+                        s.x_min,
+                        s.y_min,
+                        s.x_max,
+                        s.y_max,
+                        x,
+                        y,
+                        z,
+                        s.depth_mean,
+                        s.depth_median,
+                        s.area,
+                    )
                 )
-        table = np.array(rows, np.float64).reshape(-1, 12)
+        table = np.array(rows, np.float64).reshape(-1, 13)
         seg_index = table[:, 0].astype(np.int64)
         ids = table[:, 1].astype(np.int64)
         if ids.size and ids.min() < 0:
@@ -427,6 +469,7 @@ class Tracker:
         meas[:, _Z] = np.where(has_3d, centroid[:, 2], np.where(np.isfinite(depth) & (depth > 0), depth, NAN))
         meas[:, _U] = 0.5 * (box[:, 0] + box[:, 2])
         meas[:, _V] = 0.5 * (box[:, 1] + box[:, 3])
+        meas[:, _S] = 1.0 / (box[:, 3] - box[:, 1] + 1) if c.size_noise_px > 0 else NAN
         h, w = result.panoptic.shape
         if c.border_px > 0:
             # A segment cut by the image border shows part of its thing: the part's centroid
@@ -451,6 +494,7 @@ class Tracker:
             area=area,
             stride=stride,
             cut=cut,
+            px_area=table[:, 12],
         )
 
     # ------------------------------------------------------------------ filter
@@ -458,7 +502,12 @@ class Tracker:
         """Constant-velocity prediction of every track by ``dt`` seconds."""
         t = self._tracks
         moving = t.count >= 2  # axes with a velocity; one measurement holds its position
-        q = self._q
+        q = np.broadcast_to(self._q, t.pos.shape).copy()
+        # The inverse box height is depth times 1 / (f * H): its acceleration noise is the
+        # depth's scaled by s / z (where the depth is not known yet, as at 10 m).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(t.count[:, _Z] > 0, np.abs(t.pos[:, _Z]), 10.0)
+            q[:, _S] = self._q[_X] * np.square(t.pos[:, _S] / np.maximum(z, 1.0))
         p00 = t.p00 + dt * (2.0 * t.p01 + dt * t.p11) + q * dt**3 / 3.0
         p01 = t.p01 + dt * t.p11 + q * dt**2 / 2.0
         p11 = t.p11 + q * dt
@@ -469,12 +518,13 @@ class Tracker:
         t.since = t.since + dt
         t.unseen_s = t.unseen_s + dt
 
-    def _measurement_variance(self, depth: FloatArray) -> FloatArray:
-        """``[N, 5]`` variance of a measurement of each axis at ``depth`` [N] metres."""
+    def _measurement_variance(self, depth: FloatArray, inv_height: FloatArray) -> FloatArray:
+        """``[N, 6]`` variance of a measurement of each axis at ``depth`` [N] metres and 1 / box height [N]."""
         c = self.config
         sigma = np.empty((depth.size, _AXES))
         sigma[:, :3] = (c.position_noise_m + c.depth_noise_rel * np.abs(depth))[:, None]
-        sigma[:, 3:] = c.pixel_noise_px
+        sigma[:, _UV] = c.pixel_noise_px
+        sigma[:, _S] = c.size_noise_px * np.square(inv_height)
         return np.square(sigma)
 
     def _correct(self, rows: IntArray, meas: FloatArray) -> None:
@@ -484,7 +534,10 @@ class Tracker:
         count = t.count[rows]
         # The noise scales with the track's predicted depth, not the measured one: weighting
         # by the measurement would favour the nearer (smaller-variance) draws, a bias to near.
-        r = self._measurement_variance(np.where(count[:, _Z] > 0, t.pos[rows, _Z], meas[:, _Z]))
+        r = self._measurement_variance(
+            np.where(count[:, _Z] > 0, t.pos[rows, _Z], meas[:, _Z]),
+            np.where(count[:, _S] > 0, t.pos[rows, _S], meas[:, _S]),
+        )
         pos, vel = t.pos[rows], t.vel[rows]
         p00, p01, p11, since = t.p00[rows], t.p01[rows], t.p11[rows], t.since[rows]
         m = np.where(valid, meas, 0.0)
@@ -526,10 +579,12 @@ class Tracker:
             overlap[seen] = mask_iou[seen]
 
         growth = c.gate_growth_mps * t.unseen_s  # [T]
-        # Where a track's velocity is still too uncertain to report (a two-point start on noisy
-        # depth can read 20 m/s), extrapolating by it throws the prediction far off while the
-        # track goes unseen: such axes are predicted where they were last matched.
-        trusted = np.sqrt(t.p11[:, :3]) <= c.velocity_max_std_mps
+        # Where a track's velocity was still too uncertain to report at its last match (a
+        # two-point start on noisy depth can read 20 m/s), extrapolating by it throws the
+        # prediction far off while the track goes unseen: such axes are predicted where they
+        # were last matched. A velocity known then keeps carrying the prediction however long
+        # the track goes unseen (the gates widen meanwhile).
+        trusted = t.vel_ok
         xyz_pred = np.where(trusted, t.pos[:, :3], t.match_xyz)  # [T, 3]
         z_pred = np.where(t.count[:, _Z] > 0, xyz_pred[:, 2], NAN)  # [T]
         z_det = np.where(dets.cut, NAN, dets.meas[:, _Z])  # [D] a cut part's depth is not its thing's
@@ -547,7 +602,7 @@ class Tracker:
         with np.errstate(invalid="ignore"):
             dist_3d = np.sqrt(np.einsum("tdk,tdk->td", diff, diff))
             gate_3d = c.gate_distance_m + c.gate_distance_rel * z_ref + growth[:, None]
-        duv = t.pos[:, None, 3:] - dets.meas[None, :, 3:]
+        duv = t.pos[:, None, _UV] - dets.meas[None, :, _UV]
         dist_px = np.sqrt(np.einsum("tdk,tdk->td", duv, duv))
         half_diag_t = 0.5 * np.hypot(t.box[:, 2] - t.box[:, 0] + 1, t.box[:, 3] - t.box[:, 1] + 1)
         half_diag_d = 0.5 * np.hypot(dets.box[:, 2] - dets.box[:, 0] + 1, dets.box[:, 3] - dets.box[:, 1] + 1)
@@ -563,11 +618,17 @@ class Tracker:
             + c.distance_weight * np.minimum(distance_term, 1.0)
             + c.depth_weight * np.minimum(depth_term, 1.0)
         )
+        if c.size_weight > 0:
+            # A thing's area changes little from frame to frame; a mask that merged with a
+            # neighbour or kept a fragment of its thing does not (a factor of 4 costs the most).
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.abs(np.log(np.maximum(dets.px_area[None, :], 1.0) / np.maximum(t.area[:, None], 1.0)))
+            cost = cost + c.size_weight * np.minimum(ratio / math.log(4.0), 1.0)
         # A forbidden pair costs what the costliest allowed pair can: assigning it means
         # "both unmatched". So the assignment never trades one good pair for two poor ones
         # just to match more (what a huge forbidden cost would do), yet takes every allowed
         # pair that does not compete.
-        cost = np.where(allowed, cost, c.iou_weight + c.distance_weight + c.depth_weight)
+        cost = np.where(allowed, cost, c.iou_weight + c.distance_weight + c.depth_weight + c.size_weight)
         # Two rounds: the tracks seen last frame first, then the lost ones with what is left.
         # A lost track is compared by its predicted box, which overlaps more generously than
         # a mask; in one round it would take a thing from the track that follows it.
@@ -581,7 +642,7 @@ class Tracker:
     def _box_iou(self, dets: _Detections) -> FloatArray:
         """``[T, D]`` IoU of each track's motion-predicted box with each detection's box."""
         t = self._tracks
-        shift = t.pos[:, 3:] - t.box_uv  # [T, 2] predicted centre motion since the last match
+        shift = t.pos[:, _UV] - t.box_uv  # [T, 2] predicted centre motion since the last match
         with np.errstate(invalid="ignore", divide="ignore"):
             scale = np.where(t.count[:, _Z] > 0, t.match_xyz[:, 2] / t.pos[:, _Z], 1.0)  # nearer looks larger
         scale = np.clip(np.where(np.isfinite(scale), scale, 1.0), 0.5, 2.0)
@@ -619,7 +680,7 @@ class Tracker:
         sample = np.flatnonzero(track_of[flat] >= 0)  # grid samples of a tracked previous mask
         row = track_of[flat[sample]]
         h, w = prev.shape
-        shift = (t.pos[:, 3:] - t.box_uv) / dets.stride  # [T, 2] predicted (du, dv) in grid cells
+        shift = (t.pos[:, _UV] - t.box_uv) / dets.stride  # [T, 2] predicted (du, dv) in grid cells
         shift = np.where(np.isfinite(shift), shift, 0.0)
         r = np.rint(sample // w + shift[row, 1]).astype(np.int64)
         c = np.rint(sample % w + shift[row, 0]).astype(np.int64)
@@ -643,8 +704,10 @@ class Tracker:
             t.missed[rows] = 0
             t.unseen_s[rows] = 0.0
             t.box[rows] = dets.box[cols]
-            t.box_uv[rows] = t.pos[rows, 3:]
+            t.area[rows] = dets.px_area[cols]
+            t.box_uv[rows] = t.pos[rows, _UV]
             t.match_xyz[rows] = t.pos[rows, :3]
+            t.vel_ok[rows] = np.sqrt(t.p11[rows, :3]) <= c.velocity_max_std_mps
             state = t.state[rows]
             t.state[rows] = np.where(
                 (state == _LOST) | ((state == _TENTATIVE) & (t.hits[rows] >= c.confirm_frames)), _CONFIRMED, state
@@ -704,6 +767,8 @@ class Tracker:
             "unseen_s": np.zeros(n),
             "prev_det": born.astype(np.int64),
             "box": dets.box[born],
+            "area": dets.px_area[born],
+            "vel_ok": np.zeros((n, 3), np.bool_),
             "box_uv": np.zeros((n, 2)),
             "match_xyz": np.zeros((n, 3)),
             "pos": zeros,
@@ -724,8 +789,30 @@ class Tracker:
         part = dets.meas[born[cut], :3]
         t.pos[new[cut], :3] = np.where(np.isfinite(part), part, 0.0)
         t.hits[new] = 1
-        t.box_uv[new] = t.pos[new, 3:]
+        t.box_uv[new] = t.pos[new, _UV]
         t.match_xyz[new] = t.pos[new, :3]
+
+    def _fuse_looming(self, rows: IntArray, z: FloatArray, vel: FloatArray, var: FloatArray, enough: BoolArray) -> None:
+        """Fuse looming into vz (``vel[:, 2]`` and ``var[:, 2]``, in place) where it agrees with the depth's rate.
+
+        A rigid thing's inverse box height is proportional to its depth, so
+        ``z * (ds/dt) / s`` is vz, free of the frame-to-frame noise and scale drift of
+        monocular depth. The two estimates are averaged by inverse variance. A box that
+        shrinks while its thing approaches is being covered (or its mask lost a part), not
+        receding: looming that disagrees with the depth's rate by more than
+        ``_LOOMING_AGREE_SIGMA`` standard deviations is left out.
+        """
+        t = self._tracks
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = z / t.pos[rows, _S]
+            vz_s = scale * t.vel[rows, _S]
+            var_s = np.square(scale) * t.p11[rows, _S]
+            agree = np.abs(vz_s - vel[:, 2]) <= _LOOMING_AGREE_SIGMA * np.sqrt(var_s + var[:, 2])
+        use = enough[:, 2] & (t.count[rows, _S] >= self.config.velocity_min_frames) & (var_s > 0) & agree
+        if use.any():
+            w_z, w_s = 1.0 / var[use, 2], 1.0 / var_s[use]
+            var[use, 2] = 1.0 / (w_z + w_s)
+            vel[use, 2] = (w_z * vel[use, 2] + w_s * vz_s[use]) * var[use, 2]
 
     # ------------------------------------------------------------------ output
     def _output(
@@ -742,9 +829,12 @@ class Tracker:
         tracked = det_track >= 0
         rows = det_track[tracked]
         if rows.size:
-            known = (t.count[rows, :3] >= c.velocity_min_frames) & (np.sqrt(t.p11[rows, :3]) <= c.velocity_max_std_mps)
-            vel = np.where(known, t.vel[rows, :3], NAN)
             z = np.where(t.count[rows, _Z] > 0, t.pos[rows, _Z], NAN)
+            vel3, var3 = t.vel[rows, :3].copy(), t.p11[rows, :3].copy()
+            enough = t.count[rows, :3] >= c.velocity_min_frames
+            self._fuse_looming(rows, z, vel3, var3, enough)
+            known = enough & (np.sqrt(var3) <= c.velocity_max_std_mps)
+            vel = np.where(known, vel3, NAN)
             closing = -vel[:, 2]
             with np.errstate(divide="ignore", invalid="ignore"):
                 ttc = np.where(closing > c.min_closing_speed_mps, z / closing, np.inf)

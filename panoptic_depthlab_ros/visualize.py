@@ -13,7 +13,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .result import PanopticDepthResult
+from .result import PanopticDepthResult, SegmentDepth
+
+# Closing or receding slower than this (m/s) is not worth a word in a label.
+LABEL_MIN_SPEED_MPS = 0.1
 
 # Scale anchors in BGR: near red, mid green, far blue.
 _ANCHORS_BGR = np.array([[0, 0, 255], [0, 200, 0], [255, 64, 0]], dtype=np.float32)
@@ -45,6 +48,24 @@ def _segment_index(panoptic: np.ndarray, ids: np.ndarray) -> np.ndarray:
     pos = np.clip(pos, 0, max(len(ids) - 1, 0))
     found = (ids[pos] == panoptic) if len(ids) else np.zeros(panoptic.shape, bool)
     return np.where(found, pos, -1)
+
+
+def segment_label(seg: SegmentDepth, *, depth: bool = True) -> str:
+    """What the overlay and the markers write on a segment: "car #12 14.3 m, 2.1 m/s closing".
+
+    The track id only for a tracked thing; the distance only with ``depth`` ("?" when the
+    segment has no valid depth); the speed along the optical axis only once the track's
+    velocity is known: "closing" (towards the camera), "receding", nothing when slower than
+    :data:`LABEL_MIN_SPEED_MPS`.
+    """
+    text = seg.label + (f" #{seg.track_id}" if seg.track_id else "")
+    if not depth:
+        return text
+    text += " ?" if math.isnan(seg.depth_mean) else f" {seg.depth_mean:.1f} m"
+    vz = seg.velocity[2]
+    if seg.track_id and math.isfinite(vz) and abs(vz) >= LABEL_MIN_SPEED_MPS:
+        text += f", {abs(vz):.1f} m/s {'closing' if vz < 0 else 'receding'}"
+    return text
 
 
 def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, color: tuple[int, int, int]) -> None:
@@ -84,7 +105,8 @@ def overlay(
 
     ``image`` [H, W, 3] BGR uint8 (the predicted image); returns a new BGR image with
     segments tinted near red / mid green / far blue, thin segment outlines, a
-    "label 12.3 m" tag on every segment of at least ``min_label_area`` pixels, and
+    "label 12.3 m" tag (:func:`segment_label`: "car #12 14.3 m, 2.1 m/s closing" for a
+    tracked thing) on every segment of at least ``min_label_area`` pixels, and
     a colour legend.  Void pixels keep the image's own colours.  A result without depth
     (``result.depth`` None: an untrained depth branch) gets no distances: segments tinted
     in their ``class_colors`` (RGB by category; grey without), tags with the label only,
@@ -123,8 +145,7 @@ def overlay(
         for seg, y, x in zip(segs, cy, cx, strict=True):
             if seg.area < min_label_area:
                 continue
-            depth = "?" if math.isnan(seg.depth_mean) else f"{seg.depth_mean:.1f} m"
-            text = f"{seg.label} {depth}" if with_depth else seg.label
+            text = segment_label(seg, depth=with_depth)
             (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 1)
             org = (
                 int(np.clip(x - tw / 2, 0, max(0, image.shape[1] - tw))),

@@ -22,6 +22,7 @@ from panoptic_depthlab_ros.msg_conversions import pointcloud_to_array
 from panoptic_depthlab_ros.node_outputs import OUTPUT_NAMES
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.salvage import db3_is_cut_short, mcap_is_cut_short, salvage_db3, salvage_mcap
+from panoptic_depthlab_ros.tracker import SegmentTrack, Tracker, track_panoptic
 from pdl_testing import REPO, rosbags_camera_info
 
 TS = get_typestore(Stores.ROS2_JAZZY)
@@ -103,8 +104,10 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
     assert [m.data for _, m in got["/chatter"]] == [f"hello {i}" for i in range(4)]
     img_stamps = [s for s, _ in got["/cam/image"]]
     assert summary.output_topics == [f"/panoptic_depthlab/{name}" for name in OUTPUT_NAMES]  # every output
+    tracker = Tracker()  # tracked as a Tracker fed the images' header stamps tracks
     for i in range(4):
         expected = predictor.predict(_frame(i), camera_k=np.array(K).reshape(3, 3))
+        expected = expected.with_tracks(tracker.update(expected, stamp_ns=(100 + i) * 10**9 + 5).tracks)
         for name in OUTPUT_NAMES:
             stamp, msg = got[f"/panoptic_depthlab/{name}"][i]
             assert stamp == img_stamps[i]  # written at the input's receive time
@@ -119,6 +122,15 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
         assert got["/panoptic_depthlab/overlay"][i][1].encoding == "bgr8"
         segs = got["/panoptic_depthlab/segments"][i][1]
         assert [s.id for s in segs.segments] == [s.id for s in expected.segments]
+        assert [(s.track_id, s.track_age) for s in segs.segments] == [
+            (s.track_id, s.track_age) for s in expected.segments
+        ]
+        assert any(s.track_id for s in segs.segments)
+        tracked = got["/panoptic_depthlab/tracked_panoptic"][i][1]
+        np.testing.assert_array_equal(
+            np.frombuffer(tracked.data.tobytes(), np.int32).reshape(64, 128),
+            track_panoptic(expected, [SegmentTrack(track_id=s.track_id) for s in expected.segments]),
+        )
         for a, b in zip(segs.segments, expected.segments, strict=True):
             assert a.depth_mean == pytest.approx(b.depth_mean, rel=1e-6)
             assert (a.centroid.x, a.centroid.y, a.centroid.z) == pytest.approx(b.centroid, rel=1e-5)
@@ -400,3 +412,82 @@ def test_bag_cli(tmp_path: Path, tiny_checkpoint: Path) -> None:
     shutil.rmtree(tmp_path / "out")
     again = subprocess.run(cmd + ["--image-topic", "/nope"], capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 2 and "no topic '/nope'" in again.stderr
+
+
+# SegmentDepth as it was before the tracking fields: what bags recorded then carry.
+OLD_SEGMENT_DEPTH = """\
+int32 id
+uint8 category_id
+string label
+bool is_thing
+float32 score
+uint32 area
+uint32 x_min
+uint32 y_min
+uint32 x_max
+uint32 y_max
+uint32 depth_valid_pixels
+float32 depth_mean
+float32 depth_median
+float32 depth_min
+float32 depth_std
+float32 depth_robust
+geometry_msgs/Point centroid
+"""
+
+
+@pytest.mark.parametrize("storage", [StoragePlugin.MCAP, StoragePlugin.SQLITE3])
+def test_old_segment_definition_is_read_from_the_bag(tmp_path: Path, predictor: Predictor, storage) -> None:
+    """A bag with SegmentDepthArray recorded under the old definition: replayed, its segments
+    are read with the bag's definition and written with today's (tracking fields unknown)."""
+    old = get_typestore(Stores.ROS2_JAZZY)
+    old.register(get_types_from_msg(OLD_SEGMENT_DEPTH, "panoptic_depthlab_ros/msg/SegmentDepth"))
+    array_def = (REPO / "msg" / "SegmentDepthArray.msg").read_text()
+    old.register(get_types_from_msg(array_def, "panoptic_depthlab_ros/msg/SegmentDepthArray"))
+    t = old.types
+    src = make_bag(tmp_path / "in", storage, frames=2)
+    recorded = tmp_path / "recorded"  # the same frames plus the segments a node of then published
+    with Reader(src) as r, Writer(recorded, version=9, storage_plugin=storage) as w:
+        conns = {c.topic: w.add_connection(c.topic, c.msgtype, typestore=TS) for c in r.connections}
+        seg_conn = w.add_connection(
+            "/perception/segments", "panoptic_depthlab_ros/msg/SegmentDepthArray", typestore=old
+        )
+        for c, stamp, raw in r.messages():
+            w.write(conns[c.topic], stamp, raw)
+        for i in range(2):
+            car = t["panoptic_depthlab_ros/msg/SegmentDepth"](
+                id=13001, category_id=13, label="car", is_thing=True, score=0.5, area=40 + i,
+                x_min=1, y_min=2, x_max=9, y_max=6, depth_valid_pixels=40, depth_mean=12.5, depth_median=12.25,
+                depth_min=10.0, depth_std=1.5, depth_robust=12.375,
+                centroid=t["geometry_msgs/msg/Point"](x=1.0, y=-0.5, z=12.5),
+            )  # fmt: skip
+            header = t["std_msgs/msg/Header"](
+                stamp=t["builtin_interfaces/msg/Time"](sec=100 + i, nanosec=5), frame_id="c"
+            )
+            msg = t["panoptic_depthlab_ros/msg/SegmentDepthArray"](
+                header=header, height=64, width=128, label_divisor=1000, segments=[car]
+            )
+            w.write(seg_conn, (1_000 + i) * 10**8 + 2, old.serialize_cdr(msg, msg.__msgtype__))
+    with Reader(recorded) as r:  # what was recorded says it is the old definition
+        (conn,) = [c for c in r.connections if c.topic == "/perception/segments"]
+        assert "track_id" not in conn.msgdef.data and "depth_robust" in conn.msgdef.data
+
+    summary = replay_bag(recorded, tmp_path / "out", predictor=predictor, progress=False)
+    assert summary.frames == 2 and summary.skipped == []
+    assert summary.upgraded == {"/perception/segments": 2}
+    with Reader(tmp_path / "out") as r:  # read with the output's own definitions, as a user's tools do
+        (conn,) = [c for c in r.connections if c.topic == "/perception/segments"]
+        assert "track_id" in conn.msgdef.data
+        store = get_typestore(Stores.ROS2_JAZZY)
+        store.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
+        got = [store.deserialize_cdr(raw, conn.msgtype) for _, _, raw in r.messages([conn])]
+    assert [m.header.stamp.sec for m in got] == [100, 101]
+    for i, m in enumerate(got):
+        (car,) = m.segments
+        assert (car.id, car.label, car.area, car.depth_mean, car.depth_robust) == (13001, "car", 40 + i, 12.5, 12.375)
+        assert (car.centroid.x, car.centroid.y, car.centroid.z) == (1.0, -0.5, 12.5)
+        assert (car.track_id, car.track_age) == (0, 0)  # unknown: it was not tracked then
+        assert all(np.isnan(v) for v in (car.velocity.x, car.velocity.y, car.velocity.z, car.time_to_contact))
+    # Today's outputs beside it, tracked.
+    outputs = _read(tmp_path / "out")["/panoptic_depthlab/segments"]
+    assert len(outputs) == 2 and any(s.track_id for s in outputs[1][1].segments)

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 from rosbags.rosbag2 import Reader
 
+from panoptic_depthlab_ros.bag import typestore_with_our_messages
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint
 from pdl_testing import REPO
 
@@ -29,27 +31,47 @@ def test_bundled_assets_are_small_and_loadable() -> None:
     }
 
 
-def test_demo_three_frames(tmp_path: Path) -> None:
+def test_demo_six_frames_tracked(tmp_path: Path) -> None:
+    """Six frames of the drive through the installed node: every output, and the things tracked."""
+    frames = 6
     out = tmp_path / "demo_output"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "demo.py"), "--frames", "3", "--out", str(out)],
+        [sys.executable, str(REPO / "tools" / "demo.py"), "--frames", str(frames), "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "3/3 frames" in proc.stdout and "overlay.mp4" in proc.stdout
+    assert f"{frames}/{frames} frames" in proc.stdout and "overlay.mp4" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames_sent"] == summary["frames_answered"] == 3
-    assert len(summary["segments_per_frame"]) == 3 and min(summary["segments_per_frame"]) > 3
+    assert summary["frames_sent"] == summary["frames_answered"] == frames
+    assert len(summary["segments_per_frame"]) == frames and min(summary["segments_per_frame"]) > 3
     assert summary["latency_ms"]["p50"] > 0
-    assert sorted(p.name for p in (out / "overlay").iterdir()) == [f"frame_{i:04d}.png" for i in range(3)]
+    assert sorted(p.name for p in (out / "overlay").iterdir()) == [f"frame_{i:04d}.png" for i in range(frames)]
     assert cv2.imread(str(out / "overlay" / "frame_0000.png")).shape == (192, 384, 3)
     cap = cv2.VideoCapture(str(out / "overlay.mp4"))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
     with Reader(out / "bag") as r:
         counts = {c.topic: c.msgcount for c in r.connections}
-    for name in ("panoptic", "semantic", "depth", "segments", "overlay", "markers", "points"):
-        assert counts[f"/panoptic_depthlab/{name}"] == 3, name
-    assert counts["/camera/image_raw"] == 3
+    for name in ("panoptic", "tracked_panoptic", "semantic", "depth", "segments", "overlay", "markers", "points"):
+        assert counts[f"/panoptic_depthlab/{name}"] == frames, name
+    assert counts["/camera/image_raw"] == frames
+
+    # The drive's cars keep their ids from frame to frame, and velocities become known.
+    tracking = summary["tracking"]
+    assert tracking["longest_track_frames"] == frames and "tracked" in proc.stdout
+    assert tracking["with_velocity_per_frame"][0] == 0 and tracking["with_velocity_per_frame"][-1] > 0
+    ts = typestore_with_our_messages()
+    with Reader(out / "bag") as r:
+        topic = lambda name: [c for c in r.connections if c.topic == f"/panoptic_depthlab/{name}"]  # noqa: E731
+        segments = [ts.deserialize_cdr(raw, c.msgtype) for c, _, raw in r.messages(topic("segments"))]
+        markers = [ts.deserialize_cdr(raw, c.msgtype) for c, _, raw in r.messages(topic("markers"))]
+    ids = [{s.track_id: s.track_age for s in m.segments if s.track_id} for m in segments]
+    steady = set.intersection(*(set(frame) for frame in ids))
+    assert steady and all(ids[i][t] == i + 1 for t in steady for i in range(frames))  # one id each, ageing
+    last = [s for s in segments[-1].segments if s.track_id and np.isfinite(s.velocity.z)]
+    arrows = [m for m in markers[-1].markers if m.ns == "velocities"]
+    assert last and len(arrows) == len(last)  # an arrow per thing with a known velocity
+    labels = {m.text for m in markers[-1].markers if m.ns == "labels"}
+    assert any(f"#{s.track_id} " in text for s in last for text in labels)

@@ -157,3 +157,41 @@ def test_cityscapes_ids_and_depth_png() -> None:
     assert [(d["id"], d["category_id"]) for d in info] == [(7, 7), (24001, 24), (26001, 26), (26002, 26)]
     depth = np.array([1.2344, np.nan, -1.0, 70.0, 0.0], np.float32)  # 70 m > 65.535 m: not representable
     assert depth_to_png_mm(depth).tolist() == [1234, 0, 0, 0, 0]
+
+
+def _still_video(path: Path, frames: int, fps: float) -> Path:
+    """The same picture ``frames`` times (lossless: every frame decodes alike)."""
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (128, 64))
+    for _ in range(frames):
+        video.write(_img(7))
+    video.release()
+    return path
+
+
+def test_infer_tracks_the_things_of_a_video(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    _still_video(src / "drive.mkv", 4, 5.0)
+    cv2.imwrite(str(src / "still.png"), _img(7))
+    pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    summary = run_infer([src], tmp_path / "out", predictor=pred, progress=False)
+    assert summary.frames == 5 and summary.skipped == []
+    docs = [json.loads((tmp_path / "out" / f"drive_{i:06d}_segments.json").read_text()) for i in range(4)]
+    assert all(d["tracked"] for d in docs)
+    things = [{s["id"]: (s["track_id"], s["track_age"]) for s in d["segments"] if s["is_thing"]} for d in docs]
+    assert things[0] and all(track_id > 0 for track_id, _ in things[0].values())
+    for i, frame in enumerate(things):  # one id per thing over the video, ageing frame by frame
+        assert frame == {pid: (track_id, i + 1) for pid, (track_id, _) in things[0].items()}
+    stuff = [s for d in docs for s in d["segments"] if not s["is_thing"]]
+    assert stuff and all(s["track_id"] == 0 and s["velocity"] == [None] * 3 for s in stuff)
+    # Time is the frame index over the frame rate (0.2 s): a still thing's velocity, once known, is 0.
+    for s in docs[-1]["segments"]:
+        if s["is_thing"] and s["velocity"][2] is not None:
+            assert abs(s["velocity"][2]) < 1e-6 and s["time_to_contact"] == "inf"
+    # A single image is no sequence: not tracked.
+    still = json.loads((tmp_path / "out" / "still_segments.json").read_text())
+    assert not still["tracked"] and all(s["track_id"] == 0 for s in still["segments"])
+
+    run_infer([src / "drive.mkv"], tmp_path / "off", predictor=pred, progress=False, tracking=False)
+    off = json.loads((tmp_path / "off" / "drive_000003_segments.json").read_text())
+    assert not off["tracked"] and all(s["track_id"] == 0 for s in off["segments"])

@@ -265,6 +265,7 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
     from rclpy.parameter_client import AsyncParameterClient
 
     from panoptic_depthlab_ros.predictor import Predictor
+    from panoptic_depthlab_ros.tracker import Tracker
     from panoptic_depthlab_ros.visualize import overlay
 
     h = NodeHarness(ros_context, tiny_checkpoint, params={"stuff_area": 64, "qos_reliability": "reliable"})
@@ -316,6 +317,7 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
         reference = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
         reference.postprocess = replace(reference.postprocess, center_threshold=0.3, stuff_area=64, depth_erosion_px=1)
         want = reference.predict(bgr)
+        want = want.with_tracks(Tracker().update(want, stamp_ns=90 * 10**9).tracks)  # the node's first frame
         seg = h.answer("segments", (90, 0))
         assert [s.id for s in seg.segments] == [s.id for s in want.segments]
         assert [s.depth_valid_pixels for s in seg.segments] == [s.depth_valid_pixels for s in want.segments]

@@ -68,13 +68,15 @@ def _check_markers(h: NodeHarness, stamp, sent_header) -> None:
     assert all(m.header == sent_header for m in markers)
     labels = [m for m in markers[1:] if m.ns == "labels"]
     boxes = [m for m in markers[1:] if m.ns == "boxes"]
-    assert len(labels) + len(boxes) == len(markers) - 1
+    arrows = [m for m in markers[1:] if m.ns == "velocities"]
+    assert len(labels) + len(boxes) + len(arrows) == len(markers) - 1
     # The tiny model's depth is valid everywhere: every segment has a 3D centroid.
     assert all(s.depth_valid_pixels > 0 for s in segments)
     assert len(labels) == len(segments) > 0
     for i, (m, s) in enumerate(zip(labels, segments, strict=True)):
         assert (m.id, m.type, m.action) == (2 * i, Marker.TEXT_VIEW_FACING, Marker.ADD)
-        assert m.text == f"{s.label} {s.depth_mean:.1f} m"
+        track = f" #{s.track_id}" if s.track_id else ""  # tracking is on by default
+        assert m.text.startswith(f"{s.label}{track} {s.depth_mean:.1f} m")
         p = m.pose.position
         assert (p.x, p.y, p.z) == (s.centroid.x, s.centroid.y, s.centroid.z)
         b, g, r = depth_to_bgr(np.float32(s.depth_mean), near=5.0, far=60.0)

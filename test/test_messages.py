@@ -47,7 +47,8 @@ def test_required_fields_present() -> None:
 
     required = (
         "id category_id label is_thing score area x_min y_min x_max y_max depth_valid_pixels "
-        "depth_mean depth_median depth_min depth_std depth_robust centroid"
+        "depth_mean depth_median depth_min depth_std depth_robust centroid "
+        "track_id track_age velocity time_to_contact"
     ).split()
     assert set(required) <= set(SegmentDepth.get_fields_and_field_types())
     assert list(SegmentDepthArray.get_fields_and_field_types()) == [
@@ -60,7 +61,8 @@ def test_required_fields_present() -> None:
 
 
 def _segment(i: int, nan_centroid: bool):
-    from geometry_msgs.msg import Point
+    """A car; with a centroid: tracked (#12, 7 frames, closing at 2 m/s); without: untracked (0, NaN)."""
+    from geometry_msgs.msg import Point, Vector3
 
     from panoptic_depthlab_ros.msg import SegmentDepth
 
@@ -83,6 +85,10 @@ def _segment(i: int, nan_centroid: bool):
         depth_std=1.5,
         depth_robust=12.375,
         centroid=Point(x=nan, y=nan, z=nan) if nan_centroid else Point(x=1.0, y=-0.5, z=12.5),
+        track_id=0 if nan_centroid else 12,
+        track_age=0 if nan_centroid else 7,
+        velocity=Vector3(x=nan, y=nan, z=nan) if nan_centroid else Vector3(x=0.5, y=0.0, z=-2.0),
+        time_to_contact=nan if nan_centroid else 6.25,
     )
 
 
@@ -122,17 +128,24 @@ def test_segment_depth_array_roundtrip(ros_context) -> None:
         label_divisor=1000,
         segments=[_segment(1, nan_centroid=False), _segment(2, nan_centroid=True)],
     )
+    receding = _segment(3, nan_centroid=False)
+    receding.velocity.z, receding.time_to_contact = 1.5, math.inf  # not closing
+    sent.segments.append(receding)
     sent.header.stamp.sec, sent.header.stamp.nanosec = 1234, 5678
     got = _roundtrip(ros_context, SegmentDepthArray, "segments", sent)
     assert got.header == sent.header
     assert (got.height, got.width, got.label_divisor) == (480, 640, 1000)
-    assert len(got.segments) == 2
-    a, b = got.segments
+    assert len(got.segments) == 3
+    a, b, c = got.segments
+    assert c == receding and c.time_to_contact == math.inf
     assert a == sent.segments[0]  # finite everywhere: plain equality holds
     assert (a.centroid.x, a.centroid.y, a.centroid.z) == (1.0, -0.5, 12.5)
+    assert (a.track_id, a.track_age, a.time_to_contact) == (12, 7, 6.25)
+    assert (a.velocity.x, a.velocity.y, a.velocity.z) == (0.5, 0.0, -2.0)
     assert all(math.isnan(v) for v in (b.centroid.x, b.centroid.y, b.centroid.z))
+    assert all(math.isnan(v) for v in (b.velocity.x, b.velocity.y, b.velocity.z, b.time_to_contact))
     for field in b.get_fields_and_field_types():
-        if field != "centroid":
+        if field not in ("centroid", "velocity", "time_to_contact"):
             assert getattr(b, field) == getattr(sent.segments[1], field), field
     assert a.score == 0.625
 

@@ -268,18 +268,30 @@ def _assert_segment_equal(msg, seg: SegmentDepth) -> None:
     for name in ("score", "depth_mean", "depth_median", "depth_min", "depth_std", "depth_robust"):
         np.testing.assert_equal(np.float32(getattr(msg, name)), np.float32(getattr(seg, name)), name)
     np.testing.assert_equal([msg.centroid.x, msg.centroid.y, msg.centroid.z], list(seg.centroid))
+    assert (msg.track_id, msg.track_age) == (seg.track_id, seg.track_age)
+    np.testing.assert_equal([msg.velocity.x, msg.velocity.y, msg.velocity.z], list(seg.velocity))
+    np.testing.assert_equal(np.float32(msg.time_to_contact), np.float32(seg.time_to_contact))
+
+
+def _tracked_result():
+    """``_result()`` with its first segment tracked (#5, seen 4 frames, closing at 2 m/s), the second untracked."""
+    from panoptic_depthlab_ros.tracker import SegmentTrack
+
+    return _result().with_tracks([SegmentTrack(5, 4, None, (0.5, -0.25, -2.0), 2.25), SegmentTrack()])
 
 
 def test_segments_to_msg_rclpy() -> None:
-    from geometry_msgs.msg import Point
+    from geometry_msgs.msg import Point, Vector3
     from std_msgs.msg import Header
 
     from panoptic_depthlab_ros.msg import SegmentDepth as SegmentMsg
     from panoptic_depthlab_ros.msg import SegmentDepthArray
 
-    result = _result()
+    result = _tracked_result()
     header = Header(frame_id="cam")
-    msg = segments_to_msg(result, header=header, array_cls=SegmentDepthArray, segment_cls=SegmentMsg, point_cls=Point)
+    msg = segments_to_msg(
+        result, header=header, array_cls=SegmentDepthArray, segment_cls=SegmentMsg, point_cls=Point, vector_cls=Vector3
+    )
     assert (msg.height, msg.width, msg.label_divisor, msg.header) == (10, 20, 1000, header)
     assert len(msg.segments) == 2
     for m, s in zip(msg.segments, result.segments, strict=True):
@@ -291,6 +303,7 @@ def test_segments_to_msg_rclpy() -> None:
             array_cls=SegmentDepthArray,
             segment_cls=SegmentMsg,
             point_cls=Point,
+            vector_cls=Vector3,
         )
 
 
@@ -309,7 +322,7 @@ def rosbags_types():
 def test_segments_to_msg_rosbags_classes_serialize_like_rclpy(rosbags_types) -> None:
     """The bag tools' path: the same function fills rosbags dataclasses, and their
     CDR bytes deserialize in rclpy to the message rclpy's own classes give."""
-    from geometry_msgs.msg import Point
+    from geometry_msgs.msg import Point, Vector3
     from rclpy.serialization import deserialize_message
     from std_msgs.msg import Header
 
@@ -319,26 +332,28 @@ def test_segments_to_msg_rosbags_classes_serialize_like_rclpy(rosbags_types) -> 
     t = rosbags_types.types
     header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=3, nanosec=4), frame_id="cam")
     bag_msg = segments_to_msg(
-        _result(),
+        _tracked_result(),
         header=header,
         array_cls=t["panoptic_depthlab_ros/msg/SegmentDepthArray"],
         segment_cls=t["panoptic_depthlab_ros/msg/SegmentDepth"],
         point_cls=t["geometry_msgs/msg/Point"],
+        vector_cls=t["geometry_msgs/msg/Vector3"],
     )
     raw = rosbags_types.serialize_cdr(bag_msg, "panoptic_depthlab_ros/msg/SegmentDepthArray")
     got = deserialize_message(bytes(raw), SegmentDepthArray)
     rcl_header = Header(frame_id="cam")
     rcl_header.stamp.sec, rcl_header.stamp.nanosec = 3, 4
     want = segments_to_msg(
-        _result(),
+        _tracked_result(),
         header=rcl_header,
         array_cls=SegmentDepthArray,
         segment_cls=SegmentMsg,
         point_cls=Point,
+        vector_cls=Vector3,
     )
     assert got.header == want.header and len(got.segments) == 2
     assert got.segments[0] == want.segments[0]  # finite everywhere
-    _assert_segment_equal(got.segments[1], _result().segments[1])
+    _assert_segment_equal(got.segments[1], _tracked_result().segments[1])
 
 
 def test_rosbags_images_both_ways(rosbags_types) -> None:

@@ -26,6 +26,7 @@ from node_utils import (
     stamp_of,
 )
 from panoptic_depthlab_ros.pipeline import FRAME_OUTCOMES
+from panoptic_depthlab_ros.tracker import Tracker
 from panoptic_depthlab_ros.visualize import overlay
 
 # The fusion parameters stay at -1: the tiny checkpoint's own settings apply (its
@@ -120,6 +121,7 @@ def test_frames_in_all_five_outputs_out(harness, reference) -> None:
         (random_image(2), "mono8", 3, (11, 2)),
         (random_image(3), "bgra8", 0, (12, 3)),
     ]
+    tracker = Tracker()  # the node tracks with the default settings, fed the image stamps
     for bgr, encoding, pad, stamp in frames:
         sent = image_msg(bgr, encoding, stamp=stamp, frame_id=f"cam_{encoding}", pad=pad)
         harness.image_pub.publish(sent)
@@ -127,6 +129,7 @@ def test_frames_in_all_five_outputs_out(harness, reference) -> None:
 
         seen = bgr if encoding != "mono8" else cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
         want = reference.predict(seen)
+        want = want.with_tracks(tracker.update(want, stamp_ns=stamp[0] * 10**9 + stamp[1]).tracks)
         outs = {name: harness.answer(name, stamp) for name in ("segments", "panoptic", "semantic", "depth", "overlay")}
         for msg in outs.values():
             assert msg.header == sent.header
@@ -150,6 +153,9 @@ def test_frames_in_all_five_outputs_out(harness, reference) -> None:
         seg = outs["segments"]
         assert (seg.height, seg.width, seg.label_divisor) == (64, 128, 1000)
         _assert_segments_equal(seg, want.segments)
+        # Tracked as a Tracker fed the same stamps tracks (frames over max_gap_s apart: each starts anew).
+        assert [(m.track_id, m.track_age) for m in seg.segments] == [(s.track_id, s.track_age) for s in want.segments]
+        assert any(m.track_id for m in seg.segments) and all(m.track_age <= 1 for m in seg.segments)
         # No camera_info: every centroid is unknown.
         assert all(math.isnan(v) for s in seg.segments for v in (s.centroid.x, s.centroid.y, s.centroid.z))
         assert set(np.unique(_image(outs["panoptic"]))) == {s.id for s in seg.segments} | (
@@ -186,7 +192,10 @@ def test_diagnostics_every_period(harness) -> None:
         "network_ms_last",
         "convert_ms_mean",
         "publish_ms_p95",
+        "track_ms_mean",
         "wait_ms_last",
+        "tracker_resets",
+        "tracks_confirmed",
     ):
         assert key in values, key
     assert float(values["total_ms_last"]) >= float(values["network_ms_last"]) > 0

@@ -17,6 +17,7 @@ from panoptic_depthlab_ros.node_outputs import (
     output_messages,
 )
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
+from panoptic_depthlab_ros.tracker import SegmentTrack, TrackState
 
 K = np.array([[50.0, 0, 4.0], [0, 50.0, 2.0], [0, 0, 1]])
 
@@ -58,10 +59,17 @@ def test_the_table() -> None:
         assert (o.msg_type == "sensor_msgs/msg/Image") == (o.encoding in OUTPUT_ENCODINGS), o.name
     assert {o.name for o in OUTPUTS if o.needs_intrinsics} == {"markers", "points"}
     assert {o.name for o in OUTPUTS if o.needs_depth} == {"depth", "markers", "points"}
+    assert {o.name for o in OUTPUTS if o.needs_tracks} == {"tracked_panoptic"}
+
+
+def _tracked(result: PanopticDepthResult) -> PanopticDepthResult:
+    """The car tracked as #7, closing at 2 m/s, and moving right at 0.5 m/s."""
+    car = SegmentTrack(7, 12, TrackState.CONFIRMED, (0.5, 0.0, -2.0), 5.0, 10.0)
+    return result.with_tracks([SegmentTrack(depth=5.0), car])
 
 
 def test_every_output_with_depth_and_intrinsics(typestore) -> None:
-    messages = _messages(typestore, _result(True), K)
+    messages = _messages(typestore, _tracked(_result(True)), K)
     assert list(messages) == list(OUTPUT_NAMES)  # table order
     for o in OUTPUTS:  # each serializes as its type
         typestore.serialize_cdr(messages[o.name], o.msg_type)
@@ -69,10 +77,24 @@ def test_every_output_with_depth_and_intrinsics(typestore) -> None:
     assert [s.id for s in messages["segments"].segments] == [0, 13001]
     assert messages["points"].width == 32  # every pixel has depth, stride 1
     markers = messages["markers"].markers
-    assert [m.text for m in markers if m.ns == "labels"] == ["road 5.0 m", "car 10.0 m"]
+    assert [m.text for m in markers if m.ns == "labels"] == ["road 5.0 m", "car #7 10.0 m, 2.0 m/s closing"]
+    (arrow,) = [m for m in markers if m.ns == "velocities"]
+    assert arrow.type == 0 and arrow.id == 1  # ARROW, segment 1
+    assert [(p.x, p.y, p.z) for p in arrow.points] == [(0.4, 0.0, 10.0), (0.9, 0.0, 8.0)]  # centroid + v * 1 s
+    car = messages["segments"].segments[1]
+    assert (car.track_id, car.track_age, car.time_to_contact) == (7, 12, 5.0)
+    assert (car.velocity.x, car.velocity.y, car.velocity.z) == (0.5, 0.0, -2.0)
+    road = messages["segments"].segments[0]
+    assert (road.track_id, road.track_age) == (0, 0) and np.isnan(road.velocity.z)
+    tracked = messages["tracked_panoptic"]
+    ids = np.frombuffer(tracked.data, np.int32).reshape(4, 8)
+    np.testing.assert_array_equal(ids[:, 4:], 13007)  # class * 1000 + track id
+    np.testing.assert_array_equal(ids[:, :4], 0)  # road, stuff: instance 0
 
 
 def test_what_a_frame_cannot_give_is_left_out(typestore) -> None:
+    tracked = ["segments", "panoptic", "tracked_panoptic", "semantic", "depth", "overlay"]
+    assert list(_messages(typestore, _tracked(_result(True)), None)) == tracked
     assert list(_messages(typestore, _result(True), None)) == ["segments", "panoptic", "semantic", "depth", "overlay"]
     assert list(_messages(typestore, _result(False), K)) == ["segments", "panoptic", "semantic", "overlay"]
     assert list(_messages(typestore, _result(True), K, wanted={"overlay", "segments"})) == ["segments", "overlay"]

@@ -305,3 +305,24 @@ def test_compile_mode_wraps_the_network(tiny_checkpoint: Path) -> None:
         a, b = plain.predict(img), compiled.predict(img)
         np.testing.assert_array_equal(a.panoptic, b.panoptic)
         np.testing.assert_allclose(a.depth, b.depth, rtol=1e-5)
+
+
+def test_track_feeds_a_tracker_the_stamps(tiny_checkpoint) -> None:
+    """``Predictor.track``: each frame predicted, then tracked with its stamp (as a Tracker fed by hand)."""
+    from node_utils import random_image
+    from panoptic_depthlab_ros.tracker import Tracker
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
+    image = random_image(4)
+    stamps = [0.0, 0.1, 0.4, 0.3]  # a dropped frame, then a jump back
+    results = list(predictor.track((s, image) for s in stamps))
+    by_hand = Tracker()
+    for stamp, result in zip(stamps, results, strict=True):
+        plain = predictor.predict(image)
+        tracks = by_hand.update(plain, stamp_s=stamp).tracks
+        assert result.tracked
+        assert [(s.id, s.track_id, s.track_age) for s in result.segments] == [
+            (s.id, t.track_id, t.track_age) for s, t in zip(plain.segments, tracks, strict=True)
+        ]
+    ages = [max(s.track_age for s in r.segments) for r in results]
+    assert ages == [1, 2, 3, 1]  # the jump back started afresh

@@ -52,6 +52,8 @@ def track_of(frame, result, category: int, instance: int) -> SegmentTrack:
         ("mask_samples", 2.5),
         ("border_px", -1),
         ("smooth_depth", "yes"),
+        ("size_noise_px", -1.0),
+        ("size_weight", math.inf),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
@@ -280,6 +282,44 @@ def test_a_lost_track_with_an_unsure_velocity_waits_where_it_was_seen() -> None:
     assert ids == [1, 1, 1, 1]
 
 
+def test_a_lost_track_with_a_known_velocity_is_found_where_it_went() -> None:
+    # A car at 15 m drives right at 8 m/s (its velocity known, std 1.2 m/s) and goes unseen
+    # for 8 frames; meanwhile its velocity's std grows past velocity_max_std_mps (2 m/s after
+    # 7 frames of acceleration noise 2 m/s^2). It shows again 7.2 m on, and a second car
+    # appears where the first was last seen. Known at its last match, the velocity keeps
+    # carrying the prediction: the car keeps id 1 and the newcomer gets id 2. Snapped back
+    # to where it was last seen, the track would take the newcomer (distance 0) instead.
+    k = intrinsics(96, 384, 96.0)
+    tracker = Tracker()
+    last_seen_x = -6.0 + 0.8 * 9
+    for f in range(20):
+        things = [] if 10 <= f < 18 else [Thing(CAR, 1, (-6.0 + 0.8 * f, 1.0, 15.0))]
+        if f >= 18:
+            things.append(Thing(CAR, 2, (last_seen_x, 1.0, 15.0)))
+        result = render(things, size=(96, 384), k=k)
+        frame = tracker.update(result, stamp_ns=stamp(f))
+        if things:
+            assert track_of(frame, result, CAR, 1).track_id == 1
+    assert track_of(frame, result, CAR, 2).track_id == 2
+
+
+@pytest.mark.parametrize(("size_weight", "full_id", "fragment_id"), [(0.5, 1, 2), (0.0, 2, 1)])
+def test_area_ratio_keeps_the_track_on_the_whole_thing(size_weight: float, full_id: int, fragment_id: int) -> None:
+    # A still car at 10 m (17 x 14 px) tracked for 4 frames; then its segment comes 1 m to the
+    # side (IoU 0.26 with its last mask, distance 1 m of a 2.8 m gate: cost 0.74 + 0.36) and
+    # a fragment of a quarter of its area shows where it was (IoU 0.24, distance 0: cost 0.76).
+    # The area ratio adds 0.5 * min(|ln(56 / 238)| / ln 4, 1) = 0.5 to the fragment's cost, so
+    # the track stays on the whole car; without it the fragment takes the track.
+    tracker = Tracker(TrackerConfig(size_weight=size_weight))
+    for f in range(4):
+        tracker.update(render([Thing(CAR, 1, (0.0, 1.0, 10.0))]), stamp_ns=stamp(f))
+    result = render([Thing(CAR, 2, (1.0, 1.0, 10.0)), Thing(CAR, 3, (0.0, 1.0, 10.0), (0.9, 0.75))])
+    frame = tracker.update(result, stamp_ns=stamp(4))
+    assert result.segments[segment_of(result, CAR, 3)].area * 4 < result.segments[segment_of(result, CAR, 2)].area
+    assert track_of(frame, result, CAR, 2).track_id == full_id
+    assert track_of(frame, result, CAR, 3).track_id == fragment_id
+
+
 # --------------------------------------------------------------------- time
 @pytest.mark.parametrize(
     ("jump", "reason"),
@@ -339,10 +379,11 @@ def test_constant_velocity_and_time_to_contact_are_exact() -> None:
     # Exact centroids on a line: the filter's two-point start gives v = (p2 - p1) / dt exactly
     # and every later innovation is 0, so the velocity is exact up to float rounding (~1e-12
     # m/s); TTC = z / -vz = z / 10 exactly. velocity_min_frames 3 with no std limit: NaN for
-    # frames 0 and 1, known from frame 2 on.
+    # frames 0 and 1, known from frame 2 on. Looming off (size_noise_px 0): box heights are
+    # whole pixels, so the rate of their inverse is exact only on average.
     v = (1.0, -0.2, -10.0)
     p0 = (-2.0, 1.0, 40.0)
-    tracker = Tracker(TrackerConfig(velocity_min_frames=3, velocity_max_std_mps=math.inf))
+    tracker = Tracker(TrackerConfig(velocity_min_frames=3, velocity_max_std_mps=math.inf, size_noise_px=0.0))
     tracks = _drive(tracker, range(12), lambda t: tuple(p + dv * t for p, dv in zip(p0, v, strict=True)))
     for f, (_, track) in enumerate(tracks):
         z = p0[2] + v[2] * f * DT
@@ -355,10 +396,11 @@ def test_constant_velocity_and_time_to_contact_are_exact() -> None:
 
 def test_dropped_frames_widen_dt_and_the_velocity_stays_right() -> None:
     # Frames 3, 4, 6, 7, 8 never arrive: dt is taken from the stamps (0.3 s, 0.4 s), so the
-    # positions still lie on the true line and the velocity stays exact.
+    # positions still lie on the true line and the velocity stays exact (looming off: whole-pixel
+    # box heights).
     v = (2.0, 0.0, -5.0)
     p0 = (-3.0, 1.0, 25.0)
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf))
+    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0))
     frames = [0, 1, 2, 5, 9, 10, 11]
     tracks = _drive(tracker, frames, lambda t: tuple(p + dv * t for p, dv in zip(p0, v, strict=True)))
     assert [round(fr.dt_s, 9) for fr, _ in tracks[1:]] == [0.1, 0.1, 0.3, 0.4, 0.1, 0.1]
@@ -387,7 +429,8 @@ def test_velocity_from_noisy_depth_is_within_its_derived_error() -> None:
 
 def test_receding_and_still_things_never_contact() -> None:
     # Receding (vz = +5 m/s) and still (vz = 0, below min_closing_speed_mps): TTC +inf.
-    config = TrackerConfig(velocity_max_std_mps=math.inf)
+    # Looming off, so that the receding velocity is exact (box heights are whole pixels).
+    config = TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0)
     receding = _drive(Tracker(config), range(6), lambda t: (0.0, 1.0, 10.0 + 5.0 * t))
     still = _drive(Tracker(config), range(6), lambda t: (1.0, 1.0, 10.0))
     assert receding[-1][1].velocity[2] == pytest.approx(5.0, abs=1e-9)
@@ -399,8 +442,8 @@ def test_without_intrinsics_only_vz_and_ttc_are_known() -> None:
     # No centroid: x and y are never measured (vx, vy NaN); z comes from depth_mean, so vz
     # and the time to contact are right as with intrinsics, up to the float32 depth map:
     # each depth is off by at most 2^-24 * 20 m = 1.2e-6 m, the two-point velocity by at most
-    # 2 * 1.2e-6 / 0.1 = 2.4e-5 m/s.
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf))
+    # 2 * 1.2e-6 / 0.1 = 2.4e-5 m/s (looming off: whole-pixel box heights).
+    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0))
     tracks = _drive(tracker, range(6), lambda t: (-1.0 + 2.0 * t, 1.0, 20.0 - 8.0 * t), centroid="none")
     track = tracks[-1][1]
     assert math.isnan(track.velocity[0]) and math.isnan(track.velocity[1])
@@ -448,9 +491,10 @@ def test_depth_and_centroid_follow_the_median_depth() -> None:
     # Outline pixels that read the background pull a segment's mean depth (and so its
     # centroid, the mean of its back-projected pixels) away by up to 3 m, differently every
     # frame; its median stays. The tracker moves the centroid along its ray to the median:
-    # the velocity is then exact (two-point start and zero innovations, as for exact centroids).
+    # the velocity is then exact (two-point start and zero innovations, as for exact centroids;
+    # looming off: whole-pixel box heights).
     rng = np.random.default_rng(2)
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, smooth_depth=True))
+    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, smooth_depth=True, size_noise_px=0.0))
     for f in range(8):
         z = 30.0 - 1.0 * f
         result = render([Thing(CAR, 1, (2.0, 1.0, z))])
@@ -464,6 +508,66 @@ def test_depth_and_centroid_follow_the_median_depth() -> None:
         track = frame.tracks[i]
     np.testing.assert_allclose(track.velocity, (0.0, 0.0, -10.0), atol=1e-6)
     assert track.depth == pytest.approx(23.0, abs=1e-6)
+
+
+def _approach_with_noisy_depth(size_noise_px: float) -> np.ndarray:
+    """vz error per frame of a car closing at 8 m/s from 30 m, depth read with 4 % noise."""
+    rng = np.random.default_rng(5)
+    size, k = (240, 480), intrinsics(240, 480)
+    tracker = Tracker(TrackerConfig(size_noise_px=size_noise_px))
+    errors = []
+    for f in range(30):
+        result = render([Thing(CAR, 1, (1.0, 0.5, 30.0 - 0.8 * f))], size=size, k=k)
+        i = segment_of(result, CAR, 1)
+        seg = result.segments[i]
+        noise = 1.0 + rng.normal(0.0, 0.04)
+        result.segments[i] = dataclasses.replace(
+            seg,
+            depth_mean=seg.depth_mean * noise,
+            depth_median=seg.depth_median * noise,
+            centroid=tuple(c * noise for c in seg.centroid),
+        )
+        errors.append(tracker.update(result, stamp_ns=stamp(f)).tracks[i].velocity[2] + 8.0)
+    return np.array(errors)
+
+
+def test_looming_halves_the_velocity_error_of_noisy_depth() -> None:
+    # The car's box (1.5 m tall: 36 px at 30 m, 72 at 15 m) grows as it closes; the rate of
+    # its inverse height times the depth is vz, whatever the depth's noise. Fused with the
+    # depth's own rate by inverse variance, the error over frames 15..29 falls from 0.53 m/s
+    # (depth alone, size_noise_px 0) to 0.26 m/s; both known from frame 6 on.
+    depth_only = _approach_with_noisy_depth(0.0)
+    fused = _approach_with_noisy_depth(2.0)
+    for errors in (depth_only, fused):
+        assert np.isnan(errors[:6]).all() and np.isfinite(errors[6:]).all()
+    assert np.mean(np.abs(depth_only[15:])) == pytest.approx(0.531, abs=0.01)
+    assert np.mean(np.abs(fused[15:])) == pytest.approx(0.262, abs=0.01)
+
+
+def test_looming_of_a_box_being_covered_is_left_out() -> None:
+    # A car closes at 8 m/s with exact depth while something covers it from below: its box's
+    # height shrinks 4 % per frame. Looming then says the car recedes. While its own std is
+    # still large (frames 6-8) the gap is within 2 sigma and it pulls vz by up to 0.81 m/s;
+    # from frame 9 on it is far outside and left out: vz is the depth's own, exactly as with
+    # looming off.
+    k = intrinsics(240, 480)
+
+    def run(size_noise_px: float) -> list[float]:
+        tracker = Tracker(TrackerConfig(size_noise_px=size_noise_px))
+        out = []
+        for f in range(16):
+            result = render([Thing(CAR, 1, (1.0, 0.5, 30.0 - 0.8 * f))], size=(240, 480), k=k)
+            i = segment_of(result, CAR, 1)
+            seg = result.segments[i]
+            height = (seg.y_max - seg.y_min + 1) * 0.96**f
+            result.segments[i] = dataclasses.replace(seg, y_max=seg.y_min + round(height) - 1)
+            out.append(tracker.update(result, stamp_ns=stamp(f)).tracks[i].velocity[2])
+        return out
+
+    covered, depth_only = run(2.0), run(0.0)
+    assert np.isnan(covered[:6]).all() and np.allclose(depth_only[6:], -8.0, atol=1e-6)
+    np.testing.assert_allclose(covered[6:9], [-7.266, -7.192, -7.206], atol=1e-3)
+    assert covered[9:] == depth_only[9:]
 
 
 # --------------------------------------------------------------------- depth smoothing

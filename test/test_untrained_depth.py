@@ -183,7 +183,13 @@ def test_node_publishes_no_depth_outputs_and_says_why(ros_context, converted_che
     params = {"qos_reliability": "reliable", "qos_depth": 10}
     harness = NodeHarness(ros_context, converted_checkpoint, params=params, outputs=("segments", "panoptic", "overlay"))
     try:
-        assert set(harness.node.pipeline.outputs.publishers) == {"segments", "panoptic", "semantic", "overlay"}
+        assert set(harness.node.pipeline.outputs.publishers) == {
+            "segments",
+            "panoptic",
+            "tracked_panoptic",
+            "semantic",
+            "overlay",
+        }
         harness.wait_connected()
         harness.info_pub.publish(camera_info_msg(K, width=128, height=64))
         harness.wait_for(lambda: harness.counts()["camera_info_received"] == 1, 30, "camera_info")

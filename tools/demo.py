@@ -7,7 +7,7 @@ records every output topic, and writes to ``--out``:
 
 * ``bag/``: an MCAP bag with the input topics and all outputs,
 * ``overlay/frame_XXXX.png`` and ``overlay.mp4``: the overlay stream,
-* ``summary.json``: frames, segments per frame, latency percentiles,
+* ``summary.json``: frames, segments per frame, what was tracked, latency percentiles,
 * ``node.log``: what the node printed.
 
 ``--out`` is written aside and moved into place at the end: a previous demo output is
@@ -56,6 +56,7 @@ from panoptic_depthlab_ros.msg_conversions import image_to_bgr
 from panoptic_depthlab_ros.node_outputs import NAMESPACE, OUTPUTS
 from panoptic_depthlab_ros.output import MARKER, StagedOutput, marker_says, write_marker
 from panoptic_depthlab_ros.ros.node import message_class
+from panoptic_depthlab_ros.tracker import TrackerConfig
 
 WRITTEN_BY = "panoptic-depthlab demo"
 # What the demo writes: a folder holding only these (from before outputs were marked) is a demo's.
@@ -324,14 +325,40 @@ def write_overlays(out: Path, overlays: list[bytes], ts: Typestore) -> None:
         video.release()
 
 
+def tracking_summary(frames: list[Any]) -> dict[str, Any]:
+    """What the node tracked over the recorded ``SegmentDepthArray`` messages (in order).
+
+    tracks: track ids seen in at least ``confirm_frames`` frames (the default; shorter ones
+    are mostly a small thing the model sees in one frame and not the next);
+    longest_track_frames: the most frames one id was seen in; with_velocity_per_frame:
+    things whose velocity was known; closing: the track ids that came closer at some
+    frame ("car #12 14.3 m, 2.1 m/s closing" in the overlay).
+    """
+    seen: dict[int, int] = {}
+    with_velocity, closing = [], set()
+    for msg in frames:
+        things = [s for s in msg.segments if s.track_id]
+        for s in things:
+            seen[s.track_id] = seen.get(s.track_id, 0) + 1
+            if s.velocity.z < 0 and np.isfinite(s.time_to_contact):
+                closing.add(s.track_id)
+        with_velocity.append(sum(bool(np.isfinite(s.velocity.z)) for s in things))
+    return {
+        "tracks": sum(n >= TrackerConfig.confirm_frames for n in seen.values()),
+        "longest_track_frames": max(seen.values(), default=0),
+        "with_velocity_per_frame": with_velocity,
+        "closing": sorted(closing),
+    }
+
+
 def summarize(
     bag: Path, checkpoint: Path, rate: float | None, sent: dict[Stamp, float], player: Player
 ) -> dict[str, Any]:
-    """Frames sent and answered, segments per frame, latency percentiles, messages per topic."""
+    """Frames sent and answered, segments per frame, tracks, latency percentiles, messages per topic."""
     with player.lock:
         latencies = [player.answered[k] - sent[k] for k in sent if k in player.answered]
-        segments_per_frame = [
-            len(cast(Any, player.ts.deserialize_cdr(raw, RECORDED[f"{NAMESPACE}/segments"])).segments)
+        segments = [
+            cast(Any, player.ts.deserialize_cdr(raw, RECORDED[f"{NAMESPACE}/segments"]))
             for raw in player.received[f"{NAMESPACE}/segments"]
         ]
         counts = {t: len(v) for t, v in player.received.items()}
@@ -342,7 +369,8 @@ def summarize(
         "mode": "lock-step" if rate is None else f"rate {rate}",
         "frames_sent": len(sent),
         "frames_answered": len(latencies),
-        "segments_per_frame": segments_per_frame,
+        "segments_per_frame": [len(m.segments) for m in segments],
+        "tracking": tracking_summary(segments),
         "latency_ms": {
             "p50": float(np.percentile(lat, 50)),
             "p90": float(np.percentile(lat, 90)),
@@ -462,9 +490,15 @@ def _demo(args: argparse.Namespace) -> int:
         f"  {out / 'bag'}/           all topics (MCAP): ros2 bag info {out / 'bag'}; "
         f"ros2 bag play {out / 'bag'} + rviz2 -d rviz/panoptic_depthlab.rviz"
     )
+    tracking = summary["tracking"]
+    print(
+        f"  tracked {tracking['tracks']} things over {TrackerConfig.confirm_frames}+ frames, the longest over "
+        f"{tracking['longest_track_frames']} frames; "
+        f"{len(tracking['closing'])} closing in at some point (overlay: 'car #12 14.3 m, 2.1 m/s closing')"
+    )
     print(f"  {out / 'overlay.mp4'}      the overlay stream (any video player)")
     print(f"  {out / 'overlay'}/         one PNG per frame")
-    print(f"  {out / 'summary.json'}     frames, segments per frame, latency percentiles")
+    print(f"  {out / 'summary.json'}     frames, segments per frame, what was tracked, latency percentiles")
     return 0 if summary["frames_answered"] == summary["frames_sent"] else 1
 
 

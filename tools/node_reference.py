@@ -46,7 +46,11 @@ def _short_type(msg_type: str) -> str:
 
 
 def _needs(output: Output) -> str:
-    flags = (("camera_info", output.needs_intrinsics), ("trained depth", output.needs_depth))
+    flags = (
+        ("camera_info", output.needs_intrinsics),
+        ("trained depth", output.needs_depth),
+        ("tracking", output.needs_tracks),
+    )
     needs = [what for what, flag in flags if flag]
     return ", ".join(needs) or "-"
 

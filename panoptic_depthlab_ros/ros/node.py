@@ -30,9 +30,9 @@ machine; ``managed`` only decides who drives it.
 * configure: load the checkpoint, create the (lifecycle) publishers;
 * activate: enable the publishers, subscribe, start the worker and diagnostics;
 * deactivate: disable the publishers (an in-flight frame publishes nothing),
-  unsubscribe, stop the worker (waits for the frame being inferred) and drop a
-  waiting frame;
-* cleanup: destroy the publishers and free the model (and cached GPU memory);
+  unsubscribe, stop the worker (waits for the frame being inferred), drop a
+  waiting frame and forget the tracks;
+* cleanup: destroy the publishers and free the model, the tracker with it (and cached GPU memory);
 * shutdown (from any primary state, also when the node is destroyed): all of it.
 
 ``managed:=false`` (default) configures and activates at start-up, as a plain node
@@ -98,6 +98,7 @@ STATUS_KEYS = {
     "processed_hz": "frames processed per second since the previous report",
     "depth_scale": "the last frame's focal-length correction of the depth (1: none; see Predictor.depth_scale)",
     "outputs_subscribed": "the outputs this node sees subscribers for, comma-separated: only those are produced",
+    "tracks_confirmed": "confirmed tracks after the last frame (0 with tracking off)",
 }
 LATENCY_KEYS = ("last", "mean", "p95")
 
@@ -362,7 +363,9 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         predictor = load_predictor(self.settings, logger.info)
         # The fusion settings saved with the model: what parameters at -1 stand for.
         self._checkpoint_postprocess = predictor.postprocess
-        enabled = [o for o in OUTPUTS if self.settings.publishes(o.name)]
+        enabled = [
+            o for o in OUTPUTS if self.settings.publishes(o.name) and (self.settings.tracking or not o.needs_tracks)
+        ]
         if not predictor.depth_enabled:
             enabled = [o for o in enabled if not o.needs_depth]
             *others, last = sorted(f"~/{o.name}" for o in OUTPUTS if o.needs_depth)
@@ -514,6 +517,8 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             # "why is nothing on ~/markers" from the outside, and lets a player wait for its match.
             subscribed = ",".join(sorted(self.outputs.wanted_names()))
             values.append(KeyValue(key="outputs_subscribed", value=subscribed))
+            tracked = self.pipeline.last_tracked
+            values.append(KeyValue(key="tracks_confirmed", value=str(tracked.num_confirmed if tracked else 0)))
         for stage, lat in snap.latency.items():
             values += [KeyValue(key=f"{stage}_ms_{k}", value=f"{getattr(lat, k) * 1e3:.2f}") for k in LATENCY_KEYS]
         status = DiagnosticStatus(

@@ -34,6 +34,7 @@ from ..geometry3d import COLOR_MODES
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
 from ..node_outputs import BY_NAME, OutputSettings
 from ..pipeline import PipelineSettings
+from ..tracker import TrackerConfig
 
 Value = bool | int | float | str
 
@@ -41,6 +42,8 @@ Value = bool | int | float | str
 FROM_CHECKPOINT = -1
 # Parameters that map one to one onto PostprocessConfig fields of the same name.
 FUSION = ("center_threshold", "nms_kernel", "top_k", "stuff_area", "thing_area", "depth_erosion_px")
+# Parameters tracking_<name> that map one to one onto TrackerConfig fields <name>.
+TRACKING_PREFIX = "tracking_"
 
 
 class ParameterError(PanopticDepthLabError, ValueError):
@@ -284,10 +287,61 @@ class NodeSettings:
         bounds=(0.0, 1000.0),
         dynamic=True,
     )
+    # Tracking (docs/tracking.md); the other TrackerConfig settings keep their defaults.
+    tracking: bool = parameter(
+        True,
+        "Track thing segments over frames: stable track ids, velocity and time to contact in ~/segments, "
+        "'car #12 14.3 m, 2.1 m/s closing' in the overlay, velocity arrows in ~/markers, ~/tracked_panoptic. "
+        "Time comes from the image stamps: a stamp that goes back or repeats, or a pause over "
+        "tracking_max_gap_s, drops every track (a warning says why).",
+    )
+    tracking_confirm_frames: int = parameter(
+        TrackerConfig.confirm_frames,
+        "Frames in a row a new track must be seen before it is confirmed; until then its "
+        "track_age is below this and it may still vanish.",
+        bounds=(1, 100),
+    )
+    tracking_max_lost_frames: int = parameter(
+        TrackerConfig.max_lost_frames,
+        "Frames a confirmed track may go unseen (hidden, missed) and still get its id back.",
+        bounds=(0, 1000),
+    )
+    tracking_max_gap_s: float = parameter(
+        TrackerConfig.max_gap_s,
+        "A gap between image stamps over this (s) drops every track.",
+        bounds=(0.001, 3600.0),
+    )
+    tracking_min_area_px: int = parameter(
+        TrackerConfig.min_area_px,
+        "Thing segments smaller than this (pixels) stay untracked (track_id 0).",
+        bounds=(1, 1 << 30),
+    )
+    tracking_accel_noise_mps2: float = parameter(
+        TrackerConfig.accel_noise_mps2,
+        "Unmodelled acceleration of the motion filter (m/s^2): larger follows braking and turns sooner, "
+        "smaller smooths the velocity more.",
+        bounds=(0.0, 100.0),
+    )
+    tracking_velocity_min_frames: int = parameter(
+        TrackerConfig.velocity_min_frames,
+        "Measurements a track needs before its velocity (and time to contact) is reported instead of NaN.",
+        bounds=(2, 1000),
+    )
+    tracking_velocity_max_std_mps: float = parameter(
+        TrackerConfig.velocity_max_std_mps,
+        "A velocity is reported only once the filter's standard deviation of it is at most this (m/s).",
+        bounds=(0.01, 1000.0),
+    )
+    tracking_min_closing_speed_mps: float = parameter(
+        TrackerConfig.min_closing_speed_mps,
+        "Closing slower than this (m/s) counts as not closing: time_to_contact +inf.",
+        bounds=(0.0, 100.0),
+    )
     # Outputs: one switch per output of the table, in its order (a test checks that).
     publish_segments: bool = output_switch("segments")
     publish_markers: bool = output_switch("markers")
     publish_panoptic: bool = output_switch("panoptic")
+    publish_tracked_panoptic: bool = output_switch("tracked_panoptic")
     publish_semantic: bool = output_switch("semantic")
     publish_depth: bool = output_switch("depth")
     publish_points: bool = output_switch("points")
@@ -357,8 +411,23 @@ class NodeSettings:
         Raises ``ValueError`` for a combination PostprocessConfig or OutputSettings refuses.
         """
         return PipelineSettings(
-            max_pixels=self.max_input_pixels, postprocess=self.postprocess(base), outputs=self.outputs()
+            max_pixels=self.max_input_pixels,
+            postprocess=self.postprocess(base),
+            outputs=self.outputs(),
+            tracking=self.tracker_config(),
         )
+
+    def tracker_config(self) -> TrackerConfig | None:
+        """The tracker's settings (the ``tracking_*`` parameters on TrackerConfig's defaults); None: tracking off.
+
+        Raises ``ValueError`` for a combination TrackerConfig refuses.
+        """
+        if not self.tracking:
+            return None
+        values = {
+            name[len(TRACKING_PREFIX) :]: getattr(self, name) for name in SPECS if name.startswith(TRACKING_PREFIX)
+        }
+        return TrackerConfig(**values)
 
     def postprocess(self, base: PostprocessConfig) -> PostprocessConfig:
         """Return ``base`` (the checkpoint's) with the fusion parameters that are set on top.
@@ -409,6 +478,10 @@ def check_values(settings: NodeSettings) -> str | None:
         return (
             f"input_scale must be in {SCALE_RANGE_TEXT}, or -1 for the checkpoint's value, got {settings.input_scale:g}"
         )
+    try:
+        settings.tracker_config()
+    except ValueError as exc:
+        return f"tracking parameters: {exc}"
     if not (math.isfinite(settings.overlay_near_m) and settings.overlay_far_m > settings.overlay_near_m):
         return (
             f"overlay_far_m ({settings.overlay_far_m:g}) must be greater than overlay_near_m "
