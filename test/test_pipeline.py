@@ -3,8 +3,6 @@ classes in, messages out to a plain collecting sink; the predictor's own setting
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -17,7 +15,7 @@ from panoptic_depthlab_ros.bag import typestore_with_our_messages
 from panoptic_depthlab_ros.node_outputs import OutputSettings
 from panoptic_depthlab_ros.pipeline import Frame, Pipeline, PipelineSettings, PipelineStats, in_passing_thread
 from panoptic_depthlab_ros.predictor import Predictor
-from pdl_testing import REPO, imports_without_ros, rosbags_camera_info
+from pdl_testing import imports_without_ros, rosbags_camera_info
 
 
 class CollectingSink:
@@ -110,25 +108,3 @@ def test_in_passing_thread_returns_and_raises_in_the_caller() -> None:
     assert in_passing_thread(lambda: threading.get_ident()) != caller
     with pytest.raises(KeyError, match="gone"):
         in_passing_thread(lambda: {}["gone"])
-
-
-@pytest.mark.parametrize("passing", [True, False])
-def test_loading_in_a_passing_thread_leaves_no_openmp_pool(tiny_checkpoint, passing) -> None:
-    """Torch work done for the worker in a passing thread leaves no OpenMP helper threads behind.
-
-    The control (the same work in the calling thread) shows the pool that would stay: a second
-    pool beside the worker's makes libgomp sleep at its barriers (pipeline.py).
-    """
-    code = f"""
-import os, numpy as np, torch
-torch.set_num_threads(2)
-from panoptic_depthlab_ros.pipeline import in_passing_thread
-from panoptic_depthlab_ros.predictor import Predictor
-before = len(os.listdir("/proc/self/task"))
-work = lambda: Predictor.from_checkpoint({str(tiny_checkpoint)!r}, "cpu").predict(np.zeros((64, 128, 3), np.uint8))
-in_passing_thread(work) if {passing} else work()
-print(len(os.listdir("/proc/self/task")) - before)
-"""
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout.strip().splitlines()[-1]) == (0 if passing else 1)
