@@ -1,11 +1,11 @@
-"""Issue 25: the fastest CPU inference, INT8 and the runtimes, with accuracy, in one run per part.
+"""The fastest CPU inference, INT8 and the runtimes, with accuracy, in one run per part.
 
     .venv/bin/python bench/bench_cpu.py [--part speed,accuracy,choice] [--size 512x1024] [--repeat 3]
         [--demo-repeat 3] [--threads 0] [--calibration-frames 32] [--data DIR] [--select-data DIR]
 
-``speed``: the full-size R-52 three-branch model (Detectron2's Cityscapes config,
-test/fixtures/detectron2/full_config_R52_os16.yaml; random weights: time does not depend
-on them) at ``--size``, end to end (``Predictor.predict``: preprocessing, network, fusion,
+``speed``: the full-size R-52 three-branch model (Detectron2's Cityscapes R-52 with the
+depth branch, as bench_backends.py builds it; random weights: time does not depend on
+them) at ``--size``, end to end (``Predictor.predict``: preprocessing, network, fusion,
 segment depth) in every backend, each in its own process, interleaved round by round so that
 load changes hit all alike: torch fp32 with the depth branch skipped (the two-branch work
 Detectron2's Panoptic-DeepLab does), torch fp32, onnxruntime fp32 / INT8, OpenVINO fp32 /
@@ -46,21 +46,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout, not an install
 sys.path.insert(0, str(REPO / "training"))
 
+from bench_backends import r52_checkpoint, street_image  # noqa: E402 - the same model and picture
+
 from panoptic_depthlab_ros import backends  # noqa: E402
 from panoptic_depthlab_ros.calibration import read_calibration_frames  # noqa: E402
-from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint  # noqa: E402
 from panoptic_depthlab_ros.export import export_model  # noqa: E402
-from panoptic_depthlab_ros.fusion import PostprocessConfig  # noqa: E402
-from panoptic_depthlab_ros.metadata import cityscapes_metadata  # noqa: E402
-from panoptic_depthlab_ros.model import ModelConfig, build_model  # noqa: E402
 from panoptic_depthlab_ros.predictor import Predictor  # noqa: E402
 from panoptic_depthlab_ros.preprocess import network_size_for  # noqa: E402
 from panoptic_depthlab_ros.quantize import KEEP_FLOAT, Int8Settings  # noqa: E402
 
-R52_CONFIG = REPO / "test" / "fixtures" / "detectron2" / "full_config_R52_os16.yaml"
 DEMO_BAG = REPO / "data" / "demo_bag"
 STAGES = ("preprocess", "network", "fusion", "segment_depth", "total")
-SETTLE_S = 0.05  # pause after each timed run (see interleaved)
+SETTLE_S = 0.2  # pause after each timed run (see interleaved)
 # (name, file kind, backend): "fp32" / "int8" pick the export, "two-branch" the torch model without depth.
 VARIANTS = (
     ("torch fp32, two-branch", "two-branch", "torch"),
@@ -76,34 +74,6 @@ VARIANTS = (
 def load() -> str:
     """The 1, 5 and 15 minute load averages."""
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def street_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A street-like BGR picture (sky, buildings, road, boxes) with texture."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), np.uint8)
-    img[: h // 3] = (200, 170, 120)
-    img[h // 3 : h // 2] = (90, 90, 100)
-    img[h // 2 :] = (70, 70, 75)
-    for _ in range(12):
-        y, x = int(rng.integers(h // 3, h - h // 8)), int(rng.integers(0, w - w // 10))
-        img[y : y + h // 10, x : x + w // 12] = rng.integers(0, 255, 3)
-    noise = rng.integers(0, 20, (h, w, 3), dtype=np.uint8)
-    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-
-
-def r52_checkpoint(folder: Path) -> Path:
-    """The full-size R-52 three-branch model with random weights (BatchNorm statistics spread)."""
-    torch.manual_seed(0)
-    config = ModelConfig.from_detectron2(R52_CONFIG, aspp_strict_pool_size=False, size_divisibility=32)
-    model = build_model(config).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_var.uniform_(0.5, 2.0)
-            m.running_mean.normal_(0, 0.1)
-    path = folder / "r52.safetensors"
-    save_checkpoint(path, model, model_config=config, classes=cityscapes_metadata(), postprocess=PostprocessConfig())
-    return path
 
 
 def exports(ckpt: Path, folder: Path, frame_size: tuple[int, int], settings: Int8Settings) -> dict[str, Path]:
@@ -166,8 +136,8 @@ def interleaved(
     """Median stage times and peak memory per variant, each variant in its own process.
 
     Every round sends each frame to every variant in turn (load changes hit all alike),
-    with a pause after each run so that no thread pool still spinning from one run takes
-    the cores from the next.
+    starting with another variant each round, with a pause after each run so that no
+    thread pool still spinning from one run takes the cores from the next.
     """
     children = {}
     for name, kind, _ in VARIANTS:
@@ -178,9 +148,12 @@ def interleaved(
         json.loads(child.stdout.readline())  # ready: one at a time, so loading does not overlap
         children[name] = child
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in children}
-    for _ in range(rounds):
+    names = list(children)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]  # each round starts with another variant
         for i in range(count):
-            for name, child in children.items():
+            for name in order:
+                child = children[name]
                 assert child.stdin is not None and child.stdout is not None
                 child.stdin.write(f"run {i}\n")
                 child.stdin.flush()

@@ -1,21 +1,24 @@
-"""The node's end-to-end latency against the bare predictor, in one run.
+"""The node's end-to-end latency against the bare predictor, at each thread setting, in one run.
 
-    .venv/bin/python bench/bench_node.py [--checkpoint model.safetensors | --arch tiny|r52]
-        [--size 256x512] [--frames 20] [--warmup 3] [--inprocess]
+    .venv/bin/python bench/bench_node.py [--checkpoint model.safetensors | --arch bundled|tiny|r52]
+        [--size 192x384] [--frames 20] [--warmup 3] [--num-threads 1,0] [--rounds 1] [--inprocess]
 
 Node latency = publishing a sensor_msgs/Image (bgr8) -> receiving its SegmentDepthArray,
 one frame in flight at a time (so nothing is dropped).  Bare = ``Predictor.predict`` on
 the same image in this process, with the node's fusion settings.  Bare and node frames
 are interleaved so load changes on a shared machine hit both alike.  Two node phases:
 only ``~/segments`` subscribed, then all five outputs (the overlay drawn every frame;
-``~/segments`` still goes out first).
+``~/segments`` still goes out first).  The node's network stage (its diagnostics) is
+compared with the bare predictor's.
+
+Each ``--num-threads`` setting (0: torch's default, the physical cores; the node's
+default) runs both sides with that many intra-op threads, a fresh node each time;
+``--rounds`` repeats them all, so the spread on a shared machine shows.
 
 By default the node is the installed executable (``panoptic_depthlab_node``) in its own
 process, as deployed, importing this checkout (PYTHONPATH) so that node and bare predictor
 run the same code; ``--inprocess`` runs it in this process on a background executor.
-``--num-threads 1`` (the default) keeps the figures stable on a shared 2-core machine: two
-OpenMP threads competing with other processes spin at barriers and vary 10x run to run.
-Without ``--checkpoint`` a random-weight checkpoint of ``--arch`` is written to a temp dir.
+Default model: the bundled one; ``--arch tiny|r52`` writes a random-weight checkpoint.
 """
 
 from __future__ import annotations
@@ -36,16 +39,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUTPUTS = ("segments", "panoptic", "semantic", "depth", "overlay")
 BARE_STAGES: dict[str, list[float]] = {}  # the bare predictor's own stage timings, all phases
+DEFAULT_THREADS = 0  # torch's default intra-op threads, read in main before any change
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help="model to use (default: random weights of --arch)")
-    p.add_argument("--arch", choices=("tiny", "r52"), default="tiny")
-    p.add_argument("--size", default="256x512", help="HxW of the test images")
+    p.add_argument("--arch", choices=("bundled", "tiny", "r52"), default="bundled")
+    p.add_argument("--size", default="192x384", help="HxW of the test images")
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--num-threads", type=int, default=1, help="torch threads for both (0 = torch default)")
+    p.add_argument(
+        "--num-threads",
+        type=thread_settings,
+        default=[1, 0],
+        help="comma-separated intra-op thread counts, each run for both (0 = torch's default)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="repeat every thread setting this often")
+    p.add_argument(
+        "--node-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the node's process only (e.g. OMP_WAIT_POLICY=PASSIVE); repeatable",
+    )
     p.add_argument("--inprocess", action="store_true", help="run the node in this process")
     p.add_argument("--domain", type=int, default=1 + os.getpid() % 100, help="ROS domain id")
     return p
@@ -215,127 +232,168 @@ def ms(values: list[float]) -> str:
     return " ".join(f"{v * 1e3:8.1f}" for v in stats)
 
 
-def main() -> None:
-    args = get_args_parser().parse_args()
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    import rclpy
+def thread_settings(text: str) -> list[int]:
+    """``--num-threads``: comma-separated counts, 0 = torch's default (the physical cores)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 0, got {text!r}")
+    return values
+
+
+def start_node(node_params: dict, domain: int, context, inprocess: bool, extra_env: list[str]):
+    """The node under test: the installed executable in its own process, or in this one."""
+    if inprocess:
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.parameter import Parameter
+
+        from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
+
+        node = PanopticDepthLabNode(
+            context=context, parameter_overrides=[Parameter(k, value=v) for k, v in node_params.items()]
+        )
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        threading.Thread(target=executor.spin, daemon=True).start()
+
+        def stop() -> None:
+            executor.shutdown()
+            node.destroy_node()
+
+        return stop
+    exe = Path(sys.prefix) / "bin" / "panoptic_depthlab_node"
+    cmd = [str(exe), "--ros-args"] + [a for k, v in node_params.items() for a in ("-p", f"{k}:={v}")]
+    # The source tree first, as for the bare predictor here: both run the same code even
+    # when the installed copy is older than the checkout.
+    env = dict(
+        os.environ,
+        ROS_DOMAIN_ID=str(domain),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    env.update(item.split("=", 1) for item in extra_env)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def stop_process() -> None:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    return stop_process
+
+
+def run_setting(args, context, checkpoint: Path, threads: int, images: list[np.ndarray], first: int) -> list:
+    """Both phases with ``threads`` intra-op threads in the bare predictor and the node."""
     import torch
-    from rclpy.parameter import Parameter
 
     from panoptic_depthlab_ros.predictor import Predictor
     from panoptic_depthlab_ros.ros.parameters import PARAMETERS, NodeSettings
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    height, width = (int(v) for v in args.size.lower().split("x"))
-    tmp = tempfile.TemporaryDirectory()
-    checkpoint = args.checkpoint or make_checkpoint(args.arch, Path(tmp.name))
+    torch.set_num_threads(threads or DEFAULT_THREADS)
     node_params = {
         "checkpoint": str(checkpoint),
         "device": "cpu",
         "qos_reliability": "reliable",
-        "num_threads": args.num_threads,
+        "num_threads": threads,
     }
-
     # The bare predictor with exactly the node's fusion settings (the YAML defaults).
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     settings = NodeSettings.from_values({**{p.name: p.default for p in PARAMETERS}, **node_params})
     predictor.postprocess = settings.postprocess(predictor.postprocess)
-    n = args.frames + args.warmup
-    images = make_images(n, height, width)
-
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=args.domain)
-    proc = node = node_executor = None
+    BARE_STAGES.clear()
+    stop = start_node(node_params, args.domain, context, args.inprocess, args.node_env)
+    rows = []
     try:
-        if args.inprocess:
-            from rclpy.executors import SingleThreadedExecutor
-
-            from panoptic_depthlab_ros.ros.node import PanopticDepthLabNode
-
-            node = PanopticDepthLabNode(
-                context=context,
-                parameter_overrides=[Parameter(k, value=v) for k, v in node_params.items()],
-            )
-            node_executor = SingleThreadedExecutor(context=context)
-            node_executor.add_node(node)
-            threading.Thread(target=node_executor.spin, daemon=True).start()
-        else:
-            exe = Path(sys.prefix) / "bin" / "panoptic_depthlab_node"
-            cmd = [str(exe), "--ros-args"] + [a for k, v in node_params.items() for a in ("-p", f"{k}:={v}")]
-            # The source tree first, as for the bare predictor here: both run the same code even
-            # when the installed copy is older than the checkout.
-            env = dict(
-                os.environ,
-                ROS_DOMAIN_ID=str(args.domain),
-                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            )
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-        rows = []
         for phase, outputs in (("segments only", ("segments",)), ("all 5 outputs", OUTPUTS)):
             probe = Probe(context, outputs)
             try:
                 _wait_matched(probe, outputs)
                 bare, seg, everything = run_phase(
-                    probe,
-                    predictor,
-                    images,
-                    outputs,
-                    args.warmup,
-                    first_stamp=1000 * (len(rows) + 1),
+                    probe, predictor, images, outputs, args.warmup, first_stamp=first + 1000 * len(rows)
                 )
                 diag = probe.diagnostics
             finally:
                 probe.close()
             rows.append((phase, bare, seg, everything, diag))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        if node is not None:
-            node_executor.shutdown()
-            node.destroy_node()
-        context.try_shutdown()
-        tmp.cleanup()
+        stop()
+    return rows
 
-    where = "in-process" if args.inprocess else "installed executable, own process"
-    print(
-        f"\nnode ({where}) vs bare Predictor.predict: {args.checkpoint or args.arch}, "
-        f"{height}x{width} bgr8, {args.frames} frames after {args.warmup} warm-up, torch threads "
-        f"{torch.get_num_threads()}, {os.cpu_count()} CPUs"
-    )
-    print(f"{'':34s} {'median':>8s} {'mean':>8s} {'max':>8s}  (ms)")
+
+def report(rows: list, threads: int) -> dict[str, float]:
+    """Print one thread setting's table; returns its ratios (node / bare)."""
+    stages = ("wait", "convert", "preprocess", "network", "fusion", "segment_depth", "track", "publish", "total")
+    print(f"[--num-threads {threads}: {threads or DEFAULT_THREADS} intra-op threads]")
+    print(f"{'':36s} {'median':>8s} {'mean':>8s} {'max':>8s}  (ms)")
+    ratios = {}
     for phase, bare, seg, everything, diag in rows:
         ratio = statistics.median(seg) / statistics.median(bare)
-        print(f"[{phase}]")
-        print(f"  {'bare Predictor.predict':32s} {ms(bare)}")
-        print(f"  {'node publish -> segments':32s} {ms(seg)}   ratio {ratio:.3f} (goal <= 1.10)")
-        if len(OUTPUTS) and phase.startswith("all"):
-            print(
-                f"  {'node publish -> last output':32s} {ms(everything)}   "
-                f"ratio {statistics.median(everything) / statistics.median(bare):.3f}"
-            )
+        ratios[phase] = ratio
+        print(f"  [{phase}]")
+        print(f"    {'bare Predictor.predict':32s} {ms(bare)}")
+        print(f"    {'node publish -> segments':32s} {ms(seg)}   ratio {ratio:.3f} (goal <= 1.10)")
+        if phase.startswith("all"):
+            last = statistics.median(everything) / statistics.median(bare)
+            print(f"    {'node publish -> last output':32s} {ms(everything)}   ratio {last:.3f}")
         if diag:
-            stages = (
-                "wait",
-                "convert",
-                "preprocess",
-                "network",
-                "fusion",
-                "segment_depth",
-                "track",
-                "publish",
-                "total",
-            )
             print(
-                "  node stages, mean ms: "
+                "    node stages, mean ms: "
                 + ", ".join(f"{s} {float(diag.get(s + '_ms_mean', 'nan')):.1f}" for s in stages)
             )
+            network = float(diag.get("network_ms_mean", "nan")) / (1e3 * statistics.mean(BARE_STAGES["network"]))
+            ratios[phase + ", network"] = network
+            print(f"    network stage node / bare: {network:.3f}")
     print(
-        "bare stages (both phases), mean ms: "
+        "  bare stages (both phases), mean ms: "
         + ", ".join(f"{s} {statistics.mean(v) * 1e3:.1f}" for s, v in BARE_STAGES.items())
     )
+    return ratios
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    import rclpy
+    import torch
+
+    from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
+
+    global DEFAULT_THREADS
+    DEFAULT_THREADS = torch.get_num_threads()
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    tmp = tempfile.TemporaryDirectory()
+    checkpoint = args.checkpoint or (
+        bundled_checkpoint() if args.arch == "bundled" else make_checkpoint(args.arch, Path(tmp.name))
+    )
+    images = make_images(args.frames + args.warmup, height, width)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=args.domain)
+    summary = []
+    try:
+        for round_ in range(args.rounds):
+            for k, threads in enumerate(args.num_threads):
+                first = 10_000 * (1 + round_ * len(args.num_threads) + k)
+                rows = run_setting(args, context, checkpoint, threads, images, first)
+                if round_ == 0 and k == 0:
+                    where = "in-process" if args.inprocess else "installed executable, own process"
+                    print(
+                        f"\nnode ({where}) vs bare Predictor.predict: {args.checkpoint or args.arch}, "
+                        f"{height}x{width} bgr8, {args.frames} frames after {args.warmup} warm-up, "
+                        f"{os.cpu_count()} CPUs, torch default threads {DEFAULT_THREADS}, "
+                        f"load {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+                        + (f"; node environment {' '.join(args.node_env)}" if args.node_env else "")
+                    )
+                print(f"\nround {round_ + 1}", end=" ")
+                summary.append((threads, report(rows, threads)))
+    finally:
+        context.try_shutdown()
+        tmp.cleanup()
+    print(f"\nsummary, node / bare (median per round), load {' '.join(f'{v:.2f}' for v in os.getloadavg())}:")
+    for threads in args.num_threads:
+        got = [r for t, r in summary if t == threads]
+        for key in got[0]:
+            values = ", ".join(f"{r[key]:.2f}" for r in got)
+            print(f"  --num-threads {threads} ({threads or DEFAULT_THREADS} threads), {key}: {values}")
 
 
 if __name__ == "__main__":

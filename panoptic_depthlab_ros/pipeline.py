@@ -23,6 +23,13 @@ this module imports no rclpy:
 
 Problems are logged through the given callables, throttled per camera and kind
 (:class:`LogThrottle`).
+
+Only the worker thread runs torch's parallel ops: each thread that does keeps its own
+OpenMP pool of helper threads for as long as it lives, and libgomp, once it manages more
+threads than there are cores, stops spinning at its barriers and puts its helpers to
+sleep between ops, about a third slower per frame on 2 cores (docs/performance.md).  So
+whatever else runs torch for the worker (loading the model at configure) runs in a
+thread of its own that ends with its pool (:func:`in_passing_thread`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -52,6 +59,8 @@ from .node_outputs import OUTPUTS, OutputSettings, output_messages
 from .predictor import Predictor
 from .result import PanopticDepthResult
 from .tracker import TrackedFrame, Tracker, TrackerConfig
+
+T = TypeVar("T")
 
 # Frame sizes whose handling is logged (the first frame of each); a camera that keeps
 # changing size cannot grow the set without end.
@@ -332,6 +341,28 @@ class PipelineSettings:
     postprocess: PostprocessConfig
     outputs: OutputSettings
     tracking: TrackerConfig | None = None
+
+
+def in_passing_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` run in a thread that ends when it returns; its result, or its exception re-raised.
+
+    Keeps torch's OpenMP pool of the calling thread (the node's executor) from being made:
+    the worker's pool then is the only one (see the module docstring).
+    """
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
+            box["error"] = exc
+
+    thread = threading.Thread(target=call, name="panoptic_depthlab_load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 # ------------------------------------------------------------------ the worker

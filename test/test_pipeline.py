@@ -3,6 +3,7 @@ classes in, messages out to a plain collecting sink; the predictor's own setting
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -12,7 +13,7 @@ import pytest
 from node_utils import random_image
 from panoptic_depthlab_ros.bag import typestore_with_our_messages
 from panoptic_depthlab_ros.node_outputs import OutputSettings
-from panoptic_depthlab_ros.pipeline import Frame, Pipeline, PipelineSettings, PipelineStats
+from panoptic_depthlab_ros.pipeline import Frame, Pipeline, PipelineSettings, PipelineStats, in_passing_thread
 from panoptic_depthlab_ros.predictor import Predictor
 from pdl_testing import imports_without_ros, rosbags_camera_info
 
@@ -122,3 +123,10 @@ def test_the_mailbox_keeps_each_cameras_latest_and_serves_them_in_turn() -> None
     box.put(frame(2, 20.0))
     box.put(frame(1, 21.0))
     assert box.clear() == [1, 2]  # what stopping drops, per camera
+
+
+def test_in_passing_thread_returns_and_raises_in_the_caller() -> None:
+    caller = threading.get_ident()
+    assert in_passing_thread(lambda: threading.get_ident()) != caller
+    with pytest.raises(KeyError, match="gone"):
+        in_passing_thread(lambda: {}["gone"])

@@ -161,23 +161,17 @@ def test_calibration_problems_are_one_line_errors(tmp_path, tiny_checkpoint, cap
         read_calibration_frames(empty)
     with pytest.raises(CalibrationError, match="gone: no such file or folder"):
         read_calibration_frames(tmp_path / "gone")
-    notes = tmp_path / "notes.txt"
-    notes.write_text("not frames")
-    with pytest.raises(CalibrationError, match="notes.txt: not a folder of images, a video"):
-        read_calibration_frames(notes)
-    bad_video = tmp_path / "bad.mp4"
-    bad_video.write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing more")
-    with pytest.raises(CalibrationError, match="bad.mp4: unreadable video"):
-        read_calibration_frames(bad_video)
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "0.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(CalibrationError, match=r"no calibration frames \(.*0.png"):
-        read_calibration_frames(broken)
-    bad_bag = tmp_path / "bag.mcap"
-    bad_bag.write_bytes(b"\x89MCAP0\r\n garbage")
-    with pytest.raises(BagError, match="bag.mcap"):
-        read_calibration_frames(bad_bag)
+    (tmp_path / "broken").mkdir()
+    for name, content, error, message in (
+        ("notes.txt", b"not frames", CalibrationError, "notes.txt: not a folder of images, a video"),
+        ("bad.mp4", b"\x00\x00\x00\x18ftypmp42 but nothing more", CalibrationError, "bad.mp4: unreadable video"),
+        ("broken/0.png", b"\x89PNG not really", CalibrationError, r"no calibration frames \(.*0.png"),
+        ("bag.mcap", b"\x89MCAP0\r\n garbage", BagError, "bag.mcap"),
+    ):
+        (tmp_path / name).write_bytes(content)
+        source = tmp_path / name.split("/")[0]  # the folder for the broken image
+        with pytest.raises(error, match=message):
+            read_calibration_frames(source)
 
     # From the command line: one line naming the problem, exit 2, and a previous export kept.
     out = tmp_path / "m.onnx"

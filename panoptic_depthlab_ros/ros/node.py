@@ -19,7 +19,10 @@ Threads (why the executor never blocks and no stale frame piles up):
   plain thread and not a reentrant callback group on a multi-threaded executor:
   inference must be single-consumer for latest-frame-only semantics, and an
   executor would queue callbacks instead of replacing frames.  torch releases
-  the GIL in its kernels, so the executor stays responsive meanwhile.
+  the GIL in its kernels, so the executor stays responsive meanwhile.  The
+  worker is the only thread that runs torch's parallel ops (configure loads the
+  model in a passing thread): a second OpenMP pool makes every op slower
+  (:mod:`..pipeline`).
 
 Lifecycle (``rclpy.lifecycle``): the node is always driven by the lifecycle state
 machine; ``managed`` only decides who drives it.
@@ -78,6 +81,7 @@ from ..pipeline import (
     CameraStream,
     Pipeline,
     PipelineStats,
+    in_passing_thread,
 )
 from ..predictor import Predictor, WarmUpError, resolve_device, untrained_depth_note
 from .parameters import (
@@ -152,19 +156,21 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
         log_info("device auto: CUDA is not available, running on the CPU")
     if settings.num_threads > 0:
         torch.set_num_threads(settings.num_threads)
-    try:
-        predictor = Predictor.from_checkpoint(
-            path,
-            settings.device,
-            backend=settings.backend,
-            fp16=settings.fp16,
-            max_input_width=settings.max_input_width,
-            input_scale=settings.input_scale if settings.input_scale >= 0 else None,
-            compile_mode=settings.compile_mode or None,
-            flip_average=settings.flip_average,
-            max_pixels=settings.max_input_pixels,
-            strict_pool_size=settings.strict_pool_size,
-            untrained_depth=settings.untrained_depth,
+    try:  # in a thread of its own: the worker's is then the only OpenMP pool (pipeline.py)
+        predictor = in_passing_thread(
+            lambda: Predictor.from_checkpoint(
+                path,
+                settings.device,
+                backend=settings.backend,
+                fp16=settings.fp16,
+                max_input_width=settings.max_input_width,
+                input_scale=settings.input_scale if settings.input_scale >= 0 else None,
+                compile_mode=settings.compile_mode or None,
+                flip_average=settings.flip_average,
+                max_pixels=settings.max_input_pixels,
+                strict_pool_size=settings.strict_pool_size,
+                untrained_depth=settings.untrained_depth,
+            )
         )
     except CheckpointError as exc:
         raise StartupError(
@@ -190,7 +196,7 @@ def warm_up(predictor: Predictor, size: tuple[int, int], log_info: Callable[[str
         log_info("no warm-up frame (warmup_height or warmup_width is 0): the first frame pays the set-up")
         return
     fitted = predictor.warmup_frame_size(height, width)
-    seconds = predictor.warm_up(*fitted)
+    seconds = in_passing_thread(lambda: predictor.warm_up(*fitted))  # like the loading: no pool in the executor
     why = "" if fitted == (height, width) else f" (not {height}x{width}: the export or max_input_pixels refuses it)"
     log_info(f"warm-up frame {fitted[0]}x{fitted[1]} on {predictor.device}{why}: {seconds * 1e3:.0f} ms")
 
