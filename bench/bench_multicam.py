@@ -61,7 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="the one node's max_batch, comma-separated for several set-ups (0: all cameras)",
     )
     p.add_argument("--rounds", type=int, default=2, help="rounds over all set-ups (the ratios' spread)")
-    p.add_argument("--mixed-repeats", type=int, default=5, help="repeats of the grouped / padded comparison")
+    p.add_argument(
+        "--mixed-repeats", type=int, default=5, help="repeats of the grouped / padded comparison (0: skip it)"
+    )
     p.add_argument("--domain", type=int, default=101 + os.getpid() % 100, help="ROS domain id")
     return p
 
@@ -295,7 +297,7 @@ def main() -> None:
                     )
     finally:
         context.try_shutdown()
-    grouped, padded = grouped_or_padded(checkpoint, height, width, args.mixed_repeats)
+    mixed = grouped_or_padded(checkpoint, height, width, args.mixed_repeats) if args.mixed_repeats > 0 else None
 
     def med(n: int, setup: int, key: str) -> float:
         return statistics.median(r[key] for r in results[(n, setup)])
@@ -337,10 +339,12 @@ def main() -> None:
             f"{per_round((top, first), (1, SEPARATE), 'rss')} (goal <= 1.3); {top} nodes: "
             f"{per_round((top, SEPARATE), (1, SEPARATE), 'rss')}"
         )
-    print(
-        f"two sizes in one batch ({height}x{width} + {height * 3 // 4}x{width * 3 // 4}): grouped {grouped:.2f} s, "
-        f"padded to one size {padded:.2f} s: padding takes {padded / grouped:.2f}x"
-    )
+    if mixed is not None:
+        grouped, padded = mixed
+        print(
+            f"two sizes in one batch ({height}x{width} + {height * 3 // 4}x{width * 3 // 4}): grouped {grouped:.2f} s,"
+            f" padded to one size {padded:.2f} s: padding takes {padded / grouped:.2f}x"
+        )
 
 
 if __name__ == "__main__":
