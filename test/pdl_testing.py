@@ -11,6 +11,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Outputs of the real Detectron2 Panoptic-DeepLab (how they were made: fixtures/detectron2/README.md).
 FIXTURES = REPO / "test" / "fixtures" / "detectron2"
+# SegmentDepth fields that a message carries exactly (the float ones are compared apart).
+SEGMENT_EXACT_FIELDS = (
+    "id",
+    "category_id",
+    "label",
+    "is_thing",
+    "area",
+    "x_min",
+    "y_min",
+    "x_max",
+    "y_max",
+    "depth_valid_pixels",
+)
 
 _domain_counter = itertools.count()
 

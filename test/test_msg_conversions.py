@@ -23,7 +23,7 @@ from panoptic_depthlab_ros.msg_conversions import (
     segments_to_msg,
 )
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
-from pdl_testing import REPO, imports_without_ros
+from pdl_testing import REPO, SEGMENT_EXACT_FIELDS, imports_without_ros
 
 ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8")
 
@@ -252,18 +252,7 @@ def _result() -> PanopticDepthResult:
 
 
 def _assert_segment_equal(msg, seg: SegmentDepth) -> None:
-    for name in (
-        "id",
-        "category_id",
-        "label",
-        "is_thing",
-        "area",
-        "x_min",
-        "y_min",
-        "x_max",
-        "y_max",
-        "depth_valid_pixels",
-    ):
+    for name in SEGMENT_EXACT_FIELDS:
         assert getattr(msg, name) == getattr(seg, name), name
     for name in ("score", "depth_mean", "depth_median", "depth_min", "depth_std", "depth_robust"):
         np.testing.assert_equal(np.float32(getattr(msg, name)), np.float32(getattr(seg, name)), name)

@@ -28,6 +28,7 @@ from node_utils import (
 from panoptic_depthlab_ros.pipeline import FRAME_OUTCOMES
 from panoptic_depthlab_ros.tracker import Tracker
 from panoptic_depthlab_ros.visualize import overlay
+from pdl_testing import SEGMENT_EXACT_FIELDS
 
 # The fusion parameters stay at -1: the tiny checkpoint's own settings apply (its
 # stuff_area of 64 gives richer segments on small images than Detectron2's 2048).
@@ -77,18 +78,7 @@ def _image(msg) -> np.ndarray:
 def _assert_segments_equal(msg, expected) -> None:
     assert len(msg.segments) == len(expected) > 0
     for m, s in zip(msg.segments, expected, strict=True):
-        for name in (
-            "id",
-            "category_id",
-            "label",
-            "is_thing",
-            "area",
-            "x_min",
-            "y_min",
-            "x_max",
-            "y_max",
-            "depth_valid_pixels",
-        ):
+        for name in SEGMENT_EXACT_FIELDS:
             assert getattr(m, name) == getattr(s, name), name
         got = [
             m.score,
