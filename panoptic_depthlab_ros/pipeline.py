@@ -28,7 +28,7 @@ Only the worker thread runs torch's parallel ops: each thread that does keeps it
 OpenMP pool of helper threads for as long as it lives, and libgomp, once it manages more
 threads than there are cores, stops spinning at its barriers and puts its helpers to
 sleep between ops, about a third slower per frame on 2 cores (docs/performance.md).  So
-whatever else runs torch for the worker (loading the model at configure) runs in a
+whatever else runs torch for the worker (loading the model, the warm-up frame) runs in a
 thread of its own that ends with its pool (:func:`in_passing_thread`).
 """
 
