@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_cpu.py [--part speed,accuracy,choice] [--size 512x1024] [--repeat 3]
         [--demo-repeat 3] [--threads 0] [--calibration-frames 32] [--data DIR] [--select-data DIR]
+        [--only NAME ...] [--baseline CHECKOUT]
 
 ``speed``: the full-size R-52 three-branch model (Detectron2's Cityscapes R-52 with the
 depth branch, as bench_backends.py builds it; random weights: time does not depend on
@@ -11,6 +12,11 @@ load changes hit all alike: torch fp32 with the depth branch skipped (the two-br
 Detectron2's Panoptic-DeepLab does), torch fp32, onnxruntime fp32 / INT8, OpenVINO fp32 /
 INT8. Then the bundled model on the 30 frames of the demo bag (192x384; 288x576 at the
 network), frames per second end to end in each backend, INT8 calibrated on the demo bag.
+
+``--only NAME`` (repeatable) runs only those speed variants (names as printed); ``--baseline`` runs
+each of them a second time from another checkout of this repository (its bench and its code,
+e.g. ``git archive main | tar -x -C /tmp/base``), interleaved with the others: before / after
+figures of a change from one run.
 
 ``accuracy``: the bundled model on the held-out synthetic split (60 frames, seed 1,
 192x384, rendered into a temporary folder unless ``--data``), each backend in its own
@@ -130,23 +136,33 @@ def frames_for(spec: str) -> list[np.ndarray]:
     return read_calibration_frames(Path(what), 100_000).frames
 
 
+BASELINE = " (baseline)"  # the name suffix of a variant run from the --baseline checkout
+
+
 def interleaved(
-    ckpt: Path, files: dict[str, Path], images: str, count: int, rounds: int, threads: int
+    ckpt: Path, files: dict[str, Path], images: str, count: int, rounds: int, args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
     """Median stage times and peak memory per variant, each variant in its own process.
 
     Every round sends each frame to every variant in turn (load changes hit all alike),
     starting with another variant each round, with a pause after each run so that no
-    thread pool still spinning from one run takes the cores from the next.
+    thread pool still spinning from one run takes the cores from the next. ``args``:
+    ``only`` (None: every variant), ``baseline`` (a checkout that runs each variant once more),
+    ``threads``.
     """
     children = {}
-    for name, kind, _ in VARIANTS:
-        cmd = [sys.executable, __file__, "--serve", "--variant", name, "--checkpoint", str(ckpt)]
-        cmd += ["--model", str(files.get(kind, ckpt)), "--images", images, "--threads", str(threads)]
+    chosen = [v for v in VARIANTS if args.only is None or v[0] in args.only]
+    runs_from = [(name, kind, Path(__file__)) for name, kind, _ in chosen]
+    if args.baseline is not None:
+        runs_from += [(name + BASELINE, kind, args.baseline / "bench" / "bench_cpu.py") for name, kind, _ in chosen]
+    for label, kind, script in runs_from:
+        name = label.removesuffix(BASELINE)
+        cmd = [sys.executable, str(script), "--serve", "--variant", name, "--checkpoint", str(ckpt)]
+        cmd += ["--model", str(files.get(kind, ckpt)), "--images", images, "--threads", str(args.threads)]
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert child.stdout is not None
         json.loads(child.stdout.readline())  # ready: one at a time, so loading does not overlap
-        children[name] = child
+        children[label] = child
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in children}
     names = list(children)
     for r in range(rounds):
@@ -167,6 +183,11 @@ def interleaved(
     return {n: {**{s: statistics.median(t[s] for t in r) for s in STAGES}, "mb": r[-1]["mb"]} for n, r in runs.items()}
 
 
+def share(t: dict[str, float]) -> float:
+    """Fusion + segment depth as a share of end to end (medians of the stages)."""
+    return (t["fusion"] + t["segment_depth"]) / t["total"]
+
+
 def speed_part(args: argparse.Namespace, tmp: Path) -> None:
     h, w = map(int, args.size.split("x"))
     print(f"== speed: R-52 three-branch at {h}x{w}, {args.repeat} interleaved rounds; load before: {load()}")
@@ -178,24 +199,24 @@ def speed_part(args: argparse.Namespace, tmp: Path) -> None:
         cv2.imwrite(str(calib / f"{i}.png"), street_image(h, w, seed=i + 1))
     ckpt = r52_checkpoint(tmp)
     files = exports(ckpt, tmp, (h, w), Int8Settings(calib, frames=args.r52_calibration_frames))
-    med = interleaved(ckpt, files, f"street:{h}x{w}", 1, args.repeat, args.threads)
-    two, three = med["torch fp32, two-branch"]["total"], med["torch fp32"]["total"]
-    print(
-        f"\n{'variant':24}" + "".join(f"{s:>14}" for s in STAGES) + f"{'vs torch':>10}{'vs 2-branch':>12}{'peak MB':>9}"
-    )
+    med = interleaved(ckpt, files, f"street:{h}x{w}", 1, args.repeat, args)
+    two, three = med.get("torch fp32, two-branch", {}).get("total"), med.get("torch fp32", {}).get("total")
+    columns = f"{'vs torch':>10}{'vs 2-branch':>12}{'share':>8}{'peak MB':>9}"
+    print(f"\n{'variant':32}" + "".join(f"{s:>14}" for s in STAGES) + columns)
     for name, t in med.items():
-        row = f"{name:24}" + "".join(f"{t[s]:14.4f}" for s in STAGES)
-        print(row + f"{t['total'] / three:9.2f}x{t['total'] / two:11.2f}x{t['mb']:9.0f}")
-    best = min((n for n in med if n != "torch fp32, two-branch"), key=lambda n: med[n]["total"])
+        row = f"{name:32}" + "".join(f"{t[s]:14.4f}" for s in STAGES)
+        row += f"{t['total'] / three:9.2f}x" if three else f"{'':>10}"
+        row += f"{t['total'] / two:11.2f}x" if two else f"{'':>12}"
+        print(row + f"{100 * share(t):7.1f}%{t['mb']:9.0f}")
+    best = min((n for n in med if n != "torch fp32, two-branch" and BASELINE not in n), key=lambda n: med[n]["total"])
     b = med[best]
-    share = (b["fusion"] + b["segment_depth"]) / b["total"]
     print(f"\nfastest: {best}, {b['total']:.3f} s end to end ({1 / b['total']:.2f} FPS); load after: {load()}")
-    print(
-        f"  goal <= 0.6x torch two-branch: {b['total'] / two:.2f}x ({'met' if b['total'] / two <= 0.6 else 'NOT met'});"
-        f" {b['total'] / three:.2f}x torch three-branch"
-    )
-    verdict = "met" if share < 0.05 else "NOT met"
-    print(f"  goal fusion + segment depth < 5 % of end to end: {100 * share:.1f} % ({verdict})")
+    if two and three:
+        met = "met" if b["total"] / two <= 0.6 else "NOT met"
+        ratio = f"{b['total'] / two:.2f}x ({met}); {b['total'] / three:.2f}x torch three-branch"
+        print(f"  goal <= 0.6x torch two-branch: {ratio}")
+    verdict = "met" if share(b) < 0.05 else "NOT met"
+    print(f"  goal fusion + segment depth < 5 % of end to end: {100 * share(b):.1f} % ({verdict})")
 
     print(
         f"\n== speed: the bundled model on the demo bag, {args.demo_repeat} interleaved rounds; load before: {load()}"
@@ -203,12 +224,14 @@ def speed_part(args: argparse.Namespace, tmp: Path) -> None:
     count = len(frames_for(f"bag:{DEMO_BAG}"))
     ckpt = bundled_checkpoint()
     files = exports(ckpt, tmp, (192, 384), Int8Settings(DEMO_BAG, frames=args.calibration_frames))
-    med = interleaved(ckpt, files, f"bag:{DEMO_BAG}", count, args.demo_repeat, args.threads)
-    base = med["torch fp32"]["total"]
-    print(f"\n{'variant':24}" + "".join(f"{s:>14}" for s in STAGES) + f"{'FPS':>8}{'speed-up':>10}{'peak MB':>9}")
+    med = interleaved(ckpt, files, f"bag:{DEMO_BAG}", count, args.demo_repeat, args)
+    base = med.get("torch fp32", {}).get("total")
+    columns = f"{'FPS':>8}{'speed-up':>10}{'share':>8}{'peak MB':>9}"
+    print(f"\n{'variant':32}" + "".join(f"{s:>14}" for s in STAGES) + columns)
     for name, t in med.items():
-        row = f"{name:24}" + "".join(f"{t[s]:14.4f}" for s in STAGES)
-        print(row + f"{1 / t['total']:8.1f}{base / t['total']:9.2f}x{t['mb']:9.0f}")
+        row = f"{name:32}" + "".join(f"{t[s]:14.4f}" for s in STAGES) + f"{1 / t['total']:8.1f}"
+        row += f"{base / t['total']:9.2f}x" if base else f"{'':>10}"
+        print(row + f"{100 * share(t):7.1f}%{t['mb']:9.0f}")
     print(f"load after: {load()}")
 
 
@@ -318,6 +341,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads of every backend (0: torch's default)")
     p.add_argument("--calibration-frames", type=int, default=32, help="INT8 calibration frames (bundled model)")
     p.add_argument("--r52-calibration-frames", type=int, default=4, help="INT8 calibration frames (R-52: time only)")
+    p.add_argument("--only", action="append", metavar="NAME", help="speed: run only this variant (repeatable)")
+    p.add_argument("--baseline", type=Path, help="speed: a checkout that runs each variant once more, interleaved")
     p.add_argument("--data", type=Path, help="held-out split (default: rendered, seed 1)")
     p.add_argument("--select-data", type=Path, help="the split choices are made on (default: rendered, seed 2)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

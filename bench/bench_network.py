@@ -409,6 +409,8 @@ def run_predictor(spec: dict[str, Any]) -> dict[str, Any]:
                     sem_logits=scene["sem_seg"],
                     center=scene["center"],
                     camera_k=k,
+                    segments=fused.segments,
+                    class_probability=fused.class_probability,
                 )
                 _sync(device)
                 cpu.append(time.process_time() - t0)

@@ -244,6 +244,8 @@ class GpuCheck:
                     config=cpu.postprocess,
                     sem_logits=out["sem_seg"],
                     center=out["center"],
+                    segments=fused.segments,
+                    class_probability=fused.class_probability,
                 )
                 results[where] = (fused.panoptic.cpu(), segments)
             (pan_cpu, seg_cpu), (pan_gpu, seg_gpu) = results["cpu"], results["cuda"]

@@ -34,7 +34,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fields import check_int, check_number
-from .kernels import argmax_channels, count_values, window_extreme
+from .kernels import (
+    argmax_channels,
+    count_values,
+    flat_nonzero,
+    indices_above,
+    lookup,
+    softmax_probability,
+    window_extreme,
+)
 from .metadata import ClassMetadata
 from .parallel import cpu_lanes, run_parallel
 
@@ -46,6 +54,10 @@ _GRID = 64
 _FUSION_CELL = 16
 # Relative (and absolute, px^2) slack of the nearest-center pruning bounds.
 _SLACK = 1e-5
+# The fewest thing pixels worth a lane of their own in the grouping.
+_LANE_PIXELS = 1 << 15
+# Up to this many (pixel, center) pairs the grouping compares all of them (cheaper than the cells).
+_DENSE_PAIRS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -105,13 +117,35 @@ class FusionOutput:
     """Result of :func:`panoptic_fusion` (all on the input tensors' device).
 
     panoptic: [H, W] int32 ids (``class * label_divisor + k``, void -1).
-    semantic: [H, W] int64 argmax of the logits.
+    semantic: [H, W] argmax of the logits (uint8 on the CPU for up to 255 classes, else int64).
     centers:  [K, 2] int64 (y, x) in raster order.
+    segments: the panoptic map's segments (see :class:`SegmentIndex`).
+    class_probability: [H, W] softmax probability of each pixel's segment class (a thing
+        pixel's instance class, else its argmax class), on the CPU from the argmax's pass
+        over the logits; None off the CPU.
+
+    ``segments`` and ``class_probability`` are what
+    :func:`~.segment_stats.segment_depth_statistics` would otherwise compute again from the
+    panoptic map and the logits.
     """
 
     panoptic: Tensor
     semantic: Tensor
     centers: Tensor
+    segments: SegmentIndex | None = None
+    class_probability: Tensor | None = None
+
+
+@dataclass
+class SegmentIndex:
+    """The segments of a panoptic map, numbered in ascending id order.
+
+    ids: [n] int64 ascending panoptic ids (void excluded).
+    seg: [H, W] int32 index into ``ids`` of each pixel's segment (void: n).
+    """
+
+    ids: Tensor
+    seg: Tensor
 
 
 def panoptic_fusion(
@@ -139,15 +173,18 @@ def panoptic_fusion(
             nms_kernel=config.nms_kernel,
             top_k=config.top_k,
         )
-        labels = argmax_channels(sem_logits, lanes=lanes, also=[lambda: found.append(find())])
+        probability = torch.empty(sem_logits.shape[1:], dtype=sem_logits.dtype) if sem_logits.is_cpu else None
+        labels = argmax_channels(
+            sem_logits, lanes=lanes, also=[lambda: found.append(find())], top_probability=probability
+        )
         centers = found[0]
         flat = labels.reshape(-1)  # [H*W] uint8 on CPU
-        index = torch.nonzero(_in_classes(flat, classes.thing_ids, num_classes))[:, 0]
+        index = flat_nonzero(_in_classes(flat, classes.thing_ids, num_classes))
         if centers.numel() and index.numel():
             member = _nearest_center_parallel(centers, offset, index, lanes=lanes)
         else:
             index = member = index[:0]
-        panoptic = _panoptic_ids(
+        tables = _id_tables(
             flat,
             index,
             member,
@@ -159,7 +196,34 @@ def panoptic_fusion(
             void_label=VOID,
             num_instances=centers.shape[0],
         )
-    return FusionOutput(panoptic=panoptic.view(labels.shape), semantic=labels.long(), centers=centers)
+        panoptic, ids, seg = _segments(tables, flat, index, member)
+        if probability is not None and tables.thing_class is not None:
+            _instance_class_probability(probability, sem_logits, tables.thing_class, flat, index, member)
+    return FusionOutput(
+        panoptic=panoptic.view(labels.shape),
+        semantic=labels,
+        centers=centers,
+        segments=SegmentIndex(ids=ids, seg=seg.view(labels.shape)),
+        class_probability=probability,
+    )
+
+
+def _instance_class_probability(
+    probability: Tensor, sem_logits: Tensor, thing_class: Tensor, labels: Tensor, index: Tensor, member: Tensor
+) -> None:
+    """Where a thing pixel's instance has another class than the pixel's argmax, put that class's probability.
+
+    ``probability`` [H, W] holds the argmax class's (changed in place); ``thing_class`` [K]
+    the class of each instance; thing pixels ``index`` [N] (flat) belong to instances
+    ``member`` [N]; ``labels`` [H*W] the argmax classes.
+    """
+    cls = thing_class.index_select(0, member)
+    other = torch.nonzero(cls != labels.index_select(0, index).long())[:, 0]
+    if other.numel():
+        pixels = index.index_select(0, other)
+        width = sem_logits.shape[-1]
+        columns = sem_logits[:, torch.div(pixels, width, rounding_mode="floor"), pixels % width]  # [C, M]: few
+        probability.view(-1).index_copy_(0, pixels, softmax_probability(columns, cls.index_select(0, other)))
 
 
 def find_instance_centers(center: Tensor, *, threshold: float, nms_kernel: int, top_k: int | None) -> Tensor:
@@ -175,17 +239,19 @@ def find_instance_centers(center: Tensor, *, threshold: float, nms_kernel: int, 
     # pool equals the pool of the raw map (its window maximum is above the threshold
     # too), and only such pixels can survive the final "> max(k-th, 0)" test.
     with cpu_lanes(heat.device):
-        pooled = window_extreme(heat, nms_kernel, largest=True)
-        # Compares into float 1/0 (vectorised on CPU, unlike into bool).
-        peak = torch.eq(heat, pooled, out=torch.empty_like(heat))
-        peak.mul_(torch.gt(heat, max(threshold, 0.0), out=torch.empty_like(heat)))
-        points = torch.nonzero(peak)
+        candidates = indices_above(heat, max(threshold, 0.0))  # raster order; few pixels
+        flat = heat.reshape(-1)
+        value = flat.index_select(0, candidates)
+        pooled = window_extreme(heat, nms_kernel, largest=True).reshape(-1).index_select(0, candidates)
+        keep = torch.nonzero(value == pooled)[:, 0]
+        peak, scores = candidates.index_select(0, keep), value.index_select(0, keep)
+        width = heat.shape[1]
+        points = torch.stack((torch.div(peak, width, rounding_mode="floor"), peak % width), 1)
     if top_k is None:
         return points
     k = min(top_k, heat.numel())
     if points.shape[0] < k:  # the k-th best score is <= 0: every positive peak stays
         return points
-    scores = heat[points[:, 0], points[:, 1]]
     kth = torch.topk(scores, k).values[-1]
     return points[scores > kth]
 
@@ -217,7 +283,12 @@ def _group_pixels(centers: Tensor, offset: Tensor, mask: Tensor, *, cell: int = 
 def _nearest_center_parallel(
     centers: Tensor, offset: Tensor, index: Tensor, *, lanes: int, cell: int = _FUSION_CELL
 ) -> Tensor:
-    """:func:`_nearest_center` with the pixels split over ``lanes`` (each part is exact)."""
+    """:func:`_nearest_center` with the pixels split over ``lanes`` (each part is exact).
+
+    A lane gets at least :data:`_LANE_PIXELS` pixels: below that, its fixed cost (the
+    cells' candidate tables) outweighs what it takes off the others.
+    """
+    lanes = max(1, min(lanes, index.numel() // _LANE_PIXELS))
     member = torch.empty_like(index)
     bounds = [index.numel() * i // lanes for i in range(lanes + 1)]
 
@@ -239,6 +310,9 @@ def _nearest_center(centers: Tensor, offset: Tensor, index: Tensor, *, cell: int
     loc_y = ys.to(flat.dtype) + flat[0].index_select(0, index)
     loc_x = xs.to(flat.dtype) + flat[1].index_select(0, index)
     c = centers.to(flat.dtype)  # [K, 2]
+    if index.numel() * c.shape[0] <= _DENSE_PAIRS:  # Detectron2's own computation: argmin of every distance
+        d = (c[None, :, 0] - loc_y[:, None]).square_().add_((c[None, :, 1] - loc_x[:, None]).square_())
+        return d.argmin(1)  # first minimum; a NaN distance (from a NaN location) counts as the minimum
     extent = torch.stack((*torch.aminmax(loc_y), *torch.aminmax(loc_x))).tolist()
     if all(math.isfinite(v) for v in extent):
         return _nearest_in_cells(c, loc_y, loc_x, extent, cell=cell)
@@ -366,8 +440,9 @@ def _merge_semantic_and_instance(
     with cpu_lanes(flat.device):
         index = torch.nonzero(flat > 0)[:, 0]
         member = flat.index_select(0, index) - 1
-        panoptic = _panoptic_ids(
-            semantic.reshape(-1),
+        flat_semantic = semantic.reshape(-1)
+        tables = _id_tables(
+            flat_semantic,
             index,
             member,
             is_thing_class=class_flags(thing_ids, num_classes, semantic.device),
@@ -377,6 +452,9 @@ def _merge_semantic_and_instance(
             thing_area=thing_area,
             void_label=void_label,
         )
+        panoptic = lookup(tables.stuff_value, flat_semantic)
+        if tables.thing_value is not None:
+            panoptic.index_copy_(0, index, tables.thing_value.index_select(0, member))
     return panoptic.view(semantic.shape)
 
 
@@ -411,7 +489,23 @@ def _in_classes(labels: Tensor, ids: Sequence[int], num_classes: int) -> Tensor:
     return mask
 
 
-def _panoptic_ids(
+@dataclass
+class _IdTables:
+    """The panoptic id of each class's unassigned pixels and of each instance.
+
+    stuff_value: [C] int32 (void for thing classes and stuff under ``stuff_area``).
+    stuff_pixels: [C] int64 unassigned pixels per class.
+    thing_value: [K] int32 per instance (void when empty or under ``thing_area``); None without thing pixels.
+    thing_class: [K] int64 class of each instance (its pixels' most frequent); None without thing pixels.
+    """
+
+    stuff_value: Tensor
+    stuff_pixels: Tensor
+    thing_value: Tensor | None
+    thing_class: Tensor | None = None
+
+
+def _id_tables(
     semantic: Tensor,
     index: Tensor,
     member: Tensor,
@@ -423,8 +517,8 @@ def _panoptic_ids(
     thing_area: int,
     void_label: int,
     num_instances: int | None = None,
-) -> Tensor:
-    """Panoptic ids of flat maps -> [P] int32 (the merge of :func:`_merge_semantic_and_instance`).
+) -> _IdTables:
+    """The id tables of the merge of :func:`_merge_semantic_and_instance`, from flat maps (void: ``void_label``).
 
     ``semantic`` [P] integer classes; pixels ``index`` [N] belong to the 0-based
     instances ``member`` [N]; all other pixels are unassigned. ``num_instances``: more
@@ -433,7 +527,7 @@ def _panoptic_ids(
     """
     device = semantic.device
     area = count_values(semantic, num_classes)[:num_classes]  # uint8 is fastest
-    thing_value = None
+    thing_value = cls = None
     if index.numel():
         sem_at = semantic.index_select(0, index).long()
         num_inst = int(member.max()) + 1 if num_instances is None else num_instances
@@ -448,12 +542,26 @@ def _panoptic_ids(
     keep = (area >= stuff_area) & ~is_thing_class
     stuff_value = torch.arange(num_classes, device=device) * label_divisor
     stuff_value = torch.where(keep, stuff_value, void_label).to(torch.int32)
-    panoptic = stuff_value.index_select(0, _as_index(semantic))
-    if thing_value is not None:
-        panoptic.index_copy_(0, index, thing_value.index_select(0, member))
-    return panoptic
+    return _IdTables(stuff_value=stuff_value, stuff_pixels=area, thing_value=thing_value, thing_class=cls)
 
 
-def _as_index(t: Tensor) -> Tensor:
-    """Return ``t`` as an ``index_select`` index (int32 or int64)."""
-    return t if t.dtype in (torch.int32, torch.int64) else t.to(torch.int32)
+def _segments(tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The panoptic map ``tables`` give (void: :data:`VOID`) and its segments: [P] int32 ids, ids [n] int64, seg [P] int32.
+
+    A kept stuff class is a segment when it has unassigned pixels; an instance, when it has an id.
+    """
+    stuff = (tables.stuff_value != VOID) & (tables.stuff_pixels > 0)
+    values = [tables.stuff_value[stuff]]
+    if tables.thing_value is not None:
+        values.append(tables.thing_value[tables.thing_value != VOID])
+    ids = torch.sort(torch.cat(values).long()).values
+    n = ids.numel()
+    stuff_seg = torch.where(stuff, torch.searchsorted(ids, tables.stuff_value.long()), n).to(torch.int32)
+    panoptic = lookup(tables.stuff_value, semantic)
+    seg = lookup(stuff_seg, semantic)
+    if tables.thing_value is not None:
+        thing = tables.thing_value.long()
+        thing_seg = torch.where(thing != VOID, torch.searchsorted(ids, thing), n).to(torch.int32)
+        panoptic.index_copy_(0, index, tables.thing_value.index_select(0, member))
+        seg.index_copy_(0, index, thing_seg.index_select(0, member))
+    return panoptic, ids, seg

@@ -16,6 +16,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ from .metadata import ClassMetadata, cityscapes_metadata
 from .model import SCALE_RANGE, SCALE_RANGE_TEXT, ModelConfig, PanopticDepthLab
 from .model.aspp import detectron2_accepts, feature_size, pooling_policy
 from .model.fuse import fold_batchnorm
+from .parallel import cpu_lanes, run_parallel
 from .preprocess import Prepared, crop_and_resize, network_size_for, prepare_image
 from .result import PanopticDepthResult
 from .segment_stats import segment_depth_statistics
@@ -512,7 +514,16 @@ class Predictor:
 
         Detectron2's ``sem_seg_postprocess``; offsets are also rescaled when the image was resized.
         """
-        res = {k: crop_and_resize(v[0], prep.network_size, prep.input_size) for k, v in out.items()}
+        resized: dict[str, Tensor] = {}
+
+        def resize(name: str) -> None:
+            resized[name] = crop_and_resize(out[name][0], prep.network_size, prep.input_size)
+
+        # On CPU each output is resized on one thread, the outputs side by side (parallel.py): torch's
+        # threads waiting for each other at every op cost more than the resize (same values either way).
+        with cpu_lanes(self.device) as lanes:
+            run_parallel([partial(resize, name) for name in out], lanes if prep.resized else 1)
+        res = {name: resized[name] for name in out}
         if prep.resized:
             sy = prep.input_size[0] / prep.network_size[0]
             sx = prep.input_size[1] / prep.network_size[1]
@@ -699,6 +710,8 @@ class Predictor:
             sem_logits=out["sem_seg"],
             center=out["center"],
             camera_k=camera_k if self.depth_enabled else None,
+            segments=fused.segments,
+            class_probability=fused.class_probability,
         )
         panoptic = fused.panoptic.cpu().numpy()
         semantic = fused.semantic.to(torch.uint8).cpu().numpy()

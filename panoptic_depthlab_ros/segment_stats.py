@@ -24,8 +24,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .fusion import PostprocessConfig, class_flags
-from .kernels import count_values, window_extreme
+from .fusion import PostprocessConfig, SegmentIndex, class_flags
+from .kernels import (
+    SPREAD,
+    count_values,
+    flat_nonzero,
+    fold_spread,
+    lookup,
+    softmax_probability,
+    spread_keys_,
+    window_extreme,
+)
 from .metadata import ClassMetadata
 from .parallel import BLOCK_PIXELS, SMALL_BLOCK_PIXELS, cpu_lanes, row_blocks, run_parallel
 from .result import SegmentDepth
@@ -49,6 +58,8 @@ def segment_depth_statistics(
     sem_logits: Tensor | None = None,
     center: Tensor | None = None,
     camera_k: np.ndarray | Sequence[Sequence[float]] | None = None,
+    segments: SegmentIndex | None = None,
+    class_probability: Tensor | None = None,
 ) -> list[SegmentDepth]:
     """One :class:`SegmentDepth` per panoptic id (ascending), with scatter ops only.
 
@@ -56,6 +67,9 @@ def segment_depth_statistics(
     no depth at all, so every depth field and centroid is NaN);
     ``sem_logits`` [C, H, W] and ``center`` [1, H, W] give the scores (NaN without
     them); ``camera_k`` is the 3x3 pinhole matrix for the 3D centroid (NaN without).
+    ``segments`` (the segments of ``panoptic``) and ``class_probability`` ([H, W] softmax
+    probability of each pixel's segment class) save passes when the caller has them: the
+    fusion's :class:`~.fusion.FusionOutput` does.
     Area and bbox use the whole segment; depth statistics use its valid pixels
     after erosion (see :class:`PostprocessConfig`).  Median is the lower median;
     ``depth_robust`` the mean between the ``robust_trim`` and ``1 - robust_trim``
@@ -74,26 +88,38 @@ def segment_depth_statistics(
             sem_logits=sem_logits,
             center=center,
             camera_k=camera_k,
+            segments=segments,
+            class_probability=class_probability,
             lanes=lanes,
         )
 
 
 @dataclass
+class _DepthSums:
+    """Per (segment, depth bucket), [n + 1, B] each (row n: unused pixels): what the statistics need of the depths.
+
+    hist: int64 pixels; z, zz: float64 sums of depth and depth^2; uz, vz: float64 sums of
+    u*z and v*z (column, row), None without intrinsics.
+    """
+
+    hist: Tensor
+    z: Tensor
+    zz: Tensor
+    uz: Tensor | None
+    vz: Tensor | None
+
+
+@dataclass
 class _PixelSums:
-    """What the passes over the pixels sum up per segment (index n: void or unused pixels).
+    """What the passes over the pixels sum up per segment.
 
     extent: area, y_min, y_max, x_min, x_max, sum of y, sum of x (int64 [n] each).
-    sum_z, sum_zz: float64 [n] sums of the used depths and of their squares.
-    bucket: float64 [(n + 1) * buckets] depth sum per (segment, depth bucket); None without used depth.
-    centroid: float64 [n] sums of u*z and v*z (column, row); None without intrinsics.
+    depth: the depth sums per (segment, bucket); None without used depth.
     probability: float64 [n + 1] sums of the softmax probability of each segment's class; None without logits.
     """
 
     extent: tuple[Tensor, ...]
-    sum_z: Tensor
-    sum_zz: Tensor
-    bucket: Tensor | None
-    centroid: tuple[Tensor, Tensor] | None
+    depth: _DepthSums | None
     probability: Tensor | None
 
 
@@ -106,51 +132,58 @@ def _segment_depth_statistics(
     sem_logits: Tensor | None,
     center: Tensor | None,
     camera_k: np.ndarray | Sequence[Sequence[float]] | None,
+    segments: SegmentIndex | None,
+    class_probability: Tensor | None,
     lanes: int,
 ) -> list[SegmentDepth]:
     h, w = panoptic.shape
-    ids, seg = _segment_index(panoptic.reshape(-1))  # seg [H*W] int32, void = n
+    if segments is None:
+        ids, seg = _segment_index(panoptic.reshape(-1))  # seg [H*W] int32, void = n
+    else:
+        ids, seg = segments.ids, segments.seg.reshape(-1)
     n = int(ids.numel())
     if n == 0:
         return []
     category = torch.div(ids, classes.label_divisor, rounding_mode="floor")
     d = depth.reshape(-1).to(torch.float32).contiguous()
-    use = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
-    seg_use = torch.where(use, seg, n)  # [H*W] int32: the valid (eroded) depth pixels; the others in bin n
-    count = count_values(seg_use, n + 1)[:n]
-    key, buckets = _depth_buckets(seg_use, d, use, n, count)
+    use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
+    # [H*W] int32: the segment of each used (valid, eroded) depth pixel; the others in bin n.
+    seg_use = seg if use is None else torch.where(use, seg, n)
+    key, buckets = (None, 0) if depth_range is None else _depth_buckets(seg_use, d, n, w, depth_range, exact=use is None)
     sums = _pixel_sums(
         seg,
-        seg_use,
-        d.to(torch.float64),
+        d,
         category,
         n=n,
         h=h,
         w=w,
         key=key,
-        key_bins=(n + 1) * buckets,
+        buckets=buckets,
         sem_logits=sem_logits,
+        class_probability=class_probability,
         centroid=camera_k is not None,
         lanes=lanes,
     )
     score = _scores(sums, category, classes=classes, center=center, h=h, w=w)
 
     f64 = torch.float64
-    cnt = count.to(f64)
-    mean = sums.sum_z / cnt
-    std = (sums.sum_zz / cnt - mean * mean).clamp(min=0).sqrt()
     nan = torch.full((n,), math.nan, dtype=f64, device=panoptic.device)
     d_min = d_median = robust = nan
-    if key is not None and sums.bucket is not None:
-        hist = count_values(key, (n + 1) * buckets)[: n * buckets].view(n, buckets)
-        weight = sums.bucket[: n * buckets].view(n, buckets)
+    count = torch.zeros(n, dtype=torch.int64, device=panoptic.device)
+    sum_z = sum_zz = torch.zeros(n, dtype=f64, device=panoptic.device)
+    if key is not None and sums.depth is not None:
+        hist, weight = sums.depth.hist[:n], sums.depth.z[:n]  # [n, B]; row n: the unused pixels
+        count, sum_z, sum_zz = hist.sum(1), weight.sum(1), sums.depth.zz[:n].sum(1)
         d_min, d_median, robust = _order_statistics(key, d, hist, weight, count, config.robust_trim)
+    cnt = count.to(f64)
+    mean = sum_z / cnt
+    std = (sum_zz / cnt - mean * mean).clamp(min=0).sqrt()
 
     centroid = torch.full((n, 3), math.nan, dtype=f64, device=panoptic.device)
-    if camera_k is not None and sums.centroid is not None:
+    if camera_k is not None and sums.depth is not None and sums.depth.uz is not None and sums.depth.vz is not None:
         k = np.asarray(camera_k, dtype=np.float64).reshape(3, 3)
         fx, fy, cx0, cy0 = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
-        sum_uz, sum_vz = sums.centroid
+        sum_uz, sum_vz = sums.depth.uz[:n].sum(1), sums.depth.vz[:n].sum(1)
         centroid = torch.stack(((sum_uz / cnt - cx0 * mean) / fx, (sum_vz / cnt - cy0 * mean) / fy, mean), 1)
 
     area, y_min, y_max, x_min, x_max, _sum_y, _sum_x = sums.extent
@@ -160,75 +193,37 @@ def _segment_depth_statistics(
     return [_record(r, classes) for r in rows]  # tens to hundreds of segments, no per-pixel work
 
 
-def _depth_pixels(panoptic: Tensor, seg: Tensor, d: Tensor, n: int, erosion_px: int) -> Tensor:
-    """[H*W] bool: the pixels whose depth counts (finite, positive; eroded by ``erosion_px``).
+def _depth_pixels(
+    panoptic: Tensor, seg: Tensor, d: Tensor, n: int, erosion_px: int
+) -> tuple[Tensor | None, tuple[float, float] | None]:
+    """The pixels whose depth counts (finite, positive; eroded by ``erosion_px``) and their depth range.
 
-    A segment that erosion would erase keeps its uneroded pixels.
+    Returns ([H*W] bool, or None when every pixel counts; (lowest, highest) depth of
+    those pixels, or of a superset of them, None when none counts).  A segment that
+    erosion would erase keeps its uneroded pixels.  A network's depth is valid
+    everywhere: one pass finds that out, and the masks are skipped.
     """
-    use = (d > 0) & (d < math.inf)  # finite and positive
-    if erosion_px <= 0:
-        return use
-    eroded = erode_labels(panoptic, erosion_px).reshape(-1) & use
-    eroded_count = count_values(torch.where(eroded, seg, n), n + 1)[:n]
-    fallback = torch.cat(((eroded_count == 0), eroded_count.new_zeros(1, dtype=torch.bool)))
-    return eroded | (use & fallback.index_select(0, seg))
-
-
-def _pixel_sums(
-    seg: Tensor,
-    seg_use: Tensor,
-    z: Tensor,
-    category: Tensor,
-    *,
-    n: int,
-    h: int,
-    w: int,
-    key: Tensor | None,
-    key_bins: int,
-    sem_logits: Tensor | None,
-    centroid: bool,
-    lanes: int,
-) -> _PixelSums:
-    """Every per-pixel pass, as independent tasks over the lanes.
-
-    Each sum keeps its raster order (the class probabilities are added block by block,
-    in block order), so the result does not depend on the lanes.
-    """
-    blocks = row_blocks(h, w, SMALL_BLOCK_PIXELS, seg.device)
-    big_blocks = row_blocks(h, w, BLOCK_PIXELS, seg.device)
-    done: dict[str, Any] = {}
-    tasks: list[Callable[[], Any]] = [
-        lambda: done.__setitem__("extent", _segment_extent(seg, n, h, w)),
-        lambda: done.__setitem__(
-            "depth", _depth_sums(seg_use, z, n=n, w=w, blocks=big_blocks, key=key, key_bins=key_bins)
-        ),
-    ]
-    if centroid:
-        tasks.append(lambda: done.__setitem__("centroid", _centroid_sums(seg_use, z, n=n, h=h, w=w, blocks=big_blocks)))
-    prob_parts: list[Tensor | None] = [None] * len(blocks)
-    if sem_logits is not None:
-        logits = sem_logits.reshape(sem_logits.shape[0], -1)  # [C, H*W]
-        segment_class = torch.cat((category, category.new_zeros(1)))
-
-        def prob_block(i: int, r0: int, r1: int) -> None:
-            prob_parts[i] = _class_probability(logits, seg, segment_class, r0 * w, r1 * w)
-
-        tasks += [partial(prob_block, i, r0, r1) for i, (r0, r1) in enumerate(blocks)]
-    run_parallel(tasks, lanes)
-    probability = None
-    if sem_logits is not None:
-        parts = [part for part in prob_parts if part is not None]
-        assert len(parts) == len(blocks)  # every block ran
-        probability = torch.stack(parts).sum(0)  # in block order: independent of the lanes
-    sum_z, sum_zz, bucket = done["depth"]
-    return _PixelSums(
-        extent=done["extent"],
-        sum_z=sum_z,
-        sum_zz=sum_zz,
-        bucket=bucket,
-        centroid=done.get("centroid"),
-        probability=probability,
-    )
+    low, high = torch.aminmax(d)  # NaN if any depth is NaN
+    bounds = (float(low), float(high))
+    all_valid = bounds[0] > 0 and bounds[1] < math.inf
+    valid = None if all_valid else (d > 0) & (d < math.inf)  # finite and positive
+    use = valid
+    if erosion_px > 0:
+        eroded = erode_labels(panoptic, erosion_px).reshape(-1)
+        if valid is not None:
+            eroded &= valid
+        eroded_count = count_values(torch.where(eroded, seg, n), n + 1)[:n]
+        fallback = torch.cat(((eroded_count == 0), eroded_count.new_zeros(1, dtype=torch.bool)))
+        erased = fallback.index_select(0, seg)  # the pixels of segments erosion would erase
+        use = eroded | (erased if valid is None else valid & erased)
+    if use is None:
+        return None, bounds
+    if not all_valid:
+        low, high = torch.where(use, d, math.inf).amin(), torch.where(use, d, 0.0).amax()
+        bounds = (float(low), float(high))
+        if not bounds[0] < math.inf:
+            return use, None
+    return use, bounds
 
 
 def _scores(
@@ -309,6 +304,55 @@ def _segment_index(flat: Tensor) -> tuple[Tensor, Tensor]:
     return ids, seg
 
 
+def _pixel_sums(
+    seg: Tensor,
+    d: Tensor,
+    category: Tensor,
+    *,
+    n: int,
+    h: int,
+    w: int,
+    key: Tensor | None,
+    buckets: int,
+    sem_logits: Tensor | None,
+    class_probability: Tensor | None,
+    centroid: bool,
+    lanes: int,
+) -> _PixelSums:
+    """Every per-pixel pass, as independent tasks over the lanes.
+
+    Each sum keeps one order whatever the lanes (the class probabilities are added block by
+    block, in block order), so the result does not depend on them.
+    """
+    blocks = row_blocks(h, w, SMALL_BLOCK_PIXELS, seg.device)
+    done: dict[str, Any] = {}
+    tasks: list[Callable[[], Any]] = [lambda: done.__setitem__("extent", _segment_extent(seg, n, h, w))]
+    if key is not None:
+        big_blocks = row_blocks(h, w, BLOCK_PIXELS, seg.device)
+        tasks.append(
+            lambda: done.__setitem__(
+                "depth", _depth_sums(key, d, n=n, buckets=buckets, w=w, blocks=big_blocks, centroid=centroid)
+            )
+        )
+    prob_parts: list[Tensor | None] = [None] * len(blocks)
+    if sem_logits is not None:
+        segment_class = torch.cat((category, category.new_zeros(1)))
+        grid = seg.view(h, w)
+
+        def prob_block(i: int, r0: int, r1: int) -> None:
+            given = None if class_probability is None else class_probability[r0:r1]
+            prob_parts[i] = _class_probability(sem_logits[:, r0:r1], grid[r0:r1], segment_class, given)
+
+        tasks += [partial(prob_block, i, r0, r1) for i, (r0, r1) in enumerate(blocks)]
+    run_parallel(tasks, lanes)
+    probability = None
+    if sem_logits is not None:
+        parts = [part for part in prob_parts if part is not None]
+        assert len(parts) == len(blocks)  # every block ran
+        probability = torch.stack(parts).sum(0)  # in block order: independent of the lanes
+    return _PixelSums(extent=done["extent"], depth=done.get("depth"), probability=probability)
+
+
 def _segment_extent(seg: Tensor, n: int, h: int, w: int) -> tuple[Tensor, ...]:
     """Per segment: area, y_min, y_max, x_min, x_max, sum of y, sum of x (int64 [n] each).
 
@@ -317,8 +361,8 @@ def _segment_extent(seg: Tensor, n: int, h: int, w: int) -> tuple[Tensor, ...]:
     there are too many segments for those tables).
     """
     device = seg.device
-    if max(h, w) * (n + 1) > _LINE_TABLE_LIMIT:
-        member = torch.nonzero(seg < n)[:, 0]
+    if max(h * SPREAD, w) * (n + 1) > _LINE_TABLE_LIMIT:
+        member = flat_nonzero(seg < n)
         s = seg[member].to(torch.int64)
         big = torch.iinfo(torch.int64).max
         out = [count_values(s, n)]
@@ -331,12 +375,15 @@ def _segment_extent(seg: Tensor, n: int, h: int, w: int) -> tuple[Tensor, ...]:
         area, y_min, y_max, sum_y, x_min, x_max, sum_x = out
         return area, y_min, y_max, x_min, x_max, sum_y, sum_x
     grid = seg.view(h, w)
+    # Rows: a segment's pixels run along a row, so its keys are spread over tables (see spread_keys_).
+    row_start = torch.arange(h, dtype=torch.int32, device=device)[:, None] * (n + 1)
+    rows = count_values(spread_keys_(torch.add(grid, row_start), h * (n + 1)), SPREAD * h * (n + 1))
+    rows = fold_spread(rows).view(h, n + 1)
+    col_start = torch.arange(w, dtype=torch.int32, device=device)[None, :] * (n + 1)
+    cols = count_values(torch.add(grid, col_start).view(-1), w * (n + 1)).view(w, n + 1)
     res = []
-    for axis, length in ((0, h), (1, w)):
-        stride = torch.arange(length, dtype=torch.int32, device=device) * (n + 1)
-        key = grid + (stride[:, None] if axis == 0 else stride[None, :])
-        lines = count_values(key.reshape(-1), length * (n + 1))
-        lines = lines.view(length, n + 1)[:, :n]  # [length, n] pixels per line and segment
+    for lines, length in ((rows, h), (cols, w)):
+        lines = lines[:, :n]  # [length, n] pixels per line and segment
         hit = lines > 0
         position = torch.arange(length, device=device)[:, None]
         first = torch.where(hit, position, length).amin(0)
@@ -346,27 +393,38 @@ def _segment_extent(seg: Tensor, n: int, h: int, w: int) -> tuple[Tensor, ...]:
     return area, y_min, y_max, x_min, x_max, sum_y, sum_x
 
 
-def _depth_buckets(seg_use: Tensor, d: Tensor, use: Tensor, n: int, count: Tensor) -> tuple[Tensor | None, int]:
-    """Keys [P] int32 ``segment * buckets + bucket`` and the number of buckets per segment.
+def _histogram_bins(pixels: int, n: int) -> int:
+    """How many (segment x depth bucket) bins the order statistics use, at most :data:`_HIST_BINS`.
+
+    Finer buckets leave fewer depths to sort in the buckets that hold the wanted ranks
+    (about pixels * n / bins), coarser ones cost less per bin (tables, prefix sums):
+    about sqrt(pixels * n) balances the two (measured 1.1-1.6x faster than a fixed size).
+    """
+    return int(min(_HIST_BINS, max(1 << 12, 16 * math.sqrt(pixels * n))))
+
+
+def _depth_buckets(
+    seg_use: Tensor, d: Tensor, n: int, w: int, depth_range: tuple[float, float], *, exact: bool
+) -> tuple[Tensor, int]:
+    """Spread keys [P] int32 of ``segment * buckets + bucket`` (:func:`~.kernels.spread_keys_`), and the buckets per segment.
 
     The bit patterns of positive floats order like the floats, so a bucket is a run of
-    leading bits of the depth's float32 pattern, as fine as fits in ``_HIST_BINS``
-    (segment x bucket) bins.  Unused pixels (segment n) are clamped into row n.
-    ``(None, 0)`` when no segment has a used pixel (``count`` [n]: used pixels per
-    segment); one read-back to the host answers that and gives the range.
+    leading bits of the depth's float32 pattern, as fine as fits in :func:`_histogram_bins`
+    (segment x bucket) bins.  ``depth_range``: the lowest and highest depth of the used
+    pixels; ``exact``: every depth lies in it (else unused pixels, segment n, are
+    clamped into row n); ``w``: the image width.
     """
-    low = torch.where(use, d, math.inf).amin().view(torch.int32)
-    high = torch.where(use, d, 0.0).amax().view(torch.int32)
-    bits_lo, bits_hi, used = torch.stack((low.to(torch.int64), high.to(torch.int64), count.sum())).tolist()
-    if not used:
-        return None, 0
+    bits_lo, bits_hi = (int(np.float32(v).view(np.int32)) for v in depth_range)
+    bins = _histogram_bins(seg_use.numel(), n)
     shift = 0  # 31 at most: one bucket per segment (then the buckets are sorted whole)
-    while shift < 31 and n * ((bits_hi >> shift) - (bits_lo >> shift) + 1) > _HIST_BINS:
+    while shift < 31 and n * ((bits_hi >> shift) - (bits_lo >> shift) + 1) > bins:
         shift += 1
     base = bits_lo >> shift
     buckets = (bits_hi >> shift) - base + 1
-    bucket = (d.view(torch.int32) >> shift).sub_(base).clamp_(0, buckets - 1)
-    return bucket.add_(seg_use * buckets), buckets
+    bucket = (d.view(torch.int32) >> shift).sub_(base)
+    if not exact:
+        bucket.clamp_(0, buckets - 1)
+    return spread_keys_(bucket.add_(seg_use, alpha=buckets).view(-1, w), (n + 1) * buckets), buckets
 
 
 def _order_statistics(
@@ -374,7 +432,7 @@ def _order_statistics(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per segment: min, lower median and ``trim``-trimmed mean of its used depths (f64 [n]).
 
-    ``key`` [P] from :func:`_depth_buckets`; ``d`` [P] float32 depths; ``hist`` /
+    ``key`` [P] spread keys from :func:`_depth_buckets`; ``d`` [P] float32 depths; ``hist`` /
     ``weight`` [n, B] used pixels / sum of their depths per (segment, bucket);
     ``count`` [n] used pixels per segment.  Empty segments give NaN.  Instead of a
     full (segment, depth) sort: the histogram locates the bucket of each wanted rank,
@@ -404,13 +462,12 @@ def _order_statistics(
     wanted = torch.zeros((n + 1) * buckets, dtype=torch.bool, device=device)
     for b, need in ((b_min, has), (b_med, has), (b_lo, has & (i_lo > 0)), (b_hi, has & (i_hi > 0))):
         wanted[rows[need] * buckets + b[need]] = True
-    wanted_keys = torch.nonzero(wanted[: n * buckets])[:, 0]  # [W] ascending
+    wanted_keys = flat_nonzero(wanted[: n * buckets])  # [W] ascending
     slot_of = torch.full(((n + 1) * buckets,), -1, dtype=torch.int32, device=device)
     slot_of[wanted_keys] = torch.arange(wanted_keys.numel(), dtype=torch.int32, device=device)
-    slot = slot_of.index_select(0, key)  # [P] wanted bucket of each pixel, or -1
-    picked = torch.nonzero(slot >= 0)[:, 0]
-    slot = slot.index_select(0, picked).to(torch.int64)
-    picked_key = key.index_select(0, picked).to(torch.int64)
+    picked = flat_nonzero(wanted.repeat(SPREAD).index_select(0, key))  # pixels in wanted buckets
+    picked_key = key.index_select(0, picked).remainder_((n + 1) * buckets).to(torch.int64)  # unspread
+    slot = slot_of.index_select(0, picked_key).to(torch.int64)
     picked_bits = d.view(torch.int32).index_select(0, picked)
     # A bucket whose elements are all equal (e.g. depth saturated at the head's maximum)
     # needs no sorting; only the others are sorted, by (segment, bucket) then depth.
@@ -421,7 +478,7 @@ def _order_statistics(
     high = high.scatter_reduce(0, slot, picked_bits, "amax")
     constant = low == high
     constant_value = low.view(torch.float32).to(f64)
-    varied = torch.nonzero(~constant.index_select(0, slot))[:, 0]
+    varied = flat_nonzero(~constant.index_select(0, slot))
     packed = (picked_key[varied] << 31) | picked_bits[varied].to(torch.int64)
     packed = torch.sort(packed).values
     values = (packed & 0x7FFFFFFF).to(torch.int32).view(torch.float32).to(f64)
@@ -457,74 +514,48 @@ def _order_statistics(
 
 
 def _depth_sums(
-    seg_use: Tensor,
-    z: Tensor,
-    *,
-    n: int,
-    w: int,
-    blocks: list[tuple[int, int]],
-    key: Tensor | None,
-    key_bins: int,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Per segment [n] float64 sums of z and z^2 over used pixels, and per ``key`` [key_bins].
+    key: Tensor, d: Tensor, *, n: int, buckets: int, w: int, blocks: list[tuple[int, int]], centroid: bool
+) -> _DepthSums:
+    """The :class:`_DepthSums` of the spread ``key`` [P] (see :func:`_depth_buckets`) and depths ``d`` [P] float32.
 
-    ``seg_use`` [P] int32 (n: unused); ``z`` [P] float64 depth.  Sums run in raster
-    order per bin, exactly as one ``index_add_`` would.
+    Block by block (the float64 temporaries stay in cache), in raster order within each
+    sub-bin, the sub-bins added at the end: one fixed order.
     """
     f64 = torch.float64
-    sum_z = torch.zeros(n + 1, dtype=f64, device=z.device).index_add_(0, seg_use, z)
-    sum_zz = torch.zeros(n + 1, dtype=f64, device=z.device)
+    device = d.device
+    size = (n + 1) * buckets * SPREAD
+    hist = count_values(key, size)
+    sums = [torch.zeros(size, dtype=f64, device=device) for _ in range(4 if centroid else 2)]
+    u = torch.arange(w, dtype=f64, device=device)
     for r0, r1 in blocks:
         s, e = r0 * w, r1 * w
-        sum_zz.index_add_(0, seg_use[s:e], z[s:e].square())
-    bucket = None
-    if key is not None:
-        bucket = torch.zeros(key_bins, dtype=f64, device=z.device).index_add_(0, key, z)
-    return sum_z[:n], sum_zz[:n], bucket
+        k = key[s:e]
+        z = d[s:e].to(f64)
+        sums[0].index_add_(0, k, z)
+        sums[1].index_add_(0, k, z * z)
+        if centroid:
+            z_rows = z.view(r1 - r0, w)
+            sums[2].index_add_(0, k, (z_rows * u).view(-1))
+            v = torch.arange(r0, r1, dtype=f64, device=device)[:, None]
+            sums[3].index_add_(0, k, (z_rows * v).view(-1))
+    hist_b, z_b, zz_b, *uv = (fold_spread(t).view(n + 1, buckets) for t in (hist, *sums))
+    return _DepthSums(hist=hist_b, z=z_b, zz=zz_b, uz=uv[0] if centroid else None, vz=uv[1] if centroid else None)
 
 
-def _centroid_sums(
-    seg_use: Tensor, z: Tensor, *, n: int, h: int, w: int, blocks: list[tuple[int, int]]
-) -> tuple[Tensor, Tensor]:
-    """Per segment [n] float64 sums of u*z and v*z over used pixels (u: column, v: row)."""
-    f64 = torch.float64
-    sum_uz = torch.zeros(n + 1, dtype=f64, device=z.device)
-    sum_vz = torch.zeros(n + 1, dtype=f64, device=z.device)
-    u = torch.arange(w, dtype=f64, device=z.device)
-    v = torch.arange(h, dtype=f64, device=z.device)[:, None]
-    for r0, r1 in blocks:
-        s, e = r0 * w, r1 * w
-        z_rows = z[s:e].view(r1 - r0, w)
-        sum_uz.index_add_(0, seg_use[s:e], (z_rows * u).view(-1))
-        sum_vz.index_add_(0, seg_use[s:e], (z_rows * v[r0:r1]).view(-1))
-    return sum_uz[:n], sum_vz[:n]
-
-
-def _class_probability(logits: Tensor, seg: Tensor, segment_class: Tensor, start: int, stop: int) -> Tensor:
+def _class_probability(logits: Tensor, seg: Tensor, segment_class: Tensor, probability: Tensor | None) -> Tensor:
     """Per segment [n + 1] float64 sums of the softmax probability of the segment's class.
 
-    Over pixels ``start:stop`` only; ``logits`` [C, P]; ``seg`` [P] int32 segment of
-    each pixel; ``segment_class`` [n + 1] int64 class of each segment.  The
-    probability is exp(x_c) / sum_k exp(x_k): one exp per logit and no max pass,
-    safe while the sum neither overflows nor underflows (logits within about +-80);
-    otherwise (inf, NaN or huge logits) it is exp(x_c - logsumexp(x)), Detectron2's
-    formula.  The two agree to float32 rounding (~1e-7 relative).
+    ``logits`` [C, h, w] (a block of rows); ``seg`` [h, w] int32 segment of each pixel;
+    ``segment_class`` [n + 1] int64 class of each segment; ``probability`` [h, w] those
+    probabilities when the caller has them (else :func:`~.kernels.softmax_probability`).
     """
     if logits.device.type != "cpu":
-        return _class_probability_gpu(logits, seg, segment_class, start, stop)
-    block = logits[:, start:stop]  # [C, n]
-    n = stop - start
-    index = seg[start:stop]
-    pick = segment_class.index_select(0, index) * n
-    pick += torch.arange(n, device=logits.device)
-    terms = block.exp()
-    total = terms.sum(0)
-    if bool(total.amax() < math.inf) and bool(total.amin() > 1e-30):
-        prob = terms.view(-1).index_select(0, pick).div_(total)
-    else:
-        prob = block.reshape(-1).index_select(0, pick).sub_(torch.logsumexp(block, 0)).exp_()
-    out = torch.zeros(segment_class.numel(), dtype=torch.float64, device=logits.device)
-    return out.index_add_(0, index, prob.to(torch.float64))
+        return _class_probability_gpu(logits.flatten(1), seg.flatten(), segment_class, 0, seg.numel())
+    if probability is None:
+        probability = softmax_probability(logits.flatten(1), lookup(segment_class, seg))
+    size = segment_class.numel()
+    out = torch.zeros(SPREAD * size, dtype=torch.float64, device=logits.device)
+    return fold_spread(out.index_add_(0, spread_keys_(seg.clone(), size), probability.flatten().to(torch.float64)))
 
 
 def _class_probability_gpu(logits: Tensor, seg: Tensor, segment_class: Tensor, start: int, stop: int) -> Tensor:

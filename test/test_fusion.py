@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
+from panoptic_depthlab_ros import fusion
 from panoptic_depthlab_ros.fusion import (
     PostprocessConfig,
     _group_pixels,
@@ -21,6 +22,13 @@ from panoptic_depthlab_ros.fusion import (
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 
 CLASSES = cityscapes_metadata()
+
+
+@pytest.fixture(params=["cells", "dense"])
+def grouping(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a grouping test through the cell pruning and through the all-pairs comparison."""
+    monkeypatch.setattr(fusion, "_DENSE_PAIRS", 0 if request.param == "cells" else 1 << 40)
+    return str(request.param)
 
 
 def ref_group(centers: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -71,7 +79,7 @@ def test_centers_threshold_nms_plateau_and_topk() -> None:
 
 
 @pytest.mark.parametrize("seed,num_centers", [(0, 3), (1, 40), (2, 199)])
-def test_group_pixels_equals_dense_argmin(seed: int, num_centers: int) -> None:
+def test_group_pixels_equals_dense_argmin(seed: int, num_centers: int, grouping: str) -> None:
     g = torch.Generator().manual_seed(seed)
     h, w = 96, 160
     centers = torch.stack(
@@ -85,7 +93,7 @@ def test_group_pixels_equals_dense_argmin(seed: int, num_centers: int) -> None:
     assert torch.equal(ours, ref)
 
 
-def test_group_pixels_tie_goes_to_lowest_index() -> None:
+def test_group_pixels_tie_goes_to_lowest_index(grouping: str) -> None:
     centers = torch.tensor([[0, 4], [0, 0]])
     offset = torch.zeros(2, 1, 5)
     ours = _group_pixels(centers, offset, torch.ones(1, 5, dtype=torch.bool))
@@ -188,10 +196,10 @@ def test_semantic_is_torch_argmax_with_ties_and_nan() -> None:
     out = panoptic_fusion(
         logits, torch.zeros(1, 40, 70), torch.zeros(2, 40, 70), classes=CLASSES, config=PostprocessConfig(stuff_area=10)
     )
-    assert out.semantic.dtype == torch.int64 and torch.equal(out.semantic, logits.argmax(0))
+    assert out.semantic.dtype == torch.uint8 and torch.equal(out.semantic.long(), logits.argmax(0))
 
 
-def test_group_pixels_non_finite_location_goes_to_center_0() -> None:
+def test_group_pixels_non_finite_location_goes_to_center_0(grouping: str) -> None:
     # Detectron2's distance from a NaN/inf location is NaN/inf for every center; argmin -> 0.
     g = torch.Generator().manual_seed(3)
     centers = torch.tensor([[10, 10], [30, 40], [5, 60]])
@@ -205,7 +213,7 @@ def test_group_pixels_non_finite_location_goes_to_center_0() -> None:
     assert torch.equal(ours, ref_group(centers, offset, mask))
 
 
-def test_group_pixels_does_not_depend_on_the_cell_size() -> None:
+def test_group_pixels_does_not_depend_on_the_cell_size(grouping: str) -> None:
     g = torch.Generator().manual_seed(4)
     centers = torch.stack((torch.randint(0, 60, (80,), generator=g), torch.randint(0, 90, (80,), generator=g)), 1)
     offset = (torch.randn(2, 60, 90, generator=g) * 30).round()  # integer locations: many exact ties
@@ -226,3 +234,30 @@ def test_counting_by_index_add_is_bincount(dtype) -> None:
     assert got.dtype == torch.int64 and torch.equal(got, expected)
     assert torch.equal(count_values(values, 25), expected)
     assert torch.equal(count_by_index_add(values[:0], 3), torch.zeros(3, dtype=torch.int64))
+
+
+def test_fusion_gives_the_segments_and_class_probability_of_its_map() -> None:
+    """What the fusion hands to the segment statistics equals what they would compute from the map."""
+    from panoptic_depthlab_ros.segment_stats import _segment_index
+
+    g = torch.Generator().manual_seed(8)
+    h, w = 60, 90
+    logits = torch.randn(19, h, w, generator=g) * 2
+    logits[13, 10:40, 10:50] += 6  # a car ...
+    logits[12, 20:30, 20:30] += 9  # ... with a rider on it: the rider's pixels join the car's instance
+    logits[0, 45:] += 6  # road
+    center = torch.zeros(1, h, w)
+    center[0, 25, 30] = 0.9
+    offset = torch.zeros(2, h, w)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    offset[0], offset[1] = 25 - yy, 30 - xx  # every pixel points at the one center
+    out = panoptic_fusion(logits, center, offset, classes=CLASSES, config=PostprocessConfig(stuff_area=20))
+    ids, seg = _segment_index(out.panoptic.reshape(-1))
+    assert out.segments is not None and torch.equal(out.segments.ids, ids)
+    assert torch.equal(out.segments.seg.reshape(-1), seg) and out.segments.seg.dtype == torch.int32
+    # The probability of each pixel's segment class: the instance's class (car) on the rider's pixels.
+    assert (out.panoptic[20:30, 20:30] == 13001).all() and (out.semantic[20:30, 20:30] == 12).sum() > 80
+    cls = torch.where(out.panoptic >= 0, torch.div(out.panoptic, 1000, rounding_mode="floor"), out.semantic.long())
+    ref = torch.softmax(logits.double(), 0).gather(0, cls[None])[0].float()
+    assert out.class_probability is not None
+    torch.testing.assert_close(out.class_probability, ref, rtol=1e-6, atol=1e-7)

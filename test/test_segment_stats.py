@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from panoptic_depthlab_ros.fusion import PostprocessConfig
+from panoptic_depthlab_ros.fusion import PostprocessConfig, panoptic_fusion
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.segment_stats import erode_labels, segment_depth_statistics
 
@@ -48,8 +48,9 @@ def ref_stats(pan, depth, k, erosion):
     return out
 
 
-@pytest.mark.parametrize("seed,erosion", [(0, 0), (1, 0), (2, 1), (3, 2)])
-def test_segment_statistics_equal_brute_force(seed: int, erosion: int) -> None:
+@pytest.mark.parametrize("seed,erosion,holes", [(0, 0, True), (1, 0, True), (2, 1, True), (3, 2, True), (4, 0, False), (5, 2, False)])
+def test_segment_statistics_equal_brute_force(seed: int, erosion: int, holes: bool) -> None:
+    """``holes``: some depths are invalid; without, every depth is valid (the network's case: no masks)."""
     rng = np.random.default_rng(seed)
     h, w = 60, 80
     # Blocky random segments (some stuff, some things), some void.
@@ -57,8 +58,9 @@ def test_segment_statistics_equal_brute_force(seed: int, erosion: int) -> None:
     pan = np.kron(coarse, np.ones((4, 4), dtype=np.int64)).astype(np.int32)
     pan[rng.random((h, w)) < 0.03] = 13002  # scattered pixels: erosion wipes that segment's interior
     depth = rng.uniform(1, 70, (h, w)).astype(np.float32)
-    depth[rng.random((h, w)) < 0.1] = np.nan
-    depth[rng.random((h, w)) < 0.02] = 0.0
+    if holes:
+        depth[rng.random((h, w)) < 0.1] = np.nan
+        depth[rng.random((h, w)) < 0.02] = 0.0
     k = np.array([[100.0, 0, 40.0], [0, 110.0, 30.0], [0, 0, 1]])
     segs = segment_depth_statistics(
         torch.from_numpy(pan),
@@ -189,7 +191,73 @@ def test_the_gpu_class_probability_agrees_with_the_cpu_in_chunks(monkeypatch) ->
     seg = torch.randint(0, 7, (40 * 64,), generator=gen, dtype=torch.int32)
     segment_class = torch.randint(0, 19, (8,), generator=gen)
     monkeypatch.setattr(segment_stats, "_GPU_CHUNK", 1000)
-    cpu = segment_stats._class_probability(logits, seg, segment_class, 64, 40 * 64)
+    cpu = segment_stats._class_probability(logits[:, 64:].view(19, 39, 64), seg[64:].view(39, 64), segment_class, None)
     gpu = segment_stats._class_probability_gpu(logits, seg, segment_class, 64, 40 * 64)
     assert gpu.dtype == torch.float64 and gpu[7] == 0  # the void slot gets nothing here
     torch.testing.assert_close(gpu, cpu, rtol=1e-6, atol=1e-9)
+
+
+def scene(seed: int, h: int = 48, w: int = 80) -> dict[str, torch.Tensor]:
+    """Network outputs with stuff bands, two cars on a center each, a rider inside one car."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(19, h, w, generator=g) * 2
+    logits[10, : h // 4] += 5  # sky
+    logits[0, h // 2 :] += 5  # road
+    logits[13, 10:30, 5:35] += 7
+    logits[13, 12:32, 45:75] += 7
+    logits[12, 15:22, 10:18] += 10  # a rider inside the first car
+    center = torch.zeros(1, h, w)
+    center[0, 20, 20], center[0, 22, 60] = 0.8, 0.6
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    left = xx < 40
+    offset = torch.stack((torch.where(left, 20 - yy, 22 - yy), torch.where(left, 20 - xx, 60 - xx))).float()
+    depth = torch.rand(h, w, generator=g) * 50 + 1
+    return {"sem_seg": logits, "center": center, "offset": offset, "depth": depth}
+
+
+def test_scores_equal_the_mean_class_probability_times_the_center() -> None:
+    out = scene(0)
+    config = PostprocessConfig(stuff_area=10)
+    fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=CLASSES, config=config)
+    segs = segment_depth_statistics(
+        fused.panoptic,
+        out["depth"],
+        classes=CLASSES,
+        config=config,
+        sem_logits=out["sem_seg"],
+        center=out["center"],
+        segments=fused.segments,
+        class_probability=fused.class_probability,
+    )
+    prob = torch.softmax(out["sem_seg"].double(), 0)
+    pan = fused.panoptic
+    assert {s.id for s in segs} >= {13001, 13002}
+    for s in segs:
+        mask = pan == s.id
+        score = float(prob[s.category_id][mask].mean())
+        if s.is_thing:
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            score *= float(out["center"][0, int(ys.double().mean()), int(xs.double().mean())])
+        assert s.score == pytest.approx(score, rel=1e-6), s.id
+
+
+def test_what_the_fusion_hands_over_changes_no_statistic() -> None:
+    """Segments and class probabilities from the fusion, or computed here from the map and the logits."""
+    for seed in range(3):
+        out = scene(seed)
+        config = PostprocessConfig(stuff_area=10, depth_erosion_px=seed)
+        fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=CLASSES, config=config)
+        kwargs = {"classes": CLASSES, "config": config, "sem_logits": out["sem_seg"], "center": out["center"]}
+        kwargs["camera_k"] = np.array([[60.0, 0, 40.0], [0, 60.0, 24.0], [0, 0, 1]])
+        handed = segment_depth_statistics(
+            fused.panoptic,
+            out["depth"],
+            segments=fused.segments,
+            class_probability=fused.class_probability,
+            **kwargs,
+        )
+        alone = segment_depth_statistics(fused.panoptic, out["depth"], **kwargs)
+        assert len(handed) == len(alone) > 3
+        for a, b in zip(handed, alone, strict=True):
+            assert a.score == pytest.approx(b.score, rel=1e-6)
+            assert vars(a) | {"score": 0.0} == vars(b) | {"score": 0.0}
