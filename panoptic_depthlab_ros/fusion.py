@@ -16,8 +16,10 @@ and of the segment statistics that follow it (:mod:`.segment_stats`).
 
 Every full-image pass counts (the time budget: docs/performance.md): passes are few,
 on int32/uint8 where possible, and the slow torch CPU kernels are replaced by exact
-equivalents (:mod:`.kernels`).  On CPU the work runs in lanes (:mod:`.parallel`);
-results do not depend on their number.
+equivalents (:mod:`.kernels`).  The logits are read once, for the argmax and the softmax
+probability of the winning class together; the fusion hands that probability and the
+map's segments on to the segment statistics, which would otherwise compute them again.
+On CPU the work runs in lanes (:mod:`.parallel`); results do not depend on their number.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -471,22 +475,27 @@ def _class_flags(ids: tuple[int, ...], num_classes: int, device: torch.device) -
 
 
 def _in_classes(labels: Tensor, ids: Sequence[int], num_classes: int) -> Tensor:
-    """``labels`` in ``ids`` (bool, same shape): one or two comparisons per run of ids."""
+    """``labels`` in ``ids`` (bool, same shape): one or two comparisons per run of ids.
+
+    On CPU in numpy, whose compares into bool are vectorised (4x faster than torch's here).
+    """
     runs: list[list[int]] = []
     for i in sorted(set(ids)):
         if runs and i == runs[-1][1] + 1:
             runs[-1][1] = i
         else:
             runs.append([i, i])
-    mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    cpu = labels.device.type == "cpu"
+    values: Any = labels.numpy() if cpu else labels
+    mask: Any = np.zeros(labels.shape, dtype=bool) if cpu else torch.zeros_like(labels, dtype=torch.bool)
     for first, last in runs:
         if first == last:
-            mask |= labels == first
+            mask |= values == first
         elif last == num_classes - 1:  # e.g. Cityscapes things: trainIds 11..18 of 19
-            mask |= labels >= first
+            mask |= values >= first
         else:
-            mask |= (labels >= first) & (labels <= last)
-    return mask
+            mask |= (values >= first) & (values <= last)
+    return torch.from_numpy(mask) if cpu else mask
 
 
 @dataclass
@@ -546,7 +555,7 @@ def _id_tables(
 
 
 def _segments(tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The panoptic map ``tables`` give (void: :data:`VOID`) and its segments: [P] int32 ids, ids [n] int64, seg [P] int32.
+    """The panoptic map [P] int32 ``tables`` give (void: :data:`VOID`) and its segments: ids [n] int64, seg [P] int32.
 
     A kept stuff class is a segment when it has unassigned pixels; an instance, when it has an id.
     """

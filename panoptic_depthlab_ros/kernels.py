@@ -1,8 +1,11 @@
 """Exact, faster stand-ins for torch CPU kernels that are slow for the fusion's shapes.
 
-torch's CPU argmax over a leading axis is scalar code, and its max-pool does a full
-window per pixel; these give bit-identical results from a few vectorised passes
-(the cost: docs/performance.md).  Used by the fusion and the segment statistics.
+torch's CPU argmax over a leading axis is scalar code, its max-pool does a full window
+per pixel, its float compare into bool and its nonzero are scalar, and a scatter whose
+updates follow each other into one bin waits for each; these give the same results from
+vectorised passes, OpenCV (dilation, lookup tables) and numpy (compare, nonzero) where
+those are faster (the cost: docs/performance.md).  Used by the fusion and the segment
+statistics; off the CPU each is the plain torch op.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .parallel import row_blocks, run_parallel
+from .parallel import lanes_for, run_parallel
 
 # Pixels per block of argmax_channels: the block's [C, pixels] scratch stays in cache.
 ARGMAX_BLOCK_PIXELS = 1 << 12
@@ -52,7 +55,8 @@ def argmax_channels(
     top = torch.empty((h, w), dtype=x.dtype)
     total = None if top_probability is None else torch.empty((h, w), dtype=x.dtype)
     # Per block: the scores and the outputs it writes (views made at once: cheaper than slicing).
-    views = list(zip(x.split(rows, 1), best.split(rows), top.split(rows), [None] * h if total is None else total.split(rows)))
+    totals = [None] * len(best.split(rows)) if total is None else total.split(rows)
+    views = list(zip(x.split(rows, 1), best.split(rows), top.split(rows), totals, strict=True))
 
     def group(part_views: list[tuple[Tensor, Tensor, Tensor, Tensor | None]]) -> None:
         scratch = torch.empty((num, rows, w), dtype=x.dtype)  # reused block by block: stays in cache
@@ -64,6 +68,7 @@ def argmax_channels(
             if s is not None:
                 torch.sum(torch.exp(part, out=sc), 0, out=s)
 
+    lanes = lanes_for(h * w, lanes)
     size = max(1, len(views) // (4 * lanes))  # several groups per lane: lanes that finish early take more
     run_parallel([*also, *(partial(group, views[i : i + size]) for i in range(0, len(views), size))], lanes)
     index = top.to(torch.uint8).neg_().add_(num)  # num - (num - k) = k, exact in uint8 (mod 256)
@@ -88,8 +93,10 @@ def softmax_probability(logits: Tensor, classes: Tensor) -> Tensor:
 
 
 def _softmax_divide(picked: Tensor, total: Tensor, logits: Tensor, *, out: Tensor) -> Tensor:
-    """``out`` = exp(``picked``) / ``total`` (the exp sum of ``logits`` [C, ...] over dim 0), with
-    :func:`softmax_probability`'s fallback; ``out`` may be ``picked``."""
+    """``out`` = exp(``picked``) / ``total`` with :func:`softmax_probability`'s fallback.
+
+    ``total``: the exp sum of ``logits`` [C, ...] over dim 0; ``out`` may be ``picked``.
+    """
     low, high = torch.aminmax(total)
     fallback = None
     if not (bool(high < math.inf) and bool(low > 1e-30)):
@@ -227,5 +234,6 @@ def indices_above(x: Tensor, threshold: float) -> Tensor:
     """
     if x.device.type == "cpu" and x.is_contiguous() and x.is_floating_point():
         array = x.numpy()
-        return torch.from_numpy(np.flatnonzero(array > np.asarray(threshold, dtype=array.dtype)))  # as torch: in x's dtype
+        above = array > np.asarray(threshold, dtype=array.dtype)  # as torch compares: in x's dtype
+        return torch.from_numpy(np.flatnonzero(above))
     return flat_nonzero(x > threshold)

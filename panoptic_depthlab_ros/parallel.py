@@ -20,9 +20,15 @@ import torch
 
 # At most this many threads share the blocks of one call.
 MAX_LANES = 4
+# The fewest pixels worth a lane of their own: below that, starting a thread and waiting for
+# its last task (a time slice when the cores are busy) costs more than the lane takes off.
+LANE_PIXELS = 1 << 18
 # Pixels per block of the per-pixel loops: keeps temporaries in cache (and reused).
 BLOCK_PIXELS = 1 << 17
 SMALL_BLOCK_PIXELS = 1 << 15
+
+
+_lanes = threading.local()  # the lanes of the cpu_lanes block this thread is in, if any
 
 
 @contextmanager
@@ -30,20 +36,32 @@ def cpu_lanes(device: torch.device) -> Iterator[int]:
     """Run the body with torch's intra-op threads at 1; yield how many lanes to use.
 
     The caller's thread budget (``torch.get_num_threads()``, at most :data:`MAX_LANES`)
-    becomes the lanes of :func:`run_parallel`; the caller's setting is restored.  Off
-    the CPU: one lane and nothing changed.
+    becomes the lanes of :func:`run_parallel`; the caller's setting is restored.  A block
+    inside another one (the predictor's around the fusion's) keeps the outer one's lanes.
+    Off the CPU: one lane and nothing changed.
     """
     if device.type != "cpu":
         yield 1
         return
+    outer = getattr(_lanes, "count", None)
+    if outer is not None:
+        yield outer
+        return
     before = torch.get_num_threads()
     if before > 1:
         torch.set_num_threads(1)
+    _lanes.count = max(1, min(before, MAX_LANES))
     try:
-        yield max(1, min(before, MAX_LANES))
+        yield _lanes.count
     finally:
+        _lanes.count = None
         if before > 1:
             torch.set_num_threads(before)
+
+
+def lanes_for(pixels: int, lanes: int) -> int:
+    """How many of ``lanes`` a per-pixel job over ``pixels`` pixels should use (see :data:`LANE_PIXELS`)."""
+    return max(1, min(lanes, pixels // LANE_PIXELS))
 
 
 def run_parallel(tasks: Sequence[Callable[[], Any]], lanes: int) -> None:

@@ -34,7 +34,7 @@ from .metadata import ClassMetadata, cityscapes_metadata
 from .model import SCALE_RANGE, SCALE_RANGE_TEXT, ModelConfig, PanopticDepthLab
 from .model.aspp import detectron2_accepts, feature_size, pooling_policy
 from .model.fuse import fold_batchnorm
-from .parallel import cpu_lanes, run_parallel
+from .parallel import cpu_lanes, lanes_for, run_parallel
 from .preprocess import Prepared, crop_and_resize, network_size_for, prepare_image
 from .result import PanopticDepthResult
 from .segment_stats import segment_depth_statistics
@@ -453,13 +453,14 @@ class Predictor:
     def _prepare(self, image: np.ndarray) -> Prepared:
         if isinstance(image, np.ndarray) and image.ndim >= 2:
             check_pixels(image.shape[1], image.shape[0], self.max_pixels, "image", "max_pixels")
-        prep = prepare_image(
-            image,
-            self.model_config,
-            device=self.device,
-            max_input_width=self.max_input_width,
-            pin_memory=self.device.type == "cuda",
-        )
+        with cpu_lanes(self.device):  # one thread per op (parallel.py): 5x faster on a busy CPU, same values
+            prep = prepare_image(
+                image,
+                self.model_config,
+                device=self.device,
+                max_input_width=self.max_input_width,
+                pin_memory=self.device.type == "cuda",
+            )
         self._check_frame_size(prep)
         return prep
 
@@ -522,15 +523,16 @@ class Predictor:
         # On CPU each output is resized on one thread, the outputs side by side (parallel.py): torch's
         # threads waiting for each other at every op cost more than the resize (same values either way).
         with cpu_lanes(self.device) as lanes:
-            run_parallel([partial(resize, name) for name in out], lanes if prep.resized else 1)
-        res = {name: resized[name] for name in out}
-        if prep.resized:
-            sy = prep.input_size[0] / prep.network_size[0]
-            sx = prep.input_size[1] / prep.network_size[1]
-            # Resized, so a new tensor: scaled in place per channel by the float32 scalars a [sy, sx]
-            # float32 tensor holds (the same products), without copying such a tensor to a GPU.
-            res["offset"][0].mul_(float(np.float32(sy)))
-            res["offset"][1].mul_(float(np.float32(sx)))
+            pixels = prep.input_size[0] * prep.input_size[1]
+            run_parallel([partial(resize, name) for name in out], lanes_for(pixels, lanes) if prep.resized else 1)
+            res = {name: resized[name] for name in out}
+            if prep.resized:
+                sy = prep.input_size[0] / prep.network_size[0]
+                sx = prep.input_size[1] / prep.network_size[1]
+                # Resized, so a new tensor: scaled in place per channel by the float32 scalars a [sy, sx]
+                # float32 tensor holds (the same products), without copying such a tensor to a GPU.
+                res["offset"][0].mul_(float(np.float32(sy)))
+                res["offset"][1].mul_(float(np.float32(sx)))
         return res
 
     def raw(self, image: np.ndarray) -> dict[str, Tensor]:
@@ -695,27 +697,30 @@ class Predictor:
         """One image's network outputs ([1, ...]) -> fused, measured result at its input size."""
         sync = self.synchronize
         t2 = time.perf_counter()
-        out = self._to_input_size(out, prep)
-        depth_scale = self.depth_scale(camera_k, prep) if self.depth_enabled else 1.0
-        if depth_scale != 1.0:
-            out["depth"] = out["depth"] * depth_scale
-        fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=self.classes, config=config)
-        sync()
-        t3 = time.perf_counter()
-        segments = segment_depth_statistics(
-            fused.panoptic,
-            out["depth"][0] if self.depth_enabled else None,
-            classes=self.classes,
-            config=config,
-            sem_logits=out["sem_seg"],
-            center=out["center"],
-            camera_k=camera_k if self.depth_enabled else None,
-            segments=fused.segments,
-            class_probability=fused.class_probability,
-        )
-        panoptic = fused.panoptic.cpu().numpy()
-        semantic = fused.semantic.to(torch.uint8).cpu().numpy()
-        depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False) if self.depth_enabled else None
+        # One thread per op from here on (parallel.py): on a busy CPU, torch's threads waiting for
+        # each other at every op cost more than the ops (a 73k-pixel multiply took 5 ms with two).
+        with cpu_lanes(self.device):
+            out = self._to_input_size(out, prep)
+            depth_scale = self.depth_scale(camera_k, prep) if self.depth_enabled else 1.0
+            if depth_scale != 1.0:
+                out["depth"] = out["depth"] * depth_scale
+            fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=self.classes, config=config)
+            sync()
+            t3 = time.perf_counter()
+            segments = segment_depth_statistics(
+                fused.panoptic,
+                out["depth"][0] if self.depth_enabled else None,
+                classes=self.classes,
+                config=config,
+                sem_logits=out["sem_seg"],
+                center=out["center"],
+                camera_k=camera_k if self.depth_enabled else None,
+                segments=fused.segments,
+                class_probability=fused.class_probability,
+            )
+            panoptic = fused.panoptic.cpu().numpy()
+            semantic = fused.semantic.to(torch.uint8).cpu().numpy()
+            depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False) if self.depth_enabled else None
         t4 = time.perf_counter()
         return PanopticDepthResult(
             panoptic=panoptic,

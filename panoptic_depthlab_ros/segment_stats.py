@@ -8,8 +8,9 @@ neighbours do not count), all segments at once with scatter ops: no per-segment 
 Medians and trimmed means need the depths sorted per segment; instead of a full
 (segment, depth) sort, a per-segment histogram of the float bits locates the bucket
 of each wanted rank and only those few buckets are sorted (exact, see
-:func:`_order_statistics`).  On CPU the per-pixel passes run as tasks over the lanes
-of :mod:`.parallel`, each in raster order, so results do not depend on the lanes.
+:func:`_order_statistics`).  A depth map that is valid everywhere (a network's) needs no
+masks.  On CPU the per-pixel passes run as tasks over the lanes of :mod:`.parallel`, each
+in one fixed order, so results do not depend on the lanes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .kernels import (
     window_extreme,
 )
 from .metadata import ClassMetadata
-from .parallel import BLOCK_PIXELS, SMALL_BLOCK_PIXELS, cpu_lanes, row_blocks, run_parallel
+from .parallel import BLOCK_PIXELS, SMALL_BLOCK_PIXELS, cpu_lanes, lanes_for, row_blocks, run_parallel
 from .result import SegmentDepth
 
 # Ids up to this use a lookup table instead of torch.unique, and the
@@ -149,7 +150,9 @@ def _segment_depth_statistics(
     use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
     # [H*W] int32: the segment of each used (valid, eroded) depth pixel; the others in bin n.
     seg_use = seg if use is None else torch.where(use, seg, n)
-    key, buckets = (None, 0) if depth_range is None else _depth_buckets(seg_use, d, n, w, depth_range, exact=use is None)
+    key, buckets = None, 0
+    if depth_range is not None:
+        key, buckets = _depth_buckets(seg_use, d, n, w, depth_range, exact=use is None)
     sums = _pixel_sums(
         seg,
         d,
@@ -344,7 +347,7 @@ def _pixel_sums(
             prob_parts[i] = _class_probability(sem_logits[:, r0:r1], grid[r0:r1], segment_class, given)
 
         tasks += [partial(prob_block, i, r0, r1) for i, (r0, r1) in enumerate(blocks)]
-    run_parallel(tasks, lanes)
+    run_parallel(tasks, lanes_for(h * w, lanes))
     probability = None
     if sem_logits is not None:
         parts = [part for part in prob_parts if part is not None]
@@ -406,7 +409,7 @@ def _histogram_bins(pixels: int, n: int) -> int:
 def _depth_buckets(
     seg_use: Tensor, d: Tensor, n: int, w: int, depth_range: tuple[float, float], *, exact: bool
 ) -> tuple[Tensor, int]:
-    """Spread keys [P] int32 of ``segment * buckets + bucket`` (:func:`~.kernels.spread_keys_`), and the buckets per segment.
+    """Spread keys [P] int32 of ``segment * buckets + bucket`` (see ``spread_keys_``), and the buckets per segment.
 
     The bit patterns of positive floats order like the floats, so a bucket is a run of
     leading bits of the depth's float32 pattern, as fine as fits in :func:`_histogram_bins`

@@ -48,7 +48,9 @@ def ref_stats(pan, depth, k, erosion):
     return out
 
 
-@pytest.mark.parametrize("seed,erosion,holes", [(0, 0, True), (1, 0, True), (2, 1, True), (3, 2, True), (4, 0, False), (5, 2, False)])
+@pytest.mark.parametrize(
+    "seed,erosion,holes", [(0, 0, True), (1, 0, True), (2, 1, True), (3, 2, True), (4, 0, False), (5, 2, False)]
+)
 def test_segment_statistics_equal_brute_force(seed: int, erosion: int, holes: bool) -> None:
     """``holes``: some depths are invalid; without, every depth is valid (the network's case: no masks)."""
     rng = np.random.default_rng(seed)
