@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any
@@ -48,7 +48,7 @@ from .kernels import (
     window_extreme,
 )
 from .metadata import ClassMetadata
-from .parallel import cpu_lanes, run_parallel
+from .parallel import cpu_lanes, lanes_for, run_parallel
 
 VOID = -1
 
@@ -184,14 +184,23 @@ def panoptic_fusion(
         centers = found[0]
         flat = labels.reshape(-1)  # [H*W] uint8 on CPU
         index = flat_nonzero(_in_classes(flat, classes.thing_ids, num_classes))
+        area: list[Tensor] = []  # pixels per class, counted beside the grouping
+
+        def count_area() -> None:
+            area.append(count_values(flat, num_classes)[:num_classes])
+
         if centers.numel() and index.numel():
-            member = _nearest_center_parallel(centers, offset, index, lanes=lanes)
+            member = _nearest_center_parallel(
+                centers, offset, index, lanes=lanes_for(flat.numel(), lanes), also=[count_area]
+            )
         else:
             index = member = index[:0]
+            count_area()
         tables = _id_tables(
             flat,
             index,
             member,
+            area=area[0],
             is_thing_class=class_flags(classes.thing_ids, num_classes, flat.device),
             num_classes=num_classes,
             label_divisor=classes.label_divisor,
@@ -285,21 +294,28 @@ def _group_pixels(centers: Tensor, offset: Tensor, mask: Tensor, *, cell: int = 
 
 
 def _nearest_center_parallel(
-    centers: Tensor, offset: Tensor, index: Tensor, *, lanes: int, cell: int = _FUSION_CELL
+    centers: Tensor,
+    offset: Tensor,
+    index: Tensor,
+    *,
+    lanes: int,
+    cell: int = _FUSION_CELL,
+    also: Sequence[Callable[[], Any]] = (),
 ) -> Tensor:
     """:func:`_nearest_center` with the pixels split over ``lanes`` (each part is exact).
 
-    A lane gets at least :data:`_LANE_PIXELS` pixels: below that, its fixed cost (the
-    cells' candidate tables) outweighs what it takes off the others.
+    A part has at least :data:`_LANE_PIXELS` pixels: below that, its fixed cost (the
+    cells' candidate tables) outweighs what it takes off the others.  ``also``: other tasks
+    to run in the same lanes.
     """
-    lanes = max(1, min(lanes, index.numel() // _LANE_PIXELS))
+    parts = max(1, min(lanes, index.numel() // _LANE_PIXELS))
     member = torch.empty_like(index)
-    bounds = [index.numel() * i // lanes for i in range(lanes + 1)]
+    bounds = [index.numel() * i // parts for i in range(parts + 1)]
 
     def part(a: int, b: int) -> None:
         member[a:b] = _nearest_center(centers, offset, index[a:b], cell=cell)
 
-    run_parallel([partial(part, a, b) for a, b in itertools.pairwise(bounds) if b > a], lanes)
+    run_parallel([*(partial(part, a, b) for a, b in itertools.pairwise(bounds) if b > a), *also], lanes)
     return member
 
 
@@ -526,16 +542,19 @@ def _id_tables(
     thing_area: int,
     void_label: int,
     num_instances: int | None = None,
+    area: Tensor | None = None,
 ) -> _IdTables:
     """The id tables of the merge of :func:`_merge_semantic_and_instance`, from flat maps (void: ``void_label``).
 
     ``semantic`` [P] integer classes; pixels ``index`` [N] belong to the 0-based
     instances ``member`` [N]; all other pixels are unassigned. ``num_instances``: more
     than the largest ``member`` (the number of centers; None: read from ``member``, a
-    host sync on a GPU); instances without pixels get no number either way.
+    host sync on a GPU); instances without pixels get no number either way. ``area``: the
+    pixels per class of ``semantic`` when the caller has counted them.
     """
     device = semantic.device
-    area = count_values(semantic, num_classes)[:num_classes]  # uint8 is fastest
+    if area is None:
+        area = count_values(semantic, num_classes)[:num_classes]  # uint8 is fastest
     thing_value = cls = None
     if index.numel():
         sem_at = semantic.index_select(0, index).long()

@@ -99,10 +99,12 @@ def segment_depth_statistics(
 class _DepthSums:
     """Per (segment, depth bucket), [n + 1, B] each (row n: unused pixels): what the statistics need of the depths.
 
-    hist: int64 pixels; z, zz: float64 sums of depth and depth^2; uz, vz: float64 sums of
-    u*z and v*z (column, row), None without intrinsics.
+    key: [P] the spread key of each pixel (see :func:`_depth_buckets`); hist: int64 pixels;
+    z, zz: float64 sums of depth and depth^2; uz, vz: float64 sums of u*z and v*z (column,
+    row), None without intrinsics.
     """
 
+    key: Tensor
     hist: Tensor
     z: Tensor
     zz: Tensor
@@ -150,9 +152,9 @@ def _segment_depth_statistics(
     use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
     # [H*W] int32: the segment of each used (valid, eroded) depth pixel; the others in bin n.
     seg_use = seg if use is None else torch.where(use, seg, n)
-    key, buckets = None, 0
-    if depth_range is not None:
-        key, buckets = _depth_buckets(seg_use, d, n, w, depth_range, exact=use is None)
+    make_key = (
+        None if depth_range is None else partial(_depth_buckets, seg_use, d, n, w, depth_range, exact=use is None)
+    )
     sums = _pixel_sums(
         seg,
         d,
@@ -160,8 +162,7 @@ def _segment_depth_statistics(
         n=n,
         h=h,
         w=w,
-        key=key,
-        buckets=buckets,
+        make_key=make_key,
         sem_logits=sem_logits,
         class_probability=class_probability,
         centroid=camera_k is not None,
@@ -174,10 +175,10 @@ def _segment_depth_statistics(
     d_min = d_median = robust = nan
     count = torch.zeros(n, dtype=torch.int64, device=panoptic.device)
     sum_z = sum_zz = torch.zeros(n, dtype=f64, device=panoptic.device)
-    if key is not None and sums.depth is not None:
+    if sums.depth is not None:
         hist, weight = sums.depth.hist[:n], sums.depth.z[:n]  # [n, B]; row n: the unused pixels
         count, sum_z, sum_zz = hist.sum(1), weight.sum(1), sums.depth.zz[:n].sum(1)
-        d_min, d_median, robust = _order_statistics(key, d, hist, weight, count, config.robust_trim)
+        d_min, d_median, robust = _order_statistics(sums.depth.key, d, hist, weight, count, config.robust_trim)
     cnt = count.to(f64)
     mean = sum_z / cnt
     std = (sum_zz / cnt - mean * mean).clamp(min=0).sqrt()
@@ -315,8 +316,7 @@ def _pixel_sums(
     n: int,
     h: int,
     w: int,
-    key: Tensor | None,
-    buckets: int,
+    make_key: Callable[[], tuple[Tensor, int]] | None,
     sem_logits: Tensor | None,
     class_probability: Tensor | None,
     centroid: bool,
@@ -324,19 +324,24 @@ def _pixel_sums(
 ) -> _PixelSums:
     """Every per-pixel pass, as independent tasks over the lanes.
 
+    ``make_key``: the depth keys and buckets per segment (:func:`_depth_buckets`; None
+    without used depth), made in the depth task.
+
     Each sum keeps one order whatever the lanes (the class probabilities are added block by
     block, in block order), so the result does not depend on them.
     """
     blocks = row_blocks(h, w, SMALL_BLOCK_PIXELS, seg.device)
     done: dict[str, Any] = {}
-    tasks: list[Callable[[], Any]] = [lambda: done.__setitem__("extent", _segment_extent(seg, n, h, w))]
-    if key is not None:
+    tasks: list[Callable[[], Any]] = []  # the longest first
+    if make_key is not None:
         big_blocks = row_blocks(h, w, BLOCK_PIXELS, seg.device)
-        tasks.append(
-            lambda: done.__setitem__(
-                "depth", _depth_sums(key, d, n=n, buckets=buckets, w=w, blocks=big_blocks, centroid=centroid)
-            )
-        )
+
+        def depth_task() -> None:
+            key, buckets = make_key()
+            done["depth"] = _depth_sums(key, d, n=n, buckets=buckets, w=w, blocks=big_blocks, centroid=centroid)
+
+        tasks.append(depth_task)
+    tasks.append(lambda: done.__setitem__("extent", _segment_extent(seg, n, h, w)))
     prob_parts: list[Tensor | None] = [None] * len(blocks)
     if sem_logits is not None:
         segment_class = torch.cat((category, category.new_zeros(1)))
@@ -542,7 +547,8 @@ def _depth_sums(
             v = torch.arange(r0, r1, dtype=f64, device=device)[:, None]
             sums[3].index_add_(0, k, (z_rows * v).view(-1))
     hist_b, z_b, zz_b, *uv = (fold_spread(t).view(n + 1, buckets) for t in (hist, *sums))
-    return _DepthSums(hist=hist_b, z=z_b, zz=zz_b, uz=uv[0] if centroid else None, vz=uv[1] if centroid else None)
+    uz, vz = (uv[0], uv[1]) if centroid else (None, None)
+    return _DepthSums(key=key, hist=hist_b, z=z_b, zz=zz_b, uz=uz, vz=vz)
 
 
 def _class_probability(logits: Tensor, seg: Tensor, segment_class: Tensor, probability: Tensor | None) -> Tensor:
