@@ -453,14 +453,13 @@ class Predictor:
     def _prepare(self, image: np.ndarray) -> Prepared:
         if isinstance(image, np.ndarray) and image.ndim >= 2:
             check_pixels(image.shape[1], image.shape[0], self.max_pixels, "image", "max_pixels")
-        with cpu_lanes(self.device):  # one thread per op (parallel.py): 5x faster on a busy CPU, same values
-            prep = prepare_image(
-                image,
-                self.model_config,
-                device=self.device,
-                max_input_width=self.max_input_width,
-                pin_memory=self.device.type == "cuda",
-            )
+        prep = prepare_image(
+            image,
+            self.model_config,
+            device=self.device,
+            max_input_width=self.max_input_width,
+            pin_memory=self.device.type == "cuda",
+        )
         self._check_frame_size(prep)
         return prep
 
