@@ -179,9 +179,12 @@ def test_infer_tracks_the_things_of_a_video(tmp_path: Path, tiny_checkpoint: Pat
     docs = [json.loads((tmp_path / "out" / f"drive_{i:06d}_segments.json").read_text()) for i in range(4)]
     assert all(d["tracked"] for d in docs)
     things = [{s["id"]: (s["track_id"], s["track_age"]) for s in d["segments"] if s["is_thing"]} for d in docs]
-    assert things[0] and all(track_id > 0 for track_id, _ in things[0].values())
+    # Ids show once a track is confirmed (its third frame); frames seen count from the first.
+    assert things[0] and all(track == (0, 1) for track in things[0].values())
+    assert all(track_id > 0 for track_id, _ in things[2].values())
     for i, frame in enumerate(things):  # one id per thing over the video, ageing frame by frame
-        assert frame == {pid: (track_id, i + 1) for pid, (track_id, _) in things[0].items()}
+        ids = {pid: track_id if i >= 2 else 0 for pid, (track_id, _) in things[2].items()}
+        assert frame == {pid: (ids[pid], i + 1) for pid in things[0]}
     stuff = [s for d in docs for s in d["segments"] if not s["is_thing"]]
     assert stuff and all(s["track_id"] == 0 and s["velocity"] == [None] * 3 for s in stuff)
     # Time is the frame index over the frame rate (0.2 s): a still thing's velocity, once known, is 0.
