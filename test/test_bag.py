@@ -15,8 +15,9 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from panoptic_depthlab_ros.bag import BagError, replay_bag, typestore_with_our_messages
-from panoptic_depthlab_ros.errors import OutputError
+from panoptic_depthlab_ros.bag import replay_bag
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
+from panoptic_depthlab_ros.errors import BagError, OutputError
 from panoptic_depthlab_ros.geometry3d import point_cloud, segment_markers
 from panoptic_depthlab_ros.msg_conversions import pointcloud_to_array
 from panoptic_depthlab_ros.node_outputs import OUTPUT_NAMES

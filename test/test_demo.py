@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from panoptic_depthlab_ros.bag import typestore_with_our_messages
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint
 from pdl_testing import REPO
 

@@ -48,7 +48,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys.store import Typestore
 from sensor_msgs.msg import CameraInfo, Image
 
-from panoptic_depthlab_ros.bag import typestore_with_our_messages
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.exit_codes import run_command
