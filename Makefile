@@ -41,8 +41,12 @@ $(DEPS_STAMP): requirements.txt tools/fix_ros_cmake_paths.sh | $(PY)
 	touch $@
 
 # Core: pip (metadata, so the training package's dependency is satisfied),
-# then CMake on top: messages + node into the same package directory.
+# then CMake on top: messages + node into the same package directory. CMake's
+# install never deletes: the files its last install wrote (its manifest) go first,
+# so that a module removed from the source cannot linger in .venv and hide a
+# broken import.
 $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_FILES) $(CORE_FILES) $(TRAINING_FILES)
+	$(PY) tools/uninstall_manifest.py $(BUILD_DIR)/install_manifest.txt $(VENV)
 	$(PY) -m pip install -q --no-deps --no-build-isolation .
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
 	  -DCMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) -DCMAKE_INSTALL_PREFIX=$(CURDIR)/$(VENV) \

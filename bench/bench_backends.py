@@ -84,7 +84,7 @@ def message_stage(result, image_bgr: np.ndarray) -> float:
     try:
         from panoptic_depthlab_ros.ros.node import message_class as classes
     except ImportError:  # pip install without ROS: rosbags' classes behave the same
-        from panoptic_depthlab_ros.bag import typestore_with_our_messages
+        from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 
         classes = typestore_with_our_messages().types.__getitem__
     stamp = classes("builtin_interfaces/msg/Time")(sec=0, nanosec=0)

@@ -43,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
     from panoptic_depthlab_ros import msg_conversions
-    from panoptic_depthlab_ros.bag import CAMERA_INFO_TYPE, replay_bag, typestore_with_our_messages
+    from panoptic_depthlab_ros.bag import CAMERA_INFO_TYPE, replay_bag
+    from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
     from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
     from panoptic_depthlab_ros.predictor import Predictor
 

@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     from rosbags.rosbag2 import Reader
 
     from panoptic_depthlab_ros import msg_conversions
-    from panoptic_depthlab_ros.bag import typestore_with_our_messages
+    from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
     from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
     from panoptic_depthlab_ros.predictor import Predictor
 

@@ -157,7 +157,7 @@ class GpuCheck:
     """The checks of the module docstring, sharing the device, the frames and a scratch folder."""
 
     def __init__(self, device: torch.device, scratch: Path, report: Report) -> None:
-        from panoptic_depthlab_ros.bag import read_bag_frames  # noqa: PLC0415 - after the CUDA test
+        from panoptic_depthlab_ros.bag_reading import read_bag_frames  # noqa: PLC0415 - after the CUDA test
         from panoptic_depthlab_ros.checkpoint import bundled_checkpoint  # noqa: PLC0415
 
         self.device = device

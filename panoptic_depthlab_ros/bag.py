@@ -2,14 +2,14 @@
 
     panoptic-depthlab bag IN OUT [--image-topic T]... [--camera-info-topic T]...
 
-Reads sqlite3 or MCAP bags with the ``rosbags`` library and writes a new bag with
+Reads sqlite3 or MCAP bags (see :mod:`.bag_reading`) and writes a new bag with
 all input topics plus every output the node publishes (``/panoptic_depthlab/<name>``
 for each output of :data:`~.node_outputs.OUTPUTS`, made by the same function as the
 node's: markers and points only when the bag has a CameraInfo topic, no depth outputs
 from an untrained depth branch), each stamped with its input image's header and
 written at the input's receive time.  Offline: every frame, in order.
 A bag file cut short (a recorder that was killed or lost power), which no reader
-opens, is salvaged (see ``salvage``): every complete message before the cut is
+opens, is salvaged (see :mod:`.salvage`): every complete message before the cut is
 replayed.  Several ``--image-topic`` replay several cameras, each with its own K (the
 ``--camera-info-topic`` in the same position, or else the CameraInfo beside its image
 topic: ``/front/camera_info`` for ``/front/image_raw``) and its outputs under its own
@@ -33,8 +33,6 @@ are skipped, named and counted.
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -46,26 +44,34 @@ from typing import Any
 import numpy as np
 import yaml
 from rosbags.interfaces import Connection
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.rosbag2.errors import ReaderError
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
 from . import msg_conversions
-from .errors import BagError, InputError, NothingDoneError, PanopticDepthLabError
+from .bag_reading import (
+    IMAGE_TYPES,
+    PACKAGE,
+    bag_files,
+    copy_connection,
+    deserialize,
+    older_definition,
+    open_readers,
+    pick_topic,
+    read_messages,
+    readable_sources,
+    storage_of,
+    typestore_with_our_messages,
+)
+from .errors import BagError, InputError, NothingDoneError
 from .image_io import DEFAULT_MAX_PIXELS
 from .node_outputs import NAMESPACE, OUTPUTS, SEGMENT_ARRAY_TYPE, OutputSettings, output_messages
 from .output import StagedOutput
 from .pipeline import camera_topic
 from .predictor import Predictor
-from .salvage import Salvage, is_cut_short, salvage
 from .tracker import Tracker, TrackerConfig
 
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-PACKAGE = "panoptic_depthlab_ros"
-MSG_NAMES = ("SegmentDepth", "SegmentDepthArray")
 WRITTEN_BY = "panoptic-depthlab bag"
 # custom_data keys in metadata.yaml: which tool wrote the bag, and from what.
 MARK_PREFIX = "panoptic_depthlab."
@@ -85,117 +91,6 @@ class ReplaySummary:
     interrupted: bool = False  # a stop request ended the replay early (the output holds what was done)
     tracker_resets: list[str] = field(default_factory=list)  # "<stamp>: <reason>" per reset of the tracks
     upgraded: dict[str, int] = field(default_factory=dict)  # topic -> messages of an older definition rewritten
-
-
-def msg_definition_dir() -> Path:
-    """Where ``SegmentDepth.msg`` lives: the source tree, or an install's share/ directory."""
-    candidates = [Path(__file__).resolve().parents[1] / "msg"]
-    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
-    candidates += [Path(p) / "share" / PACKAGE / "msg" for p in prefixes if p]
-    for c in candidates:
-        if (c / "SegmentDepthArray.msg").is_file():
-            return c
-    raise PanopticDepthLabError(f"cannot find {PACKAGE}'s msg/ definitions (looked in {[str(c) for c in candidates]})")
-
-
-def typestore_with_our_messages() -> Typestore:
-    """ROS 2 Jazzy types plus ``panoptic_depthlab_ros/msg/*`` registered from msg/."""
-    ts = get_typestore(Stores.ROS2_JAZZY)
-    folder = msg_definition_dir()
-    types: dict[str, Any] = {}
-    for name in MSG_NAMES:
-        types.update(get_types_from_msg((folder / f"{name}.msg").read_text(), f"{PACKAGE}/msg/{name}"))
-    ts.register(types)
-    return ts
-
-
-def _pick_topic(
-    connections: list[Connection], bag: Path, topic: str | None, types: tuple[str, ...], what: str, required: bool
-) -> Connection | None:
-    listing = ", ".join(f"{c.topic} [{c.msgtype}]" for c in connections) or "none"
-    if topic is not None:
-        matches = [c for c in connections if c.topic == topic]
-        if not matches:
-            raise BagError(f"{bag}: no topic {topic!r}; the bag has: {listing}")
-        if matches[0].msgtype not in types:
-            raise BagError(f"{bag}: topic {topic!r} is {matches[0].msgtype}, not {' or '.join(types)}")
-        return matches[0]
-    candidates = [c for c in connections if c.msgtype in types]
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates and not required:
-        return None
-    reason = "several" if candidates else "no"
-    raise BagError(
-        f"{bag}: {reason} {what} topics, choose one with --{what.replace(' ', '-')}-topic; the bag has: {listing}"
-    )
-
-
-def _split_index(path: Path) -> tuple[int, str]:
-    """rosbag2 names split files ``<bag>_0.mcap``, ``<bag>_1.mcap``, ...: order by that number."""
-    tail = path.stem.rsplit("_", 1)[-1]
-    return (int(tail) if tail.isdigit() else -1, path.name)
-
-
-BAG_FILE_SUFFIXES = (".mcap", ".db3")
-
-
-def _bag_files(bag: Path) -> list[Path]:
-    """The MCAP / sqlite3 files of a bag, in split order (none: not a bag we can salvage)."""
-    if bag.is_dir():
-        return sorted((f for f in bag.iterdir() if f.suffix in BAG_FILE_SUFFIXES), key=_split_index)
-    return [bag] if bag.suffix in BAG_FILE_SUFFIXES else []
-
-
-def _readable_sources(bag: Path, workdir: Path, *, salvage_all: bool = False) -> tuple[list[Path], list[Salvage]]:
-    """What to open, in order: the bag itself, or its files with cut-short ones salvaged.
-
-    A bag rosbags can read as it is (``metadata.yaml`` present, every file whole) is
-    one source.  Otherwise each MCAP or sqlite3 file is its own source, in split order.
-    ``salvage_all`` salvages every file (damage was found inside one while reading).
-    """
-    files = _bag_files(bag)
-    if not files:
-        if bag.is_dir() and not (bag / "metadata.yaml").exists():
-            raise BagError(f"{bag}: not a bag: the folder holds no metadata.yaml and no .mcap or .db3 file")
-        if bag.is_file():
-            raise BagError(f"{bag}: not a bag: a ROS 2 bag is a folder or an .mcap or .db3 file")
-        return [bag], []
-    cut = [salvage_all or is_cut_short(f) for f in files]
-    if bag.is_dir() and (bag / "metadata.yaml").exists() and not any(cut):
-        return [bag], []
-    workdir.mkdir(parents=True, exist_ok=True)
-    sources, salvages = [], []
-    for i, (file, is_cut) in enumerate(zip(files, cut, strict=True)):
-        if is_cut:
-            copy = workdir / f"salvaged_{i}{file.suffix}"
-            salvages.append(salvage(file, copy))
-            file = copy
-        sources.append(file)
-    return sources, salvages
-
-
-def _open_readers(sources: list[Path], bag: Path, stack: ExitStack) -> list[Reader]:
-    readers = []
-    for source in sources:
-        try:
-            reader = Reader(source)
-            reader.open()
-        except (ReaderError, OSError, ValueError, KeyError) as exc:
-            name = bag if source == bag else f"{bag} ({source.name})"
-            raise BagError(f"{name}: cannot open bag ({type(exc).__name__}: {exc})") from exc
-        stack.callback(reader.close)
-        readers.append(reader)
-    return readers
-
-
-def _messages(
-    reader: Reader, bag: Path, connections: list[Connection] | None = None
-) -> Iterator[tuple[Connection, int, bytes]]:
-    try:
-        yield from reader.messages(connections=connections) if connections is not None else reader.messages()
-    except Exception as exc:  # noqa: BLE001 - storage layers raise their own types (apsw, struct, zstd...)
-        raise BagError(f"{bag}: corrupt or truncated bag ({type(exc).__name__}: {exc})") from exc
 
 
 def bag_marker_says(path: Path, tool: str) -> str | None:
@@ -264,25 +159,25 @@ def replay_bag(
     summary = ReplaySummary()
     with staged as staging, ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
-        sources, salvages = _readable_sources(bag_in, workdir)
+        sources, salvages = readable_sources(bag_in, workdir)
         recovered = False
 
         def recover(problem: BagError) -> list[Reader]:
             """Damage found: salvage every file of the bag and read the copies instead (once)."""
             nonlocal recovered
-            if recovered or not _bag_files(bag_in):
+            if recovered or not bag_files(bag_in):
                 raise problem
             recovered = True
             try:
-                copies, found = _readable_sources(bag_in, workdir / "recovered", salvage_all=True)
-                readers = _open_readers(copies, bag_in, stack)
+                copies, found = readable_sources(bag_in, workdir / "recovered", salvage_all=True)
+                readers = open_readers(copies, bag_in, stack)
             except BagError as again:
                 raise BagError(f"{problem}; salvaging it failed too: {again}") from again
             salvages[:] = found
             return readers
 
         try:
-            readers = _open_readers(sources, bag_in, stack)
+            readers = open_readers(sources, bag_in, stack)
         except BagError as exc:
             readers = recover(exc)
             summary.damage = f"{exc}; read a salvaged copy"
@@ -313,53 +208,6 @@ def replay_bag(
     return summary
 
 
-def read_bag_frames(
-    bag: str | Path,
-    pick: Callable[[int], list[int]],
-    *,
-    image_topic: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> tuple[list[np.ndarray], int, list[str]]:
-    """Some BGR frames of ``bag``'s image topic (e.g. to calibrate an INT8 export).
-
-    ``pick(total)`` says which message indices to decode, of the topic's ``total``. Returns
-    the frames, ``total`` and the skipped frames (topic at stamp: reason). A cut-short bag
-    is read from a salvaged copy, as a replay reads it.
-    """
-    bag = Path(bag)
-    ts = typestore_with_our_messages()
-    frames: list[np.ndarray] = []
-    skipped: list[str] = []
-    with ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdl_bag_")))
-        readers = _open_readers(_readable_sources(bag, workdir)[0], bag, stack)
-        connections = list({c.topic: c for r in reversed(readers) for c in r.connections}.values())
-        img_conn = _pick_topic(connections, bag, image_topic, IMAGE_TYPES, "image", True)
-        assert img_conn is not None
-        total = sum(c.msgcount for r in readers for c in r.connections if c.topic == img_conn.topic)
-        wanted = set(pick(total))
-        index = 0
-        for reader in readers:
-            mine = [c for c in reader.connections if c.topic == img_conn.topic]
-            if not mine:  # rosbags reads every topic for an empty list
-                continue
-            for conn, stamp_ns, raw in _messages(reader, bag, mine):
-                index += 1
-                if index - 1 not in wanted:
-                    continue
-                try:
-                    msg: Any = _deserialize(ts, raw, conn)
-                    convert = (
-                        msg_conversions.compressed_to_bgr
-                        if conn.msgtype.endswith("CompressedImage")
-                        else msg_conversions.image_to_bgr
-                    )
-                    frames.append(convert(msg, max_pixels=max_pixels, limit_name="--max-pixels"))
-                except InputError as exc:
-                    skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
-    return frames, total, skipped
-
-
 def _replay(
     readers: list[Reader],
     recover: Callable[[BagError], list[Reader]],
@@ -386,7 +234,7 @@ def _replay(
     """
     connections = list({c.topic: c for r in reversed(readers) for c in r.connections}.values())
     cameras = _bag_cameras(connections, bag_in, image_topics, camera_info_topics)
-    writer = Writer(bag_out, version=9, storage_plugin=_storage_of(bag_in))
+    writer = Writer(bag_out, version=9, storage_plugin=storage_of(bag_in))
     mark_bag(writer, WRITTEN_BY, input=bag_in.resolve(), checkpoint=predictor.source or "(in memory)")
     writer.open()
     try:
@@ -437,10 +285,10 @@ def _bag_cameras(
 ) -> list[_BagCamera]:
     """The cameras to replay: one (the only image topic, or the one named), or one per ``image_topics``."""
     if len(image_topics) <= 1:
-        img = _pick_topic(connections, bag, next(iter(image_topics), None), IMAGE_TYPES, "image", True)
+        img = pick_topic(connections, bag, next(iter(image_topics), None), IMAGE_TYPES, "image", True)
         if len(info_topics) > 1:
             raise BagError(f"{bag}: {len(info_topics)} --camera-info-topic for one --image-topic")
-        info_conn = _pick_topic(
+        info_conn = pick_topic(
             connections, bag, next(iter(info_topics), None), (CAMERA_INFO_TYPE,), "camera info", False
         )
         assert img is not None
@@ -453,13 +301,13 @@ def _bag_cameras(
     topics = {c.topic for c in connections}
     cameras = []
     for i, topic in enumerate(image_topics):
-        _pick_topic(connections, bag, topic, IMAGE_TYPES, "image", True)
+        pick_topic(connections, bag, topic, IMAGE_TYPES, "image", True)
         name = camera_name_of(topic)
         if not name:
             raise BagError(f"{bag}: image topic {topic!r} has no namespace to name its camera (e.g. /front/image)")
         if info_topics:
             info: str | None = info_topics[i]
-            _pick_topic(connections, bag, info, (CAMERA_INFO_TYPE,), "camera info", False)
+            pick_topic(connections, bag, info, (CAMERA_INFO_TYPE,), "camera info", False)
         else:
             beside = "/" + name + "/camera_info"
             info = beside if beside in topics else None
@@ -520,9 +368,9 @@ class _FrameReplay:
         for c in connections:
             if c.topic.startswith(NAMESPACE + "/"):
                 continue
-            older = _older_definition(c, self.ts, bag)
+            older = older_definition(c, self.ts, bag)
             if older is None:
-                self.copies[c.topic] = _copy_connection(self.writer, c, self.ts, bag)
+                self.copies[c.topic] = copy_connection(self.writer, c, self.ts, bag)
             else:
                 self.upgrades[c.topic] = older
                 qos = getattr(c.ext, "offered_qos_profiles", [])
@@ -545,7 +393,7 @@ class _FrameReplay:
     def _upgrade(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         """A ``SegmentDepthArray`` of an older definition, rewritten with today's (missing fields unknown)."""
         try:
-            old: Any = _deserialize(self.upgrades[conn.topic], raw, conn)
+            old: Any = deserialize(self.upgrades[conn.topic], raw, conn)
         except InputError as exc:
             self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
             return
@@ -567,13 +415,13 @@ class _FrameReplay:
 
     def _camera_info(self, camera: _BagCamera, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         try:
-            camera.camera_k = msg_conversions.camera_k(_deserialize(self.ts, raw, conn))
+            camera.camera_k = msg_conversions.camera_k(deserialize(self.ts, raw, conn))
         except InputError as exc:  # the previous good K stays in use
             self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
 
     def _frame(self, camera: _BagCamera, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         try:
-            msg: Any = _deserialize(self.ts, raw, conn)
+            msg: Any = deserialize(self.ts, raw, conn)
             compressed = conn.msgtype.endswith("CompressedImage")
             convert = msg_conversions.compressed_to_bgr if compressed else msg_conversions.image_to_bgr
             image = convert(msg, max_pixels=self.max_pixels, limit_name="--max-pixels")
@@ -644,13 +492,13 @@ def _read_all(
             yield message
 
     try:
-        for conn, stamp_ns, raw in until_stopped(m for r in readers for m in _messages(r, bag)):
+        for conn, stamp_ns, raw in until_stopped(m for r in readers for m in read_messages(r, bag)):
             tracked(conn, stamp_ns, raw)
     except BagError as exc:  # damage inside the bag: go on with what the salvaged copies hold
         summary.damage = f"{exc}; went on after {last_stamp} with the salvaged rest"
         resume_after, done_at_last = last_stamp, Counter(at_last)
         try:
-            for conn, stamp_ns, raw in until_stopped(m for r in recover(exc) for m in _messages(r, bag)):
+            for conn, stamp_ns, raw in until_stopped(m for r in recover(exc) for m in read_messages(r, bag)):
                 if stamp_ns < resume_after:
                     continue  # handled before the damage
                 if stamp_ns == resume_after and done_at_last[conn.topic] > 0:
@@ -661,57 +509,3 @@ def _read_all(
             if not summary.frames:
                 raise
             summary.damage = f"{again}; the replay ended there"
-
-
-def _deserialize(ts: Typestore, raw: bytes, conn: Connection) -> Any:
-    """A message of ``conn``'s type, or :class:`InputError` when the bytes are not one (wrong type, damage)."""
-    try:
-        return ts.deserialize_cdr(raw, conn.msgtype)
-    except Exception as exc:  # noqa: BLE001 - the CDR decoder raises struct, index, unicode... errors
-        raise InputError(f"{len(raw)} bytes that are not a {conn.msgtype} ({type(exc).__name__}: {exc})") from exc
-
-
-def _storage_of(bag: Path) -> StoragePlugin:
-    """Keep the input's storage format (sqlite3 for ``.db3`` files, else MCAP)."""
-    files = [bag] if bag.is_file() else list(bag.iterdir())
-    return StoragePlugin.SQLITE3 if any(f.suffix == ".db3" for f in files) else StoragePlugin.MCAP
-
-
-def _older_definition(conn: Connection, ts: Typestore, bag: Path) -> Typestore | None:
-    """A typestore with the bag's definition of our ``SegmentDepthArray`` when it differs from today's, else None.
-
-    Only the segment array is a topic type of ours.  A connection without a definition
-    (some salvaged or bare files) is taken to be today's.
-    """
-    if conn.msgtype != SEGMENT_ARRAY_TYPE or not conn.msgdef.data:
-        return None
-    try:
-        theirs = get_types_from_msg(conn.msgdef.data, conn.msgtype)
-    except Exception as exc:  # noqa: BLE001 - the parser raises its own grammar errors
-        raise BagError(f"{bag}: topic {conn.topic!r}: cannot read the definition of {conn.msgtype} ({exc})") from exc
-    ours = {name: ts.fielddefs[name] for name in theirs if name.startswith(f"{PACKAGE}/")}
-    if all(theirs[name] == ours[name] for name in ours):
-        return None
-    older = get_typestore(Stores.ROS2_JAZZY)
-    older.register(theirs)
-    return older
-
-
-def _copy_connection(writer: Writer, conn: Connection, ts: Typestore, bag: Path) -> Connection:
-    """Same topic, type, definition and QoS as the input connection.
-
-    A type the store does not know and the bag gives no hash for (a custom message in a
-    bare ``.mcap`` file, or a salvaged one) is registered from the bag's own definition.
-    """
-    qos = getattr(conn.ext, "offered_qos_profiles", [])
-    if conn.msgdef.data and conn.digest.startswith("RIHS01_"):
-        return writer.add_connection(
-            conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest, offered_qos_profiles=qos
-        )
-    if conn.msgtype not in ts.types and conn.msgdef.data:
-        try:
-            ts.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
-        except Exception as exc:  # noqa: BLE001 - the parser raises its own grammar errors
-            what = f"topic {conn.topic!r}: cannot read the definition of {conn.msgtype}"
-            raise BagError(f"{bag}: {what} ({exc})") from exc
-    return writer.add_connection(conn.topic, conn.msgtype, typestore=ts, offered_qos_profiles=qos)

@@ -89,7 +89,7 @@ def read_calibration_frames(
     elif kind == "video":
         result = _video(path, count, max_pixels)
     else:
-        from .bag import read_bag_frames  # noqa: PLC0415 - rosbags only when a bag is given
+        from .bag_reading import read_bag_frames  # noqa: PLC0415 - rosbags only when a bag is given
 
         frames, available, skipped = read_bag_frames(
             path, lambda total: spread(total, count), image_topic=image_topic, max_pixels=max_pixels

@@ -10,7 +10,10 @@ id = labelId * 1000 + k for things, labelId for stuff, 0 void) and
 Videos also get ``<name>_overlay.mp4``, and their things are tracked over the frames
 (unless ``--no-tracking``; time: frame index / the video's frame rate): the segments
 carry ``track_id``, ``track_age``, ``velocity`` and ``time_to_contact`` (JSON: null
-unknown, "inf" not closing) and the overlay says "car #12 14.3 m, 2.1 m/s closing".
+unknown, "inf" not closing), the overlay says "car #12 14.3 m, 2.1 m/s closing", and
+``<name>_tracked_panoptic.png`` is the panoptic PNG with track ids as instance ids (the
+video panoptic convention: the same car has the same id in every frame; things not
+tracked yet have instance 0, like stuff).
 A checkpoint whose depth branch was never trained gives no depth files (and null
 segment depths) unless ``--untrained-depth``.
 Unreadable inputs, and images over ``max_pixels`` (read from their header before
@@ -43,7 +46,7 @@ from .metadata import ClassMetadata
 from .output import STAGING_SUFFIX, StagedOutput, check_output_dir, write_marker
 from .predictor import Predictor
 from .result import PanopticDepthResult
-from .tracker import Tracker, TrackerConfig
+from .tracker import SegmentTrack, Tracker, TrackerConfig, track_panoptic
 from .visualize import overlay, panoptic_to_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -63,15 +66,8 @@ class InferSummary:
 
 def cityscapes_panoptic(result: PanopticDepthResult, classes: ClassMetadata) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Our ids (trainId * divisor + k) -> Cityscapes panoptic ids and ``segments_info``."""
-    if not classes.dataset_ids:
-        raise ValueError("class metadata has no dataset ids (Cityscapes labelIds) to encode with")
+    ids = cityscapes_ids(result.panoptic, result.label_divisor, classes)
     lut = np.asarray(classes.dataset_ids, dtype=np.int64)
-    pan = result.panoptic.astype(np.int64)
-    cat = pan // result.label_divisor
-    inst = pan % result.label_divisor
-    valid = pan >= 0
-    label_ids = lut[np.where(valid, cat, 0)]
-    ids = np.where(valid, np.where(inst > 0, label_ids * 1000 + inst, label_ids), 0)
     info = []
     for s in result.segments:
         label_id = int(lut[s.category_id])
@@ -86,6 +82,18 @@ def cityscapes_panoptic(result: PanopticDepthResult, classes: ClassMetadata) -> 
             }
         )
     return ids, info
+
+
+def cityscapes_ids(panoptic: np.ndarray, label_divisor: int, classes: ClassMetadata) -> np.ndarray:
+    """A map of our ids (trainId * divisor + k, -1 void) -> Cityscapes ids (labelId * 1000 + k, labelId, 0 void)."""
+    if not classes.dataset_ids:
+        raise ValueError("class metadata has no dataset ids (Cityscapes labelIds) to encode with")
+    lut = np.asarray(classes.dataset_ids, dtype=np.int64)
+    pan = panoptic.astype(np.int64)
+    valid = pan >= 0
+    inst = pan % label_divisor
+    label_ids = lut[np.where(valid, pan // label_divisor, 0)]
+    return np.where(valid, np.where(inst > 0, label_ids * 1000 + inst, label_ids), 0)
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
@@ -123,7 +131,8 @@ def write_frame_outputs(
 ) -> tuple[list[Path], np.ndarray]:
     """All per-frame files for one frame; returns the paths and the overlay image.
 
-    Without depth (``result.depth`` None) the two depth files are not written.
+    Without depth (``result.depth`` None) the two depth files are not written; the
+    tracked panoptic PNG only for a tracked result.
     """
     ov = overlay(image, result, near=near, far=far, class_colors=classes.colors)
     ids, info = cityscapes_panoptic(result, classes)
@@ -132,10 +141,18 @@ def write_frame_outputs(
         "depth_png": out_dir / f"{name}_depth.png",
         "depth_npy": out_dir / f"{name}_depth.npy",
         "panoptic": out_dir / f"{name}_panoptic.png",
+        "tracked_panoptic": out_dir / f"{name}_tracked_panoptic.png",
         "segments": out_dir / f"{name}_segments.json",
     }
     write_image(paths["overlay"], ov)
     write_image(paths["panoptic"], panoptic_to_rgb(ids)[:, :, ::-1])
+    if result.tracked:
+        video = track_panoptic(result, [SegmentTrack(track_id=s.track_id) for s in result.segments])
+        write_image(
+            paths["tracked_panoptic"], panoptic_to_rgb(cityscapes_ids(video, result.label_divisor, classes))[:, :, ::-1]
+        )
+    else:
+        del paths["tracked_panoptic"]
     if result.depth is None:
         del paths["depth_png"], paths["depth_npy"]
     else:
@@ -148,6 +165,7 @@ def write_frame_outputs(
         "label_divisor": result.label_divisor,
         "tracked": result.tracked,
         "panoptic_png": paths["panoptic"].name,
+        "tracked_panoptic_png": paths["tracked_panoptic"].name if result.tracked else None,
         "segments_info": info,
         "segments": [{k: _json_safe(v) for k, v in asdict(s).items()} for s in result.segments],
         "timings": result.timings,

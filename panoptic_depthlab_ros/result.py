@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -89,7 +90,9 @@ class PanopticDepthResult:
         """A copy whose segments carry ``tracks`` (``Tracker.update(self, ...).tracks``, same order).
 
         The maps are shared, not copied; ``tracked`` is True.  What the messages, the
-        overlay, the markers and the files show of the tracks comes from here.
+        overlay, the markers and the files show of the tracks comes from here. A track's
+        finite ``depth`` becomes the segment's ``depth_mean`` (the same value unless the
+        tracker smooths depth, ``TrackerConfig.smooth_depth``).
         """
         if len(tracks) != len(self.segments):
             raise ValueError(f"{len(tracks)} tracks for {len(self.segments)} segments: pass this result's tracks")
@@ -100,6 +103,7 @@ class PanopticDepthResult:
                 track_age=t.track_age,
                 velocity=t.velocity,
                 time_to_contact=t.time_to_contact,
+                depth_mean=t.depth if math.isfinite(t.depth) else s.depth_mean,
             )
             for s, t in zip(self.segments, tracks, strict=True)
         ]

@@ -15,14 +15,15 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from panoptic_depthlab_ros.bag import BagError, replay_bag, typestore_with_our_messages
-from panoptic_depthlab_ros.errors import OutputError
+from panoptic_depthlab_ros.bag import replay_bag
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
+from panoptic_depthlab_ros.errors import BagError, OutputError
 from panoptic_depthlab_ros.geometry3d import point_cloud, segment_markers
 from panoptic_depthlab_ros.msg_conversions import pointcloud_to_array
 from panoptic_depthlab_ros.node_outputs import OUTPUT_NAMES
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.salvage import db3_is_cut_short, mcap_is_cut_short, salvage_db3, salvage_mcap
-from panoptic_depthlab_ros.tracker import SegmentTrack, Tracker, track_panoptic
+from panoptic_depthlab_ros.tracker import SegmentTrack, Tracker, TrackerConfig, track_panoptic
 from pdl_testing import REPO, rosbags_camera_info
 
 TS = get_typestore(Stores.ROS2_JAZZY)
@@ -125,7 +126,9 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
         assert [(s.track_id, s.track_age) for s in segs.segments] == [
             (s.track_id, s.track_age) for s in expected.segments
         ]
-        assert any(s.track_id for s in segs.segments)
+        # Ids show from the frame that confirms a track (the third); frames seen from the first.
+        assert any(s.track_age == i + 1 for s in segs.segments)
+        assert any(s.track_id for s in segs.segments) == (i >= TrackerConfig.confirm_frames - 1)
         tracked = got["/panoptic_depthlab/tracked_panoptic"][i][1]
         np.testing.assert_array_equal(
             np.frombuffer(tracked.data.tobytes(), np.int32).reshape(64, 128),
@@ -557,4 +560,4 @@ def test_old_segment_definition_is_read_from_the_bag(tmp_path: Path, predictor: 
         assert all(np.isnan(v) for v in (car.velocity.x, car.velocity.y, car.velocity.z, car.time_to_contact))
     # Today's outputs beside it, tracked.
     outputs = _read(tmp_path / "out")["/panoptic_depthlab/segments"]
-    assert len(outputs) == 2 and any(s.track_id for s in outputs[1][1].segments)
+    assert len(outputs) == 2 and any(s.track_age == 2 for s in outputs[1][1].segments)

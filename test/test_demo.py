@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from panoptic_depthlab_ros.bag import typestore_with_our_messages
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint
 from pdl_testing import REPO
 
@@ -68,8 +68,9 @@ def test_demo_six_frames_tracked(tmp_path: Path) -> None:
         segments = [ts.deserialize_cdr(raw, c.msgtype) for c, _, raw in r.messages(topic("segments"))]
         markers = [ts.deserialize_cdr(raw, c.msgtype) for c, _, raw in r.messages(topic("markers"))]
     ids = [{s.track_id: s.track_age for s in m.segments if s.track_id} for m in segments]
-    steady = set.intersection(*(set(frame) for frame in ids))
-    assert steady and all(ids[i][t] == i + 1 for t in steady for i in range(frames))  # one id each, ageing
+    assert not ids[0] and not ids[1]  # no id before a track is confirmed (its third frame)
+    steady = set.intersection(*(set(frame) for frame in ids[2:]))
+    assert steady and all(ids[i][t] == i + 1 for t in steady for i in range(2, frames))  # one id each, ageing
     last = [s for s in segments[-1].segments if s.track_id and np.isfinite(s.velocity.z)]
     arrows = [m for m in markers[-1].markers if m.ns == "velocities"]
     assert last and len(arrows) == len(last)  # an arrow per thing with a known velocity

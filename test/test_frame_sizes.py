@@ -22,7 +22,8 @@ from rosbags.rosbag2 import Reader
 
 from node_utils import NodeHarness, image_msg, random_image
 from panoptic_depthlab_ros import cli
-from panoptic_depthlab_ros.bag import replay_bag, typestore_with_our_messages
+from panoptic_depthlab_ros.bag import replay_bag
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.errors import InputError, NothingDoneError
 from panoptic_depthlab_ros.model.aspp import ASPP
 from panoptic_depthlab_ros.predictor import Predictor

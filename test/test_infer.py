@@ -179,9 +179,23 @@ def test_infer_tracks_the_things_of_a_video(tmp_path: Path, tiny_checkpoint: Pat
     docs = [json.loads((tmp_path / "out" / f"drive_{i:06d}_segments.json").read_text()) for i in range(4)]
     assert all(d["tracked"] for d in docs)
     things = [{s["id"]: (s["track_id"], s["track_age"]) for s in d["segments"] if s["is_thing"]} for d in docs]
-    assert things[0] and all(track_id > 0 for track_id, _ in things[0].values())
+    # Ids show once a track is confirmed (its third frame); frames seen count from the first.
+    assert things[0] and all(track == (0, 1) for track in things[0].values())
+    assert all(track_id > 0 for track_id, _ in things[2].values())
     for i, frame in enumerate(things):  # one id per thing over the video, ageing frame by frame
-        assert frame == {pid: (track_id, i + 1) for pid, (track_id, _) in things[0].items()}
+        ids = {pid: track_id if i >= 2 else 0 for pid, (track_id, _) in things[2].items()}
+        assert frame == {pid: (ids[pid], i + 1) for pid in things[0]}
+    # The tracked panoptic PNG: track ids as instances (0 before a track is confirmed), else as _panoptic.png.
+    for i, d in enumerate(docs):
+        assert d["tracked_panoptic_png"] == f"drive_{i:06d}_tracked_panoptic.png"
+        rgb = cv2.imread(str(tmp_path / "out" / d["tracked_panoptic_png"]))[:, :, ::-1].astype(np.int64)
+        video = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+        rgb = cv2.imread(str(tmp_path / "out" / d["panoptic_png"]))[:, :, ::-1].astype(np.int64)
+        pan = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+        for info, seg in zip(d["segments_info"], d["segments"], strict=True):  # same order
+            want = info["category_id"] * 1000 + seg["track_id"] if seg["track_id"] else info["category_id"]
+            assert set(np.unique(video[pan == info["id"]]).tolist()) == {want}
+        assert any(s["track_id"] for s in d["segments"]) == (i >= 2)
     stuff = [s for d in docs for s in d["segments"] if not s["is_thing"]]
     assert stuff and all(s["track_id"] == 0 and s["velocity"] == [None] * 3 for s in stuff)
     # Time is the frame index over the frame rate (0.2 s): a still thing's velocity, once known, is 0.
@@ -191,6 +205,7 @@ def test_infer_tracks_the_things_of_a_video(tmp_path: Path, tiny_checkpoint: Pat
     # A single image is no sequence: not tracked.
     still = json.loads((tmp_path / "out" / "still_segments.json").read_text())
     assert not still["tracked"] and all(s["track_id"] == 0 for s in still["segments"])
+    assert still["tracked_panoptic_png"] is None and not (tmp_path / "out" / "still_tracked_panoptic.png").exists()
 
     run_infer([src / "drive.mkv"], tmp_path / "off", predictor=pred, progress=False, tracking=False)
     off = json.loads((tmp_path / "off" / "drive_000003_segments.json").read_text())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from panoptic_depthlab_ros.bag import typestore_with_our_messages
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.msg_conversions import OUTPUT_ENCODINGS
 from panoptic_depthlab_ros.node_outputs import (

@@ -16,7 +16,8 @@ import pytest
 
 from node_utils import NodeHarness, image_msg, random_image
 
-PARAMS = {"qos_reliability": "reliable", "qos_depth": 100}
+# Ids from a track's first frame (tracking_report_tentative), so that every frame shows them.
+PARAMS = {"qos_reliability": "reliable", "qos_depth": 100, "tracking_report_tentative": True}
 OUTPUTS = ("segments", "tracked_panoptic", "panoptic")
 NS = 10**9
 

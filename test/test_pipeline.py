@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from node_utils import random_image
-from panoptic_depthlab_ros.bag import typestore_with_our_messages
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.node_outputs import OutputSettings
 from panoptic_depthlab_ros.pipeline import Frame, Pipeline, PipelineSettings, PipelineStats, in_passing_thread
 from panoptic_depthlab_ros.predictor import Predictor

@@ -30,6 +30,11 @@ def stamp(frame: float) -> int:
     return T0_NS + round(frame * DT * 1e9)
 
 
+def shown(**settings: object) -> TrackerConfig:
+    """Settings that give a track its id from its first frame, so that association shows at once."""
+    return TrackerConfig(report_tentative=True, **settings)  # type: ignore[arg-type]
+
+
 def track_of(frame, result, category: int, instance: int) -> SegmentTrack:
     i = segment_of(result, category, instance)
     assert i is not None, f"{category}:{instance} not visible"
@@ -52,6 +57,7 @@ def track_of(frame, result, category: int, instance: int) -> SegmentTrack:
         ("mask_samples", 2.5),
         ("border_px", -1),
         ("smooth_depth", "yes"),
+        ("report_tentative", 1),
         ("size_noise_px", -1.0),
         ("size_weight", math.inf),
     ],
@@ -67,7 +73,7 @@ def test_config_defaults_and_infinite_std_are_valid() -> None:
 
 
 def test_bad_stamps_and_results_raise_and_leave_the_state() -> None:
-    tracker = Tracker()
+    tracker = Tracker(shown())
     result = render([Thing(CAR, 1, (0.0, 1.0, 10.0))])
     first = tracker.update(result, stamp_ns=stamp(0))
     with pytest.raises(ValueError, match="exactly one of stamp_ns"):
@@ -93,7 +99,7 @@ def test_bad_stamps_and_results_raise_and_leave_the_state() -> None:
 
 # --------------------------------------------------------------------- states and ids
 def test_stuff_and_untracked_things_get_zero() -> None:
-    tracker = Tracker(TrackerConfig(min_area_px=50))
+    tracker = Tracker(shown(min_area_px=50))
     big = Thing(CAR, 1, (0.0, 1.0, 10.0))  # 1.8 m at 10 m: 17 x 14 px = 238 px
     tiny = Thing(PERSON, 1, (-3.0, 0.5, 40.0), (0.5, 1.7))  # 1 x 4 px: under min_area_px
     result = render([big, tiny])
@@ -115,7 +121,7 @@ def test_stuff_and_untracked_things_get_zero() -> None:
 
 
 def test_tentative_confirmed_lost_and_a_one_frame_false_positive() -> None:
-    tracker = Tracker(TrackerConfig(confirm_frames=3, max_lost_frames=2))
+    tracker = Tracker(shown(confirm_frames=3, max_lost_frames=2))
     car = Thing(CAR, 1, (0.0, 1.0, 10.0))
     ghost = Thing(PERSON, 1, (-3.0, 0.5, 8.0), (0.6, 1.7))
     states, counts = [], []
@@ -134,9 +140,33 @@ def test_tentative_confirmed_lost_and_a_one_frame_false_positive() -> None:
     assert counts == [(2, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 1), (0, 0, 0), (1, 0, 0)]
 
 
+def test_by_default_an_id_is_shown_once_its_track_is_confirmed() -> None:
+    tracker = Tracker()  # confirm_frames 3, report_tentative off
+    car = Thing(CAR, 1, (0.0, 1.0, 10.0))
+    ghost = Thing(PERSON, 1, (-3.0, 0.5, 8.0), (0.6, 1.7))
+    shown_ids, ghost_track = [], None
+    for f, things in enumerate([[car, ghost], [car], [car], [car]]):
+        result = render(things)
+        frame = tracker.update(result, stamp_ns=stamp(f))
+        track = track_of(frame, result, CAR, 1)
+        shown_ids.append((track.track_id, track.track_age, track.state))
+        if f == 0:
+            ghost_track = track_of(frame, result, PERSON, 1)
+            panoptic = track_panoptic(result, frame.tracks)
+    t, c = TrackState.TENTATIVE, TrackState.CONFIRMED
+    # Ids as with report_tentative (the ghost took 1, the car 2), but shown from the
+    # confirming frame on; frames seen and the state are reported all along.
+    assert shown_ids == [(0, 1, t), (0, 2, t), (2, 3, c), (2, 4, c)]
+    assert ghost_track is not None
+    assert (ghost_track.track_id, ghost_track.track_age, ghost_track.state) == (0, 1, t)
+    # The video panoptic map has instance 0 (untracked) for both in the first frame.
+    assert set(np.unique(panoptic)) >= {CAR * 1000, PERSON * 1000}
+    assert not set(np.unique(panoptic)) & {CAR * 1000 + 2, PERSON * 1000 + 1}
+
+
 def test_track_ids_stay_under_the_label_divisor_and_skip_live_ones() -> None:
     # label_divisor 5: ids 1..4 so that category * 5 + id stays a valid panoptic id.
-    tracker = Tracker(TrackerConfig(confirm_frames=1, max_lost_frames=0))
+    tracker = Tracker(shown(confirm_frames=1, max_lost_frames=0))
     keeper = Thing(CAR, 1, (0.0, 1.0, 10.0))
     seen = []
     for f in range(6):  # the keeper stays; a new person each frame lives one frame
@@ -179,18 +209,18 @@ def test_two_crossing_cars_hidden_for_frames_keep_their_ids(centroid: str) -> No
     # then seen on A's other side, partly covered at first. In frame 0 B is car 1 and A car 2,
     # so B's track is id 1 and A's id 2. The lost B is re-identified from its predicted
     # position (3D, or the box centre without intrinsics).
-    ids_a, ids_b = _cross(Tracker(), 16.0, 0.5, centroid)
+    ids_a, ids_b = _cross(Tracker(shown()), 16.0, 0.5, centroid)
     assert [f for f, i in enumerate(ids_b) if i is None] == [12, 13, 14, 15]
     assert set(ids_a) == {2} and {i for i in ids_b if i is not None} == {1}
     # Without the re-identification window B comes back as a new track (and A is unaffected).
-    ids_a, ids_b = _cross(Tracker(TrackerConfig(max_lost_frames=0)), 16.0, 0.5, centroid)
+    ids_a, ids_b = _cross(Tracker(shown(max_lost_frames=0)), 16.0, 0.5, centroid)
     assert set(ids_a) == {2} and ids_b[16:] == [3] * 25
 
 
 def test_subsampled_masks_keep_the_crossing_ids() -> None:
     # mask_samples 1024 on 128x256: the IoU grid has stride isqrt(32768 // 1024) = 5 (26 x 52
     # samples); B (33 x 12 px at its smallest full view) still has ~15 samples.
-    ids_a, ids_b = _cross(Tracker(TrackerConfig(mask_samples=1024)), 16.0, 0.5, "visible")
+    ids_a, ids_b = _cross(Tracker(shown(mask_samples=1024)), 16.0, 0.5, "visible")
     assert set(ids_a) == {2} and {i for i in ids_b if i is not None} == {1}
 
 
@@ -201,7 +231,7 @@ def test_two_crossing_cars_at_close_depths_never_swap(centroid: str) -> None:
     # centroid jumps 4 m, so B's track cannot follow it and loses B (a new id for B), but
     # the assignment must never hand A's segment to B's track and B's sliver to A's (two
     # allowed but poor pairs beat one good pair if forbidden pairs cost "infinity").
-    ids_a, ids_b = _cross(Tracker(), 13.0, 0.95, centroid)
+    ids_a, ids_b = _cross(Tracker(shown()), 13.0, 0.95, centroid)
     assert set(ids_a) == {2}
     assert 2 not in ids_b and ids_b[0] == 1
     if centroid == "true":  # exact centroids: B keeps its id too
@@ -210,7 +240,7 @@ def test_two_crossing_cars_at_close_depths_never_swap(centroid: str) -> None:
 
 def test_association_is_class_consistent() -> None:
     # A person stands exactly where the car was (same place, same depth): it is not the car.
-    tracker = Tracker(TrackerConfig(confirm_frames=1))
+    tracker = Tracker(shown(confirm_frames=1))
     place = (0.0, 1.0, 10.0)
     car, person = Thing(CAR, 1, place), Thing(PERSON, 1, place, (1.8, 1.5))
     r0 = render([car])
@@ -230,7 +260,7 @@ def test_occluded_car_is_reidentified_within_the_window_only(hidden: int) -> Non
     # max_lost_frames 5: a confirmed car unseen for up to 5 frames keeps its id, for 6 it is new.
     # The car drives right at 3 m/s at 15 m: while hidden it moves 0.3 m per frame, which the
     # filter's prediction follows (its velocity is known by then).
-    tracker = Tracker(TrackerConfig(max_lost_frames=5))
+    tracker = Tracker(shown(max_lost_frames=5))
     other = Thing(CAR, 7, (-2.0, 1.0, 30.0))  # an unrelated car far away, always visible
     ids = []
     for f in range(8 + hidden + 3):
@@ -252,7 +282,7 @@ def test_a_thing_faster_than_its_width_per_frame_keeps_its_id() -> None:
     # unshifted last mask would overlap the stander fully and hand it the runner's track.
     # Shifted by the motion its box filter predicts, it overlaps the runner.
     k = intrinsics(96, 192, focal=300.0)
-    tracker = Tracker(TrackerConfig(confirm_frames=1))
+    tracker = Tracker(shown(confirm_frames=1))
     runner_ids, stander_ids = [], []
     for f in range(10):
         runner = Thing(PERSON, 1 + f % 2, (-3.0 + 0.6 * f, 0.5, 12.0), (0.6, 1.7))
@@ -273,7 +303,7 @@ def test_a_lost_track_with_an_unsure_velocity_waits_where_it_was_seen() -> None:
     # says it closes at 50 m/s (std 18 m/s at 40 m, over velocity_max_std_mps), which would
     # carry its prediction to 5 m in the 6 frames it then goes unseen. Predicted where it was
     # last matched instead, it is re-identified when it shows again at 40 m.
-    tracker = Tracker(TrackerConfig(confirm_frames=1))
+    tracker = Tracker(shown(confirm_frames=1))
     ids = []
     for f, z in [(0, 40.0), (1, 35.0), (7, 40.0), (8, 40.0)]:
         result = render([Thing(CAR, 1, (0.0, 1.0, z))])
@@ -290,7 +320,7 @@ def test_a_lost_track_with_a_known_velocity_is_found_where_it_went() -> None:
     # carrying the prediction: the car keeps id 1 and the newcomer gets id 2. Snapped back
     # to where it was last seen, the track would take the newcomer (distance 0) instead.
     k = intrinsics(96, 384, 96.0)
-    tracker = Tracker()
+    tracker = Tracker(shown())
     last_seen_x = -6.0 + 0.8 * 9
     for f in range(20):
         things = [] if 10 <= f < 18 else [Thing(CAR, 1, (-6.0 + 0.8 * f, 1.0, 15.0))]
@@ -310,7 +340,7 @@ def test_area_ratio_keeps_the_track_on_the_whole_thing(size_weight: float, full_
     # a fragment of a quarter of its area shows where it was (IoU 0.24, distance 0: cost 0.76).
     # The area ratio adds 0.5 * min(|ln(56 / 238)| / ln 4, 1) = 0.5 to the fragment's cost, so
     # the track stays on the whole car; without it the fragment takes the track.
-    tracker = Tracker(TrackerConfig(size_weight=size_weight))
+    tracker = Tracker(shown(size_weight=size_weight))
     for f in range(4):
         tracker.update(render([Thing(CAR, 1, (0.0, 1.0, 10.0))]), stamp_ns=stamp(f))
     result = render([Thing(CAR, 2, (1.0, 1.0, 10.0)), Thing(CAR, 3, (0.0, 1.0, 10.0), (0.9, 0.75))])
@@ -329,7 +359,7 @@ def test_time_jumps_reset_the_tracks(jump: float, reason: str) -> None:
     # A looping bag jumps back; a repeated stamp is no motion; a gap over max_gap_s (1 s)
     # leaves too little of the scene to predict. Each drops every track, says why, and the
     # next id comes up (ids are not reused after a reset).
-    tracker = Tracker()
+    tracker = Tracker(shown())
     car = Thing(CAR, 1, (0.0, 1.0, 10.0))
     result = render([car])
     for f in range(5):
@@ -346,7 +376,7 @@ def test_time_jumps_reset_the_tracks(jump: float, reason: str) -> None:
 
 
 def test_gap_at_the_limit_does_not_reset() -> None:
-    tracker = Tracker(TrackerConfig(max_gap_s=0.5))
+    tracker = Tracker(shown(max_gap_s=0.5))
     result = render([Thing(CAR, 1, (0.0, 1.0, 10.0))])
     tracker.update(result, stamp_s=100.0)
     frame = tracker.update(result, stamp_s=100.5)
@@ -355,7 +385,7 @@ def test_gap_at_the_limit_does_not_reset() -> None:
 
 
 def test_manual_reset_forgets_tracks_and_stamp() -> None:
-    tracker = Tracker()
+    tracker = Tracker(shown())
     result = render([Thing(CAR, 1, (0.0, 1.0, 10.0))])
     tracker.update(result, stamp_s=10.0)
     tracker.reset()
@@ -383,7 +413,7 @@ def test_constant_velocity_and_time_to_contact_are_exact() -> None:
     # whole pixels, so the rate of their inverse is exact only on average.
     v = (1.0, -0.2, -10.0)
     p0 = (-2.0, 1.0, 40.0)
-    tracker = Tracker(TrackerConfig(velocity_min_frames=3, velocity_max_std_mps=math.inf, size_noise_px=0.0))
+    tracker = Tracker(shown(velocity_min_frames=3, velocity_max_std_mps=math.inf, size_noise_px=0.0))
     tracks = _drive(tracker, range(12), lambda t: tuple(p + dv * t for p, dv in zip(p0, v, strict=True)))
     for f, (_, track) in enumerate(tracks):
         z = p0[2] + v[2] * f * DT
@@ -400,7 +430,7 @@ def test_dropped_frames_widen_dt_and_the_velocity_stays_right() -> None:
     # box heights).
     v = (2.0, 0.0, -5.0)
     p0 = (-3.0, 1.0, 25.0)
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0))
+    tracker = Tracker(shown(velocity_max_std_mps=math.inf, size_noise_px=0.0))
     frames = [0, 1, 2, 5, 9, 10, 11]
     tracks = _drive(tracker, frames, lambda t: tuple(p + dv * t for p, dv in zip(p0, v, strict=True)))
     assert [round(fr.dt_s, 9) for fr, _ in tracks[1:]] == [0.1, 0.1, 0.3, 0.4, 0.1, 0.1]
@@ -420,7 +450,7 @@ def test_velocity_from_noisy_depth_is_within_its_derived_error() -> None:
     sigma, n = 0.3, 40
     rng = np.random.default_rng(3)
     noise = rng.normal(0.0, sigma, n)
-    tracker = Tracker(TrackerConfig(accel_noise_mps2=0.0, velocity_max_std_mps=math.inf))
+    tracker = Tracker(shown(accel_noise_mps2=0.0, velocity_max_std_mps=math.inf))
     tracks = _drive(tracker, range(n), lambda t: (0.0, 1.0, 24.0 - 2.0 * t + noise[round(t / DT)]))
     bound = 4 * sigma * math.sqrt(12 / (n * (n * n - 1))) / DT
     assert abs(tracks[-1][1].velocity[2] - (-2.0)) < bound
@@ -430,7 +460,7 @@ def test_velocity_from_noisy_depth_is_within_its_derived_error() -> None:
 def test_receding_and_still_things_never_contact() -> None:
     # Receding (vz = +5 m/s) and still (vz = 0, below min_closing_speed_mps): TTC +inf.
     # Looming off, so that the receding velocity is exact (box heights are whole pixels).
-    config = TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0)
+    config = shown(velocity_max_std_mps=math.inf, size_noise_px=0.0)
     receding = _drive(Tracker(config), range(6), lambda t: (0.0, 1.0, 10.0 + 5.0 * t))
     still = _drive(Tracker(config), range(6), lambda t: (1.0, 1.0, 10.0))
     assert receding[-1][1].velocity[2] == pytest.approx(5.0, abs=1e-9)
@@ -443,7 +473,7 @@ def test_without_intrinsics_only_vz_and_ttc_are_known() -> None:
     # and the time to contact are right as with intrinsics, up to the float32 depth map:
     # each depth is off by at most 2^-24 * 20 m = 1.2e-6 m, the two-point velocity by at most
     # 2 * 1.2e-6 / 0.1 = 2.4e-5 m/s (looming off: whole-pixel box heights).
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, size_noise_px=0.0))
+    tracker = Tracker(shown(velocity_max_std_mps=math.inf, size_noise_px=0.0))
     tracks = _drive(tracker, range(6), lambda t: (-1.0 + 2.0 * t, 1.0, 20.0 - 8.0 * t), centroid="none")
     track = tracks[-1][1]
     assert math.isnan(track.velocity[0]) and math.isnan(track.velocity[1])
@@ -458,7 +488,7 @@ def test_velocity_waits_for_its_standard_deviation() -> None:
     # covariance then falls under 2 m/s at its 6th measurement (frame index 5): the
     # recursion P <- predict(P) with accel_noise 2 m/s^2, then update with R = 0.49 m^2,
     # gives sigma_v = 5.0, 3.2, 2.3, 1.9 m/s after measurements 3..6.
-    tracker = Tracker()
+    tracker = Tracker(shown())
     tracks = _drive(tracker, range(30), lambda t: (0.0, 1.0, 20.0))
     known = [not math.isnan(tr.velocity[2]) for _, tr in tracks]
     assert known.index(True) == 5 and all(known[5:])
@@ -480,10 +510,10 @@ def test_a_car_cut_by_the_image_border_keeps_its_velocity() -> None:
     x_max = [render([Thing(CAR, 1, (-4.0 + 0.8 * f, 1.0, 15.0))]).segments[-1].x_max for f in frames]
     cut_from = next(f for f, x in enumerate(x_max) if x > 192 - 1 - 2)
     assert cut_from == 23
-    vx = run(TrackerConfig(velocity_max_std_mps=math.inf))
+    vx = run(shown(velocity_max_std_mps=math.inf))
     assert all(abs(v - 8.0) < 0.25 for v in vx[2:])
     assert vx[cut_from:] == [vx[cut_from - 1]] * 2  # coasting: the filter's velocity as it was
-    measured = run(TrackerConfig(velocity_max_std_mps=math.inf, border_px=0))
+    measured = run(shown(velocity_max_std_mps=math.inf, border_px=0))
     assert measured[2:cut_from] == vx[2:cut_from] and measured[-1] < 7.6
 
 
@@ -494,7 +524,7 @@ def test_depth_and_centroid_follow_the_median_depth() -> None:
     # the velocity is then exact (two-point start and zero innovations, as for exact centroids;
     # looming off: whole-pixel box heights).
     rng = np.random.default_rng(2)
-    tracker = Tracker(TrackerConfig(velocity_max_std_mps=math.inf, smooth_depth=True, size_noise_px=0.0))
+    tracker = Tracker(shown(velocity_max_std_mps=math.inf, smooth_depth=True, size_noise_px=0.0))
     for f in range(8):
         z = 30.0 - 1.0 * f
         result = render([Thing(CAR, 1, (2.0, 1.0, z))])
@@ -514,7 +544,7 @@ def _approach_with_noisy_depth(size_noise_px: float) -> np.ndarray:
     """vz error per frame of a car closing at 8 m/s from 30 m, depth read with 4 % noise."""
     rng = np.random.default_rng(5)
     size, k = (240, 480), intrinsics(240, 480)
-    tracker = Tracker(TrackerConfig(size_noise_px=size_noise_px))
+    tracker = Tracker(shown(size_noise_px=size_noise_px))
     errors = []
     for f in range(30):
         result = render([Thing(CAR, 1, (1.0, 0.5, 30.0 - 0.8 * f))], size=size, k=k)
@@ -553,7 +583,7 @@ def test_looming_of_a_box_being_covered_is_left_out() -> None:
     k = intrinsics(240, 480)
 
     def run(size_noise_px: float) -> list[float]:
-        tracker = Tracker(TrackerConfig(size_noise_px=size_noise_px))
+        tracker = Tracker(shown(size_noise_px=size_noise_px))
         out = []
         for f in range(16):
             result = render([Thing(CAR, 1, (1.0, 0.5, 30.0 - 0.8 * f))], size=(240, 480), k=k)
@@ -580,13 +610,16 @@ def test_depth_smoothing_cuts_flicker_of_a_still_car() -> None:
     noise = rng.normal(0.0, 0.6, 60)
     smooth, raw = [], []
     for on, sink in ((True, smooth), (False, raw)):
-        tracker = Tracker(TrackerConfig(smooth_depth=on))
+        tracker = Tracker(shown(smooth_depth=on))
         for f in range(60):
             result = render([Thing(CAR, 1, (0.0, 1.0, 20.0 + noise[f]))])
             frame = tracker.update(result, stamp_ns=stamp(f))
             track = track_of(frame, result, CAR, 1)
+            i = segment_of(result, CAR, 1)
             if not on:
-                assert track.depth == result.segments[segment_of(result, CAR, 1)].depth_mean
+                assert track.depth == result.segments[i].depth_mean
+            # What the messages, overlay and files show: the track's depth as the segment's.
+            assert result.with_tracks(frame.tracks).segments[i].depth_mean == track.depth
             sink.append(track.depth)
     flicker_raw = np.mean(np.abs(np.diff(raw[10:])))
     flicker_smooth = np.mean(np.abs(np.diff(smooth[10:])))
@@ -596,7 +629,7 @@ def test_depth_smoothing_cuts_flicker_of_a_still_car() -> None:
 
 # --------------------------------------------------------------------- video panoptic map
 def test_track_panoptic_uses_track_ids_as_instances() -> None:
-    tracker = Tracker()
+    tracker = Tracker(shown())
     a, b = Thing(CAR, 5, (-2.0, 1.0, 10.0)), Thing(PERSON, 9, (2.0, 0.5, 8.0), (0.6, 1.7))
     result = render([a, b])
     result.panoptic[0, 0] = -1  # a void pixel stays void

@@ -158,7 +158,7 @@ def test_infer_writes_no_depth_files_unless_asked(tmp_path: Path, converted_chec
 def test_bag_has_no_depth_topic_unless_asked(tmp_path: Path, converted_checkpoint: Path) -> None:
     from rosbags.rosbag2 import Reader
 
-    from panoptic_depthlab_ros.bag import typestore_with_our_messages
+    from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 
     src = write_image_bag(tmp_path / "in", [random_image(i, 64, 128) for i in range(2)])
     plain = Predictor.from_checkpoint(converted_checkpoint, device="cpu")

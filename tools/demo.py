@@ -48,7 +48,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys.store import Typestore
 from sensor_msgs.msg import CameraInfo, Image
 
-from panoptic_depthlab_ros.bag import typestore_with_our_messages
+from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.exit_codes import run_command
@@ -328,23 +328,23 @@ def write_overlays(out: Path, overlays: list[bytes], ts: Typestore) -> None:
 def tracking_summary(frames: list[Any]) -> dict[str, Any]:
     """What the node tracked over the recorded ``SegmentDepthArray`` messages (in order).
 
-    tracks: track ids seen in at least ``confirm_frames`` frames (the default; shorter ones
-    are mostly a small thing the model sees in one frame and not the next);
-    longest_track_frames: the most frames one id was seen in; with_velocity_per_frame:
-    things whose velocity was known; closing: the track ids that came closer at some
-    frame ("car #12 14.3 m, 2.1 m/s closing" in the overlay).
+    tracks: track ids shown (a track's id shows once it is confirmed, so a small thing the
+    model sees in one frame and not the next has none); longest_track_frames: the most
+    frames one of them was seen in (its track_age); with_velocity_per_frame: things whose
+    velocity was known; closing: the track ids that came closer at some frame ("car #12
+    14.3 m, 2.1 m/s closing" in the overlay).
     """
     seen: dict[int, int] = {}
     with_velocity, closing = [], set()
     for msg in frames:
         things = [s for s in msg.segments if s.track_id]
         for s in things:
-            seen[s.track_id] = seen.get(s.track_id, 0) + 1
+            seen[s.track_id] = max(seen.get(s.track_id, 0), s.track_age)
             if s.velocity.z < 0 and np.isfinite(s.time_to_contact):
                 closing.add(s.track_id)
         with_velocity.append(sum(bool(np.isfinite(s.velocity.z)) for s in things))
     return {
-        "tracks": sum(n >= TrackerConfig.confirm_frames for n in seen.values()),
+        "tracks": len(seen),
         "longest_track_frames": max(seen.values(), default=0),
         "with_velocity_per_frame": with_velocity,
         "closing": sorted(closing),

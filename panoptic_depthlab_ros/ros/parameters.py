@@ -327,6 +327,12 @@ class NodeSettings:
         "track_age is below this and it may still vanish.",
         bounds=(1, 100),
     )
+    tracking_report_tentative: bool = parameter(
+        TrackerConfig.report_tentative,
+        "Give a thing its track_id from the first frame its track is seen. Off: track_id stays 0 until "
+        "the track is confirmed (track_age shows the frames seen meanwhile), so an id once shown is one "
+        "the tracker keeps following.",
+    )
     tracking_max_lost_frames: int = parameter(
         TrackerConfig.max_lost_frames,
         "Frames a confirmed track may go unseen (hidden, missed) and still get its id back.",
@@ -362,6 +368,23 @@ class NodeSettings:
         TrackerConfig.min_closing_speed_mps,
         "Closing slower than this (m/s) counts as not closing: time_to_contact +inf.",
         bounds=(0.0, 100.0),
+    )
+    tracking_smooth_depth: bool = parameter(
+        TrackerConfig.smooth_depth,
+        "Report a tracked thing's filtered depth (in ~/segments depth_mean, the overlay and markers) "
+        "instead of its segment's own: less flicker, some lag when it brakes.",
+    )
+    tracking_size_noise_px: float = parameter(
+        TrackerConfig.size_noise_px,
+        "Standard deviation (px) of a box height, for looming (the growth of a thing's box, fused into "
+        "its closing speed where it agrees with the depth's rate); 0 turns looming off.",
+        bounds=(0.0, 100.0),
+    )
+    tracking_size_weight: float = parameter(
+        TrackerConfig.size_weight,
+        "Weight of the area change in the association cost (a fragment or a merged mask changes its "
+        "area far more than a thing does between frames); 0 turns it off.",
+        bounds=(0.0, 10.0),
     )
     # Outputs: one switch per output of the table, in its order (a test checks that).
     publish_segments: bool = output_switch("segments")

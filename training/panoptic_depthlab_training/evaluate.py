@@ -248,6 +248,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="with --video: track the ground-truth segments instead of a model's (what the tracker alone does)",
     )
+    parser.add_argument(
+        "--report-tentative",
+        action="store_true",
+        help="with --video: give tracks their ids from their first frame, before they are confirmed (as VPQ"
+        " benchmarks expect of every thing; the product shows an id once its track is confirmed)",
+    )
     parser.add_argument("--json", type=Path, help="write the metrics here")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
@@ -291,8 +297,9 @@ def _dataset_problem(root: Path, split: str) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``evaluate`` from parsed arguments; prints the table, returns the exit code."""
-    if args.ground_truth and not args.video:
-        raise PanopticDepthLabError("--ground-truth goes with --video")
+    for flag, given in (("--ground-truth", args.ground_truth), ("--report-tentative", args.report_tentative)):
+        if given and not args.video:
+            raise PanopticDepthLabError(f"{flag} goes with --video")
     if args.video:
         from . import video_evaluate  # imports this module: bound at call time
 

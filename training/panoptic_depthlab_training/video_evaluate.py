@@ -190,7 +190,7 @@ def main(args: argparse.Namespace) -> int:
             "scales": list(args.scales),
             "input_scale": predictor.model_config.input_scale,
         }
-    tracker_config = TrackerConfig()
+    tracker_config = TrackerConfig(report_tentative=args.report_tentative)
     evaluation = evaluate_sequences(
         predict,
         sequences,

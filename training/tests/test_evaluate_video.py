@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
+from panoptic_depthlab_ros.tracker import TrackerConfig
 from panoptic_depthlab_training import cli
 from panoptic_depthlab_training.synth.sequences import generate_sequences
 from panoptic_depthlab_training.video_dataset import list_sequences
@@ -29,10 +30,25 @@ def root(tmp_path_factory) -> Path:
 
 def test_ground_truth_through_the_tracker(root):
     metadata = cityscapes_metadata()
-    ev = evaluate_sequences(
-        ground_truth_fn(metadata), list_sequences(root, "val"), metadata=metadata, max_depth=None, progress=False
-    )
-    video, frames = ev.video.summary(), ev.frames.summary()
+    runs = {
+        shown: evaluate_sequences(
+            ground_truth_fn(metadata),
+            list_sequences(root, "val"),
+            metadata=metadata,
+            tracker_config=TrackerConfig(report_tentative=shown),
+            max_depth=None,
+            progress=False,
+        )
+        for shown in (True, False)
+    }
+    # By default a thing has instance 0 in its track's first two frames (not confirmed yet):
+    # those frames' things merge into one segment per class, so window 1 scores under the
+    # per-frame PQ; fewer frames count as tracked, and no more switches.
+    default, shown = runs[False].video.summary(), runs[True].video.summary()
+    assert 80.0 < default["VPQ_k1"] < 100.0 and runs[False].frames.summary()["PQ"] == pytest.approx(100.0)
+    assert default["tracked_frames"] < shown["tracked_frames"] and default["id_switches"] <= shown["id_switches"]
+    # With every track's id shown, the tracked map is the true one up to instance ids.
+    video, frames = shown, runs[True].frames.summary()
     assert (video["sequences"], video["frames"]) == (SEQUENCES, SEQUENCES * FRAMES)
     assert video["VPQ_k1"] == pytest.approx(100.0) and video["DVPQ_k1"] == pytest.approx(100.0)
     assert frames["PQ"] == pytest.approx(100.0) and frames["DPQ"] == pytest.approx(100.0)
@@ -61,12 +77,16 @@ def test_cli_evaluate_video_end_to_end(root, tiny_checkpoint, tmp_path, capsys):
         assert doc[key] is None or 0.0 <= doc[key] <= 100.0, key
     assert [row["min_m"] for row in doc["velocity"]] == [0.0, 20.0, 40.0, 80.0]
     assert doc["ttc"]["max_depth_m"] == 30.0 and "id_switches_per_100" in doc
-    # The tracked map differs from the per-frame one in instance ids only (every thing is
-    # tracked): a window of one frame scores exactly the per-frame PQ and DPQ.
-    assert doc["VPQ_k1"] == pytest.approx(doc["per_frame"]["PQ"])
-    assert doc["DVPQ_k1"] == pytest.approx(doc["per_frame"]["DPQ"])
     assert not math.isnan(doc["per_frame"]["AbsRel"])
     assert doc["info"]["tracker"]["border_px"] == 2 and doc["info"]["split"] == "val"
+    assert doc["info"]["tracker"]["report_tentative"] is False
+    # With every track's id shown the tracked map differs from the per-frame one in instance
+    # ids only: a window of one frame scores exactly the per-frame PQ and DPQ.
+    assert cli.main([*args, "--json", str(out), "--no-progress", "--device", "cpu", "--report-tentative"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["info"]["tracker"]["report_tentative"] is True
+    assert doc["VPQ_k1"] == pytest.approx(doc["per_frame"]["PQ"])
+    assert doc["DVPQ_k1"] == pytest.approx(doc["per_frame"]["DPQ"])
 
 
 def test_cli_evaluate_video_refusals(root, tiny_checkpoint, tmp_path, capsys):
@@ -95,9 +115,12 @@ def test_cli_evaluate_video_refusals(root, tiny_checkpoint, tmp_path, capsys):
 def test_cli_evaluate_video_ground_truth(root, tmp_path, capsys):
     out = tmp_path / "truth.json"
     args = ["evaluate", "--video", "--ground-truth", "--data", str(root), "--json", str(out), "--no-progress"]
+    args.append("--report-tentative")  # every thing with its id: the true map scores 100
     assert cli.main(args) == 0
     doc = json.loads(out.read_text())
     assert doc["VPQ_k1"] == pytest.approx(100.0) and doc["per_frame"]["DPQ"] == pytest.approx(100.0)
     assert doc["info"]["predictor"] == "ground truth" and "checkpoint" not in doc["info"]
     assert cli.main(["evaluate", "--ground-truth", "--data", str(root)]) == 2
     assert "--ground-truth goes with --video" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--report-tentative", "--checkpoint", "x.safetensors", "--data", str(root)]) == 2
+    assert "--report-tentative goes with --video" in capsys.readouterr().err

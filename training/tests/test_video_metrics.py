@@ -315,9 +315,9 @@ def test_tracker_output_in_the_video_convention_scores_full_vpq() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "test"))
     from tracking_scenes import Thing, intrinsics, render  # noqa: PLC0415
 
-    from panoptic_depthlab_ros.tracker import Tracker, track_panoptic  # noqa: PLC0415
+    from panoptic_depthlab_ros.tracker import Tracker, TrackerConfig, track_panoptic  # noqa: PLC0415
 
-    tracker = Tracker()
+    tracker = Tracker(TrackerConfig(report_tentative=True))  # ids from the first frame: every window scores
     tracked, raw = VideoPanopticEvaluator(), VideoPanopticEvaluator()
     for f in range(8):
         ia, ib = (1, 2) if f % 2 else (2, 1)
