@@ -10,7 +10,6 @@ right up to ``size_divisibility``: normalisation happens before padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import cv2
 import numpy as np
@@ -20,7 +19,6 @@ from torch import Tensor
 
 from .errors import InputError
 from .model import ModelConfig
-from .parallel import MAX_LANES, lanes_for, run_parallel
 
 
 @dataclass(frozen=True)
@@ -100,9 +98,8 @@ def prepare_image(
 def _normalised_cpu(img: np.ndarray, config: ModelConfig) -> Tensor:
     """[1, 3, Hp, Wp] of BGR ``img`` [h, w, 3]: the same float32 values as the torch path.
 
-    Channel by channel in numpy, written into the zero padding (no separate transpose or
-    padding copy), the channels side by side in the lanes of :mod:`.parallel` (torch's
-    OpenMP threads cost more than the work on a busy CPU).
+    Channel by channel in numpy, written into the zero padding: no separate transpose or
+    padding copy, and no OpenMP threads (which cost more than the work on a busy CPU).
     """
     h, w = img.shape[:2]
     d = max(config.size_divisibility, 1)
@@ -111,13 +108,11 @@ def _normalised_cpu(img: np.ndarray, config: ModelConfig) -> Tensor:
     if config.input_format == "RGB":
         planes = planes[::-1]
     array = out.numpy()
-
-    def channel(c: int) -> None:
+    for c, plane in enumerate(planes):
         dst = array[0, c, :h, :w]
-        np.subtract(planes[c], np.float32(config.pixel_mean[c]), out=dst, dtype=np.float32)  # as torch: float32
+        dst[...] = plane  # uint8 -> float32, exact
+        np.subtract(dst, np.float32(config.pixel_mean[c]), out=dst)  # as torch: in float32
         np.divide(dst, np.float32(config.pixel_std[c]), out=dst)
-
-    run_parallel([partial(channel, c) for c in range(3)], lanes_for(h * w, min(torch.get_num_threads(), MAX_LANES)))
     return out
 
 
