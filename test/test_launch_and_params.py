@@ -242,7 +242,7 @@ def test_every_parameter_is_described_and_bounded() -> None:
         "depth_erosion_px",
         "overlay_near_m",
         "overlay_far_m",
-    }
+    } | {name for name in SPECS if name.startswith("tracking_")}
 
 
 def test_node_declares_exactly_the_yaml(ros_context, tiny_checkpoint) -> None:

@@ -146,3 +146,25 @@ def test_tracks_are_forgotten_on_deactivate_and_cleanup(ros_context, tiny_checkp
         time.sleep(0.1)
     finally:
         h.close()
+
+
+def test_tracking_settings_change_at_run_time_and_start_new_tracks(harness) -> None:
+    from rclpy.parameter import Parameter
+
+    h = harness
+    h.wait_connected()
+    bgr = random_image(7)
+    first = _things(_send(h, bgr, (50, 0)))
+    assert first and all(track_id > 0 and age == 1 for track_id, age in first.values())  # ids shown at once
+    assert _things(_send(h, bgr, (50, 100_000_000))) == {pid: (t, 2) for pid, (t, _) in first.items()}
+    result = h.node.set_parameters([Parameter("tracking_report_tentative", value=False)])[0]
+    assert result.successful, result.reason
+    # The next frame starts new tracks with the new settings: seen once, not confirmed, no id shown.
+    again = _things(_send(h, bgr, (50, 200_000_000)))
+    assert set(again) == set(first) and all(track == (0, 1) for track in again.values())
+    assert h.node.pipeline.cameras[0].tracker.config.report_tentative is False
+    # Tracking itself (which decides the publishers) and bad values are refused, naming why.
+    refused = h.node.set_parameters([Parameter("tracking", value=False)])[0]
+    assert not refused.successful and "read-only parameter: tracking" in refused.reason
+    refused = h.node.set_parameters([Parameter("tracking_velocity_min_frames", value=1)])[0]
+    assert not refused.successful and "tracking_velocity_min_frames" in refused.reason

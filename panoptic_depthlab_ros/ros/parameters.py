@@ -313,7 +313,8 @@ class NodeSettings:
         bounds=(0.0, 1000.0),
         dynamic=True,
     )
-    # Tracking (docs/tracking.md); the other TrackerConfig settings keep their defaults.
+    # Tracking (docs/tracking.md); the other TrackerConfig settings keep their defaults. The
+    # tracking_* settings may change at run time: each camera's tracks start afresh with them.
     tracking: bool = parameter(
         True,
         "Track thing segments over frames: stable track ids, velocity and time to contact in ~/segments, "
@@ -326,65 +327,77 @@ class NodeSettings:
         "Frames in a row a new track must be seen before it is confirmed; until then its "
         "track_age is below this and it may still vanish.",
         bounds=(1, 100),
+        dynamic=True,
     )
     tracking_report_tentative: bool = parameter(
         TrackerConfig.report_tentative,
         "Give a thing its track_id from the first frame its track is seen. Off: track_id stays 0 until "
         "the track is confirmed (track_age shows the frames seen meanwhile), so an id once shown is one "
         "the tracker keeps following.",
+        dynamic=True,
     )
     tracking_max_lost_frames: int = parameter(
         TrackerConfig.max_lost_frames,
         "Frames a confirmed track may go unseen (hidden, missed) and still get its id back.",
         bounds=(0, 1000),
+        dynamic=True,
     )
     tracking_max_gap_s: float = parameter(
         TrackerConfig.max_gap_s,
         "A gap between image stamps over this (s) drops every track.",
         bounds=(0.001, 3600.0),
+        dynamic=True,
     )
     tracking_min_area_px: int = parameter(
         TrackerConfig.min_area_px,
         "Thing segments smaller than this (pixels) stay untracked (track_id 0).",
         bounds=(1, 1 << 30),
+        dynamic=True,
     )
     tracking_accel_noise_mps2: float = parameter(
         TrackerConfig.accel_noise_mps2,
         "Unmodelled acceleration of the motion filter (m/s^2): larger follows braking and turns sooner, "
         "smaller smooths the velocity more.",
         bounds=(0.0, 100.0),
+        dynamic=True,
     )
     tracking_velocity_min_frames: int = parameter(
         TrackerConfig.velocity_min_frames,
         "Measurements a track needs before its velocity (and time to contact) is reported instead of NaN.",
         bounds=(2, 1000),
+        dynamic=True,
     )
     tracking_velocity_max_std_mps: float = parameter(
         TrackerConfig.velocity_max_std_mps,
         "A velocity is reported only once the filter's standard deviation of it is at most this (m/s).",
         bounds=(0.01, 1000.0),
+        dynamic=True,
     )
     tracking_min_closing_speed_mps: float = parameter(
         TrackerConfig.min_closing_speed_mps,
         "Closing slower than this (m/s) counts as not closing: time_to_contact +inf.",
         bounds=(0.0, 100.0),
+        dynamic=True,
     )
     tracking_smooth_depth: bool = parameter(
         TrackerConfig.smooth_depth,
         "Report a tracked thing's filtered depth (in ~/segments depth_mean, the overlay and markers) "
         "instead of its segment's own: less flicker, some lag when it brakes.",
+        dynamic=True,
     )
     tracking_size_noise_px: float = parameter(
         TrackerConfig.size_noise_px,
         "Standard deviation (px) of a box height, for looming (the growth of a thing's box, fused into "
         "its closing speed where it agrees with the depth's rate); 0 turns looming off.",
         bounds=(0.0, 100.0),
+        dynamic=True,
     )
     tracking_size_weight: float = parameter(
         TrackerConfig.size_weight,
         "Weight of the area change in the association cost (a fragment or a merged mask changes its "
         "area far more than a thing does between frames); 0 turns it off.",
         bounds=(0.0, 10.0),
+        dynamic=True,
     )
     # Outputs: one switch per output of the table, in its order (a test checks that).
     publish_segments: bool = output_switch("segments")
