@@ -46,7 +46,7 @@ from .metadata import ClassMetadata
 from .output import STAGING_SUFFIX, StagedOutput, check_output_dir, write_marker
 from .predictor import Predictor
 from .result import PanopticDepthResult
-from .tracker import SegmentTrack, Tracker, TrackerConfig, track_panoptic
+from .tracker import Tracker, TrackerConfig, track_panoptic
 from .visualize import overlay, panoptic_to_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -147,7 +147,7 @@ def write_frame_outputs(
     write_image(paths["overlay"], ov)
     write_image(paths["panoptic"], panoptic_to_rgb(ids)[:, :, ::-1])
     if result.tracked:
-        video = track_panoptic(result, [SegmentTrack(track_id=s.track_id) for s in result.segments])
+        video = track_panoptic(result)
         write_image(
             paths["tracked_panoptic"], panoptic_to_rgb(cityscapes_ids(video, result.label_divisor, classes))[:, :, ::-1]
         )

@@ -31,7 +31,7 @@ from .msg_conversions import (
     segments_to_msg,
 )
 from .result import PanopticDepthResult
-from .tracker import SegmentTrack, track_panoptic
+from .tracker import track_panoptic
 from .visualize import overlay
 
 NAMESPACE = "/panoptic_depthlab"  # the node's name: its private topics ~/<name> are /panoptic_depthlab/<name>
@@ -162,9 +162,7 @@ def _depth(frame: FrameOutputs, output: Output) -> Any:
 
 
 def _tracked_panoptic(frame: FrameOutputs, output: Output) -> Any:
-    result = frame.result
-    tracks = [SegmentTrack(track_id=s.track_id) for s in result.segments]
-    return _image(frame, output, track_panoptic(result, tracks))
+    return _image(frame, output, track_panoptic(frame.result))
 
 
 def _overlay(frame: FrameOutputs, output: Output) -> Any:

@@ -902,15 +902,17 @@ def _stamp_to_ns(stamp_ns: int | None, stamp_s: float | None) -> int:
     return round(float(stamp_s) * _NS)
 
 
-def track_panoptic(result: PanopticDepthResult, tracks: Sequence[SegmentTrack]) -> np.ndarray:
+def track_panoptic(result: PanopticDepthResult, tracks: Sequence[SegmentTrack] | None = None) -> np.ndarray:
     """``[H, W]`` int32 panoptic map with track ids as instance ids (video panoptic convention).
 
     Each segment's pixels become ``category_id * label_divisor + track_id``: tracked things
     carry their track id, stuff and untracked things instance 0; void stays -1, as do
-    pixels whose id is not among ``result.segments``.
+    pixels whose id is not among ``result.segments``.  ``tracks``: the
+    :attr:`TrackedFrame.tracks` of this result; None: the track ids its segments carry
+    (a result of :meth:`~.result.PanopticDepthResult.with_tracks`).
     """
     segments = result.segments
-    if len(tracks) != len(segments):
+    if tracks is not None and len(tracks) != len(segments):
         raise ValueError(
             f"{len(tracks)} tracks for {len(segments)} segments: pass the TrackedFrame.tracks of this result"
         )
@@ -918,8 +920,9 @@ def track_panoptic(result: PanopticDepthResult, tracks: Sequence[SegmentTrack]) 
     if not segments:
         return np.full(panoptic.shape, -1, np.int32)
     ids = np.fromiter((s.id for s in segments), np.int64, len(segments))
+    track_ids = (s.track_id for s in segments) if tracks is None else (t.track_id for t in tracks)
     value = np.fromiter(
-        (s.category_id * result.label_divisor + tr.track_id for s, tr in zip(segments, tracks, strict=True)),
+        (s.category_id * result.label_divisor + t for s, t in zip(segments, track_ids, strict=True)),
         np.int64,
         len(segments),
     )

@@ -642,5 +642,7 @@ def test_track_panoptic_uses_track_ids_as_instances() -> None:
     for old, new in expected.items():
         assert (video[result.panoptic == old] == new).all()
     assert video[0, 0] == -1
+    # Without tracks: the ids the result's segments carry (with_tracks), the same map.
+    np.testing.assert_array_equal(track_panoptic(result.with_tracks(frame.tracks)), video)
     with pytest.raises(ValueError, match="2 tracks for 4 segments"):
         track_panoptic(result, frame.tracks[:2])
