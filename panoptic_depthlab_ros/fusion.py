@@ -59,7 +59,7 @@ _FUSION_CELL = 16
 # Relative (and absolute, px^2) slack of the nearest-center pruning bounds.
 _SLACK = 1e-5
 # The fewest thing pixels worth a lane of their own in the grouping.
-_LANE_PIXELS = 1 << 15
+_GROUP_LANE_PIXELS = 1 << 15
 # Up to this many (pixel, center) pairs the grouping compares all of them (cheaper than the cells).
 _DENSE_PAIRS = 1 << 18
 
@@ -304,11 +304,11 @@ def _nearest_center_parallel(
 ) -> Tensor:
     """:func:`_nearest_center` with the pixels split over ``lanes`` (each part is exact).
 
-    A part has at least :data:`_LANE_PIXELS` pixels: below that, its fixed cost (the
+    A part has at least :data:`_GROUP_LANE_PIXELS` pixels: below that, its fixed cost (the
     cells' candidate tables) outweighs what it takes off the others.  ``also``: other tasks
     to run in the same lanes.
     """
-    parts = max(1, min(lanes, index.numel() // _LANE_PIXELS))
+    parts = lanes_for(index.numel(), lanes, per_lane=_GROUP_LANE_PIXELS)
     member = torch.empty_like(index)
     bounds = [index.numel() * i // parts for i in range(parts + 1)]
 
@@ -472,9 +472,7 @@ def _merge_semantic_and_instance(
             thing_area=thing_area,
             void_label=void_label,
         )
-        panoptic = lookup(tables.stuff_value, flat_semantic)
-        if tables.thing_value is not None:
-            panoptic.index_copy_(0, index, tables.thing_value.index_select(0, member))
+        panoptic = _panoptic_map(tables, flat_semantic, index, member)
     return panoptic.view(semantic.shape)
 
 
@@ -573,6 +571,14 @@ def _id_tables(
     return _IdTables(stuff_value=stuff_value, stuff_pixels=area, thing_value=thing_value, thing_class=cls)
 
 
+def _panoptic_map(tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor) -> Tensor:
+    """The panoptic map [P] int32 ``tables`` give: each pixel's class value, then each instance pixel's id."""
+    panoptic = lookup(tables.stuff_value, semantic)
+    if tables.thing_value is not None:
+        panoptic.index_copy_(0, index, tables.thing_value.index_select(0, member))
+    return panoptic
+
+
 def _segments(tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The panoptic map [P] int32 ``tables`` give (void: :data:`VOID`) and its segments: ids [n] int64, seg [P] int32.
 
@@ -585,11 +591,10 @@ def _segments(tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor
     ids = torch.sort(torch.cat(values).long()).values
     n = ids.numel()
     stuff_seg = torch.where(stuff, torch.searchsorted(ids, tables.stuff_value.long()), n).to(torch.int32)
-    panoptic = lookup(tables.stuff_value, semantic)
+    panoptic = _panoptic_map(tables, semantic, index, member)
     seg = lookup(stuff_seg, semantic)
     if tables.thing_value is not None:
         thing = tables.thing_value.long()
         thing_seg = torch.where(thing != VOID, torch.searchsorted(ids, thing), n).to(torch.int32)
-        panoptic.index_copy_(0, index, tables.thing_value.index_select(0, member))
         seg.index_copy_(0, index, thing_seg.index_select(0, member))
     return panoptic, ids, seg

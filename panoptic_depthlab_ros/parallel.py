@@ -59,9 +59,13 @@ def cpu_lanes(device: torch.device) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
-def lanes_for(pixels: int, lanes: int) -> int:
-    """How many of ``lanes`` a per-pixel job over ``pixels`` pixels should use (see :data:`LANE_PIXELS`)."""
-    return max(1, min(lanes, pixels // LANE_PIXELS))
+def lanes_for(pixels: int, lanes: int, *, per_lane: int = LANE_PIXELS) -> int:
+    """How many of ``lanes`` a per-pixel job over ``pixels`` pixels should use: each at least ``per_lane``.
+
+    :data:`LANE_PIXELS` by default; a job whose parts have a larger fixed cost of their own
+    than a thread's start passes its own.
+    """
+    return max(1, min(lanes, pixels // per_lane))
 
 
 def run_parallel(tasks: Sequence[Callable[[], Any]], lanes: int) -> None:

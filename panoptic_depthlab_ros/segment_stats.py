@@ -559,7 +559,7 @@ def _class_probability(logits: Tensor, seg: Tensor, segment_class: Tensor, proba
     probabilities when the caller has them (else :func:`~.kernels.softmax_probability`).
     """
     if logits.device.type != "cpu":
-        return _class_probability_gpu(logits.flatten(1), seg.flatten(), segment_class, 0, seg.numel())
+        return _class_probability_gpu(logits.flatten(1), seg.flatten(), segment_class)
     if probability is None:
         probability = softmax_probability(logits.flatten(1), lookup(segment_class, seg))
     size = segment_class.numel()
@@ -567,7 +567,7 @@ def _class_probability(logits: Tensor, seg: Tensor, segment_class: Tensor, proba
     return fold_spread(out.index_add_(0, spread_keys_(seg.clone(), size), probability.flatten().to(torch.float64)))
 
 
-def _class_probability_gpu(logits: Tensor, seg: Tensor, segment_class: Tensor, start: int, stop: int) -> Tensor:
+def _class_probability_gpu(logits: Tensor, seg: Tensor, segment_class: Tensor) -> Tensor:
     """:func:`_class_probability` off the CPU: no host sync, no [C, H*W] temporary, no float64 atomics.
 
     Detectron2's formula exp(x_c - logsumexp(x)) for every pixel (no data-dependent choice
@@ -576,8 +576,9 @@ def _class_probability_gpu(logits: Tensor, seg: Tensor, segment_class: Tensor, s
     float32 and the chunks in float64. Agrees with the CPU's to ~1e-6 relative.
     """
     out = torch.zeros(segment_class.numel(), dtype=torch.float64, device=logits.device)
-    for s in range(start, stop, _GPU_CHUNK):
-        e = min(s + _GPU_CHUNK, stop)
+    pixels = seg.numel()
+    for s in range(0, pixels, _GPU_CHUNK):
+        e = min(s + _GPU_CHUNK, pixels)
         block, index = logits[:, s:e], seg[s:e]
         picked = block.gather(0, segment_class.index_select(0, index)[None])[0]
         prob = picked.sub_(torch.logsumexp(block, 0)).exp_()

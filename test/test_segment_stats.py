@@ -194,7 +194,7 @@ def test_the_gpu_class_probability_agrees_with_the_cpu_in_chunks(monkeypatch) ->
     segment_class = torch.randint(0, 19, (8,), generator=gen)
     monkeypatch.setattr(segment_stats, "_GPU_CHUNK", 1000)
     cpu = segment_stats._class_probability(logits[:, 64:].view(19, 39, 64), seg[64:].view(39, 64), segment_class, None)
-    gpu = segment_stats._class_probability_gpu(logits, seg, segment_class, 64, 40 * 64)
+    gpu = segment_stats._class_probability_gpu(logits[:, 64:], seg[64:], segment_class)
     assert gpu.dtype == torch.float64 and gpu[7] == 0  # the void slot gets nothing here
     torch.testing.assert_close(gpu, cpu, rtol=1e-6, atol=1e-9)
 
