@@ -67,7 +67,7 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def scales_argument(text: str) -> tuple[float, ...]:
     """``--scales``: comma-separated input scales, including 1."""
-    from .predictor import check_scales
+    from .tta import check_scales
 
     try:
         return check_scales(float(part) for part in text.split(","))

@@ -22,7 +22,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backends import choose_backend, load_exported_network
@@ -31,7 +30,7 @@ from .errors import InputError, PanopticDepthLabError
 from .fusion import PostprocessConfig, panoptic_fusion
 from .image_io import DEFAULT_MAX_PIXELS, check_pixels
 from .metadata import ClassMetadata, cityscapes_metadata
-from .model import SCALE_RANGE, SCALE_RANGE_TEXT, ModelConfig, PanopticDepthLab
+from .model import ModelConfig, PanopticDepthLab
 from .model.aspp import detectron2_accepts, feature_size, pooling_policy
 from .model.fuse import fold_batchnorm
 from .parallel import cpu_lanes, lanes_for, run_parallel
@@ -39,6 +38,7 @@ from .preprocess import Prepared, crop_and_resize, network_size_for, prepare_ima
 from .result import PanopticDepthResult
 from .segment_stats import segment_depth_statistics
 from .tracker import Tracker
+from .tta import average_over_scales, average_with_mirrored, check_scales, zoomed_input
 
 # A network backend: normalised padded [1, 3, Hp, Wp] -> dict of [1, ...] outputs at [Hp, Wp]
 # (sem_seg, center, offset, depth), as PanopticDepthLab.forward returns them.
@@ -91,55 +91,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def average_with_mirrored(out: dict[str, Tensor], mirrored: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Average network outputs with those of the horizontally mirrored input.
-
-    The mirrored outputs are flipped back first; an offset's dx changes sign under a
-    mirror (the center is on the other side), dy does not.  Logits, center heatmap
-    and depth are averaged as they are (what it gains: docs/performance.md).
-    """
-    back = {k: v.flip(-1) for k, v in mirrored.items()}  # new tensors: changed in place below
-    back["offset"][:, 1].neg_()  # = * -1 exactly, without a small tensor copied to the GPU
-    return {k: (out[k] + back[k]) / 2 for k in out}
-
-
-SEGMENTATION_OUTPUTS = ("sem_seg", "center", "offset")
-
-
-def zoomed_input(x: Tensor, scale: float, divisibility: int) -> tuple[Tensor, tuple[int, int]]:
-    """The padded network input ``x`` [1, 3, Hp, Wp] resized by ``scale`` and padded again.
-
-    Returns the tensor and the resized (unpadded) size. The zero padding of ``x`` is the
-    mean colour, so resizing the whole canvas keeps the image where it was.
-    """
-    h, w = x.shape[-2:]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-    d = max(divisibility, 1)
-    pad_h, pad_w = (-size[0]) % d, (-size[1]) % d
-    return (F.pad(y, (0, pad_w, 0, pad_h)) if pad_h or pad_w else y), size
-
-
-def average_over_scales(base: dict[str, Tensor], zoomed: list[tuple[float, dict[str, Tensor]]]) -> dict[str, Tensor]:
-    """Average the segmentation outputs of the input at several scales (depth: ``base``'s).
-
-    ``zoomed``: ``(scale, outputs)`` of the input resized by ``scale`` (see
-    :func:`zoomed_input`; outputs cropped to the resized size). Each is resized back to
-    ``base``'s size, offsets divided by the scale (they are in the zoomed pixels), and
-    logits, centers and offsets averaged with ``base``'s. Depth stays the scale-1
-    prediction: a zoomed image looks like a longer lens, and the network's depth for it
-    was measured worse (docs/performance.md).
-    """
-    size = base["sem_seg"].shape[-2:]
-    total = {k: base[k].clone() for k in SEGMENTATION_OUTPUTS}
-    for scale, out in zoomed:
-        for k in SEGMENTATION_OUTPUTS:
-            v = F.interpolate(out[k], size=size, mode="bilinear", align_corners=False)
-            total[k] += v / scale if k == "offset" else v
-    n = len(zoomed) + 1
-    return {**base, **{k: v / n for k, v in total.items()}}
-
-
 def untrained_depth_note(how: str) -> str:
     """Why a tool gives no depth for a checkpoint whose depth branch was never trained.
 
@@ -150,19 +101,6 @@ def untrained_depth_note(how: str) -> str:
         " would be noise, so there is no depth image, segment depths are NaN, there are no 3D outputs"
         f" (centroids, markers, points) and the overlay shows no distances; {how} gives them anyway"
     )
-
-
-def check_scales(scales: Any) -> tuple[float, ...]:
-    """``scales`` (any iterable) as a sorted tuple; ``ValueError`` unless in 0.25..4 and holding 1.0."""
-    try:
-        out = tuple(sorted({float(s) for s in scales}))
-    except (TypeError, ValueError):
-        raise ValueError(f"scales must be numbers, got {scales!r}") from None
-    if not all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in out) or 1.0 not in out:  # NaN fails the range test
-        raise ValueError(
-            f"scales must lie in {SCALE_RANGE_TEXT} and include 1.0 (depth is read at 1.0), got {list(out)}"
-        )
-    return out
 
 
 def checked_camera_k(camera_k: np.ndarray | None) -> np.ndarray | None:
@@ -200,10 +138,10 @@ class Predictor:
         compile_backend: the ``torch.compile`` backend (``"inductor"``; ``"eager"``
             checks the wiring without code generation).
         flip_average: also run the mirrored image and average the two (see
-            :func:`average_with_mirrored`): a little more accurate for twice the
+            :func:`.tta.average_with_mirrored`): a little more accurate for twice the
             network time, so off by default; meant for offline runs or spare GPU time.
         scales: input scales whose segmentation outputs are averaged (see
-            :func:`average_over_scales`; must include 1.0). Multi-scale inference as in
+            :func:`.tta.average_over_scales`; must include 1.0). Multi-scale inference as in
             the Panoptic-DeepLab paper: better segments for several network passes per frame
             (docs/performance.md); offline, or an exported ONNX with ``--dynamic``.
             Scales are relative to the input scale.

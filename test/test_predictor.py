@@ -14,13 +14,8 @@ from panoptic_depthlab_ros.errors import InputError, PanopticDepthLabError
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.model import ModelConfig
 from panoptic_depthlab_ros.model.fuse import fold_batchnorm
-from panoptic_depthlab_ros.predictor import (
-    Predictor,
-    average_with_mirrored,
-    check_scales,
-    resolve_device,
-    zoomed_input,
-)
+from panoptic_depthlab_ros.predictor import Predictor, resolve_device
+from panoptic_depthlab_ros.tta import average_with_mirrored, check_scales, zoomed_input
 
 
 @pytest.fixture(scope="module")
