@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
@@ -20,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .parallel import lanes_for, run_parallel
+from .parallel import lanes_for, run_parallel, scratch
 
 # Pixels per block of argmax_channels: the block's [C, pixels] scratch stays in cache.
-ARGMAX_BLOCK_PIXELS = 1 << 12
+ARGMAX_BLOCK_PIXELS = 1 << 13
 
 
 def argmax_channels(
@@ -51,32 +52,33 @@ def argmax_channels(
     # Class k scores num - k where it equals the maximum: the largest score is num - (the first maximum).
     rank = torch.arange(num, 0, -1, dtype=x.dtype)[:, None, None]
     rows = max(1, ARGMAX_BLOCK_PIXELS // w)
-    best = torch.empty((h, w), dtype=x.dtype) if top_probability is None else top_probability
-    top = torch.empty((h, w), dtype=x.dtype)
-    total = None if top_probability is None else torch.empty((h, w), dtype=x.dtype)
-    # Per block: the scores and the outputs it writes (views made at once: cheaper than slicing).
-    totals = [None] * len(best.split(rows)) if total is None else total.split(rows)
-    views = list(zip(x.split(rows, 1), best.split(rows), top.split(rows), totals, strict=True))
-
-    def group(part_views: list[tuple[Tensor, Tensor, Tensor, Tensor | None]]) -> None:
-        scratch = torch.empty((num, rows, w), dtype=x.dtype)  # reused block by block: stays in cache
-        for part, m, t, s in part_views:
-            sc = scratch[:, : part.shape[1]]
-            torch.amax(part, 0, out=m)  # NaN where any score is NaN
-            torch.eq(part, m, out=sc).mul_(rank)  # a float compare is vectorised, a bool one is not
-            torch.amax(sc, 0, out=t)  # num - first maximum; num where NaN
-            if s is not None:
-                torch.sum(torch.exp(part, out=sc), 0, out=s)
-
     lanes = lanes_for(h * w, lanes)
-    size = max(1, len(views) // (4 * lanes))  # several groups per lane: lanes that finish early take more
-    run_parallel([*also, *(partial(group, views[i : i + size]) for i in range(0, len(views), size))], lanes)
-    index = top.to(torch.uint8).neg_().add_(num)  # num - (num - k) = k, exact in uint8 (mod 256)
-    if int(index.amax()) == num:  # NaN scores: argmax takes the first NaN; redo those pixels with torch
-        nan = torch.isnan(x).any(0)
-        index[nan] = x[:, nan].argmax(0).to(torch.uint8)
-    if top_probability is not None and total is not None:  # best is top_probability: exp(max) / sum
-        _softmax_divide(best, total, x, out=top_probability)
+    with ExitStack() as stack:
+        best = stack.enter_context(scratch((h, w), x.dtype)) if top_probability is None else top_probability
+        top = stack.enter_context(scratch((h, w), x.dtype))
+        total = None if top_probability is None else stack.enter_context(scratch((h, w), x.dtype))
+        # Per block: the scores and the outputs it writes (views made at once: cheaper than slicing).
+        totals = [None] * len(best.split(rows)) if total is None else total.split(rows)
+        views = list(zip(x.split(rows, 1), best.split(rows), top.split(rows), totals, strict=True))
+
+        def group(part_views: list[tuple[Tensor, Tensor, Tensor, Tensor | None]]) -> None:
+            with scratch((num, rows, w), x.dtype) as block:  # reused block by block: stays in cache
+                for part, m, t, s in part_views:
+                    sc = block[:, : part.shape[1]]
+                    torch.amax(part, 0, out=m)  # NaN where any score is NaN
+                    torch.eq(part, m, out=sc).mul_(rank)  # a float compare is vectorised, a bool one is not
+                    torch.amax(sc, 0, out=t)  # num - first maximum; num where NaN
+                    if s is not None:
+                        torch.sum(torch.exp(part, out=sc), 0, out=s)
+
+        size = max(1, len(views) // (4 * lanes))  # several groups per lane: lanes that finish early take more
+        run_parallel([*also, *(partial(group, views[i : i + size]) for i in range(0, len(views), size))], lanes)
+        index = top.to(torch.uint8).neg_().add_(num)  # num - (num - k) = k, exact in uint8 (mod 256)
+        if int(index.amax()) == num:  # NaN scores: argmax takes the first NaN; redo those pixels with torch
+            nan = torch.isnan(x).any(0)
+            index[nan] = x[:, nan].argmax(0).to(torch.uint8)
+        if top_probability is not None and total is not None:  # best is top_probability: exp(max) / sum
+            _softmax_divide(best, total, x, out=top_probability)
     return index
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from panoptic_depthlab_ros import fusion, kernels, parallel, segment_stats
 from panoptic_depthlab_ros.fusion import PostprocessConfig, panoptic_fusion
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.segment_stats import segment_depth_statistics
@@ -12,10 +14,14 @@ from panoptic_depthlab_ros.segment_stats import segment_depth_statistics
 CLASSES = cityscapes_metadata()
 
 
-def test_results_do_not_depend_on_torch_threads() -> None:
+def test_results_do_not_depend_on_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     # On CPU the post-processing runs its ops on one thread and spreads blocks over
     # torch.get_num_threads() lanes; the lanes must not change any result, and the
-    # caller's thread setting is restored.
+    # caller's thread setting is restored. Every job takes all the lanes here (a frame
+    # this small would otherwise run on one).
+    for module in (fusion, kernels, segment_stats):
+        monkeypatch.setattr(module, "lanes_for", lambda pixels, lanes, **_: lanes)
+    monkeypatch.setattr(kernels, "ARGMAX_BLOCK_PIXELS", 800)  # 4 rows a block: many blocks over the lanes
     g = torch.Generator().manual_seed(5)
     h, w = 120, 200
     logits = torch.randn(19, h, w, generator=g) * 3
@@ -42,3 +48,27 @@ def test_results_do_not_depend_on_torch_threads() -> None:
     for panoptic, records in results[1:]:
         assert torch.equal(panoptic, results[0][0])
         assert records == results[0][1]
+
+
+def test_scratch_is_reused_and_never_shared() -> None:
+    # A scratch tensor goes back to the pool after its block and comes out again for the same
+    # shape and dtype; two blocks that hold one at the same time get different tensors.
+    shape = (3, 5, 7)
+    with parallel.scratch(shape, torch.float32) as a:
+        first = a.data_ptr()
+        with parallel.scratch(shape, torch.float32) as b:
+            assert b.data_ptr() != first
+            assert b.shape == shape and b.dtype == torch.float32
+    with parallel.scratch(shape, torch.float32) as c:
+        assert c.data_ptr() in (first, b.data_ptr())
+    with parallel.scratch(shape, torch.float64) as d:
+        assert d.dtype == torch.float64 and d.data_ptr() not in (first, b.data_ptr())
+
+
+def test_scratch_pool_keeps_few_sizes() -> None:
+    # Frames of ever new sizes (a folder of images) cannot grow the pool without end.
+    for i in range(parallel.SCRATCH_SHAPES + 5):
+        with parallel.scratch((11, 13 + i), torch.float32):
+            pass
+    assert len(parallel._scratch_free) <= parallel.SCRATCH_SHAPES
+    assert ((11, 13 + parallel.SCRATCH_SHAPES + 4), torch.float32) in parallel._scratch_free
