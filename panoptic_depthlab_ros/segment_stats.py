@@ -325,17 +325,23 @@ def _pixel_sums(
     """Every per-pixel pass, as independent tasks over the lanes.
 
     ``make_key``: the depth keys and buckets per segment (:func:`_depth_buckets`; None
-    without used depth). Two rounds: the keys, the segment extents and the class
-    probabilities; then the depth tables, one task each (they need the keys).
+    without used depth), made in the depth task.
 
     Each sum keeps one order whatever the lanes (the class probabilities are added block by
     block, in block order), so the result does not depend on them.
     """
     blocks = row_blocks(h, w, SMALL_BLOCK_PIXELS, seg.device)
     done: dict[str, Any] = {}
-    tasks: list[Callable[[], Any]] = [lambda: done.__setitem__("extent", _segment_extent(seg, n, h, w))]
-    if make_key is not None:  # the longest first
-        tasks.append(lambda: done.__setitem__("key", make_key()))
+    tasks: list[Callable[[], Any]] = []  # the longest first
+    if make_key is not None:
+        big_blocks = row_blocks(h, w, BLOCK_PIXELS, seg.device)
+
+        def depth_task() -> None:
+            key, buckets = make_key()
+            done["depth"] = _depth_sums(key, d, n=n, buckets=buckets, w=w, blocks=big_blocks, centroid=centroid)
+
+        tasks.append(depth_task)
+    tasks.append(lambda: done.__setitem__("extent", _segment_extent(seg, n, h, w)))
     prob_parts: list[Tensor | None] = [None] * len(blocks)
     if sem_logits is not None:
         segment_class = torch.cat((category, category.new_zeros(1)))
@@ -346,23 +352,13 @@ def _pixel_sums(
             prob_parts[i] = _class_probability(sem_logits[:, r0:r1], grid[r0:r1], segment_class, given)
 
         tasks += [partial(prob_block, i, r0, r1) for i, (r0, r1) in enumerate(blocks)]
-    lanes = lanes_for(h * w, lanes)
-    run_parallel(tasks, lanes)
-    depth = None
-    if make_key is not None:
-        key, buckets = done["key"]
-        big_blocks = row_blocks(h, w, BLOCK_PIXELS, seg.device)
-        depth_tasks, depth_sums = _depth_sums_tasks(
-            key, d, n=n, buckets=buckets, w=w, blocks=big_blocks, centroid=centroid
-        )
-        run_parallel(depth_tasks, lanes)
-        depth = depth_sums()
+    run_parallel(tasks, lanes_for(h * w, lanes))
     probability = None
     if sem_logits is not None:
         parts = [part for part in prob_parts if part is not None]
         assert len(parts) == len(blocks)  # every block ran
         probability = torch.stack(parts).sum(0)  # in block order: independent of the lanes
-    return _PixelSums(extent=done["extent"], depth=depth, probability=probability)
+    return _PixelSums(extent=done["extent"], depth=done.get("depth"), probability=probability)
 
 
 def _segment_extent(seg: Tensor, n: int, h: int, w: int) -> tuple[Tensor, ...]:
@@ -525,52 +521,34 @@ def _order_statistics(
     return (torch.where(has, d_min, math.nan), torch.where(has, d_median, math.nan), torch.where(has, robust, math.nan))
 
 
-# The per-pixel terms summed per (segment, bucket): depth, its square and, for the centroid,
-# depth times the pixel's column and row.
-_DEPTH_TERMS = ("z", "zz", "uz", "vz")
-
-
-def _depth_sums_tasks(
+def _depth_sums(
     key: Tensor, d: Tensor, *, n: int, buckets: int, w: int, blocks: list[tuple[int, int]], centroid: bool
-) -> tuple[list[Callable[[], None]], Callable[[], _DepthSums]]:
-    """Tasks that sum the spread ``key`` [P] (see :func:`_depth_buckets`) and depths ``d`` [P] float32, and the result.
+) -> _DepthSums:
+    """The :class:`_DepthSums` of the spread ``key`` [P] (see :func:`_depth_buckets`) and depths ``d`` [P] float32.
 
-    One task per table (the pixel counts, then each term), so that the lanes share them;
-    the second return value assembles the :class:`_DepthSums` once every task ran. Each
-    term is added block by block (the float64 temporaries stay in cache), in raster order
-    within each sub-bin, the sub-bins added at the end: one fixed order.
+    Block by block (the float64 temporaries stay in cache), in raster order within each
+    sub-bin, the sub-bins added at the end: one fixed order.
     """
+    f64 = torch.float64
+    device = d.device
     size = (n + 1) * buckets * SPREAD
-    terms = _DEPTH_TERMS if centroid else _DEPTH_TERMS[:2]
-    done: dict[str, Tensor] = {}
-
-    def count() -> None:
-        done["hist"] = count_values(key, size)
-
-    def add(term: str) -> None:
-        f64 = torch.float64
-        out = torch.zeros(size, dtype=f64, device=d.device)
-        u = torch.arange(w, dtype=f64, device=d.device)
-        for r0, r1 in blocks:
-            s, e = r0 * w, r1 * w
-            z = d[s:e].to(f64)
-            if term == "zz":
-                z = z * z
-            elif term == "uz":
-                z = (z.view(r1 - r0, w) * u).view(-1)
-            elif term == "vz":
-                z = (z.view(r1 - r0, w) * torch.arange(r0, r1, dtype=f64, device=d.device)[:, None]).view(-1)
-            out.index_add_(0, key[s:e], z)
-        done[term] = out
-
-    def result() -> _DepthSums:
-        hist, z, zz, uz, vz = (
-            fold_spread(done[name]).view(n + 1, buckets) if name in done else None for name in ("hist", *_DEPTH_TERMS)
-        )
-        assert hist is not None and z is not None and zz is not None  # every task ran
-        return _DepthSums(key=key, hist=hist, z=z, zz=zz, uz=uz, vz=vz)
-
-    return [*(partial(add, term) for term in reversed(terms)), count], result
+    hist = count_values(key, size)
+    sums = [torch.zeros(size, dtype=f64, device=device) for _ in range(4 if centroid else 2)]
+    u = torch.arange(w, dtype=f64, device=device)
+    for r0, r1 in blocks:
+        s, e = r0 * w, r1 * w
+        k = key[s:e]
+        z = d[s:e].to(f64)
+        sums[0].index_add_(0, k, z)
+        sums[1].index_add_(0, k, z * z)
+        if centroid:
+            z_rows = z.view(r1 - r0, w)
+            sums[2].index_add_(0, k, (z_rows * u).view(-1))
+            v = torch.arange(r0, r1, dtype=f64, device=device)[:, None]
+            sums[3].index_add_(0, k, (z_rows * v).view(-1))
+    hist_b, z_b, zz_b, *uv = (fold_spread(t).view(n + 1, buckets) for t in (hist, *sums))
+    uz, vz = (uv[0], uv[1]) if centroid else (None, None)
+    return _DepthSums(key=key, hist=hist_b, z=z_b, zz=zz_b, uz=uz, vz=vz)
 
 
 def _class_probability(logits: Tensor, seg: Tensor, segment_class: Tensor, probability: Tensor | None) -> Tensor:
