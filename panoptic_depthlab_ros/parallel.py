@@ -136,7 +136,8 @@ def scratch(shape: Sequence[int], dtype: torch.dtype) -> Iterator[torch.Tensor]:
         tensor = free.pop() if free else None
         _scratch_free[key] = free  # most recently used last
     if tensor is None:
-        tensor = torch.empty(key[0], dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor: usable inside and outside inference mode
+            tensor = torch.empty(key[0], dtype=dtype)
     try:
         yield tensor
     finally:

@@ -72,3 +72,16 @@ def test_scratch_pool_keeps_few_sizes() -> None:
             pass
     assert len(parallel._scratch_free) <= parallel.SCRATCH_SHAPES
     assert ((11, 13 + parallel.SCRATCH_SHAPES + 4), torch.float32) in parallel._scratch_free
+
+
+def test_scratch_serves_inside_and_outside_inference_mode() -> None:
+    # A tensor first made inside inference mode is written in place outside it later (and the
+    # other way round): the pool's tensors are normal tensors.
+    shape = (2, 9, 4)
+    with torch.inference_mode(), parallel.scratch(shape, torch.float32) as a:
+        a.fill_(1.0)
+    with parallel.scratch(shape, torch.float32) as b:
+        b.fill_(2.0)
+        assert not b.is_inference()
+    with torch.inference_mode(), parallel.scratch(shape, torch.float32) as c:
+        torch.add(c, 1.0, out=c)
