@@ -113,8 +113,8 @@ def row_blocks(h: int, w: int, pixels: int, device: torch.device) -> list[tuple[
     return [(r0, min(r0 + rows, h)) for r0 in range(0, h, rows)]
 
 
-# Sizes of scratch tensors the pool keeps (the most recently used first); a folder of images of
-# many sizes cannot grow it without end.
+# Sizes of scratch tensors the pool keeps (the least recently used go first); a folder of images
+# of many sizes cannot grow it without end.
 SCRATCH_SHAPES = 8
 _scratch_lock = threading.Lock()
 _scratch_free: dict[tuple[tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
