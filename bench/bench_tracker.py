@@ -4,7 +4,8 @@
 
 Cost: ``Tracker.update`` on a moving synthetic scene of ~60 segments (60 things on a grid
 of image cells at 8-60 m, each drifting at up to 0.5 m/s sideways and 2 m/s in depth, some
-partly hidden, plus road and sky; test/tracking_scenes.py renders them), at each size, with 3D centroids and
+partly hidden, plus road and sky; test/tracking_scenes.py renders them, each thing in a colour
+of its own in the frame's image, which the tracker is given), at each size, with 3D centroids and
 without (NaN centroids: the image-plane fallback). The frames are rendered first; the
 timed loop feeds them at 10 Hz stamps, ``--repeat`` times with a fresh tracker, and the
 first 3 frames of each pass (track births) are left out. Printed: median and 90th
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "test"))
 
-from tracking_scenes import CAR, PERSON, Thing, intrinsics, render  # noqa: E402
+from tracking_scenes import CAR, PERSON, Thing, intrinsics, paint, render  # noqa: E402
 
 from panoptic_depthlab_ros.tracker import Tracker, TrackerConfig, track_panoptic  # noqa: E402
 
@@ -59,7 +60,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def grid_scene(size: tuple[int, int], frames: int, seed: int, centroid: str):
-    """Rendered frames of 60 drifting things, one per image cell, and road and sky."""
+    """Rendered frames of 60 drifting things, one per image cell, and road and sky; each frame's image.
+
+    Each thing has a colour of its own in the images (for the tracker's appearance term).
+    """
     h, w = size
     k = intrinsics(h, w)
     f, cx, cy = k[0, 0], k[0, 2], k[1, 2]
@@ -75,6 +79,7 @@ def grid_scene(size: tuple[int, int], frames: int, seed: int, centroid: str):
         p0 = np.array([(u - cx) * z / f, (v - cy) * z / f, z])
         vel = np.array([rng.uniform(-0.5, 0.5), 0.0, rng.uniform(-2.0, 2.0)])
         things.append((category, p0, vel, size_m))
+    colours = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(THINGS)]
     out = []
     for n in range(frames):
         order = rng.permutation(THINGS)  # per-frame instance ids are shuffled
@@ -82,18 +87,20 @@ def grid_scene(size: tuple[int, int], frames: int, seed: int, centroid: str):
             Thing(cat, int(order[i]) + 1, tuple((p0 + vel * n * DT).tolist()), size_m)
             for i, (cat, p0, vel, size_m) in enumerate(things)
         ]
-        out.append(render(now, size=size, k=k, centroid=centroid))
+        result = render(now, size=size, k=k, centroid=centroid)
+        image = paint(result, {t.category * 1000 + t.instance: colours[i] for i, t in enumerate(now)})
+        out.append((result, image))
     return out
 
 
-def time_tracker(results, repeat: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of each update, births (first 3 frames of a pass) left out."""
+def time_tracker(frames, repeat: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each update (with the frame's image), births (first 3 frames of a pass) left out."""
     wall, cpu = [], []
     for _ in range(repeat):
         tracker = Tracker()
-        for n, result in enumerate(results):
+        for n, (result, image) in enumerate(frames):
             t0, c0 = time.perf_counter(), time.process_time()
-            tracker.update(result, stamp_ns=round(n * DT * 1e9))
+            tracker.update(result, stamp_ns=round(n * DT * 1e9), image=image)
             t1, c1 = time.perf_counter(), time.process_time()
             if n >= 3:
                 wall.append(t1 - t0)
@@ -111,7 +118,7 @@ def scipy_import_s() -> float:
 def smoothing_run(accel: float, depth_of, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """(true, raw, smoothed) depth of one car over ``frames``; the tracks too."""
     rng = np.random.default_rng(seed)
-    tracker = Tracker(TrackerConfig(smooth_depth=True, accel_noise_mps2=accel))
+    tracker = Tracker(TrackerConfig(smooth_depth=True, accel_noise_mps2=accel, report_tentative=True))
     true, raw, smooth, tracks = [], [], [], []
     for n in range(frames):
         z = depth_of(n * DT)
@@ -144,10 +151,11 @@ def main() -> None:
     ratios = {}
     for h, w in sizes:
         for centroid in ("true", "none"):
-            results = grid_scene((h, w), args.frames, args.seed, centroid)
+            frames = grid_scene((h, w), args.frames, args.seed, centroid)
+            results = [result for result, _ in frames]
             segs = statistics.mean(len(r.segments) for r in results)
             things = statistics.mean(sum(s.is_thing for s in r.segments) for r in results)
-            wall, cpu = time_tracker(results, args.repeat)
+            wall, cpu = time_tracker(frames, args.repeat)
             median = statistics.median(wall) * 1e3
             p90 = float(np.percentile(wall, 90)) * 1e3
             frame = Tracker().update(results[0], stamp_ns=0)

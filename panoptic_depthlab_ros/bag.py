@@ -431,7 +431,7 @@ class _FrameReplay:
             return
         if camera.tracker is not None:  # time: the image's own stamp, as in the node
             stamp = msg_conversions.stamp_ns(msg.header)
-            tracked = camera.tracker.update(result, stamp_ns=stamp)
+            tracked = camera.tracker.update(result, stamp_ns=stamp, image=image)
             if tracked.reset_reason is not None:
                 where = f"camera {camera.name} at " if camera.name else ""
                 self.summary.tracker_resets.append(f"{where}{stamp}: {tracked.reset_reason}")

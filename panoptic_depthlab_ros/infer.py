@@ -328,7 +328,8 @@ def _video(
                     summary.skipped.append(f"{path} frame {index - 1}: {exc}")
                     continue
                 if tracker is not None:  # the video's own time: a skipped frame widens dt
-                    result = result.with_tracks(tracker.update(result, stamp_s=(index - 1) / fps).tracks)
+                    tracked = tracker.update(result, stamp_s=(index - 1) / fps, image=frame)
+                    result = result.with_tracks(tracked.tracks)
                 written, ov = write_frame_outputs(out, name, frame, result, classes, near=near, far=far)
                 if writer is None:
                     writer = cv2.VideoWriter(

@@ -621,7 +621,7 @@ class Pipeline:
         begin = time.perf_counter()
         camera = job.camera
         if settings.tracking is not None:
-            result = self._track(camera, result, settings.tracking, stamp_ns(job.frame.message.header))
+            result = self._track(camera, result, job.image, settings.tracking, stamp_ns(job.frame.message.header))
         tracked = time.perf_counter()
         camera.depth_scale = result.depth_scale
         messages = output_messages(
@@ -661,12 +661,12 @@ class Pipeline:
             camera.last_tracked = None
 
     def _track(
-        self, camera: CameraStream, result: PanopticDepthResult, config: TrackerConfig, stamp: int
+        self, camera: CameraStream, result: PanopticDepthResult, image: np.ndarray, config: TrackerConfig, stamp: int
     ) -> PanopticDepthResult:
         """``result`` with its things tracked over ``camera``'s frames; a reset of the tracks is logged, why."""
         if camera.tracker is None or camera.tracker.config != config:  # new settings start new tracks
             camera.tracker = Tracker(config)
-        tracked = camera.tracker.update(result, stamp_ns=stamp)
+        tracked = camera.tracker.update(result, stamp_ns=stamp, image=image)
         if tracked.reset_reason is not None:
             camera.stats.add("tracker_resets")
             text = self._reset_throttle(

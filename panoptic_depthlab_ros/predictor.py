@@ -694,4 +694,4 @@ class Predictor:
         tracker = Tracker() if tracker is None else tracker
         for stamp_s, image in frames:
             result = self.predict(image, camera_k=camera_k)
-            yield result.with_tracks(tracker.update(result, stamp_s=stamp_s).tracks)
+            yield result.with_tracks(tracker.update(result, stamp_s=stamp_s, image=image).tracks)

@@ -6,7 +6,8 @@ box motion its filter predicts; for a track unseen last frame the IoU of its
 motion-predicted box), the centroid distance to the prediction (3D, or in the image when
 either centroid is unknown or the segment is cut by the image border) and the depth
 difference, each normalised by a gate that grows with depth and with the time the track
-went unseen, and the area ratio. Pairs outside every gate are not allowed; the optimal
+went unseen, the area ratio and, given the frame's image, the distance between colour
+histograms (appearance). Pairs outside every gate are not allowed; the optimal
 assignment is SciPy's ``linear_sum_assignment``, in two rounds: the tracks seen last frame
 first, then the lost ones with what is left.
 """
@@ -23,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
 from panoptic_depthlab_ros.track_config import TrackerConfig
 from panoptic_depthlab_ros.track_motion import AXES, NAN, UV, S, U, V, Z
-from panoptic_depthlab_ros.track_table import TrackTable
+from panoptic_depthlab_ros.track_table import APPEARANCE_BITS, APPEARANCE_SIZE, TrackTable
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -43,6 +44,7 @@ class Detections:
     stride: int  # pixels between grid samples
     cut: BoolArray  # [D] cut by the image border: its box moves in the image, but measures no 3D motion
     px_area: FloatArray  # [D] pixels
+    appearance: FloatArray | None = None  # [D, APPEARANCE_SIZE] colour histogram (sums to 1); None without an image
 
     def motion(self, index: IntArray) -> FloatArray:
         """``[N, 6]`` measurements of detections ``index`` for the filters (3D and size axes NaN where cut)."""
@@ -53,9 +55,22 @@ class Detections:
         return out
 
 
-def find_detections(result: PanopticDepthResult, config: TrackerConfig) -> Detections:
-    """The thing segments of ``result`` that can be tracked; ``ValueError`` for a malformed segment list."""
+def find_detections(result: PanopticDepthResult, config: TrackerConfig, image: np.ndarray | None = None) -> Detections:
+    """The thing segments of ``result`` that can be tracked; ``ValueError`` for a malformed segment list or image.
+
+    ``image``: the frame ``result`` was predicted from (BGR uint8 [H, W, 3]), for the
+    segments' colour histograms; None: no appearance.
+    """
     c = config
+    if image is not None:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape[2:] != (3,):
+            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"image must be a BGR uint8 [H, W, 3] array, got {got}")
+        if image.shape[:2] != result.panoptic.shape:
+            raise ValueError(
+                f"image is {image.shape[1]}x{image.shape[0]} but the panoptic map is "
+                f"{result.panoptic.shape[1]}x{result.panoptic.shape[0]}: pass the frame the result is of"
+            )
     rows = []
     for i, s in enumerate(result.segments):
         if not isinstance(s, SegmentDepth):
@@ -117,6 +132,7 @@ def find_detections(result: PanopticDepthResult, config: TrackerConfig) -> Detec
     n = ids.size
     labels = relabel(grid, ids, np.arange(n), n)
     area = np.bincount(labels.ravel(), minlength=n + 1)[:n]
+    use_image = image is not None and c.appearance_weight > 0
     return Detections(
         seg_index=seg_index,
         category=table[:, 2].astype(np.int64),
@@ -127,7 +143,29 @@ def find_detections(result: PanopticDepthResult, config: TrackerConfig) -> Detec
         stride=stride,
         cut=cut,
         px_area=table[:, 12],
+        appearance=appearance(image[::stride, ::stride], labels, n) if use_image and image is not None else None,
     )
+
+
+def appearance(samples: np.ndarray, labels: npt.NDArray[np.int32], n: int) -> FloatArray:
+    """``[n, APPEARANCE_SIZE]`` colour histogram of each detection's grid samples, each summing to 1.
+
+    ``samples``: the image on the mask grid ([h, w, 3] BGR uint8); ``labels``: the detection
+    of each grid sample (``n``: none). Each channel in :data:`APPEARANCE_BINS` bins: coarse
+    enough that a few dozen samples fill it, fine enough to tell a red car from a white one.
+    """
+    inside = labels < n
+    q = samples[inside] >> (8 - APPEARANCE_BITS)  # [S, 3] uint8 bin per channel
+    colour = (q[:, 0].astype(np.int64) << (2 * APPEARANCE_BITS)) | (q[:, 1] << APPEARANCE_BITS) | q[:, 2]
+    key = labels[inside].astype(np.int64) * APPEARANCE_SIZE + colour
+    hist = np.bincount(key, minlength=n * APPEARANCE_SIZE).reshape(n, APPEARANCE_SIZE).astype(np.float64)
+    return hist / np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+
+
+def appearance_distance(tracks: FloatArray, dets: FloatArray) -> FloatArray:
+    """``[T, D]`` Hellinger distance (0: the same histogram, 1: no colour in common) of histograms that sum to 1."""
+    overlap = np.sqrt(tracks) @ np.sqrt(dets).T  # Bhattacharyya coefficient
+    return np.sqrt(np.clip(1.0 - overlap, 0.0, 1.0))
 
 
 def associate(
@@ -196,11 +234,19 @@ def associate(
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.abs(np.log(np.maximum(dets.px_area[None, :], 1.0) / np.maximum(t.area[:, None], 1.0)))
         cost = cost + c.size_weight * np.minimum(ratio / math.log(4.0), 1.0)
+    costliest = c.iou_weight + c.distance_weight + c.depth_weight + c.size_weight
+    if c.appearance_weight > 0 and dets.appearance is not None and t.has_appearance.any():
+        # Colour tells apart two things of one class that cross, or one that comes back from
+        # behind something next to another. A track first seen without an image counts as
+        # halfway (0.5) from everything.
+        dist = np.where(t.has_appearance[:, None], appearance_distance(t.appearance, dets.appearance), 0.5)
+        cost = cost + c.appearance_weight * dist
+        costliest += c.appearance_weight
     # A forbidden pair costs what the costliest allowed pair can: assigning it means
     # "both unmatched". So the assignment never trades one good pair for two poor ones
     # just to match more (what a huge forbidden cost would do), yet takes every allowed
     # pair that does not compete.
-    cost = np.where(allowed, cost, c.iou_weight + c.distance_weight + c.depth_weight + c.size_weight)
+    cost = np.where(allowed, cost, costliest)
     # Two rounds: the tracks seen last frame first, then the lost ones with what is left.
     # A lost track is compared by its predicted box, which overlaps more generously than
     # a mask; in one round it would take a thing from the track that follows it.

@@ -80,6 +80,11 @@ class TrackerConfig:
         size_weight: weight of the area ratio in the cost, ``min(|ln(area / last area)| /
             ln 4, 1)``: a thing's area changes little from frame to frame, a fragment of it or
             a mask merged with a neighbour does not (0: off).
+        appearance_weight: weight of the appearance distance in the cost: the Hellinger
+            distance (0 to 1) between the colour histogram of a segment and its track's (the
+            track's follows its matches); it tells apart two things of one class that cross or
+            come back from behind something. Only where the tracker is given the frame's image
+            (0: off).
     """
 
     confirm_frames: int = 3
@@ -109,6 +114,7 @@ class TrackerConfig:
     smooth_depth: bool = False
     size_noise_px: float = 2.0
     size_weight: float = 0.5
+    appearance_weight: float = 1.5
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -138,6 +144,7 @@ class TrackerConfig:
             "min_closing_speed_mps",
             "size_noise_px",
             "size_weight",
+            "appearance_weight",
         )
         for name in positive + non_negative:
             value = getattr(self, name)

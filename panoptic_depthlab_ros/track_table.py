@@ -1,7 +1,7 @@
 """The live tracks as a struct of arrays: one row per track, rows compacted when tracks die.
 
 Each row holds a track's id, class and life cycle, what it looked like when last matched
-(box, area, filtered position) and, in :attr:`TrackTable.motion`, its motion filters.
+(box, area, filtered position, colour histogram) and, in :attr:`TrackTable.motion`, its motion filters.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from panoptic_depthlab_ros.track_motion import MotionFilters
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
+# Bins of the colour histogram a track's appearance is (see track_association.appearance).
+APPEARANCE_BITS = 2  # the leading bits of each channel: 4 bins per channel
+APPEARANCE_BINS = 1 << APPEARANCE_BITS
+APPEARANCE_SIZE = APPEARANCE_BINS**3
 # Track states as stored (int8).
 TENTATIVE, CONFIRMED, LOST = 0, 1, 2
 
@@ -35,6 +39,8 @@ class TrackTable:
         "vel_ok",
         "box_uv",
         "match_xyz",
+        "appearance",
+        "has_appearance",
     )
 
     def __init__(self, config: TrackerConfig) -> None:
@@ -50,6 +56,8 @@ class TrackTable:
         self.vel_ok = np.zeros((0, 3), np.bool_)  # 3D velocity certain enough to extrapolate, as of the last match
         self.box_uv = np.zeros((0, 2), np.float64)  # filtered box centre when it was matched
         self.match_xyz = np.zeros((0, 3), np.float64)  # filtered 3D position when it was matched
+        self.appearance = np.zeros((0, APPEARANCE_SIZE), np.float64)  # colour histogram, following the matches
+        self.has_appearance = np.zeros(0, np.bool_)  # seen with an image at least once
         self.motion = MotionFilters(config)
 
     def __len__(self) -> int:

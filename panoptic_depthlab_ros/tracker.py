@@ -49,11 +49,13 @@ from panoptic_depthlab_ros.result import PanopticDepthResult
 from panoptic_depthlab_ros.track_association import Detections, associate, find_detections, relabel
 from panoptic_depthlab_ros.track_config import TrackerConfig
 from panoptic_depthlab_ros.track_motion import NAN, UV, IntArray
-from panoptic_depthlab_ros.track_table import CONFIRMED, LOST, TENTATIVE, TrackTable
+from panoptic_depthlab_ros.track_table import APPEARANCE_SIZE, CONFIRMED, LOST, TENTATIVE, TrackTable
 
 __all__ = ["SegmentTrack", "TrackState", "TrackedFrame", "Tracker", "TrackerConfig", "track_panoptic"]
 
 _NS = 1_000_000_000
+# How much of a track's colour histogram stays at each match (the rest is the new segment's).
+_APPEARANCE_KEEP = 0.5
 
 
 class TrackState(str, enum.Enum):
@@ -140,19 +142,27 @@ class Tracker:
         self._previous = None
 
     def update(
-        self, result: PanopticDepthResult, *, stamp_ns: int | None = None, stamp_s: float | None = None
+        self,
+        result: PanopticDepthResult,
+        *,
+        stamp_ns: int | None = None,
+        stamp_s: float | None = None,
+        image: np.ndarray | None = None,
     ) -> TrackedFrame:
         """Track one frame; pass its stamp as ``stamp_ns`` (int) or ``stamp_s`` (float).
 
-        Raises ``ValueError`` for a missing or non-finite stamp or a result whose
-        panoptic map is not ``[H, W]`` integer; the tracker's state is unchanged then.
+        ``image``: the frame ``result`` was predicted from (BGR uint8, the panoptic map's
+        size): its colours help tell things apart (``appearance_weight``); without it the
+        association uses geometry alone. Raises ``ValueError`` for a missing or non-finite
+        stamp, a result whose panoptic map is not ``[H, W]`` integer or an image that is not
+        that frame's; the tracker's state is unchanged then.
         """
         ns = _stamp_to_ns(stamp_ns, stamp_s)
         panoptic = result.panoptic
         if not isinstance(panoptic, np.ndarray) or panoptic.ndim != 2 or panoptic.dtype.kind not in "iu":
             got = getattr(panoptic, "shape", type(panoptic).__name__)
             raise ValueError(f"result.panoptic must be an [H, W] integer array, got {got}")
-        dets = find_detections(result, self.config)  # validates the segments before any state changes
+        dets = find_detections(result, self.config, image)  # validates before any state changes
 
         reason: str | None = None
         dt = NAN
@@ -193,6 +203,11 @@ class Tracker:
             t.box_uv[rows] = m.pos[rows, UV]
             t.match_xyz[rows] = m.pos[rows, :3]
             t.vel_ok[rows] = m.velocity_certain(rows)
+            if dets.appearance is not None:  # the track's colours follow its matches
+                seen = dets.appearance[cols]
+                blend = _APPEARANCE_KEEP * t.appearance[rows] + (1 - _APPEARANCE_KEEP) * seen
+                t.appearance[rows] = np.where(t.has_appearance[rows, None], blend, seen)
+                t.has_appearance[rows] = True
             state = t.state[rows]
             t.state[rows] = np.where(
                 (state == LOST) | ((state == TENTATIVE) & (t.hits[rows] >= c.confirm_frames)), CONFIRMED, state
@@ -254,6 +269,8 @@ class Tracker:
                 "vel_ok": np.zeros((n, 3), np.bool_),
                 "box_uv": np.zeros((n, 2)),
                 "match_xyz": np.zeros((n, 3)),
+                "appearance": np.zeros((n, APPEARANCE_SIZE)) if dets.appearance is None else dets.appearance[born],
+                "has_appearance": np.full(n, dets.appearance is not None),
             }
         )
         m = t.motion

@@ -108,7 +108,9 @@ def test_roundtrip_equals_predictor(tmp_path: Path, predictor: Predictor, storag
     tracker = Tracker()  # tracked as a Tracker fed the images' header stamps tracks
     for i in range(4):
         expected = predictor.predict(_frame(i), camera_k=np.array(K).reshape(3, 3))
-        expected = expected.with_tracks(tracker.update(expected, stamp_ns=(100 + i) * 10**9 + 5).tracks)
+        expected = expected.with_tracks(
+            tracker.update(expected, stamp_ns=(100 + i) * 10**9 + 5, image=_frame(i)).tracks
+        )
         for name in OUTPUT_NAMES:
             stamp, msg = got[f"/panoptic_depthlab/{name}"][i]
             assert stamp == img_stamps[i]  # written at the input's receive time

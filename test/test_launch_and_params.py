@@ -374,7 +374,7 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
         reference = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
         reference.postprocess = replace(reference.postprocess, center_threshold=0.3, stuff_area=64, depth_erosion_px=1)
         want = reference.predict(bgr)
-        want = want.with_tracks(Tracker().update(want, stamp_ns=90 * 10**9).tracks)  # the node's first frame
+        want = want.with_tracks(Tracker().update(want, stamp_ns=90 * 10**9, image=bgr).tracks)  # the node's first frame
         seg = h.answer("segments", (90, 0))
         assert [s.id for s in seg.segments] == [s.id for s in want.segments]
         assert [s.depth_valid_pixels for s in seg.segments] == [s.depth_valid_pixels for s in want.segments]

@@ -119,7 +119,7 @@ def test_frames_in_all_five_outputs_out(harness, reference) -> None:
 
         seen = bgr if encoding != "mono8" else cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
         want = reference.predict(seen)
-        want = want.with_tracks(tracker.update(want, stamp_ns=stamp[0] * 10**9 + stamp[1]).tracks)
+        want = want.with_tracks(tracker.update(want, stamp_ns=stamp[0] * 10**9 + stamp[1], image=seen).tracks)
         outs = {name: harness.answer(name, stamp) for name in ("segments", "panoptic", "semantic", "depth", "overlay")}
         for msg in outs.values():
             assert msg.header == sent.header

@@ -362,7 +362,7 @@ def test_track_feeds_a_tracker_the_stamps(tiny_checkpoint) -> None:
     by_hand = Tracker()
     for stamp, result in zip(stamps, results, strict=True):
         plain = predictor.predict(image)
-        tracks = by_hand.update(plain, stamp_s=stamp).tracks
+        tracks = by_hand.update(plain, stamp_s=stamp, image=image).tracks
         assert result.tracked
         assert [(s.id, s.track_id, s.track_age) for s in result.segments] == [
             (s.id, t.track_id, t.track_age) for s, t in zip(plain.segments, tracks, strict=True)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from tracking_scenes import CAR, PERSON, ROAD, SKY, Thing, intrinsics, render, segment_of
+from tracking_scenes import CAR, PERSON, ROAD, SKY, Thing, intrinsics, paint, render, segment_of
 
 from panoptic_depthlab_ros.tracker import (
     SegmentTrack,
@@ -60,6 +60,7 @@ def track_of(frame, result, category: int, instance: int) -> SegmentTrack:
         ("report_tentative", 1),
         ("size_noise_px", -1.0),
         ("size_weight", math.inf),
+        ("appearance_weight", -0.5),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
@@ -348,6 +349,56 @@ def test_area_ratio_keeps_the_track_on_the_whole_thing(size_weight: float, full_
     assert result.segments[segment_of(result, CAR, 3)].area * 4 < result.segments[segment_of(result, CAR, 2)].area
     assert track_of(frame, result, CAR, 2).track_id == full_id
     assert track_of(frame, result, CAR, 3).track_id == fragment_id
+
+
+RED, WHITE = (40, 40, 200), (230, 230, 230)
+
+
+@pytest.mark.parametrize(("weight", "kept"), [(1.5, True), (0.0, False)])
+def test_colour_keeps_ids_where_geometry_would_swap_them(weight: float, kept: bool) -> None:
+    # A red car and a white one side by side at 10 m, 2 m apart, seen for 4 frames; after a
+    # dropped frame each has come 1.2 m towards the other, so that each is nearer the other's
+    # last place (0.8 m) than its own (1.2 m) and overlaps the other's last mask more. Geometry
+    # alone gives each track the other car; the colours keep each on its own.
+    tracker = Tracker(shown(appearance_weight=weight))
+    for f in range(4):
+        before = render([Thing(CAR, 1, (-1.0, 1.0, 10.0)), Thing(CAR, 2, (1.0, 1.0, 10.5))])
+        frame = tracker.update(before, stamp_ns=stamp(f), image=paint(before, {13001: RED, 13002: WHITE}))
+    red, white = track_of(frame, before, CAR, 1).track_id, track_of(frame, before, CAR, 2).track_id
+    after = render([Thing(CAR, 4, (0.2, 1.0, 10.0)), Thing(CAR, 3, (-0.2, 1.0, 10.5))])  # ids shuffled
+    frame = tracker.update(after, stamp_ns=stamp(5), image=paint(after, {13004: RED, 13003: WHITE}))
+    got = (track_of(frame, after, CAR, 4).track_id, track_of(frame, after, CAR, 3).track_id)
+    assert got == ((red, white) if kept else (white, red))
+
+
+def test_frames_without_an_image_track_by_geometry_alone() -> None:
+    # Appearance needs the frame's image; without one the association is the geometric one,
+    # and a track first seen without an image takes its colours from its first match with one.
+    scene = [Thing(CAR, 1, (-1.0, 1.0, 10.0)), Thing(CAR, 2, (1.0, 1.0, 10.5))]
+    plain, coloured = Tracker(shown(appearance_weight=0.0)), Tracker(shown())
+    for f in range(6):
+        result = render(scene)
+        image = paint(result, {13001: RED, 13002: WHITE}) if f >= 3 else None
+        want = plain.update(result, stamp_ns=stamp(f)).tracks
+        got = coloured.update(result, stamp_ns=stamp(f), image=image).tracks
+        assert [(t.track_id, t.track_age, t.state) for t in got] == [(t.track_id, t.track_age, t.state) for t in want]
+        np.testing.assert_array_equal([t.velocity for t in got], [t.velocity for t in want])
+    assert coloured._tracks.has_appearance.all()
+
+
+def test_an_image_that_is_not_the_frame_is_refused() -> None:
+    tracker = Tracker()
+    result = render([Thing(CAR, 1, (0.0, 1.0, 10.0))])
+    for image, message in (
+        (np.zeros((96, 192), np.uint8), r"BGR uint8 \[H, W, 3\] array, got uint8 \(96, 192\)"),
+        (np.zeros((96, 192, 3), np.float32), "got float32"),
+        (np.zeros((48, 96, 3), np.uint8), "image is 96x48 but the panoptic map is 192x96"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            tracker.update(result, stamp_ns=stamp(0), image=image)
+    first = tracker.update(result, stamp_ns=stamp(0))  # the refusals left no trace
+    assert math.isnan(first.dt_s) and first.reset_reason is None
+    assert track_of(first, result, CAR, 1).track_age == 1
 
 
 # --------------------------------------------------------------------- time

@@ -121,3 +121,11 @@ def segment_of(result: PanopticDepthResult, category: int, instance: int) -> int
         if s.id == sid:
             return i
     return None
+
+
+def paint(result: PanopticDepthResult, colours: dict[int, tuple[int, int, int]]) -> np.ndarray:
+    """The BGR uint8 frame of ``result``: each panoptic id in ``colours`` in its colour, the rest grey."""
+    image = np.full((*result.panoptic.shape, 3), 128, np.uint8)
+    for panoptic_id, colour in colours.items():
+        image[result.panoptic == panoptic_id] = colour
+    return image

@@ -399,6 +399,13 @@ class NodeSettings:
         bounds=(0.0, 10.0),
         dynamic=True,
     )
+    tracking_appearance_weight: float = parameter(
+        TrackerConfig.appearance_weight,
+        "Weight of the colour difference (segment against track, 0 to 1) in the association cost: it "
+        "tells apart two things of one class that cross or come back from behind something; 0 turns it off.",
+        bounds=(0.0, 10.0),
+        dynamic=True,
+    )
     # Outputs: one switch per output of the table, in its order (a test checks that).
     publish_segments: bool = output_switch("segments")
     publish_markers: bool = output_switch("markers")

@@ -109,7 +109,7 @@ def evaluate_sequences(
             tracker = Tracker(tracker_config)
             for sample in read_sequence(sequence, max_depth=max_depth):
                 result = predict(sample)
-                tracked = tracker.update(result, stamp_ns=sample.stamp_ns)
+                tracked = tracker.update(result, stamp_ns=sample.stamp_ns, image=sample.image[..., ::-1])  # BGR
                 out.video.add(video_frame(sample, result, tracked))
                 out.frames.add(
                     result.panoptic,
