@@ -688,8 +688,9 @@ class Predictor:
         a dropped frame just widens the step, a jump back resets the tracks);
         ``camera_k`` as in :meth:`predict` (without it vx, vy stay unknown). ``tracker``:
         one to continue (e.g. with a :class:`~.tracker.TrackerConfig` of your own);
-        default a fresh one.  Each result's segments carry their track id, age,
-        velocity and time to contact (:meth:`PanopticDepthResult.with_tracks`).
+        default a fresh one; it is given each image too, for the segments' colours.  Each
+        result's segments carry their track id, age, velocity and time to contact
+        (:meth:`PanopticDepthResult.with_tracks`).
         """
         tracker = Tracker() if tracker is None else tracker
         for stamp_s, image in frames:
