@@ -46,6 +46,12 @@ class Detections:
     px_area: FloatArray  # [D] pixels
     appearance: FloatArray | None = None  # [D, APPEARANCE_SIZE] colour histogram (sums to 1); None without an image
 
+    def coloured(self) -> BoolArray:
+        """``[D]`` whether each detection has a colour histogram (an image, and grid samples on its mask)."""
+        if self.appearance is None:
+            return np.zeros(self.seg_index.size, bool)
+        return np.asarray(self.appearance.any(axis=1), bool)
+
     def motion(self, index: IntArray) -> FloatArray:
         """``[N, 6]`` measurements of detections ``index`` for the filters (3D and size axes NaN where cut)."""
         out = self.meas[index].copy()
@@ -153,6 +159,7 @@ def appearance(samples: np.ndarray, labels: npt.NDArray[np.int32], n: int) -> Fl
     ``samples``: the image on the mask grid ([h, w, 3] BGR uint8); ``labels``: the detection
     of each grid sample (``n``: none). Each channel in :data:`APPEARANCE_BINS` bins: coarse
     enough that a few dozen samples fill it, fine enough to tell a red car from a white one.
+    A detection too small to hold a grid sample gets zeros: no colour known.
     """
     inside = labels < n
     q = samples[inside] >> (8 - APPEARANCE_BITS)  # [S, 3] uint8 bin per channel
@@ -237,9 +244,10 @@ def associate(
     costliest = c.iou_weight + c.distance_weight + c.depth_weight + c.size_weight
     if c.appearance_weight > 0 and dets.appearance is not None and t.has_appearance.any():
         # Colour tells apart two things of one class that cross, or one that comes back from
-        # behind something next to another. A track first seen without an image counts as
-        # halfway (0.5) from everything.
-        dist = np.where(t.has_appearance[:, None], appearance_distance(t.appearance, dets.appearance), 0.5)
+        # behind something next to another. Where either colour is unknown (a track first seen
+        # without an image, a segment too small for a grid sample) the pair counts as halfway (0.5).
+        known = t.has_appearance[:, None] & dets.coloured()[None, :]
+        dist = np.where(known, appearance_distance(t.appearance, dets.appearance), 0.5)
         cost = cost + c.appearance_weight * dist
         costliest += c.appearance_weight
     # A forbidden pair costs what the costliest allowed pair can: assigning it means

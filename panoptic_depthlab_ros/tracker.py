@@ -203,11 +203,14 @@ class Tracker:
             t.box_uv[rows] = m.pos[rows, UV]
             t.match_xyz[rows] = m.pos[rows, :3]
             t.vel_ok[rows] = m.velocity_certain(rows)
-            if dets.appearance is not None:  # the track's colours follow its matches
-                seen = dets.appearance[cols]
+            if dets.appearance is not None:  # the track's colours follow its matches (those with colours)
+                seen, coloured = dets.appearance[cols], dets.coloured()[cols]
                 blend = _APPEARANCE_KEEP * t.appearance[rows] + (1 - _APPEARANCE_KEEP) * seen
-                t.appearance[rows] = np.where(t.has_appearance[rows, None], blend, seen)
-                t.has_appearance[rows] = True
+                known = t.has_appearance[rows]
+                t.appearance[rows] = np.where(
+                    (known & coloured)[:, None], blend, np.where(coloured[:, None], seen, t.appearance[rows])
+                )
+                t.has_appearance[rows] = known | coloured
             state = t.state[rows]
             t.state[rows] = np.where(
                 (state == LOST) | ((state == TENTATIVE) & (t.hits[rows] >= c.confirm_frames)), CONFIRMED, state
@@ -270,7 +273,7 @@ class Tracker:
                 "box_uv": np.zeros((n, 2)),
                 "match_xyz": np.zeros((n, 3)),
                 "appearance": np.zeros((n, APPEARANCE_SIZE)) if dets.appearance is None else dets.appearance[born],
-                "has_appearance": np.full(n, dets.appearance is not None),
+                "has_appearance": dets.coloured()[born],
             }
         )
         m = t.motion

@@ -386,6 +386,20 @@ def test_frames_without_an_image_track_by_geometry_alone() -> None:
     assert coloured._tracks.has_appearance.all()
 
 
+def test_a_segment_without_colour_samples_is_neither_penalised_nor_blended() -> None:
+    # The colours are read on the mask-IoU grid (here every 16th pixel, mask_samples 72): a car
+    # far away covers no grid sample, so its colour is unknown. It keeps its track, and the
+    # track's histogram stays a histogram (it sums to 1 once known, 0 before).
+    tracker = Tracker(shown(mask_samples=72))
+    for f in range(5):
+        result = render([Thing(CAR, 1, (-1.0, 1.0, 10.0)), Thing(CAR, 2, (2.0, 0.5, 60.0), (0.6, 0.5))])
+        frame = tracker.update(result, stamp_ns=stamp(f), image=paint(result, {13001: RED, 13002: WHITE}))
+        assert track_of(frame, result, CAR, 2).track_id == 2
+    table = tracker._tracks
+    np.testing.assert_allclose(table.appearance.sum(axis=1), [1.0, 0.0])
+    assert table.has_appearance.tolist() == [True, False]
+
+
 def test_an_image_that_is_not_the_frame_is_refused() -> None:
     tracker = Tracker()
     result = render([Thing(CAR, 1, (0.0, 1.0, 10.0))])
