@@ -44,7 +44,8 @@ class Detections:
     stride: int  # pixels between grid samples
     cut: BoolArray  # [D] cut by the image border: its box moves in the image, but measures no 3D motion
     px_area: FloatArray  # [D] pixels
-    appearance: FloatArray | None = None  # [D, APPEARANCE_SIZE] colour histogram (sums to 1; 0s: no sample); None: no image
+    # [D, APPEARANCE_SIZE] colour histogram (sums to 1; zeros: no grid sample on the mask); None: no image
+    appearance: FloatArray | None = None
 
     def coloured(self) -> BoolArray:
         """``[D]`` whether each detection has a colour histogram (an image, and grid samples on its mask)."""
