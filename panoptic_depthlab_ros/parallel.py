@@ -127,8 +127,8 @@ def scratch(shape: Sequence[int], dtype: torch.dtype) -> Iterator[torch.Tensor]:
     Taken from a pool and given back after the block, so that a pass repeated frame after
     frame does not map fresh memory each time: a fresh tensor of a megabyte or more costs
     page faults on first touch, and lanes that fault at once wait for each other in the
-    kernel (measured: the class argmax at 512x1024 scaled 1.3x on two lanes with fresh
-    temporaries, 1.8x with reused ones). Never hand such a tensor out of the block.
+    kernel (what it measured: docs/design.md, post-processing). Never hand such a tensor out
+    of the block.
     """
     key = (tuple(int(s) for s in shape), dtype)
     with _scratch_lock:
