@@ -28,6 +28,18 @@ MAX_PIXELS_HELP = (
 )
 
 
+def check_image(image: np.ndarray) -> None:
+    """Raise :class:`InputError` unless ``image`` is a non-empty [H, W, 3] uint8 array."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must be [H, W, 3] (BGR), got shape {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"image is empty: shape {tuple(image.shape)}")
+
+
 def check_pixels(width: int, height: int, max_pixels: int, what: str, limit_name: str = "max_pixels") -> None:
     """Raise :class:`InputError` (kind ``too_large``) when ``width * height`` exceeds ``max_pixels`` (> 0).
 

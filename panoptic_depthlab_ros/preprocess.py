@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
+from .image_io import check_image
 from .model import ModelConfig
 
 
@@ -38,18 +38,6 @@ class Prepared:
     def resized(self) -> bool:
         """Whether the image was scaled before the network."""
         return self.network_size != self.input_size
-
-
-def check_image(image: np.ndarray) -> None:
-    """Raise :class:`InputError` unless ``image`` is a non-empty [H, W, 3] uint8 array."""
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"image must be [H, W, 3] (BGR), got shape {tuple(image.shape)}")
-    if image.dtype != np.uint8:
-        raise InputError(f"image must be uint8, got {image.dtype}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise InputError(f"image is empty: shape {tuple(image.shape)}")
 
 
 def network_size_for(height: int, width: int, max_input_width: int, input_scale: float = 1.0) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
+from panoptic_depthlab_ros.image_io import check_image
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
 from panoptic_depthlab_ros.track_config import TrackerConfig
 from panoptic_depthlab_ros.track_motion import AXES, NAN, UV, S, U, V, Z
@@ -70,9 +71,7 @@ def find_detections(result: PanopticDepthResult, config: TrackerConfig, image: n
     """
     c = config
     if image is not None:
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape[2:] != (3,):
-            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"image must be a BGR uint8 [H, W, 3] array, got {got}")
+        check_image(image)  # an InputError, a ValueError
         if image.shape[:2] != result.panoptic.shape:
             raise ValueError(
                 f"image is {image.shape[1]}x{image.shape[0]} but the panoptic map is "
@@ -139,7 +138,6 @@ def find_detections(result: PanopticDepthResult, config: TrackerConfig, image: n
     n = ids.size
     labels = relabel(grid, ids, np.arange(n), n)
     area = np.bincount(labels.ravel(), minlength=n + 1)[:n]
-    use_image = image is not None and c.appearance_weight > 0
     return Detections(
         seg_index=seg_index,
         category=table[:, 2].astype(np.int64),
@@ -150,7 +148,9 @@ def find_detections(result: PanopticDepthResult, config: TrackerConfig, image: n
         stride=stride,
         cut=cut,
         px_area=table[:, 12],
-        appearance=appearance(image[::stride, ::stride], labels, n) if use_image and image is not None else None,
+        appearance=appearance(image[::stride, ::stride], labels, n)
+        if image is not None and c.appearance_weight > 0
+        else None,
     )
 
 

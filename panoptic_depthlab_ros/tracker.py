@@ -33,7 +33,7 @@ the depth's rate with looming (the rate of the inverse box height times the dept
 the two agree. Time to contact is ``z / -vz``: depth over closing speed, +inf when not
 closing, NaN unknown.
 
-ROS-free and torch-free: numpy and SciPy only.
+ROS-free and torch-free: numpy, SciPy and the package's image check.
 """
 
 from __future__ import annotations
@@ -204,13 +204,11 @@ class Tracker:
             t.match_xyz[rows] = m.pos[rows, :3]
             t.vel_ok[rows] = m.velocity_certain(rows)
             if dets.appearance is not None:  # the track's colours follow its matches (those with colours)
-                seen, coloured = dets.appearance[cols], dets.coloured()[cols]
-                blend = _APPEARANCE_KEEP * t.appearance[rows] + (1 - _APPEARANCE_KEEP) * seen
-                known = t.has_appearance[rows]
-                t.appearance[rows] = np.where(
-                    (known & coloured)[:, None], blend, np.where(coloured[:, None], seen, t.appearance[rows])
-                )
-                t.has_appearance[rows] = known | coloured
+                coloured = dets.coloured()[cols]
+                had, seen = rows[coloured], cols[coloured]
+                keep = np.where(t.has_appearance[had], _APPEARANCE_KEEP, 0.0)[:, None]  # 0: its first colours
+                t.appearance[had] = keep * t.appearance[had] + (1 - keep) * dets.appearance[seen]
+                t.has_appearance[had] = True
             state = t.state[rows]
             t.state[rows] = np.where(
                 (state == LOST) | ((state == TENTATIVE) & (t.hits[rows] >= c.confirm_frames)), CONFIRMED, state

@@ -404,8 +404,8 @@ def test_an_image_that_is_not_the_frame_is_refused() -> None:
     tracker = Tracker()
     result = render([Thing(CAR, 1, (0.0, 1.0, 10.0))])
     for image, message in (
-        (np.zeros((96, 192), np.uint8), r"BGR uint8 \[H, W, 3\] array, got uint8 \(96, 192\)"),
-        (np.zeros((96, 192, 3), np.float32), "got float32"),
+        (np.zeros((96, 192), np.uint8), r"image must be \[H, W, 3\] \(BGR\), got shape \(96, 192\)"),
+        (np.zeros((96, 192, 3), np.float32), "image must be uint8, got float32"),
         (np.zeros((48, 96, 3), np.uint8), "image is 96x48 but the panoptic map is 192x96"),
     ):
         with pytest.raises(ValueError, match=message):
