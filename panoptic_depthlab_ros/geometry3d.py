@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .result import PanopticDepthResult
+from .result import PanopticDepthResult, relabel_ids
 from .visualize import depth_to_bgr, segment_label
 
 # One point of ~/points: 20 bytes, little-endian on every platform the wheels exist for.
@@ -197,19 +197,6 @@ def point_cloud(
 
 
 # ------------------------------------------------------------------ extents
-def _segment_lookup(panoptic: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """[H, W] int32 position of each pixel's id in ``ids`` (sorted), -1 when absent."""
-    if ids.size == 0:
-        return np.full(panoptic.shape, -1, np.int32)
-    top = int(ids[-1])
-    if ids[0] >= -1 and top < (1 << 24):  # a table indexed by id + 1: one gather per pixel
-        table = np.full(top + 3, -1, np.int32)  # the last entry catches every id above top
-        table[ids + 1] = np.arange(ids.size, dtype=np.int32)
-        return table[np.clip(panoptic, -1, top + 1) + 1]
-    pos = np.clip(np.searchsorted(ids, panoptic), 0, ids.size - 1)
-    return np.where(ids[pos] == panoptic, pos, -1).astype(np.int32)
-
-
 def _grouped_quantiles(
     group: np.ndarray, values: np.ndarray, counts: np.ndarray, quantiles: Sequence[float]
 ) -> np.ndarray:
@@ -265,7 +252,7 @@ def segment_extents(
     order = np.argsort(np.asarray(ids, dtype=np.int64))
     sorted_ids = np.asarray(ids, dtype=np.int64)[order]
     n = sorted_ids.size
-    index = _segment_lookup(panoptic, sorted_ids).reshape(-1)
+    index = relabel_ids(panoptic, sorted_ids, np.arange(n), -1).reshape(-1)  # position in sorted_ids, -1
     flat = np.flatnonzero((index >= 0) & valid_depth(depth).reshape(-1))
     group = index[flat]
     z = depth.reshape(-1)[flat].astype(np.float64)

@@ -14,6 +14,31 @@ if TYPE_CHECKING:  # tracker.py imports this module
     from .tracker import SegmentTrack
 
 NAN = float("nan")
+# Panoptic ids up to this are relabelled through a table indexed by id; larger ones by a search.
+_TABLE_IDS = 1 << 24
+
+
+def relabel_ids(panoptic: np.ndarray, ids: np.ndarray, values: np.ndarray, fill: int) -> np.ndarray:
+    """``panoptic`` (int) with each of ``ids`` replaced by its ``values`` entry, every other value by ``fill``: int32.
+
+    Ids in -1 .. 2**24: one table lookup per pixel (the table spans -1 .. max(ids) + 1 and
+    the map is clipped into it, so void, ids absent from ``ids`` and stray large values all
+    land on ``fill``); other ids: a binary search in the sorted ids, so that no table
+    grows with them.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    values = np.asarray(values)
+    if ids.size == 0:
+        return np.full(panoptic.shape, fill, np.int32)
+    top = int(ids.max())
+    if int(ids.min()) >= -1 and top < _TABLE_IDS:
+        lut = np.full(top + 3, fill, np.int32)  # index: id + 1 (void -1 -> 0); last: anything above
+        lut[ids + 1] = values
+        return lut[np.clip(panoptic, -1, top + 1) + 1]
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, panoptic), 0, ids.size - 1)
+    return np.where(sorted_ids[pos] == panoptic, values[order][pos], fill).astype(np.int32)
 
 
 @dataclass

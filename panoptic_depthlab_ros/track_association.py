@@ -22,7 +22,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from panoptic_depthlab_ros.image_io import check_image
-from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
+from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth, relabel_ids
 from panoptic_depthlab_ros.track_config import TrackerConfig
 from panoptic_depthlab_ros.track_motion import AXES, NAN, UV, S, U, V, Z
 from panoptic_depthlab_ros.track_table import APPEARANCE_BITS, APPEARANCE_SIZE, TrackTable
@@ -136,7 +136,7 @@ def find_detections(result: PanopticDepthResult, config: TrackerConfig, image: n
     stride = max(1, math.isqrt(h * w // c.mask_samples))
     grid = result.panoptic[::stride, ::stride]
     n = ids.size
-    labels = relabel(grid, ids, np.arange(n), n)
+    labels = relabel_ids(grid, ids, np.arange(n), n)
     area = np.bincount(labels.ravel(), minlength=n + 1)[:n]
     return Detections(
         seg_index=seg_index,
@@ -334,15 +334,3 @@ def assign(cost: FloatArray, allowed: BoolArray) -> tuple[IntArray, IntArray]:
     r, k = live_r[r], live_c[k]
     keep = allowed[r, k]
     return r[keep].astype(np.int64), k[keep].astype(np.int64)
-
-
-def relabel(panoptic: np.ndarray, ids: IntArray, values: np.ndarray, fill: int) -> npt.NDArray[np.int32]:
-    """``panoptic`` with each of ``ids`` (>= 0) replaced by its ``values`` entry, all else by ``fill``.
-
-    One table lookup: the table spans -1 .. max(ids) + 1 and the map is clipped into it, so
-    void, ids absent from ``ids`` and stray large values all land on ``fill``.
-    """
-    top = int(ids.max()) if ids.size else -1
-    lut = np.full(top + 3, fill, np.int32)  # index: id + 1 (void -1 -> 0); last: anything above
-    lut[ids + 1] = values
-    return lut[np.clip(panoptic, -1, top + 1) + 1]

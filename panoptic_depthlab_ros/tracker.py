@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from panoptic_depthlab_ros.result import PanopticDepthResult
-from panoptic_depthlab_ros.track_association import Detections, associate, find_detections, relabel
+from panoptic_depthlab_ros.result import PanopticDepthResult, relabel_ids
+from panoptic_depthlab_ros.track_association import Detections, associate, find_detections
 from panoptic_depthlab_ros.track_config import TrackerConfig
 from panoptic_depthlab_ros.track_motion import NAN, UV, IntArray
 from panoptic_depthlab_ros.track_table import APPEARANCE_SIZE, CONFIRMED, LOST, TENTATIVE, TrackTable
@@ -366,4 +366,4 @@ def track_panoptic(result: PanopticDepthResult, tracks: Sequence[SegmentTrack] |
         np.int64,
         len(segments),
     )
-    return relabel(panoptic, ids, value, -1)
+    return relabel_ids(panoptic, ids, value, -1)

@@ -711,3 +711,24 @@ def test_track_panoptic_uses_track_ids_as_instances() -> None:
     np.testing.assert_array_equal(track_panoptic(result.with_tracks(frame.tracks)), video)
     with pytest.raises(ValueError, match="2 tracks for 4 segments"):
         track_panoptic(result, frame.tracks[:2])
+
+
+def test_relabel_ids_is_the_same_with_a_table_or_a_search() -> None:
+    # track_panoptic, the tracker's mask grid and the 3D extents relabel maps with result.relabel_ids:
+    # a table for ids up to 2**24, a search in the sorted ids beyond (no table grows with the ids).
+    from panoptic_depthlab_ros.result import relabel_ids
+
+    rng = np.random.default_rng(3)
+    ids = np.array([13004, 11002, 0, 13001])
+    panoptic = rng.choice(np.array([-1, 0, 11002, 13001, 13004, 13005, 7]), size=(6, 9)).astype(np.int32)
+    values = np.array([40, 30, 20, 10])
+    table = relabel_ids(panoptic, ids, values, -5)
+    shift = 1 << 30  # the same map with ids above the table's limit
+    far = relabel_ids(
+        np.where(panoptic > 0, panoptic + shift, panoptic), np.where(ids > 0, ids + shift, ids), values, -5
+    )
+    want = np.vectorize(lambda v: dict(zip(ids.tolist(), values.tolist(), strict=True)).get(int(v), -5))(panoptic)
+    np.testing.assert_array_equal(table, want)
+    np.testing.assert_array_equal(far, want)
+    assert table.dtype == far.dtype == np.int32
+    np.testing.assert_array_equal(relabel_ids(panoptic, ids[:0], values[:0], 9), np.full(panoptic.shape, 9))
