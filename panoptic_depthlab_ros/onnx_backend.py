@@ -238,10 +238,13 @@ class ExportedNetwork:
     sizes are refused with an :class:`InputError` naming both. ``min_size``: the smallest
     input a ``--dynamic`` export takes (its ASPP pooling window was fixed when it was traced).
     :attr:`batchable`: whether one call takes several images (our exports fix the batch at 1,
-    so the predictor runs a batch's images in turn).
+    so the predictor runs a batch's images in turn). :attr:`reuses_outputs`: whether the
+    outputs are views of buffers the next call overwrites (the predictor copies what it
+    keeps longer, :meth:`.predictor.Predictor._owned`).
     """
 
     batchable = False
+    reuses_outputs = False
 
     def __init__(
         self,

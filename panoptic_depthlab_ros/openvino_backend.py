@@ -38,6 +38,9 @@ class OpenVinoNetwork(ExportedNetwork):
     """
 
     backend = "openvino"
+    # Its outputs are the infer request's own buffers, not copies of them: copying the
+    # logits alone costs a few % of a frame (docs/performance.md#cpu-backends-and-int8).
+    reuses_outputs = True
 
     def __init__(
         self,
@@ -95,10 +98,9 @@ class OpenVinoNetwork(ExportedNetwork):
         data = np.ascontiguousarray(x.detach().cpu().numpy())
         request = self._request(tuple(data.shape))
         request.infer({0: data})
-        # The request's output buffers are reused by the next frame: copy them out.
+        # Views of the request's output buffers, which its next call overwrites (reuses_outputs).
         return {
-            n: torch.from_numpy(np.array(request.get_output_tensor(i).data)).to(self.device)
-            for i, n in enumerate(OUTPUT_NAMES)
+            n: torch.from_numpy(request.get_output_tensor(i).data).to(self.device) for i, n in enumerate(OUTPUT_NAMES)
         }
 
 

@@ -406,23 +406,38 @@ class Predictor:
         zoomed = []
         for scale in self.scales:
             if scale != 1.0:
+                out = self._owned(out)  # the next pass may overwrite a borrowed one
                 xs, (h, w) = zoomed_input(x, scale, self.model_config.size_divisibility)
-                zoomed.append((scale, {k: v[..., :h, :w] for k, v in self._network_at(xs, depth=depth).items()}))
+                at_scale = self._owned(self._network_at(xs, depth=depth))
+                zoomed.append((scale, {k: v[..., :h, :w] for k, v in at_scale.items()}))
         return average_over_scales(out, zoomed) if zoomed else out
 
     def _network_at(self, x: Tensor, *, depth: bool) -> dict[str, Tensor]:
         out = self._run_network(x, depth=depth)
         if self.flip_average:
-            out = average_with_mirrored(out, self._run_network(x.flip(-1), depth=depth))
+            out = average_with_mirrored(self._owned(out), self._run_network(x.flip(-1), depth=depth))
         return out
+
+    def _owned(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``out`` where the network lends its outputs (valid until its next call): copies the caller keeps.
+
+        An OpenVINO network's outputs are views of its infer request's buffers
+        (:attr:`.onnx_backend.ExportedNetwork.reuses_outputs`): one pass uses them in place,
+        without a copy of the logits; what outlives the next call (a flip or multi-scale
+        pass, a batch's next image, :meth:`raw`, the result's depth) is copied here first.
+        """
+        if not getattr(self.network, "reuses_outputs", False):
+            return out
+        return {k: v.clone() for k, v in out.items()}
 
     def _run_network(self, x: Tensor, *, depth: bool) -> dict[str, Tensor]:
         """One forward pass; without ``depth`` our own network skips its depth branch.
 
-        The outputs are the caller's own: a compiled network's are copied before anything
-        else runs, because CUDA graphs (``reduce-overhead``, ``max-autotune``) write every
-        call's outputs into the same buffers, and a flip or multi-scale pass calls the
-        network again before the first outputs are used (``.float().contiguous()`` is no
+        A compiled network's outputs are copied before anything else runs, because CUDA
+        graphs (``reduce-overhead``, ``max-autotune``) write every call's outputs into the
+        same buffers, and a flip or multi-scale pass calls the network again before the first
+        outputs are used (an exported network that lends its outputs is copied only where
+        that happens: :meth:`_owned`; ``.float().contiguous()`` is no
         copy for float32 NCHW outputs such as ``[1, 1, H, W]``).
         """
         if self.channels_last:
@@ -480,7 +495,7 @@ class Predictor:
         """
         prep = self._prepare(image)
         with torch.inference_mode():
-            return self._to_input_size(self._network(prep.tensor, depth=True), prep)
+            return self._owned(self._to_input_size(self._network(prep.tensor, depth=True), prep))
 
     def warm_up(self, height: int, width: int) -> float:
         """Run one mid-grey ``height`` x ``width`` frame end to end; the seconds it took.
@@ -619,7 +634,8 @@ class Predictor:
             return self._network(tensors[0], depth=self.depth_enabled)
         if getattr(self.network, "batchable", True):
             return self._network(torch.cat(tensors), depth=self.depth_enabled)
-        outs = [self._network(t, depth=self.depth_enabled) for t in tensors]
+        outs = [self._owned(self._network(t, depth=self.depth_enabled)) for t in tensors[:-1]]
+        outs.append(self._network(tensors[-1], depth=self.depth_enabled))  # the cat below copies it
         return {name: torch.cat([o[name] for o in outs]) for name in outs[0]}
 
     def _finish(
@@ -657,7 +673,9 @@ class Predictor:
             )
             panoptic = fused.panoptic.cpu().numpy()
             semantic = fused.semantic.to(torch.uint8).cpu().numpy()
-            depth = out["depth"][0].cpu().numpy().astype(np.float32, copy=False) if self.depth_enabled else None
+            depth = None
+            if self.depth_enabled:  # the result's own: a lending network's buffer changes with the next frame
+                depth = self._owned({"depth": out["depth"]})["depth"][0].cpu().numpy().astype(np.float32, copy=False)
         t4 = time.perf_counter()
         return PanopticDepthResult(
             panoptic=panoptic,

@@ -15,7 +15,7 @@ first, then the lost ones with what is left.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -47,12 +47,15 @@ class Detections:
     px_area: FloatArray  # [D] pixels
     # [D, APPEARANCE_SIZE] colour histogram (sums to 1; zeros: no grid sample on the mask); None: no image
     appearance: FloatArray | None = None
+    # [D] whether each detection has a colour histogram (an image, and grid samples on its mask)
+    coloured: BoolArray = field(init=False)
 
-    def coloured(self) -> BoolArray:
-        """``[D]`` whether each detection has a colour histogram (an image, and grid samples on its mask)."""
+    def __post_init__(self) -> None:
+        """Which detections have colours, once per frame (the cost, the colour update and new tracks read it)."""
         if self.appearance is None:
-            return np.zeros(self.seg_index.size, bool)
-        return np.asarray(self.appearance.any(axis=1), bool)
+            self.coloured = np.zeros(self.seg_index.size, bool)
+        else:
+            self.coloured = np.asarray(self.appearance.any(axis=1), bool)
 
     def motion(self, index: IntArray) -> FloatArray:
         """``[N, 6]`` measurements of detections ``index`` for the filters (3D and size axes NaN where cut)."""
@@ -247,7 +250,7 @@ def associate(
         # Colour tells apart two things of one class that cross, or one that comes back from
         # behind something next to another. Where either colour is unknown (a track first seen
         # without an image, a segment too small for a grid sample) the pair counts as halfway (0.5).
-        known = t.has_appearance[:, None] & dets.coloured()[None, :]
+        known = t.has_appearance[:, None] & dets.coloured[None, :]
         dist = np.where(known, appearance_distance(t.appearance, dets.appearance), 0.5)
         cost = cost + c.appearance_weight * dist
         costliest += c.appearance_weight

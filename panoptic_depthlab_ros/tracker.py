@@ -204,7 +204,7 @@ class Tracker:
             t.match_xyz[rows] = m.pos[rows, :3]
             t.vel_ok[rows] = m.velocity_certain(rows)
             if dets.appearance is not None:  # the track's colours follow its matches (those with colours)
-                coloured = dets.coloured()[cols]
+                coloured = dets.coloured[cols]
                 had, seen = rows[coloured], cols[coloured]
                 keep = np.where(t.has_appearance[had], _APPEARANCE_KEEP, 0.0)[:, None]  # 0: its first colours
                 t.appearance[had] = keep * t.appearance[had] + (1 - keep) * dets.appearance[seen]
@@ -271,7 +271,7 @@ class Tracker:
                 "box_uv": np.zeros((n, 2)),
                 "match_xyz": np.zeros((n, 3)),
                 "appearance": np.zeros((n, APPEARANCE_SIZE)) if dets.appearance is None else dets.appearance[born],
-                "has_appearance": dets.coloured()[born],
+                "has_appearance": dets.coloured[born],
             }
         )
         m = t.motion

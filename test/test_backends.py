@@ -41,6 +41,32 @@ def test_openvino_gives_torchs_results(exports, tiny_checkpoint) -> None:
     assert len(ov.network._compiled) == 3  # one compiled model per padded size: 96x160, 128x192, 64x128
 
 
+def test_openvino_lends_its_outputs_and_nothing_kept_changes_with_the_next_frame(exports, tiny_checkpoint) -> None:
+    # OpenVINO's outputs are views of buffers its next call overwrites: every pass that runs
+    # the network again (flip, scales, a batch's next image) and everything kept must hold copies.
+    ov = Predictor.from_checkpoint(exports["dynamic"], device="cpu", backend="openvino")
+    assert ov.network.reuses_outputs
+    rng = np.random.default_rng(1)
+    first, second = (rng.integers(0, 256, (64, 128, 3), dtype=np.uint8) for _ in range(2))
+    alone = ov.predict(first)
+    depth, panoptic = alone.depth.copy(), alone.panoptic.copy()
+    raw = ov.raw(first)
+    raw_depth = raw["depth"].clone()
+    ov.predict(second)
+    np.testing.assert_array_equal(alone.depth, depth)  # the result's depth is its own
+    assert torch.equal(raw["depth"], raw_depth)
+    batch = ov.predict_batch([first, second])  # one image at a time through the export
+    np.testing.assert_array_equal(batch[0].panoptic, panoptic)
+    np.testing.assert_allclose(batch[0].depth, depth, rtol=1e-6)
+    np.testing.assert_array_equal(batch[1].panoptic, ov.predict(second).panoptic)
+    for options in ({"flip_average": True}, {"scales": (1.0, 1.5)}):
+        pt = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", **options)
+        tta = Predictor.from_checkpoint(exports["dynamic"], device="cpu", backend="openvino", **options)
+        a, b = pt.raw(first), tta.raw(first)
+        for key in a:
+            assert float((a[key] - b[key]).abs().max()) < 1e-3, (options, key)
+
+
 def test_openvino_refuses_sizes_the_export_does_not_take(exports) -> None:
     ov = Predictor.from_checkpoint(exports["fixed"], device="cpu", backend="openvino")
     assert ov.predict(np.zeros((64, 128, 3), np.uint8)).panoptic.shape == (64, 128)
