@@ -41,8 +41,9 @@ $(DEPS_STAMP): requirements.txt tools/fix_ros_cmake_paths.sh | $(PY)
 	touch $@
 
 # Core: pip (metadata, so the training package's dependency is satisfied),
-# then CMake on top: messages + node into the same package directory. CMake's
-# install never deletes: the files its last install wrote (its manifest) go first,
+# then CMake on top: messages + node into the same package directory; last, the
+# compiled post-processing in place too, for the tests and tools run from the
+# sources. CMake's install never deletes: the files its last install wrote (its manifest) go first,
 # so that a module removed from the source cannot linger in .venv and hide a
 # broken import.
 $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_FILES) $(CORE_FILES) $(TRAINING_FILES)
@@ -54,6 +55,7 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_FILES) $(CORE_FILES) $(TRAINING_FILES)
 	cmake --build $(BUILD_DIR) -j 2 >> $(BUILD_DIR).log 2>&1 || { tail -50 $(BUILD_DIR).log; exit 1; }
 	cmake --install $(BUILD_DIR) >> $(BUILD_DIR).log 2>&1 || { tail -50 $(BUILD_DIR).log; exit 1; }
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e training
+	$(PY) setup.py -q build_ext --inplace > $(BUILD_DIR)-native.log 2>&1 || { cat $(BUILD_DIR)-native.log; exit 1; }
 	touch $@
 
 setup: $(BUILD_STAMP)

@@ -4,7 +4,17 @@ predictor, visualization, CLI) for machines without ROS, e.g. a training server.
 ROS users build this directory with colcon instead (package.xml + CMakeLists.txt),
 which also generates the messages and installs the node.
 """
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# The compiled per-pixel passes of the CPU post-processing (loaded with ctypes by
+# panoptic_depthlab_ros/native.py, not imported: no Python API inside). The flags are
+# CMakeLists.txt's too.
+NATIVE = Extension(
+    "panoptic_depthlab_ros._native",
+    sources=["panoptic_depthlab_ros/csrc/postprocess.cpp"],
+    extra_compile_args=["-std=c++17", "-O3", "-fno-trapping-math"],
+    language="c++",
+)
 
 setup(
     name="panoptic-depthlab-ros",
@@ -14,6 +24,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["panoptic_depthlab_ros", "panoptic_depthlab_ros.*"]),
     package_data={"panoptic_depthlab_ros": ["data/*"]},
+    ext_modules=[NATIVE],
     # The message definitions, where the ROS-free bag tools look for them (as colcon installs them).
     data_files=[("share/panoptic_depthlab_ros/msg", ["msg/SegmentDepth.msg", "msg/SegmentDepthArray.msg"])],
     install_requires=[

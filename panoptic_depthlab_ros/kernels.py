@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import cv2
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import native
 from .parallel import lanes_for, run_parallel, scratch
 
 # Pixels per block of argmax_channels: the block's [C, pixels] scratch stays in cache.
@@ -39,7 +41,8 @@ def argmax_channels(
     ``x``'s dtype to fill with the softmax probability of the argmax class
     (:func:`softmax_probability`'s formula) in the same pass: the logits are read from
     memory once for both.  ``also``: other tasks to run in the same lanes (see
-    :func:`~.parallel.run_parallel`).
+    :func:`~.parallel.run_parallel`).  With the compiled library (:mod:`.native`), float32
+    scores take its single pass instead: the same labels, probabilities within float rounding.
     """
     num, h, w = x.shape
     if x.device.type != "cpu" or not 0 < num < 256 or not x.is_floating_point():
@@ -48,6 +51,15 @@ def argmax_channels(
         if top_probability is not None:
             flat = x.flatten(1)
             top_probability.copy_(softmax_probability(flat, index.flatten()).view(h, w))
+        return index
+    probability_ok = top_probability is None or (top_probability.is_contiguous() and top_probability.dtype == x.dtype)
+    if x.dtype == torch.float32 and probability_ok and native.usable(x):  # one compiled pass (native.py)
+        index = torch.empty((h, w), dtype=torch.uint8)
+        lanes = lanes_for(h * w, lanes)
+        parts = min(h, 4 * lanes)  # several parts per lane: lanes that finish early take more
+        bounds = [h * i // parts for i in range(parts + 1)]
+        tasks = [partial(native.argmax_probability, x, index, top_probability, a, b) for a, b in pairwise(bounds)]
+        run_parallel([*also, *tasks], lanes)
         return index
     # Class k scores num - k where it equals the maximum: the largest score is num - (the first maximum).
     rank = torch.arange(num, 0, -1, dtype=x.dtype)[:, None, None]

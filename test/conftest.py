@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated real-rclpy context per test.
+"""Shared fixtures: an isolated real-rclpy context per test, tiny checkpoints, both post-processing paths.
 
 Every test gets its own ROS domain (offset by the process id so parallel runs on
 one machine do not hear each other) and localhost-only discovery.
@@ -45,3 +45,15 @@ def converted_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("converted") / "tiny_converted.safetensors"
     convert_detectron2(FIXTURES / "tiny_model.pkl", FIXTURES / "tiny_config.yaml", path)
     return path
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def passes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the post-processing's per-pixel passes compiled (native.py) or as torch ops: both paths give the results."""
+    from panoptic_depthlab_ros import native  # noqa: PLC0415
+
+    if request.param == "compiled":
+        assert native.LIBRARY is not None, f"the compiled post-processing is missing: {native.UNAVAILABLE}"
+    else:
+        monkeypatch.setattr(native, "LIBRARY", None)
+    return str(request.param)

@@ -187,7 +187,7 @@ def test_centers_equal_detectron2_on_random_heatmaps(seed: int) -> None:
                 assert torch.equal(ours, ref_centers(heat, threshold, kernel, top_k)), (threshold, kernel, top_k)
 
 
-def test_semantic_is_torch_argmax_with_ties_and_nan() -> None:
+def test_semantic_is_torch_argmax_with_ties_and_nan(passes: str) -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(19, 40, 70, generator=g)
     logits[4, :3] = logits[9, :3] = 50.0  # ties: the lower class wins
@@ -236,7 +236,7 @@ def test_counting_by_index_add_is_bincount(dtype) -> None:
     assert torch.equal(count_by_index_add(values[:0], 3), torch.zeros(3, dtype=torch.int64))
 
 
-def test_fusion_gives_the_segments_and_class_probability_of_its_map() -> None:
+def test_fusion_gives_the_segments_and_class_probability_of_its_map(passes: str) -> None:
     """What the fusion hands to the segment statistics equals what they would compute from the map."""
     from panoptic_depthlab_ros.segment_stats import _segment_index
 

@@ -65,7 +65,9 @@ def awkward_logits(seed: int, c: int = 19, h: int = 37, w: int = 53) -> torch.Te
 
 @pytest.mark.parametrize("block", [64, 1 << 12])
 @pytest.mark.parametrize("lanes", [1, 3])
-def test_argmax_and_top_probability_equal_torch(monkeypatch: pytest.MonkeyPatch, block: int, lanes: int) -> None:
+def test_argmax_and_top_probability_equal_torch(
+    monkeypatch: pytest.MonkeyPatch, block: int, lanes: int, passes: str
+) -> None:
     monkeypatch.setattr(kernels, "ARGMAX_BLOCK_PIXELS", block)  # 64: one row a block, many blocks
     for seed in range(3):
         x = awkward_logits(seed)
@@ -78,7 +80,7 @@ def test_argmax_and_top_probability_equal_torch(monkeypatch: pytest.MonkeyPatch,
         assert prob[14].gt(0.99).all() and prob[15].sub(1 / 19).abs().lt(1e-6).all()
 
 
-def test_argmax_reads_a_cropped_view_without_copying_it() -> None:
+def test_argmax_reads_a_cropped_view_without_copying_it(passes: str) -> None:
     x = awkward_logits(3, h=40, w=70)
     view = x[:, 2:35, 5:61]  # a padded output cropped: not contiguous
     prob = torch.empty(view.shape[1:])

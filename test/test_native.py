@@ -1,0 +1,69 @@
+"""The compiled post-processing passes: built by make setup, switchable off, refused cleanly when missing.
+
+Their results are held against torch's by the tests of the passes themselves, each run both ways
+(the ``passes`` fixture): test_kernels.py, test_fusion.py, test_segment_stats.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from panoptic_depthlab_ros import native
+from panoptic_depthlab_ros.fusion import PostprocessConfig, panoptic_fusion
+from panoptic_depthlab_ros.metadata import cityscapes_metadata
+from pdl_testing import REPO
+
+
+def test_make_setup_builds_it_and_the_switch_turns_it_off() -> None:
+    assert native.LIBRARY is not None, native.UNAVAILABLE
+    code = "from panoptic_depthlab_ros import native; print(native.LIBRARY is None, native.UNAVAILABLE)"
+    off = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={"PANOPTIC_DEPTHLAB_NATIVE": "0", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert off.stdout.strip() == "True PANOPTIC_DEPTHLAB_NATIVE=0"
+
+
+def test_a_missing_or_broken_library_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(native, "FILE_NAME", "_native_missing.so")
+    library, why = native._load()
+    assert library is None
+    assert why.endswith("_native_missing.so is not built (make setup, pip install or colcon build compile it)")
+    broken = Path(native.__file__).with_name("_native_broken_test.so")
+    broken.write_bytes(b"not a shared library")
+    try:
+        monkeypatch.setattr(native, "FILE_NAME", broken.name)
+        library, why = native._load()
+        assert library is None and why.startswith(f"{broken} does not load: ")
+    finally:
+        broken.unlink()
+
+
+def test_fusion_gives_one_result_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(3)
+    h, w = 70, 110
+    logits = torch.randn(19, h, w, generator=g) * 3
+    logits[13, 10:50, 20:60] += 8  # a car
+    logits[11, 30:60, 70:90] += 8  # a person
+    center = torch.zeros(1, h, w)
+    center[0, 30, 40] = center[0, 45, 80] = 0.9
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    near_car = xx < 65
+    offset = torch.stack((torch.where(near_car, 30 - yy, 45 - yy), torch.where(near_car, 40 - xx, 80 - xx))).float()
+    config, classes = PostprocessConfig(stuff_area=20), cityscapes_metadata()
+    compiled = panoptic_fusion(logits, center, offset, classes=classes, config=config)
+    monkeypatch.setattr(native, "LIBRARY", None)
+    plain = panoptic_fusion(logits, center, offset, classes=classes, config=config)
+    assert torch.equal(compiled.panoptic, plain.panoptic) and torch.equal(compiled.semantic, plain.semantic)
+    assert set(compiled.panoptic.unique().tolist()) >= {13001, 11001, 0}
+    assert compiled.class_probability is not None and plain.class_probability is not None
+    torch.testing.assert_close(compiled.class_probability, plain.class_probability, rtol=1e-6, atol=1e-7)
