@@ -13,10 +13,16 @@ from __future__ import annotations
 import ctypes
 import os
 import sysconfig
+from dataclasses import dataclass
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
+
+from .parallel import run_parallel, scratch
 
 # The library's file name: that of a Python extension module of this interpreter (what setup.py
 # builds; CMakeLists.txt gives its build the same name).
@@ -25,6 +31,9 @@ ENV_SWITCH = "PANOPTIC_DEPTHLAB_NATIVE"
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
+# Parts of the image the per-segment sums are split into (then added in order): fixed, so that the
+# float sums do not depend on the lanes.
+SUM_PARTS = 8
 
 
 def _load() -> tuple[ctypes.CDLL | None, str]:
@@ -40,6 +49,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         return None, f"{path} does not load: {exc}"
     lib.pdl_argmax_probability.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P]
     lib.pdl_argmax_probability.restype = None
+    lib.pdl_segment_sums.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _P]
+    lib.pdl_segment_sums.restype = None
+    lib.pdl_segment_gather.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _P, _P]
+    lib.pdl_segment_gather.restype = None
+    lib.pdl_segment_order.argtypes = [_P, _P, _I64, _I64, ctypes.c_double, _P, _P, _P]
+    lib.pdl_segment_order.restype = None
     return lib, ""
 
 
@@ -74,3 +89,109 @@ def readable(t: Tensor) -> bool:
 def usable(*tensors: Tensor) -> bool:
     """Whether the library is loaded and can read ``tensors`` in place."""
     return LIBRARY is not None and all(readable(t) for t in tensors)
+
+
+@dataclass
+class SegmentSums:
+    """What :func:`segment_sums` gives per segment ([n] each).
+
+    extent: area, y_min, y_max, x_min, x_max, sum of y, sum of x (int64); count: counted depths
+    (int64); sum_z, sum_zz, sum_uz, sum_vz: float64 sums of z, z^2, u z, v z over them (u the
+    column, v the row); minimum, median (lower), trimmed (mean of the ranks ``[floor(count *
+    trim), count - floor(count * trim))``): float64, NaN without counted depths; probability:
+    float64 sums of the probability over the whole segment, None without it.
+    """
+
+    extent: tuple[Tensor, ...]
+    count: Tensor
+    sum_z: Tensor
+    sum_zz: Tensor
+    sum_uz: Tensor
+    sum_vz: Tensor
+    minimum: Tensor
+    median: Tensor
+    trimmed: Tensor
+    probability: Tensor | None
+
+
+def segment_sums(
+    seg: Tensor,
+    d: Tensor,
+    counted: Tensor | None,
+    probability: Tensor | None,
+    *,
+    n: int,
+    height: int,
+    width: int,
+    trim: float,
+    lanes: int,
+) -> SegmentSums:
+    """Per-segment extent, depth moments and order statistics in three compiled passes.
+
+    ``seg`` [H*W] int32 segment of each pixel (``n``: none), ``d`` [H*W] float32 depths,
+    ``counted`` [H*W] bool: the depths that count (None: all), ``probability`` [H*W] float32
+    (or None); all contiguous on the CPU. The image is summed in :data:`SUM_PARTS` parts of rows
+    over ``lanes`` lanes, the parts added in order; then each segment's counted depths are
+    gathered and partially sorted (std::nth_element) for the order statistics.
+    """
+    assert LIBRARY is not None
+    lib = LIBRARY
+    parts = max(1, min(SUM_PARTS, height))
+    rows = [height * i // parts for i in range(parts + 1)]
+    extent = torch.empty((parts, 7, n), dtype=torch.int64)
+    count = torch.empty((parts, n), dtype=torch.int64)
+    moments = torch.empty((parts, 4, n), dtype=torch.float64)
+    probability_sum = torch.empty((parts, n), dtype=torch.float64)
+    c_counted = None if counted is None else counted.view(torch.uint8)
+
+    def sums(i: int, r0: int, r1: int) -> None:
+        lib.pdl_segment_sums(
+            *(_pointer(t) for t in (seg, d, c_counted, probability)),
+            height,
+            width,
+            r0,
+            r1,
+            n,
+            *(_pointer(t[i]) for t in (extent, count, moments, probability_sum)),
+        )
+
+    run_parallel([partial(sums, i, r0, r1) for i, (r0, r1) in enumerate(pairwise(rows))], lanes)
+    area, y_min, y_max, x_min, x_max, sum_y, sum_x = extent.unbind(1)
+    total = count.sum(0)
+    moment = moments.sum(0)  # parts in order
+    starts = torch.zeros(n + 1, dtype=torch.int64)
+    torch.cumsum(total, 0, out=starts[1:])
+    # Where each part's depths of each segment start: the segment's start, then the earlier parts'.
+    nexts = (starts[:-1] + count.cumsum(0) - count).contiguous()
+    used = int(starts[-1])
+    minimum, median, trimmed = (torch.empty(n, dtype=torch.float64) for _ in range(3))
+    with scratch((max(used, 1),), torch.float32) as values:
+
+        def gather(i: int, r0: int, r1: int) -> None:
+            lib.pdl_segment_gather(
+                _pointer(seg), _pointer(d), _pointer(c_counted), width, r0, r1, n, _pointer(nexts[i]), _pointer(values)
+            )
+
+        run_parallel([partial(gather, i, r0, r1) for i, (r0, r1) in enumerate(pairwise(rows))], lanes)
+        # Segments in groups of about equal depth counts, one task each (a road is one segment).
+        cuts = torch.searchsorted(starts, torch.arange(1, 2 * lanes) * used // (2 * lanes)).tolist()
+        groups = sorted({0, *(min(c, n) for c in cuts), n})
+
+        def order(k0: int, k1: int) -> None:
+            lib.pdl_segment_order(
+                _pointer(values), _pointer(starts), k0, k1, trim, *(_pointer(t) for t in (minimum, median, trimmed))
+            )
+
+        run_parallel([partial(order, k0, k1) for k0, k1 in pairwise(groups) if k1 > k0], lanes)
+    return SegmentSums(
+        extent=(area.sum(0), y_min.amin(0), y_max.amax(0), x_min.amin(0), x_max.amax(0), sum_y.sum(0), sum_x.sum(0)),
+        count=total,
+        sum_z=moment[0],
+        sum_zz=moment[1],
+        sum_uz=moment[2],
+        sum_vz=moment[3],
+        minimum=minimum,
+        median=median,
+        trimmed=trimmed,
+        probability=None if probability is None else probability_sum.sum(0),
+    )

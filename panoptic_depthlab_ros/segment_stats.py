@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import native
 from .fusion import PostprocessConfig, SegmentIndex, class_flags
 from .kernels import (
     SPREAD,
@@ -150,6 +151,115 @@ def _segment_depth_statistics(
     category = torch.div(ids, classes.label_divisor, rounding_mode="floor")
     d = depth.reshape(-1).to(torch.float32).contiguous()
     use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
+    if native.usable(seg, d, *([] if use is None else [use])):
+        sums, moments = _compiled_sums(
+            seg,
+            d,
+            use,
+            category,
+            n=n,
+            h=h,
+            w=w,
+            sem_logits=sem_logits,
+            class_probability=class_probability,
+            trim=config.robust_trim,
+            lanes=lanes,
+        )
+    else:
+        sums, moments = _torch_sums(
+            seg,
+            d,
+            use,
+            depth_range,
+            category,
+            n=n,
+            h=h,
+            w=w,
+            sem_logits=sem_logits,
+            class_probability=class_probability,
+            centroid=camera_k is not None,
+            trim=config.robust_trim,
+            lanes=lanes,
+        )
+    score = _scores(sums, category, classes=classes, center=center, h=h, w=w)
+
+    f64 = torch.float64
+    cnt = moments.count.to(f64)
+    mean = moments.sum_z / cnt
+    std = (moments.sum_zz / cnt - mean * mean).clamp(min=0).sqrt()
+    centroid = torch.full((n, 3), math.nan, dtype=f64, device=panoptic.device)
+    if camera_k is not None and moments.sum_uz is not None and moments.sum_vz is not None:
+        k = np.asarray(camera_k, dtype=np.float64).reshape(3, 3)
+        fx, fy, cx0, cy0 = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+        u, v = moments.sum_uz / cnt, moments.sum_vz / cnt
+        centroid = torch.stack(((u - cx0 * mean) / fx, (v - cy0 * mean) / fy, mean), 1)
+
+    area, y_min, y_max, x_min, x_max, _sum_y, _sum_x = sums.extent
+    columns = [ids, category, score, area, x_min, y_min, x_max, y_max, cnt, mean]
+    columns += [moments.median, moments.minimum, std, moments.trimmed, *centroid.T]
+    rows = torch.stack([c.to(f64) for c in columns], 1).cpu().numpy()
+    return [_record(r, classes) for r in rows]  # tens to hundreds of segments, no per-pixel work
+
+
+@dataclass
+class _Moments:
+    """Per segment [n]: counted depths, their float64 sums (z, z^2; u z, v z or None) and order statistics."""
+
+    count: Tensor
+    sum_z: Tensor
+    sum_zz: Tensor
+    sum_uz: Tensor | None
+    sum_vz: Tensor | None
+    minimum: Tensor
+    median: Tensor
+    trimmed: Tensor
+
+
+def _compiled_sums(
+    seg: Tensor,
+    d: Tensor,
+    use: Tensor | None,
+    category: Tensor,
+    *,
+    n: int,
+    h: int,
+    w: int,
+    sem_logits: Tensor | None,
+    class_probability: Tensor | None,
+    trim: float,
+    lanes: int,
+) -> tuple[_PixelSums, _Moments]:
+    """The per-pixel passes in the compiled library (:func:`.native.segment_sums`)."""
+    probability = None
+    if sem_logits is not None:
+        if class_probability is None:  # not handed over by the fusion: the probability of each pixel's segment class
+            segment_class = torch.cat((category, category.new_zeros(1)))
+            class_probability = softmax_probability(sem_logits.flatten(1), lookup(segment_class, seg))
+        probability = class_probability.reshape(-1).to(torch.float32).contiguous()
+    got = native.segment_sums(
+        seg, d, use, probability, n=n, height=h, width=w, trim=trim, lanes=lanes_for(h * w, lanes)
+    )
+    moments = _Moments(got.count, got.sum_z, got.sum_zz, got.sum_uz, got.sum_vz, got.minimum, got.median, got.trimmed)
+    return _PixelSums(extent=got.extent, depth=None, probability=got.probability), moments
+
+
+def _torch_sums(
+    seg: Tensor,
+    d: Tensor,
+    use: Tensor | None,
+    depth_range: tuple[float, float] | None,
+    category: Tensor,
+    *,
+    n: int,
+    h: int,
+    w: int,
+    sem_logits: Tensor | None,
+    class_probability: Tensor | None,
+    centroid: bool,
+    trim: float,
+    lanes: int,
+) -> tuple[_PixelSums, _Moments]:
+    """The per-pixel passes as torch ops (:func:`_pixel_sums`, :func:`_order_statistics`): any device."""
     # [H*W] int32: the segment of each used (valid, eroded) depth pixel; the others in bin n.
     seg_use = seg if use is None else torch.where(use, seg, n)
     make_key = (
@@ -165,36 +275,22 @@ def _segment_depth_statistics(
         make_key=make_key,
         sem_logits=sem_logits,
         class_probability=class_probability,
-        centroid=camera_k is not None,
+        centroid=centroid,
         lanes=lanes,
     )
-    score = _scores(sums, category, classes=classes, center=center, h=h, w=w)
-
     f64 = torch.float64
-    nan = torch.full((n,), math.nan, dtype=f64, device=panoptic.device)
-    d_min = d_median = robust = nan
-    count = torch.zeros(n, dtype=torch.int64, device=panoptic.device)
-    sum_z = sum_zz = torch.zeros(n, dtype=f64, device=panoptic.device)
-    if sums.depth is not None:
-        hist, weight = sums.depth.hist[:n], sums.depth.z[:n]  # [n, B]; row n: the unused pixels
-        count, sum_z, sum_zz = hist.sum(1), weight.sum(1), sums.depth.zz[:n].sum(1)
-        d_min, d_median, robust = _order_statistics(sums.depth.key, d, hist, weight, count, config.robust_trim)
-    cnt = count.to(f64)
-    mean = sum_z / cnt
-    std = (sum_zz / cnt - mean * mean).clamp(min=0).sqrt()
-
-    centroid = torch.full((n, 3), math.nan, dtype=f64, device=panoptic.device)
-    if camera_k is not None and sums.depth is not None and sums.depth.uz is not None and sums.depth.vz is not None:
-        k = np.asarray(camera_k, dtype=np.float64).reshape(3, 3)
-        fx, fy, cx0, cy0 = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
-        sum_uz, sum_vz = sums.depth.uz[:n].sum(1), sums.depth.vz[:n].sum(1)
-        centroid = torch.stack(((sum_uz / cnt - cx0 * mean) / fx, (sum_vz / cnt - cy0 * mean) / fy, mean), 1)
-
-    area, y_min, y_max, x_min, x_max, _sum_y, _sum_x = sums.extent
-    columns = [ids, category, score, area, x_min, y_min, x_max, y_max, cnt, mean]
-    columns += [d_median, d_min, std, robust, *centroid.T]
-    rows = torch.stack([c.to(f64) for c in columns], 1).cpu().numpy()
-    return [_record(r, classes) for r in rows]  # tens to hundreds of segments, no per-pixel work
+    device = seg.device
+    if sums.depth is None:
+        nan = torch.full((n,), math.nan, dtype=f64, device=device)
+        zero = torch.zeros(n, dtype=f64, device=device)
+        return sums, _Moments(torch.zeros(n, dtype=torch.int64, device=device), zero, zero, None, None, nan, nan, nan)
+    hist, weight = sums.depth.hist[:n], sums.depth.z[:n]  # [n, B]; row n: the unused pixels
+    count = hist.sum(1)
+    d_min, d_median, robust = _order_statistics(sums.depth.key, d, hist, weight, count, trim)
+    uz = None if sums.depth.uz is None else sums.depth.uz[:n].sum(1)
+    vz = None if sums.depth.vz is None else sums.depth.vz[:n].sum(1)
+    moments = _Moments(count, weight.sum(1), sums.depth.zz[:n].sum(1), uz, vz, d_min, d_median, robust)
+    return sums, moments
 
 
 def _depth_pixels(

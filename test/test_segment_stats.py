@@ -51,7 +51,7 @@ def ref_stats(pan, depth, k, erosion):
 @pytest.mark.parametrize(
     "seed,erosion,holes", [(0, 0, True), (1, 0, True), (2, 1, True), (3, 2, True), (4, 0, False), (5, 2, False)]
 )
-def test_segment_statistics_equal_brute_force(seed: int, erosion: int, holes: bool) -> None:
+def test_segment_statistics_equal_brute_force(seed: int, erosion: int, holes: bool, passes: str) -> None:
     """``holes``: some depths are invalid; without, every depth is valid (the network's case: no masks)."""
     rng = np.random.default_rng(seed)
     h, w = 60, 80
@@ -83,7 +83,7 @@ def test_segment_statistics_equal_brute_force(seed: int, erosion: int, holes: bo
         assert s.centroid == pytest.approx(r["centroid"], rel=1e-6, abs=1e-6)
 
 
-def test_segment_statistics_without_valid_depth_or_camera_are_nan() -> None:
+def test_segment_statistics_without_valid_depth_or_camera_are_nan(passes: str) -> None:
     pan = np.zeros((4, 4), np.int32)
     pan[:2] = 13001
     depth = np.full((4, 4), np.nan, np.float32)
@@ -109,7 +109,7 @@ def test_erosion_shrinks_by_radius_but_not_at_image_border() -> None:
 
 
 @pytest.mark.parametrize("seed,trim", [(0, 0.0), (1, 0.1), (2, 0.3), (3, 0.49)])
-def test_order_statistics_with_ties_wide_range_and_tiny_segments(seed: int, trim: float) -> None:
+def test_order_statistics_with_ties_wide_range_and_tiny_segments(seed: int, trim: float, passes: str) -> None:
     # Depth buckets are runs of float bits: repeated values, a range wide enough to need
     # coarse buckets, constant segments and single-pixel segments all stay exact.
     rng = np.random.default_rng(seed)
@@ -150,7 +150,7 @@ def test_erosion_equals_max_pool_reference() -> None:
         assert torch.equal(erode_labels(labels, radius), (hi == lo)[0, 0] & (labels >= 0))
 
 
-def test_statistics_with_many_segments_and_huge_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_statistics_with_many_segments_and_huge_ids(monkeypatch: pytest.MonkeyPatch, passes: str) -> None:
     # More segments than histogram bins (each bucket then spans a whole segment), ids
     # too large for the id lookup table, and the scatter path for the bounding boxes.
     import panoptic_depthlab_ros.segment_stats as pp
@@ -217,7 +217,7 @@ def scene(seed: int, h: int = 48, w: int = 80) -> dict[str, torch.Tensor]:
     return {"sem_seg": logits, "center": center, "offset": offset, "depth": depth}
 
 
-def test_scores_equal_the_mean_class_probability_times_the_center() -> None:
+def test_scores_equal_the_mean_class_probability_times_the_center(passes: str) -> None:
     out = scene(0)
     config = PostprocessConfig(stuff_area=10)
     fused = panoptic_fusion(out["sem_seg"], out["center"], out["offset"], classes=CLASSES, config=config)
@@ -243,7 +243,7 @@ def test_scores_equal_the_mean_class_probability_times_the_center() -> None:
         assert s.score == pytest.approx(score, rel=1e-6), s.id
 
 
-def test_what_the_fusion_hands_over_changes_no_statistic() -> None:
+def test_what_the_fusion_hands_over_changes_no_statistic(passes: str) -> None:
     """Segments and class probabilities from the fusion, or computed here from the map and the logits."""
     for seed in range(3):
         out = scene(seed)

@@ -115,4 +115,107 @@ void pdl_argmax_probability(const float* x, int64_t num_classes, int64_t channel
     }
 }
 
+// Per-segment sums over rows [r0, r1) of seg [H, W] (int32 segment index; n and above: no segment)
+// and the depth d [H, W] (float32), for one part of the image (the caller adds the parts in order).
+// counted [H, W] (bool bytes, or null: every pixel) marks the depths that count; probability [H, W]
+// (float32, or null) is summed over whole segments. Outputs, zeroed here, n entries each:
+// extent [7n] int64 (area, y_min, y_max, x_min, x_max, sum y, sum x; an empty segment: 0, H, -1, W,
+// -1, 0, 0), count [n] int64, moments [4n] double (sums of z, z^2, u z, v z), probability_sum [n].
+void pdl_segment_sums(const int32_t* seg, const float* d, const uint8_t* counted, const float* probability,
+                      int64_t height, int64_t width, int64_t r0, int64_t r1, int64_t n, int64_t* extent,
+                      int64_t* count, double* moments, double* probability_sum) {
+    int64_t *area = extent, *y_min = extent + n, *y_max = extent + 2 * n, *x_min = extent + 3 * n;
+    int64_t *x_max = extent + 4 * n, *sum_y = extent + 5 * n, *sum_x = extent + 6 * n;
+    double *sum_z = moments, *sum_zz = moments + n, *sum_uz = moments + 2 * n, *sum_vz = moments + 3 * n;
+    for (int64_t k = 0; k < n; ++k) {
+        area[k] = sum_y[k] = sum_x[k] = count[k] = 0;
+        y_min[k] = height;
+        x_min[k] = width;
+        y_max[k] = x_max[k] = -1;
+        sum_z[k] = sum_zz[k] = sum_uz[k] = sum_vz[k] = probability_sum[k] = 0.0;
+    }
+    // A segment's pixels come in runs along a row: each run is summed in registers, then added once.
+    for (int64_t y = r0; y < r1; ++y) {
+        const int32_t* s = seg + y * width;
+        const float* z_row = d + y * width;
+        const uint8_t* c_row = counted ? counted + y * width : nullptr;
+        const float* p_row = probability ? probability + y * width : nullptr;
+        int64_t x0 = 0;
+        while (x0 < width) {
+            const int32_t k = s[x0];
+            int64_t x1 = x0 + 1;
+            while (x1 < width && s[x1] == k) ++x1;
+            if (k >= 0 && k < n) {
+                const int64_t length = x1 - x0;
+                area[k] += length;
+                sum_y[k] += y * length;
+                sum_x[k] += (x0 + x1 - 1) * length / 2;
+                y_min[k] = std::min(y_min[k], y);
+                y_max[k] = y;  // rows come in order
+                x_min[k] = std::min(x_min[k], x0);
+                x_max[k] = std::max(x_max[k], x1 - 1);
+                if (p_row) {
+                    double p = 0.0;
+                    for (int64_t x = x0; x < x1; ++x) p += p_row[x];
+                    probability_sum[k] += p;
+                }
+                int64_t c = 0;
+                double z1 = 0.0, z2 = 0.0, zu = 0.0;
+                for (int64_t x = x0; x < x1; ++x) {
+                    if (c_row && !c_row[x]) continue;
+                    const double z = z_row[x];
+                    c += 1;
+                    z1 += z;
+                    z2 += z * z;
+                    zu += z * static_cast<double>(x);
+                }
+                count[k] += c;
+                sum_z[k] += z1;
+                sum_zz[k] += z2;
+                sum_uz[k] += zu;
+                sum_vz[k] += z1 * static_cast<double>(y);
+            }
+            x0 = x1;
+        }
+    }
+}
+
+// The counted depths of rows [r0, r1), grouped by segment: each goes to values[next[k]++], next [n]
+// holding where this part's depths of segment k start (so parts fill disjoint places).
+void pdl_segment_gather(const int32_t* seg, const float* d, const uint8_t* counted, int64_t width, int64_t r0,
+                        int64_t r1, int64_t n, int64_t* next, float* values) {
+    for (int64_t p = r0 * width; p < r1 * width; ++p) {
+        const int32_t k = seg[p];
+        if (k < 0 || k >= n || (counted && !counted[p])) continue;
+        values[next[k]++] = d[p];
+    }
+}
+
+// Segments [k0, k1): minimum, lower median and trimmed mean (the mean of the ranks
+// [floor(count * trim), count - floor(count * trim))) of values[start[k], start[k + 1]) (reordered
+// here); NaN for a segment without values.
+void pdl_segment_order(float* values, const int64_t* start, int64_t k0, int64_t k1, double trim, double* minimum,
+                       double* median, double* trimmed) {
+    for (int64_t k = k0; k < k1; ++k) {
+        float* a = values + start[k];
+        const int64_t c = start[k + 1] - start[k];
+        if (c == 0) {
+            minimum[k] = median[k] = trimmed[k] = NAN;
+            continue;
+        }
+        minimum[k] = *std::min_element(a, a + c);
+        const int64_t m = (c - 1) / 2;
+        std::nth_element(a, a + m, a + c);
+        median[k] = a[m];
+        const int64_t cut = static_cast<int64_t>(std::floor(static_cast<double>(c) * trim));
+        if (cut > 0) {  // ranks [cut, c - cut) into place: those below go left, those above right
+            std::nth_element(a, a + cut, a + c);
+            std::nth_element(a + cut, a + (c - cut), a + c);
+        }
+        double sum = 0.0;
+        for (int64_t i = cut; i < c - cut; ++i) sum += a[i];
+        trimmed[k] = sum / static_cast<double>(c - 2 * cut);
+    }
+}
+
 }  // extern "C"
