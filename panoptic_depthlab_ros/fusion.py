@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import native
 from .fields import check_int, check_number
 from .kernels import (
     argmax_channels,
@@ -62,6 +63,8 @@ _SLACK = 1e-5
 _GROUP_LANE_PIXELS = 1 << 15
 # Up to this many (pixel, center) pairs the grouping compares all of them (cheaper than the cells).
 _DENSE_PAIRS = 1 << 18
+# Up to this many centers the compiled grouping compares every center (native.py); more use the cells.
+_COMPILED_CENTERS = 64
 
 
 @dataclass(frozen=True)
@@ -312,8 +315,19 @@ def _nearest_center_parallel(
     member = torch.empty_like(index)
     bounds = [index.numel() * i // parts for i in range(parts + 1)]
 
+    compiled = (
+        centers.shape[0] <= _COMPILED_CENTERS
+        and offset.dtype == torch.float32
+        and index.dtype == torch.int64
+        and index.is_contiguous()
+        and native.usable(offset)
+    )
+
     def part(a: int, b: int) -> None:
-        member[a:b] = _nearest_center(centers, offset, index[a:b], cell=cell)
+        if compiled:  # every center for every pixel, compiled: the pruning's tables cost more for few centers
+            native.nearest_center(offset, index[a:b], centers, member[a:b])
+        else:
+            member[a:b] = _nearest_center(centers, offset, index[a:b], cell=cell)
 
     run_parallel([*(partial(part, a, b) for a, b in itertools.pairwise(bounds) if b > a), *also], lanes)
     return member

@@ -55,6 +55,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.pdl_segment_gather.restype = None
     lib.pdl_segment_order.argtypes = [_P, _P, _I64, _I64, ctypes.c_double, _P, _P, _P]
     lib.pdl_segment_order.restype = None
+    lib.pdl_nearest_center.argtypes = [_P, _I64, _I64, _I64, _P, _I64, _I64, _P, _I64, _P]
+    lib.pdl_nearest_center.restype = None
     return lib, ""
 
 
@@ -78,6 +80,29 @@ def argmax_probability(x: Tensor, label: Tensor, probability: Tensor | None, r0:
     num, _, width = x.shape
     LIBRARY.pdl_argmax_probability(
         _pointer(x), num, x.stride(0), x.stride(1), width, r0, r1, _pointer(label), _pointer(probability)
+    )
+
+
+def nearest_center(offset: Tensor, index: Tensor, centers: Tensor, member: Tensor) -> None:
+    """``member`` [N] int64 (written): the nearest of ``centers`` [K, 2] to where pixels ``index`` [N] point.
+
+    ``offset`` [2, H, W] float32 (dy, dx; a view with strided rows reads in place), ``index``
+    flat pixel indices (int64, contiguous); the squared distances round as torch's and ties go
+    to the lowest center, as the dense argmin of :func:`.fusion._nearest_center`. Releases the GIL.
+    """
+    assert LIBRARY is not None
+    c = centers.to(torch.float32).contiguous()
+    LIBRARY.pdl_nearest_center(
+        _pointer(offset),
+        offset.stride(0),
+        offset.stride(1),
+        offset.shape[-1],
+        _pointer(index),
+        0,
+        index.numel(),
+        _pointer(c),
+        c.shape[0],
+        _pointer(member),
     )
 
 

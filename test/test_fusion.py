@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from panoptic_depthlab_ros import fusion
+from panoptic_depthlab_ros import fusion, native
 from panoptic_depthlab_ros.fusion import (
     PostprocessConfig,
     _group_pixels,
@@ -24,10 +24,15 @@ from panoptic_depthlab_ros.metadata import cityscapes_metadata
 CLASSES = cityscapes_metadata()
 
 
-@pytest.fixture(params=["cells", "dense"])
+@pytest.fixture(params=["cells", "dense", "compiled"])
 def grouping(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a grouping test through the cell pruning and through the all-pairs comparison."""
-    monkeypatch.setattr(fusion, "_DENSE_PAIRS", 0 if request.param == "cells" else 1 << 40)
+    """Run a grouping test through the cell pruning, the all-pairs comparison and the compiled pass."""
+    if request.param == "compiled":
+        assert native.LIBRARY is not None, native.UNAVAILABLE
+        monkeypatch.setattr(fusion, "_COMPILED_CENTERS", 1 << 20)
+    else:
+        monkeypatch.setattr(native, "LIBRARY", None)
+        monkeypatch.setattr(fusion, "_DENSE_PAIRS", 0 if request.param == "cells" else 1 << 40)
     return str(request.param)
 
 

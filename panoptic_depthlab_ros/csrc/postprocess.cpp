@@ -25,7 +25,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #define PDL_EXACT __attribute__((optimize("fp-contract=off")))
 #else
-#define PDL_EXACT  // clang contracts only within one expression, and only with -ffp-contract=on
+#define PDL_EXACT  // clang: a pragma inside the function (it contracts within one expression by default)
 #endif
 
 namespace {
@@ -215,6 +215,48 @@ void pdl_segment_order(float* values, const int64_t* start, int64_t k0, int64_t 
         double sum = 0.0;
         for (int64_t i = cut; i < c - cut; ++i) sum += a[i];
         trimmed[k] = sum / static_cast<double>(c - 2 * cut);
+    }
+}
+
+// Pixels index[i0, i1) (flat indices y * width + x) of the offsets offset [2, H, W] (float32; element
+// (c, y, x) at offset[c * channel_stride + y * row_stride + x]) go to the nearest of the centers
+// [K, 2] (float32 y, x) from where they point, (y + dy, x + dx): member[i] = its index. The squared
+// distances in float32 as torch computes them (no fused multiply-add); ties and NaN go to the
+// lowest index, as torch.argmin over the distances (a NaN location: center 0).
+PDL_CLONES PDL_EXACT
+void pdl_nearest_center(const float* offset, int64_t channel_stride, int64_t row_stride, int64_t width,
+                        const int64_t* index, int64_t i0, int64_t i1, const float* centers, int64_t num_centers,
+                        int64_t* member) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    float loc_y[kBlock], loc_x[kBlock], best_d[kBlock];
+    int64_t best[kBlock];
+    for (int64_t b0 = i0; b0 < i1; b0 += kBlock) {
+        const int64_t n = std::min(kBlock, i1 - b0);
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t p = index[b0 + i];
+            const int64_t y = p / width, x = p - y * width;
+            const int64_t at = y * row_stride + x;
+            loc_y[i] = static_cast<float>(y) + offset[at];
+            loc_x[i] = static_cast<float>(x) + offset[channel_stride + at];
+        }
+        for (int64_t i = 0; i < n; ++i) {
+            const float dy = centers[0] - loc_y[i], dx = centers[1] - loc_x[i];
+            best_d[i] = dy * dy + dx * dx;
+            best[i] = 0;
+        }
+        for (int64_t k = 1; k < num_centers; ++k) {
+            const float cy = centers[2 * k], cx = centers[2 * k + 1];
+            for (int64_t i = 0; i < n; ++i) {
+                const float dy = cy - loc_y[i], dx = cx - loc_x[i];
+                const float dist = dy * dy + dx * dx;
+                const bool nearer = dist < best_d[i];
+                best_d[i] = nearer ? dist : best_d[i];
+                best[i] = nearer ? k : best[i];
+            }
+        }
+        for (int64_t i = 0; i < n; ++i) member[b0 + i] = best[i];
     }
 }
 
