@@ -8,12 +8,14 @@ from setuptools import Extension, find_packages, setup
 
 # The compiled per-pixel passes of the CPU post-processing (loaded with ctypes by
 # panoptic_depthlab_ros/native.py, not imported: no Python API inside). The flags are
-# CMakeLists.txt's too.
+# CMakeLists.txt's too. Optional: without a C++ compiler the install goes on and the
+# post-processing runs as torch ops (slower, same results).
 NATIVE = Extension(
     "panoptic_depthlab_ros._native",
     sources=["panoptic_depthlab_ros/csrc/postprocess.cpp"],
     extra_compile_args=["-std=c++17", "-O3", "-fno-trapping-math"],
     language="c++",
+    optional=True,
 )
 
 setup(

@@ -63,6 +63,13 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 LIBRARY, UNAVAILABLE = _load()
 
 
+def describe() -> str:
+    """One line for logs: which CPU post-processing runs, and why the torch ops if they do."""
+    if LIBRARY is not None:
+        return f"CPU post-processing: compiled passes ({Path(LIBRARY._name).name})"
+    return f"CPU post-processing: torch ops ({UNAVAILABLE})"
+
+
 def _pointer(t: Tensor | np.ndarray | None) -> int | None:
     if t is None:
         return None

@@ -109,18 +109,25 @@ def test_erosion_shrinks_by_radius_but_not_at_image_border() -> None:
 
 
 @pytest.mark.parametrize("seed,trim", [(0, 0.0), (1, 0.1), (2, 0.3), (3, 0.49)])
-def test_order_statistics_with_ties_wide_range_and_tiny_segments(seed: int, trim: float, passes: str) -> None:
+@pytest.mark.parametrize("large", [False, True])
+def test_order_statistics_with_ties_wide_range_and_tiny_segments(
+    seed: int, trim: float, passes: str, large: bool
+) -> None:
     # Depth buckets are runs of float bits: repeated values, a range wide enough to need
-    # coarse buckets, constant segments and single-pixel segments all stay exact.
+    # coarse buckets, constant segments and single-pixel segments all stay exact; large
+    # segments (tens of thousands of depths) take the compiled pass's histogram selection.
     rng = np.random.default_rng(seed)
-    h, w = 48, 64
-    pan = rng.choice([0, 2000, 8000, 13001, 13002, 11001, 11002], size=(h, w)).astype(np.int32)
+    h, w = (192, 256) if large else (48, 64)
+    labels = [0, 2000, 13001] if large else [0, 2000, 8000, 13001, 13002, 11001, 11002]
+    pan = rng.choice(labels, size=(h, w)).astype(np.int32)
     pan[:8, :8] = 10000  # constant depth below
     pan[40, 60] = 12001  # single pixel
     depth = np.exp(rng.uniform(-7, 9, (h, w))).astype(np.float32)  # ~1e-3 .. 8e3 m
     tie = rng.random((h, w)) < 0.3
     depth[tie] = np.maximum(np.round(depth[tie]), 1.0)  # many equal values
     depth[:8, :8] = 80.0
+    if large:
+        depth[:, 100:180] = 150.0  # a saturated band: one bucket with thousands of equal depths
     k = np.array([[50.0, 0, 32.0], [0, 50.0, 24.0], [0, 0, 1]])
     segs = segment_depth_statistics(
         torch.from_numpy(pan),

@@ -58,6 +58,90 @@ constexpr int64_t kBlock = 256;  // pixels per block of a row: the block's runni
 
 }  // namespace
 
+namespace {
+
+// Sum of ranks [lo, hi) of the sorted a[0, c).
+double sorted_sum(const float* a, int64_t lo, int64_t hi) {
+    double sum = 0.0;
+    for (int64_t i = lo; i < hi; ++i) sum += a[i];
+    return sum;
+}
+
+// Order statistics of few values: partial sorts (std::nth_element) in place.
+void order_small(float* a, int64_t c, int64_t cut, double* median, double* trimmed) {
+    const int64_t m = (c - 1) / 2;
+    std::nth_element(a, a + m, a + c);
+    *median = a[m];
+    if (cut > 0) {  // ranks [cut, c - cut) into place: those below go left, those above right
+        std::nth_element(a, a + cut, a + c);
+        std::nth_element(a + cut, a + (c - cut), a + c);
+    }
+    *trimmed = sorted_sum(a, cut, c - cut) / static_cast<double>(c - 2 * cut);
+}
+
+// Order statistics of many values (positive and finite: their bit patterns order like them):
+// a histogram of the leading bits locates the bucket of each wanted rank, whose sums give the
+// trimmed mean's whole buckets; only the values of the (up to three) buckets holding a wanted rank
+// are sorted. Three streaming passes instead of partial sorts of the whole segment.
+void order_large(const float* a, int64_t c, int64_t cut, double* median, double* trimmed) {
+    constexpr int64_t kBuckets = 4096;
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (int64_t i = 0; i < c; ++i) {
+        uint32_t b;
+        std::memcpy(&b, a + i, 4);
+        lo = std::min(lo, b);
+        hi = std::max(hi, b);
+    }
+    int shift = 0;
+    while ((hi >> shift) - (lo >> shift) + 1 > static_cast<uint32_t>(kBuckets)) ++shift;
+    const uint32_t base = lo >> shift;
+    std::vector<int64_t> count(kBuckets, 0);
+    std::vector<double> sum(kBuckets, 0.0);
+    for (int64_t i = 0; i < c; ++i) {
+        uint32_t b;
+        std::memcpy(&b, a + i, 4);
+        const uint32_t k = (b >> shift) - base;
+        count[k] += 1;
+        sum[k] += a[i];
+    }
+    // The bucket of a rank, and the ranks before that bucket.
+    auto locate = [&](int64_t rank, int64_t* before) {
+        int64_t seen = 0, k = 0;
+        while (seen + count[k] <= rank) seen += count[k++];
+        *before = seen;
+        return k;
+    };
+    int64_t before_m, before_lo, before_hi;
+    const int64_t m = (c - 1) / 2;
+    const int64_t k_m = locate(m, &before_m), k_lo = locate(cut, &before_lo), k_hi = locate(c - cut - 1, &before_hi);
+    // The values of the wanted buckets, sorted.
+    std::vector<float> in_m, in_lo, in_hi;
+    for (int64_t i = 0; i < c; ++i) {
+        uint32_t b;
+        std::memcpy(&b, a + i, 4);
+        const int64_t k = static_cast<int64_t>((b >> shift) - base);
+        if (k == k_m) in_m.push_back(a[i]);
+        if (k == k_lo) in_lo.push_back(a[i]);
+        if (k == k_hi && k_hi != k_lo) in_hi.push_back(a[i]);
+    }
+    std::sort(in_m.begin(), in_m.end());
+    std::sort(in_lo.begin(), in_lo.end());
+    std::sort(in_hi.begin(), in_hi.end());
+    *median = in_m[m - before_m];
+    const int64_t end = c - cut;  // ranks [cut, end)
+    double total;
+    if (k_lo == k_hi) {
+        total = sorted_sum(in_lo.data(), cut - before_lo, end - before_lo);
+    } else {
+        total = sorted_sum(in_lo.data(), cut - before_lo, static_cast<int64_t>(in_lo.size()));
+        for (int64_t k = k_lo + 1; k < k_hi; ++k) total += sum[k];
+        total += sorted_sum(in_hi.data(), 0, end - before_hi);
+    }
+    *trimmed = total / static_cast<double>(end - cut);
+}
+
+}  // namespace
+
 extern "C" {
 
 // Rows [r0, r1) of scores x [C, H, W] (float32; element (c, y, i) at x[c * channel_stride + y *
@@ -192,8 +276,8 @@ void pdl_segment_gather(const int32_t* seg, const float* d, const uint8_t* count
 }
 
 // Segments [k0, k1): minimum, lower median and trimmed mean (the mean of the ranks
-// [floor(count * trim), count - floor(count * trim))) of values[start[k], start[k + 1]) (reordered
-// here); NaN for a segment without values.
+// [floor(count * trim), count - floor(count * trim))) of the positive, finite values[start[k],
+// start[k + 1]) (reordered here); NaN for a segment without values.
 void pdl_segment_order(float* values, const int64_t* start, int64_t k0, int64_t k1, double trim, double* minimum,
                        double* median, double* trimmed) {
     for (int64_t k = k0; k < k1; ++k) {
@@ -204,17 +288,12 @@ void pdl_segment_order(float* values, const int64_t* start, int64_t k0, int64_t 
             continue;
         }
         minimum[k] = *std::min_element(a, a + c);
-        const int64_t m = (c - 1) / 2;
-        std::nth_element(a, a + m, a + c);
-        median[k] = a[m];
         const int64_t cut = static_cast<int64_t>(std::floor(static_cast<double>(c) * trim));
-        if (cut > 0) {  // ranks [cut, c - cut) into place: those below go left, those above right
-            std::nth_element(a, a + cut, a + c);
-            std::nth_element(a + cut, a + (c - cut), a + c);
+        if (c > 8192) {
+            order_large(a, c, cut, median + k, trimmed + k);
+        } else {
+            order_small(a, c, cut, median + k, trimmed + k);
         }
-        double sum = 0.0;
-        for (int64_t i = cut; i < c - cut; ++i) sum += a[i];
-        trimmed[k] = sum / static_cast<double>(c - 2 * cut);
     }
 }
 

@@ -70,6 +70,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from .. import native
 from ..errors import CheckpointError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
 from ..node_outputs import OUTPUTS, QOS_DEPTH, Output
@@ -185,6 +186,8 @@ def load_predictor(settings: NodeSettings, log_info: Callable[[str], Any]) -> Pr
     providers = getattr(predictor.network, "providers", None)  # onnxruntime: what the session got
     runtime = f"backend {predictor.backend}" + (f", providers {', '.join(providers)}" if providers else "")
     log_info(f"loaded {path} on {predictor.device} ({runtime})")
+    if predictor.device.type == "cpu":
+        log_info(native.describe())
     log_info(predictor.pooling_policy() + "; the first frame of each size logs how it is handled")
     return predictor
 
