@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO / "training"))
 
 from bench_backends import r52_checkpoint, street_image  # noqa: E402 - the same model and picture
 
-from panoptic_depthlab_ros import backends  # noqa: E402
+from panoptic_depthlab_ros import backends, native  # noqa: E402
 from panoptic_depthlab_ros.calibration import read_calibration_frames  # noqa: E402
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint, load_checkpoint  # noqa: E402
 from panoptic_depthlab_ros.export import export_model  # noqa: E402
@@ -74,7 +74,10 @@ VARIANTS = (
     ("openvino fp32", "fp32", "openvino"),
     ("openvino fp32 as bf16", "fp32", "openvino-bf16"),  # OpenVINO's own default on AMX / AVX512-BF16 CPUs
     ("openvino INT8", "int8", "openvino"),
+    ("openvino INT8, torch ops", "int8", "openvino"),  # without the compiled passes (native.py)
 )
+# Variants run with PANOPTIC_DEPTHLAB_NATIVE=0: the post-processing as torch ops.
+TORCH_POSTPROCESSING = ("openvino INT8, torch ops",)
 
 
 def load() -> str:
@@ -159,7 +162,8 @@ def interleaved(
         name = label.removesuffix(BASELINE)
         cmd = [sys.executable, str(script), "--serve", "--variant", name, "--checkpoint", str(ckpt)]
         cmd += ["--model", str(files.get(kind, ckpt)), "--images", images, "--threads", str(args.threads)]
-        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = {**os.environ, **({native.ENV_SWITCH: "0"} if name in TORCH_POSTPROCESSING else {})}
+        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         assert child.stdout is not None
         json.loads(child.stdout.readline())  # ready: one at a time, so loading does not overlap
         children[label] = child
@@ -208,7 +212,10 @@ def speed_part(args: argparse.Namespace, tmp: Path) -> None:
         row += f"{t['total'] / three:9.2f}x" if three else f"{'':>10}"
         row += f"{t['total'] / two:11.2f}x" if two else f"{'':>12}"
         print(row + f"{100 * share(t):7.1f}%{t['mb']:9.0f}")
-    best = min((n for n in med if n != "torch fp32, two-branch" and BASELINE not in n), key=lambda n: med[n]["total"])
+    candidates = [
+        n for n in med if n != "torch fp32, two-branch" and BASELINE not in n and n not in TORCH_POSTPROCESSING
+    ]
+    best = min(candidates, key=lambda n: med[n]["total"])
     b = med[best]
     print(f"\nfastest: {best}, {b['total']:.3f} s end to end ({1 / b['total']:.2f} FPS); load after: {load()}")
     if two and three:

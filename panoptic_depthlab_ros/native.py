@@ -161,7 +161,8 @@ def segment_sums(
     """Per-segment extent, depth moments and order statistics in three compiled passes.
 
     ``seg`` [H*W] int32 segment of each pixel (``n``: none), ``d`` [H*W] float32 depths,
-    ``counted`` [H*W] bool: the depths that count (None: all), ``probability`` [H*W] float32
+    ``counted`` [H*W] bool: the depths that may count (None: all; a depth counts only where it is
+    also positive and finite), ``probability`` [H*W] float32
     (or None); all contiguous on the CPU. The image is summed in :data:`SUM_PARTS` parts of rows
     over ``lanes`` lanes, the parts added in order; then each segment's counted depths are
     gathered and partially sorted (std::nth_element) for the order statistics.

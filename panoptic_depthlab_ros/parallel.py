@@ -11,8 +11,10 @@ which never wait for each other.  Results do not depend on the number of lanes.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -73,10 +75,12 @@ def run_parallel(tasks: Sequence[Callable[[], Any]], lanes: int) -> None:
 
     Results must not depend on which thread runs a task (each task writes its own
     outputs).  Helpers use one intra-op thread and the caller's inference mode; the
-    first exception is re-raised.
+    first exception is re-raised.  The helpers are threads kept between calls (starting
+    threads for every call cost a few hundred microseconds a frame); a task that itself
+    calls this runs its tasks in its own thread, so that no helper waits for another.
     """
     lanes = min(lanes, len(tasks))
-    if lanes <= 1:
+    if lanes <= 1 or getattr(_helper, "active", False):
         for task in tasks:
             task()
         return
@@ -84,10 +88,8 @@ def run_parallel(tasks: Sequence[Callable[[], Any]], lanes: int) -> None:
     errors: list[BaseException] = []
     inference = torch.is_inference_mode_enabled()
 
-    def lane(helper: bool) -> None:
+    def lane() -> None:
         try:
-            if helper:
-                torch.set_num_threads(1)
             with torch.inference_mode(inference):
                 while not errors:
                     i = next(counter)
@@ -97,14 +99,42 @@ def run_parallel(tasks: Sequence[Callable[[], Any]], lanes: int) -> None:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             errors.append(exc)
 
-    helpers = [threading.Thread(target=lane, args=(True,), daemon=True) for _ in range(lanes - 1)]
-    for thread in helpers:
-        thread.start()
-    lane(False)
-    for thread in helpers:
-        thread.join()
+    # The caller's own lane always makes progress: helpers busy with another caller's tasks
+    # only arrive late, find nothing left and return.
+    helpers = [_helpers().submit(lane) for _ in range(lanes - 1)]
+    lane()
+    for helper in helpers:
+        helper.result()
     if errors:
         raise errors[0]
+
+
+_helper = threading.local()  # active: this thread is one of the pool's helpers
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _start_helper() -> None:
+    _helper.active = True
+    torch.set_num_threads(1)
+
+
+def _helpers() -> ThreadPoolExecutor:
+    """The helper threads of :func:`run_parallel`, started on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(MAX_LANES - 1, thread_name_prefix="pdl_lane", initializer=_start_helper)
+        return _pool
+
+
+def _forget_helpers() -> None:
+    """In a forked child the parent's helper threads do not exist: start new ones when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def row_blocks(h: int, w: int, pixels: int, device: torch.device) -> list[tuple[int, int]]:

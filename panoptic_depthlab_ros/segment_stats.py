@@ -150,8 +150,8 @@ def _segment_depth_statistics(
         return []
     category = torch.div(ids, classes.label_divisor, rounding_mode="floor")
     d = depth.reshape(-1).to(torch.float32).contiguous()
-    use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
-    if native.usable(seg, d, *([] if use is None else [use])):
+    if native.usable(seg, d):  # the compiled passes check each depth's validity themselves
+        use = None if config.depth_erosion_px == 0 else _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)[0]
         sums, moments = _compiled_sums(
             seg,
             d,
@@ -166,6 +166,7 @@ def _segment_depth_statistics(
             lanes=lanes,
         )
     else:
+        use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
         sums, moments = _torch_sums(
             seg,
             d,

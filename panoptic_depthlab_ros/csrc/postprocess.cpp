@@ -201,7 +201,8 @@ void pdl_argmax_probability(const float* x, int64_t num_classes, int64_t channel
 
 // Per-segment sums over rows [r0, r1) of seg [H, W] (int32 segment index; n and above: no segment)
 // and the depth d [H, W] (float32), for one part of the image (the caller adds the parts in order).
-// counted [H, W] (bool bytes, or null: every pixel) marks the depths that count; probability [H, W]
+// A depth counts where it is positive and finite and counted [H, W] (bool bytes, or null) marks it
+// (the eroded segments); probability [H, W]
 // (float32, or null) is summed over whole segments. Outputs, zeroed here, n entries each:
 // extent [7n] int64 (area, y_min, y_max, x_min, x_max, sum y, sum x; an empty segment: 0, H, -1, W,
 // -1, 0, 0), count [n] int64, moments [4n] double (sums of z, z^2, u z, v z), probability_sum [n].
@@ -246,7 +247,7 @@ void pdl_segment_sums(const int32_t* seg, const float* d, const uint8_t* counted
                 int64_t c = 0;
                 double z1 = 0.0, z2 = 0.0, zu = 0.0;
                 for (int64_t x = x0; x < x1; ++x) {
-                    if (c_row && !c_row[x]) continue;
+                    if ((c_row && !c_row[x]) || !(z_row[x] > 0.0f && z_row[x] < INFINITY)) continue;
                     const double z = z_row[x];
                     c += 1;
                     z1 += z;
@@ -264,13 +265,13 @@ void pdl_segment_sums(const int32_t* seg, const float* d, const uint8_t* counted
     }
 }
 
-// The counted depths of rows [r0, r1), grouped by segment: each goes to values[next[k]++], next [n]
+// The depths of rows [r0, r1) that count (as in pdl_segment_sums), grouped by segment: each goes to values[next[k]++], next [n]
 // holding where this part's depths of segment k start (so parts fill disjoint places).
 void pdl_segment_gather(const int32_t* seg, const float* d, const uint8_t* counted, int64_t width, int64_t r0,
                         int64_t r1, int64_t n, int64_t* next, float* values) {
     for (int64_t p = r0 * width; p < r1 * width; ++p) {
         const int32_t k = seg[p];
-        if (k < 0 || k >= n || (counted && !counted[p])) continue;
+        if (k < 0 || k >= n || (counted && !counted[p]) || !(d[p] > 0.0f && d[p] < INFINITY)) continue;
         values[next[k]++] = d[p];
     }
 }
