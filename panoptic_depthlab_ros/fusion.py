@@ -212,7 +212,7 @@ def panoptic_fusion(
             void_label=VOID,
             num_instances=centers.shape[0],
         )
-        panoptic, ids, seg = _segments(tables, flat, index, member)
+        panoptic, ids, seg = _segments(tables, flat, index, member, lanes=lanes_for(flat.numel(), lanes))
         if probability is not None and tables.thing_class is not None:
             _instance_class_probability(probability, sem_logits, tables.thing_class, flat, index, member)
     return FusionOutput(
@@ -569,16 +569,18 @@ def _id_tables(
         area = count_values(semantic, num_classes)[:num_classes]  # uint8 is fastest
     thing_value = cls = None
     if index.numel():
-        sem_at = semantic.index_select(0, index).long()
         num_inst = int(member.max()) + 1 if num_instances is None else num_instances
-        counts = count_values(member * num_classes + sem_at, num_inst * num_classes)
-        counts = counts.view(num_inst, num_classes)
+        if semantic.dtype == torch.uint8 and member.dtype == torch.int64 and native.usable(semantic, index, member):
+            counts = native.instance_class_counts(semantic, index, member, num_inst, num_classes)
+        else:
+            sem_at = semantic.index_select(0, index).long()
+            counts = count_values(member * num_classes + sem_at, num_inst * num_classes).view(num_inst, num_classes)
         present = counts.sum(1) >= max(thing_area, 1)
         cls = counts.argmax(1)  # first maximum = lowest class on ties
         per_class = F.one_hot(cls, num_classes) * present[:, None]
         number = per_class.cumsum(0).gather(1, cls[:, None])[:, 0]
         thing_value = torch.where(present, cls * label_divisor + number, void_label).to(torch.int32)
-        area = area - count_values(sem_at, num_classes)[:num_classes]  # unassigned
+        area = area - counts.sum(0)  # unassigned
     keep = (area >= stuff_area) & ~is_thing_class
     stuff_value = torch.arange(num_classes, device=device) * label_divisor
     stuff_value = torch.where(keep, stuff_value, void_label).to(torch.int32)
@@ -593,7 +595,9 @@ def _panoptic_map(tables: _IdTables, semantic: Tensor, index: Tensor, member: Te
     return panoptic
 
 
-def _segments(tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _segments(
+    tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor, *, lanes: int = 1
+) -> tuple[Tensor, Tensor, Tensor]:
     """The panoptic map [P] int32 ``tables`` give (void: :data:`VOID`) and its segments: ids [n] int64, seg [P] int32.
 
     A kept stuff class is a segment when it has unassigned pixels; an instance, when it has an id.
@@ -605,10 +609,16 @@ def _segments(tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor
     ids = torch.sort(torch.cat(values).long()).values
     n = ids.numel()
     stuff_seg = torch.where(stuff, torch.searchsorted(ids, tables.stuff_value.long()), n).to(torch.int32)
-    panoptic = _panoptic_map(tables, semantic, index, member)
-    seg = lookup(stuff_seg, semantic)
+    thing_seg = None
     if tables.thing_value is not None:
         thing = tables.thing_value.long()
         thing_seg = torch.where(thing != VOID, torch.searchsorted(ids, thing), n).to(torch.int32)
+    if semantic.dtype == torch.uint8 and member.dtype == torch.int64 and native.usable(semantic, index, member):
+        things = None if thing_seg is None or tables.thing_value is None else (tables.thing_value, thing_seg)
+        panoptic, seg = native.paint(semantic, index, member, (tables.stuff_value, stuff_seg), things, lanes)
+        return panoptic, ids, seg
+    panoptic = _panoptic_map(tables, semantic, index, member)
+    seg = lookup(stuff_seg, semantic)
+    if thing_seg is not None:
         seg.index_copy_(0, index, thing_seg.index_select(0, member))
     return panoptic, ids, seg

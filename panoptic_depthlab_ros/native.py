@@ -28,6 +28,8 @@ from .parallel import run_parallel, scratch
 # builds; CMakeLists.txt gives its build the same name).
 FILE_NAME = "_native" + str(sysconfig.get_config_var("EXT_SUFFIX") or ".so")
 ENV_SWITCH = "PANOPTIC_DEPTHLAB_NATIVE"
+# pdl_interface_version() of the sources this module calls (raised with every change of a signature).
+INTERFACE_VERSION = 1
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -45,8 +47,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         return None, f"{path} is not built (make setup, pip install or colcon build compile it)"
     try:
         lib = ctypes.CDLL(str(path))
-    except OSError as exc:
+        lib.pdl_interface_version.restype = _I64
+        version = lib.pdl_interface_version()
+    except (OSError, AttributeError) as exc:
         return None, f"{path} does not load: {exc}"
+    if version != INTERFACE_VERSION:
+        return None, f"{path} was built from other sources (interface {version}, not {INTERFACE_VERSION}): rebuild it"
     lib.pdl_argmax_probability.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P]
     lib.pdl_argmax_probability.restype = None
     lib.pdl_segment_sums.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _P]
@@ -57,6 +63,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.pdl_segment_order.restype = None
     lib.pdl_nearest_center.argtypes = [_P, _I64, _I64, _I64, _P, _I64, _I64, _P, _I64, _P]
     lib.pdl_nearest_center.restype = None
+    lib.pdl_instance_class_counts.argtypes = [_P, _P, _P, _I64, _I64, _I64, _P]
+    lib.pdl_instance_class_counts.restype = None
+    lib.pdl_paint_classes.argtypes = [_P, _I64, _I64, _P, _P, _P, _P]
+    lib.pdl_paint_classes.restype = None
+    lib.pdl_paint_instances.argtypes = [_P, _P, _I64, _I64, _P, _P, _P, _P]
+    lib.pdl_paint_instances.restype = None
     return lib, ""
 
 
@@ -111,6 +123,63 @@ def nearest_center(offset: Tensor, index: Tensor, centers: Tensor, member: Tenso
         c.shape[0],
         _pointer(member),
     )
+
+
+def instance_class_counts(
+    labels: Tensor, index: Tensor, member: Tensor, num_instances: int, num_classes: int
+) -> Tensor:
+    """[K, C] int64: how many pixels of each instance have each class.
+
+    ``index`` [N] flat pixel indices into ``labels`` (uint8), ``member`` [N] int64 their
+    instances (below ``num_instances``).
+    """
+    assert LIBRARY is not None
+    counts = torch.zeros((num_instances, num_classes), dtype=torch.int64)
+    LIBRARY.pdl_instance_class_counts(
+        _pointer(labels), _pointer(index), _pointer(member), 0, index.numel(), num_classes, _pointer(counts)
+    )
+    return counts
+
+
+def paint(
+    labels: Tensor,
+    index: Tensor,
+    member: Tensor,
+    stuff: tuple[Tensor, Tensor],
+    things: tuple[Tensor, Tensor] | None,
+    lanes: int,
+) -> tuple[Tensor, Tensor]:
+    """The panoptic map and the segment map [P] int32 of flat uint8 ``labels``.
+
+    ``stuff``: int32 tables [C] (the value and the segment of each class's pixels); ``things``:
+    int32 tables [K] (those of each instance), written over the instances' pixels ``index`` [N]
+    (member [N]) after the classes. The classes' pass is split over ``lanes``.
+    """
+    assert LIBRARY is not None
+    pixels = labels.numel()
+    panoptic = torch.empty(pixels, dtype=torch.int32)
+    seg = torch.empty(pixels, dtype=torch.int32)
+    value, segment = (t.contiguous() for t in stuff)
+    bounds = [pixels * i // lanes for i in range(lanes + 1)]
+    tasks = [
+        partial(
+            LIBRARY.pdl_paint_classes,
+            *(_pointer(labels), a, b),
+            *(_pointer(t) for t in (value, segment, panoptic, seg)),
+        )
+        for a, b in pairwise(bounds)
+    ]
+    run_parallel(tasks, lanes)
+    if things is not None and index.numel():
+        thing_value, thing_seg = (t.contiguous() for t in things)
+        LIBRARY.pdl_paint_instances(
+            _pointer(index),
+            _pointer(member),
+            0,
+            index.numel(),
+            *(_pointer(t) for t in (thing_value, thing_seg, panoptic, seg)),
+        )
+    return panoptic, seg
 
 
 def readable(t: Tensor) -> bool:

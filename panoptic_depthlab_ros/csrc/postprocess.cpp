@@ -144,6 +144,9 @@ void order_large(const float* a, int64_t c, int64_t cut, double* median, double*
 
 extern "C" {
 
+// What native.py checks before it uses this library: a build of older sources is refused, not called.
+int64_t pdl_interface_version() { return 1; }
+
 // Rows [r0, r1) of scores x [C, H, W] (float32; element (c, y, i) at x[c * channel_stride + y *
 // row_stride + i]: a cropped view reads in place): label [H, W] = the first class with the maximum
 // score (torch.argmax: the first NaN if any), probability [H, W] (or null) = its softmax
@@ -337,6 +340,33 @@ void pdl_nearest_center(const float* offset, int64_t channel_stride, int64_t row
             }
         }
         for (int64_t i = 0; i < n; ++i) member[b0 + i] = best[i];
+    }
+}
+
+// Pixels index[i0, i1) (flat indices into labels, uint8 classes) belong to the instances
+// member[i0, i1): counts [K, C] (int64, not zeroed here) += 1 at (member, label) of each.
+void pdl_instance_class_counts(const uint8_t* labels, const int64_t* index, const int64_t* member, int64_t i0,
+                               int64_t i1, int64_t num_classes, int64_t* counts) {
+    for (int64_t i = i0; i < i1; ++i) counts[member[i] * num_classes + labels[index[i]]] += 1;
+}
+
+// The panoptic map and the segment map of pixels [p0, p1) from their classes (uint8 labels):
+// panoptic = stuff_value[label], seg = stuff_seg[label] (int32 tables of the C classes).
+void pdl_paint_classes(const uint8_t* labels, int64_t p0, int64_t p1, const int32_t* stuff_value,
+                       const int32_t* stuff_seg, int32_t* panoptic, int32_t* seg) {
+    for (int64_t p = p0; p < p1; ++p) {
+        panoptic[p] = stuff_value[labels[p]];
+        seg[p] = stuff_seg[labels[p]];
+    }
+}
+
+// Then the thing pixels index[i0, i1) of the instances member[i0, i1): panoptic = thing_value[member],
+// seg = thing_seg[member].
+void pdl_paint_instances(const int64_t* index, const int64_t* member, int64_t i0, int64_t i1,
+                         const int32_t* thing_value, const int32_t* thing_seg, int32_t* panoptic, int32_t* seg) {
+    for (int64_t i = i0; i < i1; ++i) {
+        panoptic[index[i]] = thing_value[member[i]];
+        seg[index[i]] = thing_seg[member[i]];
     }
 }
 
