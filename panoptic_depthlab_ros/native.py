@@ -151,7 +151,7 @@ def paint(
 ) -> tuple[Tensor, Tensor]:
     """The panoptic map and the segment map [P] int32 of flat uint8 ``labels``.
 
-    ``stuff``: int32 tables [C] (the value and the segment of each class's pixels); ``things``:
+    ``stuff``: int32 tables [C <= 256] (the value and the segment of each class's pixels); ``things``:
     int32 tables [K] (those of each instance), written over the instances' pixels ``index`` [N]
     (member [N]) after the classes. The classes' pass is split over ``lanes``.
     """
@@ -159,7 +159,8 @@ def paint(
     pixels = labels.numel()
     panoptic = torch.empty(pixels, dtype=torch.int32)
     seg = torch.empty(pixels, dtype=torch.int32)
-    value, segment = (t.contiguous() for t in stuff)
+    # Tables of every uint8 value (0 beyond the classes, as the torch path's lookup table gives).
+    value, segment = (torch.cat((t, t.new_zeros(256 - t.numel()))) for t in stuff)
     bounds = [pixels * i // lanes for i in range(lanes + 1)]
     tasks = [
         partial(
