@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sysconfig
 from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
@@ -24,9 +23,10 @@ from torch import Tensor
 
 from .parallel import run_parallel, scratch
 
-# The library's file name: that of a Python extension module of this interpreter (what setup.py
-# builds; CMakeLists.txt gives its build the same name).
-FILE_NAME = "_native" + str(sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+# The library, where setup.py and CMakeLists.txt put it: a folder without __init__.py, so that
+# nothing that walks the package takes it for a module to import.
+FILE_NAME = "libpdl_postprocess.so"
+FOLDER = "lib"
 ENV_SWITCH = "PANOPTIC_DEPTHLAB_NATIVE"
 # pdl_interface_version() of the sources this module calls (raised with every change of a signature).
 INTERFACE_VERSION = 1
@@ -42,7 +42,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     """The library and '' or None and why not."""
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return None, f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
-    path = Path(__file__).with_name(FILE_NAME)
+    path = Path(__file__).with_name(FOLDER) / FILE_NAME
     if not path.is_file():
         return None, f"{path} is not built (make setup, pip install or colcon build compile it)"
     try:

@@ -270,7 +270,7 @@ def test_a_failing_warm_up_fails_configure_and_cleanup_releases_the_model(
         assert lc.change("configure")
         err = capfd.readouterr().err
         assert "warm-up frame 96x160 on cpu: " in err
-        assert "CPU post-processing: compiled passes (_native" in err  # which post-processing runs is logged
+        assert "CPU post-processing: compiled passes (libpdl_postprocess.so)" in err  # which one runs is logged
         assert lc.change("activate")
         _answer_frame(h, 1)  # 64x128
         predictor = h.node.predictor

@@ -34,16 +34,16 @@ def test_make_setup_builds_it_and_the_switch_turns_it_off() -> None:
 
 
 def test_a_missing_stale_or_broken_library_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(native, "FILE_NAME", "_native_missing.so")
+    monkeypatch.setattr(native, "FILE_NAME", "libpdl_missing.so")
     library, why = native._load()
     assert library is None
-    assert why.endswith("_native_missing.so is not built (make setup, pip install or colcon build compile it)")
+    assert why.endswith("libpdl_missing.so is not built (make setup, pip install or colcon build compile it)")
     monkeypatch.undo()
     monkeypatch.setattr(native, "INTERFACE_VERSION", 999)  # a build of older sources is refused, not called
     library, why = native._load()
     assert library is None and why.endswith("was built from other sources (interface 1, not 999): rebuild it")
     monkeypatch.undo()
-    broken = Path(native.__file__).with_name("_native_broken_test.so")
+    broken = Path(native.__file__).with_name(native.FOLDER) / "libpdl_broken_test.so"
     broken.write_bytes(b"not a shared library")
     try:
         monkeypatch.setattr(native, "FILE_NAME", broken.name)
