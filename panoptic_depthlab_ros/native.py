@@ -1,11 +1,12 @@
 """The compiled per-pixel passes of the CPU post-processing (``csrc/postprocess.cpp``), through ctypes.
 
 ``pip install`` (setup.py) and ``colcon build`` (CMakeLists.txt) compile the library into the
-package directory; ``make setup`` also compiles it in place for the source tree. Where it is
-missing (a copy of the sources without a build), or disabled with ``PANOPTIC_DEPTHLAB_NATIVE=0``,
-the post-processing uses torch ops for the same results: :data:`LIBRARY` is None and
-:data:`UNAVAILABLE` says why. Results of the two paths: the same labels, segments and order
-statistics; probabilities and float sums within float rounding (test/test_native.py).
+package's ``lib/`` folder; ``make setup`` also compiles it in place for the source tree. Where it
+is missing (a copy of the sources without a build), built from other sources, or disabled with
+``PANOPTIC_DEPTHLAB_NATIVE=0``, the post-processing uses torch ops for the same results:
+:data:`LIBRARY` is None and :data:`UNAVAILABLE` says why. Results of the two paths: the same
+labels, segments and order statistics; probabilities and float sums within float rounding (the
+tests of the passes run both ways).
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ INTERFACE_VERSION = 1
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
+_F64 = ctypes.c_double
+# The library's functions and their arguments (csrc/postprocess.cpp); none returns a value.
+_SIGNATURES: dict[str, list[type]] = {
+    "pdl_argmax_probability": [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P],
+    "pdl_segment_sums": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _P],
+    "pdl_segment_gather": [_P, _P, _P, _I64, _I64, _I64, _I64, _P, _P],
+    "pdl_segment_order": [_P, _P, _I64, _I64, _F64, _P, _P, _P],
+    "pdl_nearest_center": [_P, _I64, _I64, _I64, _P, _I64, _I64, _P, _I64, _P],
+    "pdl_instance_class_counts": [_P, _P, _P, _I64, _I64, _I64, _P],
+    "pdl_paint_classes": [_P, _I64, _I64, _P, _P, _P, _P],
+    "pdl_paint_instances": [_P, _P, _I64, _I64, _P, _P, _P, _P],
+}
 # Parts of the image the per-segment sums are split into (then added in order): fixed, so that the
 # float sums do not depend on the lanes.
 SUM_PARTS = 8
@@ -53,22 +66,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         return None, f"{path} does not load: {exc}"
     if version != INTERFACE_VERSION:
         return None, f"{path} was built from other sources (interface {version}, not {INTERFACE_VERSION}): rebuild it"
-    lib.pdl_argmax_probability.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P]
-    lib.pdl_argmax_probability.restype = None
-    lib.pdl_segment_sums.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _P]
-    lib.pdl_segment_sums.restype = None
-    lib.pdl_segment_gather.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _P, _P]
-    lib.pdl_segment_gather.restype = None
-    lib.pdl_segment_order.argtypes = [_P, _P, _I64, _I64, ctypes.c_double, _P, _P, _P]
-    lib.pdl_segment_order.restype = None
-    lib.pdl_nearest_center.argtypes = [_P, _I64, _I64, _I64, _P, _I64, _I64, _P, _I64, _P]
-    lib.pdl_nearest_center.restype = None
-    lib.pdl_instance_class_counts.argtypes = [_P, _P, _P, _I64, _I64, _I64, _P]
-    lib.pdl_instance_class_counts.restype = None
-    lib.pdl_paint_classes.argtypes = [_P, _I64, _I64, _P, _P, _P, _P]
-    lib.pdl_paint_classes.restype = None
-    lib.pdl_paint_instances.argtypes = [_P, _P, _I64, _I64, _P, _P, _P, _P]
-    lib.pdl_paint_instances.restype = None
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, None
     return lib, ""
 
 
