@@ -48,6 +48,7 @@ $(DEPS_STAMP): requirements.txt tools/fix_ros_cmake_paths.sh | $(PY)
 # broken import.
 $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_FILES) $(CORE_FILES) $(TRAINING_FILES)
 	$(PY) tools/uninstall_manifest.py $(BUILD_DIR)/install_manifest.txt $(VENV)
+	rm -rf build/lib build/lib.* build/bdist.*  # pip builds in the tree: no module removed from the sources in its wheel
 	$(PY) -m pip install -q --no-deps --no-build-isolation .
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
 	  -DCMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) -DCMAKE_INSTALL_PREFIX=$(CURDIR)/$(VENV) \
