@@ -56,7 +56,7 @@ def argmax_channels(
     if x.dtype == torch.float32 and probability_ok and native.usable(x):  # one compiled pass (native.py)
         index = torch.empty((h, w), dtype=torch.uint8)
         lanes = lanes_for(h * w, lanes)
-        parts = min(h, 4 * lanes)  # several parts per lane: lanes that finish early take more
+        parts = max(1, min(h, 4 * lanes))  # several parts per lane: lanes that finish early take more
         bounds = [h * i // parts for i in range(parts + 1)]
         tasks = [partial(native.argmax_probability, x, index, top_probability, a, b) for a, b in pairwise(bounds)]
         run_parallel([*also, *tasks], lanes)

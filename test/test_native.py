@@ -15,6 +15,7 @@ import torch
 
 from panoptic_depthlab_ros import native
 from panoptic_depthlab_ros.fusion import PostprocessConfig, panoptic_fusion
+from panoptic_depthlab_ros.kernels import argmax_channels
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from pdl_testing import REPO
 
@@ -72,3 +73,8 @@ def test_fusion_gives_one_result_either_way(monkeypatch: pytest.MonkeyPatch) -> 
     assert set(compiled.panoptic.unique().tolist()) >= {13001, 11001, 0}
     assert compiled.class_probability is not None and plain.class_probability is not None
     torch.testing.assert_close(compiled.class_probability, plain.class_probability, rtol=1e-6, atol=1e-7)
+
+
+def test_an_empty_map_gives_empty_labels() -> None:
+    labels = argmax_channels(torch.randn(19, 0, 5), lanes=2, top_probability=torch.empty(0, 5))
+    assert labels.shape == (0, 5) and labels.dtype == torch.uint8
