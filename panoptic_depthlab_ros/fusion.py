@@ -570,7 +570,7 @@ def _id_tables(
     thing_value = cls = None
     if index.numel():
         num_inst = int(member.max()) + 1 if num_instances is None else num_instances
-        if semantic.dtype == torch.uint8 and member.dtype == torch.int64 and native.usable(semantic, index, member):
+        if _compiled_maps(semantic, index, member):
             counts = native.instance_class_counts(semantic, index, member, num_inst, num_classes)
         else:
             sem_at = semantic.index_select(0, index).long()
@@ -585,6 +585,11 @@ def _id_tables(
     stuff_value = torch.arange(num_classes, device=device) * label_divisor
     stuff_value = torch.where(keep, stuff_value, void_label).to(torch.int32)
     return _IdTables(stuff_value=stuff_value, stuff_pixels=area, thing_value=thing_value, thing_class=cls)
+
+
+def _compiled_maps(semantic: Tensor, index: Tensor, member: Tensor) -> bool:
+    """Whether the compiled passes (:mod:`.native`) take the class counts and the maps: uint8 classes, CPU."""
+    return semantic.dtype == torch.uint8 and member.dtype == torch.int64 and native.usable(semantic, index, member)
 
 
 def _panoptic_map(tables: _IdTables, semantic: Tensor, index: Tensor, member: Tensor) -> Tensor:
@@ -613,7 +618,7 @@ def _segments(
     if tables.thing_value is not None:
         thing = tables.thing_value.long()
         thing_seg = torch.where(thing != VOID, torch.searchsorted(ids, thing), n).to(torch.int32)
-    if semantic.dtype == torch.uint8 and member.dtype == torch.int64 and native.usable(semantic, index, member):
+    if _compiled_maps(semantic, index, member):
         things = None if thing_seg is None or tables.thing_value is None else (tables.thing_value, thing_seg)
         panoptic, seg = native.paint(semantic, index, member, (tables.stuff_value, stuff_seg), things, lanes)
         return panoptic, ids, seg

@@ -18,7 +18,6 @@ from functools import partial
 from itertools import pairwise
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -82,10 +81,8 @@ def describe() -> str:
     return f"CPU post-processing: torch ops ({UNAVAILABLE})"
 
 
-def _pointer(t: Tensor | np.ndarray | None) -> int | None:
-    if t is None:
-        return None
-    return int(t.data_ptr()) if isinstance(t, Tensor) else int(t.ctypes.data)
+def _pointer(t: Tensor | None) -> int | None:
+    return None if t is None else int(t.data_ptr())
 
 
 def argmax_probability(x: Tensor, label: Tensor, probability: Tensor | None, r0: int, r1: int) -> None:
@@ -195,21 +192,23 @@ def usable(*tensors: Tensor) -> bool:
 
 @dataclass
 class SegmentSums:
-    """What :func:`segment_sums` gives per segment ([n] each).
+    """What the per-pixel passes of the segment statistics give per segment ([n] each).
 
-    extent: area, y_min, y_max, x_min, x_max, sum of y, sum of x (int64); count: counted depths
-    (int64); sum_z, sum_zz, sum_uz, sum_vz: float64 sums of z, z^2, u z, v z over them (u the
-    column, v the row); minimum, median (lower), trimmed (mean of the ranks ``[floor(count *
-    trim), count - floor(count * trim))``): float64, NaN without counted depths; probability:
-    float64 sums of the probability over the whole segment, None without it.
+    Compiled (:func:`segment_sums`) or as torch ops (:mod:`.segment_stats`). extent: area,
+    y_min, y_max, x_min, x_max, sum of y, sum of x (int64); count: counted depths (int64);
+    sum_z, sum_zz, sum_uz, sum_vz: float64 sums of z, z^2, u z, v z over them (u the column, v
+    the row; the torch ops leave the last two None without a camera); minimum, median (lower),
+    trimmed (mean of the ranks ``[floor(count * trim), count - floor(count * trim))``):
+    float64, NaN without counted depths; probability: float64 sums of the probability over the
+    whole segment (at least [n]), None without it.
     """
 
     extent: tuple[Tensor, ...]
     count: Tensor
     sum_z: Tensor
     sum_zz: Tensor
-    sum_uz: Tensor
-    sum_vz: Tensor
+    sum_uz: Tensor | None
+    sum_vz: Tensor | None
     minimum: Tensor
     median: Tensor
     trimmed: Tensor
@@ -235,7 +234,8 @@ def segment_sums(
     also positive and finite), ``probability`` [H*W] float32
     (or None); all contiguous on the CPU. The image is summed in :data:`SUM_PARTS` parts of rows
     over ``lanes`` lanes, the parts added in order; then each segment's counted depths are
-    gathered and partially sorted (std::nth_element) for the order statistics.
+    gathered for the order statistics (partial sorts, or for many depths a histogram of their
+    leading bits and a sort of the wanted ranks' buckets only).
     """
     assert LIBRARY is not None
     lib = LIBRARY

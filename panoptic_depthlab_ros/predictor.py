@@ -426,9 +426,12 @@ class Predictor:
         without a copy of the logits; what outlives the next call (a flip or multi-scale
         pass, a batch's next image, :meth:`raw`, the result's depth) is copied here first.
         """
-        if not getattr(self.network, "reuses_outputs", False):
-            return out
-        return {k: v.clone() for k, v in out.items()}
+        return {k: v.clone() for k, v in out.items()} if self._lends_outputs else out
+
+    @property
+    def _lends_outputs(self) -> bool:
+        """Whether the network's outputs are views of buffers its next call overwrites (see :meth:`_owned`)."""
+        return bool(getattr(self.network, "reuses_outputs", False))
 
     def _run_network(self, x: Tensor, *, depth: bool) -> dict[str, Tensor]:
         """One forward pass; without ``depth`` our own network skips its depth branch.
@@ -675,7 +678,8 @@ class Predictor:
             semantic = fused.semantic.to(torch.uint8).cpu().numpy()
             depth = None
             if self.depth_enabled:  # the result's own: a lending network's buffer changes with the next frame
-                depth = self._owned({"depth": out["depth"]})["depth"][0].cpu().numpy().astype(np.float32, copy=False)
+                depth_map = out["depth"][0].clone() if self._lends_outputs else out["depth"][0]
+                depth = depth_map.cpu().numpy().astype(np.float32, copy=False)
         t4 = time.perf_counter()
         return PanopticDepthResult(
             panoptic=panoptic,

@@ -38,6 +38,7 @@ from .kernels import (
     window_extreme,
 )
 from .metadata import ClassMetadata
+from .native import SegmentSums
 from .parallel import BLOCK_PIXELS, SMALL_BLOCK_PIXELS, cpu_lanes, lanes_for, row_blocks, run_parallel
 from .result import SegmentDepth
 
@@ -152,7 +153,7 @@ def _segment_depth_statistics(
     d = depth.reshape(-1).to(torch.float32).contiguous()
     if native.usable(seg, d):  # the compiled passes check each depth's validity themselves
         use = None if config.depth_erosion_px == 0 else _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)[0]
-        sums, moments = _compiled_sums(
+        sums = _compiled_sums(
             seg,
             d,
             use,
@@ -167,7 +168,7 @@ def _segment_depth_statistics(
         )
     else:
         use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
-        sums, moments = _torch_sums(
+        sums = _torch_sums(
             seg,
             d,
             use,
@@ -182,38 +183,24 @@ def _segment_depth_statistics(
             trim=config.robust_trim,
             lanes=lanes,
         )
-    score = _scores(sums, category, classes=classes, center=center, h=h, w=w)
+    score = _scores(sums.extent, sums.probability, category, classes=classes, center=center, h=h, w=w)
 
     f64 = torch.float64
-    cnt = moments.count.to(f64)
-    mean = moments.sum_z / cnt
-    std = (moments.sum_zz / cnt - mean * mean).clamp(min=0).sqrt()
+    cnt = sums.count.to(f64)
+    mean = sums.sum_z / cnt
+    std = (sums.sum_zz / cnt - mean * mean).clamp(min=0).sqrt()
     centroid = torch.full((n, 3), math.nan, dtype=f64, device=panoptic.device)
-    if camera_k is not None and moments.sum_uz is not None and moments.sum_vz is not None:
+    if camera_k is not None and sums.sum_uz is not None and sums.sum_vz is not None:
         k = np.asarray(camera_k, dtype=np.float64).reshape(3, 3)
         fx, fy, cx0, cy0 = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
-        u, v = moments.sum_uz / cnt, moments.sum_vz / cnt
+        u, v = sums.sum_uz / cnt, sums.sum_vz / cnt
         centroid = torch.stack(((u - cx0 * mean) / fx, (v - cy0 * mean) / fy, mean), 1)
 
     area, y_min, y_max, x_min, x_max, _sum_y, _sum_x = sums.extent
     columns = [ids, category, score, area, x_min, y_min, x_max, y_max, cnt, mean]
-    columns += [moments.median, moments.minimum, std, moments.trimmed, *centroid.T]
+    columns += [sums.median, sums.minimum, std, sums.trimmed, *centroid.T]
     rows = torch.stack([c.to(f64) for c in columns], 1).cpu().numpy()
     return [_record(r, classes) for r in rows]  # tens to hundreds of segments, no per-pixel work
-
-
-@dataclass
-class _Moments:
-    """Per segment [n]: counted depths, their float64 sums (z, z^2; u z, v z or None) and order statistics."""
-
-    count: Tensor
-    sum_z: Tensor
-    sum_zz: Tensor
-    sum_uz: Tensor | None
-    sum_vz: Tensor | None
-    minimum: Tensor
-    median: Tensor
-    trimmed: Tensor
 
 
 def _compiled_sums(
@@ -229,7 +216,7 @@ def _compiled_sums(
     class_probability: Tensor | None,
     trim: float,
     lanes: int,
-) -> tuple[_PixelSums, _Moments]:
+) -> SegmentSums:
     """The per-pixel passes in the compiled library (:func:`.native.segment_sums`)."""
     probability = None
     if sem_logits is not None:
@@ -237,11 +224,9 @@ def _compiled_sums(
             segment_class = torch.cat((category, category.new_zeros(1)))
             class_probability = softmax_probability(sem_logits.flatten(1), lookup(segment_class, seg))
         probability = class_probability.reshape(-1).to(torch.float32).contiguous()
-    got = native.segment_sums(
+    return native.segment_sums(
         seg, d, use, probability, n=n, height=h, width=w, trim=trim, lanes=lanes_for(h * w, lanes)
     )
-    moments = _Moments(got.count, got.sum_z, got.sum_zz, got.sum_uz, got.sum_vz, got.minimum, got.median, got.trimmed)
-    return _PixelSums(extent=got.extent, depth=None, probability=got.probability), moments
 
 
 def _torch_sums(
@@ -259,7 +244,7 @@ def _torch_sums(
     centroid: bool,
     trim: float,
     lanes: int,
-) -> tuple[_PixelSums, _Moments]:
+) -> SegmentSums:
     """The per-pixel passes as torch ops (:func:`_pixel_sums`, :func:`_order_statistics`): any device."""
     # [H*W] int32: the segment of each used (valid, eroded) depth pixel; the others in bin n.
     seg_use = seg if use is None else torch.where(use, seg, n)
@@ -284,14 +269,15 @@ def _torch_sums(
     if sums.depth is None:
         nan = torch.full((n,), math.nan, dtype=f64, device=device)
         zero = torch.zeros(n, dtype=f64, device=device)
-        return sums, _Moments(torch.zeros(n, dtype=torch.int64, device=device), zero, zero, None, None, nan, nan, nan)
+        count = torch.zeros(n, dtype=torch.int64, device=device)
+        return SegmentSums(sums.extent, count, zero, zero, None, None, nan, nan, nan, sums.probability)
     hist, weight = sums.depth.hist[:n], sums.depth.z[:n]  # [n, B]; row n: the unused pixels
     count = hist.sum(1)
     d_min, d_median, robust = _order_statistics(sums.depth.key, d, hist, weight, count, trim)
     uz = None if sums.depth.uz is None else sums.depth.uz[:n].sum(1)
     vz = None if sums.depth.vz is None else sums.depth.vz[:n].sum(1)
-    moments = _Moments(count, weight.sum(1), sums.depth.zz[:n].sum(1), uz, vz, d_min, d_median, robust)
-    return sums, moments
+    zz = sums.depth.zz[:n].sum(1)
+    return SegmentSums(sums.extent, count, weight.sum(1), zz, uz, vz, d_min, d_median, robust, sums.probability)
 
 
 def _depth_pixels(
@@ -328,18 +314,26 @@ def _depth_pixels(
 
 
 def _scores(
-    sums: _PixelSums, category: Tensor, *, classes: ClassMetadata, center: Tensor | None, h: int, w: int
+    extent: tuple[Tensor, ...],
+    probability: Tensor | None,
+    category: Tensor,
+    *,
+    classes: ClassMetadata,
+    center: Tensor | None,
+    h: int,
+    w: int,
 ) -> Tensor:
     """Per segment [n] float64: the mean softmax probability of its class (times the center value for things).
 
-    NaN without logits.
+    ``extent`` and ``probability`` (the sums of the probability per segment; None without
+    logits: NaN) as :class:`~.native.SegmentSums` holds them.
     """
     n = category.numel()
     f64 = torch.float64
-    if sums.probability is None:
+    if probability is None:
         return torch.full((n,), math.nan, dtype=f64, device=category.device)
-    area, _y_min, _y_max, _x_min, _x_max, sum_y, sum_x = sums.extent
-    score = sums.probability[:n] / area
+    area, _y_min, _y_max, _x_min, _x_max, sum_y, sum_x = extent
+    score = probability[:n] / area
     if center is not None:
         cy = (sum_y.to(f64) / area).long()
         cx = (sum_x.to(f64) / area).long()
