@@ -39,6 +39,9 @@ class LossConfig:
     depth_loss: ``"l1"`` (metres) or ``"silog"`` (scale-invariant log).
     silog_lambda: variance weight of the scale-invariant loss (0 = log-RMSE, 1 =
         fully scale invariant).
+    depth_thing_weight: weight of thing pixels (those with offset targets) in the depth
+        loss, against 1 for the rest. Road, buildings and sky fill most of a frame; the
+        depth a tracker turns into velocity is the things'.
     """
 
     semantic_weight: float = 1.0
@@ -48,6 +51,7 @@ class LossConfig:
     depth_weight: float = 1.0
     depth_loss: str = "l1"
     silog_lambda: float = 0.85
+    depth_thing_weight: float = 1.0
     ignore_label: int = 255
 
     def __post_init__(self) -> None:
@@ -57,6 +61,8 @@ class LossConfig:
             raise ValueError(f"loss.semantic_top_k must be in (0, 1], got {self.semantic_top_k}")
         if not 0.0 <= self.silog_lambda <= 1.0:
             raise ValueError(f"loss.silog_lambda must be in [0, 1], got {self.silog_lambda}")
+        if not self.depth_thing_weight > 0.0:
+            raise ValueError(f"loss.depth_thing_weight must be > 0, got {self.depth_thing_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict."""
@@ -134,27 +140,39 @@ def depth_supervision_mask(depth: Tensor, valid: Tensor, *, min_depth: float, ma
     return valid & torch.isfinite(depth) & (depth >= min_depth) & (depth <= max_depth)
 
 
-def depth_l1_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean |pred - target| [m] over ``mask`` (pred/target/mask [N, 1, H, W]); 0 if empty."""
+def _pixel_weights(mask: Tensor, weights: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``weights`` inside ``mask`` (1 where no weights are given), 0 outside."""
+    inside = mask.to(dtype)
+    return inside if weights is None else inside * weights.to(dtype)
+
+
+def depth_l1_loss(pred: Tensor, target: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean |pred - target| [m] over ``mask``, weighted by ``weights`` if given; 0 if empty.
+
+    ``pred``, ``target``, ``mask``, ``weights``: [N, 1, H, W].
+    """
     diff = (pred - torch.where(mask, target, pred)).abs()  # 0 outside the mask, no NaN from invalid
-    count = mask.sum()
-    return torch.where(count > 0, diff.sum() / count.clamp(min=1), diff.sum() * 0.0)
+    return _weighted_mean(diff, _pixel_weights(mask, weights, diff.dtype))
 
 
-def silog_loss(pred: Tensor, target: Tensor, mask: Tensor, *, variance_weight: float = 0.85) -> Tensor:
+def silog_loss(
+    pred: Tensor, target: Tensor, mask: Tensor, *, variance_weight: float = 0.85, weights: Tensor | None = None
+) -> Tensor:
     """Scale-invariant log loss ``sqrt(mean(g^2) - lambda * mean(g)^2)``, ``g = ln d - ln d*``.
 
-    Computed per image over its ``mask`` pixels and averaged over images that have any;
-    0 (in the graph) when no image does. ``pred``, ``target``, ``mask``: [N, 1, H, W].
+    Computed per image over its ``mask`` pixels (means weighted by ``weights`` if given)
+    and averaged over images that have any; 0 (in the graph) when no image does.
+    ``pred``, ``target``, ``mask``, ``weights``: [N, 1, H, W].
     """
     safe_target = torch.where(mask, target, torch.ones_like(target))
     g = torch.where(mask, torch.log(pred) - torch.log(safe_target), torch.zeros_like(pred))
     g = g.flatten(1)  # [N, H*W]
-    count = mask.flatten(1).sum(1)  # [N]
-    has = count > 0
-    n = count.clamp(min=1).to(g.dtype)
-    mean_sq = g.square().sum(1) / n
-    mean = g.sum(1) / n
+    w = _pixel_weights(mask, weights, g.dtype).flatten(1)
+    total = w.sum(1)  # [N]
+    has = total > 0
+    n = total.clamp(min=1e-12)
+    mean_sq = (w * g.square()).sum(1) / n
+    mean = (w * g).sum(1) / n
     per_image = (mean_sq - variance_weight * mean.square()).clamp(min=1e-8).sqrt()
     per_image = torch.where(has, per_image, torch.zeros_like(per_image))
     return torch.where(has.any(), per_image.sum() / has.sum().clamp(min=1), per_image.sum() * 0.0)
@@ -204,9 +222,12 @@ def panoptic_depth_losses(
     if "depth" in outputs:
         pred = outputs["depth"].float()
         mask = depth_supervision_mask(batch["depth"], batch["depth_valid"], min_depth=min_depth, max_depth=max_depth)
+        weights = None
+        if config.depth_thing_weight != 1.0:
+            weights = 1.0 + (config.depth_thing_weight - 1.0) * (batch["offset_weights"] > 0).float()
         if config.depth_loss == "l1":
-            loss = depth_l1_loss(pred, batch["depth"], mask)
+            loss = depth_l1_loss(pred, batch["depth"], mask, weights)
         else:
-            loss = silog_loss(pred, batch["depth"], mask, variance_weight=config.silog_lambda)
+            loss = silog_loss(pred, batch["depth"], mask, variance_weight=config.silog_lambda, weights=weights)
         losses["loss_depth"] = config.depth_weight * loss
     return losses

@@ -114,6 +114,38 @@ def test_silog_of_a_uniform_scale_error():
     assert silog_loss(2 * target, target, mask, variance_weight=0.0).item() == pytest.approx(LN2, rel=1e-5)
 
 
+def test_depth_losses_weight_pixels():
+    # pixel errors: |g| = ln 2 on pixel 0 (pred 2x), 0 on pixel 1; weights 3 and 1
+    target = torch.tensor([[[[5.0, 7.0]]]])
+    pred = torch.tensor([[[[10.0, 7.0]]]])
+    mask = torch.ones(1, 1, 1, 2, dtype=torch.bool)
+    weights = torch.tensor([[[[3.0, 1.0]]]])
+    assert depth_l1_loss(pred, target, mask, weights).item() == pytest.approx(3 * 5.0 / 4)  # (3*5 + 1*0) / 4
+    # log-RMSE: sqrt((3 ln2^2 + 0) / 4); unweighted sqrt(ln2^2 / 2)
+    assert silog_loss(pred, target, mask, variance_weight=0.0, weights=weights).item() == pytest.approx(
+        LN2 * math.sqrt(3 / 4), rel=1e-5
+    )
+    assert silog_loss(pred, target, mask, variance_weight=0.0).item() == pytest.approx(LN2 * math.sqrt(1 / 2), rel=1e-5)
+    # a weight on a masked-out pixel counts for nothing
+    assert depth_l1_loss(pred, target, torch.tensor([[[[False, True]]]]), weights).item() == 0.0
+
+
+def test_thing_pixels_weigh_more_in_the_depth_loss():
+    # pixel 0 a thing (offset target) 2x off, pixel 1 stuff exact; thing weight 4: (4*5 + 0) / 5 = 4 m
+    batch = {
+        "depth": torch.tensor([[[[5.0, 7.0]]]]),
+        "depth_valid": torch.ones(1, 1, 1, 2, dtype=torch.bool),
+        "offset_weights": torch.tensor([[[[1.0, 0.0]]]]),
+    }
+    outputs = {"depth": torch.tensor([[[[10.0, 7.0]]]])}
+    weighted = LossConfig(depth_loss="l1", depth_thing_weight=4.0)
+    assert panoptic_depth_losses(outputs, batch, weighted, min_depth=0.5, max_depth=80.0)[
+        "loss_depth"
+    ].item() == pytest.approx(4.0)
+    plain = LossConfig(depth_loss="l1")  # (5 + 0) / 2
+    assert panoptic_depth_losses(outputs, batch, plain, min_depth=0.5, max_depth=80.0)["loss_depth"].item() == 2.5
+
+
 def test_panoptic_depth_losses_applies_weights_and_skips_absent_outputs():
     torch.manual_seed(0)
     n, c, h, w = 2, 3, 4, 4
@@ -151,5 +183,7 @@ def test_loss_config_validation():
         LossConfig(depth_loss="l2")
     with pytest.raises(ValueError, match="semantic_top_k"):
         LossConfig(semantic_top_k=0.0)
+    with pytest.raises(ValueError, match="depth_thing_weight"):
+        LossConfig(depth_thing_weight=0.0)
     with pytest.raises(ValueError, match="unknown"):
         LossConfig.from_dict({"center_weigth": 1.0})
