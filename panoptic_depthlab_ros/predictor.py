@@ -498,7 +498,8 @@ class Predictor:
         """
         prep = self._prepare(image)
         with torch.inference_mode():
-            return self._owned(self._to_input_size(self._network(prep.tensor, depth=True), prep))
+            out = self._to_input_size(self._network(prep.tensor, depth=True), prep)
+        return out if prep.resized else self._owned(out)  # a resize made new tensors; a crop is a view
 
     def warm_up(self, height: int, width: int) -> float:
         """Run one mid-grey ``height`` x ``width`` frame end to end; the seconds it took.

@@ -154,34 +154,14 @@ def _segment_depth_statistics(
     if native.usable(seg, d):  # the compiled passes check each depth's validity themselves
         use = None if config.depth_erosion_px == 0 else _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)[0]
         sums = _compiled_sums(
-            seg,
-            d,
-            use,
-            category,
-            n=n,
-            h=h,
-            w=w,
-            sem_logits=sem_logits,
-            class_probability=class_probability,
-            trim=config.robust_trim,
-            lanes=lanes,
+            _PixelInputs(seg, d, use, category, n, h, w, sem_logits, class_probability, config.robust_trim, lanes)
         )
     else:
         use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
         sums = _torch_sums(
-            seg,
-            d,
-            use,
+            _PixelInputs(seg, d, use, category, n, h, w, sem_logits, class_probability, config.robust_trim, lanes),
             depth_range,
-            category,
-            n=n,
-            h=h,
-            w=w,
-            sem_logits=sem_logits,
-            class_probability=class_probability,
             centroid=camera_k is not None,
-            trim=config.robust_trim,
-            lanes=lanes,
         )
     score = _scores(sums.extent, sums.probability, category, classes=classes, center=center, h=h, w=w)
 
@@ -203,66 +183,73 @@ def _segment_depth_statistics(
     return [_record(r, classes) for r in rows]  # tens to hundreds of segments, no per-pixel work
 
 
-def _compiled_sums(
-    seg: Tensor,
-    d: Tensor,
-    use: Tensor | None,
-    category: Tensor,
-    *,
-    n: int,
-    h: int,
-    w: int,
-    sem_logits: Tensor | None,
-    class_probability: Tensor | None,
-    trim: float,
-    lanes: int,
-) -> SegmentSums:
+@dataclass(frozen=True)
+class _PixelInputs:
+    """What both implementations of the per-pixel passes read.
+
+    seg: [H*W] int32 segment of each pixel (void = n); d: [H*W] float32 depth; use: [H*W]
+    bool pixels whose depth counts (None: all); category: [n] class of each segment;
+    sem_logits / class_probability: for the class-probability sums (None: no scores);
+    trim: the trimmed mean's fraction per side; lanes: parallel parts asked for.
+    """
+
+    seg: Tensor
+    d: Tensor
+    use: Tensor | None
+    category: Tensor
+    n: int
+    h: int
+    w: int
+    sem_logits: Tensor | None
+    class_probability: Tensor | None
+    trim: float
+    lanes: int
+
+
+def _compiled_sums(px: _PixelInputs) -> SegmentSums:
     """The per-pixel passes in the compiled library (:func:`.native.segment_sums`)."""
     probability = None
-    if sem_logits is not None:
+    if px.sem_logits is not None:
+        class_probability = px.class_probability
         if class_probability is None:  # not handed over by the fusion: the probability of each pixel's segment class
-            segment_class = torch.cat((category, category.new_zeros(1)))
-            class_probability = softmax_probability(sem_logits.flatten(1), lookup(segment_class, seg))
+            segment_class = torch.cat((px.category, px.category.new_zeros(1)))
+            class_probability = softmax_probability(px.sem_logits.flatten(1), lookup(segment_class, px.seg))
         probability = class_probability.reshape(-1).to(torch.float32).contiguous()
     return native.segment_sums(
-        seg, d, use, probability, n=n, height=h, width=w, trim=trim, lanes=lanes_for(h * w, lanes)
+        px.seg,
+        px.d,
+        px.use,
+        probability,
+        n=px.n,
+        height=px.h,
+        width=px.w,
+        trim=px.trim,
+        lanes=lanes_for(px.h * px.w, px.lanes),
     )
 
 
-def _torch_sums(
-    seg: Tensor,
-    d: Tensor,
-    use: Tensor | None,
-    depth_range: tuple[float, float] | None,
-    category: Tensor,
-    *,
-    n: int,
-    h: int,
-    w: int,
-    sem_logits: Tensor | None,
-    class_probability: Tensor | None,
-    centroid: bool,
-    trim: float,
-    lanes: int,
-) -> SegmentSums:
+def _torch_sums(px: _PixelInputs, depth_range: tuple[float, float] | None, *, centroid: bool) -> SegmentSums:
     """The per-pixel passes as torch ops (:func:`_pixel_sums`, :func:`_order_statistics`): any device."""
+    seg, d, n = px.seg, px.d, px.n
     # [H*W] int32: the segment of each used (valid, eroded) depth pixel; the others in bin n.
-    seg_use = seg if use is None else torch.where(use, seg, n)
+    seg_use = seg if px.use is None else torch.where(px.use, seg, n)
     make_key = (
-        None if depth_range is None else partial(_depth_buckets, seg_use, d, n, w, depth_range, exact=use is None)
+        None
+        if depth_range is None
+        else partial(_depth_buckets, seg_use, d, n, px.w, depth_range, exact=px.use is None)
     )
     sums = _pixel_sums(
         seg,
         d,
-        category,
+        px.category,
         n=n,
-        h=h,
-        w=w,
+        h=px.h,
+        w=px.w,
         make_key=make_key,
-        sem_logits=sem_logits,
-        class_probability=class_probability,
+        sem_logits=px.sem_logits,
+        class_probability=px.class_probability,
         centroid=centroid,
-        lanes=lanes,
+        lanes=px.lanes,
     )
     f64 = torch.float64
     device = seg.device
@@ -273,7 +260,7 @@ def _torch_sums(
         return SegmentSums(sums.extent, count, zero, zero, None, None, nan, nan, nan, sums.probability)
     hist, weight = sums.depth.hist[:n], sums.depth.z[:n]  # [n, B]; row n: the unused pixels
     count = hist.sum(1)
-    d_min, d_median, robust = _order_statistics(sums.depth.key, d, hist, weight, count, trim)
+    d_min, d_median, robust = _order_statistics(sums.depth.key, d, hist, weight, count, px.trim)
     uz = None if sums.depth.uz is None else sums.depth.uz[:n].sum(1)
     vz = None if sums.depth.vz is None else sums.depth.vz[:n].sum(1)
     zz = sums.depth.zz[:n].sum(1)

@@ -78,3 +78,24 @@ def test_fusion_gives_one_result_either_way(monkeypatch: pytest.MonkeyPatch) -> 
 def test_an_empty_map_gives_empty_labels() -> None:
     labels = argmax_channels(torch.randn(19, 0, 5), lanes=2, top_probability=torch.empty(0, 5))
     assert labels.shape == (0, 5) and labels.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("shape", ["spread", "median_in_first", "median_in_last"])
+def test_order_statistics_of_a_large_segment(shape: str) -> None:
+    # 20000 depths (above the partial-sort limit): the histogram path. The median's bucket is a
+    # bucket of its own, or the trimmed range's first or last one (trim 0.1: ranks 2000-17999).
+    gen = torch.Generator().manual_seed(3)
+    d = 1.0 + 99.0 * torch.rand(20000, generator=gen)
+    if shape == "median_in_first":  # ranks 0-10999 equal: the range's start (2000) and the median (9999)
+        d[:11000] = 7.25
+        d[11000:] = 7.25 + d[11000:]
+    elif shape == "median_in_last":  # ranks 9000-19999 equal: the median and the range's end (17999)
+        d[:9000] = 1.0 + 49.0 * torch.rand(9000, generator=gen)
+        d[9000:] = 99.5
+    d = d[torch.randperm(d.numel(), generator=gen)].to(torch.float32).contiguous()
+    seg = torch.zeros(d.numel(), dtype=torch.int32)
+    sums = native.segment_sums(seg, d, None, None, n=1, height=100, width=200, trim=0.1, lanes=1)
+    ordered = torch.sort(d.double()).values
+    assert sums.median[0].item() == ordered[(d.numel() - 1) // 2].item()
+    assert sums.trimmed[0].item() == pytest.approx(ordered[2000:18000].mean().item(), rel=1e-12)
+    assert sums.minimum[0].item() == ordered[0].item()

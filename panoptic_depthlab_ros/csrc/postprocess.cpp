@@ -114,20 +114,23 @@ void order_large(const float* a, int64_t c, int64_t cut, double* median, double*
     int64_t before_m, before_lo, before_hi;
     const int64_t m = (c - 1) / 2;
     const int64_t k_m = locate(m, &before_m), k_lo = locate(cut, &before_lo), k_hi = locate(c - cut - 1, &before_hi);
-    // The values of the wanted buckets, sorted.
+    // The values of the wanted buckets, each collected and sorted once (the median's bucket is
+    // often the trimmed range's first or last).
+    const bool own_m = k_m != k_lo && k_m != k_hi;
     std::vector<float> in_m, in_lo, in_hi;
     for (int64_t i = 0; i < c; ++i) {
         uint32_t b;
         std::memcpy(&b, a + i, 4);
         const int64_t k = static_cast<int64_t>((b >> shift) - base);
-        if (k == k_m) in_m.push_back(a[i]);
+        if (own_m && k == k_m) in_m.push_back(a[i]);
         if (k == k_lo) in_lo.push_back(a[i]);
         if (k == k_hi && k_hi != k_lo) in_hi.push_back(a[i]);
     }
     std::sort(in_m.begin(), in_m.end());
     std::sort(in_lo.begin(), in_lo.end());
     std::sort(in_hi.begin(), in_hi.end());
-    *median = in_m[m - before_m];
+    const std::vector<float>& bucket_m = k_m == k_lo ? in_lo : (k_m == k_hi ? in_hi : in_m);
+    *median = bucket_m[m - before_m];
     const int64_t end = c - cut;  // ranks [cut, end)
     double total;
     if (k_lo == k_hi) {
