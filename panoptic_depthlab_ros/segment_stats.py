@@ -234,9 +234,7 @@ def _torch_sums(px: _PixelInputs, depth_range: tuple[float, float] | None, *, ce
     # [H*W] int32: the segment of each used (valid, eroded) depth pixel; the others in bin n.
     seg_use = seg if px.use is None else torch.where(px.use, seg, n)
     make_key = (
-        None
-        if depth_range is None
-        else partial(_depth_buckets, seg_use, d, n, px.w, depth_range, exact=px.use is None)
+        None if depth_range is None else partial(_depth_buckets, seg_use, d, n, px.w, depth_range, exact=px.use is None)
     )
     sums = _pixel_sums(
         seg,
