@@ -151,18 +151,14 @@ def _segment_depth_statistics(
         return []
     category = torch.div(ids, classes.label_divisor, rounding_mode="floor")
     d = depth.reshape(-1).to(torch.float32).contiguous()
-    if native.usable(seg, d):  # the compiled passes check each depth's validity themselves
+    compiled = native.usable(seg, d)
+    if compiled:  # the compiled passes check each depth's validity themselves
         use = None if config.depth_erosion_px == 0 else _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)[0]
-        sums = _compiled_sums(
-            _PixelInputs(seg, d, use, category, n, h, w, sem_logits, class_probability, config.robust_trim, lanes)
-        )
+        depth_range = None
     else:
         use, depth_range = _depth_pixels(panoptic, seg, d, n, config.depth_erosion_px)
-        sums = _torch_sums(
-            _PixelInputs(seg, d, use, category, n, h, w, sem_logits, class_probability, config.robust_trim, lanes),
-            depth_range,
-            centroid=camera_k is not None,
-        )
+    px = _PixelInputs(seg, d, use, category, n, h, w, sem_logits, class_probability, config.robust_trim, lanes)
+    sums = _compiled_sums(px) if compiled else _torch_sums(px, depth_range, centroid=camera_k is not None)
     score = _scores(sums.extent, sums.probability, category, classes=classes, center=center, h=h, w=w)
 
     f64 = torch.float64
