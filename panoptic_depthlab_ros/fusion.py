@@ -614,16 +614,15 @@ def _segments(
     ids = torch.sort(torch.cat(values).long()).values
     n = ids.numel()
     stuff_seg = torch.where(stuff, torch.searchsorted(ids, tables.stuff_value.long()), n).to(torch.int32)
-    thing_seg = None
+    things = None  # each instance's (value, segment)
     if tables.thing_value is not None:
         thing = tables.thing_value.long()
-        thing_seg = torch.where(thing != VOID, torch.searchsorted(ids, thing), n).to(torch.int32)
+        things = (tables.thing_value, torch.where(thing != VOID, torch.searchsorted(ids, thing), n).to(torch.int32))
     if _compiled_maps(semantic, index, member):
-        things = None if thing_seg is None or tables.thing_value is None else (tables.thing_value, thing_seg)
         panoptic, seg = native.paint(semantic, index, member, (tables.stuff_value, stuff_seg), things, lanes)
         return panoptic, ids, seg
     panoptic = _panoptic_map(tables, semantic, index, member)
     seg = lookup(stuff_seg, semantic)
-    if thing_seg is not None:
-        seg.index_copy_(0, index, thing_seg.index_select(0, member))
+    if things is not None:
+        seg.index_copy_(0, index, things[1].index_select(0, member))
     return panoptic, ids, seg

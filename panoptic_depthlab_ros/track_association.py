@@ -74,7 +74,7 @@ def find_detections(result: PanopticDepthResult, config: TrackerConfig, image: n
     """
     c = config
     if image is not None:
-        check_image(image)  # an InputError, a ValueError
+        check_image(image)  # InputError (a ValueError) naming what is wrong
         if image.shape[:2] != result.panoptic.shape:
             raise ValueError(
                 f"image is {image.shape[1]}x{image.shape[0]} but the panoptic map is "
