@@ -33,6 +33,7 @@ from .errors import BagError, InputError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS
 from .node_outputs import SEGMENT_ARRAY_TYPE
 from .salvage import Salvage, is_cut_short, salvage
+from .sources import BAG_FILE_SUFFIXES
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 PACKAGE = "panoptic_depthlab_ros"
@@ -92,9 +93,6 @@ def _split_index(path: Path) -> tuple[int, str]:
     """rosbag2 names split files ``<bag>_0.mcap``, ``<bag>_1.mcap``, ...: order by that number."""
     tail = path.stem.rsplit("_", 1)[-1]
     return (int(tail) if tail.isdigit() else -1, path.name)
-
-
-BAG_FILE_SUFFIXES = (".mcap", ".db3")
 
 
 def bag_files(bag: Path) -> list[Path]:

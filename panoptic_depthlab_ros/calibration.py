@@ -18,13 +18,12 @@ import numpy as np
 
 from .errors import InputError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS, check_pixels, read_image
-from .infer import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from .model import ModelConfig
 from .preprocess import prepare_image
+from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, looks_like_bag
 
 DEFAULT_FRAMES = 32
 SOURCE_KINDS = ("images", "video", "bag")
-BAG_SUFFIXES = (".mcap", ".db3")
 SOURCE_TEXT = (
     f"a folder of images, a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or a bag (a bag folder, .mcap or .db3)"
 )
@@ -49,15 +48,12 @@ def source_kind(source: Path) -> str:
     """``images``, ``video`` or ``bag``; a :class:`CalibrationError` for anything else."""
     if not source.exists():
         raise CalibrationError(f"calibration source {source}: no such file or folder")
-    if source.is_dir():
-        if (source / "metadata.yaml").is_file() or any(p.suffix in BAG_SUFFIXES for p in source.iterdir()):
-            return "bag"
-        return "images"
-    suffix = source.suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        return "video"
-    if suffix in BAG_SUFFIXES:
+    if looks_like_bag(source):
         return "bag"
+    if source.is_dir():
+        return "images"
+    if source.suffix.lower() in VIDEO_SUFFIXES:
+        return "video"
     raise CalibrationError(f"calibration source {source}: not {SOURCE_TEXT}")
 
 

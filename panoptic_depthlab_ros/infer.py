@@ -46,11 +46,10 @@ from .metadata import ClassMetadata
 from .output import STAGING_SUFFIX, StagedOutput, check_output_dir, write_marker
 from .predictor import Predictor
 from .result import PanopticDepthResult
+from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from .tracker import Tracker, TrackerConfig, track_panoptic
 from .visualize import overlay, panoptic_to_rgb
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 WRITTEN_BY = "panoptic-depthlab infer"
 
 

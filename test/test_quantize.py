@@ -17,6 +17,7 @@ from panoptic_depthlab_ros.export import export_model, sidecar_path
 from panoptic_depthlab_ros.fusion import panoptic_fusion
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.quantize import KEEP_FLOAT, Int8Settings
+from panoptic_depthlab_ros.sources import looks_like_bag
 from pdl_testing import write_image_bag
 
 SIZE = (64, 128)  # the tiny model's export size in these tests (H, W)
@@ -116,6 +117,22 @@ def test_frames_are_spread_over_the_whole_source(tmp_path) -> None:
     # which frames of the clip they are (MJPG is lossy: the nearest original)
     nearest = [min(range(FRAMES), key=lambda i: np.abs(f.astype(int) - street(i)).mean()) for f in got.frames]
     assert nearest == spread(FRAMES, 3) == [0, 2, 5]
+
+
+def test_a_bag_is_told_from_images_and_videos_by_its_name(tmp_path) -> None:
+    split, described, images = (tmp_path / n for n in ("split", "described", "images"))
+    for folder, name in ((split, "drive_0.db3"), (described, "metadata.yaml"), (images, "0.png")):
+        folder.mkdir()
+        (folder / name).write_bytes(b"")
+    (tmp_path / "a.mcap").write_bytes(b"")
+    (tmp_path / "a.mp4").write_bytes(b"")
+    assert [looks_like_bag(p) for p in (split, described, images, tmp_path / "a.mcap", tmp_path / "a.mp4")] == [
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]
 
 
 def test_int8_keeps_the_fusion_path_and_a_documented_bound(tmp_path, tiny_checkpoint) -> None:
