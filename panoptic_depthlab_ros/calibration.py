@@ -20,12 +20,13 @@ from .errors import InputError, PanopticDepthLabError
 from .image_io import DEFAULT_MAX_PIXELS, check_pixels, read_image
 from .model import ModelConfig
 from .preprocess import prepare_image
-from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, looks_like_bag
+from .sources import BAG_FILE_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, looks_like_bag
 
 DEFAULT_FRAMES = 32
 SOURCE_KINDS = ("images", "video", "bag")
 SOURCE_TEXT = (
-    f"a folder of images, a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or a bag (a bag folder, .mcap or .db3)"
+    f"a folder of images, a video ({', '.join(sorted(VIDEO_SUFFIXES))})"
+    f" or a bag (a bag folder, {' or '.join(BAG_FILE_SUFFIXES)})"
 )
 
 
