@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,11 +128,14 @@ def write_frame_outputs(
     *,
     near: float,
     far: float,
+    source: str,
 ) -> tuple[list[Path], np.ndarray]:
     """All per-frame files for one frame; returns the paths and the overlay image.
 
-    Without depth (``result.depth`` None) the two depth files are not written; the
-    tracked panoptic PNG only for a tracked result.
+    ``source`` (the input file, and the frame of a video) goes into the segments JSON:
+    the way back from an output name to its input. Without depth (``result.depth``
+    None) the two depth files are not written; the tracked panoptic PNG only for a
+    tracked result.
     """
     ov = overlay(image, result, near=near, far=far, class_colors=classes.colors)
     ids, info = cityscapes_panoptic(result, classes)
@@ -159,6 +163,7 @@ def write_frame_outputs(
         np.save(paths["depth_npy"], result.depth)
     doc = {
         "image": name,
+        "source": source,
         "height": result.height,
         "width": result.width,
         "label_divisor": result.label_divisor,
@@ -195,6 +200,31 @@ def _expand(inputs: Sequence[str | Path], summary: InferSummary, out: Path) -> I
             yield item
         else:
             summary.skipped.append(f"{item}: no such file or folder")
+
+
+class OutputNames:
+    """A distinct name for each input's outputs, so that no input's files replace another's.
+
+    A file's outputs are named by its stem; where several inputs share a stem
+    (``cam0/000001.png`` and ``cam1/000001.png``, ``a.png`` and ``a.jpg``) each gets its
+    folder's name in front (``cam0_000001``), and a name still taken gets ``-2``, ``-3``, ...
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._stems = Counter(p.stem for p in paths)
+        self._taken: set[str] = set()
+
+    def base(self, path: Path) -> str:
+        """The name for ``path``'s outputs before :meth:`claim` makes it distinct."""
+        return path.stem if self._stems[path.stem] == 1 else f"{path.parent.name}_{path.stem}"
+
+    def claim(self, name: str) -> str:
+        """``name``, or the first of ``name-2``, ``name-3``, ... not yet given out; given out now."""
+        candidate, k = name, 2
+        while candidate in self._taken:
+            candidate, k = f"{name}-{k}", k + 1
+        self._taken.add(candidate)
+        return candidate
 
 
 def infer_output(out_dir: str | Path, inputs: Sequence[str | Path], *, overwrite: bool) -> StagedOutput:
@@ -240,6 +270,7 @@ def run_infer(
         return predictor.predict(image, camera_k=None if fx is None else pinhole_k(fx, image.shape[:2]))
 
     paths = list(_expand(inputs, summary, out))
+    names = OutputNames(paths)
     with staged as staging:
         work = staging / out.name
         work.mkdir()
@@ -249,7 +280,20 @@ def run_infer(
                 break
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 tracker = Tracker(None if tracking is True else tracking) if tracking else None
-                _video(path, work, predict, predictor.classes, near, far, summary, progress, max_pixels, stop, tracker)
+                _video(
+                    path,
+                    work,
+                    names,
+                    predict,
+                    predictor.classes,
+                    near,
+                    far,
+                    summary,
+                    progress,
+                    max_pixels,
+                    stop,
+                    tracker,
+                )
                 continue
             try:
                 image = read_image(path, max_pixels=max_pixels)
@@ -257,7 +301,10 @@ def run_infer(
             except InputError as exc:
                 summary.skipped.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
                 continue
-            written, _ = write_frame_outputs(work, path.stem, image, result, predictor.classes, near=near, far=far)
+            name = names.claim(names.base(path))
+            written, _ = write_frame_outputs(
+                work, name, image, result, predictor.classes, near=near, far=far, source=str(path)
+            )
             summary.frames += 1
             summary.written += [str(p) for p in written]
         if summary.frames == 0 and not summary.interrupted:
@@ -285,6 +332,7 @@ def pinhole_k(fx: float, size: tuple[int, int]) -> np.ndarray:
 def _video(
     path: Path,
     out: Path,
+    names: OutputNames,
     predict: Callable[[np.ndarray], PanopticDepthResult],
     classes: ClassMetadata,
     near: float,
@@ -309,7 +357,8 @@ def _video(
         return
     fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    video_path = out / f"{path.stem}_overlay.mp4"
+    video_name = names.claim(names.base(path))
+    video_path = out / f"{video_name}_overlay.mp4"
     writer: cv2.VideoWriter | None = None
     index = 0
     try:
@@ -318,7 +367,7 @@ def _video(
                 ok, frame = cap.read()
                 if not ok:
                     break
-                name = f"{path.stem}_{index:06d}"
+                name = names.claim(f"{video_name}_{index:06d}")
                 index += 1
                 bar.update(1)
                 try:
@@ -329,7 +378,8 @@ def _video(
                 if tracker is not None:  # the video's own time: a skipped frame widens dt
                     tracked = tracker.update(result, stamp_s=(index - 1) / fps, image=frame)
                     result = result.with_tracks(tracked.tracks)
-                written, ov = write_frame_outputs(out, name, frame, result, classes, near=near, far=far)
+                source = f"{path} frame {index - 1}"
+                written, ov = write_frame_outputs(out, name, frame, result, classes, near=near, far=far, source=source)
                 if writer is None:
                     writer = cv2.VideoWriter(
                         str(video_path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (ov.shape[1], ov.shape[0])

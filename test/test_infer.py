@@ -77,6 +77,37 @@ def test_infer_folder_with_broken_image_and_video(tmp_path: Path, tiny_checkpoin
     assert [s["id"] for s in doc["segments"]] == [s.id for s in r.segments]
 
 
+def test_inputs_with_the_same_stem_keep_their_own_outputs(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    src = tmp_path / "in"
+    for rel, i in (("cam0/000001.png", 0), ("cam1/000001.png", 1), ("cam1/a.png", 2), ("cam1/a.jpg", 3)):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(src / rel), _img(i))
+    clip = cv2.VideoWriter(str(src / "cam1" / "x.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 64))
+    clip.write(_img(4))
+    clip.release()
+    cv2.imwrite(str(src / "x_000000.png"), _img(5))  # the video's first frame would be named so too
+    pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    summary = run_infer([src], tmp_path / "out", predictor=pred, progress=False)
+    assert summary.frames == 6 and not summary.skipped
+    out = tmp_path / "out"
+    sources = {
+        f.name[: -len("_segments.json")]: json.loads(f.read_text())["source"] for f in out.glob("*_segments.json")
+    }
+    assert sources == {
+        "cam0_000001": str(src / "cam0/000001.png"),
+        "cam1_000001": str(src / "cam1/000001.png"),
+        "cam1_a": str(src / "cam1/a.jpg"),  # sorted: .jpg before .png
+        "cam1_a-2": str(src / "cam1/a.png"),
+        "x_000000": str(src / "cam1/x.avi") + " frame 0",
+        "x_000000-2": str(src / "x_000000.png"),
+    }
+    for name, source in sources.items():  # each file holds its own input's result
+        if source.endswith(".png"):
+            depth = pred.predict(cv2.imread(source)).depth
+            np.testing.assert_allclose(np.load(out / f"{name}_depth.npy"), depth, rtol=1e-5)
+    assert (out / "x_overlay.mp4").is_file()
+
+
 def test_infer_flip_average(tmp_path: Path, tiny_checkpoint: Path) -> None:
     cv2.imwrite(str(tmp_path / "frame.png"), _img(0))
     cmd = [sys.executable, "-m", "panoptic_depthlab_ros.cli", "infer", str(tmp_path / "frame.png")]

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from panoptic_depthlab_ros.checkpoint import read_checkpoint_header
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.inference_options import add_inference_args, inference_options, int_at_least, number_above
+from panoptic_depthlab_ros.output import StagedOutput, written_by_says
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.result import PanopticDepthResult
 
@@ -219,6 +220,35 @@ def summary_json(summary: Mapping[str, Any], **info: Any) -> dict[str, Any]:
     return doc
 
 
+WRITTEN_BY = "panoptic-depthlab-training evaluate"
+
+
+def report_output(path: Path | None, *, overwrite: bool, inputs: Sequence[Path]) -> StagedOutput | None:
+    """The ``--json`` report, checked before the run rather than after hours of it.
+
+    An existing report is replaced only with ``--overwrite`` and only when this command
+    wrote it (its ``written_by``); the new one is moved into place whole, so a failed or
+    interrupted run leaves the previous report as it was.
+    """
+    if path is None:
+        return None
+    return StagedOutput(
+        path.parent,
+        [path.name],
+        what=WRITTEN_BY,
+        overwrite=overwrite,
+        why_not_ours=lambda existing: written_by_says(existing, WRITTEN_BY),
+        inputs=inputs,
+    )
+
+
+def write_report(output: StagedOutput, path: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` as the ``--json`` report checked by :func:`report_output`."""
+    with output as staging:
+        (staging / path.name).write_text(json.dumps({"written_by": WRITTEN_BY, **doc}, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def _training_iteration(path: Path) -> int | None:
     if path.suffix.lower() == ".onnx":
         return None  # an export records no training
@@ -255,6 +285,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         " benchmarks expect of every thing; the product shows an id once its track is confirmed)",
     )
     parser.add_argument("--json", type=Path, help="write the metrics here")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json report (only one evaluate wrote)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
         "--max-depth",
@@ -300,12 +333,15 @@ def main(args: argparse.Namespace) -> int:
     for flag, given in (("--ground-truth", args.ground_truth), ("--report-tentative", args.report_tentative)):
         if given and not args.video:
             raise PanopticDepthLabError(f"{flag} goes with --video")
+    if args.overwrite and args.json is None:
+        raise PanopticDepthLabError("--overwrite goes with --json")
     if args.video:
         from . import video_evaluate  # imports this module: bound at call time
 
         return video_evaluate.main(args)
     if args.checkpoint is None:
         raise PanopticDepthLabError("--checkpoint is required")
+    report = report_output(args.json, overwrite=args.overwrite, inputs=[args.data, args.checkpoint])
     with distributed_job(args.device) as info:
         if not args.no_verify:
             problem = decided_on_rank0(lambda: _dataset_problem(args.data, args.split), info)
@@ -330,7 +366,7 @@ def main(args: argparse.Namespace) -> int:
         )
         if info.is_main:
             print(format_table(summary))
-            if args.json is not None:
+            if report is not None:
                 doc = summary_json(
                     summary,
                     checkpoint=str(args.checkpoint),
@@ -343,7 +379,5 @@ def main(args: argparse.Namespace) -> int:
                     scales=list(args.scales),
                     input_scale=predictor.model_config.input_scale,
                 )
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(doc, indent=2) + "\n")
-                print(f"wrote {args.json}")
+                write_report(report, args.json, doc)
     return 0

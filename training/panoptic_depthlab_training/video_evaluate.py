@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from panoptic_depthlab_ros.result import PanopticDepthResult
 from panoptic_depthlab_ros.segment_stats import segment_depth_statistics
 from panoptic_depthlab_ros.tracker import TrackedFrame, Tracker, TrackerConfig, track_panoptic
 
-from .evaluate import _json_safe, _training_iteration, depth_or_nan, flat_metrics
+from .evaluate import _json_safe, _training_iteration, depth_or_nan, flat_metrics, report_output, write_report
 from .metrics import DISTANCE_BANDS_M, PanopticDepthEvaluator, format_table
 from .video_dataset import VideoSample, VideoSequenceFiles, list_sequences, read_sequence
 from .video_metrics import VideoFrame, VideoPanopticEvaluator, format_video_table
@@ -168,6 +167,8 @@ def main(args: argparse.Namespace) -> int:
         raise PanopticDepthLabError("evaluate --video runs in one process; start it without torchrun")
     if args.checkpoint is None and not args.ground_truth:
         raise PanopticDepthLabError("--checkpoint is required (or --ground-truth)")
+    inputs = [args.data] if args.checkpoint is None else [args.data, args.checkpoint]
+    report = report_output(args.json, overwrite=args.overwrite, inputs=inputs)
     sequences = list_sequences(args.data, args.split)
     if args.limit:
         sequences = sequences[: args.limit]
@@ -204,11 +205,9 @@ def main(args: argparse.Namespace) -> int:
     print(format_video_table(video))
     print("per frame, untracked:")
     print(format_table(frames))
-    if args.json is not None:
+    if report is not None:
         info.update(data=str(args.data), split=args.split, gt_max_depth=max_depth or None)
         info["tracker"] = dataclasses.asdict(tracker_config)
         doc = video_summary_json(video, frames, **info)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(report, args.json, doc)
     return 0

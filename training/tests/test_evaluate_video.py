@@ -82,7 +82,10 @@ def test_cli_evaluate_video_end_to_end(root, tiny_checkpoint, tmp_path, capsys):
     assert doc["info"]["tracker"]["report_tentative"] is False
     # With every track's id shown the tracked map differs from the per-frame one in instance
     # ids only: a window of one frame scores exactly the per-frame PQ and DPQ.
-    assert cli.main([*args, "--json", str(out), "--no-progress", "--device", "cpu", "--report-tentative"]) == 0
+    assert (
+        cli.main([*args, "--json", str(out), "--no-progress", "--device", "cpu", "--report-tentative", "--overwrite"])
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["info"]["tracker"]["report_tentative"] is True
     assert doc["VPQ_k1"] == pytest.approx(doc["per_frame"]["PQ"])
@@ -124,3 +127,35 @@ def test_cli_evaluate_video_ground_truth(root, tmp_path, capsys):
     assert "--ground-truth goes with --video" in capsys.readouterr().err
     assert cli.main(["evaluate", "--report-tentative", "--checkpoint", "x.safetensors", "--data", str(root)]) == 2
     assert "--report-tentative goes with --video" in capsys.readouterr().err
+
+
+def test_the_json_report_is_checked_first_and_replaced_only_when_ours(root, tmp_path, capsys):
+    out = tmp_path / "truth.json"
+    base = ["evaluate", "--video", "--ground-truth", "--data", str(root), "--no-progress", "--json", str(out)]
+    assert cli.main(base) == 0
+    first = out.read_bytes()
+    assert json.loads(first)["written_by"] == "panoptic-depthlab-training evaluate"
+    capsys.readouterr()
+
+    def refused(args: list[str], *words: str) -> None:
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(w in err[0] for w in words), err
+
+    refused(base, f"{out} exists; pass --overwrite")
+    assert out.read_bytes() == first
+    assert cli.main([*base, "--overwrite", "--report-tentative"]) == 0  # another run, another report
+    assert json.loads(out.read_text())["VPQ_k1"] > json.loads(first)["VPQ_k1"]
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "notes"}\n')
+    refused([*base[:-1], str(mine), "--overwrite"], f"{mine} exists and was not written by", "written_by")
+    assert mine.read_text() == '{"my": "notes"}\n'
+    # Checked before any work: the data folder is not even looked at.
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    nowhere = ["evaluate", "--video", "--ground-truth", "--data", str(tmp_path / "nowhere")]
+    refused([*nowhere, "--json", str(blocker / "r.json")], "cannot be created", "is a file, not a folder")
+    refused(
+        ["evaluate", "--video", "--ground-truth", "--data", str(root), "--overwrite"], "--overwrite goes with --json"
+    )
+    assert not list(tmp_path.glob(".*.partial"))  # no staging folder left behind
