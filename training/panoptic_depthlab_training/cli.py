@@ -39,9 +39,18 @@ def _synth(args: argparse.Namespace) -> int:
             width=args.width,
             city=args.city,
             workers=args.workers,
+            overwrite=args.overwrite,
         )
     return synth_main(
-        args.out, args.train, args.val, args.seed, args.height, args.width, city=args.city, workers=args.workers
+        args.out,
+        args.train,
+        args.val,
+        args.seed,
+        args.height,
+        args.width,
+        city=args.city,
+        workers=args.workers,
+        overwrite=args.overwrite,
     )
 
 
@@ -95,6 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int_at_least(1), default=30, help="frames per sequence")
     p.add_argument("--fps", type=number_above(0), default=10.0, help="frame rate of the sequences")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split of the sequences")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset synth wrote before at OUT")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("demo-bag", help="a ROS 2 bag (MCAP) of a synthetic drive: Image + CameraInfo at 10 Hz")

@@ -254,3 +254,49 @@ def test_cli_synth_sequences(tmp_path, capsys):
     (sequence,) = list_sequences(tmp_path, "val")
     assert [f.frame for f in sequence.frames] == [0, 1]
     assert not (tmp_path / "leftImg8bit").exists()  # no single frames besides
+
+
+def test_synth_replaces_only_its_own_output_whole(tmp_path, capsys, monkeypatch):
+    small = ["--height", "32", "--width", "64"]
+    drives = ["synth", str(tmp_path), "--sequences", "2", "--frames", "2", *small]
+
+    def refused(args: list[str], *words: str) -> None:
+        capsys.readouterr()  # earlier runs' progress bars
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(w in err[0] for w in words), err
+
+    assert cli.main(drives) == 0
+    val = tmp_path / "video_sequence" / "val"
+    assert json.loads((val / "panoptic_depthlab.json").read_text())["seed"] == 0
+    refused(drives, f"{val} exists; pass --overwrite")
+    # The other split goes beside the first; a re-run with fewer drives leaves none of the old.
+    assert cli.main([*drives, "--split", "train"]) == 0
+    assert cli.main(["synth", str(tmp_path), "--sequences", "1", "--frames", "2", *small, "--overwrite"]) == 0
+    assert [len(list_sequences(tmp_path, s)) for s in ("val", "train")] == [1, 2]
+    # A failed run keeps the previous output and leaves no staging folder.
+    before = sorted(p.name for p in val.iterdir())
+    import panoptic_depthlab_training.synth.sequences as seq_module
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(seq_module, "generate_sequences", broken)
+    refused([*drives, "--overwrite"], "No space left on device")
+    monkeypatch.undo()
+    assert sorted(p.name for p in val.iterdir()) == before
+    assert not list((tmp_path / "video_sequence").glob(".*"))
+    # Folders synth did not write are left as they are, even with --overwrite.
+    frames = tmp_path / "frames"
+    (frames / "leftImg8bit").mkdir(parents=True)
+    (frames / "leftImg8bit" / "mine.txt").write_text("keep")
+    args = ["synth", str(frames), "--train", "1", "--val", "0", *small, "--overwrite"]
+    refused(args, f"{frames / 'leftImg8bit'} exists and was not written by panoptic-depthlab-training synth")
+    assert (frames / "leftImg8bit" / "mine.txt").read_text() == "keep" and not (frames / "gtFine").exists()
+    (frames / "leftImg8bit" / "mine.txt").unlink()
+    (frames / "leftImg8bit").rmdir()
+    assert cli.main(args) == 0
+    assert cli.main([*args[:5], "1", *args[6:]]) == 0  # its own output: replaced, now with a val frame
+    assert {p.name for p in frames.iterdir()} == {"leftImg8bit", "gtFine", "disparity", "camera"}
+    assert len(list((frames / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))) == 1
+    assert cli.main(["verify-cityscapes", str(frames)]) == 0

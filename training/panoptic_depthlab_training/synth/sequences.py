@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..cityscapes import LABEL_DIVISOR, LABEL_TO_TRAIN_ID, VOID
 from ..video_dataset import SUFFIXES, dvps_panoptic_png, encode_depth, video_dir, video_stem
 from .drive import Drive, DriveFrame, make_drive, render_drive
+from .output import mark, sequences_output
 from .render import cached_generator
 from .scene import THING_ID_BASE
 from .writer import SPLIT_KEYS, write_png
@@ -86,7 +87,7 @@ def write_drive_frame(directory: Path, stem: str, drive_frame: DriveFrame, stamp
 
 @dataclass(frozen=True)
 class _Job:
-    out: Path
+    directory: Path  # where the drive's frames go
     split: str
     city: str
     index: int
@@ -99,7 +100,7 @@ class _Job:
 
 def _render_job(job: _Job) -> int:
     drive = sequence_drive(job.seed, job.split, job.index, frames=job.frames, fps=job.fps)
-    directory = video_dir(job.out, job.split)
+    directory = job.directory
     directory.mkdir(parents=True, exist_ok=True)
     for drive_frame in render_drive(cached_generator(job.height, job.width), drive):
         stem = video_stem(job.city, job.index, drive_frame.index)
@@ -120,8 +121,11 @@ def generate_sequences(
     city: str = "synthcity",
     workers: int = 1,
     progress: bool = True,
+    directory: Path | None = None,
 ) -> int:
     """Render ``sequences`` drives of ``frames`` frames into ``out/video_sequence/{split}``.
+
+    ``directory``, when given, receives the frames instead (``synth`` renders into staging).
 
     Drive ``i`` depends only on ``(seed, split, i, frames, fps)``: the same arguments give
     byte-identical files whatever ``workers`` is. Returns the number of frames written.
@@ -132,7 +136,8 @@ def generate_sequences(
         raise ValueError(f"fps must be positive, got {fps}")
     if split not in SPLIT_KEYS:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_KEYS)}")
-    jobs = [_Job(Path(out), split, city, i, seed, frames, fps, height, width) for i in range(sequences)]
+    target = video_dir(out, split) if directory is None else Path(directory)
+    jobs = [_Job(target, split, city, i, seed, frames, fps, height, width) for i in range(sequences)]
     bar = tqdm(total=sequences * frames, desc="synth sequences", unit="frame", disable=not progress)
     if workers <= 1:
         for job in jobs:
@@ -157,19 +162,25 @@ def sequences_main(
     width: int,
     city: str = "synthcity",
     workers: int = 1,
+    overwrite: bool = False,
 ) -> int:
     """CLI body of ``panoptic-depthlab-training synth --sequences``; returns the exit code."""
-    generate_sequences(
-        out,
-        sequences=sequences,
-        frames=frames,
-        seed=seed,
-        split=split,
-        fps=fps,
-        height=height,
-        width=width,
-        city=city,
-        workers=workers,
-    )
+    staged = sequences_output(out, split, overwrite=overwrite)
+    with staged as staging:
+        rendered = staging / split
+        generate_sequences(
+            out,
+            sequences=sequences,
+            frames=frames,
+            seed=seed,
+            split=split,
+            fps=fps,
+            height=height,
+            width=width,
+            city=city,
+            workers=workers,
+            directory=rendered,
+        )
+        mark(rendered, seed=seed, sequences=sequences, frames=frames, fps=fps, height=height, width=width, city=city)
     print(f"wrote {sequences} sequences x {frames} frames ({height}x{width}, {fps:g} Hz) to {video_dir(out, split)}")
     return 0

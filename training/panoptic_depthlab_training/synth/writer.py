@@ -19,6 +19,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import id2label, labels
 from tqdm import tqdm
 
+from .output import FRAME_FOLDERS, dataset_output, mark
 from .render import SynthFrame, cached_generator
 
 
@@ -175,10 +176,15 @@ def synth_main(
     *,
     city: str = "synthcity",
     workers: int = 1,
+    overwrite: bool = False,
 ) -> int:
     """CLI body of ``panoptic-depthlab-training synth``; returns the exit code."""
-    counts = generate_dataset(
-        out, train=train, val=val, seed=seed, height=height, width=width, city=city, workers=workers
-    )
+    staged = dataset_output(out, overwrite=overwrite)
+    with staged as staging:
+        counts = generate_dataset(
+            staging, train=train, val=val, seed=seed, height=height, width=width, city=city, workers=workers
+        )
+        for name in FRAME_FOLDERS:
+            mark(staging / name, seed=seed, train=train, val=val, height=height, width=width, city=city)
     print(f"wrote {counts['train']} train + {counts['val']} val frames ({height}x{width}) to {out}")
     return 0
