@@ -119,9 +119,8 @@ def bag_output(bag_in: str | Path, bag_out: str | Path, *, overwrite: bool, tool
     bag_in, bag_out = Path(bag_in), Path(bag_out)
     if not bag_in.exists():
         raise BagError(f"{bag_in}: no such bag")
-    return StagedOutput(
-        bag_out.parent,
-        [bag_out.name],
+    return StagedOutput.at(
+        bag_out,
         what=tool,
         overwrite=overwrite,
         why_not_ours=lambda path: bag_marker_says(path, tool),

@@ -525,10 +525,7 @@ def checkpoint_output(out: str | Path, *, overwrite: bool, what: str, inputs: li
 
     A file already there is replaced only with ``overwrite``, and only when it is one of ours.
     """
-    out = Path(out)
-    return StagedOutput(
-        out.parent, [out.name], what=what, overwrite=overwrite, why_not_ours=checkpoint_says, inputs=inputs
-    )
+    return StagedOutput.at(out, what=what, overwrite=overwrite, why_not_ours=checkpoint_says, inputs=inputs)
 
 
 def convert_detectron2(

@@ -105,6 +105,29 @@ class StagedOutput:
         self._root: Path | None = None
         self.check(inputs=inputs, containers=containers)
 
+    @classmethod
+    def at(
+        cls,
+        path: str | Path,
+        *,
+        what: str,
+        overwrite: bool,
+        why_not_ours: WhyNotOurs,
+        inputs: Sequence[Path] = (),
+        containers: Sequence[Path] = (),
+    ) -> StagedOutput:
+        """The single entry ``path`` (a file or folder) in its parent folder."""
+        path = Path(path)
+        return cls(
+            path.parent,
+            [path.name],
+            what=what,
+            overwrite=overwrite,
+            why_not_ours=why_not_ours,
+            inputs=inputs,
+            containers=containers,
+        )
+
     # ------------------------------------------------------------------ rules
     def check(self, *, inputs: Sequence[Path] = (), containers: Sequence[Path] = ()) -> None:
         """Raise :class:`OutputError` unless every entry may be written (see the module docstring)."""
@@ -187,12 +210,6 @@ class StagedOutput:
 
 def check_output_dir(out: Path, *, what: str, overwrite: bool, inputs: Sequence[Path] = ()) -> StagedOutput:
     """A results folder ``out`` written whole by ``what`` (marked with :data:`MARKER`)."""
-    out = Path(out)
-    return StagedOutput(
-        out.parent,
-        [out.name],
-        what=what,
-        overwrite=overwrite,
-        why_not_ours=lambda path: marker_says(path, what),
-        inputs=inputs,
+    return StagedOutput.at(
+        out, what=what, overwrite=overwrite, why_not_ours=lambda path: marker_says(path, what), inputs=inputs
     )

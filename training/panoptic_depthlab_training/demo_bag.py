@@ -47,9 +47,8 @@ def write_demo_bag(
 ) -> Path:
     """Render ``frames`` frames of one synthetic drive and write them as a bag directory ``out``."""
     out = Path(out)
-    staged = StagedOutput(
-        out.parent,
-        [out.name],
+    staged = StagedOutput.at(
+        out,
         what=WRITTEN_BY,
         overwrite=overwrite,
         why_not_ours=lambda path: bag_marker_says(path, WRITTEN_BY),

@@ -232,9 +232,8 @@ def report_output(path: Path | None, *, overwrite: bool, inputs: Sequence[Path])
     """
     if path is None:
         return None
-    return StagedOutput(
-        path.parent,
-        [path.name],
+    return StagedOutput.at(
+        path,
         what=WRITTEN_BY,
         overwrite=overwrite,
         why_not_ours=lambda existing: written_by_says(existing, WRITTEN_BY),

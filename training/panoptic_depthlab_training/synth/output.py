@@ -23,21 +23,18 @@ WRITTEN_BY = "panoptic-depthlab-training synth"
 FRAME_FOLDERS = ("leftImg8bit", "gtFine", "disparity", "camera")
 
 
-def _staged(parent: Path, names: list[str], overwrite: bool) -> StagedOutput:
-    return StagedOutput(
-        parent, names, what=WRITTEN_BY, overwrite=overwrite, why_not_ours=lambda path: marker_says(path, WRITTEN_BY)
-    )
+def _ours(path: Path) -> str | None:
+    return marker_says(path, WRITTEN_BY)
 
 
 def dataset_output(out: Path, *, overwrite: bool) -> StagedOutput:
     """The four folders of a frame dataset at ``out``, checked before anything is rendered."""
-    return _staged(Path(out), list(FRAME_FOLDERS), overwrite)
+    return StagedOutput(Path(out), list(FRAME_FOLDERS), what=WRITTEN_BY, overwrite=overwrite, why_not_ours=_ours)
 
 
 def sequences_output(out: Path, split: str, *, overwrite: bool) -> StagedOutput:
     """``out/video_sequence/<split>``, checked before anything is rendered."""
-    directory = video_dir(out, split)
-    return _staged(directory.parent, [directory.name], overwrite)
+    return StagedOutput.at(video_dir(out, split), what=WRITTEN_BY, overwrite=overwrite, why_not_ours=_ours)
 
 
 def mark(folder: Path, **details: Any) -> None:
