@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 from .errors import NothingDoneError, PanopticDepthLabError
 
@@ -44,18 +47,49 @@ def describe_os_error(exc: OSError) -> str:
     return str(exc)
 
 
+class Terminated(BaseException):
+    """SIGTERM outside a loop that handles it, raised as Ctrl-C raises KeyboardInterrupt.
+
+    Every ``with`` and ``finally`` on the way out runs (a staging folder is removed, worker
+    processes are stopped) instead of the process vanishing mid-write.
+    """
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within: the first SIGTERM raises :class:`Terminated` in the main thread; a second acts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(prog: str, func: Callable[[], int], *, expected: tuple[type[Exception], ...] = ()) -> int:
     """``func()``'s exit code; an expected failure prints ``<prog>: error: <what>`` and gives 2.
 
     Expected: this package's errors, ``OSError`` (a path that cannot be read or written),
-    anything in ``expected``; Ctrl-C outside a loop that handles it gives 130.
+    anything in ``expected``; Ctrl-C outside a loop that handles it gives 130, SIGTERM 143.
     """
     known: tuple[type[Exception], ...] = (PanopticDepthLabError, *expected)
     try:
-        return int(func())
+        with _sigterm_raises():
+            return int(func())
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return interrupted(2)
+        return interrupted(signal.SIGINT)
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return interrupted(signal.SIGTERM)
     except known as exc:
         for line in exc.skipped if isinstance(exc, NothingDoneError) else []:
             print(f"skipped: {line}", file=sys.stderr)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -300,3 +304,38 @@ def test_synth_replaces_only_its_own_output_whole(tmp_path, capsys, monkeypatch)
     assert {p.name for p in frames.iterdir()} == {"leftImg8bit", "gtFine", "disparity", "camera"}
     assert len(list((frames / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))) == 1
     assert cli.main(["verify-cityscapes", str(frames)]) == 0
+
+
+def test_sigterm_stops_synth_and_its_workers_and_keeps_the_previous_dataset(tmp_path):
+    out = tmp_path / "synth_sigterm_out"
+    small = ["--height", "32", "--width", "64"]
+    assert cli.main(["synth", str(out), "--train", "1", "--val", "0", *small]) == 0
+    marker = (out / "leftImg8bit" / "panoptic_depthlab.json").read_text()
+    cmd = [sys.executable, "-m", "panoptic_depthlab_training.cli", "synth", str(out), "--train", "5000"]
+    proc = subprocess.Popen(
+        [*cmd, "--val", "0", *small, "--workers", "2", "--overwrite"], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".leftImg8bit.*.partial/new/leftImg8bit/train/*/*.png")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "synth: terminated (SIGTERM)" in stderr
+    assert (out / "leftImg8bit" / "panoptic_depthlab.json").read_text() == marker  # the previous dataset
+    assert not list(out.glob(".*.partial"))
+
+    def rendering() -> list[str]:  # worker processes still at it (forked: the parent's command line)
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(out).encode() in cmdline.read_bytes():
+                    found.append(cmdline.parent.name)
+            except OSError:
+                pass  # ended meanwhile
+        return found
+
+    deadline = time.monotonic() + 10
+    while rendering() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rendering() == []

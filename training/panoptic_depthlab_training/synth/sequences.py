@@ -9,7 +9,6 @@ frame's stamp, intrinsics and each visible thing's true 3D centre and velocity.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from .drive import Drive, DriveFrame, make_drive, render_drive
 from .output import mark, sequences_output
 from .render import cached_generator
 from .scene import THING_ID_BASE
-from .writer import SPLIT_KEYS, write_png
+from .writer import SPLIT_KEYS, run_jobs, write_png
 
 # 2026-01-01T00:00:00Z: the first frame's stamp, so that files are byte-identical for a seed.
 START_NS = 1_767_225_600_000_000_000
@@ -138,15 +137,8 @@ def generate_sequences(
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_KEYS)}")
     target = video_dir(out, split) if directory is None else Path(directory)
     jobs = [_Job(target, split, city, i, seed, frames, fps, height, width) for i in range(sequences)]
-    bar = tqdm(total=sequences * frames, desc="synth sequences", unit="frame", disable=not progress)
-    if workers <= 1:
-        for job in jobs:
-            bar.update(_render_job(job))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for n in pool.map(_render_job, jobs):
-                bar.update(n)
-    bar.close()
+    with tqdm(total=sequences * frames, desc="synth sequences", unit="frame", disable=not progress) as bar:
+        run_jobs(_render_job, jobs, workers=workers, done=bar.update)
     return sequences * frames
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -21,6 +22,9 @@ from tqdm import tqdm
 
 from .output import FRAME_FOLDERS, dataset_output, mark
 from .render import SynthFrame, cached_generator
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 
 def _color_lut() -> np.ndarray:
@@ -153,17 +157,29 @@ def generate_dataset(
         for split, n in (("train", train), ("val", val))
         for i in range(n)
     ]
-    bar = tqdm(total=len(jobs), desc="synth", unit="frame", disable=not progress)
+    with tqdm(total=len(jobs), desc="synth", unit="frame", disable=not progress) as bar:
+        run_jobs(_render_job, jobs, workers=workers, chunksize=4, done=lambda _: bar.update())
+    return {"train": train, "val": val}
+
+
+def run_jobs(
+    fn: Callable[[J], R], jobs: Sequence[J], *, workers: int, chunksize: int = 1, done: Callable[[R], object]
+) -> None:
+    """``done(fn(job))`` for each job in order; in ``workers`` processes when more than one.
+
+    Leaving early (an error, Ctrl-C, SIGTERM) cancels the jobs not started: each worker
+    ends after the one in hand instead of rendering on into a folder about to be removed.
+    """
     if workers <= 1:
         for job in jobs:
-            _render_job(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_render_job, jobs, chunksize=4):
-                bar.update()
-    bar.close()
-    return {"train": train, "val": val}
+            done(fn(job))
+        return
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
+        for result in pool.map(fn, jobs, chunksize=chunksize):
+            done(result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def synth_main(
