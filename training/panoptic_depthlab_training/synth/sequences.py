@@ -99,11 +99,10 @@ class _Job:
 
 def _render_job(job: _Job) -> int:
     drive = sequence_drive(job.seed, job.split, job.index, frames=job.frames, fps=job.fps)
-    directory = job.directory
-    directory.mkdir(parents=True, exist_ok=True)
+    job.directory.mkdir(parents=True, exist_ok=True)
     for drive_frame in render_drive(cached_generator(job.height, job.width), drive):
         stem = video_stem(job.city, job.index, drive_frame.index)
-        write_drive_frame(directory, stem, drive_frame, frame_stamp_ns(drive_frame.index, job.fps))
+        write_drive_frame(job.directory, stem, drive_frame, frame_stamp_ns(drive_frame.index, job.fps))
     return job.frames
 
 
