@@ -214,9 +214,9 @@ class OutputNames:
         self._stems = Counter(p.stem for p in paths)
         self._taken: set[str] = set()
 
-    def base(self, path: Path) -> str:
-        """The name for ``path``'s outputs before :meth:`claim` makes it distinct."""
-        return path.stem if self._stems[path.stem] == 1 else f"{path.parent.name}_{path.stem}"
+    def of(self, path: Path) -> str:
+        """The name of input ``path``'s outputs (given out now)."""
+        return self.claim(path.stem if self._stems[path.stem] == 1 else f"{path.parent.name}_{path.stem}")
 
     def claim(self, name: str) -> str:
         """``name``, or the first of ``name-2``, ``name-3``, ... not yet given out; given out now."""
@@ -301,7 +301,7 @@ def run_infer(
             except InputError as exc:
                 summary.skipped.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
                 continue
-            name = names.claim(names.base(path))
+            name = names.of(path)
             written, _ = write_frame_outputs(
                 work, name, image, result, predictor.classes, near=near, far=far, source=str(path)
             )
@@ -357,7 +357,7 @@ def _video(
         return
     fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    video_name = names.claim(names.base(path))
+    video_name = names.of(path)
     video_path = out / f"{video_name}_overlay.mp4"
     writer: cv2.VideoWriter | None = None
     index = 0
