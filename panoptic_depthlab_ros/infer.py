@@ -238,6 +238,27 @@ def check_fx(fx: float | None) -> None:
         raise InputError(f"--fx must be a positive focal length in pixels, got {fx}")
 
 
+@dataclass
+class _FrameFiles:
+    """Where a run's frames go: each frame's files under a distinct name, counted in the summary."""
+
+    folder: Path
+    names: OutputNames
+    classes: ClassMetadata
+    near: float
+    far: float
+    summary: InferSummary
+
+    def write(self, name: str, image: np.ndarray, result: PanopticDepthResult, *, source: str) -> np.ndarray:
+        """Write one frame's files; returns its overlay (a video's next frame)."""
+        written, ov = write_frame_outputs(
+            self.folder, name, image, result, self.classes, near=self.near, far=self.far, source=source
+        )
+        self.summary.frames += 1
+        self.summary.written += [str(p) for p in written]
+        return ov
+
+
 def run_infer(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -270,30 +291,17 @@ def run_infer(
         return predictor.predict(image, camera_k=None if fx is None else pinhole_k(fx, image.shape[:2]))
 
     paths = list(_expand(inputs, summary, out))
-    names = OutputNames(paths)
     with staged as staging:
         work = staging / out.name
         work.mkdir()
+        files = _FrameFiles(work, OutputNames(paths), predictor.classes, near, far, summary)
         for path in tqdm(paths, desc="infer", unit="file", disable=not progress):
             if stop():
                 summary.interrupted = True
                 break
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 tracker = Tracker(None if tracking is True else tracking) if tracking else None
-                _video(
-                    path,
-                    work,
-                    names,
-                    predict,
-                    predictor.classes,
-                    near,
-                    far,
-                    summary,
-                    progress,
-                    max_pixels,
-                    stop,
-                    tracker,
-                )
+                _video(path, files, predict, tracker, progress=progress, max_pixels=max_pixels, stop=stop)
                 continue
             try:
                 image = read_image(path, max_pixels=max_pixels)
@@ -301,12 +309,7 @@ def run_infer(
             except InputError as exc:
                 summary.skipped.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
                 continue
-            name = names.of(path)
-            written, _ = write_frame_outputs(
-                work, name, image, result, predictor.classes, near=near, far=far, source=str(path)
-            )
-            summary.frames += 1
-            summary.written += [str(p) for p in written]
+            files.write(files.names.of(path), image, result, source=str(path))
         if summary.frames == 0 and not summary.interrupted:
             what = f"no frame of {len(paths)} input file(s) could be used" if paths else "no input could be used"
             raise NothingDoneError(what, summary.skipped)
@@ -331,18 +334,16 @@ def pinhole_k(fx: float, size: tuple[int, int]) -> np.ndarray:
 
 def _video(
     path: Path,
-    out: Path,
-    names: OutputNames,
+    files: _FrameFiles,
     predict: Callable[[np.ndarray], PanopticDepthResult],
-    classes: ClassMetadata,
-    near: float,
-    far: float,
-    summary: InferSummary,
+    tracker: Tracker | None,
+    *,
     progress: bool,
     max_pixels: int,
     stop: Callable[[], bool],
-    tracker: Tracker | None,
 ) -> None:
+    """Every frame of video ``path`` (tracked when ``tracker``), and its overlay as an MP4."""
+    summary = files.summary
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         summary.skipped.append(f"{path}: unreadable video")
@@ -357,8 +358,8 @@ def _video(
         return
     fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    video_name = names.of(path)
-    video_path = out / f"{video_name}_overlay.mp4"
+    video_name = files.names.of(path)
+    video_path = files.folder / f"{video_name}_overlay.mp4"
     writer: cv2.VideoWriter | None = None
     index = 0
     try:
@@ -367,7 +368,7 @@ def _video(
                 ok, frame = cap.read()
                 if not ok:
                     break
-                name = names.claim(f"{video_name}_{index:06d}")
+                name = files.names.claim(f"{video_name}_{index:06d}")
                 index += 1
                 bar.update(1)
                 try:
@@ -378,15 +379,12 @@ def _video(
                 if tracker is not None:  # the video's own time: a skipped frame widens dt
                     tracked = tracker.update(result, stamp_s=(index - 1) / fps, image=frame)
                     result = result.with_tracks(tracked.tracks)
-                source = f"{path} frame {index - 1}"
-                written, ov = write_frame_outputs(out, name, frame, result, classes, near=near, far=far, source=source)
+                ov = files.write(name, frame, result, source=f"{path} frame {index - 1}")
                 if writer is None:
                     writer = cv2.VideoWriter(
                         str(video_path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (ov.shape[1], ov.shape[0])
                     )
                 writer.write(ov)
-                summary.frames += 1
-                summary.written += [str(p) for p in written]
     finally:
         cap.release()
         if writer is not None:
