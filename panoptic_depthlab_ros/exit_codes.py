@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable
 
 from .errors import NothingDoneError, PanopticDepthLabError
+from .interrupt import Terminated, raise_on_sigterm
 
 DONE = 0
 PARTIAL = 1
@@ -47,33 +45,6 @@ def describe_os_error(exc: OSError) -> str:
     return str(exc)
 
 
-class Terminated(BaseException):
-    """SIGTERM outside a loop that handles it, raised as Ctrl-C raises KeyboardInterrupt.
-
-    Every ``with`` and ``finally`` on the way out runs (a staging folder is removed, worker
-    processes are stopped) instead of the process vanishing mid-write.
-    """
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Within: the first SIGTERM raises :class:`Terminated` in the main thread; a second acts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handle(_signum: int, _frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, previous)
-        raise Terminated
-
-    signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_command(prog: str, func: Callable[[], int], *, expected: tuple[type[Exception], ...] = ()) -> int:
     """``func()``'s exit code; an expected failure prints ``<prog>: error: <what>`` and gives 2.
 
@@ -82,7 +53,7 @@ def run_command(prog: str, func: Callable[[], int], *, expected: tuple[type[Exce
     """
     known: tuple[type[Exception], ...] = (PanopticDepthLabError, *expected)
     try:
-        with _sigterm_raises():
+        with raise_on_sigterm():
             return int(func())
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
