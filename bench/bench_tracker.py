@@ -42,10 +42,12 @@ sys.path.insert(0, str(REPO / "test"))
 
 from tracking_scenes import CAR, PERSON, Thing, intrinsics, paint, render  # noqa: E402
 
+from panoptic_depthlab_ros.ego_motion import EgoMotion  # noqa: E402
 from panoptic_depthlab_ros.tracker import Tracker, TrackerConfig, track_panoptic  # noqa: E402
 
 GOAL_MS = 2.0
 DT = 0.1
+ODOMETRY = EgoMotion(linear=(0.0, 0.0, 8.0), angular=(0.0, -0.05, 0.0))  # driving 8 m/s, turning gently
 ROWS, COLS, THINGS = 6, 10, 60
 
 
@@ -93,14 +95,14 @@ def grid_scene(size: tuple[int, int], frames: int, seed: int, centroid: str):
     return out
 
 
-def time_tracker(frames, repeat: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of each update (with the frame's image), births (first 3 frames of a pass) left out."""
+def time_tracker(frames, repeat: int, ego: EgoMotion | None = None) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each update (with the image and ``ego``), births (first 3 frames of a pass) left out."""
     wall, cpu = [], []
     for _ in range(repeat):
         tracker = Tracker()
         for n, (result, image) in enumerate(frames):
             t0, c0 = time.perf_counter(), time.process_time()
-            tracker.update(result, stamp_ns=round(n * DT * 1e9), image=image)
+            tracker.update(result, stamp_ns=round(n * DT * 1e9), image=image, ego=ego)
             t1, c1 = time.perf_counter(), time.process_time()
             if n >= 3:
                 wall.append(t1 - t0)
@@ -144,18 +146,19 @@ def main() -> None:
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     print(f"bench_tracker: load average {os.getloadavg()[0]:.1f}; numpy {np.__version__}; goal {GOAL_MS} ms/frame")
     print(f"scipy.optimize import in a fresh interpreter: {scipy_import_s() * 1e3:.0f} ms (once per process)")
+    print("(3D+odom: with the camera's motion given, so that parked things are tested for rest)")
     print(
         f"\n{'size':>9s} {'centroids':>9s} {'segs':>5s} {'things':>6s} {'median ms':>9s} {'p90 ms':>7s}"
         f" {'cpu ms':>7s} {'vs goal':>8s} {'video map ms':>12s}"
     )
     ratios = {}
     for h, w in sizes:
-        for centroid in ("true", "none"):
+        for centroid, ego in (("true", None), ("true", ODOMETRY), ("none", None)):
             frames = grid_scene((h, w), args.frames, args.seed, centroid)
             results = [result for result, _ in frames]
             segs = statistics.mean(len(r.segments) for r in results)
             things = statistics.mean(sum(s.is_thing for s in r.segments) for r in results)
-            wall, cpu = time_tracker(frames, args.repeat)
+            wall, cpu = time_tracker(frames, args.repeat, ego)
             median = statistics.median(wall) * 1e3
             p90 = float(np.percentile(wall, 90)) * 1e3
             frame = Tracker().update(results[0], stamp_ns=0)
@@ -163,7 +166,7 @@ def main() -> None:
             for _ in range(20):
                 track_panoptic(results[0], frame.tracks)
             video_ms = (time.perf_counter() - t0) / 20 * 1e3
-            label = "3D" if centroid == "true" else "none"
+            label = ("3D" if ego is None else "3D+odom") if centroid == "true" else "none"
             ratios[(h, w, label)] = median / GOAL_MS
             print(
                 f"{h:>4d}x{w:<4d} {label:>9s} {segs:5.1f} {things:6.1f} {median:9.3f} {p90:7.3f}"

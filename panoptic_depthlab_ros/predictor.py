@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .backends import choose_backend, load_exported_network
 from .checkpoint import load_checkpoint, load_detectron2
+from .ego_motion import EgoMotion
 from .errors import InputError, PanopticDepthLabError
 from .fusion import PostprocessConfig, panoptic_fusion
 from .image_io import DEFAULT_MAX_PIXELS, check_pixels
@@ -700,7 +701,7 @@ class Predictor:
 
     def track(
         self,
-        frames: Iterable[tuple[float, np.ndarray]],
+        frames: Iterable[tuple[float, np.ndarray] | tuple[float, np.ndarray, EgoMotion | None]],
         *,
         camera_k: np.ndarray | None = None,
         tracker: Tracker | None = None,
@@ -708,14 +709,18 @@ class Predictor:
         """Predict a sequence of ``(stamp_s, image)`` and track its things: one tracked result per frame.
 
         ``stamp_s``: the frame's time in seconds (the camera's, never the wall clock;
-        a dropped frame just widens the step, a jump back resets the tracks);
-        ``camera_k`` as in :meth:`predict` (without it vx, vy stay unknown). ``tracker``:
-        one to continue (e.g. with a :class:`~.tracker.TrackerConfig` of your own);
-        default a fresh one; it is given each image too, for the segments' colours.  Each
-        result's segments carry their track id, age, velocity and time to contact
-        (:meth:`PanopticDepthResult.with_tracks`).
+        a dropped frame just widens the step, a jump back resets the tracks). An item
+        ``(stamp_s, image, ego)`` also gives the camera's own motion at that frame
+        (:class:`~.ego_motion.EgoMotion`, from odometry; None: unknown), with which parked
+        things get the world's velocity exactly. ``camera_k`` as in :meth:`predict`
+        (without it vx, vy stay unknown). ``tracker``: one to continue (e.g. with a
+        :class:`~.tracker.TrackerConfig` of your own); default a fresh one; it is given each
+        image too, for the segments' colours.  Each result's segments carry their track id,
+        age, velocity and time to contact (:meth:`PanopticDepthResult.with_tracks`).
         """
         tracker = Tracker() if tracker is None else tracker
-        for stamp_s, image in frames:
+        for item in frames:
+            stamp_s, image = item[0], item[1]
+            ego = item[2] if len(item) > 2 else None
             result = self.predict(image, camera_k=camera_k)
-            yield result.with_tracks(tracker.update(result, stamp_s=stamp_s, image=image).tracks)
+            yield result.with_tracks(tracker.update(result, stamp_s=stamp_s, image=image, ego=ego).tracks)

@@ -85,6 +85,18 @@ class TrackerConfig:
             track's follows its matches); it tells apart two things of one class that cross or
             come back from behind something. Only where the tracker is given the frame's image
             (0: off).
+
+    At rest, when the tracker is given the camera's own motion (:class:`.ego_motion.EgoMotion`,
+    from odometry): a thing whose filtered velocity is that of the world, ``-v - w x p``, within
+    ``static_gate`` (chi-square of the difference over the three axes' variances) and within
+    ``static_max_speed_mps`` of it, is reported at rest: its velocity is exactly the world's
+    (monocular depth puts a parked car's approach speed a few per cent off).
+        static_gate: the chi-square gate, 3 degrees of freedom (7.81: 95 %). 0: off.
+        static_max_speed_mps: the most a thing may move in the world, by its filter, and still
+            be taken as at rest.
+        static_labels: the classes that may be at rest. Pedestrians are left out by default:
+            one walking at 1.4 m/s along the road and one standing differ by less than the
+            depth tells apart at 20 m (docs/tracking.md).
     """
 
     confirm_frames: int = 3
@@ -115,6 +127,9 @@ class TrackerConfig:
     size_noise_px: float = 2.0
     size_weight: float = 0.5
     appearance_weight: float = 1.5
+    static_gate: float = 7.81
+    static_max_speed_mps: float = 1.5
+    static_labels: tuple[str, ...] = ("car", "truck", "bus", "train", "motorcycle", "bicycle")
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -145,6 +160,8 @@ class TrackerConfig:
             "size_noise_px",
             "size_weight",
             "appearance_weight",
+            "static_gate",
+            "static_max_speed_mps",
         )
         for name in positive + non_negative:
             value = getattr(self, name)
@@ -156,5 +173,7 @@ class TrackerConfig:
             what = "a finite number > 0" if name in positive else "a finite number >= 0"
             need(ok, name, "a number > 0 (inf allowed)" if name == "velocity_max_std_mps" else what)
         need(self.min_iou <= 1, "min_iou", "in [0, 1]")
+        labels = self.static_labels
+        need(isinstance(labels, tuple) and all(isinstance(x, str) for x in labels), "static_labels", "a tuple of str")
         need(self.position_noise_m > 0 or self.depth_noise_rel > 0, "position_noise_m", "> 0 or depth_noise_rel > 0")
         need(self.gate_distance_m > 0 or self.gate_distance_rel > 0, "gate_distance_m", "> 0 or gate_distance_rel > 0")

@@ -10,6 +10,8 @@ updates at once as arrays, no per-track Python.
 Velocity is reported per axis once the axis has ``velocity_min_frames`` measurements and a
 standard deviation under ``velocity_max_std_mps``; vz fuses the depth's rate with looming
 where the two agree. Time to contact is ``z / -vz``: +inf when not closing, NaN unknown.
+Given the camera's own motion, a thing whose velocity is that of the world is reported at
+rest, with the world's velocity (:meth:`MotionFilters.estimate`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from panoptic_depthlab_ros.ego_motion import EgoMotion
 from panoptic_depthlab_ros.track_config import TrackerConfig
 
 NAN = float("nan")
@@ -42,11 +45,13 @@ class MotionEstimate:
     depth: [N] filtered depth, metres (NaN before the first depth measurement).
     velocity: [N, 3] vx, vy, vz m/s, NaN per axis until known.
     time_to_contact: [N] seconds (+inf not closing, NaN unknown).
+    at_rest: [N] still in the world (only with the camera's motion): velocity is the world's.
     """
 
     depth: FloatArray
     velocity: FloatArray
     time_to_contact: FloatArray
+    at_rest: BoolArray
 
 
 class MotionFilters:
@@ -150,8 +155,14 @@ class MotionFilters:
         """``[N, 3]`` whether each 3D axis's velocity is certain enough to report (and extrapolate)."""
         return np.sqrt(self.p11[rows, :3]) <= self.config.velocity_max_std_mps
 
-    def estimate(self, rows: IntArray) -> MotionEstimate:
-        """Depth, velocity and time to contact of ``rows`` as reported (unknown: NaN)."""
+    def estimate(
+        self, rows: IntArray, ego: EgoMotion | None = None, may_rest: BoolArray | None = None
+    ) -> MotionEstimate:
+        """Depth, velocity and time to contact of ``rows`` as reported (unknown: NaN).
+
+        ``ego``: the camera's motion at this frame; with it, the rows where ``may_rest`` [N]
+        is True and whose velocity is the world's are reported at rest (:meth:`_at_rest`).
+        """
         c = self.config
         z = np.where(self.count[rows, Z] > 0, self.pos[rows, Z], NAN)
         vel3, var3 = self.vel[rows, :3].copy(), self.p11[rows, :3].copy()
@@ -159,11 +170,30 @@ class MotionFilters:
         self._fuse_looming(rows, z, vel3, var3, enough)
         known = enough & (np.sqrt(var3) <= c.velocity_max_std_mps)
         vel = np.where(known, vel3, NAN)
+        at_rest = np.zeros(rows.size, np.bool_)
+        if ego is not None and c.static_gate > 0 and may_rest is not None:
+            world = ego.static_velocity(self.pos[rows, :3])
+            at_rest = self._at_rest(vel3, var3, world, enough.all(axis=1) & may_rest)
+            vel = np.where(at_rest[:, None], world, vel)
         closing = -vel[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             ttc = np.where(closing > c.min_closing_speed_mps, z / closing, np.inf)
         ttc = np.where(np.isnan(closing) | np.isnan(z), NAN, ttc)
-        return MotionEstimate(depth=z, velocity=vel, time_to_contact=ttc)
+        return MotionEstimate(depth=z, velocity=vel, time_to_contact=ttc, at_rest=at_rest)
+
+    def _at_rest(self, vel: FloatArray, var: FloatArray, world: FloatArray, eligible: BoolArray) -> BoolArray:
+        """``[N]`` whether each filtered velocity ``vel`` [N, 3] (variances ``var``) is the world's ``world`` [N, 3].
+
+        Both a chi-square test (is the difference within the filter's own uncertainty?) and
+        a cap on the difference: the test alone would call still a far thing walking by, whose
+        velocity is uncertain enough to pass it.
+        """
+        c = self.config
+        diff = vel - world
+        with np.errstate(divide="ignore", invalid="ignore"):
+            chi2 = np.sum(np.square(diff) / var, axis=1)
+        speed = np.linalg.norm(diff, axis=1)
+        return eligible & (chi2 <= c.static_gate) & (speed <= c.static_max_speed_mps)
 
     def _fuse_looming(self, rows: IntArray, z: FloatArray, vel: FloatArray, var: FloatArray, enough: BoolArray) -> None:
         """Fuse looming into vz (``vel[:, 2]`` and ``var[:, 2]``, in place) where it agrees with the depth's rate.

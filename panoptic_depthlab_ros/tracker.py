@@ -31,7 +31,9 @@ camera: a parked car approaches at the ego speed. It is NaN per axis until that 
 NaN while vz (from the segment depth) and the time to contact are still known. vz fuses
 the depth's rate with looming (the rate of the inverse box height times the depth) where
 the two agree. Time to contact is ``z / -vz``: depth over closing speed, +inf when not
-closing, NaN unknown.
+closing, NaN unknown. Given the camera's own motion (odometry, ``ego``), a parked car's
+velocity is known exactly: a thing whose filtered velocity is the world's is reported at
+rest, with the world's velocity (:mod:`.ego_motion`).
 
 ROS-free and torch-free: numpy, SciPy and the package's image check.
 """
@@ -45,13 +47,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from panoptic_depthlab_ros.ego_motion import EgoMotion
 from panoptic_depthlab_ros.result import PanopticDepthResult, relabel_ids
 from panoptic_depthlab_ros.track_association import Detections, associate, find_detections
 from panoptic_depthlab_ros.track_config import TrackerConfig
 from panoptic_depthlab_ros.track_motion import NAN, UV, IntArray
 from panoptic_depthlab_ros.track_table import APPEARANCE_SIZE, CONFIRMED, LOST, TENTATIVE, TrackTable
 
-__all__ = ["SegmentTrack", "TrackState", "TrackedFrame", "Tracker", "TrackerConfig", "track_panoptic"]
+__all__ = ["EgoMotion", "SegmentTrack", "TrackState", "TrackedFrame", "Tracker", "TrackerConfig", "track_panoptic"]
 
 _NS = 1_000_000_000
 # How much of a track's colour histogram stays at each match (the rest is the new segment's).
@@ -84,6 +87,8 @@ class SegmentTrack:
         closing speed (``z / -vz``); +inf when not closing, NaN unknown.
     depth: metres; the track's filtered depth with ``smooth_depth``, else the segment's
         ``depth_mean``.
+    at_rest: the thing stands still in the world (only when the tracker is given the
+        camera's motion): its velocity is then exactly the world's relative to the camera.
     """
 
     track_id: int = 0
@@ -92,6 +97,7 @@ class SegmentTrack:
     velocity: tuple[float, float, float] = (NAN, NAN, NAN)
     time_to_contact: float = NAN
     depth: float = NAN
+    at_rest: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class TrackedFrame:
     reset_reason: why every track was dropped before this frame (a stamp that went
         back or repeated, or a gap over ``max_gap_s``); None when nothing was reset.
     num_tentative, num_confirmed, num_lost: tracks alive after this frame by state.
+    ego_motion: whether the camera's motion was given for this frame.
     """
 
     tracks: list[SegmentTrack]
@@ -113,6 +120,7 @@ class TrackedFrame:
     num_tentative: int
     num_confirmed: int
     num_lost: int
+    ego_motion: bool = False
 
     @property
     def reset(self) -> bool:
@@ -148,16 +156,22 @@ class Tracker:
         stamp_ns: int | None = None,
         stamp_s: float | None = None,
         image: np.ndarray | None = None,
+        ego: EgoMotion | None = None,
     ) -> TrackedFrame:
         """Track one frame; pass its stamp as ``stamp_ns`` (int) or ``stamp_s`` (float).
 
         ``image``: the frame ``result`` was predicted from (BGR uint8, the panoptic map's
         size): its colours help tell things apart (``appearance_weight``); without it the
-        association uses geometry alone. Raises ``ValueError`` for a missing or non-finite
-        stamp, a result whose panoptic map is not ``[H, W]`` integer or an image that is not
-        that frame's; the tracker's state is unchanged then.
+        association uses geometry alone. ``ego``: the camera's own motion at this frame
+        (odometry, :class:`.ego_motion.CameraMount`); with it, things of ``static_labels``
+        that stand still are reported with the world's velocity (``SegmentTrack.at_rest``).
+        Raises ``ValueError`` for a missing or non-finite stamp, a result whose panoptic map
+        is not ``[H, W]`` integer, an image that is not that frame's or an ``ego`` that is
+        not an :class:`.ego_motion.EgoMotion`; the tracker's state is unchanged then.
         """
         ns = _stamp_to_ns(stamp_ns, stamp_s)
+        if ego is not None and not isinstance(ego, EgoMotion):
+            raise ValueError(f"ego must be an EgoMotion or None, got {type(ego).__name__}")
         panoptic = result.panoptic
         if not isinstance(panoptic, np.ndarray) or panoptic.ndim != 2 or panoptic.dtype.kind not in "iu":
             got = getattr(panoptic, "shape", type(panoptic).__name__)
@@ -186,7 +200,7 @@ class Tracker:
         rows, cols = associate(self._tracks, dets, self._previous, self.config)
         det_track = self._apply(dets, rows, cols, result.label_divisor)
         self._previous = dets
-        return self._output(result, dets, det_track, ns, dt, reason)
+        return self._output(result, dets, det_track, ns, dt, reason, ego)
 
     def _apply(self, dets: Detections, rows: IntArray, cols: IntArray, label_divisor: int) -> IntArray:
         """Update matched tracks, age the others, start new ones; ``[D]`` track row per detection."""
@@ -293,17 +307,20 @@ class Tracker:
         ns: int,
         dt: float,
         reason: str | None,
+        ego: EgoMotion | None,
     ) -> TrackedFrame:
         t, c = self._tracks, self.config
         out = [SegmentTrack(depth=s.depth_mean) for s in result.segments]
         tracked = det_track >= 0
         rows = det_track[tracked]
         if rows.size:
-            motion = t.motion.estimate(rows)
+            seg_index = dets.seg_index[tracked].tolist()
+            may_rest = np.array([result.segments[i].label in c.static_labels for i in seg_index], np.bool_)
+            motion = t.motion.estimate(rows, ego, may_rest)
             ids, hits, state = t.ids[rows].tolist(), t.hits[rows].tolist(), t.state[rows].tolist()
             vel_list, ttc_list = motion.velocity.tolist(), motion.time_to_contact.tolist()
-            z_list = motion.depth.tolist()
-            for j, i in enumerate(dets.seg_index[tracked].tolist()):
+            z_list, rest_list = motion.depth.tolist(), motion.at_rest.tolist()
+            for j, i in enumerate(seg_index):
                 depth = z_list[j] if c.smooth_depth and not math.isnan(z_list[j]) else out[i].depth
                 shown = c.report_tentative or state[j] != TENTATIVE
                 out[i] = SegmentTrack(
@@ -313,6 +330,7 @@ class Tracker:
                     velocity=(vel_list[j][0], vel_list[j][1], vel_list[j][2]),
                     time_to_contact=ttc_list[j],
                     depth=depth,
+                    at_rest=rest_list[j],
                 )
         counts = np.bincount(t.state, minlength=3)
         return TrackedFrame(
@@ -323,6 +341,7 @@ class Tracker:
             num_tentative=int(counts[TENTATIVE]),
             num_confirmed=int(counts[CONFIRMED]),
             num_lost=int(counts[LOST]),
+            ego_motion=ego is not None,
         )
 
 

@@ -369,3 +369,22 @@ def test_track_feeds_a_tracker_the_stamps(tiny_checkpoint) -> None:
         ]
     ages = [max(s.track_age for s in r.segments) for r in results]
     assert ages == [1, 2, 3, 1]  # the jump back started afresh
+
+
+def test_track_passes_each_frames_camera_motion_to_the_tracker(tiny_checkpoint) -> None:
+    """``(stamp_s, image, ego)`` items: the tracker gets each frame's motion, as when fed by hand."""
+    from node_utils import random_image
+    from panoptic_depthlab_ros.ego_motion import EgoMotion
+    from panoptic_depthlab_ros.tracker import Tracker
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
+    image = random_image(4)
+    egos = [EgoMotion((0.0, 0.0, 8.0)), None, EgoMotion((0.0, 0.0, 8.0), (0.0, -0.1, 0.0)), EgoMotion((0.0, 0.0, 9.0))]
+    results = list(predictor.track((0.1 * i, image, ego) for i, ego in enumerate(egos)))
+    by_hand = Tracker()
+    for i, (ego, result) in enumerate(zip(egos, results, strict=True)):
+        tracks = by_hand.update(predictor.predict(image), stamp_s=0.1 * i, image=image, ego=ego).tracks
+        np.testing.assert_array_equal([s.velocity for s in result.segments], [t.velocity for t in tracks])
+    assert max(s.track_age for s in results[-1].segments) == 4
+    with pytest.raises(ValueError, match="ego must be an EgoMotion or None, got str"):
+        next(predictor.track([(0.0, image, "forward")]))  # type: ignore[list-item]

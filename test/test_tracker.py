@@ -61,6 +61,9 @@ def track_of(frame, result, category: int, instance: int) -> SegmentTrack:
         ("size_noise_px", -1.0),
         ("size_weight", math.inf),
         ("appearance_weight", -0.5),
+        ("static_gate", -1.0),
+        ("static_max_speed_mps", math.nan),
+        ("static_labels", ["car"]),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
