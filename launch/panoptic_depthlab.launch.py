@@ -2,9 +2,15 @@
 
     ros2 launch panoptic_depthlab_ros panoptic_depthlab.launch.py image:=/camera/image_raw
     ros2 launch panoptic_depthlab_ros panoptic_depthlab.launch.py cameras:=[front,left,right]
+    ros2 launch panoptic_depthlab_ros panoptic_depthlab.launch.py odometry_topic:=/odom
 
 Arguments: params_file, image, camera_info, cameras, camera_image, camera_info_pattern,
-namespace, use_sim_time, rviz, managed.
+odometry_topic, namespace, use_sim_time, rviz, managed.
+
+odometry_topic:=/odom gives the tracker the camera's own motion from the vehicle's
+nav_msgs/Odometry (parameter odometry_topic; empty: the parameters file decides).  Where the
+camera sits on the vehicle (camera_mount_xyz, camera_mount_rpy) and odometry_max_age_s come
+from the parameters file.
 
 cameras:=[front,left,right] serves several cameras with one node and one model: camera C
 is read from camera_image and camera_info_pattern with {camera} replaced by C
@@ -51,6 +57,20 @@ def camera_remappings(cameras, image_pattern, info_pattern):
     return remaps
 
 
+def launch_parameters(cameras, odometry_topic):
+    """The parameters launch arguments set over the parameters file: ``[]`` or ``[{...}]``.
+
+    Only those given: an empty list has no ROS parameter type, and an empty odometry topic
+    leaves the parameters file's.
+    """
+    given = {}
+    if cameras:
+        given["cameras"] = cameras
+    if odometry_topic:
+        given["odometry_topic"] = odometry_topic
+    return [given] if given else []
+
+
 def launch_nodes(context):
     """The node (plain or lifecycle), for one camera or for those of ``cameras``."""
     params_file = LaunchConfiguration("params_file")
@@ -69,8 +89,7 @@ def launch_nodes(context):
             LaunchConfiguration("camera_image").perform(context),
             LaunchConfiguration("camera_info_pattern").perform(context),
         )
-    # An empty list has no ROS parameter type: without cameras the parameters file decides.
-    per_camera = [{"cameras": cameras}] if cameras else []
+    per_launch = launch_parameters(cameras, LaunchConfiguration("odometry_topic").perform(context))
     common = dict(
         package=PACKAGE,
         executable="panoptic_depthlab_node",
@@ -82,7 +101,7 @@ def launch_nodes(context):
         **common,
         name=NODE_NAME,
         namespace=namespace,
-        parameters=[params_file, {"use_sim_time": use_sim_time, "managed": False}, *per_camera],
+        parameters=[params_file, {"use_sim_time": use_sim_time, "managed": False}, *per_launch],
         condition=UnlessCondition(managed))
     # Jazzy's launch_ros LifecycleNode requires name and namespace (keyword-only, no
     # defaults) and has no autostart: the node stays unconfigured until told otherwise.
@@ -90,7 +109,7 @@ def launch_nodes(context):
         **common,
         name=NODE_NAME,
         namespace=namespace,
-        parameters=[params_file, {"use_sim_time": use_sim_time, "managed": True}, *per_camera],
+        parameters=[params_file, {"use_sim_time": use_sim_time, "managed": True}, *per_launch],
         condition=IfCondition(managed))
     return [node, lifecycle_node]
 
@@ -122,6 +141,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "camera_info_pattern", default_value="/{camera}/camera_info",
             description="With cameras: each camera's CameraInfo topic, {camera} replaced by its name"),
+        DeclareLaunchArgument(
+            "odometry_topic", default_value="",
+            description="nav_msgs/Odometry topic of the vehicle (e.g. /odom): the camera's own motion for the "
+                        "tracker; empty: the parameters file's odometry_topic (none by default)"),
         DeclareLaunchArgument("namespace", default_value="", description="Node namespace"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="Use /clock (e.g. with ros2 bag play --clock)"),

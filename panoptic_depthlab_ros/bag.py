@@ -1,6 +1,6 @@
 """Bag to bag replay without ROS: every camera frame of a rosbag2 through the model.
 
-    panoptic-depthlab bag IN OUT [--image-topic T]... [--camera-info-topic T]...
+    panoptic-depthlab bag IN OUT [--image-topic T]... [--camera-info-topic T]... [--odometry-topic T]
 
 Reads sqlite3 or MCAP bags (see :mod:`.bag_reading`) and writes a new bag with
 all input topics plus every output the node publishes (``/panoptic_depthlab/<name>``
@@ -14,7 +14,11 @@ replayed.  Several ``--image-topic`` replay several cameras, each with its own K
 ``--camera-info-topic`` in the same position, or else the CameraInfo beside its image
 topic: ``/front/camera_info`` for ``/front/image_raw``) and its outputs under its own
 name, ``/panoptic_depthlab/<camera>/<name>``; the camera is the image topic's namespace
-(``front`` for ``/front/image_raw``).  Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
+(``front`` for ``/front/image_raw``).  With an odometry topic (``nav_msgs/Odometry``, one
+camera) the tracker is given the camera's motion at each frame as the node does it
+(:mod:`.odometry`): of the twists read before the image, the one whose stamp is nearest the
+image's header stamp, within ``odometry_max_age_s``, moved to the camera by its mount.
+Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
 found while reading switches to salvaged copies of the bag's files and the replay
 goes on after the last message handled.  Either way the loss is reported in
 ``ReplaySummary.damage``.  A bag directory whose recorder died before writing
@@ -63,9 +67,11 @@ from .bag_reading import (
     storage_of,
     typestore_with_our_messages,
 )
+from .ego_motion import CameraMount
 from .errors import BagError, InputError, NothingDoneError
 from .image_io import DEFAULT_MAX_PIXELS
 from .node_outputs import NAMESPACE, OUTPUTS, SEGMENT_ARRAY_TYPE, OutputSettings, output_messages
+from .odometry import DEFAULT_MAX_AGE_S, ODOMETRY_TYPE, OdometryBuffer, odometry_sample
 from .output import StagedOutput
 from .pipeline import camera_topic
 from .predictor import Predictor
@@ -91,6 +97,8 @@ class ReplaySummary:
     interrupted: bool = False  # a stop request ended the replay early (the output holds what was done)
     tracker_resets: list[str] = field(default_factory=list)  # "<stamp>: <reason>" per reset of the tracks
     upgraded: dict[str, int] = field(default_factory=dict)  # topic -> messages of an older definition rewritten
+    odometry_messages: int = 0  # odometry messages taken (with an odometry topic)
+    without_odometry: list[str] = field(default_factory=list)  # "<stamp>: <why>" per frame tracked without it
 
 
 def bag_marker_says(path: Path, tool: str) -> str | None:
@@ -143,15 +151,24 @@ def replay_bag(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stop: Callable[[], bool] = lambda: False,
     tracking: bool | TrackerConfig = True,
+    odometry_topic: str | None = None,
+    odometry_max_age_s: float = DEFAULT_MAX_AGE_S,
+    camera_mount: CameraMount | None = None,
 ) -> ReplaySummary:
     """Replay ``bag_in`` through ``predictor`` into a new bag ``bag_out`` (see module docstring).
 
     ``image_topic`` / ``camera_info_topic``: a topic, or one per camera (see the module
     docstring).  ``stop()`` is asked before each message; once True the replay ends as at
     the end of the input.  ``tracking``: True tracks with the default :class:`TrackerConfig`,
-    a config with that one (one tracker per camera), False not at all.  Raises
-    :class:`BagError` (and keeps any previous ``bag_out``) when no frame could be replayed.
+    a config with that one (one tracker per camera), False not at all.  ``odometry_topic``:
+    a ``nav_msgs/Odometry`` topic giving the tracker the camera's motion (one camera only),
+    the twist nearest each image stamp within ``odometry_max_age_s``, moved to the camera
+    by ``camera_mount`` (default: :class:`CameraMount`'s).  Raises :class:`BagError` naming
+    a missing topic, before anything is written, and (keeping any previous ``bag_out``)
+    when no frame could be replayed.
     """
+    # A bad max age or mount: ValueError, before anything is read or written.
+    odometry = None if odometry_topic is None else (odometry_topic, OdometryBuffer(camera_mount, odometry_max_age_s))
     staged = bag_output(bag_in, bag_out, overwrite=overwrite)
     bag_in, bag_out = Path(bag_in), Path(bag_out)
     ts = typestore_with_our_messages()
@@ -196,6 +213,7 @@ def replay_bag(
             max_pixels=max_pixels,
             stop=stop,
             tracking=(TrackerConfig() if tracking is True else tracking) if tracking else None,
+            odometry=odometry,
         )
         damaged = [v.describe() for v in salvages if v.dropped or v.cut_short]
         if summary.damage or damaged:
@@ -223,6 +241,7 @@ def _replay(
     max_pixels: int,
     stop: Callable[[], bool],
     tracking: TrackerConfig | None,
+    odometry: tuple[str, OdometryBuffer] | None = None,
 ) -> None:
     """Every input message copied, every image frame answered with the node's outputs.
 
@@ -233,6 +252,14 @@ def _replay(
     """
     connections = list({c.topic: c for r in reversed(readers) for c in r.connections}.values())
     cameras = _bag_cameras(connections, bag_in, image_topics, camera_info_topics)
+    if odometry is not None:
+        pick_topic(connections, bag_in, odometry[0], (ODOMETRY_TYPE,), "odometry", True)
+        if len(cameras) > 1:
+            raise BagError(
+                f"{bag_in}: --odometry-topic works with one camera (one camera mount), not {len(cameras)} image topics"
+            )
+        if tracking is not None:  # odometry is for the tracker
+            cameras[0].odometry_topic, cameras[0].odometry = odometry
     writer = Writer(bag_out, version=9, storage_plugin=storage_of(bag_in))
     mark_bag(writer, WRITTEN_BY, input=bag_in.resolve(), checkpoint=predictor.source or "(in memory)")
     writer.open()
@@ -267,6 +294,8 @@ class _BagCamera:
     camera_k: np.ndarray | None = None
     tracker: Tracker | None = None
     outputs: dict[str, tuple[Any, Connection]] = field(default_factory=dict)
+    odometry_topic: str | None = None
+    odometry: OdometryBuffer | None = None  # the camera's motion for its tracker (None: no odometry)
 
 
 def _topics(value: str | Sequence[str] | None) -> list[str]:
@@ -347,6 +376,7 @@ class _FrameReplay:
         self.upgrades: dict[str, Typestore] = {}  # topic -> a typestore with the bag's older definition
         self.by_image = {c.image_topic: c for c in cameras}
         self.by_info = {c.info_topic: c for c in cameras if c.info_topic is not None}
+        self.by_odometry = {c.odometry_topic: c for c in cameras if c.odometry_topic and c.odometry is not None}
         for camera in cameras:
             camera.tracker = Tracker(tracking) if tracking is not None else None
             intrinsics = camera.info_topic is not None
@@ -388,6 +418,8 @@ class _FrameReplay:
         elif conn.topic in self.by_image:
             self.on_frame()
             self._frame(self.by_image[conn.topic], conn, stamp_ns, raw)
+        elif conn.topic in self.by_odometry:
+            self._odometry(self.by_odometry[conn.topic], conn, stamp_ns, raw)
 
     def _upgrade(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         """A ``SegmentDepthArray`` of an older definition, rewritten with today's (missing fields unknown)."""
@@ -418,6 +450,15 @@ class _FrameReplay:
         except InputError as exc:  # the previous good K stays in use
             self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
 
+    def _odometry(self, camera: _BagCamera, conn: Connection, stamp_ns: int, raw: bytes) -> None:
+        assert camera.odometry is not None
+        try:
+            camera.odometry.add(odometry_sample(deserialize(self.ts, raw, conn)))
+        except InputError as exc:  # a NaN twist: ignored, the replay goes on
+            self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
+            return
+        self.summary.odometry_messages += 1
+
     def _frame(self, camera: _BagCamera, conn: Connection, stamp_ns: int, raw: bytes) -> None:
         try:
             msg: Any = deserialize(self.ts, raw, conn)
@@ -430,7 +471,12 @@ class _FrameReplay:
             return
         if camera.tracker is not None:  # time: the image's own stamp, as in the node
             stamp = msg_conversions.stamp_ns(msg.header)
-            tracked = camera.tracker.update(result, stamp_ns=stamp, image=image)
+            ego = None
+            if camera.odometry is not None:
+                ego = camera.odometry.ego_at(stamp)
+                if ego is None:
+                    self.summary.without_odometry.append(f"{stamp}: {camera.odometry.why_none(stamp)}")
+            tracked = camera.tracker.update(result, stamp_ns=stamp, image=image, ego=ego)
             if tracked.reset_reason is not None:
                 where = f"camera {camera.name} at " if camera.name else ""
                 self.summary.tracker_resets.append(f"{where}{stamp}: {tracked.reset_reason}")

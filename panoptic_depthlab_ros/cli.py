@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .exit_codes import DONE, outcome, run_command
-from .inference_options import add_inference_args, inference_options, int_at_least
+from .inference_options import add_inference_args, inference_options, int_at_least, number_above
 from .interrupt import stop_on_signals
 
 
@@ -79,10 +79,27 @@ def _predictor(args: argparse.Namespace):
     return predictor
 
 
+def finite_number(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
 def _bag(args: argparse.Namespace) -> int:
     from .bag import bag_output, replay_bag
+    from .ego_motion import CameraMount
 
     check_overlay_range(args.near, args.far)
+    default = CameraMount()
+    mount = CameraMount(
+        xyz=tuple(args.camera_mount_xyz) if args.camera_mount_xyz else default.xyz,
+        rpy=tuple(args.camera_mount_rpy) if args.camera_mount_rpy else default.rpy,
+    )
     bag_output(args.input, args.output, overwrite=args.overwrite)  # refused before the model loads
     predictor = _predictor(args)
     with stop_on_signals() as stop:
@@ -98,6 +115,9 @@ def _bag(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             stop=stop,
             tracking=not args.no_tracking,
+            odometry_topic=args.odometry_topic,
+            odometry_max_age_s=args.odometry_max_age_s,
+            camera_mount=mount,
         )
     per_camera = ", ".join(f"{n} {c}" for n, c in summary.frames_per_camera.items())
     frames = f"{summary.frames} frames" + (f" ({per_camera})" if per_camera else "")
@@ -109,6 +129,14 @@ def _bag(args: argparse.Namespace) -> int:
     if summary.tracker_resets:  # the stamps jumped: the tracks started afresh there
         more = f" (+{len(summary.tracker_resets) - 1} more)" if len(summary.tracker_resets) > 1 else ""
         print(f"panoptic-depthlab bag: tracks reset at {summary.tracker_resets[0]}{more}", file=sys.stderr)
+    if args.odometry_topic and not args.no_tracking:
+        print(f"  {args.odometry_topic}: {summary.odometry_messages} odometry messages")
+    if summary.without_odometry:  # those frames were tracked without the camera's motion
+        print(
+            f"panoptic-depthlab bag: {len(summary.without_odometry)} of {summary.frames} frames tracked without "
+            f"odometry, the first at {summary.without_odometry[0]}",
+            file=sys.stderr,
+        )
     return outcome(
         "panoptic-depthlab bag",
         skipped=summary.skipped,
@@ -214,6 +242,41 @@ def add_int8_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-topic", help="a bag SOURCE's image topic (default: its only one)")
 
 
+def add_odometry_args(p: argparse.ArgumentParser) -> None:
+    """``bag``'s odometry options: the node's parameters of the same names."""
+    from .odometry import DEFAULT_MAX_AGE_S
+
+    p.add_argument(
+        "--odometry-topic",
+        metavar="T",
+        help="nav_msgs/Odometry topic (e.g. /odom): the tracker is given the camera's motion, from the twist nearest "
+        "each image's stamp (one camera only)",
+    )
+    p.add_argument(
+        "--odometry-max-age-s",
+        type=number_above(0, or_equal=True),
+        default=DEFAULT_MAX_AGE_S,
+        metavar="S",
+        help=f"use the odometry nearest an image's stamp only when at most S seconds from it (default "
+        f"{DEFAULT_MAX_AGE_S:g}); else that frame is tracked without it",
+    )
+    p.add_argument(
+        "--camera-mount-xyz",
+        type=finite_number,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="position (m) of the camera's optical frame in the odometry's child frame (default 0 0 0)",
+    )
+    p.add_argument(
+        "--camera-mount-rpy",
+        type=finite_number,
+        nargs=3,
+        metavar=("ROLL", "PITCH", "YAW"),
+        help="orientation (rad, fixed axes as in URDF) of the camera's optical frame in the odometry's child frame "
+        "(default -1.5708 0 -1.5708: looking along the body's x axis)",
+    )
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser (one subparser per job)."""
     parser = argparse.ArgumentParser(prog="panoptic-depthlab", description=__doc__)
@@ -251,6 +314,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="sensor_msgs/CameraInfo topic for 3D centroids, markers and points (default: the only one); with "
         "several cameras one per --image-topic, in order (default: each camera's <namespace>/camera_info)",
     )
+    add_odometry_args(p)
     _add_model_args(p)
     p.set_defaults(func=_bag)
 

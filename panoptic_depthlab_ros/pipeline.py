@@ -12,12 +12,15 @@ this module imports no rclpy:
   displaces a good one waiting, and the frame goes into its camera's mailbox slot,
   replacing (and counting, for that camera) a frame still waiting;
 * :meth:`Pipeline.camera_info` takes a CameraInfo (each camera's latest valid K is used);
+* :meth:`Pipeline.odometry` takes a ``nav_msgs/Odometry`` into the camera's
+  :class:`~.odometry.OdometryBuffer` (a camera without one has no odometry);
 * the worker takes the latest waiting frame of every camera (round-robin from the camera
   after the last one served when ``max_batch`` limits the batch, so none starves),
   converts them, runs them through the predictor as one batch
   (:meth:`~.predictor.Predictor.predict_batch`) with the fusion settings of
   :meth:`Pipeline.update`, tracks each camera's things with that camera's own
-  :class:`~.tracker.Tracker` (fed its image stamps), and hands each camera's output
+  :class:`~.tracker.Tracker` (fed its image stamps, and the camera's motion at that stamp
+  when the camera has odometry: :meth:`Pipeline.odometry`), and hands each camera's output
   messages, stamped with that frame's own header, to that camera's sink, only for outputs
   that have subscribers.
 
@@ -56,6 +59,7 @@ from .msg_conversions import (
     stamp_ns,
 )
 from .node_outputs import OUTPUTS, OutputSettings, output_messages
+from .odometry import OdometryBuffer, odometry_sample
 from .predictor import Predictor
 from .result import PanopticDepthResult
 from .tracker import TrackedFrame, Tracker, TrackerConfig
@@ -78,6 +82,10 @@ COUNTERS = {
     "camera_info_dropped_bad_input": "CameraInfo messages refused (malformed K); the previous K stays in use",
     "tracker_resets": "times the tracks were dropped because the image stamps jumped back, repeated or "
     "paused over tracking_max_gap_s (each logged as a warning with the reason)",
+    "odometry_received": "Odometry messages taken (with odometry_topic)",
+    "odometry_dropped_bad_input": "Odometry messages refused (a NaN or infinite twist), each ignored with a warning",
+    "tracked_without_odometry": "frames tracked without the camera's motion because no odometry was within "
+    "odometry_max_age_s of the image stamp (with odometry_topic; warned about, throttled)",
 }
 # Once every frame is through: received = processed + dropped + errors (CameraInfo counted apart).
 FRAME_OUTCOMES = ("processed", "dropped_overload", "dropped_bad_input", "skipped_no_subscribers", "errors")
@@ -306,6 +314,8 @@ class CameraStream:
     said_no_camera_info: bool = False
     tracker: Tracker | None = None  # made by the camera's first tracked frame; worker thread only
     last_tracked: TrackedFrame | None = None  # what tracking did to its last frame (diagnostics)
+    odometry: OdometryBuffer | None = None  # the camera's odometry (None: the camera has none)
+    odometry_missed: str | None = None  # why its last tracked frame had no odometry (None: it had)
 
     def _topic(self, relative: str) -> str:
         return camera_topic(self.name, relative)
@@ -417,6 +427,7 @@ class Pipeline:
         self._bad_input_throttle = LogThrottle(throttle_s)
         self._error_throttle = LogThrottle(throttle_s)
         self._reset_throttle = LogThrottle(throttle_s)
+        self._odometry_throttle = LogThrottle(throttle_s)
         self._sizes_logged: set[tuple[int, int]] = set()
         self.last_frame_size: tuple[int, int] | None = None  # (height, width) of the last converted frame
         self._mailbox = LatestFrameMailbox(len(self.cameras))
@@ -488,6 +499,17 @@ class Pipeline:
             stream.camera_k = camera_k(message)
         except InputError as exc:
             self.reject(exc, "camera_info_dropped_bad_input", camera=camera)
+
+    def odometry(self, message: Any, camera: int = 0) -> None:
+        """A ``nav_msgs/Odometry`` for camera ``camera``'s tracker; a NaN twist is ignored with a warning."""
+        stream = self.cameras[camera]
+        if stream.odometry is None:
+            return
+        stream.stats.add("odometry_received")
+        try:
+            stream.odometry.add(odometry_sample(message))
+        except InputError as exc:
+            self.reject(exc, "odometry_dropped_bad_input", camera=camera)
 
     def submit(self, frame: Frame) -> None:
         """Hand a frame to the worker (latest-frame-only per camera; a replaced frame is counted)."""
@@ -666,7 +688,20 @@ class Pipeline:
         """``result`` with its things tracked over ``camera``'s frames; a reset of the tracks is logged, why."""
         if camera.tracker is None or camera.tracker.config != config:  # new settings start new tracks
             camera.tracker = Tracker(config)
-        tracked = camera.tracker.update(result, stamp_ns=stamp, image=image)
+        ego = None
+        if camera.odometry is not None:
+            ego = camera.odometry.ego_at(stamp)
+            camera.odometry_missed = None if ego is not None else camera.odometry.why_none(stamp)
+            if camera.odometry_missed is not None:
+                camera.stats.add("tracked_without_odometry")
+                text = self._odometry_throttle(
+                    f"{camera.name}:no_odometry",
+                    f"{camera.label}frame stamped {stamp / 1e9:.3f} s tracked without the camera's motion: "
+                    f"{camera.odometry_missed}",
+                )
+                if text is not None:
+                    self._log_warning(text)
+        tracked = camera.tracker.update(result, stamp_ns=stamp, image=image, ego=ego)
         if tracked.reset_reason is not None:
             camera.stats.add("tracker_resets")
             text = self._reset_throttle(

@@ -97,6 +97,30 @@ def rosbags_camera_info(ts, header, k, *, height: int = 64, width: int = 128):
     )
 
 
+def rosbags_odometry(ts, stamp_ns: int, linear=(0.0, 0.0, 0.0), angular=(0.0, 0.0, 0.0)):
+    """A rosbags ``nav_msgs/Odometry`` of ``ts`` stamped ``stamp_ns``, twist ``linear`` / ``angular`` (body frame)."""
+    import numpy as np  # noqa: PLC0415 - keep this module light
+
+    t = ts.types
+    vector = t["geometry_msgs/msg/Vector3"]
+    stamp = t["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+    return t["nav_msgs/msg/Odometry"](
+        header=t["std_msgs/msg/Header"](stamp=stamp, frame_id="odom"),
+        child_frame_id="base_link",
+        pose=t["geometry_msgs/msg/PoseWithCovariance"](
+            pose=t["geometry_msgs/msg/Pose"](
+                position=t["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
+                orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+            ),
+            covariance=np.zeros(36),
+        ),
+        twist=t["geometry_msgs/msg/TwistWithCovariance"](
+            twist=t["geometry_msgs/msg/Twist"](linear=vector(*linear), angular=vector(*angular)),
+            covariance=np.zeros(36),
+        ),
+    )
+
+
 def imports_without_ros(*modules: str) -> str:
     """Import ``modules`` in a fresh interpreter where rclpy and the ROS message packages cannot load.
 
@@ -105,7 +129,7 @@ def imports_without_ros(*modules: str) -> str:
     import subprocess  # noqa: PLC0415 - keep this module light
     import sys  # noqa: PLC0415
 
-    blocked = ("rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "geometry_msgs", "visualization_msgs")
+    blocked = ("rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "geometry_msgs", "visualization_msgs", "nav_msgs")
     code = f"import sys\nfor m in {blocked!r}:\n    sys.modules[m] = None\n" + "".join(f"import {m}\n" for m in modules)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     return "" if out.returncode == 0 else out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import struct
 import subprocess
@@ -15,6 +16,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from node_utils import random_image
 from panoptic_depthlab_ros.bag import replay_bag
 from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.errors import BagError, OutputError
@@ -24,7 +26,7 @@ from panoptic_depthlab_ros.node_outputs import OUTPUT_NAMES
 from panoptic_depthlab_ros.predictor import Predictor
 from panoptic_depthlab_ros.salvage import db3_is_cut_short, mcap_is_cut_short, salvage_db3, salvage_mcap
 from panoptic_depthlab_ros.tracker import Tracker, TrackerConfig, track_panoptic
-from pdl_testing import REPO, rosbags_camera_info
+from pdl_testing import REPO, rosbags_camera_info, rosbags_odometry
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 RUN = {"capture_output": True, "text": True, "cwd": REPO}
@@ -419,14 +421,18 @@ def test_bag_cli(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert again.returncode == 2 and "no topic '/nope'" in again.stderr
 
 
-def make_two_camera_bag(path: Path, frames: int = 3) -> Path:
-    """/front/image_raw with /front/camera_info, /left/image_raw (larger frames) without one."""
+def make_two_camera_bag(path: Path, frames: int = 3, *, odometry: bool = False) -> Path:
+    """/front/image_raw with /front/camera_info, /left/image_raw (larger frames) without one (and /odom)."""
     t = TS.types
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
         conns = {
             c: w.add_connection(f"/{c}/image_raw", "sensor_msgs/msg/Image", typestore=TS) for c in ("front", "left")
         }
         info = w.add_connection("/front/camera_info", "sensor_msgs/msg/CameraInfo", typestore=TS)
+        if odometry:
+            odom = w.add_connection("/odom", "nav_msgs/msg/Odometry", typestore=TS)
+            msg = rosbags_odometry(TS, 100 * 10**9, (1.0, 0.0, 0.0))
+            w.write(odom, 1, TS.serialize_cdr(msg, msg.__msgtype__))
         for i in range(frames):
             for j, (camera, (h, w_)) in enumerate((("front", (64, 128)), ("left", (96, 160)))):
                 stamp = (1_000 + i) * 10**8 + j
@@ -563,3 +569,144 @@ def test_old_segment_definition_is_read_from_the_bag(tmp_path: Path, predictor: 
     # Today's outputs beside it, tracked.
     outputs = _read(tmp_path / "out")["/panoptic_depthlab/segments"]
     assert len(outputs) == 2 and any(s.track_age == 2 for s in outputs[1][1].segments)
+
+
+# ----------------------------------------------------------------------------- odometry
+ODOM_S = 10**9
+STATIC_SCENE = 3  # random_image(3): trucks away from the border, at rest in this parked scene
+
+
+def image_stamp(i: int) -> int:
+    return 100 * ODOM_S + i * 100_000_000  # 10 Hz
+
+
+def make_odometry_bag(path: Path, *, frames: int = 6, nan_at: int | None = None) -> Path:
+    """A parked scene (one image again and again, 10 Hz, CameraInfo) seen from a vehicle driving at 0.5 m/s.
+
+    Per frame, recorded before the image: odometry stamped 30 ms before it at 0.2 m/s and 10 ms
+    after it at 0.5 m/s (the nearest); none around frame 2. ``nan_at``: that frame also has a
+    NaN twist stamped 5 ms after it (nearer still, and ignored).
+    """
+    t = TS.types
+    image = random_image(STATIC_SCENE)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        cam = w.add_connection("/cam/image", "sensor_msgs/msg/Image", typestore=TS)
+        info = w.add_connection("/cam/info", "sensor_msgs/msg/CameraInfo", typestore=TS)
+        odom = w.add_connection("/odom", "nav_msgs/msg/Odometry", typestore=TS)
+        for i in range(frames):
+            stamp = image_stamp(i)
+            received = stamp + 40_000_000  # the image arrives 40 ms after its stamp
+            header = t["std_msgs/msg/Header"](
+                stamp=t["builtin_interfaces/msg/Time"](sec=stamp // ODOM_S, nanosec=stamp % ODOM_S), frame_id="cam"
+            )
+            ci = rosbags_camera_info(TS, header, K)
+            w.write(info, received - 30, TS.serialize_cdr(ci, ci.__msgtype__))
+            if i != 2:
+                for offset, forward in ((-30_000_000, 0.2), (10_000_000, 0.5)):
+                    msg = rosbags_odometry(TS, stamp + offset, (forward, 0.0, 0.0))
+                    w.write(odom, received - 20 + offset // 10**6, TS.serialize_cdr(msg, msg.__msgtype__))
+            if i == nan_at:
+                msg = rosbags_odometry(TS, stamp + 5_000_000, (math.nan, 0.0, 0.0))
+                w.write(odom, received - 1, TS.serialize_cdr(msg, msg.__msgtype__))
+            m = t["sensor_msgs/msg/Image"](
+                header=header, height=64, width=128, encoding="bgr8", is_bigendian=0, step=384, data=image.ravel()
+            )
+            w.write(cam, received, TS.serialize_cdr(m, m.__msgtype__))
+    return path
+
+
+def test_odometry_topic_gives_the_tracker_the_camera_motion(tmp_path: Path, predictor: Predictor) -> None:
+    from panoptic_depthlab_ros.ego_motion import CameraMount
+
+    src = make_odometry_bag(tmp_path / "in", nan_at=4)
+    summary = replay_bag(
+        src, tmp_path / "out", predictor=predictor, odometry_topic="/odom", odometry_max_age_s=0.05, progress=False
+    )
+    assert summary.frames == 6 and summary.odometry_messages == 10
+    # The NaN twist is skipped and named; frame 2, with no odometry within 50 ms, is tracked without it.
+    assert summary.skipped == [
+        f"/odom at {image_stamp(4) + 40_000_000 - 1}: odometry twist is not finite "
+        "(linear [nan, 0.0, 0.0], angular [0.0, 0.0, 0.0]): ignored"
+    ]
+    assert summary.without_odometry == [
+        f"{image_stamp(2)}: the nearest odometry is 0.090 s before it, over odometry_max_age_s 0.05"
+    ]
+    # Exactly what a tracker is given: per frame the nearest twist (0.5 m/s), none for frame 2.
+    image = random_image(STATIC_SCENE)
+    ego = CameraMount().ego_motion((0.5, 0.0, 0.0), (0.0, 0.0, 0.0))
+    with_ego, without = Tracker(), Tracker()
+    got = _read(tmp_path / "out")["/panoptic_depthlab/segments"]
+    for i, (_, msg) in enumerate(got):
+        result = predictor.predict(image, camera_k=np.array(K).reshape(3, 3))
+        expected = with_ego.update(result, stamp_ns=image_stamp(i), image=image, ego=None if i == 2 else ego)
+        assert expected.ego_motion == (i != 2)
+        velocities = [(s.velocity.x, s.velocity.y, s.velocity.z) for s in msg.segments]
+        np.testing.assert_array_equal(velocities, [t.velocity for t in expected.tracks])
+        assert [(s.track_id, s.track_age) for s in msg.segments] == [(t.track_id, t.track_age) for t in expected.tracks]
+        unaware = without.update(result, stamp_ns=image_stamp(i), image=image)
+    # By the last frame the trucks are at rest: exactly the world's velocity seen from the camera.
+    world = tuple(-np.asarray(ego.linear))
+    at_rest = [(s, t) for s, t in zip(msg.segments, expected.tracks, strict=True) if t.at_rest]
+    assert len(at_rest) >= 2 and {s.label for s, _ in at_rest} == {"truck"}
+    assert all((s.velocity.x, s.velocity.y, s.velocity.z) == world for s, _ in at_rest)
+    assert world == pytest.approx((0.0, 0.0, -0.5), abs=1e-12)
+    # Without odometry the same trucks read the (still) image's own motion: none.
+    still = {s.id: t.velocity for s, t in zip(result.segments, unaware.tracks, strict=True)}
+    assert all(abs(still[s.id][2]) < 1e-6 for s, _ in at_rest)
+
+
+def test_a_missing_odometry_topic_lists_the_bags_topics(tmp_path: Path, predictor: Predictor) -> None:
+    src = make_bag(tmp_path / "in", StoragePlugin.MCAP, frames=1)
+    listing = r"/cam/image \[sensor_msgs/msg/Image\], /cam/info \[sensor_msgs/msg/CameraInfo\], /chatter \[std_msgs"
+    with pytest.raises(BagError, match=rf"in: no topic '/odom'; the bag has: {listing}"):
+        replay_bag(src, tmp_path / "out", predictor=predictor, odometry_topic="/odom", progress=False)
+    with pytest.raises(BagError, match="topic '/chatter' is std_msgs/msg/String, not nav_msgs/msg/Odometry"):
+        replay_bag(src, tmp_path / "out", predictor=predictor, odometry_topic="/chatter", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing written, no staging left behind
+
+
+def test_bag_cli_odometry_options(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    src = make_odometry_bag(tmp_path / "in")
+    cmd = [sys.executable, "-m", "panoptic_depthlab_ros.cli", "bag", str(src), str(tmp_path / "out")]
+    cmd += ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--odometry-topic", "/odom"]
+    cmd += ["--odometry-max-age-s", "0.05", "--camera-mount-xyz", "1.5", "0", "1.2"]
+    cmd += ["--camera-mount-rpy", "-1.5707963267948966", "0", "-1.5707963267948966"]
+    proc = subprocess.run(cmd, **RUN)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 frames" in proc.stdout and "/odom: 10 odometry messages" in proc.stdout
+    assert (
+        f"panoptic-depthlab bag: 1 of 6 frames tracked without odometry, the first at {image_stamp(2)}: "
+        "the nearest odometry is 0.090 s before it, over odometry_max_age_s 0.05"
+    ) in proc.stderr
+    missing = make_bag(tmp_path / "plain", StoragePlugin.MCAP, frames=1)
+    cmd = [sys.executable, "-m", "panoptic_depthlab_ros.cli", "bag", str(missing), str(tmp_path / "out2")]
+    cmd += ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--odometry-topic", "/odom"]
+    proc = subprocess.run(cmd, **RUN)
+    assert proc.returncode == 2 and "no topic '/odom'; the bag has: /cam/image [sensor_msgs/msg/Image]" in proc.stderr
+    assert not (tmp_path / "out2").exists()
+    bad = subprocess.run([*cmd, "--odometry-max-age-s", "-1"], **RUN)
+    assert bad.returncode == 2 and "--odometry-max-age-s: expected a finite number >= 0, got -1" in bad.stderr
+
+
+def test_odometry_needs_one_camera(tmp_path: Path, predictor: Predictor) -> None:
+    src = make_two_camera_bag(tmp_path / "in", frames=1, odometry=True)
+    with pytest.raises(BagError, match="--odometry-topic works with one camera .one camera mount., not 2 image topics"):
+        replay_bag(
+            src,
+            tmp_path / "out",
+            predictor=predictor,
+            image_topic=["/front/image_raw", "/left/image_raw"],
+            odometry_topic="/odom",
+            progress=False,
+        )
+    assert not (tmp_path / "out").exists()
+    # One of its cameras with the odometry: fine.
+    summary = replay_bag(
+        src,
+        tmp_path / "out",
+        predictor=predictor,
+        image_topic="/front/image_raw",
+        odometry_topic="/odom",
+        progress=False,
+    )
+    assert summary.frames == 1 and summary.odometry_messages == 1 and summary.without_odometry == []

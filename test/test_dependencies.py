@@ -71,6 +71,7 @@ ROS_MODULES = {
     "geometry_msgs",
     "diagnostic_msgs",
     "visualization_msgs",
+    "nav_msgs",
     "lifecycle_msgs",
     "launch",
     "launch_ros",

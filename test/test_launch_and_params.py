@@ -231,7 +231,7 @@ def test_every_parameter_is_described_and_bounded() -> None:
             ranges = d.integer_range or d.floating_point_range
             assert len(ranges) == 1, f"{spec.name} has no range"
             assert ranges[0].from_value <= spec.default <= ranges[0].to_value, spec.name
-        if d.type == ParameterType.PARAMETER_STRING and spec.name != "checkpoint":
+        if d.type == ParameterType.PARAMETER_STRING and spec.name not in ("checkpoint", "odometry_topic"):  # paths
             assert spec.default in spec.choices and "one of" in d.additional_constraints, spec.name
     assert DYNAMIC == {
         "center_threshold",
@@ -410,6 +410,22 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
             {"backend": "onnxruntime"},
             ["cannot load checkpoint", "tiny.safetensors"],
         ),  # not an .onnx file
+        ({"camera_mount_xyz": [1.5, 0.0]}, ["camera_mount_xyz must be 3 finite numbers, got [1.5, 0.0]"]),
+        (
+            {"camera_mount_rpy": [0.0, math.nan, 0.0]},
+            ["camera_mount_rpy must be 3 finite numbers, got [0.0, nan, 0.0]"],
+        ),
+        ({"camera_mount_rpy": [0, 0, 1]}, ["parameter camera_mount_rpy must be a list of doubles (e.g. [0.0, 0.5"]),
+        (
+            {"odometry_topic": "/vehicle odom"},
+            ["odometry_topic '/vehicle odom' is not a valid topic name: topic name must not contain characters"],
+        ),
+        (
+            {"odometry_topic": "/odom", "cameras": ["front", "left"]},
+            ["odometry_topic works with one camera", "but cameras lists 2"],
+        ),
+        ({"odometry_max_age_s": -0.1}, ["odometry_max_age_s", "out of range"]),
+        ({"tracking_static_gate": -1.0}, ["tracking_static_gate", "out of range"]),
     ],
 )
 def test_startup_failures_are_clear(
@@ -433,6 +449,66 @@ def test_startup_failures_are_clear(
         )
     for w in words:
         assert w.replace("{tmp}", str(tmp_path)) in str(info.value)
+
+
+def test_odometry_parameters_reach_the_node(ros_context, tiny_checkpoint) -> None:
+    """From the parameters file and the command line: the odometry subscription, the mount, the max
+    age and the static gate the tracker gets; tracking_static_gate changes at run time."""
+    from rclpy.parameter import Parameter
+    from rclpy.qos import ReliabilityPolicy
+
+    from panoptic_depthlab_ros.ego_motion import CameraMount
+    from panoptic_depthlab_ros.odometry import DEFAULT_MAX_AGE_S
+    from panoptic_depthlab_ros.ros.node import ODOMETRY_QOS_DEPTH, PanopticDepthLabNode, odometry_qos
+    from panoptic_depthlab_ros.tracker import TrackerConfig
+
+    assert _yaml_params()["odometry_topic"] == "" and _yaml_params()["odometry_max_age_s"] == DEFAULT_MAX_AGE_S
+    assert tuple(_yaml_params()["camera_mount_rpy"]) == CameraMount().rpy
+    assert _yaml_params()["tracking_static_gate"] == TrackerConfig().static_gate
+    cli = ["--ros-args", "--params-file", str(YAML), "-p", f"checkpoint:={tiny_checkpoint}", "-p", "device:=cpu"]
+    cli += ["-p", "odometry_topic:=/vehicle/odom", "-p", "odometry_max_age_s:=0.1"]
+    cli += ["-p", "camera_mount_xyz:=[1.5, 0.0, 1.2]", "-p", "tracking_static_gate:=11.3"]
+    node = PanopticDepthLabNode(context=ros_context, cli_args=cli)
+    try:
+        subs = dict(node.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
+        assert subs["/vehicle/odom"] == ["nav_msgs/msg/Odometry"]
+        (sub,) = node.get_subscriptions_info_by_topic("/vehicle/odom")  # as the inputs: qos_reliability
+        assert sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+        assert odometry_qos(node.settings).depth == ODOMETRY_QOS_DEPTH == 50
+        odometry = node.cameras[0].odometry
+        assert odometry is not None and odometry.max_age_s == 0.1
+        assert odometry.mount == CameraMount(xyz=(1.5, 0.0, 1.2))  # rpy: the default, from the YAML
+        assert node.pipeline.settings.tracking.static_gate == 11.3
+        result = node.set_parameters([Parameter("tracking_static_gate", value=0.0)])[0]
+        assert result.successful, result.reason
+        assert node.pipeline.settings.tracking.static_gate == 0.0
+        refused = node.set_parameters([Parameter("odometry_topic", value="/elsewhere")])[0]
+        assert not refused.successful and "odometry_topic" in refused.reason
+    finally:
+        node.destroy_node()
+    # Tracking off: the odometry is for the tracker, so nothing is subscribed.
+    off = PanopticDepthLabNode(context=ros_context, cli_args=[*cli, "-p", "tracking:=false"])
+    try:
+        subs = dict(off.get_subscriber_names_and_types_by_node("panoptic_depthlab", "/"))
+        assert "/vehicle/odom" not in subs and off.cameras[0].odometry is None
+    finally:
+        off.destroy_node()
+
+
+@pytest.mark.parametrize(
+    ("cameras", "odometry_topic", "given"),
+    [
+        ([], "", []),
+        ([], "/odom", [{"odometry_topic": "/odom"}]),
+        (["front", "left"], "", [{"cameras": ["front", "left"]}]),
+        (["front"], "/vehicle/odom", [{"cameras": ["front"], "odometry_topic": "/vehicle/odom"}]),
+    ],
+)
+def test_launch_arguments_set_only_the_parameters_given(cameras, odometry_topic, given) -> None:
+    tree = ast.parse(LAUNCH.read_text())
+    args = {c.args[0].value: c for c in _calls(tree, "DeclareLaunchArgument")}
+    assert _kw(args["odometry_topic"], "default_value").value == ""
+    assert _launch_functions("launch_parameters")["launch_parameters"](cameras, odometry_topic) == given
 
 
 def test_empty_checkpoint_selects_the_bundled_model() -> None:

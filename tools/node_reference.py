@@ -76,7 +76,7 @@ def _default(spec: ParameterSpec) -> str:
     if isinstance(spec.default, str):
         return f'`"{spec.default}"`'
     if isinstance(spec.default, tuple):
-        return "`[" + ", ".join(spec.default) + "]`"
+        return "`[" + ", ".join(str(v) for v in spec.default) + "]`"  # strings bare, as YAML reads them
     return f"`{spec.default}`"
 
 

@@ -10,7 +10,8 @@ Threads (why the executor never blocks and no stale frame piles up):
 * The executor thread runs only thin callbacks: the image callback hands the message
   to :meth:`Pipeline.accept <..pipeline.Pipeline.accept>`, which checks its header
   fields (O(1), no pixel is read) and drops it into a one-slot mailbox, replacing
-  (and counting) a frame still waiting; camera_info stores the latest K; a timer
+  (and counting) a frame still waiting; camera_info stores the latest K; odometry
+  (with ``odometry_topic``) keeps the recent twists for the tracker; a timer
   publishes ``/diagnostics``.  All of them share the node's default mutually
   exclusive callback group, so a ``SingleThreadedExecutor`` is enough and the
   callbacks need no locks between themselves.
@@ -59,6 +60,7 @@ from typing import Any, cast
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -95,6 +97,9 @@ from .parameters import (
 NODE_NAME = "panoptic_depthlab"
 # How long a cleanup waits for a worker still inferring a frame before it frees the model.
 WORKER_JOIN_S = 60.0
+# History depth of the odometry subscription: odometry comes at up to ~100 Hz, and the
+# executor may be busy with an image callback meanwhile.
+ODOMETRY_QOS_DEPTH = 50
 
 
 def message_class(name: str) -> type:
@@ -215,6 +220,13 @@ def input_qos(settings: NodeSettings) -> QoSProfile:
         reliability=reliability,
         durability=DurabilityPolicy.VOLATILE,
     )
+
+
+def odometry_qos(settings: NodeSettings) -> QoSProfile:
+    """The odometry subscription's QoS: the inputs' reliability, keep the last :data:`ODOMETRY_QOS_DEPTH`."""
+    qos = input_qos(settings)
+    qos.depth = ODOMETRY_QOS_DEPTH
+    return qos
 
 
 def output_qos(output: Output) -> QoSProfile:
@@ -417,6 +429,10 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             *others, last = sorted(f"~/{o.name}" for o in OUTPUTS if o.needs_depth)
             topics = f"{', '.join(others)} or {last}"
             logger.warning(f"no {topics}: {untrained_depth_note('the parameter untrained_depth:=true')}")
+        # The camera's odometry (one camera: parameters.check_values), empty at each configure.
+        self.cameras[0].odometry = self.settings.odometry()
+        if self.settings.odometry_topic and not self.settings.tracking:
+            logger.info(f"odometry_topic {self.settings.odometry_topic} is not subscribed: tracking is off")
         self.pipeline = Pipeline(
             predictor,
             cameras=self.cameras,
@@ -454,6 +470,16 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             self._inputs += [image_sub, info_sub]
             outputs = self.resolve_topic_name(camera.output_topic("segments")).rsplit("/", 1)[0] + "/<output>"
             lines.append(f"{camera.name or 'camera'}: {image_sub.topic_name} + {info_sub.topic_name} -> {outputs}")
+        if self.cameras[0].odometry is not None:
+            odometry_sub = self.create_subscription(
+                Odometry, self.settings.odometry_topic, self._on_odometry, odometry_qos(self.settings)
+            )
+            self._inputs.append(odometry_sub)
+            mount = self.cameras[0].odometry.mount
+            lines.append(
+                f"odometry: {odometry_sub.topic_name} (nearest within {self.settings.odometry_max_age_s:g} s of each "
+                f"image stamp; camera mount xyz {list(mount.xyz)}, rpy {list(mount.rpy)})"
+            )
         self.get_logger().info(f"{len(self.cameras)} camera(s), one model: " + "; ".join(lines))
         self.pipeline.start()
         self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
@@ -536,6 +562,10 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
         if (pipeline := self.pipeline) is not None:
             pipeline.camera_info(msg, camera=camera)
 
+    def _on_odometry(self, msg: Odometry) -> None:
+        if (pipeline := self.pipeline) is not None:
+            pipeline.odometry(msg, camera=0)
+
     # ------------------------------------------------------------ parameters
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Run-time changes: only thresholds and colours, consistent with each other."""
@@ -582,10 +612,20 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             problems.append(f"{delta['camera_info_dropped_bad_input']} bad camera_info dropped")
         if delta["errors"]:
             problems.append(f"{delta['errors']} frames failed")
+        if delta["odometry_dropped_bad_input"]:
+            problems.append(f"{delta['odometry_dropped_bad_input']} bad odometry dropped")
+        if missed := delta["tracked_without_odometry"]:
+            why = f" (the last: {camera.odometry_missed})" if camera.odometry_missed else ""
+            problems.append(f"{missed} frames tracked without odometry{why}")
         if camera.camera_k is None:
             info = "no camera_info (depth for the training camera, centroids NaN, no markers or points)"
         else:
             info = "camera_info ok"
+        if camera.odometry is not None:
+            if camera.odometry_missed is not None:
+                info += ", no odometry in time"
+            else:
+                info += ", odometry ok" if len(camera.odometry) else ", no odometry received"
         message = f"{rate:.1f} Hz processed, {info}" + (f"; {', '.join(problems)}" if problems else "")
         values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
         values.append(KeyValue(key="processed_hz", value=f"{rate:.3f}"))

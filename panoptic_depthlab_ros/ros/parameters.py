@@ -23,21 +23,24 @@ from pathlib import Path
 from typing import Any, cast
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, InvalidTopicNameException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.validate_topic_name import validate_topic_name
 
 from ..backends import BACKENDS
 from ..checkpoint import bundled_checkpoint
+from ..ego_motion import CameraMount
 from ..errors import CheckpointError, PanopticDepthLabError
 from ..fusion import PostprocessConfig
 from ..geometry3d import COLOR_MODES
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
 from ..node_outputs import BY_NAME, OutputSettings
+from ..odometry import DEFAULT_MAX_AGE_S, OdometryBuffer
 from ..pipeline import PipelineSettings, check_camera_names
 from ..tracker import TrackerConfig
 
-Value = bool | int | float | str | tuple[str, ...]
+Value = bool | int | float | str | tuple[str, ...] | tuple[float, ...]
 
 # A fusion parameter at this value (any negative value) uses the checkpoint's own setting.
 FROM_CHECKPOINT = -1
@@ -59,7 +62,19 @@ _TYPE_NAMES = {
     ParameterType.PARAMETER_DOUBLE: "double",
     ParameterType.PARAMETER_STRING: "string",
     ParameterType.PARAMETER_STRING_ARRAY: "string[]",
+    ParameterType.PARAMETER_DOUBLE_ARRAY: "double[]",
 }
+# How declare_settings names the type a parameter must have, by its type name.
+_TYPE_WORDS = {
+    "bool": "a bool",
+    "int": "an integer",
+    "double": "a double (e.g. 5.0, not 5)",
+    "string": "a string",
+    "string[]": "a list of strings (e.g. [front, left])",
+    "double[]": "a list of doubles (e.g. [0.0, 0.5, 1.2], not [0, 0.5, 1.2])",
+}
+# The camera mount parameters: 3 numbers each (CameraMount's xyz and rpy).
+MOUNT = ("camera_mount_xyz", "camera_mount_rpy")
 
 
 def parameter(
@@ -112,13 +127,15 @@ class ParameterSpec:
             return ParameterType.PARAMETER_INTEGER
         if isinstance(self.default, float):
             return ParameterType.PARAMETER_DOUBLE
-        if isinstance(self.default, tuple):
+        if isinstance(self.default, tuple):  # a list of numbers, or of strings (an empty list: strings)
+            if self.default and all(isinstance(v, float) for v in self.default):
+                return ParameterType.PARAMETER_DOUBLE_ARRAY
             return ParameterType.PARAMETER_STRING_ARRAY
         return ParameterType.PARAMETER_STRING
 
     @property
     def type_name(self) -> str:
-        """``bool``, ``int``, ``double`` or ``string``, as ``ros2 param describe`` says it."""
+        """``bool``, ``int``, ``double``, ``string``, ``string[]`` or ``double[]`` (as ``ros2 param describe``)."""
         return _TYPE_NAMES[self.type]
 
     def range_text(self) -> str:
@@ -406,6 +423,42 @@ class NodeSettings:
         bounds=(0.0, 10.0),
         dynamic=True,
     )
+    tracking_static_gate: float = parameter(
+        TrackerConfig.static_gate,
+        "With odometry (odometry_topic): a thing of the classes that may stand still ("
+        + ", ".join(TrackerConfig.static_labels)
+        + ") whose filtered velocity is that of the world seen from the moving camera (the camera's motion "
+        "reversed), within this chi-square gate (3 degrees of freedom; 7.81: 95 %) and by at most "
+        f"{TrackerConfig.static_max_speed_mps:g} m/s, is reported at rest, with exactly the world's velocity "
+        "(monocular depth puts a parked car's approach a few per cent off); 0 turns it off.",
+        bounds=(0.0, 1000.0),
+        dynamic=True,
+    )
+    # Odometry: the camera's own motion, for the tracker (set at start-up).
+    odometry_topic: str = parameter(
+        "",
+        "nav_msgs/Odometry topic of the vehicle (e.g. /odom); empty = no odometry. The twist whose stamp is "
+        "nearest each image's stamp, moved to the camera by camera_mount_xyz and camera_mount_rpy, tells the "
+        "tracker the camera's own motion (see tracking_static_gate). Needs tracking, and one camera.",
+    )
+    odometry_max_age_s: float = parameter(
+        DEFAULT_MAX_AGE_S,
+        "The odometry message whose stamp is nearest the image's is used when at most this far from it (s), "
+        "before or after; otherwise the frame is tracked without the camera's motion "
+        "(tracked_without_odometry in /diagnostics, and a warning).",
+        bounds=(0.0, 10.0),
+    )
+    camera_mount_xyz: tuple[float, ...] = parameter(
+        CameraMount().xyz,
+        "Position (m) of the camera's optical frame in the odometry's child_frame_id (the vehicle body, "
+        "REP 103: x forward, y left, z up): [x, y, z].",
+    )
+    camera_mount_rpy: tuple[float, ...] = parameter(
+        CameraMount().rpy,
+        "Orientation of the camera's optical frame in the odometry's child_frame_id: [roll, pitch, yaw] rad, "
+        "fixed axes as in URDF (what tf gives from that frame to the optical frame). The default "
+        "[-pi/2, 0, -pi/2] is a camera looking along the body's x axis (optical z forward, x right, y down).",
+    )
     # Outputs: one switch per output of the table, in its order (a test checks that).
     publish_segments: bool = output_switch("segments")
     publish_markers: bool = output_switch("markers")
@@ -498,6 +551,16 @@ class NodeSettings:
         }
         return TrackerConfig(**values)
 
+    def camera_mount(self) -> CameraMount:
+        """Where the camera sits in the odometry's body frame.  Raises ``ValueError`` for a bad mount."""
+        return CameraMount(xyz=self.camera_mount_xyz, rpy=self.camera_mount_rpy)  # type: ignore[arg-type]
+
+    def odometry(self) -> OdometryBuffer | None:
+        """An empty buffer for the odometry of ``odometry_topic``; None without odometry or without tracking."""
+        if not (self.odometry_topic and self.tracking):
+            return None
+        return OdometryBuffer(self.camera_mount(), self.odometry_max_age_s)
+
     def postprocess(self, base: PostprocessConfig) -> PostprocessConfig:
         """Return ``base`` (the checkpoint's) with the fusion parameters that are set on top.
 
@@ -521,20 +584,17 @@ def declare_settings(node: Node) -> NodeSettings:
     values: dict[str, Any] = {}
     for spec in PARAMETERS:
         try:
-            if isinstance(spec.default, tuple):  # an empty list has no type of its own in rclpy: say it
+            if spec.type == ParameterType.PARAMETER_STRING_ARRAY:  # an empty list has no type of its own in rclpy
                 value = node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, spec.descriptor()).value
                 values[spec.name] = tuple(value or ())
                 continue
+            if spec.type == ParameterType.PARAMETER_DOUBLE_ARRAY:
+                value = node.declare_parameter(spec.name, list(cast(tuple, spec.default)), spec.descriptor()).value
+                values[spec.name] = tuple(float(v) for v in value)
+                continue
             values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
         except InvalidParameterTypeException as exc:
-            kind = {
-                bool: "a bool",
-                int: "an integer",
-                float: "a double (e.g. 5.0, not 5)",
-                str: "a string",
-                tuple: "a list of strings (e.g. [front, left])",
-            }
-            raise ParameterError(f"parameter {spec.name} must be {kind[type(spec.default)]}: {exc}") from exc
+            raise ParameterError(f"parameter {spec.name} must be {_TYPE_WORDS[spec.type_name]}: {exc}") from exc
         except InvalidParameterValueException as exc:
             raise ParameterError(f"parameter {spec.name}: value out of range {spec.bounds}: {exc}") from exc
     return NodeSettings.from_values(values)
@@ -559,10 +619,34 @@ def check_values(settings: NodeSettings) -> str | None:
         settings.tracker_config()
     except ValueError as exc:
         return f"tracking parameters: {exc}"
+    problem = _check_odometry(settings)
+    if problem:
+        return problem
     if not (math.isfinite(settings.overlay_near_m) and settings.overlay_far_m > settings.overlay_near_m):
         return (
             f"overlay_far_m ({settings.overlay_far_m:g}) must be greater than overlay_near_m "
             f"({settings.overlay_near_m:g})"
+        )
+    return None
+
+
+def _check_odometry(settings: NodeSettings) -> str | None:
+    """Why the odometry parameters cannot be used (naming the parameter), or None."""
+    for name in MOUNT:
+        value = getattr(settings, name)
+        if len(value) != 3 or not all(math.isfinite(v) for v in value):
+            return f"{name} must be 3 finite numbers, got {list(value)}"
+    if not settings.odometry_topic:
+        return None
+    try:
+        validate_topic_name(settings.odometry_topic)
+    except InvalidTopicNameException as exc:
+        why = str(exc).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+        return f"odometry_topic {settings.odometry_topic!r} is not a valid topic name: {why}"
+    if len(settings.cameras) > 1:
+        return (
+            f"odometry_topic works with one camera (camera_mount_xyz and camera_mount_rpy are one camera's "
+            f"mount), but cameras lists {len(settings.cameras)}"
         )
     return None
 

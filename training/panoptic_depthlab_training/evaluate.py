@@ -283,6 +283,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="with --video: give tracks their ids from their first frame, before they are confirmed (as VPQ"
         " benchmarks expect of every thing; the product shows an id once its track is confirmed)",
     )
+    parser.add_argument(
+        "--ego-motion",
+        action="store_true",
+        help="with --video: give the tracker each frame's camera motion (the frame JSON's camera, as a"
+        " vehicle's odometry would), so that things at rest get the world's velocity",
+    )
     parser.add_argument("--json", type=Path, help="write the metrics here")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --json report (only one evaluate wrote)"
@@ -329,7 +335,12 @@ def _dataset_problem(root: Path, split: str) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``evaluate`` from parsed arguments; prints the table, returns the exit code."""
-    for flag, given in (("--ground-truth", args.ground_truth), ("--report-tentative", args.report_tentative)):
+    video_flags = (
+        ("--ground-truth", args.ground_truth),
+        ("--report-tentative", args.report_tentative),
+        ("--ego-motion", args.ego_motion),
+    )
+    for flag, given in video_flags:
         if given and not args.video:
             raise PanopticDepthLabError(f"{flag} goes with --video")
     if args.overwrite and args.json is None:

@@ -11,6 +11,7 @@ writes it)::
     ..._depth.png                     uint16 z-depth * 256 (metres), 0 invalid
     ..._frame.json                    ours, what a tracker needs besides the pixels:
         {"stamp_ns": int, "K": [[fx, 0, u0], [0, fy, v0], [0, 0, 1]],
+         "camera": {"velocity": [vx, vy, vz] m/s, "angular_velocity": [wx, wy, wz] rad/s},
          "things": [{"id": panoptic id, "label": name,
                      "center": [x, y, z] m, "velocity": [vx, vy, vz] m/s}, ...]}
 
@@ -18,12 +19,16 @@ The first two fields of a file name are the sequence and the frame within it (wh
 ViP-DeepLab's ``eval_dvpq.py`` groups and sorts by). ``center`` and ``velocity`` are in
 the camera's optical frame (x right, y down, z forward) and relative to the camera:
 ``center`` is the centre of the thing's 3D bounding box, ``velocity`` its rate of change.
+``camera`` (optional: folders written before it have none) is the camera's own motion
+relative to the world, in the same frame, as odometry would give it: a thing standing still
+has ``velocity == -camera.velocity - camera.angular_velocity x center``.
 Loaded panoptic maps follow :mod:`.cityscapes`' convention (``-1`` void, a thing with
 instance 0 is crowd).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from panoptic_depthlab_ros.ego_motion import EgoMotion
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 
 from .cityscapes import IGNORE_LABEL, LABEL_DIVISOR, VOID, DatasetError, _read_json, _read_png, read_image
@@ -84,7 +90,8 @@ class VideoSample:
     ``image`` [H, W, 3] uint8 RGB; ``panoptic`` [H, W] int32 (``-1`` void);
     ``semantic`` [H, W] uint8 trainIds (255 void); ``depth`` [H, W] float32 metres, 0
     where ``depth_valid`` is false; ``K`` [3, 3]; ``stamp_ns`` the frame's time;
-    ``velocity`` and ``center``: panoptic id -> camera-frame m/s and m of each thing.
+    ``velocity`` and ``center``: panoptic id -> camera-frame m/s and m of each thing;
+    ``camera_motion`` the camera's own motion (``None`` when the frame's JSON has none).
     """
 
     stem: str
@@ -99,6 +106,7 @@ class VideoSample:
     stamp_ns: int
     velocity: dict[int, Vector]
     center: dict[int, Vector]
+    camera_motion: EgoMotion | None = None
 
 
 def video_dir(root: Path | str, split: str) -> Path:
@@ -182,8 +190,23 @@ def _vector(path: Path, where: str, value: Any) -> Vector:
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
-def read_frame_json(path: Path) -> tuple[int, np.ndarray, dict[int, Vector], dict[int, Vector]]:
-    """``(stamp_ns, K, velocity by id, center by id)`` from a ``_frame.json``; DatasetError naming it."""
+def _camera_motion(path: Path, value: Any) -> EgoMotion:
+    if not isinstance(value, dict):
+        raise DatasetError(f"{path}: camera must be an object with velocity and angular_velocity, got {value!r}")
+    vectors = {key: _vector(path, f"camera.{key}", value.get(key)) for key in ("velocity", "angular_velocity")}
+    for key, vector in vectors.items():
+        if not all(math.isfinite(v) for v in vector):
+            raise DatasetError(f"{path}: camera.{key} must be finite, got {list(vector)!r}")
+    return EgoMotion(linear=vectors["velocity"], angular=vectors["angular_velocity"])
+
+
+def read_frame_json(
+    path: Path,
+) -> tuple[int, np.ndarray, dict[int, Vector], dict[int, Vector], EgoMotion | None]:
+    """``(stamp_ns, K, velocity by id, center by id, camera motion)`` from a ``_frame.json``.
+
+    The camera motion is ``None`` when the file has no ``camera``. Raises DatasetError naming it.
+    """
     if not path.is_file():
         raise DatasetError(f"missing {path}")
     data = _read_json(path, ("stamp_ns", "K", "things"))
@@ -206,7 +229,8 @@ def read_frame_json(path: Path) -> tuple[int, np.ndarray, dict[int, Vector], dic
             raise DatasetError(f"{path}: things[{i}] needs an integer id")
         velocity[thing["id"]] = _vector(path, f"things[{i}].velocity", thing.get("velocity"))
         center[thing["id"]] = _vector(path, f"things[{i}].center", thing.get("center"))
-    return stamp, k, velocity, center
+    camera = _camera_motion(path, data["camera"]) if "camera" in data else None
+    return stamp, k, velocity, center, camera
 
 
 def load_video_frame(files: VideoFrameFiles, *, max_depth: float | None = None) -> VideoSample:
@@ -221,7 +245,7 @@ def load_video_frame(files: VideoFrameFiles, *, max_depth: float | None = None) 
     size = bgr.shape[:2]
     panoptic, semantic = panoptic_from_dvps(_read_png(files.panoptic, dtype=np.uint16, channels=1, size=size))
     depth_png = _read_png(files.depth, dtype=np.uint16, channels=1, size=size)
-    stamp, k, velocity, center = read_frame_json(files.frame_json)
+    stamp, k, velocity, center, camera = read_frame_json(files.frame_json)
     depth = depth_png.astype(np.float32) / np.float32(DEPTH_PNG_SCALE)
     valid = depth_png > 0
     if max_depth is not None:
@@ -239,6 +263,7 @@ def load_video_frame(files: VideoFrameFiles, *, max_depth: float | None = None) 
         stamp_ns=stamp,
         velocity=velocity,
         center=center,
+        camera_motion=camera,
     )
 
 

@@ -9,6 +9,9 @@ goes through ``Predictor.predict`` frame by frame (with the frame's intrinsics) 
 :class:`~.video_metrics.VideoPanopticEvaluator` (definitions there); the untracked
 per-frame results also go into :class:`~.metrics.PanopticDepthEvaluator`, so that the
 per-frame PQ and DPQ stand beside the video metrics. One process (no ``torchrun`` sharding).
+
+With ``--ego-motion`` the tracker is also given each frame's camera motion from its JSON, as
+a vehicle's odometry would give it (``Tracker.update(..., ego=...)``); every frame must have one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from panoptic_depthlab_ros.ego_motion import EgoMotion
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.fusion import PostprocessConfig
 from panoptic_depthlab_ros.inference_options import inference_options
@@ -33,9 +37,10 @@ from panoptic_depthlab_ros.result import PanopticDepthResult
 from panoptic_depthlab_ros.segment_stats import segment_depth_statistics
 from panoptic_depthlab_ros.tracker import TrackedFrame, Tracker, TrackerConfig, track_panoptic
 
+from .cityscapes import DatasetError
 from .evaluate import _json_safe, _training_iteration, depth_or_nan, flat_metrics, report_output, write_report
 from .metrics import DISTANCE_BANDS_M, PanopticDepthEvaluator, format_table
-from .video_dataset import VideoSample, VideoSequenceFiles, list_sequences, read_sequence
+from .video_dataset import VideoSample, VideoSequenceFiles, list_sequences, read_frame_json, read_sequence
 from .video_metrics import VideoFrame, VideoPanopticEvaluator, format_video_table
 
 
@@ -80,6 +85,24 @@ def video_predictor_fn(predictor: Predictor) -> VideoPredictFn:
     return predict
 
 
+def _no_camera_motion(frame_json: os.PathLike[str] | str) -> DatasetError:
+    return DatasetError(
+        f'{frame_json}: no camera motion ("camera") for --ego-motion;'
+        " re-render the sequences with synth --sequences or drop --ego-motion"
+    )
+
+
+def require_camera_motion(sequences: Sequence[VideoSequenceFiles]) -> None:
+    """Check that every frame's JSON has the camera's motion (read before any model runs).
+
+    Raises :class:`DatasetError` naming the first frame file without one (or unreadable).
+    """
+    for sequence in sequences:
+        for files in sequence.frames:
+            if read_frame_json(files.frame_json)[4] is None:
+                raise _no_camera_motion(files.frame_json)
+
+
 def evaluate_sequences(
     predict: VideoPredictFn,
     sequences: Sequence[VideoSequenceFiles],
@@ -88,6 +111,7 @@ def evaluate_sequences(
     tracker_config: TrackerConfig | None = None,
     max_depth: float | None,
     distance_bands: Sequence[float] = DISTANCE_BANDS_M,
+    ego_motion: bool = False,
     progress: bool = True,
 ) -> VideoEvaluation:
     """Predict, track and score every frame of ``sequences`` (one fresh tracker per sequence).
@@ -95,6 +119,9 @@ def evaluate_sequences(
     ``metadata``: the classes of ``predict``'s results.
 
     ``max_depth``: ground truth farther than this is invalid (``None``: keep all).
+
+    ``ego_motion``: give the tracker each frame's camera motion (``VideoSample.camera_motion``);
+    a frame without one raises :class:`DatasetError` naming its file.
     """
     bands = tuple(distance_bands) or DISTANCE_BANDS_M
     out = VideoEvaluation(
@@ -106,9 +133,15 @@ def evaluate_sequences(
     with torch.no_grad():
         for sequence in sequences:
             tracker = Tracker(tracker_config)
-            for sample in read_sequence(sequence, max_depth=max_depth):
+            for files, sample in zip(sequence.frames, read_sequence(sequence, max_depth=max_depth), strict=True):
+                ego: EgoMotion | None = None
+                if ego_motion:
+                    if sample.camera_motion is None:
+                        raise _no_camera_motion(files.frame_json)
+                    ego = sample.camera_motion
                 result = predict(sample)
-                tracked = tracker.update(result, stamp_ns=sample.stamp_ns, image=sample.image[..., ::-1])  # BGR
+                image = sample.image[..., ::-1]  # BGR
+                tracked = tracker.update(result, stamp_ns=sample.stamp_ns, image=image, ego=ego)
                 out.video.add(video_frame(sample, result, tracked))
                 out.frames.add(
                     result.panoptic,
@@ -172,6 +205,8 @@ def main(args: argparse.Namespace) -> int:
     sequences = list_sequences(args.data, args.split)
     if args.limit:
         sequences = sequences[: args.limit]
+    if args.ego_motion:
+        require_camera_motion(sequences)
     info: dict[str, Any]
     if args.ground_truth:
         metadata = cityscapes_metadata()
@@ -199,6 +234,7 @@ def main(args: argparse.Namespace) -> int:
         tracker_config=tracker_config,
         max_depth=max_depth or None,
         distance_bands=args.distance_bands,
+        ego_motion=args.ego_motion,
         progress=not args.no_progress,
     )
     video, frames = evaluation.video.summary(), evaluation.frames.summary()
@@ -208,6 +244,7 @@ def main(args: argparse.Namespace) -> int:
     if report is not None:
         info.update(data=str(args.data), split=args.split, gt_max_depth=max_depth or None)
         info["tracker"] = dataclasses.asdict(tracker_config)
+        info["ego_motion"] = args.ego_motion  # the tracker was given each frame's camera motion
         doc = video_summary_json(video, frames, **info)
         write_report(report, args.json, doc)
     return 0

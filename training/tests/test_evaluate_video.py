@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.tracker import TrackerConfig
 from panoptic_depthlab_training import cli
+from panoptic_depthlab_training.cityscapes import DatasetError
 from panoptic_depthlab_training.synth.sequences import generate_sequences
 from panoptic_depthlab_training.video_dataset import list_sequences
 from panoptic_depthlab_training.video_evaluate import evaluate_sequences, ground_truth_fn
@@ -79,15 +81,14 @@ def test_cli_evaluate_video_end_to_end(root, tiny_checkpoint, tmp_path, capsys):
     assert doc["ttc"]["max_depth_m"] == 30.0 and "id_switches_per_100" in doc
     assert not math.isnan(doc["per_frame"]["AbsRel"])
     assert doc["info"]["tracker"]["border_px"] == 2 and doc["info"]["split"] == "val"
-    assert doc["info"]["tracker"]["report_tentative"] is False
+    assert doc["info"]["tracker"]["report_tentative"] is False and doc["info"]["ego_motion"] is False
     # With every track's id shown the tracked map differs from the per-frame one in instance
-    # ids only: a window of one frame scores exactly the per-frame PQ and DPQ.
-    assert (
-        cli.main([*args, "--json", str(out), "--no-progress", "--device", "cpu", "--report-tentative", "--overwrite"])
-        == 0
-    )
+    # ids only: a window of one frame scores exactly the per-frame PQ and DPQ (the camera's
+    # motion changes velocities, not ids).
+    shown = ["--report-tentative", "--ego-motion", "--overwrite"]
+    assert cli.main([*args, "--json", str(out), "--no-progress", "--device", "cpu", *shown]) == 0
     doc = json.loads(out.read_text())
-    assert doc["info"]["tracker"]["report_tentative"] is True
+    assert doc["info"]["tracker"]["report_tentative"] is True and doc["info"]["ego_motion"] is True
     assert doc["VPQ_k1"] == pytest.approx(doc["per_frame"]["PQ"])
     assert doc["DVPQ_k1"] == pytest.approx(doc["per_frame"]["DPQ"])
 
@@ -115,6 +116,46 @@ def test_cli_evaluate_video_refusals(root, tiny_checkpoint, tmp_path, capsys):
     refused(["--data", str(root)], 2, "--checkpoint is required (or --ground-truth)")
 
 
+def _without_camera_motion(root: Path, tmp_path: Path) -> Path:
+    """A copy of ``root`` whose frame 3 of sequence 1 was written before frames had the camera's motion."""
+    data = tmp_path / "old"
+    shutil.copytree(root, data)
+    frame_json = data / "video_sequence" / "val" / "000001_000003_synthcity_000001_000003_frame.json"
+    record = json.loads(frame_json.read_text())
+    del record["camera"]
+    frame_json.write_text(json.dumps(record))
+    return frame_json
+
+
+def test_ego_motion_needs_every_frames_camera_motion(root, tmp_path, capsys):
+    frame_json = _without_camera_motion(root, tmp_path)
+    data = frame_json.parents[2]
+    message = f'{frame_json}: no camera motion ("camera") for --ego-motion; re-render the sequences with synth'
+    base = ["evaluate", "--video", "--data", str(data), "--no-progress", "--ego-motion"]
+    # Checked before the model: a checkpoint that is not there is not reached.
+    for args in ([*base, "--checkpoint", str(tmp_path / "none.safetensors")], [*base, "--ground-truth"]):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert message in err and err.rstrip().endswith("or drop --ego-motion"), err
+    # Without the flag such a folder is evaluated as before.
+    out = tmp_path / "old.json"
+    assert cli.main([*base[:-1], "--ground-truth", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["frames"] == SEQUENCES * FRAMES and doc["info"]["ego_motion"] is False
+    # The library refuses it too, naming the frame, when it gets there.
+    metadata = cityscapes_metadata()
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        evaluate_sequences(
+            ground_truth_fn(metadata),
+            list_sequences(data, "val"),
+            metadata=metadata,
+            max_depth=None,
+            ego_motion=True,
+            progress=False,
+        )
+
+
 def test_cli_evaluate_video_ground_truth(root, tmp_path, capsys):
     out = tmp_path / "truth.json"
     args = ["evaluate", "--video", "--ground-truth", "--data", str(root), "--json", str(out), "--no-progress"]
@@ -123,10 +164,27 @@ def test_cli_evaluate_video_ground_truth(root, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["VPQ_k1"] == pytest.approx(100.0) and doc["per_frame"]["DPQ"] == pytest.approx(100.0)
     assert doc["info"]["predictor"] == "ground truth" and "checkpoint" not in doc["info"]
+    assert doc["info"]["ego_motion"] is False
+    # Given the camera's motion, the tracker knows the parked cars beyond 20 m (too far for
+    # their own velocity to be certain enough): exactly, as the world's velocity is theirs.
+    # Ids, segments and the near things (walking or driving) are the same.
+    ego = tmp_path / "ego.json"
+    assert cli.main([*args[:-3], str(ego), "--no-progress", "--report-tentative", "--ego-motion"]) == 0
+    with_ego = json.loads(ego.read_text())
+    assert with_ego["info"]["ego_motion"] is True
+    for key in ("VPQ_k1", "VPQ_k2", "VPQ_k3", "id_switches", "tracked_frames"):
+        assert with_ego[key] == doc[key], key
+    assert with_ego["velocity"][0] == doc["velocity"][0] and doc["velocity"][0]["median_error"] < 0.3
+    for before, after in zip(doc["velocity"][1:], with_ego["velocity"][1:], strict=True):
+        assert before["unknown"] == before["pairs"] > 0 and before["median_error"] is None, before
+        assert after["pairs"] == before["pairs"] and after["unknown"] < after["pairs"], after
+        assert after["median_error"] == 0.0 and after["median_error_z"] == 0.0, after
     assert cli.main(["evaluate", "--ground-truth", "--data", str(root)]) == 2
     assert "--ground-truth goes with --video" in capsys.readouterr().err
     assert cli.main(["evaluate", "--report-tentative", "--checkpoint", "x.safetensors", "--data", str(root)]) == 2
     assert "--report-tentative goes with --video" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--ego-motion", "--checkpoint", "x.safetensors", "--data", str(root)]) == 2
+    assert "--ego-motion goes with --video" in capsys.readouterr().err
 
 
 def test_the_json_report_is_checked_first_and_replaced_only_when_ours(root, tmp_path, capsys):

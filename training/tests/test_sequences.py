@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from panoptic_depthlab_ros.ego_motion import EgoMotion
 from panoptic_depthlab_training import cli
 from panoptic_depthlab_training.cityscapes import DatasetError
 from panoptic_depthlab_training.synth import SceneGenerator
@@ -29,6 +31,7 @@ from panoptic_depthlab_training.video_dataset import (
     list_sequences,
     load_video_frame,
     read_sequence,
+    video_stem,
 )
 
 H, W = 96, 192
@@ -119,7 +122,8 @@ def test_layout_is_cityscapes_dvps(root):
     assert set(np.unique(pan // 1000).tolist()) <= set(range(19)) | {32}  # trainIds, 32 void
     record = json.loads((folder / f"{stem}_frame.json").read_text())
     assert record["stamp_ns"] == START_NS + 200_000_000
-    assert set(record) == {"stamp_ns", "K", "things"}
+    assert set(record) == {"stamp_ns", "K", "camera", "things"}
+    assert set(record["camera"]) == {"velocity", "angular_velocity"}
     assert {"id", "label", "center", "velocity"} == set(record["things"][0])
 
 
@@ -138,6 +142,40 @@ def test_loader_reads_frames_in_order_exactly(root, samples):
             np.testing.assert_array_equal(sample.depth_valid, frame.depth_valid)
             assert np.abs(sample.depth - frame.depth).max() <= 0.5 / DEPTH_PNG_SCALE + 1e-6
             assert set(sample.velocity) == set(np.unique(sample.panoptic[sample.panoptic % 1000 > 0]).tolist())
+            assert sample.camera_motion == EgoMotion(linear=truth.camera_velocity, angular=(0.0, 0.0, 0.0))
+
+
+def test_frame_json_has_the_camera_motion_and_parked_things_move_against_it(root, samples):
+    # The camera drives at the ego speed along the street (world +z), pitched down by the
+    # scene's pitch and never turning: in its optical frame it moves forward and up.
+    folder = root / "video_sequence" / "val"
+    parked_seen = moving_seen = 0
+    for index, sequence in enumerate(samples):
+        drive = sequence_drive(3, "val", index, frames=FRAMES, fps=FPS)
+        ego, pitch = drive.ego_speed_mps, drive.scene.pitch
+        assert 6.0 <= ego <= 11.0 and 0.01 <= pitch <= 0.05
+        ids, _, world_velocity = thing_paths(drive)
+        parked = set(panoptic_ids(ids[np.all(world_velocity == 0, axis=1)]).tolist())
+        for frame, sample in enumerate(sequence):
+            record = json.loads((folder / f"{video_stem('synthcity', index, frame)}_frame.json").read_text())
+            camera = record["camera"]
+            assert camera["angular_velocity"] == [0.0, 0.0, 0.0]
+            np.testing.assert_allclose(
+                camera["velocity"], [0.0, -ego * math.sin(pitch), ego * math.cos(pitch)], rtol=1e-15, atol=0
+            )
+            assert math.hypot(*camera["velocity"]) == pytest.approx(ego, rel=1e-12)
+            assert sample.camera_motion == EgoMotion(linear=tuple(camera["velocity"]), angular=(0.0, 0.0, 0.0))
+            for thing in record["things"]:
+                if thing["id"] in parked:  # still in the world: exactly minus the camera's velocity
+                    assert thing["velocity"] == [-v for v in camera["velocity"]], thing
+                    # ... which is what the tracker takes for a thing at rest, given that motion
+                    at_rest = sample.camera_motion.static_velocity(np.array([thing["center"]]))[0]
+                    assert at_rest.tolist() == thing["velocity"]
+                    parked_seen += 1
+                else:
+                    assert thing["velocity"] != [-v for v in camera["velocity"]], thing
+                    moving_seen += 1
+    assert parked_seen >= 40 and moving_seen >= 100, (parked_seen, moving_seen)
 
 
 def test_instance_ids_are_consistent_over_a_sequence():
@@ -249,6 +287,35 @@ def test_loader_errors_name_the_file(root, tmp_path):
     (folder / "nonsense_leftImg8bit.png").write_bytes(b"")
     with pytest.raises(DatasetError, match=r"nonsense_leftImg8bit\.png: the name does not start with SEQUENCE_FRAME_"):
         list_sequences(data, "val")
+
+
+def test_folders_written_without_the_camera_motion_still_load(root, samples, tmp_path):
+    data = _copy(root, tmp_path)
+    folder = data / "video_sequence" / "val"
+    for path in folder.glob("000000_*_frame.json"):  # sequence 0 as written before the field existed
+        record = json.loads(path.read_text())
+        del record["camera"]
+        path.write_text(json.dumps(record))
+    old, new = (list(read_sequence(seq)) for seq in list_sequences(data, "val"))
+    assert [s.camera_motion for s in old] == [None] * FRAMES
+    assert [s.camera_motion for s in new] == [s.camera_motion for s in samples[1]]
+    for sample, before in zip(old, samples[0], strict=True):
+        assert (sample.stamp_ns, sample.velocity, sample.center) == (before.stamp_ns, before.velocity, before.center)
+        np.testing.assert_array_equal(sample.K, before.K)
+        np.testing.assert_array_equal(sample.panoptic, before.panoptic)
+    # A camera motion that is there must be whole and finite.
+    sequence = list_sequences(data, "val")[1]
+    path = sequence.frames[2].frame_json
+    record = json.loads(path.read_text())
+    for camera, message in (
+        ([1.0, 2.0, 3.0], "camera must be an object with velocity and angular_velocity"),
+        ({"velocity": [0.0, 0.0, 8.0]}, r"camera\.angular_velocity must be a list of 3 numbers, got None"),
+        ({"velocity": [0.0, 8.0], "angular_velocity": [0, 0, 0]}, r"camera\.velocity must be a list of 3 numbers"),
+        ({"velocity": [0.0, float("nan"), 8.0], "angular_velocity": [0, 0, 0]}, r"camera\.velocity must be finite"),
+    ):
+        path.write_text(json.dumps({**record, "camera": camera}))
+        with pytest.raises(DatasetError, match=rf"{re.escape(str(path))}: {message}"):
+            load_video_frame(sequence.frames[2])
 
 
 def test_cli_synth_sequences(tmp_path, capsys):

@@ -12,7 +12,9 @@ Every thing moves at a constant velocity and the camera drives forward at a cons
 so each thing's motion in the camera frame is exact: its ``center`` (the centre of the 3D
 bounding box of all its parts) at the frame's time, and its ``velocity`` relative to the
 camera, the rate of change of ``center`` (a parked car approaches at the ego speed). Both
-are in the camera's optical frame (x right, y down, z forward).
+are in the camera's optical frame (x right, y down, z forward), as is the camera's own motion
+that each frame carries (what a vehicle's odometry would give): its velocity is the ego speed
+along the street, and it does not turn, so a parked car's velocity is exactly minus it.
 """
 
 from __future__ import annotations
@@ -62,12 +64,18 @@ class ThingMotion:
 
 @dataclass(frozen=True)
 class DriveFrame:
-    """One rendered frame of a drive and the motion of every thing visible in it (by instance id)."""
+    """One rendered frame of a drive and the motion of every thing visible in it (by instance id).
+
+    ``camera_velocity`` (m/s) and ``camera_angular_velocity`` (rad/s): the camera's own motion
+    in its optical frame, relative to the world.
+    """
 
     index: int
     time_s: float
     frame: SynthFrame
     things: tuple[ThingMotion, ...]
+    camera_velocity: Vector
+    camera_angular_velocity: Vector = (0.0, 0.0, 0.0)
 
 
 def make_drive(rng: np.random.Generator, *, frames: int, fps: float, ego_speed_mps: float | None = None) -> Drive:
@@ -194,12 +202,14 @@ def thing_paths(drive: Drive) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def render_drive(gen: SceneGenerator, drive: Drive) -> Iterator[DriveFrame]:
     """Render the drive's frames in order, each with the true motion of the things visible in it."""
     ids, center0, velocity = thing_paths(drive)
-    relative = velocity - np.array([0.0, 0.0, drive.ego_speed_mps])  # world frame, relative to the camera
+    ego = np.array([0.0, 0.0, drive.ego_speed_mps])  # the camera's world velocity: along the street
+    relative = velocity - ego  # world frame, relative to the camera
     frames = gen.render_sequence(drive.scene, drive.frames, drive.ego_speed_mps, drive.fps)
     for i, (t, frame) in enumerate(zip(drive.times.tolist(), frames, strict=True)):
         position, rot = camera_pose(drive.scene, drive.ego_speed_mps * t)
         center = (center0 + velocity * t - position) @ rot  # world -> camera is rot^T
         velocity_cam = relative @ rot
+        camera_velocity = ego @ rot  # rot is the same every frame: the camera does not turn
         visible = np.flatnonzero(np.isin(ids, frame.instance_ids))
         things = tuple(
             ThingMotion(
@@ -209,4 +219,10 @@ def render_drive(gen: SceneGenerator, drive: Drive) -> Iterator[DriveFrame]:
             )
             for j in visible.tolist()
         )
-        yield DriveFrame(index=i, time_s=t, frame=frame, things=things)
+        yield DriveFrame(
+            index=i,
+            time_s=t,
+            frame=frame,
+            things=things,
+            camera_velocity=(float(camera_velocity[0]), float(camera_velocity[1]), float(camera_velocity[2])),
+        )

@@ -3,7 +3,8 @@
 ``generate_sequences`` renders ``sequences`` drives (:mod:`.drive`) of ``frames`` frames each
 into ``video_sequence/{split}/`` (layout: :mod:`..video_dataset`): image, panoptic ground
 truth with instance ids consistent over the sequence, depth, and a ``_frame.json`` with the
-frame's stamp, intrinsics and each visible thing's true 3D centre and velocity.
+frame's stamp, intrinsics, the camera's own motion and each visible thing's true 3D centre and
+velocity.
 """
 
 from __future__ import annotations
@@ -72,7 +73,11 @@ def frame_record(drive_frame: DriveFrame, stamp_ns: int) -> dict[str, Any]:
                 "velocity": list(thing.velocity),
             }
         )
-    return {"stamp_ns": stamp_ns, "K": drive_frame.frame.K.tolist(), "things": things}
+    camera = {
+        "velocity": list(drive_frame.camera_velocity),
+        "angular_velocity": list(drive_frame.camera_angular_velocity),
+    }
+    return {"stamp_ns": stamp_ns, "K": drive_frame.frame.K.tolist(), "camera": camera, "things": things}
 
 
 def write_drive_frame(directory: Path, stem: str, drive_frame: DriveFrame, stamp_ns: int) -> None:
