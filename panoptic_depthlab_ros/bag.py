@@ -14,10 +14,11 @@ replayed.  Several ``--image-topic`` replay several cameras, each with its own K
 ``--camera-info-topic`` in the same position, or else the CameraInfo beside its image
 topic: ``/front/camera_info`` for ``/front/image_raw``) and its outputs under its own
 name, ``/panoptic_depthlab/<camera>/<name>``; the camera is the image topic's namespace
-(``front`` for ``/front/image_raw``).  With an odometry topic (``nav_msgs/Odometry``, one
-camera) the tracker is given the camera's motion at each frame as the node does it
-(:mod:`.odometry`): of the twists read before the image, the one whose stamp is nearest the
-image's header stamp, within ``odometry_max_age_s``, moved to the camera by its mount.
+(``front`` for ``/front/image_raw``).  With an odometry topic (``nav_msgs/Odometry``) the
+tracker is given the camera's motion at each frame as the node does it (:mod:`.odometry`):
+of the twists read before the image, the one whose stamp is nearest the image's header
+stamp, within ``odometry_max_age_s``, moved to the camera by its mount.  With several
+cameras the odometry is read once and used for each, moved by that camera's own mount.
 Damage inside a file (a chunk failing its checksum, broken sqlite3 pages)
 found while reading switches to salvaged copies of the bag's files and the replay
 goes on after the last message handled.  Either way the loss is reported in
@@ -71,7 +72,7 @@ from .ego_motion import CameraMount
 from .errors import BagError, InputError, NothingDoneError
 from .image_io import DEFAULT_MAX_PIXELS
 from .node_outputs import NAMESPACE, OUTPUTS, SEGMENT_ARRAY_TYPE, OutputSettings, output_messages
-from .odometry import DEFAULT_MAX_AGE_S, ODOMETRY_TYPE, OdometryBuffer, odometry_sample
+from .odometry import DEFAULT_MAX_AGE_S, ODOMETRY_TYPE, OdometryBuffer, camera_mounts, odometry_sample
 from .output import StagedOutput
 from .pipeline import camera_topic
 from .predictor import Predictor
@@ -98,7 +99,8 @@ class ReplaySummary:
     tracker_resets: list[str] = field(default_factory=list)  # "<stamp>: <reason>" per reset of the tracks
     upgraded: dict[str, int] = field(default_factory=dict)  # topic -> messages of an older definition rewritten
     odometry_messages: int = 0  # odometry messages taken (with an odometry topic)
-    without_odometry: list[str] = field(default_factory=list)  # "<stamp>: <why>" per frame tracked without it
+    # "<stamp>: <why>" per frame tracked without it ("camera C at <stamp>: <why>" with several cameras)
+    without_odometry: list[str] = field(default_factory=list)
 
 
 def bag_marker_says(path: Path, tool: str) -> str | None:
@@ -153,7 +155,7 @@ def replay_bag(
     tracking: bool | TrackerConfig = True,
     odometry_topic: str | None = None,
     odometry_max_age_s: float = DEFAULT_MAX_AGE_S,
-    camera_mount: CameraMount | None = None,
+    camera_mount: CameraMount | Sequence[CameraMount] | None = None,
 ) -> ReplaySummary:
     """Replay ``bag_in`` through ``predictor`` into a new bag ``bag_out`` (see module docstring).
 
@@ -161,14 +163,17 @@ def replay_bag(
     docstring).  ``stop()`` is asked before each message; once True the replay ends as at
     the end of the input.  ``tracking``: True tracks with the default :class:`TrackerConfig`,
     a config with that one (one tracker per camera), False not at all.  ``odometry_topic``:
-    a ``nav_msgs/Odometry`` topic giving the tracker the camera's motion (one camera only),
-    the twist nearest each image stamp within ``odometry_max_age_s``, moved to the camera
-    by ``camera_mount`` (default: :class:`CameraMount`'s).  Raises :class:`BagError` naming
-    a missing topic, before anything is written, and (keeping any previous ``bag_out``)
-    when no frame could be replayed.
+    a ``nav_msgs/Odometry`` topic giving the tracker the camera's motion, the twist nearest
+    each image stamp within ``odometry_max_age_s``, moved to the camera by ``camera_mount``
+    (one camera: a mount, default :class:`CameraMount`'s; several: one mount per camera, in
+    the order of ``image_topic``).  Raises :class:`BagError` naming a missing topic, before
+    anything is written, and (keeping any previous ``bag_out``) when no frame could be replayed.
     """
-    # A bad max age or mount: ValueError, before anything is read or written.
-    odometry = None if odometry_topic is None else (odometry_topic, OdometryBuffer(camera_mount, odometry_max_age_s))
+    # A bad max age or mount (not one per camera): ValueError, before anything is read or written.
+    odometry = None
+    if odometry_topic is not None:
+        mounts = camera_mounts(camera_mount, max(len(_topics(image_topic)), 1))
+        odometry = (odometry_topic, [OdometryBuffer(mount, odometry_max_age_s) for mount in mounts])
     staged = bag_output(bag_in, bag_out, overwrite=overwrite)
     bag_in, bag_out = Path(bag_in), Path(bag_out)
     ts = typestore_with_our_messages()
@@ -241,7 +246,7 @@ def _replay(
     max_pixels: int,
     stop: Callable[[], bool],
     tracking: TrackerConfig | None,
-    odometry: tuple[str, OdometryBuffer] | None = None,
+    odometry: tuple[str, list[OdometryBuffer]] | None = None,
 ) -> None:
     """Every input message copied, every image frame answered with the node's outputs.
 
@@ -254,12 +259,9 @@ def _replay(
     cameras = _bag_cameras(connections, bag_in, image_topics, camera_info_topics)
     if odometry is not None:
         pick_topic(connections, bag_in, odometry[0], (ODOMETRY_TYPE,), "odometry", True)
-        if len(cameras) > 1:
-            raise BagError(
-                f"{bag_in}: --odometry-topic works with one camera (one camera mount), not {len(cameras)} image topics"
-            )
-        if tracking is not None:  # odometry is for the tracker
-            cameras[0].odometry_topic, cameras[0].odometry = odometry
+        if tracking is not None:  # odometry is for the tracker: each camera's buffer, with its own mount
+            for camera, buffer in zip(cameras, odometry[1], strict=True):
+                camera.odometry_topic, camera.odometry = odometry[0], buffer
     writer = Writer(bag_out, version=9, storage_plugin=storage_of(bag_in))
     mark_bag(writer, WRITTEN_BY, input=bag_in.resolve(), checkpoint=predictor.source or "(in memory)")
     writer.open()
@@ -376,7 +378,10 @@ class _FrameReplay:
         self.upgrades: dict[str, Typestore] = {}  # topic -> a typestore with the bag's older definition
         self.by_image = {c.image_topic: c for c in cameras}
         self.by_info = {c.info_topic: c for c in cameras if c.info_topic is not None}
-        self.by_odometry = {c.odometry_topic: c for c in cameras if c.odometry_topic and c.odometry is not None}
+        self.by_odometry: dict[str, list[_BagCamera]] = {}  # the odometry topic -> every camera it moves
+        for c in cameras:
+            if c.odometry_topic and c.odometry is not None:
+                self.by_odometry.setdefault(c.odometry_topic, []).append(c)
         for camera in cameras:
             camera.tracker = Tracker(tracking) if tracking is not None else None
             intrinsics = camera.info_topic is not None
@@ -422,7 +427,11 @@ class _FrameReplay:
             self._odometry(self.by_odometry[conn.topic], conn, stamp_ns, raw)
 
     def _upgrade(self, conn: Connection, stamp_ns: int, raw: bytes) -> None:
-        """A ``SegmentDepthArray`` of an older definition, rewritten with today's (missing fields unknown)."""
+        """A ``SegmentDepthArray`` of an older definition, rewritten with today's.
+
+        Missing fields are unknown: the tracking fields of a bag from before tracking untracked
+        (0, 0, NaN, NaN), ``at_rest`` of one from before it False (:func:`~.msg_conversions.segment_from_msg`).
+        """
         try:
             old: Any = deserialize(self.upgrades[conn.topic], raw, conn)
         except InputError as exc:
@@ -450,13 +459,16 @@ class _FrameReplay:
         except InputError as exc:  # the previous good K stays in use
             self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
 
-    def _odometry(self, camera: _BagCamera, conn: Connection, stamp_ns: int, raw: bytes) -> None:
-        assert camera.odometry is not None
+    def _odometry(self, cameras: list[_BagCamera], conn: Connection, stamp_ns: int, raw: bytes) -> None:
+        """One odometry message, read once, into every camera's buffer (each moves it by its own mount)."""
         try:
-            camera.odometry.add(odometry_sample(deserialize(self.ts, raw, conn)))
+            sample = odometry_sample(deserialize(self.ts, raw, conn))
         except InputError as exc:  # a NaN twist: ignored, the replay goes on
             self.summary.skipped.append(f"{conn.topic} at {stamp_ns}: {exc}")
             return
+        for camera in cameras:
+            assert camera.odometry is not None
+            camera.odometry.add(sample)
         self.summary.odometry_messages += 1
 
     def _frame(self, camera: _BagCamera, conn: Connection, stamp_ns: int, raw: bytes) -> None:
@@ -475,7 +487,8 @@ class _FrameReplay:
             if camera.odometry is not None:
                 ego = camera.odometry.ego_at(stamp)
                 if ego is None:
-                    self.summary.without_odometry.append(f"{stamp}: {camera.odometry.why_none(stamp)}")
+                    where = f"camera {camera.name} at " if camera.name else ""
+                    self.summary.without_odometry.append(f"{where}{stamp}: {camera.odometry.why_none(stamp)}")
             tracked = camera.tracker.update(result, stamp_ns=stamp, image=image, ego=ego)
             if tracked.reset_reason is not None:
                 where = f"camera {camera.name} at " if camera.name else ""

@@ -11,11 +11,15 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .exit_codes import DONE, outcome, run_command
 from .inference_options import add_inference_args, inference_options, int_at_least, number_above
 from .interrupt import stop_on_signals
+
+if TYPE_CHECKING:
+    from .ego_motion import CameraMount
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -90,16 +94,59 @@ def finite_number(text: str) -> float:
     return value
 
 
-def _bag(args: argparse.Namespace) -> int:
-    from .bag import bag_output, replay_bag
+# bag's mount options: what each takes per camera.
+MOUNT_OPTIONS = {"--camera-mount-xyz": "X Y Z", "--camera-mount-rpy": "ROLL PITCH YAW"}
+
+
+def camera_mount_args(args: argparse.Namespace) -> list[CameraMount] | None:
+    """``--camera-mount-xyz`` / ``--camera-mount-rpy``: one CameraMount per camera (per ``--image-topic``).
+
+    None without ``--odometry-topic`` (the mounts are unused).  Each option takes 3 numbers
+    per camera; with several cameras and odometry both must be given (cameras placed
+    differently move differently: one mount shared by them is a mistake).  A bad count
+    raises :class:`InputError` naming the option, before a model loads.
+    """
     from .ego_motion import CameraMount
 
-    check_overlay_range(args.near, args.far)
+    topics = list(args.image_topic or ())
+    cameras = max(len(topics), 1)
+    values = {option: getattr(args, option[2:].replace("-", "_")) for option in MOUNT_OPTIONS}
+    for option, per_camera in MOUNT_OPTIONS.items():
+        given = values[option]
+        if cameras == 1:
+            if given is not None and len(given) != 3:
+                raise InputError(f"{option} takes 3 numbers ({per_camera}), got {len(given)}")
+            continue
+        if given is None and not args.odometry_topic:
+            continue
+        if given is not None and (len(given) == 3 * cameras or (len(given) == 3 and not args.odometry_topic)):
+            continue
+        got = "none" if given is None else str(len(given))
+        if not args.odometry_topic:
+            raise InputError(f"{option} takes 3 numbers, or {per_camera} for each of the {cameras} cameras, got {got}")
+        shared = " (one mount shared by differently placed cameras is a mistake)" if got in ("none", "3") else ""
+        raise InputError(
+            f"{option}: --odometry-topic with {cameras} cameras ({', '.join(topics)}) needs {3 * cameras} numbers, "
+            f"{per_camera} for each camera in the order of --image-topic; got {got}{shared}"
+        )
+    if not args.odometry_topic:
+        return None
+    xyz, rpy = values["--camera-mount-xyz"], values["--camera-mount-rpy"]
     default = CameraMount()
-    mount = CameraMount(
-        xyz=tuple(args.camera_mount_xyz) if args.camera_mount_xyz else default.xyz,
-        rpy=tuple(args.camera_mount_rpy) if args.camera_mount_rpy else default.rpy,
-    )
+    return [
+        CameraMount(
+            xyz=tuple(xyz[3 * i : 3 * i + 3]) if xyz else default.xyz,
+            rpy=tuple(rpy[3 * i : 3 * i + 3]) if rpy else default.rpy,
+        )
+        for i in range(cameras)
+    ]
+
+
+def _bag(args: argparse.Namespace) -> int:
+    from .bag import bag_output, replay_bag
+
+    check_overlay_range(args.near, args.far)
+    mounts = camera_mount_args(args)
     bag_output(args.input, args.output, overwrite=args.overwrite)  # refused before the model loads
     predictor = _predictor(args)
     with stop_on_signals() as stop:
@@ -117,7 +164,7 @@ def _bag(args: argparse.Namespace) -> int:
             tracking=not args.no_tracking,
             odometry_topic=args.odometry_topic,
             odometry_max_age_s=args.odometry_max_age_s,
-            camera_mount=mount,
+            camera_mount=mounts,
         )
     per_camera = ", ".join(f"{n} {c}" for n, c in summary.frames_per_camera.items())
     frames = f"{summary.frames} frames" + (f" ({per_camera})" if per_camera else "")
@@ -250,7 +297,7 @@ def add_odometry_args(p: argparse.ArgumentParser) -> None:
         "--odometry-topic",
         metavar="T",
         help="nav_msgs/Odometry topic (e.g. /odom): the tracker is given the camera's motion, from the twist nearest "
-        "each image's stamp (one camera only)",
+        "each image's stamp; with several cameras the odometry is used for each, moved by that camera's mount",
     )
     p.add_argument(
         "--odometry-max-age-s",
@@ -263,17 +310,19 @@ def add_odometry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--camera-mount-xyz",
         type=finite_number,
-        nargs=3,
-        metavar=("X", "Y", "Z"),
-        help="position (m) of the camera's optical frame in the odometry's child frame (default 0 0 0)",
+        nargs="+",
+        metavar="X Y Z",
+        help="position (m) of the camera's optical frame in the odometry's child frame (default 0 0 0); with "
+        "several --image-topic one X Y Z per camera, in their order",
     )
     p.add_argument(
         "--camera-mount-rpy",
         type=finite_number,
-        nargs=3,
-        metavar=("ROLL", "PITCH", "YAW"),
+        nargs="+",
+        metavar="ROLL PITCH YAW",
         help="orientation (rad, fixed axes as in URDF) of the camera's optical frame in the odometry's child frame "
-        "(default -1.5708 0 -1.5708: looking along the body's x axis)",
+        "(default -1.5708 0 -1.5708: looking along the body's x axis); with several --image-topic one ROLL PITCH "
+        "YAW per camera, in their order",
     )
 
 

@@ -9,11 +9,11 @@ id = labelId * 1000 + k for things, labelId for stuff, 0 void) and
 ``<name>_segments.json`` (its ``segments_info`` plus every SegmentDepth field).
 Videos also get ``<name>_overlay.mp4``, and their things are tracked over the frames
 (unless ``--no-tracking``; time: frame index / the video's frame rate): the segments
-carry ``track_id``, ``track_age``, ``velocity`` and ``time_to_contact`` (JSON: null
-unknown, "inf" not closing), the overlay says "car #12 14.3 m, 2.1 m/s closing", and
-``<name>_tracked_panoptic.png`` is the panoptic PNG with track ids as instance ids (the
-video panoptic convention: the same car has the same id in every frame; things not
-tracked yet have instance 0, like stuff).
+carry ``track_id``, ``track_age``, ``velocity``, ``time_to_contact`` (JSON: null
+unknown, "inf" not closing) and ``at_rest`` (false: no odometry), the overlay says
+"car #12 14.3 m, 2.1 m/s closing", and ``<name>_tracked_panoptic.png`` is the panoptic
+PNG with track ids as instance ids (the video panoptic convention: the same car has the
+same id in every frame; things not tracked yet have instance 0, like stuff).
 A checkpoint whose depth branch was never trained gives no depth files (and null
 segment depths) unless ``--untrained-depth``.
 Unreadable inputs, and images over ``max_pixels`` (read from their header before

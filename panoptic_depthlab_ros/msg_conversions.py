@@ -270,6 +270,7 @@ def segment_to_msg(seg: SegmentDepth, *, segment_cls: type, point_cls: type, vec
         track_age=int(seg.track_age),
         velocity=vector_cls(x=float(vx), y=float(vy), z=float(vz)),
         time_to_contact=float(seg.time_to_contact),
+        at_rest=bool(seg.at_rest),
     )
 
 
@@ -277,7 +278,8 @@ def segment_from_msg(msg: Any) -> SegmentDepth:
     """A ``SegmentDepth`` message -> :class:`SegmentDepth`, the inverse of :func:`segment_to_msg`.
 
     A field the message lacks (one of an older definition, e.g. the tracking fields of a
-    bag recorded before they existed) keeps the dataclass's "unknown" default.
+    bag recorded before they existed, or ``at_rest`` of one recorded before it) keeps the
+    dataclass's "unknown" default (``at_rest``: False).
     """
     values: dict[str, Any] = {}
     for f in dataclasses.fields(SegmentDepth):
@@ -286,6 +288,8 @@ def segment_from_msg(msg: Any) -> SegmentDepth:
         value = getattr(msg, f.name)
         if f.name in ("centroid", "velocity"):  # geometry_msgs/Point, Vector3
             value = (float(value.x), float(value.y), float(value.z))
+        elif f.name == "at_rest":
+            value = bool(value)
         values[f.name] = value
     return SegmentDepth(**values)
 

@@ -180,8 +180,8 @@ OUTPUTS: tuple[Output, ...] = (
         needs_depth=False,
         qos="records",
         description="one SegmentDepth per segment: id, class, score, area, box, depth statistics, the 3D "
-        "centroid once camera_info has given K, and for tracked things the track id and age, the velocity and "
-        "the time to contact (see msg/SegmentDepth.msg)",
+        "centroid once camera_info has given K, and for tracked things the track id and age, the velocity, "
+        "the time to contact and, with odometry, whether it is at rest (see msg/SegmentDepth.msg)",
         build=_segments,
     ),
     Output(
@@ -259,7 +259,8 @@ OUTPUTS: tuple[Output, ...] = (
         needs_depth=False,
         qos="images",
         description="the picture with each segment tinted by its distance (near red, mid green, far blue) and "
-        "labelled 'car 12.3 m', tracked things 'car #12 14.3 m, 2.1 m/s closing'",
+        "labelled 'car 12.3 m', tracked things 'car #12 14.3 m, 2.1 m/s closing' (', at rest' after a thing "
+        "found still with odometry)",
         build=_overlay,
     ),
 )

@@ -58,6 +58,29 @@ def odometry_sample(msg: Any) -> OdometrySample:
     return OdometrySample(stamp_ns=stamp, linear=linear, angular=angular)
 
 
+def camera_mounts(
+    mount: CameraMount | Sequence[CameraMount] | None, cameras: int, *, name: str = "camera_mount"
+) -> tuple[CameraMount, ...]:
+    """One mount per camera, in the cameras' order: ``mount`` as a sequence of ``cameras`` mounts.
+
+    A single mount, or None (the default :class:`CameraMount`), only for one camera: cameras
+    placed differently move differently, so several cameras sharing one mount is refused.
+    Raises ``ValueError`` naming ``name``.
+    """
+    if mount is None or isinstance(mount, CameraMount):
+        if cameras == 1:
+            return (mount or CameraMount(),)
+        given = "one mount" if mount is not None else "no mount"
+        raise ValueError(
+            f"{name}: {cameras} cameras need {cameras} camera mounts, one per camera in their order, got {given} "
+            "(one mount shared by differently placed cameras is a mistake)"
+        )
+    mounts = tuple(mount)
+    if len(mounts) != cameras or not all(isinstance(m, CameraMount) for m in mounts):
+        raise ValueError(f"{name}: {cameras} camera(s) need {cameras} CameraMount, one per camera, got {mounts!r}")
+    return mounts
+
+
 def _stamp(sample: OdometrySample) -> int:
     return sample.stamp_ns
 

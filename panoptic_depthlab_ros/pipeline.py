@@ -12,8 +12,9 @@ this module imports no rclpy:
   displaces a good one waiting, and the frame goes into its camera's mailbox slot,
   replacing (and counting, for that camera) a frame still waiting;
 * :meth:`Pipeline.camera_info` takes a CameraInfo (each camera's latest valid K is used);
-* :meth:`Pipeline.odometry` takes a ``nav_msgs/Odometry`` into the camera's
-  :class:`~.odometry.OdometryBuffer` (a camera without one has no odometry);
+* :meth:`Pipeline.odometry` takes a ``nav_msgs/Odometry`` into every camera's
+  :class:`~.odometry.OdometryBuffer`, each with that camera's mount (a camera without one
+  has no odometry);
 * the worker takes the latest waiting frame of every camera (round-robin from the camera
   after the last one served when ``max_batch`` limits the batch, so none starves),
   converts them, runs them through the predictor as one batch
@@ -500,16 +501,29 @@ class Pipeline:
         except InputError as exc:
             self.reject(exc, "camera_info_dropped_bad_input", camera=camera)
 
-    def odometry(self, message: Any, camera: int = 0) -> None:
-        """A ``nav_msgs/Odometry`` for camera ``camera``'s tracker; a NaN twist is ignored with a warning."""
-        stream = self.cameras[camera]
-        if stream.odometry is None:
+    def odometry(self, message: Any) -> None:
+        """A ``nav_msgs/Odometry`` of the vehicle, for the tracker of every camera with odometry.
+
+        Each camera's buffer turns the twist into that camera's motion by its own mount; each
+        camera counts the message.  A NaN twist is ignored, counted by each, with one warning.
+        """
+        streams = [stream for stream in self.cameras if stream.odometry is not None]
+        if not streams:
             return
-        stream.stats.add("odometry_received")
+        for stream in streams:
+            stream.stats.add("odometry_received")
         try:
-            stream.odometry.add(odometry_sample(message))
+            sample = odometry_sample(message)
         except InputError as exc:
-            self.reject(exc, "odometry_dropped_bad_input", camera=camera)
+            for stream in streams:
+                stream.stats.add("odometry_dropped_bad_input")
+            text = self._bad_input_throttle(f":{exc.kind}", f"dropped bad input: {exc}")
+            if text is not None:
+                self._log_warning(text)
+            return
+        for stream in streams:
+            assert stream.odometry is not None
+            stream.odometry.add(sample)
 
     def submit(self, frame: Frame) -> None:
         """Hand a frame to the worker (latest-frame-only per camera; a replaced frame is counted)."""

@@ -48,9 +48,10 @@ class SegmentDepth:
     Field for field the ``SegmentDepth.msg`` message; see ``msg/SegmentDepth.msg``
     for every field's exact meaning (meters, REP 103/118; inclusive pixel bbox;
     NaN depth fields when ``depth_valid_pixels == 0``; NaN centroid without
-    intrinsics).  The tracking fields (``track_id`` .. ``time_to_contact``) stay at
-    "untracked" (0, 0, NaN, NaN) unless the result went through a tracker
-    (:meth:`PanopticDepthResult.with_tracks`).
+    intrinsics).  The tracking fields (``track_id`` .. ``at_rest``) stay at
+    "untracked" (0, 0, NaN, NaN, False) unless the result went through a tracker
+    (:meth:`PanopticDepthResult.with_tracks`); ``at_rest`` is True only for a thing the
+    tracker, given the camera's motion, found still in the world.
     """
 
     id: int
@@ -74,6 +75,7 @@ class SegmentDepth:
     track_age: int = 0
     velocity: tuple[float, float, float] = (NAN, NAN, NAN)
     time_to_contact: float = NAN
+    at_rest: bool = False
 
 
 @dataclass
@@ -128,6 +130,7 @@ class PanopticDepthResult:
                 track_age=t.track_age,
                 velocity=t.velocity,
                 time_to_contact=t.time_to_contact,
+                at_rest=t.at_rest,
                 depth_mean=t.depth if math.isfinite(t.depth) else s.depth_mean,
             )
             for s, t in zip(self.segments, tracks, strict=True)

@@ -87,10 +87,11 @@ class TrackerConfig:
             (0: off).
 
     At rest, when the tracker is given the camera's own motion (:class:`.ego_motion.EgoMotion`,
-    from odometry): a thing whose filtered velocity is that of the world, ``-v - w x p``, within
-    ``static_gate`` (chi-square of the difference over the three axes' variances) and within
-    ``static_max_speed_mps`` of it, is reported at rest: its velocity is exactly the world's
-    (monocular depth puts a parked car's approach speed a few per cent off).
+    from odometry): a thing whose filtered velocity, once known (``velocity_max_std_mps``), is that
+    of the world, ``-v - w x p``, within ``static_gate`` (chi-square of the difference over the
+    three axes' variances) and within ``static_max_speed_mps`` of it, is reported at rest: its
+    velocity is exactly the world's (monocular depth puts a parked car's approach speed a few
+    per cent off).
         static_gate: the chi-square gate, 3 degrees of freedom (7.81: 95 %). 0: off.
         static_max_speed_mps: the most a thing may move in the world, by its filter, and still
             be taken as at rest.

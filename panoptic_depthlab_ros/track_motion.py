@@ -161,7 +161,9 @@ class MotionFilters:
         """Depth, velocity and time to contact of ``rows`` as reported (unknown: NaN).
 
         ``ego``: the camera's motion at this frame; with it, the rows where ``may_rest`` [N]
-        is True and whose velocity is the world's are reported at rest (:meth:`_at_rest`).
+        is True and whose velocity, once known, is the world's are reported at rest
+        (:meth:`_at_rest`). Only a known velocity is tested: an early or far one is uncertain
+        enough to pass for the world's while the thing moves (an oncoming car at 90 m).
         """
         c = self.config
         z = np.where(self.count[rows, Z] > 0, self.pos[rows, Z], NAN)
@@ -173,7 +175,7 @@ class MotionFilters:
         at_rest = np.zeros(rows.size, np.bool_)
         if ego is not None and c.static_gate > 0 and may_rest is not None:
             world = ego.static_velocity(self.pos[rows, :3])
-            at_rest = self._at_rest(vel3, var3, world, enough.all(axis=1) & may_rest)
+            at_rest = self._at_rest(vel3, var3, world, known.all(axis=1) & may_rest)
             vel = np.where(at_rest[:, None], world, vel)
         closing = -vel[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):

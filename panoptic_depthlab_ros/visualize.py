@@ -56,7 +56,9 @@ def segment_label(seg: SegmentDepth, *, depth: bool = True) -> str:
     The track id only for a tracked thing; the distance only with ``depth`` ("?" when the
     segment has no valid depth); the speed along the optical axis only once the track's
     velocity is known: "closing" (towards the camera), "receding", nothing when slower than
-    :data:`LABEL_MIN_SPEED_MPS`.
+    :data:`LABEL_MIN_SPEED_MPS`; then ", at rest" for a thing the tracker found still in the
+    world (``at_rest``, with odometry): "car #12 14.3 m, 8.0 m/s closing, at rest" is a car
+    standing still that the vehicle drives towards at 8 m/s.
     """
     text = seg.label + (f" #{seg.track_id}" if seg.track_id else "")
     if not depth:
@@ -65,6 +67,8 @@ def segment_label(seg: SegmentDepth, *, depth: bool = True) -> str:
     vz = seg.velocity[2]
     if seg.track_id and math.isfinite(vz) and abs(vz) >= LABEL_MIN_SPEED_MPS:
         text += f", {abs(vz):.1f} m/s {'closing' if vz < 0 else 'receding'}"
+    if seg.track_id and seg.at_rest:
+        text += ", at rest"
     return text
 
 

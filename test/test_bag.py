@@ -512,14 +512,33 @@ float32 depth_std
 float32 depth_robust
 geometry_msgs/Point centroid
 """
+# SegmentDepth as it was before at_rest (its fields then, comments left out): what bags of
+# tracked runs recorded then carry.
+SEGMENT_DEPTH_BEFORE_AT_REST = (
+    OLD_SEGMENT_DEPTH
+    + """\
+uint32 track_id
+uint32 track_age
+geometry_msgs/Vector3 velocity
+float32 time_to_contact
+"""
+)
 
 
+@pytest.mark.parametrize(
+    ("definition", "tracked"),
+    [(OLD_SEGMENT_DEPTH, False), (SEGMENT_DEPTH_BEFORE_AT_REST, True)],
+    ids=["before_tracking", "before_at_rest"],
+)
 @pytest.mark.parametrize("storage", [StoragePlugin.MCAP, StoragePlugin.SQLITE3])
-def test_old_segment_definition_is_read_from_the_bag(tmp_path: Path, predictor: Predictor, storage) -> None:
-    """A bag with SegmentDepthArray recorded under the old definition: replayed, its segments
-    are read with the bag's definition and written with today's (tracking fields unknown)."""
+def test_old_segment_definition_is_read_from_the_bag(
+    tmp_path: Path, predictor: Predictor, storage, definition: str, tracked: bool
+) -> None:
+    """A bag with SegmentDepthArray recorded under an old definition: replayed, its segments
+    are read with the bag's definition and written with today's (the fields it lacks unknown:
+    the tracking fields untracked, at_rest false)."""
     old = get_typestore(Stores.ROS2_JAZZY)
-    old.register(get_types_from_msg(OLD_SEGMENT_DEPTH, "panoptic_depthlab_ros/msg/SegmentDepth"))
+    old.register(get_types_from_msg(definition, "panoptic_depthlab_ros/msg/SegmentDepth"))
     array_def = (REPO / "msg" / "SegmentDepthArray.msg").read_text()
     old.register(get_types_from_msg(array_def, "panoptic_depthlab_ros/msg/SegmentDepthArray"))
     t = old.types
@@ -533,11 +552,15 @@ def test_old_segment_definition_is_read_from_the_bag(tmp_path: Path, predictor: 
         for c, stamp, raw in r.messages():
             w.write(conns[c.topic], stamp, raw)
         for i in range(2):
+            track = {}
+            if tracked:  # a tracked run of then: #7, closing at 8 m/s
+                velocity = t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=-8.0)
+                track = {"track_id": 7, "track_age": 3 + i, "velocity": velocity, "time_to_contact": 1.5}
             car = t["panoptic_depthlab_ros/msg/SegmentDepth"](
                 id=13001, category_id=13, label="car", is_thing=True, score=0.5, area=40 + i,
                 x_min=1, y_min=2, x_max=9, y_max=6, depth_valid_pixels=40, depth_mean=12.5, depth_median=12.25,
                 depth_min=10.0, depth_std=1.5, depth_robust=12.375,
-                centroid=t["geometry_msgs/msg/Point"](x=1.0, y=-0.5, z=12.5),
+                centroid=t["geometry_msgs/msg/Point"](x=1.0, y=-0.5, z=12.5), **track,
             )  # fmt: skip
             header = t["std_msgs/msg/Header"](
                 stamp=t["builtin_interfaces/msg/Time"](sec=100 + i, nanosec=5), frame_id="c"
@@ -548,14 +571,15 @@ def test_old_segment_definition_is_read_from_the_bag(tmp_path: Path, predictor: 
             w.write(seg_conn, (1_000 + i) * 10**8 + 2, old.serialize_cdr(msg, msg.__msgtype__))
     with Reader(recorded) as r:  # what was recorded says it is the old definition
         (conn,) = [c for c in r.connections if c.topic == "/perception/segments"]
-        assert "track_id" not in conn.msgdef.data and "depth_robust" in conn.msgdef.data
+        assert "at_rest" not in conn.msgdef.data and "depth_robust" in conn.msgdef.data
+        assert ("track_id" in conn.msgdef.data) == tracked
 
     summary = replay_bag(recorded, tmp_path / "out", predictor=predictor, progress=False)
     assert summary.frames == 2 and summary.skipped == []
     assert summary.upgraded == {"/perception/segments": 2}
     with Reader(tmp_path / "out") as r:  # read with the output's own definitions, as a user's tools do
         (conn,) = [c for c in r.connections if c.topic == "/perception/segments"]
-        assert "track_id" in conn.msgdef.data
+        assert "track_id" in conn.msgdef.data and "at_rest" in conn.msgdef.data
         store = get_typestore(Stores.ROS2_JAZZY)
         store.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
         got = [store.deserialize_cdr(raw, conn.msgtype) for _, _, raw in r.messages([conn])]
@@ -564,8 +588,13 @@ def test_old_segment_definition_is_read_from_the_bag(tmp_path: Path, predictor: 
         (car,) = m.segments
         assert (car.id, car.label, car.area, car.depth_mean, car.depth_robust) == (13001, "car", 40 + i, 12.5, 12.375)
         assert (car.centroid.x, car.centroid.y, car.centroid.z) == (1.0, -0.5, 12.5)
-        assert (car.track_id, car.track_age) == (0, 0)  # unknown: it was not tracked then
-        assert all(np.isnan(v) for v in (car.velocity.x, car.velocity.y, car.velocity.z, car.time_to_contact))
+        if tracked:  # the track fields it had are kept
+            assert (car.track_id, car.track_age, car.time_to_contact) == (7, 3 + i, 1.5)
+            assert (car.velocity.x, car.velocity.y, car.velocity.z) == (0.0, 0.0, -8.0)
+        else:
+            assert (car.track_id, car.track_age) == (0, 0)  # unknown: it was not tracked then
+            assert all(np.isnan(v) for v in (car.velocity.x, car.velocity.y, car.velocity.z, car.time_to_contact))
+        assert car.at_rest is False  # unknown: not found at rest
     # Today's outputs beside it, tracked.
     outputs = _read(tmp_path / "out")["/panoptic_depthlab/segments"]
     assert len(outputs) == 2 and any(s.track_age == 2 for s in outputs[1][1].segments)
@@ -688,9 +717,9 @@ def test_bag_cli_odometry_options(tmp_path: Path, tiny_checkpoint: Path) -> None
     assert bad.returncode == 2 and "--odometry-max-age-s: expected a finite number >= 0, got -1" in bad.stderr
 
 
-def test_odometry_needs_one_camera(tmp_path: Path, predictor: Predictor) -> None:
-    src = make_two_camera_bag(tmp_path / "in", frames=1, odometry=True)
-    with pytest.raises(BagError, match="--odometry-topic works with one camera .one camera mount., not 2 image topics"):
+def test_odometry_with_two_cameras_needs_a_mount_each(tmp_path: Path, predictor: Predictor) -> None:
+    src = make_two_camera_bag(tmp_path / "in", frames=1, odometry=True)  # more: test_bag_odometry.py
+    with pytest.raises(ValueError, match="camera_mount: 2 cameras need 2 camera mounts, one per camera"):
         replay_bag(
             src,
             tmp_path / "out",

@@ -82,8 +82,10 @@ def test_a_parked_car_is_at_rest_with_the_worlds_velocity_exactly() -> None:
     assert alone[-1][1].velocity[2] == pytest.approx(-9.0, abs=1e-6) and not alone[-1][1].at_rest
     assert not any(frame.ego_motion for frame, _ in alone) and all(frame.ego_motion for frame, _ in fused)
     rest = [track.at_rest for _, track in fused]
-    assert rest == [False, False] + [True] * 18  # from velocity_min_frames (3) measurements on
-    for _, track in fused[2:]:
+    # At rest from the frame its velocity is known (std under velocity_max_std_mps), then throughout.
+    known = [not math.isnan(track.velocity[2]) for _, track in alone]
+    assert rest == known and known.index(True) == 6
+    for _, track in fused[6:]:
         assert track.velocity == (-0.0, -0.0, -10.0)
         assert track.time_to_contact == pytest.approx(track.depth / 10.0, rel=1e-6)  # float32 depth map
     assert [t.track_id for _, t in fused] == [t.track_id for _, t in alone]  # association untouched

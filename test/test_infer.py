@@ -229,6 +229,8 @@ def test_infer_tracks_the_things_of_a_video(tmp_path: Path, tiny_checkpoint: Pat
         assert any(s["track_id"] for s in d["segments"]) == (i >= 2)
     stuff = [s for d in docs for s in d["segments"] if not s["is_thing"]]
     assert stuff and all(s["track_id"] == 0 and s["velocity"] == [None] * 3 for s in stuff)
+    # A video has no odometry: nothing is found at rest (a JSON false in every segment, things too).
+    assert all(s["at_rest"] is False for d in docs for s in d["segments"])
     # Time is the frame index over the frame rate (0.2 s): a still thing's velocity, once known, is 0.
     for s in docs[-1]["segments"]:
         if s["is_thing"] and s["velocity"][2] is not None:

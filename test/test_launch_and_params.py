@@ -420,9 +420,9 @@ def test_runtime_parameters_through_the_services(ros_context, tiny_checkpoint) -
             {"odometry_topic": "/vehicle odom"},
             ["odometry_topic '/vehicle odom' is not a valid topic name: topic name must not contain characters"],
         ),
-        (
+        (  # several cameras: one mount each (test_multicam_odometry.py has the rest)
             {"odometry_topic": "/odom", "cameras": ["front", "left"]},
-            ["odometry_topic works with one camera", "but cameras lists 2"],
+            ["camera_mount_xyz has 3 numbers, but odometry_topic with 2 cameras (front, left) needs 6"],
         ),
         ({"odometry_max_age_s": -0.1}, ["odometry_max_age_s", "out of range"]),
         ({"tracking_static_gate": -1.0}, ["tracking_static_gate", "out of range"]),

@@ -48,7 +48,7 @@ def test_required_fields_present() -> None:
     required = (
         "id category_id label is_thing score area x_min y_min x_max y_max depth_valid_pixels "
         "depth_mean depth_median depth_min depth_std depth_robust centroid "
-        "track_id track_age velocity time_to_contact"
+        "track_id track_age velocity time_to_contact at_rest"
     ).split()
     assert set(required) <= set(SegmentDepth.get_fields_and_field_types())
     assert list(SegmentDepthArray.get_fields_and_field_types()) == [
@@ -61,7 +61,7 @@ def test_required_fields_present() -> None:
 
 
 def _segment(i: int, nan_centroid: bool):
-    """A car; with a centroid: tracked (#12, 7 frames, closing at 2 m/s); without: untracked (0, NaN)."""
+    """A car; with a centroid: tracked (#12, 7 frames, at rest, closing at 2 m/s); without: untracked (0, NaN)."""
     from geometry_msgs.msg import Point, Vector3
 
     from panoptic_depthlab_ros.msg import SegmentDepth
@@ -89,6 +89,7 @@ def _segment(i: int, nan_centroid: bool):
         track_age=0 if nan_centroid else 7,
         velocity=Vector3(x=nan, y=nan, z=nan) if nan_centroid else Vector3(x=0.5, y=0.0, z=-2.0),
         time_to_contact=nan if nan_centroid else 6.25,
+        at_rest=not nan_centroid,
     )
 
 
@@ -129,7 +130,7 @@ def test_segment_depth_array_roundtrip(ros_context) -> None:
         segments=[_segment(1, nan_centroid=False), _segment(2, nan_centroid=True)],
     )
     receding = _segment(3, nan_centroid=False)
-    receding.velocity.z, receding.time_to_contact = 1.5, math.inf  # not closing
+    receding.velocity.z, receding.time_to_contact, receding.at_rest = 1.5, math.inf, False  # moving, not closing
     sent.segments.append(receding)
     sent.header.stamp.sec, sent.header.stamp.nanosec = 1234, 5678
     got = _roundtrip(ros_context, SegmentDepthArray, "segments", sent)
@@ -137,13 +138,14 @@ def test_segment_depth_array_roundtrip(ros_context) -> None:
     assert (got.height, got.width, got.label_divisor) == (480, 640, 1000)
     assert len(got.segments) == 3
     a, b, c = got.segments
-    assert c == receding and c.time_to_contact == math.inf
+    assert c == receding and c.time_to_contact == math.inf and c.at_rest is False
     assert a == sent.segments[0]  # finite everywhere: plain equality holds
     assert (a.centroid.x, a.centroid.y, a.centroid.z) == (1.0, -0.5, 12.5)
-    assert (a.track_id, a.track_age, a.time_to_contact) == (12, 7, 6.25)
+    assert (a.track_id, a.track_age, a.time_to_contact, a.at_rest) == (12, 7, 6.25, True)
     assert (a.velocity.x, a.velocity.y, a.velocity.z) == (0.5, 0.0, -2.0)
     assert all(math.isnan(v) for v in (b.centroid.x, b.centroid.y, b.centroid.z))
     assert all(math.isnan(v) for v in (b.velocity.x, b.velocity.y, b.velocity.z, b.time_to_contact))
+    assert b.at_rest is False  # untracked
     for field in b.get_fields_and_field_types():
         if field not in ("centroid", "velocity", "time_to_contact"):
             assert getattr(b, field) == getattr(sent.segments[1], field), field

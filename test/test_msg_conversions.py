@@ -20,6 +20,8 @@ from panoptic_depthlab_ros.msg_conversions import (
     compressed_to_bgr,
     depth_for_rep118,
     image_to_bgr,
+    segment_from_msg,
+    segment_to_msg,
     segments_to_msg,
 )
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
@@ -260,13 +262,45 @@ def _assert_segment_equal(msg, seg: SegmentDepth) -> None:
     assert (msg.track_id, msg.track_age) == (seg.track_id, seg.track_age)
     np.testing.assert_equal([msg.velocity.x, msg.velocity.y, msg.velocity.z], list(seg.velocity))
     np.testing.assert_equal(np.float32(msg.time_to_contact), np.float32(seg.time_to_contact))
+    assert msg.at_rest is seg.at_rest
 
 
 def _tracked_result():
-    """``_result()`` with its first segment tracked (#5, seen 4 frames, closing at 2 m/s), the second untracked."""
+    """``_result()`` with its first segment tracked (#5, seen 4 frames, at rest, closing at 2 m/s), the second
+    untracked."""
     from panoptic_depthlab_ros.tracker import SegmentTrack
 
-    return _result().with_tracks([SegmentTrack(5, 4, None, (0.5, -0.25, -2.0), 2.25), SegmentTrack()])
+    at_rest = SegmentTrack(5, 4, None, (0.5, -0.25, -2.0), 2.25, at_rest=True)
+    return _result().with_tracks([at_rest, SegmentTrack()])
+
+
+def test_with_tracks_carries_the_track_fields() -> None:
+    tracked, untracked = _tracked_result().segments
+    assert (tracked.track_id, tracked.track_age, tracked.time_to_contact) == (5, 4, 2.25)
+    assert tracked.velocity == (0.5, -0.25, -2.0)
+    assert tracked.at_rest is True and tracked.depth_mean == 4.5  # the track's depth is NaN: the segment's stays
+    assert (untracked.track_id, untracked.track_age, untracked.at_rest) == (0, 0, False)
+    assert math.isnan(untracked.time_to_contact)
+
+
+def test_segment_from_msg_inverts_segment_to_msg_and_an_older_message_is_not_at_rest() -> None:
+    from geometry_msgs.msg import Point, Vector3
+
+    from panoptic_depthlab_ros.msg import SegmentDepth as SegmentMsg
+
+    classes = {"segment_cls": SegmentMsg, "point_cls": Point, "vector_cls": Vector3}
+    tracked, untracked = _tracked_result().segments
+    back = segment_from_msg(segment_to_msg(tracked, **classes))
+    assert back == tracked and back.at_rest is True  # finite everywhere: plain equality holds
+    back = segment_from_msg(segment_to_msg(untracked, **classes))
+    assert (back.track_id, back.track_age, back.at_rest) == (0, 0, False) and math.isnan(back.time_to_contact)
+    # A message of the definition before at_rest (one of a bag recorded then): the track fields it
+    # has are taken, at_rest reads False.
+    msg = segment_to_msg(tracked, **classes)
+    older = SimpleNamespace(**{f: getattr(msg, f) for f in SegmentMsg.get_fields_and_field_types() if f != "at_rest"})
+    back = segment_from_msg(older)
+    assert (back.track_id, back.track_age, back.velocity, back.time_to_contact) == (5, 4, (0.5, -0.25, -2.0), 2.25)
+    assert back.at_rest is False
 
 
 def test_segments_to_msg_rclpy() -> None:

@@ -3,6 +3,9 @@ with rosbags' classes (the bag tool's) on a tiny hand-built result."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 
@@ -18,6 +21,7 @@ from panoptic_depthlab_ros.node_outputs import (
 )
 from panoptic_depthlab_ros.result import PanopticDepthResult, SegmentDepth
 from panoptic_depthlab_ros.tracker import SegmentTrack, TrackState
+from panoptic_depthlab_ros.visualize import segment_label
 
 K = np.array([[50.0, 0, 4.0], [0, 50.0, 2.0], [0, 0, 1]])
 
@@ -90,6 +94,30 @@ def test_every_output_with_depth_and_intrinsics(typestore) -> None:
     ids = np.frombuffer(tracked.data, np.int32).reshape(4, 8)
     np.testing.assert_array_equal(ids[:, 4:], 13007)  # class * 1000 + track id
     np.testing.assert_array_equal(ids[:, :4], 0)  # road, stuff: instance 0
+    assert (car.at_rest, road.at_rest) == (False, False)  # tracked without odometry: never at rest
+
+
+def test_a_thing_at_rest_says_so_in_the_segments_and_its_label(typestore) -> None:
+    """The car found still given odometry: at_rest in ~/segments, ', at rest' after its speed in the
+    label (the overlay's and the markers'); the arrow stays that of its velocity."""
+    car = SegmentTrack(7, 12, TrackState.CONFIRMED, (0.0, 0.0, -8.0), 1.25, 10.0, at_rest=True)
+    result = _result(True).with_tracks([SegmentTrack(depth=5.0), car])
+    messages = _messages(typestore, result, K)
+    road_msg, car_msg = messages["segments"].segments
+    assert (car_msg.track_id, car_msg.at_rest, car_msg.velocity.z, car_msg.time_to_contact) == (7, True, -8.0, 1.25)
+    assert road_msg.at_rest is False
+    raw = typestore.serialize_cdr(messages["segments"], OUTPUTS[0].msg_type)  # and it travels
+    assert [s.at_rest for s in typestore.deserialize_cdr(raw, OUTPUTS[0].msg_type).segments] == [False, True]
+    labels = [m.text for m in messages["markers"].markers if m.ns == "labels"]
+    assert labels == ["road 5.0 m", "car #7 10.0 m, 8.0 m/s closing, at rest"]
+    (arrow,) = [m for m in messages["markers"].markers if m.ns == "velocities"]
+    assert [(p.x, p.y, p.z) for p in arrow.points] == [(0.4, 0.0, 10.0), (0.4, 0.0, 2.0)]  # centroid + v * 1 s
+
+    still_camera = dataclasses.replace(result.segments[1], velocity=(0.0, 0.0, 0.0), time_to_contact=math.inf)
+    assert segment_label(still_camera) == "car #7 10.0 m, at rest"  # no speed worth a word
+    assert segment_label(still_camera, depth=False) == "car #7"
+    untracked = dataclasses.replace(still_camera, track_id=0)
+    assert segment_label(untracked) == "car 10.0 m"  # only a tracked thing's word counts
 
 
 def test_what_a_frame_cannot_give_is_left_out(typestore) -> None:

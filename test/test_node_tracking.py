@@ -87,6 +87,7 @@ def test_ids_stay_then_a_time_jump_resets_with_a_warning(harness) -> None:
     for s in seg.segments:
         if s.is_thing and not math.isnan(s.velocity.z):
             assert abs(s.velocity.z) < 1e-6 and s.time_to_contact == math.inf
+    assert not any(s.at_rest for s in seg.segments)  # still, but without odometry never reported at rest
     tracked = h.node.pipeline.last_tracked
     assert tracked is not None and tracked.dt_s == pytest.approx(0.1) and tracked.num_confirmed == len(ids)
     # The video panoptic image carries the track ids as instance ids.
@@ -246,9 +247,11 @@ def test_odometry_gives_things_at_rest_the_world_velocity(ros_context, tiny_chec
         at_rest = [s for s in known if s.label in TrackerConfig.static_labels]
         assert len(at_rest) >= 2 and {s.label for s in at_rest} == {"truck"}
         assert all(_velocity(s) == world for s in at_rest)  # exactly the world's, not the measured 0
+        assert all(s.at_rest for s in at_rest)  # and ~/segments says so
         assert all(10.0 < s.time_to_contact < 20.0 for s in at_rest)  # closing at 0.5 m/s from 5-10 m
         others = [s for s in known if s.label not in TrackerConfig.static_labels]
         assert others and all(abs(s.velocity.z) < 1e-6 for s in others)  # persons, riders: what the still image shows
+        assert not any(s.at_rest for s in others) and not any(s.at_rest for s in seg.segments if not s.is_thing)
         counts = h.counts()
         assert (counts["odometry_received"], counts["tracked_without_odometry"]) == (11, 0)
 

@@ -8,7 +8,14 @@ records every output topic, and writes to ``--out``:
 * ``bag/``: an MCAP bag with the input topics and all outputs,
 * ``overlay/frame_XXXX.png`` and ``overlay.mp4``: the overlay stream,
 * ``summary.json``: frames, segments per frame, what was tracked, latency percentiles,
+  and what the odometry did,
 * ``node.log``: what the node printed.
+
+A bag with a ``nav_msgs/Odometry`` topic (the demo bag's ``/odom``) has it played too: the
+node is started with ``odometry_topic`` set to it and the camera mount the bag's
+``metadata.yaml`` records (``custom_data`` ``panoptic_depthlab.camera_mount_xyz`` and
+``panoptic_depthlab.camera_mount_rpy``, as ``demo-bag`` writes them; none recorded: the
+node's default mount), so that things standing still are reported at rest.
 
 ``--out`` is written aside and moved into place at the end: a previous demo output is
 replaced, anything else at that path is refused and left as it is.
@@ -40,6 +47,8 @@ from typing import Any, cast
 import cv2
 import numpy as np
 import rclpy
+import yaml
+from nav_msgs.msg import Odometry
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -48,12 +57,14 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys.store import Typestore
 from sensor_msgs.msg import CameraInfo, Image
 
+from panoptic_depthlab_ros.bag import MARK_PREFIX
 from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
 from panoptic_depthlab_ros.checkpoint import bundled_checkpoint
 from panoptic_depthlab_ros.errors import PanopticDepthLabError
 from panoptic_depthlab_ros.exit_codes import run_command
 from panoptic_depthlab_ros.msg_conversions import image_to_bgr
 from panoptic_depthlab_ros.node_outputs import NAMESPACE, OUTPUTS
+from panoptic_depthlab_ros.odometry import ODOMETRY_TYPE
 from panoptic_depthlab_ros.output import MARKER, StagedOutput, marker_says, write_marker
 from panoptic_depthlab_ros.ros.node import message_class
 from panoptic_depthlab_ros.tracker import TrackerConfig
@@ -65,6 +76,8 @@ DIAGNOSTICS = "/diagnostics"
 # Every topic recorded: the node's outputs and its diagnostics -> message type.
 RECORDED = {o.topic: o.msg_type for o in OUTPUTS} | {DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray"}
 DEFAULT_INFO_TOPIC = "/camera/camera_info"
+# The node's parameters of the camera mount, as a bag's metadata.yaml may record them (custom_data).
+MOUNT_PARAMETERS = ("camera_mount_xyz", "camera_mount_rpy")
 Stamp = tuple[int, int]
 
 
@@ -73,26 +86,67 @@ class DemoError(PanopticDepthLabError):
 
 
 # ------------------------------------------------------------------ the input bag
+@dataclass(frozen=True)
+class OdometryInput:
+    """The bag's odometry topic and the camera mount to start the node with (None: the node's default)."""
+
+    topic: str
+    mount: dict[str, list[float]] | None  # camera_mount_xyz, camera_mount_rpy -> 3 numbers each
+
+    def parameters(self) -> list[str]:
+        """The node's parameters for it (``name:=value``)."""
+        mount = self.mount or {}
+        return [f"odometry_topic:={self.topic}", *(f"{name}:={value}" for name, value in mount.items())]
+
+
 @dataclass
 class BagInputs:
-    """What the demo plays: the image and CameraInfo messages of the bag, in order."""
+    """What the demo plays: the image, CameraInfo and odometry messages of the bag, in order."""
 
     image_topic: str
     info_topic: str | None
     messages: list[tuple[str, int, bytes]]  # (topic, receive time ns, CDR bytes)
     image_type: str
     info_type: str
+    odometry: OdometryInput | None = None
+
+
+def recorded_camera_mount(bag: Path) -> dict[str, list[float]] | None:
+    """The camera mount the bag's ``metadata.yaml`` records (``custom_data``); None: none recorded.
+
+    Recorded but not 3 numbers each: :class:`DemoError` (a wrong mount would call moving things still).
+    """
+    try:
+        doc = yaml.safe_load((bag / "metadata.yaml").read_text())
+        custom = doc["rosbag2_bagfile_information"].get("custom_data") or {}
+    except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return None
+    texts = {name: custom.get(MARK_PREFIX + name) for name in MOUNT_PARAMETERS}
+    if all(text is None for text in texts.values()):
+        return None
+    mount = {}
+    for name, text in texts.items():
+        try:
+            value = yaml.safe_load(str(text))
+            numbers = [float(v) for v in value]
+        except (yaml.YAMLError, TypeError, ValueError):
+            numbers = []
+        if len(numbers) != 3 or not all(np.isfinite(numbers)):
+            raise DemoError(f"{bag}: metadata.yaml custom_data {MARK_PREFIX}{name} is {text!r}, not 3 numbers")
+        mount[name] = numbers
+    return mount
 
 
 def read_inputs(bag: Path, frames: int | None) -> BagInputs:
-    """The bag's first image topic (the first ``frames`` images) and its CameraInfo up to the last of them."""
+    """The bag's first image topic (the first ``frames`` images), its CameraInfo and odometry up to the last of them."""
     with Reader(bag) as reader:
         image_conn = next((c for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image"), None)
         info_conn = next((c for c in reader.connections if c.msgtype == "sensor_msgs/msg/CameraInfo"), None)
+        odom_conn = next((c for c in reader.connections if c.msgtype == ODOMETRY_TYPE), None)
         if image_conn is None:
             listing = [(c.topic, c.msgtype) for c in reader.connections]
             raise DemoError(f"{bag}: no sensor_msgs/Image topic; the bag has {listing}")
-        wanted = {image_conn.id, getattr(info_conn, "id", -1)}
+        wanted = {image_conn.id, getattr(info_conn, "id", -1), getattr(odom_conn, "id", -1)}
         messages = [(c.topic, stamp, raw) for c, stamp, raw in reader.messages() if c.id in wanted]
     images = [m for m in messages if m[0] == image_conn.topic][: frames or None]
     last_stamp = images[-1][1]
@@ -102,18 +156,23 @@ def read_inputs(bag: Path, frames: int | None) -> BagInputs:
         messages=[m for m in messages if m[1] <= last_stamp],
         image_type=image_conn.msgtype,
         info_type=info_conn.msgtype if info_conn is not None else "sensor_msgs/msg/CameraInfo",
+        odometry=OdometryInput(odom_conn.topic, recorded_camera_mount(bag)) if odom_conn is not None else None,
     )
 
 
 # ------------------------------------------------------------------ the node, in its own process
-def node_command(checkpoint: Path, image_topic: str, info_topic: str, params: Path) -> list[str]:
-    """The installed node executable with the demo's parameters and remappings."""
+def node_command(
+    checkpoint: Path, image_topic: str, info_topic: str, params: Path, odometry: OdometryInput | None = None
+) -> list[str]:
+    """The installed node executable with the demo's parameters and remappings (and the odometry's, if any)."""
     exe = shutil.which("panoptic_depthlab_node", path=str(Path(sys.executable).parent)) or shutil.which(
         "panoptic_depthlab_node"
     )
     if exe is None:
         raise DemoError("panoptic_depthlab_node is not installed: run `make setup` first")
     parameters = [f"checkpoint:={checkpoint}", "device:=cpu", "qos_reliability:=reliable", "qos_depth:=5"]
+    if odometry is not None:
+        parameters += odometry.parameters()
     return [
         exe,
         "--ros-args",
@@ -179,6 +238,9 @@ class Player:
         info_topic = inputs.info_topic or DEFAULT_INFO_TOPIC
         if inputs.info_topic is not None:
             self.connections[info_topic] = writer.add_connection(info_topic, inputs.info_type, typestore=ts)
+        if inputs.odometry is not None:
+            odom_topic = inputs.odometry.topic
+            self.connections[odom_topic] = writer.add_connection(odom_topic, ODOMETRY_TYPE, typestore=ts)
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = Node("panoptic_depthlab_demo_player", context=self.context)
@@ -191,6 +253,9 @@ class Player:
         ]
         self.image_pub = self.node.create_publisher(Image, inputs.image_topic, reliable)
         self.info_pub = self.node.create_publisher(CameraInfo, info_topic, reliable)
+        self.odometry_pub = (
+            self.node.create_publisher(Odometry, inputs.odometry.topic, reliable) if inputs.odometry else None
+        )
         threading.Thread(target=self.executor.spin, daemon=True).start()
 
     def _recorder(self, topic: str) -> Callable[[bytes], None]:
@@ -220,16 +285,25 @@ class Player:
     # node's /diagnostics say its view.
     def matched(self) -> bool:
         """Whether both sides of every connection see each other."""
-        inputs = self.image_pub.get_subscription_count() > 0 and self.info_pub.get_subscription_count() > 0
+        publishers = [self.image_pub, self.info_pub] + ([self.odometry_pub] if self.odometry_pub else [])
+        inputs = all(pub.get_subscription_count() > 0 for pub in publishers)
         outputs = all(sub.get_publisher_count() > 0 for sub in self.subscriptions)
         with self.lock:
             subscribed = set(self.node_status.get("outputs_subscribed", "").split(","))
         return inputs and outputs and {o.name for o in OUTPUTS} <= subscribed
 
+    def node_count(self, key: str) -> int:
+        """A counter of the node's latest /diagnostics report (``camera_info_received``, ``processed``...); 0 before."""
+        with self.lock:
+            return int(self.node_status.get(key, "0"))
+
     def node_has_camera_info(self) -> bool:
         """Whether the node says it took a CameraInfo."""
-        with self.lock:
-            return int(self.node_status.get("camera_info_received", "0")) > 0
+        return self.node_count("camera_info_received") > 0
+
+    def node_has_odometry(self) -> bool:
+        """Whether the node says it took an odometry message."""
+        return self.node_count("odometry_received") > 0
 
     def complete(self, frames: int, topics: list[str]) -> bool:
         """Whether every frame was answered on every one of ``topics``."""
@@ -260,20 +334,29 @@ def expected_topics(*, with_intrinsics: bool) -> list[str]:
     return [o.topic for o in OUTPUTS if with_intrinsics or not o.needs_intrinsics]
 
 
-def play(
-    inputs: BagInputs, player: Player, node: NodeProcess, *, rate: float | None, timeout_s: float
-) -> tuple[dict[Stamp, float], int]:
-    """Send the inputs in order; returns when each frame went out (by stamp) and how many CameraInfo.
+@dataclass
+class Played:
+    """What :func:`play` sent: when each frame went out (by stamp), how many CameraInfo and odometry messages."""
+
+    sent: dict[Stamp, float]
+    infos: int = 0
+    odometry: int = 0
+
+
+def play(inputs: BagInputs, player: Player, node: NodeProcess, *, rate: float | None, timeout_s: float) -> Played:
+    """Send the inputs in order.
 
     Lock-step (``rate`` None): each image waits until every output of the previous one came
     back.  Waiting for all of them, not only the segments, matters: an image output keeps
     only its latest sample, so one still in transit (a lost sample is re-sent only at the
     writer's next heartbeat) would be replaced by the next frame's.  The first image waits
-    until the node took a CameraInfo (if the bag has one): markers and points need it, and
-    the node takes images and camera_info on separate subscriptions.
+    until the node took a CameraInfo and an odometry message (if the bag has them): markers
+    and points need the one, the first frame's camera motion the other, and the node takes
+    them on separate subscriptions.
     """
-    sent: dict[Stamp, float] = {}
-    infos_sent = 0
+    played = Played(sent={})
+    sent = played.sent
+    odometry_topic = inputs.odometry.topic if inputs.odometry else None
     t0_wall, t0_bag = time.monotonic(), inputs.messages[0][1]
     for topic, stamp, raw in inputs.messages:
         if rate:
@@ -281,21 +364,28 @@ def play(
             if wait > 0:
                 time.sleep(wait)
         player.record_input(topic, raw)
+        if topic == odometry_topic and player.odometry_pub is not None:
+            player.odometry_pub.publish(deserialize_message(raw, Odometry))
+            played.odometry += 1
+            continue
         if topic != inputs.image_topic:
             player.info_pub.publish(deserialize_message(raw, CameraInfo))
-            infos_sent += 1
+            played.infos += 1
             continue
-        if not sent and infos_sent:
-            wait_until(player.node_has_camera_info, "the node to take the first camera_info", node, timeout_s, 0.02)
+        if not sent and (played.infos or played.odometry):
+            if played.infos:
+                wait_until(player.node_has_camera_info, "the node to take the first camera_info", node, timeout_s, 0.02)
+            if played.odometry:
+                wait_until(player.node_has_odometry, "the node to take the first odometry", node, timeout_s, 0.02)
             t0_wall = time.monotonic() - (stamp - t0_bag) / 1e9 / (rate or 1.0)  # the clock starts now
         msg = deserialize_message(raw, Image)
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         sent[key] = time.perf_counter()
         player.image_pub.publish(msg)
         if rate is None:  # polled finely: it paces the replay
-            answered = partial(player.complete, len(sent), expected_topics(with_intrinsics=infos_sent > 0))
+            answered = partial(player.complete, len(sent), expected_topics(with_intrinsics=played.infos > 0))
             wait_until(answered, f"every output of the frame stamped {key}", node, timeout_s, 0.002)
-    return sent, infos_sent
+    return played
 
 
 def wait_for_trailing_outputs(player: Player, frames: int, *, with_intrinsics: bool) -> None:
@@ -309,6 +399,26 @@ def wait_for_trailing_outputs(player: Player, frames: int, *, with_intrinsics: b
     while time.monotonic() < end and not player.complete(frames, topics):
         time.sleep(0.05)
     time.sleep(0.2)
+
+
+# Where each image the node received went: the counters add up to `received` once every frame is through.
+FRAME_OUTCOMES = ("processed", "dropped_overload", "dropped_bad_input", "skipped_no_subscribers", "errors")
+
+
+def wait_for_final_report(player: Player, frames: int, timeout_s: float = 5.0) -> None:
+    """Until the node's /diagnostics account for every frame sent (its counters then cover the whole run).
+
+    The node reports every ``diagnostics_period_s`` (1 s by default); gives up after ``timeout_s``.
+    """
+
+    def through() -> bool:
+        with player.lock:  # one report's counters
+            count = {k: int(player.node_status.get(k, "0")) for k in ("received", *FRAME_OUTCOMES)}
+        return count["received"] >= frames and sum(count[k] for k in FRAME_OUTCOMES) >= count["received"]
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and not through():
+        time.sleep(0.05)
 
 
 def write_overlays(out: Path, overlays: list[bytes], ts: Typestore) -> None:
@@ -332,29 +442,57 @@ def tracking_summary(frames: list[Any]) -> dict[str, Any]:
     model sees in one frame and not the next has none); longest_track_frames: the most
     frames one of them was seen in (its track_age); with_velocity_per_frame: things whose
     velocity was known; closing: the track ids that came closer at some frame ("car #12
-    14.3 m, 2.1 m/s closing" in the overlay).
+    14.3 m, 2.1 m/s closing" in the overlay); at_rest_per_frame: things reported at rest
+    (``at_rest``: only with odometry); at_rest: the track ids reported at rest at some frame
+    ("car #12 14.3 m, 8.0 m/s closing, at rest").
     """
     seen: dict[int, int] = {}
-    with_velocity, closing = [], set()
+    with_velocity, at_rest_per_frame, closing, at_rest = [], [], set(), set()
     for msg in frames:
         things = [s for s in msg.segments if s.track_id]
         for s in things:
             seen[s.track_id] = max(seen.get(s.track_id, 0), s.track_age)
             if s.velocity.z < 0 and np.isfinite(s.time_to_contact):
                 closing.add(s.track_id)
+            if s.at_rest:
+                at_rest.add(s.track_id)
         with_velocity.append(sum(bool(np.isfinite(s.velocity.z)) for s in things))
+        at_rest_per_frame.append(sum(bool(s.at_rest) for s in things))
     return {
         "tracks": len(seen),
         "longest_track_frames": max(seen.values(), default=0),
         "with_velocity_per_frame": with_velocity,
         "closing": sorted(closing),
+        "at_rest_per_frame": at_rest_per_frame,
+        "at_rest": sorted(at_rest),
+    }
+
+
+def odometry_summary(inputs: BagInputs, played: Played, player: Player) -> dict[str, Any] | None:
+    """What the odometry did (None: the bag has none): messages sent and taken, the mount, frames tracked with it.
+
+    From the node's last /diagnostics report: ``odometry_received``, and the frames processed
+    less those ``tracked_without_odometry`` (no odometry within ``odometry_max_age_s``).
+    """
+    if inputs.odometry is None:
+        return None
+    processed = player.node_count("processed")
+    without = player.node_count("tracked_without_odometry")
+    return {
+        "topic": inputs.odometry.topic,
+        "camera_mount": inputs.odometry.mount or "the node's default",
+        "messages_sent": played.odometry,
+        "messages_taken_by_node": player.node_count("odometry_received"),
+        "frames_tracked_with_odometry": processed - without,
+        "frames_tracked_without_odometry": without,
     }
 
 
 def summarize(
-    bag: Path, checkpoint: Path, rate: float | None, sent: dict[Stamp, float], player: Player
+    bag: Path, checkpoint: Path, rate: float | None, inputs: BagInputs, played: Played, player: Player
 ) -> dict[str, Any]:
-    """Frames sent and answered, segments per frame, tracks, latency percentiles, messages per topic."""
+    """Frames sent and answered, segments per frame, tracks, odometry, latency percentiles, messages per topic."""
+    sent = played.sent
     with player.lock:
         latencies = [player.answered[k] - sent[k] for k in sent if k in player.answered]
         segments = [
@@ -371,6 +509,7 @@ def summarize(
         "frames_answered": len(latencies),
         "segments_per_frame": [len(m.segments) for m in segments],
         "tracking": tracking_summary(segments),
+        "odometry": odometry_summary(inputs, played, player),
         "latency_ms": {
             "p50": float(np.percentile(lat, 50)),
             "p90": float(np.percentile(lat, 90)),
@@ -395,7 +534,9 @@ def record(
     """Play ``bag`` through the node and record everything into the new folder ``out``; returns the summary."""
     (out / "overlay").mkdir(parents=True)
     inputs = read_inputs(bag, frames)
-    node = NodeProcess(node_command(checkpoint, inputs.image_topic, inputs.info_topic or DEFAULT_INFO_TOPIC, params))
+    node = NodeProcess(
+        node_command(checkpoint, inputs.image_topic, inputs.info_topic or DEFAULT_INFO_TOPIC, params, inputs.odometry)
+    )
     ts = typestore_with_our_messages()
     writer = Writer(out / "bag", version=9, storage_plugin=StoragePlugin.MCAP)
     player: Player | None = None
@@ -403,12 +544,13 @@ def record(
         writer.open()
         player = Player(ts, writer, inputs)
         wait_until(player.matched, "the node to come up and match every topic", node, timeout_s, 0.02)
-        sent, infos_sent = play(inputs, player, node, rate=rate, timeout_s=timeout_s)
-        wait_for_trailing_outputs(player, len(sent), with_intrinsics=infos_sent > 0)
+        played = play(inputs, player, node, rate=rate, timeout_s=timeout_s)
+        wait_for_trailing_outputs(player, len(played.sent), with_intrinsics=played.infos > 0)
+        wait_for_final_report(player, len(played.sent))
         with player.lock:
             overlays = list(player.received[f"{NAMESPACE}/overlay"])
         write_overlays(out, overlays, ts)
-        summary = summarize(bag, checkpoint, rate, sent, player)
+        summary = summarize(bag, checkpoint, rate, inputs, played, player)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     finally:
         if player is not None:
@@ -496,9 +638,16 @@ def _demo(args: argparse.Namespace) -> int:
         f"{tracking['longest_track_frames']} frames; "
         f"{len(tracking['closing'])} closing in at some point (overlay: 'car #12 14.3 m, 2.1 m/s closing')"
     )
+    if (odometry := summary["odometry"]) is not None:
+        print(
+            f"  odometry {odometry['topic']} played ({odometry['messages_sent']} messages): "
+            f"{odometry['frames_tracked_with_odometry']}/{summary['frames_answered']} frames tracked with the "
+            f"camera's motion; {len(tracking['at_rest'])} things at rest at some point "
+            "(labels: 'car #12 14.3 m, 8.0 m/s closing, at rest')"
+        )
     print(f"  {out / 'overlay.mp4'}      the overlay stream (any video player)")
     print(f"  {out / 'overlay'}/         one PNG per frame")
-    print(f"  {out / 'summary.json'}     frames, segments per frame, what was tracked, latency percentiles")
+    print(f"  {out / 'summary.json'}     frames, segments per frame, what was tracked, odometry, latency percentiles")
     return 0 if summary["frames_answered"] == summary["frames_sent"] else 1
 
 

@@ -429,8 +429,10 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
             *others, last = sorted(f"~/{o.name}" for o in OUTPUTS if o.needs_depth)
             topics = f"{', '.join(others)} or {last}"
             logger.warning(f"no {topics}: {untrained_depth_note('the parameter untrained_depth:=true')}")
-        # The camera's odometry (one camera: parameters.check_values), empty at each configure.
-        self.cameras[0].odometry = self.settings.odometry()
+        # Each camera's odometry buffer (its own mount), empty at each configure; None: no odometry.
+        buffers = self.settings.odometry()
+        for i, camera in enumerate(self.cameras):
+            camera.odometry = buffers[i] if buffers is not None else None
         if self.settings.odometry_topic and not self.settings.tracking:
             logger.info(f"odometry_topic {self.settings.odometry_topic} is not subscribed: tracking is off")
         self.pipeline = Pipeline(
@@ -475,10 +477,15 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
                 Odometry, self.settings.odometry_topic, self._on_odometry, odometry_qos(self.settings)
             )
             self._inputs.append(odometry_sub)
-            mount = self.cameras[0].odometry.mount
+            mounts = [
+                f"{camera.name + ' ' if camera.name else ''}camera mount xyz {list(buffer.mount.xyz)}, "
+                f"rpy {list(buffer.mount.rpy)}"
+                for camera in self.cameras
+                if (buffer := camera.odometry) is not None
+            ]
             lines.append(
                 f"odometry: {odometry_sub.topic_name} (nearest within {self.settings.odometry_max_age_s:g} s of each "
-                f"image stamp; camera mount xyz {list(mount.xyz)}, rpy {list(mount.rpy)})"
+                f"image stamp; {'; '.join(mounts)})"
             )
         self.get_logger().info(f"{len(self.cameras)} camera(s), one model: " + "; ".join(lines))
         self.pipeline.start()
@@ -564,7 +571,7 @@ class PanopticDepthLabNode(LifecycleNodeMixin, Node):
 
     def _on_odometry(self, msg: Odometry) -> None:
         if (pipeline := self.pipeline) is not None:
-            pipeline.odometry(msg, camera=0)
+            pipeline.odometry(msg)  # every camera's buffer, each with its own mount
 
     # ------------------------------------------------------------ parameters
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:

@@ -73,8 +73,10 @@ _TYPE_WORDS = {
     "string[]": "a list of strings (e.g. [front, left])",
     "double[]": "a list of doubles (e.g. [0.0, 0.5, 1.2], not [0, 0.5, 1.2])",
 }
-# The camera mount parameters: 3 numbers each (CameraMount's xyz and rpy).
+# The camera mount parameters: 3 numbers (CameraMount's xyz and rpy) per camera.
 MOUNT = ("camera_mount_xyz", "camera_mount_rpy")
+# What each holds per camera, as a refusal names it.
+_MOUNT_TRIPLE = {"camera_mount_xyz": "[x, y, z]", "camera_mount_rpy": "[roll, pitch, yaw]"}
 
 
 def parameter(
@@ -439,7 +441,8 @@ class NodeSettings:
         "",
         "nav_msgs/Odometry topic of the vehicle (e.g. /odom); empty = no odometry. The twist whose stamp is "
         "nearest each image's stamp, moved to the camera by camera_mount_xyz and camera_mount_rpy, tells the "
-        "tracker the camera's own motion (see tracking_static_gate). Needs tracking, and one camera.",
+        "tracker the camera's own motion (see tracking_static_gate). Needs tracking. With several cameras one "
+        "subscription feeds them all, each moved by its own mount.",
     )
     odometry_max_age_s: float = parameter(
         DEFAULT_MAX_AGE_S,
@@ -451,13 +454,15 @@ class NodeSettings:
     camera_mount_xyz: tuple[float, ...] = parameter(
         CameraMount().xyz,
         "Position (m) of the camera's optical frame in the odometry's child_frame_id (the vehicle body, "
-        "REP 103: x forward, y left, z up): [x, y, z].",
+        "REP 103: x forward, y left, z up): [x, y, z]. With several cameras and odometry_topic, one triple per "
+        "camera in the order of cameras: [x1, y1, z1, x2, y2, z2, ...].",
     )
     camera_mount_rpy: tuple[float, ...] = parameter(
         CameraMount().rpy,
         "Orientation of the camera's optical frame in the odometry's child_frame_id: [roll, pitch, yaw] rad, "
         "fixed axes as in URDF (what tf gives from that frame to the optical frame). The default "
-        "[-pi/2, 0, -pi/2] is a camera looking along the body's x axis (optical z forward, x right, y down).",
+        "[-pi/2, 0, -pi/2] is a camera looking along the body's x axis (optical z forward, x right, y down). "
+        "With several cameras and odometry_topic, one triple per camera in the order of cameras.",
     )
     # Outputs: one switch per output of the table, in its order (a test checks that).
     publish_segments: bool = output_switch("segments")
@@ -551,15 +556,30 @@ class NodeSettings:
         }
         return TrackerConfig(**values)
 
-    def camera_mount(self) -> CameraMount:
-        """Where the camera sits in the odometry's body frame.  Raises ``ValueError`` for a bad mount."""
-        return CameraMount(xyz=self.camera_mount_xyz, rpy=self.camera_mount_rpy)  # type: ignore[arg-type]
+    def camera_mounts(self) -> tuple[CameraMount, ...]:
+        """Where each camera sits in the odometry's body frame, in the order of ``cameras`` (one: the single camera).
 
-    def odometry(self) -> OdometryBuffer | None:
-        """An empty buffer for the odometry of ``odometry_topic``; None without odometry or without tracking."""
+        ``camera_mount_xyz`` and ``camera_mount_rpy`` hold one triple per camera.  Raises
+        ``ValueError`` for a bad mount or a length that is not 3 per camera (see :func:`check_values`).
+        """
+        count = max(len(self.cameras), 1)
+        problem = _mount_problem(self, needed=True)
+        if problem:
+            raise ValueError(problem)
+        xyz, rpy = self.camera_mount_xyz, self.camera_mount_rpy
+        return tuple(
+            CameraMount(xyz=xyz[3 * i : 3 * i + 3], rpy=rpy[3 * i : 3 * i + 3])  # type: ignore[arg-type]
+            for i in range(count)
+        )
+
+    def odometry(self) -> list[OdometryBuffer] | None:
+        """An empty odometry buffer per camera (each with its mount), in the order of ``cameras``.
+
+        None without ``odometry_topic`` or without tracking.
+        """
         if not (self.odometry_topic and self.tracking):
             return None
-        return OdometryBuffer(self.camera_mount(), self.odometry_max_age_s)
+        return [OdometryBuffer(mount, self.odometry_max_age_s) for mount in self.camera_mounts()]
 
     def postprocess(self, base: PostprocessConfig) -> PostprocessConfig:
         """Return ``base`` (the checkpoint's) with the fusion parameters that are set on top.
@@ -630,25 +650,45 @@ def check_values(settings: NodeSettings) -> str | None:
     return None
 
 
-def _check_odometry(settings: NodeSettings) -> str | None:
-    """Why the odometry parameters cannot be used (naming the parameter), or None."""
+def _mount_problem(settings: NodeSettings, *, needed: bool) -> str | None:
+    """Why ``camera_mount_xyz`` / ``camera_mount_rpy`` are not one mount per camera (naming the parameter), or None.
+
+    ``needed``: the mounts are used (``odometry_topic``), so exactly 3 numbers per camera;
+    otherwise 3 (the default) are fine too.
+    """
+    count = max(len(settings.cameras), 1)
     for name in MOUNT:
         value = getattr(settings, name)
-        if len(value) != 3 or not all(math.isfinite(v) for v in value):
+        if not all(math.isfinite(v) for v in value):
+            return f"{name} must be {'3 ' if count == 1 else ''}finite numbers, got {list(value)}"
+        if len(value) == 3 * count or (len(value) == 3 and not needed):
+            continue
+        if count == 1:
             return f"{name} must be 3 finite numbers, got {list(value)}"
+        triple, cameras = _MOUNT_TRIPLE[name], ", ".join(settings.cameras)
+        if not needed:
+            return (
+                f"{name} must be 3 numbers or {3 * count}, one {triple} per camera in the order of cameras "
+                f"({cameras}), got {len(value)}: {list(value)}"
+            )
+        shared = " (one mount shared by differently placed cameras is a mistake)" if len(value) == 3 else ""
+        return (
+            f"{name} has {len(value)} numbers, but odometry_topic with {count} cameras ({cameras}) needs "
+            f"{3 * count}: one {triple} per camera, in the order of cameras{shared}"
+        )
+    return None
+
+
+def _check_odometry(settings: NodeSettings) -> str | None:
+    """Why the odometry parameters cannot be used (naming the parameter), or None."""
     if not settings.odometry_topic:
-        return None
+        return _mount_problem(settings, needed=False)
     try:
         validate_topic_name(settings.odometry_topic)
     except InvalidTopicNameException as exc:
         why = str(exc).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
         return f"odometry_topic {settings.odometry_topic!r} is not a valid topic name: {why}"
-    if len(settings.cameras) > 1:
-        return (
-            f"odometry_topic works with one camera (camera_mount_xyz and camera_mount_rpy are one camera's "
-            f"mount), but cameras lists {len(settings.cameras)}"
-        )
-    return None
+    return _mount_problem(settings, needed=True)
 
 
 def check_update(current: NodeSettings, changes: dict[str, Any]) -> str | None:

@@ -20,7 +20,7 @@ from panoptic_depthlab_ros.inference_options import add_max_pixels_arg, int_at_l
 from . import evaluate as evaluate_cmd
 from . import predict as predict_cmd
 from .cityscapes import GT_SPLITS, SPLITS, DatasetError, verify_cityscapes
-from .demo_bag import write_demo_bag
+from .demo_bag import CAMERA_INFO_TOPIC, IMAGE_TOPIC, ODOMETRY_TOPIC, write_demo_bag
 from .synth import synth_main
 from .synth.sequences import sequences_main
 from .train import command as train_cmd
@@ -65,7 +65,10 @@ def _demo_bag(args: argparse.Namespace) -> int:
         speed_mps=args.speed,
         overwrite=args.overwrite,
     )
-    print(f"wrote {out}: {args.frames} frames at {args.fps:g} Hz on /camera/image_raw + /camera/camera_info")
+    print(
+        f"wrote {out}: {args.frames} frames at {args.fps:g} Hz on {IMAGE_TOPIC} + {CAMERA_INFO_TOPIC}, "
+        f"the odometry on {ODOMETRY_TOPIC}"
+    )
     return DONE
 
 
@@ -107,7 +110,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a dataset synth wrote before at OUT")
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("demo-bag", help="a ROS 2 bag (MCAP) of a synthetic drive: Image + CameraInfo at 10 Hz")
+    p = sub.add_parser(
+        "demo-bag", help="a ROS 2 bag (MCAP) of a synthetic drive: Image + CameraInfo at 10 Hz, Odometry at 50 Hz"
+    )
     p.add_argument("out", type=Path, help="output bag directory")
     p.add_argument("--frames", type=int_at_least(1), default=30)
     p.add_argument("--fps", type=number_above(0), default=10.0)

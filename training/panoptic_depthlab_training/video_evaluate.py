@@ -52,15 +52,22 @@ class VideoEvaluation:
     frames: PanopticDepthEvaluator
 
 
+# A thing moving slower than this in the world counts as still (the at-rest report's truth).
+STILL_MPS = 0.5
+
+
 def video_frame(sample: VideoSample, result: PanopticDepthResult, tracked: TrackedFrame) -> VideoFrame:
     """One frame for the video evaluator: track ids as instance ids, each track's velocity and TTC."""
     velocity: dict[int, tuple[float, float, float]] = {}
     ttc: dict[int, float] = {}
+    at_rest: set[int] = set()
     for segment, track in zip(result.segments, tracked.tracks, strict=True):
         if track.track_id:
             key = segment.category_id * result.label_divisor + track.track_id
             velocity[key] = track.velocity
             ttc[key] = track.time_to_contact
+            if track.at_rest:
+                at_rest.add(key)
     return VideoFrame(
         pred_panoptic=track_panoptic(result, tracked.tracks),
         pred_depth=depth_or_nan(result),
@@ -70,7 +77,24 @@ def video_frame(sample: VideoSample, result: PanopticDepthResult, tracked: Track
         gt_velocity=sample.velocity,
         pred_velocity=velocity,
         pred_ttc=ttc,
+        pred_at_rest=frozenset(at_rest),
+        gt_still=still_things(sample),
     )
+
+
+def still_things(sample: VideoSample) -> frozenset[int] | None:
+    """The things of ``sample`` still in the world: velocity within 0.5 m/s of the world's at their centre.
+
+    None when the frame has no camera motion (nothing says what is still).
+    """
+    if sample.camera_motion is None:
+        return None
+    ids = [g for g in sample.velocity if g in sample.center]
+    if not ids:
+        return frozenset()
+    world = sample.camera_motion.static_velocity(np.array([sample.center[g] for g in ids], np.float64))
+    own = np.linalg.norm(np.array([sample.velocity[g] for g in ids], np.float64) - world, axis=1)
+    return frozenset(g for g, speed in zip(ids, own.tolist(), strict=True) if speed <= STILL_MPS)
 
 
 VideoPredictFn = Callable[[VideoSample], PanopticDepthResult]

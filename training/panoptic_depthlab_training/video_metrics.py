@@ -85,6 +85,9 @@ class VideoFrame:
     gt_velocity: ground-truth panoptic id -> true 3D velocity (m/s, camera frame).
     pred_velocity: predicted panoptic id -> estimated velocity (NaN axes: unknown).
     pred_ttc: predicted panoptic id -> time to contact (s; +inf not closing, NaN unknown).
+    pred_at_rest: predicted panoptic ids the tracker reported at rest (given odometry).
+    gt_still: ground-truth panoptic ids still in the world (their velocity that of the
+        world relative to the camera); None when the frame does not say (no camera motion).
     gt_segments, gt_crowd_ids: crowd description of ``gt_panoptic``, as for
         :func:`.metrics.match_panoptic` (default: a thing class with instance 0 is crowd).
     """
@@ -97,6 +100,8 @@ class VideoFrame:
     gt_velocity: Mapping[int, Velocity] = field(default_factory=dict)
     pred_velocity: Mapping[int, Velocity] = field(default_factory=dict)
     pred_ttc: Mapping[int, float] = field(default_factory=dict)
+    pred_at_rest: frozenset[int] = frozenset()
+    gt_still: frozenset[int] | None = None
     gt_segments: Sequence[Mapping[str, Any]] | None = None
     gt_crowd_ids: Iterable[int] | None = None
 
@@ -167,6 +172,10 @@ class VideoPanopticEvaluator:
         self.ttc_unknown = 0
         self.ttc_not_closing = 0
         self.ttc_false_alarms = 0
+        self.at_rest = 0  # matched things reported at rest
+        self.at_rest_moving = 0  # ... that move in the world
+        self.still = 0  # matched things still in the world (frames that say)
+        self.still_found = 0  # ... reported at rest
         self._buffer: list[_Buffered] = []
         self._last_pred: dict[int, int] = {}
         self._in_sequence = False
@@ -288,6 +297,12 @@ class VideoPanopticEvaluator:
                     self.velocity_z_errors[b].append(abs(float(vp[2] - vt[2])))
             if z <= self.ttc_max_depth_m:
                 self._score_ttc(z / -vt[2] if vt[2] < 0 else math.inf, frame.pred_ttc.get(p, math.nan))
+            if frame.gt_still is not None:
+                reported, still = p in frame.pred_at_rest, g in frame.gt_still
+                self.at_rest += int(reported)
+                self.at_rest_moving += int(reported and not still)
+                self.still += int(still)
+                self.still_found += int(reported and still)
 
     def _score_ttc(self, true: float, pred: float) -> None:
         if true <= self.ttc_horizon_s:
@@ -325,6 +340,10 @@ class VideoPanopticEvaluator:
             "ttc_unknown",
             "ttc_not_closing",
             "ttc_false_alarms",
+            "at_rest",
+            "at_rest_moving",
+            "still",
+            "still_found",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.velocity_pairs += other.velocity_pairs
@@ -345,7 +364,9 @@ class VideoPanopticEvaluator:
         ``id_switches_per_100``; ``velocity``: one row per distance band (``min_m``,
         ``max_m``, ``pairs``, ``unknown``, ``median_error``, ``median_error_z``, m/s);
         ``ttc``: ``closing``, ``scored``, ``median_abs_error`` (s), ``median_rel_error``,
-        ``missed``, ``unknown``, ``not_closing``, ``false_alarms``.
+        ``missed``, ``unknown``, ``not_closing``, ``false_alarms``; ``at_rest`` (matched things
+        of frames that say which are still): ``reported`` at rest, of them ``moving`` in the
+        world, ``still`` things, of them ``found`` at rest.
         """
         out: dict[str, Any] = {"sequences": self.sequences, "frames": self.frames}
         suffixes = ("", "_th", "_st")
@@ -389,6 +410,12 @@ class VideoPanopticEvaluator:
             "not_closing": self.ttc_not_closing,
             "false_alarms": self.ttc_false_alarms,
         }
+        out["at_rest"] = {
+            "reported": self.at_rest,
+            "moving": self.at_rest_moving,
+            "still": self.still,
+            "found": self.still_found,
+        }
         return out
 
 
@@ -426,6 +453,12 @@ def format_video_table(summary: Mapping[str, Any]) -> str:
         f" ({100 * ttc['median_rel_error']:.1f} %), missed {ttc['missed']}, unknown {ttc['unknown']},"
         f" false alarms {ttc['false_alarms']} of {ttc['not_closing']}"
     )
+    rest = summary.get("at_rest")
+    if rest and rest["still"]:
+        lines.append(
+            f"at rest (given odometry): {rest['found']} of {rest['still']} still things found;"
+            f" {rest['reported']} reported, {rest['moving']} of them moving"
+        )
     return "\n".join(lines)
 
 
