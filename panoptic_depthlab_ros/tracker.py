@@ -315,7 +315,9 @@ class Tracker:
         rows = det_track[tracked]
         if rows.size:
             seg_index = dets.seg_index[tracked].tolist()
-            may_rest = np.array([result.segments[i].label in c.static_labels for i in seg_index], np.bool_)
+            may_rest = None
+            if ego is not None:  # which of the tracked things may be still in the world
+                may_rest = np.array([result.segments[i].label in c.static_labels for i in seg_index], np.bool_)
             motion = t.motion.estimate(rows, ego, may_rest)
             ids, hits, state = t.ids[rows].tolist(), t.hits[rows].tolist(), t.state[rows].tolist()
             vel_list, ttc_list = motion.velocity.tolist(), motion.time_to_contact.tolist()
