@@ -40,6 +40,8 @@ COLOR_MODES = ("class", "instance")
 BOX_QUANTILES = (0.05, 0.95)
 MIN_BOX_M = 0.05  # a box is never thinner than this (a one-pixel thing still shows)
 ARROW_HORIZON_S = 1.0  # a velocity arrow spans the motion of this many seconds
+# Opacity of the velocity arrow of a thing at rest (its arrow shows the world's motion).
+AT_REST_ALPHA = 0.35
 
 
 @dataclass(frozen=True)
@@ -291,9 +293,10 @@ def segment_markers(
     :func:`~panoptic_depthlab_ros.visualize.segment_label`); things also get a ``box``,
     namespace ``boxes``, id ``2 * i + 1``, spanning their :func:`segment_extents`, and
     tracked things whose velocity is known an ``arrow``, namespace ``velocities``, id
-    ``i``, from the centroid to where the velocity takes it in :data:`ARROW_HORIZON_S`.
-    All are coloured by ``depth_mean`` on the overlay's near red / mid green / far
-    blue scale (:func:`~panoptic_depthlab_ros.visualize.depth_to_bgr`).
+    ``i``, from the centroid to where the velocity takes it in :data:`ARROW_HORIZON_S`
+    (faint, alpha :data:`AT_REST_ALPHA`, for a thing at rest: the motion is the world's
+    seen from the camera, not the thing's own). All are coloured by ``depth_mean`` on the
+    overlay's near red / mid green / far blue scale (:func:`~panoptic_depthlab_ros.visualize.depth_to_bgr`).
     """
     segments = result.segments
     if not segments:
@@ -333,7 +336,7 @@ def segment_markers(
                     kind="arrow",
                     position=(0.0, 0.0, 0.0),
                     scale=(shaft, 2 * shaft, 3 * shaft),
-                    rgba=(r, g, b, 1.0),
+                    rgba=(r, g, b, AT_REST_ALPHA if seg.at_rest else 1.0),
                     points=((position[0], position[1], position[2]), (end[0], end[1], end[2])),
                 )
             )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from panoptic_depthlab_ros.bag_reading import typestore_with_our_messages
+from panoptic_depthlab_ros.geometry3d import AT_REST_ALPHA
 from panoptic_depthlab_ros.metadata import cityscapes_metadata
 from panoptic_depthlab_ros.msg_conversions import OUTPUT_ENCODINGS
 from panoptic_depthlab_ros.node_outputs import (
@@ -99,7 +100,8 @@ def test_every_output_with_depth_and_intrinsics(typestore) -> None:
 
 def test_a_thing_at_rest_says_so_in_the_segments_and_its_label(typestore) -> None:
     """The car found still given odometry: at_rest in ~/segments, ', at rest' after its speed in the
-    label (the overlay's and the markers'); the arrow stays that of its velocity."""
+    label (the overlay's and the markers'); the arrow stays that of its velocity, faint (the world's
+    motion, not the thing's own)."""
     car = SegmentTrack(7, 12, TrackState.CONFIRMED, (0.0, 0.0, -8.0), 1.25, 10.0, at_rest=True)
     result = _result(True).with_tracks([SegmentTrack(depth=5.0), car])
     messages = _messages(typestore, result, K)
@@ -112,6 +114,16 @@ def test_a_thing_at_rest_says_so_in_the_segments_and_its_label(typestore) -> Non
     assert labels == ["road 5.0 m", "car #7 10.0 m, 8.0 m/s closing, at rest"]
     (arrow,) = [m for m in messages["markers"].markers if m.ns == "velocities"]
     assert [(p.x, p.y, p.z) for p in arrow.points] == [(0.4, 0.0, 10.0), (0.4, 0.0, 2.0)]  # centroid + v * 1 s
+    assert arrow.color.a == pytest.approx(AT_REST_ALPHA)
+    moving = _messages(
+        typestore, _result(True).with_tracks([SegmentTrack(depth=5.0), dataclasses.replace(car, at_rest=False)]), K
+    )
+    (solid,) = [m for m in moving["markers"].markers if m.ns == "velocities"]
+    assert solid.color.a == 1.0 and (solid.color.r, solid.color.g, solid.color.b) == (
+        arrow.color.r,
+        arrow.color.g,
+        arrow.color.b,
+    )
 
     still_camera = dataclasses.replace(result.segments[1], velocity=(0.0, 0.0, 0.0), time_to_contact=math.inf)
     assert segment_label(still_camera) == "car #7 10.0 m, at rest"  # no speed worth a word
