@@ -107,21 +107,19 @@ def camera_mount_args(args: argparse.Namespace) -> list[CameraMount] | None:
     raises :class:`InputError` naming the option, before a model loads.
     """
     from .ego_motion import CameraMount
+    from .odometry import mount_numbers_fit, mounts_from_numbers
 
     topics = list(args.image_topic or ())
     cameras = max(len(topics), 1)
     values = {option: getattr(args, option[2:].replace("-", "_")) for option in MOUNT_OPTIONS}
     for option, per_camera in MOUNT_OPTIONS.items():
         given = values[option]
+        count = 3 if given is None else len(given)  # not given: the default mount's 3 numbers
+        if mount_numbers_fit(count, cameras, used=bool(args.odometry_topic)):
+            continue
         if cameras == 1:
-            if given is not None and len(given) != 3:
-                raise InputError(f"{option} takes 3 numbers ({per_camera}), got {len(given)}")
-            continue
-        if given is None and not args.odometry_topic:
-            continue
-        if given is not None and (len(given) == 3 * cameras or (len(given) == 3 and not args.odometry_topic)):
-            continue
-        got = "none" if given is None else str(len(given))
+            raise InputError(f"{option} takes 3 numbers ({per_camera}), got {count}")
+        got = "none" if given is None else str(count)
         if not args.odometry_topic:
             raise InputError(f"{option} takes 3 numbers, or {per_camera} for each of the {cameras} cameras, got {got}")
         shared = " (one mount shared by differently placed cameras is a mistake)" if got in ("none", "3") else ""
@@ -133,13 +131,7 @@ def camera_mount_args(args: argparse.Namespace) -> list[CameraMount] | None:
         return None
     xyz, rpy = values["--camera-mount-xyz"], values["--camera-mount-rpy"]
     default = CameraMount()
-    return [
-        CameraMount(
-            xyz=tuple(xyz[3 * i : 3 * i + 3]) if xyz else default.xyz,
-            rpy=tuple(rpy[3 * i : 3 * i + 3]) if rpy else default.rpy,
-        )
-        for i in range(cameras)
-    ]
+    return list(mounts_from_numbers(xyz or default.xyz, rpy or default.rpy, cameras))
 
 
 def _bag(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 from .ego_motion import CameraMount, EgoMotion
 from .errors import InputError
+from .msg_conversions import stamp_ns
 
 ODOMETRY_TYPE = "nav_msgs/msg/Odometry"
 # The odometry message nearest an image's stamp is used if it is at most this far from it (s).
@@ -54,8 +55,24 @@ def odometry_sample(msg: Any) -> OdometrySample:
             f"odometry twist is not finite (linear {list(linear)}, angular {list(angular)}): ignored",
             kind="odometry",
         )
-    stamp = int(msg.header.stamp.sec) * _NS + int(msg.header.stamp.nanosec)
-    return OdometrySample(stamp_ns=stamp, linear=linear, angular=angular)
+    return OdometrySample(stamp_ns=stamp_ns(msg.header), linear=linear, angular=angular)
+
+
+def mount_numbers_fit(count: int, cameras: int, *, used: bool) -> bool:
+    """Whether a mount setting of ``count`` numbers (an xyz or an rpy) fits ``cameras`` cameras.
+
+    3 numbers per camera; one triple for several cameras only where the mounts are not used
+    (no odometry): cameras placed differently move differently.
+    """
+    return count == 3 * cameras or (count == 3 and not used)
+
+
+def mounts_from_numbers(xyz: Sequence[float], rpy: Sequence[float], cameras: int) -> tuple[CameraMount, ...]:
+    """One :class:`CameraMount` per camera from 3 numbers per camera in ``xyz`` and in ``rpy``."""
+    return tuple(
+        CameraMount(xyz=tuple(xyz[3 * i : 3 * i + 3]), rpy=tuple(rpy[3 * i : 3 * i + 3]))  # type: ignore[arg-type]
+        for i in range(cameras)
+    )
 
 
 def camera_mounts(

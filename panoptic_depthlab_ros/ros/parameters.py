@@ -36,7 +36,7 @@ from ..fusion import PostprocessConfig
 from ..geometry3d import COLOR_MODES
 from ..model import SCALE_RANGE, SCALE_RANGE_TEXT
 from ..node_outputs import BY_NAME, OutputSettings
-from ..odometry import DEFAULT_MAX_AGE_S, OdometryBuffer
+from ..odometry import DEFAULT_MAX_AGE_S, OdometryBuffer, mount_numbers_fit, mounts_from_numbers
 from ..pipeline import PipelineSettings, check_camera_names
 from ..tracker import TrackerConfig
 
@@ -566,11 +566,7 @@ class NodeSettings:
         problem = _mount_problem(self, needed=True)
         if problem:
             raise ValueError(problem)
-        xyz, rpy = self.camera_mount_xyz, self.camera_mount_rpy
-        return tuple(
-            CameraMount(xyz=xyz[3 * i : 3 * i + 3], rpy=rpy[3 * i : 3 * i + 3])  # type: ignore[arg-type]
-            for i in range(count)
-        )
+        return mounts_from_numbers(self.camera_mount_xyz, self.camera_mount_rpy, count)
 
     def odometry(self) -> list[OdometryBuffer] | None:
         """An empty odometry buffer per camera (each with its mount), in the order of ``cameras``.
@@ -661,7 +657,7 @@ def _mount_problem(settings: NodeSettings, *, needed: bool) -> str | None:
         value = getattr(settings, name)
         if not all(math.isfinite(v) for v in value):
             return f"{name} must be {'3 ' if count == 1 else ''}finite numbers, got {list(value)}"
-        if len(value) == 3 * count or (len(value) == 3 and not needed):
+        if mount_numbers_fit(len(value), count, used=needed):
             continue
         if count == 1:
             return f"{name} must be 3 finite numbers, got {list(value)}"

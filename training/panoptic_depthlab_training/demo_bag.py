@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -38,6 +39,7 @@ from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
 from panoptic_depthlab_ros.bag import bag_marker_says, mark_bag
+from panoptic_depthlab_ros.odometry import ODOMETRY_TYPE
 from panoptic_depthlab_ros.output import StagedOutput
 
 from .synth import SceneGenerator
@@ -105,7 +107,6 @@ def _write(
 ) -> None:
     ts = get_typestore(Stores.ROS2_JAZZY)
     image_t, info_t = ts.types["sensor_msgs/msg/Image"], ts.types["sensor_msgs/msg/CameraInfo"]
-    header_t, time_t = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
     roi_t = ts.types["sensor_msgs/msg/RegionOfInterest"]
 
     gen = SceneGenerator(height, width, seed=seed)
@@ -132,7 +133,7 @@ def _write(
     with writer:
         img_conn = writer.add_connection(IMAGE_TOPIC, image_t.__msgtype__, typestore=ts)
         info_conn = writer.add_connection(CAMERA_INFO_TOPIC, info_t.__msgtype__, typestore=ts)
-        odom_conn = writer.add_connection(ODOMETRY_TOPIC, "nav_msgs/msg/Odometry", typestore=ts)
+        odom_conn = writer.add_connection(ODOMETRY_TOPIC, ODOMETRY_TYPE, typestore=ts)
         drive_frames = render_drive(gen, drive)
         for i, drive_frame in enumerate(tqdm(drive_frames, total=frames, desc="demo bag", disable=not progress)):
             frame = drive_frame.frame
@@ -140,7 +141,7 @@ def _write(
             while odometry and odometry[0][0] <= t_ns:  # the odometry up to this frame, before its image
                 stamp, raw = odometry.pop(0)
                 writer.write(odom_conn, stamp, raw)
-            header = header_t(stamp=time_t(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000), frame_id=FRAME_ID)
+            header = _header(ts, t_ns, FRAME_ID)
             img = np.ascontiguousarray(frame.image_rgb)
             msg = image_t(
                 header=header,
@@ -168,10 +169,17 @@ def _write(
             writer.write(img_conn, t_ns, ts.serialize_cdr(msg, image_t.__msgtype__))
 
 
+def _header(ts: Typestore, stamp_ns: int, frame_id: str) -> Any:
+    """A ``std_msgs/Header`` of the bag's typestore stamped ``stamp_ns``."""
+    time_t = ts.types["builtin_interfaces/msg/Time"]
+    stamp = time_t(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+    return ts.types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+
 def _odometry_messages(ts: Typestore, stamps_ns: list[int], speed_mps: float) -> list[tuple[int, bytes]]:
     """``(stamp, CDR)`` of each odometry message: driving along ``base_link``'s x at ``speed_mps`` from the origin."""
     t = ts.types
-    odom_t, header_t, time_t = t["nav_msgs/msg/Odometry"], t["std_msgs/msg/Header"], t["builtin_interfaces/msg/Time"]
+    odom_t = t[ODOMETRY_TYPE]
     pose_cov_t, pose_t = t["geometry_msgs/msg/PoseWithCovariance"], t["geometry_msgs/msg/Pose"]
     point_t, quat_t = t["geometry_msgs/msg/Point"], t["geometry_msgs/msg/Quaternion"]
     twist_cov_t, twist_t, vector_t = (
@@ -183,9 +191,7 @@ def _odometry_messages(ts: Typestore, stamps_ns: list[int], speed_mps: float) ->
     for stamp in stamps_ns:
         x = speed_mps * (stamp - stamps_ns[0]) / 1e9
         msg = odom_t(
-            header=header_t(
-                stamp=time_t(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id=ODOM_FRAME_ID
-            ),
+            header=_header(ts, stamp, ODOM_FRAME_ID),
             child_frame_id=BASE_FRAME_ID,
             pose=pose_cov_t(
                 pose=pose_t(position=point_t(x=x, y=0.0, z=0.0), orientation=quat_t(x=0.0, y=0.0, z=0.0, w=1.0)),
